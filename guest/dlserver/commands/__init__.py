@@ -1,0 +1,1 @@
+"""The commands of dl-server: classifier, detect, aggregation."""

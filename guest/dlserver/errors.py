@@ -1,0 +1,9 @@
+"""The one exception type the guest raises for bad input; its text is the error line."""
+
+
+class DLServerError(Exception):
+    """A problem with the user's input: printed as one line, exit status 1."""
+
+
+class NotImplementedYet(DLServerError):
+    """A command that a later piece of work will build."""

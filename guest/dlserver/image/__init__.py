@@ -1,0 +1,1 @@
+"""Image codecs and operations, on planar float32 CHW images."""

@@ -1,0 +1,42 @@
+"""load_image_color: read an image file into a 3-channel float image (spec §5.2, §7.2)."""
+from ..errors import DLServerError
+from .ops import Image, pixels_to_image, resize_image
+from .png import decode_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file, with one clear error line when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DLServerError(f"{path}: cannot load image: no such file") from None
+    except IsADirectoryError:
+        raise DLServerError(f"{path}: cannot load image: it is a directory") from None
+    except OSError as e:
+        raise DLServerError(f"{path}: cannot load image: {e.strerror or e}") from None
+
+
+def decode_image(data: bytes, path: str) -> Image:
+    """Decode PNG (and, later, JPEG) bytes to a 3-channel image."""
+    if data.startswith(PNG_SIGNATURE):
+        try:
+            width, height, comps, pixels = decode_png(data)
+        except DLServerError as e:
+            raise DLServerError(f"{path}: bad PNG: {e}") from None
+        return pixels_to_image(width, height, comps, pixels)
+    if data.startswith(b"\xff\xd8"):
+        raise DLServerError(f"{path}: JPEG images are not supported yet")
+    if not data:
+        raise DLServerError(f"{path}: cannot load image: empty file")
+    raise DLServerError(f"{path}: cannot load image: not a PNG file")
+
+
+def load_image_color(path: str, w: int = 0, h: int = 0) -> Image:
+    """Load an image as 3 planes of byte/255, resized to w x h when both are given."""
+    im = decode_image(read_image_file(path), path)
+    if w and h and (im.w != w or im.h != h):
+        return resize_image(im, w, h)
+    return im

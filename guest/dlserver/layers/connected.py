@@ -1,0 +1,58 @@
+"""Fully connected layer (Darknet connected_layer.c).
+
+forward:  out[b][o] = sum_k in[b][k] * W[o][k] + bias[o], then the activation
+          (gemm NT: M = batch, N = outputs, K = inputs).
+"""
+import math
+
+import _dlk
+
+from ..buffers import from_values, zeros
+from ..errors import DLServerError
+from ..rng import f32
+from .base import Layer, parse_activation
+
+
+class ConnectedLayer(Layer):
+    kind = "connected"
+    has_weights = True
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        self.outputs = options.find_int("output", 1)
+        self.activation = parse_activation(options)
+        self.batch_normalize = options.find_int("batch_normalize", 0, quiet=True)
+        where = f"{options.path}:{options.line}"
+        if self.batch_normalize:
+            raise DLServerError(f"{where}: connected batch_normalize=1 is not supported")
+        if self.outputs < 1:
+            raise DLServerError(f"{where}: connected output={self.outputs}: must be at least 1")
+        if inputs < 1:
+            raise DLServerError(f"{where}: connected layer has no inputs")
+        self.h = self.w = 1
+        self.c = inputs
+        self.out_h = self.out_w = 1
+        self.out_c = self.outputs
+        self.weights = zeros(self.outputs * inputs)
+        self.biases = zeros(self.outputs)
+        self.allocate()
+
+    def init_weights(self, rng) -> None:
+        """W = f32(sqrt(2/inputs)) * rand_uniform(-1, 1), in index order."""
+        scale = f32(math.sqrt(2.0 / self.inputs))
+        uniform = rng.uniform
+        self.weights[:] = from_values([f32(scale * uniform(-1.0, 1.0)) for _ in range(len(self.weights))])
+
+    def parameter_arrays(self):
+        return [self.biases, self.weights]
+
+    def forward(self, net, input_buf, train):
+        out = self.output
+        _dlk.fill(len(out), 0.0, out)
+        _dlk.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
+                  self.weights, self.inputs, 1.0, out, self.outputs)
+        _dlk.add_bias(out, self.biases, self.batch, self.outputs, 1)
+        _dlk.activate(out, len(out), self.activation)
+
+    def describe(self):
+        return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"

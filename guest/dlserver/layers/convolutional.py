@@ -1,0 +1,97 @@
+"""Convolutional layer (Darknet convolutional_layer.c), groups = 1.
+
+forward:  out[b] = W (n x c*k*k) . im2col(in[b]) (c*k*k x out_h*out_w), then bias (or batch
+          normalisation) and the activation.
+"""
+import math
+
+import _dlk
+
+from ..buffers import filled, from_values, view, zeros
+from ..errors import DLServerError
+from ..rng import f32
+from .base import Layer, parse_activation
+
+
+class ConvolutionalLayer(Layer):
+    kind = "convolutional"
+    has_weights = True
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        self.n = options.find_int("filters", 1)
+        self.size = options.find_int("size", 1)
+        self.stride = options.find_int("stride", 1)
+        pad = options.find_int("pad", 0, quiet=True)
+        self.pad = options.find_int("padding", 0, quiet=True)
+        if pad:
+            self.pad = self.size // 2
+        self.groups = options.find_int("groups", 1, quiet=True)
+        self.activation = parse_activation(options)
+        self.batch_normalize = options.find_int("batch_normalize", 0, quiet=True)
+        for flag in ("binary", "xnor", "flipped", "dot"):
+            if options.find_int(flag, 0, quiet=True):
+                raise DLServerError(f"{options.path}:{options.line}: convolutional '{flag}=1' is not supported")
+        where = f"{options.path}:{options.line}"
+        if self.groups != 1:
+            raise DLServerError(f"{where}: convolutional groups={self.groups} is not supported (only 1)")
+        if self.n < 1 or self.size < 1 or self.stride < 1 or self.pad < 0:
+            raise DLServerError(f"{where}: convolutional needs filters, size, stride >= 1 and padding >= 0")
+        if h < 1 or w < 1 or c < 1:
+            raise DLServerError(f"{where}: layer before convolutional layer must output an image")
+        self.out_h = (h + 2 * self.pad - self.size) // self.stride + 1
+        self.out_w = (w + 2 * self.pad - self.size) // self.stride + 1
+        if self.out_h < 1 or self.out_w < 1:
+            raise DLServerError(f"{where}: convolutional kernel {self.size}x{self.size} does not fit"
+                                f" a {w}x{h} input")
+        self.out_c = self.n
+        self.outputs = self.out_h * self.out_w * self.out_c
+        self.kernel_inputs = c * self.size * self.size
+        self.nweights = self.n * self.kernel_inputs
+        self.weights = zeros(self.nweights)
+        self.biases = zeros(self.n)
+        if self.batch_normalize:
+            self.scales = filled(self.n, 1.0)
+            self.rolling_mean = zeros(self.n)
+            self.rolling_variance = zeros(self.n)
+        self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w) if self.size != 1 else None
+        self.allocate()
+
+    def init_weights(self, rng) -> None:
+        """w = f32(sqrt(2/(size*size*c))) * rand_normal(), in index order."""
+        scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c)))
+        normal = rng.normal
+        self.weights[:] = from_values([f32(scale * normal()) for _ in range(self.nweights)])
+
+    def parameter_arrays(self):
+        """The arrays of a .weights record, in file order."""
+        if self.batch_normalize:
+            return [self.biases, self.scales, self.rolling_mean, self.rolling_variance, self.weights]
+        return [self.biases, self.weights]
+
+    def forward(self, net, input_buf, train):
+        spatial = self.out_h * self.out_w
+        out = self.output
+        _dlk.fill(len(out), 0.0, out)
+        for b in range(self.batch):
+            image = view(input_buf, b * self.inputs, self.inputs)
+            if self.size == 1:
+                col = image
+            else:
+                _dlk.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace)
+                col = self.workspace
+            _dlk.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
+                      col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
+        if self.batch_normalize:
+            _dlk.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
+                                 self.batch, self.n, spatial)
+        else:
+            _dlk.add_bias(out, self.biases, self.batch, self.n, spatial)
+        _dlk.activate(out, len(out), self.activation)
+
+    def describe(self):
+        bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
+        return (f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
+                f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
+                f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}  {bflops:5.3f} BFLOPs")
+

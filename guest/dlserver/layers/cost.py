@@ -1,0 +1,32 @@
+"""Cost layer (Darknet cost_layer.c), type sse: only active with a truth (training)."""
+from ..errors import DLServerError
+from .base import Layer
+
+COST_TYPES = ("seg", "sse", "masked", "smooth", "L1", "wgan")
+
+
+class CostLayer(Layer):
+    kind = "cost"
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        self.cost_type = options.find_str("type", "sse")
+        if self.cost_type != "sse":
+            known = "not supported yet" if self.cost_type in COST_TYPES else "unknown"
+            raise DLServerError(f"{options.path}:{options.line}: cost type '{self.cost_type}' is {known}")
+        self.scale = options.find_float("scale", 1, quiet=True)
+        self.ratio = options.find_float("ratio", 0, quiet=True)
+        self.noobject_scale = options.find_float("noobj", 1, quiet=True)
+        self.thresh = options.find_float("thresh", 0, quiet=True)
+        self.outputs = inputs
+        self.out_h, self.out_w, self.out_c = h, w, c
+        self.allocate()
+
+    def forward(self, net, input_buf, train):
+        self.output = input_buf
+
+    def allocate(self):
+        self.output = None
+
+    def describe(self):
+        return f"cost                                           {self.inputs:4d}"

@@ -1,0 +1,44 @@
+"""Max-pooling layer (Darknet maxpool_layer.c).
+
+out = (in + padding - size)/stride + 1 with padding = size - 1 by default; windows start
+at -(padding/2); positions outside the image count as -inf; argmax kept for backward.
+"""
+import _dlk
+
+from ..buffers import int_zeros
+from ..errors import DLServerError
+from .base import Layer
+
+
+class MaxpoolLayer(Layer):
+    kind = "maxpool"
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        self.stride = options.find_int("stride", 1)
+        self.size = options.find_int("size", self.stride)
+        self.pad = options.find_int("padding", self.size - 1, quiet=True)
+        where = f"{options.path}:{options.line}"
+        if self.size < 1 or self.stride < 1 or self.pad < 0:
+            raise DLServerError(f"{where}: maxpool needs size, stride >= 1 and padding >= 0")
+        if h < 1 or w < 1 or c < 1:
+            raise DLServerError(f"{where}: layer before maxpool layer must output an image")
+        self.out_w = (w + self.pad - self.size) // self.stride + 1
+        self.out_h = (h + self.pad - self.size) // self.stride + 1
+        if self.out_h < 1 or self.out_w < 1:
+            raise DLServerError(f"{where}: maxpool window {self.size}x{self.size} does not fit a {w}x{h} input")
+        self.out_c = c
+        self.outputs = self.out_h * self.out_w * c
+        self.allocate()
+
+    def allocate(self):
+        super().allocate()
+        self.indexes = int_zeros(self.batch * self.outputs)
+
+    def forward(self, net, input_buf, train):
+        _dlk.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
+                             self.output, self.indexes)
+
+    def describe(self):
+        return (f"max          {self.size} x {self.size} / {self.stride}  "
+                f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  {self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}")

@@ -1,0 +1,186 @@
+"""A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
+import sys
+
+from .config import Options, read_cfg
+from .errors import DLServerError
+from .layers.connected import ConnectedLayer
+from .layers.convolutional import ConvolutionalLayer
+from .layers.cost import CostLayer
+from .layers.dropout import DropoutLayer
+from .layers.maxpool import MaxpoolLayer
+from .layers.softmax import SoftmaxLayer
+from .rng import Random
+
+LAYER_TYPES = {
+    "[conv]": ConvolutionalLayer, "[convolutional]": ConvolutionalLayer,
+    "[max]": MaxpoolLayer, "[maxpool]": MaxpoolLayer,
+    "[conn]": ConnectedLayer, "[connected]": ConnectedLayer,
+    "[dropout]": DropoutLayer,
+    "[soft]": SoftmaxLayer, "[softmax]": SoftmaxLayer,
+    "[cost]": CostLayer,
+}
+# Sections Darknet knows that dl-server does not build (yet).
+OTHER_DARKNET_SECTIONS = (
+    "[route]", "[upsample]", "[yolo]", "[shortcut]", "[crop]", "[detection]", "[region]", "[iseg]",
+    "[local]", "[deconv]", "[deconvolutional]", "[activation]", "[logistic]", "[l2norm]", "[crnn]",
+    "[gru]", "[lstm]", "[rnn]", "[reorg]", "[avg]", "[avgpool]", "[lrn]", "[normalization]",
+    "[batchnorm]", "[net]", "[network]",
+)
+POLICIES = ("constant", "step", "exp", "poly", "steps", "sigmoid", "random")
+
+
+class Network:
+    """Darknet's network: [net] options and the layers, with their buffers."""
+
+    def __init__(self, cfg_path: str):
+        self.cfg_path = cfg_path
+        self.layers = []
+        self.seen = 0
+        self.seen_high = 0  # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, spec §3.1)
+
+    def parse_net_options(self, options: Options) -> None:
+        """[net] options in Darknet's lookup order (so default messages come out the same)."""
+        self.batch = options.find_int("batch", 1)
+        self.learning_rate = options.find_float("learning_rate", .001)
+        self.momentum = options.find_float("momentum", .9)
+        self.decay = options.find_float("decay", .0001)
+        subdivisions = options.find_int("subdivisions", 1)
+        self.time_steps = options.find_int("time_steps", 1, quiet=True)
+        self.notruth = options.find_int("notruth", 0, quiet=True)
+        where = f"{options.path}:{options.line}"
+        if self.batch < 1 or subdivisions < 1 or self.time_steps < 1:
+            raise DLServerError(f"{where}: batch, subdivisions and time_steps must be at least 1")
+        if self.batch < subdivisions:
+            raise DLServerError(f"{where}: batch={self.batch} is smaller than subdivisions={subdivisions}")
+        self.batch = self.batch // subdivisions * self.time_steps
+        self.subdivisions = subdivisions
+        self.random = options.find_int("random", 0, quiet=True)
+        self.adam = options.find_int("adam", 0, quiet=True)
+        if self.adam:
+            self.B1 = options.find_float("B1", .9)
+            self.B2 = options.find_float("B2", .999)
+            self.eps = options.find_float("eps", .0000001)
+        self.h = options.find_int("height", 0, quiet=True)
+        self.w = options.find_int("width", 0, quiet=True)
+        self.c = options.find_int("channels", 0, quiet=True)
+        self.inputs = options.find_int("inputs", self.h * self.w * self.c, quiet=True)
+        self.max_crop = options.find_int("max_crop", self.w * 2, quiet=True)
+        self.min_crop = options.find_int("min_crop", self.w, quiet=True)
+        self.max_ratio = options.find_float("max_ratio", self.max_crop / self.w if self.w else 0.0, quiet=True)
+        self.min_ratio = options.find_float("min_ratio", self.min_crop / self.w if self.w else 0.0, quiet=True)
+        self.center = options.find_int("center", 0, quiet=True)
+        self.clip = options.find_float("clip", 0, quiet=True)
+        self.angle = options.find_float("angle", 0, quiet=True)
+        self.aspect = options.find_float("aspect", 1, quiet=True)
+        self.saturation = options.find_float("saturation", 1, quiet=True)
+        self.exposure = options.find_float("exposure", 1, quiet=True)
+        self.hue = options.find_float("hue", 0, quiet=True)
+        if not self.inputs and not (self.h and self.w and self.c):
+            raise DLServerError(f"{where}: no input size: give height, width and channels (or inputs)")
+        if self.h < 0 or self.w < 0 or self.c < 0 or self.inputs < 0:
+            raise DLServerError(f"{where}: height, width, channels and inputs must not be negative")
+        self.policy = options.find_str("policy", "constant")
+        if self.policy not in POLICIES:
+            raise DLServerError(f"{where}: unknown learning-rate policy '{self.policy}'"
+                                f" (one of {', '.join(POLICIES)})")
+        self.burn_in = options.find_int("burn_in", 0, quiet=True)
+        self.power = options.find_float("power", 4, quiet=True)
+        if self.policy == "step":
+            self.step = options.find_int("step", 1)
+            self.scale = options.find_float("scale", 1)
+        elif self.policy == "steps":
+            self.steps = options.find_list("steps", int)
+            self.scales = options.find_list("scales", float)
+            if self.steps is None or self.scales is None:
+                raise DLServerError(f"{where}: policy=steps needs both steps= and scales=")
+            if len(self.steps) != len(self.scales):
+                raise DLServerError(f"{where}: steps= has {len(self.steps)} values but scales= has"
+                                    f" {len(self.scales)}")
+        elif self.policy == "exp":
+            self.gamma = options.find_float("gamma", 1)
+        elif self.policy == "sigmoid":
+            self.gamma = options.find_float("gamma", 1)
+            self.step = options.find_int("step", 1)
+        self.max_batches = options.find_int("max_batches", 0)
+
+    def set_batch(self, batch: int) -> None:
+        """Darknet's set_batch_network, reallocating every layer's buffers."""
+        self.batch = batch
+        for layer in self.layers:
+            layer.set_batch(batch)
+
+    @property
+    def output_layer(self):
+        """The last layer that is not a cost layer (Darknet's get_network_output_layer)."""
+        for layer in reversed(self.layers):
+            if layer.kind != "cost":
+                return layer
+        return self.layers[-1]
+
+    @property
+    def outputs(self) -> int:
+        return self.output_layer.outputs
+
+    def forward(self, input_buf, train: bool = False):
+        """Run every layer in order; returns the output buffer of the output layer."""
+        if len(input_buf) < self.batch * self.inputs:
+            raise DLServerError(f"network input holds {len(input_buf)} values, {self.batch * self.inputs} needed")
+        current = input_buf
+        for layer in self.layers:
+            layer.forward(self, current, train)
+            current = layer.output
+        return self.output_layer.output
+
+    def predict(self, input_buf):
+        """Inference on a batch (network_predict)."""
+        return self.forward(input_buf, train=False)
+
+
+def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
+    """Build a network from a cfg file, printing Darknet's layer table on stderr.
+
+    With `init_rng`, weights get Darknet's random initialisation (needed only when no
+    weights file will overwrite them)."""
+    sections = read_cfg(cfg_path)
+    first = sections[0]
+    if first.name not in ("[net]", "[network]"):
+        raise DLServerError(f"{cfg_path}:{first.line}: first section must be [net] or [network],"
+                            f" not {first.name}")
+    net = Network(cfg_path)
+    net.parse_net_options(first)
+    if len(sections) < 2:
+        raise DLServerError(f"{cfg_path}: network has no layers")
+    err = sys.stderr
+    err.write("layer     filters    size              input                output\n")
+    h, w, c, inputs = net.h, net.w, net.c, net.inputs
+    for index, options in enumerate(sections[1:]):
+        layer_type = LAYER_TYPES.get(options.name)
+        if layer_type is None:
+            if options.name in OTHER_DARKNET_SECTIONS:
+                raise DLServerError(f"{cfg_path}:{options.line}: layer {options.name} is not supported"
+                                    " by dl-server yet")
+            raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
+        err.write(f"{index:5d} ")
+        layer = layer_type(options, net.batch, h, w, c, inputs)
+        err.write(layer.describe() + "\n")
+        _parse_common_options(layer, options)
+        options.report_unused()
+        if init_rng is not None and layer.has_weights:
+            layer.init_weights(init_rng)
+        net.layers.append(layer)
+        h, w, c, inputs = layer.out_h, layer.out_w, layer.out_c, layer.outputs
+    return net
+
+
+def _parse_common_options(layer, options: Options) -> None:
+    layer.truth = options.find_int("truth", 0, quiet=True)
+    layer.onlyforward = options.find_int("onlyforward", 0, quiet=True)
+    layer.stopbackward = options.find_int("stopbackward", 0, quiet=True)
+    layer.dontsave = options.find_int("dontsave", 0, quiet=True)
+    layer.dontload = options.find_int("dontload", 0, quiet=True)
+    numload = options.find_int("numload", 0, quiet=True)
+    dontloadscales = options.find_int("dontloadscales", 0, quiet=True)
+    if numload or dontloadscales:
+        raise DLServerError(f"{options.path}:{options.line}: numload/dontloadscales are not supported")
+    layer.learning_rate_scale = options.find_float("learning_rate", 1, quiet=True)
+    layer.smooth = options.find_float("smooth", 0, quiet=True)

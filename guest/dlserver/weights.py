@@ -1,0 +1,102 @@
+"""Darknet `.weights` files (spec §3): a 20-byte header, then each layer's float32 arrays.
+
+Header: int32 major, minor, revision; then `seen` as 8 bytes when major*10+minor >= 2 and
+both are < 1000, else as 4 bytes. dl-server keeps the low 32 bits as `seen` (wasm32's
+size_t) and carries the upper 4 bytes through to a later save, so load + save is
+byte-identical. Unlike Darknet, a file of the wrong length is an error, not a silent
+partial load.
+"""
+import os
+import struct
+import sys
+
+from .errors import DLServerError
+
+_HEADER = struct.Struct("<iii")
+
+
+def _records(net):
+    return [(i, layer) for i, layer in enumerate(net.layers) if hasattr(layer, "parameter_arrays")]
+
+
+def _count_floats(net, skip_attr: str) -> int:
+    return sum(len(a) for _, layer in _records(net) if not getattr(layer, skip_attr)
+               for a in layer.parameter_arrays())
+
+
+def load_weights(net, path: str) -> None:
+    """Fill the network's parameters from a weights file, checking its length exactly."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DLServerError(f"{path}: cannot open weights file: no such file") from None
+    except IsADirectoryError:
+        raise DLServerError(f"{path}: cannot open weights file: it is a directory") from None
+    except OSError as e:
+        raise DLServerError(f"{path}: cannot open weights file: {e.strerror or e}") from None
+    if len(data) < 16:
+        raise DLServerError(f"{path}: not a weights file: {len(data)} bytes, shorter than the 16-byte header")
+    major, minor, revision = _HEADER.unpack_from(data, 0)
+    if major < 0 or minor < 0 or revision < 0:
+        raise DLServerError(f"{path}: not a weights file: bad version {major}.{minor}.{revision}")
+    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
+        seen, seen_high = struct.unpack_from("<II", data, 12)
+        offset = 20
+    else:
+        seen, seen_high = struct.unpack_from("<I", data, 12)[0], 0
+        offset = 16
+    transpose = major > 1000 or minor > 1000
+    need = 4 * _count_floats(net, "dontload")
+    have = len(data) - offset
+    if have != need:
+        problem = "truncated" if have < need else "too long"
+        raise DLServerError(f"{path}: {problem}: {have} bytes of parameters after the header, but"
+                            f" {net.cfg_path} needs {need} ({need // 4} floats)")
+    for _, layer in _records(net):
+        if layer.dontload:
+            continue
+        for array in layer.parameter_arrays():
+            n = 4 * len(array)
+            memoryview(array).cast("B")[:] = data[offset:offset + n]
+            offset += n
+        if transpose and layer.kind == "connected":
+            _transpose_in_place(layer.weights, layer.inputs, layer.outputs)
+    net.seen = seen
+    net.seen_high = seen_high
+    sys.stderr.write(f"Loading weights from {path}...Done!\n")
+
+
+def _transpose_in_place(array, rows: int, cols: int) -> None:
+    values = array.tolist()
+    array[:] = type(array)("f", [values[r * cols + c] for c in range(cols) for r in range(rows)])
+
+
+def weights_bytes(net) -> bytes:
+    """The weights file of a network: header (0, 2, 0, 8-byte seen) and each layer's arrays."""
+    parts = [_HEADER.pack(0, 2, 0), struct.pack("<II", net.seen & 0xFFFFFFFF, net.seen_high)]
+    for _, layer in _records(net):
+        if not layer.dontsave:
+            parts.extend(a.tobytes() for a in layer.parameter_arrays())
+    return b"".join(parts)
+
+
+def write_file_atomic(path: str, data: bytes, what: str) -> None:
+    """Write via a temporary file and a rename, so no half-written file is ever seen."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise DLServerError(f"{path}: cannot write {what}: {e.strerror or e}") from None
+
+
+def save_weights(net, path: str) -> None:
+    """Save the network's parameters in Darknet's format."""
+    sys.stderr.write(f"Saving weights to {path}\n")
+    write_file_atomic(path, weights_bytes(net), "weights file")

@@ -1,0 +1,39 @@
+/* _dlk: the loops over memory of dl-server (stable ABI, one source for wasm32 and native).
+ * Shapes and wiring stay in Python; each kernel documents its math above it. */
+#include "dlk_common.h"
+#include "gemm.c"
+#include "conv.c"
+#include "activation.c"
+#include "pool.c"
+#include "softmax.c"
+#include "blas.c"
+#include "image.c"
+#include "png.c"
+
+static PyMethodDef dlk_methods[] = {
+    {"gemm", dlk_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
+    {"im2col", dlk_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
+    {"col2im", dlk_col2im, METH_VARARGS, "col2im(col, c, h, w, ksize, stride, pad, im)"},
+    {"add_bias", dlk_add_bias, METH_VARARGS, "add_bias(out, biases, batch, n, size)"},
+    {"activate", dlk_activate, METH_VARARGS, "activate(x, n, act)"},
+    {"gradient", dlk_gradient, METH_VARARGS, "gradient(y, n, act, delta)"},
+    {"batchnorm_infer", dlk_batchnorm_infer, METH_VARARGS,
+     "batchnorm_infer(x, mean, var, scales, biases, batch, n, size)"},
+    {"maxpool_forward", dlk_maxpool_forward, METH_VARARGS,
+     "maxpool_forward(in, batch, c, h, w, size, stride, pad, out, indexes)"},
+    {"maxpool_backward", dlk_maxpool_backward, METH_VARARGS,
+     "maxpool_backward(out_delta, indexes, n, in_delta, n_in)"},
+    {"softmax", dlk_softmax, METH_VARARGS, "softmax(in, batch, n, temperature, out)"},
+    {"axpy", dlk_axpy, METH_VARARGS, "axpy(n, a, x, y): y += a*x"},
+    {"scal", dlk_scal, METH_VARARGS, "scal(n, a, x): x *= a"},
+    {"fill", dlk_fill, METH_VARARGS, "fill(n, a, x): x = a"},
+    {"pixels_to_chw", dlk_pixels_to_chw, METH_VARARGS, "pixels_to_chw(src, width, height, comps, out)"},
+    {"png_unfilter", dlk_png_unfilter, METH_VARARGS, "png_unfilter(src, height, rowbytes, bpp, out)"},
+    {"png_expand_palette", dlk_png_expand_palette, METH_VARARGS,
+     "png_expand_palette(indexes, palette, n, comps, out)"},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef dlk_module = {PyModuleDef_HEAD_INIT, "_dlk", "dl-server kernels", -1, dlk_methods};
+
+PyMODINIT_FUNC PyInit__dlk(void) { return PyModule_Create(&dlk_module); }

@@ -1,0 +1,343 @@
+"""``dl-server``: run dl-server.wasm the way Veracruz's freestanding execution engine does.
+
+Module-level imports are kept to the standard library's light corner so that
+``--help`` and argument errors are instant; wasmtime is imported by runtime.py
+only when a run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import threading
+import time
+
+PROG = "dl-server"
+EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
+STATUS_REFRESH_SECONDS = 0.25
+
+DESCRIPTION = """\
+Run a WASI command component (dl-server.wasm) in a sandbox that sees only the
+given sources, as Veracruz's freestanding execution engine (FEE) does. The guest
+gets no arguments besides its name, so dl-server.wasm reads args.cfg."""
+
+EPILOG = """\
+sources:
+  Source paths are relative to the current directory (an absolute path must lie
+  inside it; '..' is refused). The guest sees each source at the same relative
+  path, with its working directory at '/', and nothing else of the host: no
+  other files, no network.
+  - Input sources are read-only. A directory is mounted where it lies (not
+    copied); a file is copied into a private directory (its siblings stay hidden).
+  - Output sources are directories ('./' = everything the guest writes). The guest
+    writes into a private copy, which starts with the host's contents when the
+    path is also an input (e.g. -i model -o model). Input directories inside an
+    output stay read-only.
+  - Only if the guest succeeds are the files it created or changed copied back,
+    each atomically (temporary name, then rename), never through a symlink.
+    Deleted files are not deleted on the host. On failure, timeout or memory
+    exhaustion nothing is written back.
+
+output:
+  Without -d/-e the guest's stdout/stderr are passed through live. With -d (-e)
+  its stdout (stderr) is printed at the end between '---- stdout dump ----' and
+  '---- stdout dump end ----' lines, as the FEE does. When stderr is a terminal, a
+  status line (elapsed time, last stdout line) is shown during the run.
+
+exit status:
+  0 if the guest succeeded, 1 if it failed (a component can only report
+  success or failure) or on a host error, 2 on a usage error, 130 on Ctrl-C.
+
+examples:
+  dl-server --program dl-server.wasm --input-source args.cfg cfg data model -d -e
+  dl-server -r dl-server.wasm -i args.cfg cfg model -o model --max-memory 1G"""
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'512M' -> bytes.  Units K, M, G are powers of 1024 (optional 'B'/'iB')."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 64K, 512M, 2G)")
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"timeout must be positive: {text!r}")
+    return seconds
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected VAR=VAL, got {text!r}")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-r", "--program", "--pipeline", "-p", dest="program", required=True,
+                        metavar="WASM", help="the component to run (a path to the .wasm)")
+    parser.add_argument("-i", "--input-source", dest="inputs", nargs="*", action="extend",
+                        default=[], metavar="PATH", help="files or directories the guest may read")
+    parser.add_argument("-o", "--output-source", dest="outputs", nargs="*", action="extend",
+                        default=[], metavar="PATH", help="directories the guest may write")
+    parser.add_argument("-d", "--dump-stdout", action="store_true",
+                        help="print the guest's stdout at the end, between dump markers")
+    parser.add_argument("-e", "--dump-stderr", action="store_true",
+                        help="print the guest's stderr at the end, between dump markers")
+    parser.add_argument("-c", "--enable-clock", action="store_true",
+                        help="let the guest report real times (else it prints 0.000000 seconds, "
+                             "as under the FEE): sets DL_SERVER_CLOCK=1 instead of 0")
+    parser.add_argument("--env", dest="env", action="append", type=parse_env, default=[],
+                        metavar="VAR=VAL", help="environment variable for the guest (repeatable)")
+    parser.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                        help="limit of the guest's linear memory, e.g. 512M (units K, M, G)")
+    parser.add_argument("--timeout", type=parse_seconds, metavar="SECONDS",
+                        help="stop the guest after this many seconds (counts as a failure)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compile the program afresh; do not read or write the compile cache "
+                             "($XDG_CACHE_HOME/dl-server, default ~/.cache/dl-server)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no live status line, even when stderr is a terminal")
+    return parser
+
+
+class LiveStatus:
+    """A one-line status on a terminal: elapsed time and the guest's last stdout line.
+
+    The caller holds GuestOutput's lock around every method.  The line is erased
+    before anything else is written to the terminal and drawn again only when
+    the cursor is at the start of a line.
+    """
+
+    def __init__(self, terminal, started: float, width: int):
+        self._terminal = terminal
+        self._started = started
+        self._width = max(width - 1, 20)
+        self._shown = False
+        self.at_line_start = True
+        self.message = "starting"
+
+    def erase(self) -> None:
+        if self._shown:
+            self._terminal.write("\r\x1b[K")
+            self._terminal.flush()
+            self._shown = False
+
+    def draw(self) -> None:
+        if not self.at_line_start:
+            return
+        elapsed = int(time.monotonic() - self._started)
+        text = f"[{PROG} {elapsed // 60}:{elapsed % 60:02d}] {self.message}"
+        self._terminal.write("\r\x1b[K" + text[:self._width])
+        self._terminal.flush()
+        self._shown = True
+
+
+class GuestOutput:
+    """Where the guest's stdout and stderr go: passed through live, or kept for the dumps.
+
+    The write methods are called from the guest's thread (wasmtime callbacks);
+    ``tick`` from the main thread to refresh the status line.
+    """
+
+    def __init__(self, dump_stdout: bool, dump_stderr: bool, status: LiveStatus | None):
+        self._dump_stdout = dump_stdout
+        self._dump_stderr = dump_stderr
+        self._status = status
+        self._stdout_kept: list[bytes] = []
+        self._stderr_kept: list[bytes] = []
+        self._partial_line = b""
+        self._lock = threading.Lock()
+        self._stdout_on_terminal = status is not None and _isatty(sys.stdout)
+        self._broken: set[int] = set()
+
+    def stdout(self, data: bytes) -> None:
+        with self._lock:
+            if self._dump_stdout:
+                self._stdout_kept.append(data)
+            else:
+                self._pass_through(sys.stdout, data, self._stdout_on_terminal)
+            if self._status is not None:
+                self._note_stdout_line(data)
+                self._status.draw()
+
+    def stderr(self, data: bytes) -> None:
+        with self._lock:
+            if self._dump_stderr:
+                self._stderr_kept.append(data)
+            else:
+                self._pass_through(sys.stderr, data, self._status is not None)
+                if self._status is not None:
+                    self._status.draw()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._status.draw()
+
+    def set_status(self, message: str) -> None:
+        if self._status is not None:
+            with self._lock:
+                self._status.message = message
+                self._status.draw()
+
+    def finish(self) -> None:
+        """Erase the status line and print the dumps (stdout, then stderr)."""
+        with self._lock:
+            if self._status is not None:
+                self._status.erase()
+            if self._dump_stdout:
+                _write_dump(sys.stdout, "stdout", b"".join(self._stdout_kept))
+            if self._dump_stderr:
+                _write_dump(sys.stderr, "stderr", b"".join(self._stderr_kept))
+
+    def _pass_through(self, stream, data: bytes, on_terminal: bool) -> None:
+        if stream.fileno() in self._broken:
+            return
+        if on_terminal:
+            self._status.erase()
+            if data:
+                self._status.at_line_start = data.endswith(b"\n")
+        try:
+            stream.flush()
+            stream.buffer.write(data)
+            stream.buffer.flush()
+        except OSError:             # e.g. a closed pipe: keep the guest running, drop its output
+            self._broken.add(stream.fileno())
+
+    def _note_stdout_line(self, data: bytes) -> None:
+        lines = (self._partial_line + data).split(b"\n")
+        self._partial_line = lines.pop()[-1000:]
+        complete = [line for line in lines if line.strip()]
+        if complete:
+            text = complete[-1].decode("utf-8", "replace")
+            self._status.message = "".join(c if c.isprintable() else " " for c in text).strip()
+
+
+def _write_dump(stream, name: str, data: bytes) -> None:
+    stream.flush()
+    stream.buffer.write(f"---- {name} dump ----\n".encode() + data + f"---- {name} dump end ----\n".encode())
+    stream.buffer.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def error(message: str) -> None:
+    """Print one ``dl-server: error: ...`` line on stderr."""
+    sys.stderr.flush()
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dl-server`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .runtime import HostError
+    from .sources import SourceError
+    try:
+        return _run(args)
+    except (SourceError, HostError) as e:
+        error(str(e))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runtime import GuestRun, HostError, Outcome, default_cache_dir, load_component, make_engine
+    from .sources import stage_sources
+
+    if not os.path.isfile(args.program):
+        raise HostError(f"program not found: {args.program}")
+    started = time.monotonic()
+    status = None
+    if not args.no_progress and _isatty(sys.stderr):
+        status = LiveStatus(sys.stderr, started, _terminal_width())
+    output = GuestOutput(args.dump_stdout, args.dump_stderr, status)
+    env = dict([("DL_SERVER_CLOCK", "1" if args.enable_clock else "0"), *args.env])
+
+    with stage_sources(args.inputs, args.outputs) as staged:
+        engine = make_engine()
+        output.set_status(f"loading {os.path.basename(args.program)} "
+                          "(compiled once, then cached)")
+        component = load_component(engine, args.program,
+                                   None if args.no_cache else default_cache_dir())
+        output.set_status("running")
+        run = GuestRun(engine, component, argv=[os.path.basename(args.program)],
+                       env=env.items(), mounts=staged.mounts,
+                       stdout=output.stdout, stderr=output.stderr,
+                       max_memory=args.max_memory, timeout=args.timeout).start()
+        try:
+            result = _wait(run, output)
+        finally:
+            output.finish()
+        if result.outcome is Outcome.SUCCEEDED:
+            staged.write_back()
+            return EXIT_OK
+    _report_failure(result, args)
+    return EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+
+
+def _wait(run, output: GuestOutput):
+    """Wait for the guest, refreshing the status line; Ctrl-C stops the guest."""
+    from .runtime import Outcome
+    poll = STATUS_REFRESH_SECONDS if output._status is not None else None
+    while True:
+        try:
+            result = run.wait(poll)
+        except KeyboardInterrupt:
+            run.stop(Outcome.INTERRUPTED)
+            continue
+        if result is not None:
+            return result
+        output.tick()
+
+
+def _report_failure(result, args: argparse.Namespace) -> None:
+    from .runtime import Outcome
+    if result.outcome is Outcome.TIMED_OUT:
+        error(f"guest exceeded --timeout {args.timeout:g}s")
+    elif result.outcome is Outcome.OUT_OF_MEMORY:
+        error(f"guest ran out of memory (--max-memory {_format_size(args.max_memory)})")
+    elif result.outcome is Outcome.INTERRUPTED:
+        error("interrupted")
+    elif result.outcome is Outcome.TRAPPED:
+        error(f"guest crashed: {result.detail}")
+    # Outcome.FAILED: the guest has said why on its stderr, as under the FEE.
+
+
+def _format_size(size: int) -> str:
+    for unit in ("G", "M", "K"):
+        if size % SIZE_UNITS[unit] == 0:
+            return f"{size // SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 80
+
+
+if __name__ == "__main__":
+    sys.exit(main())

