@@ -9,6 +9,7 @@
 #include "blas.c"
 #include "image.c"
 #include "png.c"
+#include "direct_conv.c"
 
 static PyMethodDef dlk_methods[] = {
     {"gemm", dlk_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
@@ -31,6 +32,10 @@ static PyMethodDef dlk_methods[] = {
     {"png_unfilter", dlk_png_unfilter, METH_VARARGS, "png_unfilter(src, height, rowbytes, bpp, out)"},
     {"png_expand_palette", dlk_png_expand_palette, METH_VARARGS,
      "png_expand_palette(indexes, palette, n, comps, out)"},
+    {"conv2d_direct", dlk_conv2d_direct, METH_VARARGS,
+     "conv2d_direct(in, batch, c, h, w, weights, n, size, pad, out, workspace): stride-1 convolution"},
+    {"conv2d_direct_workspace", dlk_conv2d_direct_workspace, METH_VARARGS,
+     "conv2d_direct_workspace(c, h, w, size, pad) -> floats of workspace conv2d_direct needs"},
     {NULL, NULL, 0, NULL}
 };
 

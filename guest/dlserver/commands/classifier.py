@@ -25,15 +25,8 @@ def load_network(cfg: str, weights: str | None, clear: bool = False):
 
 def top_k(values, k: int) -> list[int]:
     """Indexes of the k largest values, descending; ties keep the lower index first."""
-    idx = [-1] * k
-    for i in range(len(values)):
-        cur = i
-        for j in range(k):
-            if idx[j] < 0 or values[cur] > values[idx[j]]:
-                cur, idx[j] = idx[j], cur
-                if cur < 0:
-                    break
-    return idx
+    # Darknet's insertion loop puts equal values in index order: a stable descending sort.
+    return sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
 
 
 def _check_input_geometry(net, what: str) -> None:

@@ -1,4 +1,5 @@
 """load_image_color: read an image file into a 3-channel float image (spec §5.2, §7.2)."""
+import os
 from ..errors import DLServerError
 from .ops import Image, pixels_to_image, resize_image
 from .png import decode_png
@@ -8,9 +9,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def read_image_file(path: str) -> bytes:
     """The bytes of an image file, with one clear error line when it cannot be read."""
+    # os.open/os.read: half the WASI calls of open().read(), which matters for 60000 files.
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except FileNotFoundError:
         raise DLServerError(f"{path}: cannot load image: no such file") from None
     except IsADirectoryError:

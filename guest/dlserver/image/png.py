@@ -151,9 +151,8 @@ def decode_png(data) -> tuple:
     if depth == 8 and not interlace and colour != 3:
         # fast path (MNIST and most files): no unpacking, no palette, no interlacing
         rowbytes = width * _CHANNELS[colour]
-        raw = _inflate(stream, height * (rowbytes + 1))
         buf = bytearray(height * rowbytes)
-        _unfilter(raw, height, rowbytes, rowbytes // width, buf, "")
+        _unfilter(_inflate(stream, height * (rowbytes + 1)), height, rowbytes, rowbytes // width, buf, "")
         return width, height, rowbytes // width, bytes(buf)
     channels = _CHANNELS[colour]
     bits = depth * channels
@@ -173,7 +172,7 @@ def decode_png(data) -> tuple:
     raw = _inflate(stream, expected)
 
     bpp = max(1, bits >> 3)
-    if palette is not None and colour == 3:
+    if colour == 3:                       # IDAT checked that PLTE came first
         if trns is not None:
             comps = 4
             pal = bytearray(len(palette) // 3 * 4)
@@ -185,7 +184,7 @@ def decode_png(data) -> tuple:
         else:
             comps = 3
     else:
-        palette = None
+        palette = None                    # a suggested palette of a true-colour image
         comps = channels
 
     if not interlace:
@@ -230,8 +229,8 @@ def _check_ihdr(width, height, depth, colour, compression, filtering, interlace)
     if not width or not height:
         raise PNGError(f"bad IHDR (image size {width} x {height})")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise PNGError(f"image too large ({width} x {height} pixels, "
-                       f"at most {MAX_PIXELS} and sides up to {MAX_SIDE})")
+        raise PNGError(f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels "
+                       f"and {MAX_SIDE} per side)")
 
 
 def _inflate(stream, expected: int) -> bytes:

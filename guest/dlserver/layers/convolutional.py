@@ -12,6 +12,8 @@ from ..errors import DLServerError
 from ..rng import f32
 from .base import Layer, parse_activation
 
+DIRECT_MAX_CHANNELS = 16
+
 
 class ConvolutionalLayer(Layer):
     kind = "convolutional"
@@ -54,7 +56,14 @@ class ConvolutionalLayer(Layer):
             self.scales = filled(self.n, 1.0)
             self.rolling_mean = zeros(self.n)
             self.rolling_variance = zeros(self.n)
-        self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w) if self.size != 1 else None
+        # Few input channels, stride 1: direct convolution (no im2col matrix); else im2col + gemm.
+        self.direct = self.stride == 1 and self.size > 1 and self.c <= DIRECT_MAX_CHANNELS
+        if self.direct:
+            self.workspace = zeros(_dlk.conv2d_direct_workspace(c, h, w, self.size, self.pad))
+        elif self.size != 1:
+            self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w)
+        else:
+            self.workspace = None
         self.allocate()
 
     def init_weights(self, rng) -> None:
@@ -72,6 +81,20 @@ class ConvolutionalLayer(Layer):
     def forward(self, net, input_buf, train):
         spatial = self.out_h * self.out_w
         out = self.output
+        if self.direct:
+            _dlk.conv2d_direct(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
+                               self.pad, out, self.workspace)
+        else:
+            self._forward_gemm(input_buf, out, spatial)
+        if self.batch_normalize:
+            _dlk.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
+                                 self.batch, self.n, spatial)
+        else:
+            _dlk.add_bias(out, self.biases, self.batch, self.n, spatial)
+        _dlk.activate(out, len(out), self.activation)
+
+    def _forward_gemm(self, input_buf, out, spatial):
+        """out[b] = W . im2col(in[b]), one gemm per image."""
         _dlk.fill(len(out), 0.0, out)
         for b in range(self.batch):
             image = view(input_buf, b * self.inputs, self.inputs)
@@ -82,12 +105,6 @@ class ConvolutionalLayer(Layer):
                 col = self.workspace
             _dlk.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
                       col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
-        if self.batch_normalize:
-            _dlk.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
-                                 self.batch, self.n, spatial)
-        else:
-            _dlk.add_bias(out, self.biases, self.batch, self.n, spatial)
-        _dlk.activate(out, len(out), self.activation)
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
