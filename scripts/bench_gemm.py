@@ -77,24 +77,30 @@ class Run(exports.Run):
     def run(self) -> None:
         with open("/bench/cases.json") as f:
             cfg = json.load(f)
-        gemm = getattr(_dlk, cfg["func"])
+        funcs = [getattr(_dlk, name) for name in cfg["funcs"]]
         for op, M, N, K in cfg["cases"]:
             ta, tb = int(op[0] == "T"), int(op[1] == "T")
             lda, ldb = layout(op, M, N, K)
             A, B, C = data(M * K, 0), data(K * N, 1000), array.array("f", bytes(4 * M * N))
-            def call():
-                gemm(ta, tb, M, N, K, 1.0, A, lda, B, ldb, 0.0, C, N)
-            t0 = time.perf_counter(); call(); once = time.perf_counter() - t0
-            calls = max(1, int(cfg["min_time"] / max(once, 1e-7)))
-            samples = []
-            for _ in range(cfg["reps"]):
+            calls, samples, digests = [], [], []
+            for gemm in funcs:
                 t0 = time.perf_counter()
-                for _ in range(calls):
-                    call()
-                samples.append((time.perf_counter() - t0) / calls)
-            samples.sort()
-            print(json.dumps({"op": op, "M": M, "N": N, "K": K, "seconds": samples[len(samples) // 2],
-                              "sha256": hashlib.sha256(C).hexdigest()}), flush=True)
+                gemm(ta, tb, M, N, K, 1.0, A, lda, B, ldb, 0.0, C, N)
+                once = time.perf_counter() - t0
+                digests.append(hashlib.sha256(C).hexdigest())
+                calls.append(max(1, int(cfg["min_time"] / max(once, 1e-7))))
+                samples.append([])
+            # Functions take turns sample by sample, so a busy machine slows them alike.
+            for _ in range(cfg["reps"]):
+                for f, gemm in enumerate(funcs):
+                    t0 = time.perf_counter()
+                    for _ in range(calls[f]):
+                        gemm(ta, tb, M, N, K, 1.0, A, lda, B, ldb, 0.0, C, N)
+                    samples[f].append((time.perf_counter() - t0) / calls[f])
+            for f, name in enumerate(cfg["funcs"]):
+                xs = sorted(samples[f])
+                print(json.dumps({"func": name, "op": op, "M": M, "N": N, "K": K, "median": xs[len(xs) // 2],
+                                  "min": xs[0], "sha256": digests[f]}), flush=True)
 '''
 
 
@@ -132,11 +138,11 @@ def bench_component(lib: Path) -> Path:
     return wasm
 
 
-def run_component(wasm: Path, cases, func: str, reps: int, min_time: float) -> list:
+def run_component(wasm: Path, cases, funcs: list, reps: int, min_time: float) -> list:
     run_dir = BENCH / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cases.json").write_text(json.dumps(
-        {"func": func, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
+        {"funcs": funcs, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
     proc = subprocess.run([str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -150,7 +156,7 @@ def host_data(np, n: int, shift: int):
     return np.tile(base, n // 2003 + 1)[:n].copy()
 
 
-def numpy_seconds(np, op, M, N, K, reps, min_time):
+def numpy_seconds(np, op, M, N, K, reps, min_time, stat):
     A, B = host_data(np, M * K, 0), host_data(np, K * N, 1000)
     a = A.reshape(K, M).T if op[0] == "T" else A.reshape(M, K)
     b = B.reshape(N, K).T if op[1] == "T" else B.reshape(K, N)
@@ -164,7 +170,8 @@ def numpy_seconds(np, op, M, N, K, reps, min_time):
         for _ in range(calls):
             call()
         samples.append((time.perf_counter() - t0) / calls)
-    return sorted(samples)[len(samples) // 2]
+    samples.sort()
+    return samples[0] if stat == "min" else samples[len(samples) // 2]
 
 
 def native_sha(dlk, np, op, M, N, K, func):
@@ -180,12 +187,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the 256^3 cases")
     ap.add_argument("--ops", default="NN,NT,TN", help="comma-separated subset of NN,NT,TN,TT")
+    ap.add_argument("--case", action="append", default=[], metavar="OP,M,N,K",
+                    help="benchmark this shape instead of the built-in list (repeatable), e.g. NN,64,64,64")
     ap.add_argument("--reps", type=int, default=5, help="samples per case (median reported)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample, at least")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="statistic over the samples (min is steadier on a busy machine)")
     ap.add_argument("--blas-threads", type=int, help="OpenBLAS threads for the numpy baseline")
     ap.add_argument("--lib", type=Path, help="directory of another _dlk.abi3.so (wasm) to benchmark")
     ap.add_argument("--native-lib", type=Path, help="directory of the matching native _dlk.abi3.so")
-    ap.add_argument("--func", default="gemm", help="function of _dlk to call (gemm's signature)")
+    ap.add_argument("--func", default="gemm",
+                    help="function(s) of _dlk with gemm's signature, comma-separated; they take turns")
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy baseline")
     args = ap.parse_args()
     if args.blas_threads:
@@ -196,6 +208,11 @@ def main() -> None:
     cases = [c for c in CASES if c[0] in ops and (not args.quick or c[1:4] == (256, 256, 256))]
     if "TT" in ops:
         cases.append(("TT", 256, 256, 256, "square"))
+    if args.case:
+        cases = []
+        for spec in args.case:
+            op, *dims = spec.split(",")
+            cases.append((op.upper(), *map(int, dims), "--case"))
     if args.lib is None:
         build_kernels()
     lib = args.lib or ROOT / "build" / "wasm"
@@ -205,28 +222,39 @@ def main() -> None:
         sys.path.insert(0, str(native_lib))
         import _dlk as dlk
 
+    funcs = args.func.split(",")
     t0 = time.perf_counter()
     wasm = bench_component(lib)
-    results = run_component(wasm, cases, args.func, args.reps, args.min_time)
-    print(f"component {wasm.name} ({lib / '_dlk.abi3.so'}), _dlk.{args.func}, "
-          f"median of {args.reps}; wasm run+build {time.perf_counter() - t0:.1f}s; "
-          f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
-          f"{os.cpu_count()} cpus")
-    print(f"{'op':3} {'M':>5} {'N':>7} {'K':>7}  {'wasm GF/s':>9} {'numpy GF/s':>10} {'wasm/np':>7}  "
-          f"{'bits=native':>11}  case")
-    for case, res in zip(cases, results):
-        op, M, N, K, what = case
+    results = run_component(wasm, cases, funcs, args.reps, args.min_time)
+    print(f"component {wasm.name} ({lib / '_dlk.abi3.so'}); {args.stat} of {args.reps} samples of >= "
+          f"{args.min_time}s each; wasm build+run {time.perf_counter() - t0:.1f}s; numpy {np.__version__}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, {os.cpu_count()} cpus; "
+          f"GF/s = 2*M*N*K / seconds per call")
+    head = "".join(f" {f[:10]:>10}" for f in funcs)
+    print(f"{'op':3} {'M':>5} {'N':>7} {'K':>7} {head} {'numpy':>7} {'ratio':>6}  {'bits=native':>11}  case")
+    by_case = {}
+    for res in results:
+        by_case.setdefault((res["op"], res["M"], res["N"], res["K"]), {})[res["func"]] = res
+    for op, M, N, K, what in cases:
+        row = by_case.get((op, M, N, K), {})
+        if len(row) != len(funcs):
+            continue
         flops = 2.0 * M * N * K
-        wasm_gf = flops / res["seconds"] / 1e9
+        gfs = [flops / row[f][args.stat] / 1e9 for f in funcs]
         if args.no_numpy:
-            np_gf, ratio = float("nan"), float("nan")
+            np_gf = ratio = float("nan")
         else:
-            np_gf = flops / numpy_seconds(np, op, M, N, K, args.reps, args.min_time) / 1e9
-            ratio = wasm_gf / np_gf
-        same = "-" if dlk is None else ("yes" if native_sha(dlk, np, op, M, N, K, args.func) == res["sha256"] else "NO")
-        print(f"{op:3} {M:5d} {N:7d} {K:7d}  {wasm_gf:9.2f} {np_gf:10.2f} {ratio:7.2f}  {same:>11}  {what}")
-    if len(results) != len(cases):
-        sys.exit(f"only {len(results)} of {len(cases)} cases reported")
+            np_gf = flops / numpy_seconds(np, op, M, N, K, args.reps, args.min_time, args.stat) / 1e9
+            ratio = gfs[0] / np_gf
+        if dlk is None:
+            same = "-"
+        else:
+            same = "".join("y" if native_sha(dlk, np, op, M, N, K, f) == row[f]["sha256"] else "N" for f in funcs)
+            same = "yes" if set(same) == {"y"} else same
+        cols = "".join(f" {g:10.2f}" for g in gfs)
+        print(f"{op:3} {M:5d} {N:7d} {K:7d} {cols} {np_gf:7.2f} {ratio:6.2f}  {same:>11}  {what}")
+    if len(results) != len(cases) * len(funcs):
+        sys.exit(f"only {len(results)} of {len(cases) * len(funcs)} results reported")
 
 
 if __name__ == "__main__":

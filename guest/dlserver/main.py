@@ -45,6 +45,8 @@ class Argv:
                 if value is None:
                     raise DLServerError(f"flag {flag} needs a value")
                 return value
+        if self.argc and self.args[self.argc - 1] == flag:
+            raise DLServerError(f"flag {flag} needs a value")
         return None
 
     def find_int(self, flag: str, default: int) -> int:

@@ -161,7 +161,11 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
                                     " by dl-server yet")
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
-        layer = layer_type(options, net.batch, h, w, c, inputs)
+        try:
+            layer = layer_type(options, net.batch, h, w, c, inputs)
+        except DLServerError:
+            err.write("\n")
+            raise
         err.write(layer.describe() + "\n")
         _parse_common_options(layer, options)
         options.report_unused()

@@ -3,108 +3,252 @@
  *   C[i][j] = BETA * C[i][j] + sum_k ALPHA * op(A)[i][k] * op(B)[k][j]
  *
  * with op(X) = X or X^T, row-major, leading dimensions lda, ldb, ldc.
- * BETA is applied first; the k-sum for NN and TN is accumulated onto C in order
- * k = 0..K-1 (Darknet's loop order), so C's value is the running sum. */
+ *
+ * Float semantics: every element gets exactly the float operations of Darknet's gemm_cpu
+ * (built with -ffp-contract=off: no FMA), so results are bit-identical to its loops:
+ *   - C *= BETA first (skipped when BETA == 1, where it is the identity);
+ *   - a = ALPHA * op(A)[i][k] is rounded to float, then the product a * op(B)[k][j];
+ *   - NN, TN (Darknet gemm_nn / gemm_tn): the products are added onto C's running value,
+ *     k = 0..K-1 in order;
+ *   - NT, TT (Darknet gemm_nt / gemm_tt): sum = 0, the products are added to sum in order
+ *     k = 0..K-1, then C += sum.
+ * Nothing is reassociated: the vector lanes below hold different (i, j) elements, never
+ * parts of one sum. (Darknet's own wasm build used -Ofast and may have reassociated NT.)
+ *
+ * Layout of the computation (GotoBLAS-style, tuned for wasm SIMD128 under Cranelift, which
+ * has 16 xmm registers and does not reschedule): K is cut into blocks of GEMM_KC, N into
+ * blocks of GEMM_NC. For each block, op(B) is packed into panels of 4 columns (k-major:
+ * 4 floats per k) and op(A) into panels of 8 (or 4) rows (k-major, ALPHA applied). A
+ * micro-kernel then computes an 8x4 tile of C in 8 accumulator vectors: per k it loads
+ * the two A vectors (rows i..i+7) and one B vector (columns j..j+3), and multiplies the A
+ * vectors by the B vector rotated by s = 0..3 lanes, so accumulator (h, s) lane l holds
+ * element (4h + l, (l + s) mod 4) of the tile. No broadcasts are needed: per k there are
+ * 3 loads, 3 lane rotations, 8 multiplies and 8 adds, 15 xmm registers live. The tile is
+ * rotated/transposed into that "diagonal" layout when loaded and back when stored.
+ * Between K blocks a tile's running value is stored to C (NN, TN) or, for NT/TT whose sum
+ * is added to C only at the end, to a float workspace; a float stored and reloaded is
+ * unchanged, so blocking does not alter any result.
+ *
+ * The pack buffers are static: the extension holds the GIL for the whole call (and the
+ * guest is single-threaded), so gemm is never re-entered while they are in use. */
 #include "dlk_common.h"
 
-/* NN, 4x16 register block: acc[r][0..15] starts as C[i+r][j..j+15]; for each k,
- * acc[r] += (ALPHA*A[i+r][k]) * B[k][j..j+15]. Same per-element order as Darknet. */
-static void gemm_nn(int M, int N, int K, float ALPHA, const float *A, int lda,
-                    const float *B, int ldb, float *C, int ldc)
+#define GEMM_KC 256                 /* depth of a K block */
+#define GEMM_NC 512                 /* columns of op(B) per packed block (a multiple of 4) */
+
+typedef float v4fu __attribute__((vector_size(16), aligned(4)));   /* unaligned vector access */
+#define V4_ROT(v, s) __builtin_shufflevector(v, v, (s) & 3, ((s) + 1) & 3, ((s) + 2) & 3, ((s) + 3) & 3)
+#define GEMM_INLINE static inline __attribute__((always_inline))
+
+static float gemm_pack_a[8 * GEMM_KC] __attribute__((aligned(16)));
+static float gemm_pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(16)));
+
+GEMM_INLINE void v4_transpose(v4f r[4])
 {
-    int i = 0;
-    for (; i + 4 <= M; i += 4) {
-        int j = 0;
-        for (; j + 16 <= N; j += 16) {
-            v4f acc[4][4];
-            for (int r = 0; r < 4; ++r)
-                for (int q = 0; q < 4; ++q) acc[r][q] = v4f_load(C + (i + r) * ldc + j + 4 * q);
-            for (int k = 0; k < K; ++k) {
-                const float *b = B + k * ldb + j;
-                v4f b0 = v4f_load(b), b1 = v4f_load(b + 4), b2 = v4f_load(b + 8), b3 = v4f_load(b + 12);
-                for (int r = 0; r < 4; ++r) {
-                    v4f a = v4f_splat(ALPHA * A[(i + r) * lda + k]);
-                    acc[r][0] += a * b0; acc[r][1] += a * b1;
-                    acc[r][2] += a * b2; acc[r][3] += a * b3;
-                }
-            }
-            for (int r = 0; r < 4; ++r)
-                for (int q = 0; q < 4; ++q) v4f_store(C + (i + r) * ldc + j + 4 * q, acc[r][q]);
+    v4f t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5), t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+    v4f t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5), t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+    r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    r[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    r[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
+/* 4x4 block at p (row stride ld) to the diagonal layout: d[s][l] = p[l][(l + s) % 4]. */
+GEMM_INLINE void tile_to_diag(const float *p, ptrdiff_t ld, v4f d[4])
+{
+    d[0] = v4f_load(p);
+    d[1] = V4_ROT(v4f_load(p + ld), 1);
+    d[2] = V4_ROT(v4f_load(p + 2 * ld), 2);
+    d[3] = V4_ROT(v4f_load(p + 3 * ld), 3);
+    v4_transpose(d);
+}
+
+/* Inverse of tile_to_diag: r[l] = row l of the block. */
+GEMM_INLINE void diag_to_rows(const v4f d[4], v4f r[4])
+{
+    r[0] = d[0]; r[1] = d[1]; r[2] = d[2]; r[3] = d[3];
+    v4_transpose(r);
+    r[1] = V4_ROT(r[1], 3);
+    r[2] = V4_ROT(r[2], 2);
+    r[3] = V4_ROT(r[3], 1);
+}
+
+/* Tile of MR = 4*MRV rows x 4 columns over kc steps of packed A (ap: MR floats per k) and
+ * packed B (bp: 4 floats per k). The accumulators start as src[r][x] * scale (scale != 1)
+ * or src[r][x], or as 0 when src is NULL. At the end, unless `add`, dst[r][x] = acc;
+ * with `add`, dst[r][x] = dst[r][x] * beta + acc (beta != 1) or dst[r][x] + acc. */
+GEMM_INLINE void gemm_tile(const int MRV, int kc, const float *ap, const float *bp,
+                           const float *src, ptrdiff_t lds, float scale,
+                           float *dst, ptrdiff_t ldd, int add, float beta)
+{
+    v4f acc[2][4];
+    for (int h = 0; h < MRV; ++h) {
+        if (src) {
+            tile_to_diag(src + 4 * h * lds, lds, acc[h]);
+            if (scale != 1.f)
+                for (int s = 0; s < 4; ++s) acc[h][s] *= v4f_splat(scale);
+        } else {
+            for (int s = 0; s < 4; ++s) acc[h][s] = v4f_splat(0.f);
         }
-        for (; j + 4 <= N; j += 4) {
-            v4f acc[4];
-            for (int r = 0; r < 4; ++r) acc[r] = v4f_load(C + (i + r) * ldc + j);
-            for (int k = 0; k < K; ++k) {
-                v4f b = v4f_load(B + k * ldb + j);
-                for (int r = 0; r < 4; ++r) acc[r] += v4f_splat(ALPHA * A[(i + r) * lda + k]) * b;
-            }
-            for (int r = 0; r < 4; ++r) v4f_store(C + (i + r) * ldc + j, acc[r]);
-        }
-        for (; j < N; ++j)
-            for (int r = 0; r < 4; ++r) {
-                float s = C[(i + r) * ldc + j];
-                for (int k = 0; k < K; ++k) s += ALPHA * A[(i + r) * lda + k] * B[k * ldb + j];
-                C[(i + r) * ldc + j] = s;
-            }
     }
-    for (; i < M; ++i) {
-        float *c = C + i * ldc;
-        for (int k = 0; k < K; ++k) {
-            float a = ALPHA * A[i * lda + k];
-            const float *b = B + k * ldb;
-            int j = 0;
-            for (; j + 4 <= N; j += 4) v4f_store(c + j, v4f_load(c + j) + v4f_splat(a) * v4f_load(b + j));
-            for (; j < N; ++j) c[j] += a * b[j];
+    for (int k = 0; k < kc; ++k) {
+        v4f a[2];
+        for (int h = 0; h < MRV; ++h) a[h] = ((const v4fu *)ap)[h];
+        v4f b = *(const v4fu *)bp;
+        v4f b1 = V4_ROT(b, 1), b2 = V4_ROT(b, 2), b3 = V4_ROT(b, 3);
+        for (int h = 0; h < MRV; ++h) {
+            acc[h][0] += a[h] * b;
+            acc[h][1] += a[h] * b1;
+            acc[h][2] += a[h] * b2;
+            acc[h][3] += a[h] * b3;
+        }
+        ap += 4 * MRV;
+        bp += 4;
+    }
+    for (int h = 0; h < MRV; ++h) {
+        v4f r[4];
+        diag_to_rows(acc[h], r);
+        for (int l = 0; l < 4; ++l) {
+            float *d = dst + (4 * h + l) * ldd;
+            if (add) {
+                v4f c = v4f_load(d);
+                if (beta != 1.f) c *= v4f_splat(beta);
+                r[l] = c + r[l];
+            }
+            v4f_store(d, r[l]);
         }
     }
 }
 
-/* NT: C[i][j] += sum_k ALPHA*A[i][k]*B[j][k], a dot product of two rows,
- * summed in four interleaved lanes (k mod 4) then combined: lanes are a
- * reassociation of Darknet's sequential sum (the -Ofast original does the same). */
-static void gemm_nt(int M, int N, int K, float ALPHA, const float *A, int lda,
-                    const float *B, int ldb, float *C, int ldc)
+/* Pack rows i0..i0+mr-1 (mr <= MR), depth p0..p0+kc-1 of op(A), times ALPHA:
+ * ap[k*MR + r] = ALPHA * op(A)[i0 + r][p0 + k], rows mr..MR-1 zero. */
+static void gemm_pack_a_panel(int ta, const float *A, int lda, float alpha, int i0, int mr, int MR,
+                              int p0, int kc, float *ap)
 {
-    for (int i = 0; i < M; ++i) {
-        const float *a = A + i * lda;
-        for (int j = 0; j < N; ++j) {
-            const float *b = B + j * ldb;
-            v4f acc = v4f_splat(0.f);
+    if (ta) {                                    /* op(A)[i][k] = A[k][i]: rows of A are contiguous */
+        for (int k = 0; k < kc; ++k) {
+            const float *src = A + (ptrdiff_t)(p0 + k) * lda + i0;
+            float *dst = ap + k * MR;
+            int r = 0;
+            if (mr == MR)
+                for (; r < MR; r += 4) v4f_store(dst + r, v4f_load(src + r) * v4f_splat(alpha));
+            for (; r < mr; ++r) dst[r] = alpha * src[r];
+            for (; r < MR; ++r) dst[r] = 0.f;
+        }
+        return;
+    }
+    int r0 = 0;
+    for (; r0 + 4 <= mr; r0 += 4) {              /* 4 rows at a time, 4x4 transposes */
+        const float *src = A + (ptrdiff_t)(i0 + r0) * lda + p0;
+        int k = 0;
+        for (; k + 4 <= kc; k += 4) {
+            v4f t[4];
+            for (int x = 0; x < 4; ++x) t[x] = v4f_load(src + x * (ptrdiff_t)lda + k);
+            v4_transpose(t);
+            for (int x = 0; x < 4; ++x) v4f_store(ap + (k + x) * MR + r0, t[x] * v4f_splat(alpha));
+        }
+        for (; k < kc; ++k)
+            for (int x = 0; x < 4; ++x) ap[k * MR + r0 + x] = alpha * src[x * (ptrdiff_t)lda + k];
+    }
+    for (int k = 0; k < kc; ++k) {
+        int r = r0;
+        for (; r < mr; ++r) ap[k * MR + r] = alpha * A[(ptrdiff_t)(i0 + r) * lda + p0 + k];
+        for (; r < MR; ++r) ap[k * MR + r] = 0.f;
+    }
+}
+
+/* Pack columns j0..j0+nc-1, depth p0..p0+kc-1 of op(B) into panels of 4 columns:
+ * panel t holds bp[t*kc*4 + k*4 + x] = op(B)[p0 + k][j0 + 4t + x], columns past nc zero. */
+static void gemm_pack_b_block(int tb, const float *B, int ldb, int p0, int kc, int j0, int nc, float *bp)
+{
+    for (int t = 0; 4 * t < nc; ++t) {
+        int j = j0 + 4 * t, w = nc - 4 * t < 4 ? nc - 4 * t : 4;
+        float *dst = bp + (ptrdiff_t)t * kc * 4;
+        if (!tb) {                               /* op(B)[k][j] = B[k][j] */
+            const float *src = B + (ptrdiff_t)p0 * ldb + j;
+            if (w == 4)
+                for (int k = 0; k < kc; ++k) v4f_store(dst + 4 * k, v4f_load(src + (ptrdiff_t)k * ldb));
+            else
+                for (int k = 0; k < kc; ++k)
+                    for (int x = 0; x < 4; ++x) dst[4 * k + x] = x < w ? src[(ptrdiff_t)k * ldb + x] : 0.f;
+        } else {                                 /* op(B)[k][j] = B[j][k] */
+            const float *src = B + (ptrdiff_t)j * ldb + p0;
             int k = 0;
-            for (; k + 4 <= K; k += 4) acc += v4f_load(a + k) * v4f_load(b + k);
-            float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            for (; k < K; ++k) sum += a[k] * b[k];
-            C[i * ldc + j] += ALPHA * sum;
+            if (w == 4)
+                for (; k + 4 <= kc; k += 4) {
+                    v4f r[4];
+                    for (int x = 0; x < 4; ++x) r[x] = v4f_load(src + x * (ptrdiff_t)ldb + k);
+                    v4_transpose(r);
+                    for (int x = 0; x < 4; ++x) v4f_store(dst + 4 * (k + x), r[x]);
+                }
+            for (; k < kc; ++k)
+                for (int x = 0; x < 4; ++x) dst[4 * k + x] = x < w ? src[x * (ptrdiff_t)ldb + k] : 0.f;
         }
     }
 }
 
-/* TN: C[i][j] += sum_k ALPHA*A[k][i]*B[k][j], k outer as in Darknet. */
-static void gemm_tn(int M, int N, int K, float ALPHA, const float *A, int lda,
-                    const float *B, int ldb, float *C, int ldc)
+/* One tile of mr x w (<= MR x 4) elements; partial tiles go through padded local copies. */
+static inline void gemm_tile_any(int MR, int mr, int w, int kc, const float *ap, const float *bp,
+                                 const float *src, ptrdiff_t lds, float scale,
+                                 float *dst, ptrdiff_t ldd, int add, float beta)
 {
-    for (int i = 0; i < M; ++i) {
-        float *c = C + i * ldc;
-        for (int k = 0; k < K; ++k) {
-            float a = ALPHA * A[k * lda + i];
-            const float *b = B + k * ldb;
-            int j = 0;
-            for (; j + 4 <= N; j += 4) v4f_store(c + j, v4f_load(c + j) + v4f_splat(a) * v4f_load(b + j));
-            for (; j < N; ++j) c[j] += a * b[j];
-        }
+    if (mr == MR && w == 4) {
+        if (MR == 8) gemm_tile(2, kc, ap, bp, src, lds, scale, dst, ldd, add, beta);
+        else gemm_tile(1, kc, ap, bp, src, lds, scale, dst, ldd, add, beta);
+        return;
     }
+    float ts[8 * 4] = {0}, td[8 * 4] = {0};
+    for (int r = 0; r < mr; ++r)
+        for (int x = 0; x < w; ++x) {
+            if (src) ts[4 * r + x] = src[r * lds + x];
+            if (add) td[4 * r + x] = dst[r * ldd + x];
+        }
+    if (MR == 8) gemm_tile(2, kc, ap, bp, src ? ts : NULL, 4, scale, td, 4, add, beta);
+    else gemm_tile(1, kc, ap, bp, src ? ts : NULL, 4, scale, td, 4, add, beta);
+    for (int r = 0; r < mr; ++r)
+        for (int x = 0; x < w; ++x) dst[r * ldd + x] = td[4 * r + x];
 }
 
-/* TT: C[i][j] += sum_k ALPHA*A[k][i]*B[j][k]. */
-static void gemm_tt(int M, int N, int K, float ALPHA, const float *A, int lda,
-                    const float *B, int ldb, float *C, int ldc)
+/* The whole product for M, N, K > 0 on checked buffers. Returns 0, or -1 when the NT/TT
+ * workspace cannot be allocated. */
+static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc)
 {
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) {
-            float sum = 0;
-            for (int k = 0; k < K; ++k) sum += ALPHA * A[i + k * lda] * B[k + j * ldb];
-            C[i * ldc + j] += sum;
+    const int sum_first = tb;                    /* NT, TT: sum from 0, then C = C*BETA + sum */
+    float *T = NULL;                             /* running sums between K blocks (NT, TT) */
+    if (sum_first && K > GEMM_KC) {
+        T = malloc(sizeof(float) * (size_t)M * N);
+        if (!T) return -1;
+    }
+    for (int p0 = 0; p0 < K; p0 += GEMM_KC) {
+        int kc = K - p0 < GEMM_KC ? K - p0 : GEMM_KC;
+        int first = p0 == 0, last = p0 + kc == K;
+        for (int j0 = 0; j0 < N; j0 += GEMM_NC) {
+            int nc = N - j0 < GEMM_NC ? N - j0 : GEMM_NC;
+            gemm_pack_b_block(tb, B, ldb, p0, kc, j0, nc, gemm_pack_b);
+            for (int i0 = 0; i0 < M;) {
+                int MR = M - i0 > 4 ? 8 : 4, mr = M - i0 < MR ? M - i0 : MR;
+                gemm_pack_a_panel(ta, A, lda, alpha, i0, mr, MR, p0, kc, gemm_pack_a);
+                for (int t = 0; 4 * t < nc; ++t) {
+                    int j = j0 + 4 * t, w = nc - 4 * t < 4 ? nc - 4 * t : 4;
+                    const float *bp = gemm_pack_b + (ptrdiff_t)t * kc * 4;
+                    float *c = C + (ptrdiff_t)i0 * ldc + j;
+                    if (!sum_first) {
+                        gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, c, ldc, first ? beta : 1.f, c, ldc, 0, 1.f);
+                    } else {
+                        float *tt = T ? T + (ptrdiff_t)i0 * N + j : NULL;
+                        if (last)
+                            gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, first ? NULL : tt, N, 1.f, c, ldc, 1, beta);
+                        else
+                            gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, first ? NULL : tt, N, 1.f, tt, N, 0, 1.f);
+                    }
+                }
+                i0 += mr;
+            }
         }
+    }
+    free(T);
+    return 0;
 }
 
 static PyObject *dlk_gemm(PyObject *self, PyObject *args)
@@ -116,26 +260,25 @@ static PyObject *dlk_gemm(PyObject *self, PyObject *args)
                           &A, &lda, &B, &ldb, &beta, &C, &ldc))
         return NULL;
     PyObject *result = NULL;
+    ta = ta != 0; tb = tb != 0;
     if (M < 0 || N < 0 || K < 0) { PyErr_SetString(PyExc_ValueError, "_dlk.gemm: negative size"); goto done; }
     if (M == 0 || N == 0) { result = Py_None; Py_INCREF(result); goto done; }
-    /* last element touched: A[(M-1)*lda + K-1] (NN), B[(K-1)*ldb + N-1] (NN) ... */
-    long long a_need = K == 0 ? 0 : (ta ? (long long)(K - 1) * lda + M : (long long)(M - 1) * lda + K);
-    long long b_need = K == 0 ? 0 : (tb ? (long long)(N - 1) * ldb + K : (long long)(K - 1) * ldb + N);
     if ((ta ? lda < M : lda < K) || (tb ? ldb < K : ldb < N) || ldc < N) {
         PyErr_SetString(PyExc_ValueError, "_dlk.gemm: leading dimension too small"); goto done;
     }
+    /* elements touched: op(A) is M x K, stored K x M (ta) or M x K; op(B) likewise */
+    long long a_need = K == 0 ? 0 : (ta ? (long long)(K - 1) * lda + M : (long long)(M - 1) * lda + K);
+    long long b_need = K == 0 ? 0 : (tb ? (long long)(N - 1) * ldb + K : (long long)(K - 1) * ldb + N);
     if (!NEED_F(A, a_need, "gemm A") || !NEED_F(B, b_need, "gemm B") ||
         !NEED_F(C, (long long)(M - 1) * ldc + N, "gemm C"))
         goto done;
     float *c = F32(C);
-    if (beta != 1.f)
-        for (int i = 0; i < M; ++i)
-            for (int j = 0; j < N; ++j) c[i * ldc + j] *= beta;
-    if (K > 0) {
-        if (!ta && !tb) gemm_nn(M, N, K, alpha, F32(A), lda, F32(B), ldb, c, ldc);
-        else if (ta && !tb) gemm_tn(M, N, K, alpha, F32(A), lda, F32(B), ldb, c, ldc);
-        else if (!ta && tb) gemm_nt(M, N, K, alpha, F32(A), lda, F32(B), ldb, c, ldc);
-        else gemm_tt(M, N, K, alpha, F32(A), lda, F32(B), ldb, c, ldc);
+    if (K == 0) {
+        if (beta != 1.f)
+            for (int i = 0; i < M; ++i)
+                for (int j = 0; j < N; ++j) c[(ptrdiff_t)i * ldc + j] *= beta;
+    } else if (gemm_blocked(ta, tb, M, N, K, alpha, F32(A), lda, F32(B), ldb, beta, c, ldc) < 0) {
+        PyErr_NoMemory(); goto done;
     }
     result = Py_None; Py_INCREF(result);
 done:

@@ -128,7 +128,7 @@ class LiveStatus:
         self._terminal = terminal
         self._started = started
         self._width = max(width - 1, 20)
-        self._shown = False
+        self._shown = ""
         self.at_line_start = True
         self.message = "starting"
 
@@ -136,16 +136,18 @@ class LiveStatus:
         if self._shown:
             self._terminal.write("\r\x1b[K")
             self._terminal.flush()
-            self._shown = False
+            self._shown = ""
 
     def draw(self) -> None:
+        """Show the line (again) if the cursor is at a line start and the text changed."""
         if not self.at_line_start:
             return
         elapsed = int(time.monotonic() - self._started)
-        text = f"[{PROG} {elapsed // 60}:{elapsed % 60:02d}] {self.message}"
-        self._terminal.write("\r\x1b[K" + text[:self._width])
-        self._terminal.flush()
-        self._shown = True
+        text = f"[{PROG} {elapsed // 60}:{elapsed % 60:02d}] {self.message}"[:self._width]
+        if text != self._shown:
+            self._terminal.write("\r\x1b[K" + text)
+            self._terminal.flush()
+            self._shown = text
 
 
 class GuestOutput:
@@ -184,6 +186,10 @@ class GuestOutput:
                 self._pass_through(sys.stderr, data, self._status is not None)
                 if self._status is not None:
                     self._status.draw()
+
+    @property
+    def has_status(self) -> bool:
+        return self._status is not None
 
     def tick(self) -> None:
         with self._lock:
@@ -300,7 +306,7 @@ def _run(args: argparse.Namespace) -> int:
 def _wait(run, output: GuestOutput):
     """Wait for the guest, refreshing the status line; Ctrl-C stops the guest."""
     from .runtime import Outcome
-    poll = STATUS_REFRESH_SECONDS if output._status is not None else None
+    poll = STATUS_REFRESH_SECONDS if output.has_status else 0.5
     while True:
         try:
             result = run.wait(poll)
@@ -309,7 +315,8 @@ def _wait(run, output: GuestOutput):
             continue
         if result is not None:
             return result
-        output.tick()
+        if output.has_status:
+            output.tick()
 
 
 def _report_failure(result, args: argparse.Namespace) -> None:
@@ -334,7 +341,7 @@ def _format_size(size: int) -> str:
 
 def _terminal_width() -> int:
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
     except (OSError, ValueError):
         return 80
 

@@ -13,9 +13,8 @@ import hashlib
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from .sources import Mount
 
@@ -39,8 +38,7 @@ class Outcome(enum.Enum):
     OUT_OF_MEMORY = "out of memory"
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     outcome: Outcome
     detail: str = ""             # e.g. the trap message's last line
 
@@ -91,10 +89,14 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None 
                 return Component.deserialize_file(engine, str(cached))
             except WasmtimeError:
                 pass    # incompatible or corrupt: compile again and overwrite
+    with open(wasm_path, "rb") as f:
+        if f.read(4) != b"\0asm":
+            raise HostError(f"not a WebAssembly file: {wasm_path}")
     try:
         component = Component.from_file(engine, wasm_path)
     except WasmtimeError as e:
-        raise HostError(f"{wasm_path} is not a loadable component: {_last_line(str(e))}") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
+        raise HostError(f"{wasm_path} is not a loadable component: {first_line}") from None
     if cached is not None:
         _write_cache(cached, component.serialize())
     return component
@@ -214,11 +216,7 @@ class GuestRun:
         self._stderr(data)
 
     def _call_run(self) -> RunResult:
-        # The Store (and with it the WASI context) lives only in this frame: dropping it
-        # before the interpreter exits avoids a tokio "panic in a function that cannot
-        # unwind" message at process exit (seen with wasmtime-py 50).
-        from wasmtime import ExitTrap, Store, WasiConfig, WasmtimeError
-        from wasmtime.component import Linker
+        from wasmtime import Store, WasiConfig
 
         wasi = WasiConfig()
         wasi.argv = self._argv
@@ -229,7 +227,19 @@ class GuestRun:
         wasi.stderr_custom = self._capture_stderr
         # No inherit_network(): wasmtime's WASI denies every socket address and name lookup.
 
+        # The Store (and with it the WASI context) is closed explicitly: one still alive
+        # when the interpreter exits makes wasmtime's tokio threads print "panic in a
+        # function that cannot unwind" (seen with wasmtime-py 50).
         store = Store(self._engine)
+        try:
+            return self._instantiate_and_run(store, wasi)
+        finally:
+            store.close()
+
+    def _instantiate_and_run(self, store, wasi) -> RunResult:
+        from wasmtime import ExitTrap, WasmtimeError
+        from wasmtime.component import Linker
+
         store.set_wasi(wasi)
         store.set_epoch_deadline(1)
         if self._max_memory is not None:
@@ -258,8 +268,6 @@ class GuestRun:
             if self._stop_reason is not None:
                 return RunResult(self._stop_reason)
             return RunResult(Outcome.TRAPPED, _last_line(str(e)))
-        if self._stop_reason is not None:   # a stop that came too late to matter
-            self._stop_reason = None
         tag = getattr(result, "tag", "ok")
         return RunResult(Outcome.SUCCEEDED if tag == "ok" else Outcome.FAILED)
 

@@ -24,8 +24,8 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 ROOT = PurePosixPath(".")
 TEMP_SUFFIX = ".dl-server-tmp"
@@ -35,8 +35,7 @@ class SourceError(Exception):
     """A source path that cannot be used, or a failed write-back (message is user-facing)."""
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One preopen: ``host_dir`` appears to the guest at ``guest_path``."""
 
     guest_path: str
@@ -44,16 +43,17 @@ class Mount:
     writable: bool
 
 
-@dataclass
 class _Area:
     """A directory of the guest tree backed by one preopen (private or the host's own)."""
 
-    rel: PurePosixPath
-    host_dir: Path
-    writable: bool
-    private: bool                      # our temp dir (True) or the host's input dir (False)
-    is_output: bool = False
-    baseline: dict[PurePosixPath, tuple[int, int]] = field(default_factory=dict)
+    def __init__(self, rel: PurePosixPath, host_dir: Path, *, writable: bool, private: bool,
+                 is_output: bool = False):
+        self.rel = rel
+        self.host_dir = host_dir
+        self.writable = writable
+        self.private = private          # our temp dir (True) or the host's input dir (False)
+        self.is_output = is_output
+        self.baseline: dict[PurePosixPath, tuple[int, int]] = {}   # file -> (size, mtime_ns)
 
 
 def source_relpath(text: str, cwd: Path) -> PurePosixPath:
@@ -154,8 +154,7 @@ class StagedSources:
         return [change.destination for change in changes]
 
 
-@dataclass(frozen=True)
-class OutputFile:
+class OutputFile(NamedTuple):
     """A file the guest wrote: its private copy and where it goes on the host."""
 
     private_file: Path

@@ -22,8 +22,8 @@ Stricter than stb: chunk CRCs are checked (stb skips them); bit depths the spec
 forbids for a colour type (e.g. 4-bit RGB) are refused; a palette index past
 the palette is an error (stb reads uninitialised memory); a second PLTE or a
 PLTE after IDAT is an error; images over 2**26 pixels are refused.
-Anything after IEND is ignored. CgBI (Apple) files are refused as an unknown
-critical chunk.
+Anything after IEND is ignored. Apple's CgBI files are refused (their first
+chunk is not IHDR). Filter-error rows are counted from 0.
 
 Decompression output is capped at the size IHDR implies, so a decompression
 bomb costs at most that much memory. Error texts carry no file name: callers
@@ -150,10 +150,11 @@ def decode_png(data) -> tuple:
     stream = idat[0] if len(idat) == 1 else b"".join(idat)
     if depth == 8 and not interlace and colour != 3:
         # fast path (MNIST and most files): no unpacking, no palette, no interlacing
-        rowbytes = width * _CHANNELS[colour]
+        comps = _CHANNELS[colour]
+        rowbytes = width * comps
         buf = bytearray(height * rowbytes)
-        _unfilter(_inflate(stream, height * (rowbytes + 1)), height, rowbytes, rowbytes // width, buf, "")
-        return width, height, rowbytes // width, bytes(buf)
+        _unfilter(_inflate(stream, height * (rowbytes + 1)), height, rowbytes, comps, buf, "")
+        return width, height, comps, bytes(buf)
     channels = _CHANNELS[colour]
     bits = depth * channels
     if interlace:

@@ -1,0 +1,6 @@
+"""Host runner for dl-server.wasm: the FEE's command line on wasmtime-py.
+
+cli.py parses the FEE's flags and reports; sources.py maps input/output sources
+onto preopens and writes outputs back; runtime.py owns the engine, the compile
+cache, the limits and the run itself.
+"""
