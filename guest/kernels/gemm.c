@@ -73,29 +73,36 @@ GEMM_INLINE void diag_to_rows(const v4f d[4], v4f r[4])
     r[3] = V4_ROT(r[3], 1);
 }
 
+/* How a tile's accumulators start and end (see gemm_tile). */
+enum { INIT_LOAD, INIT_LOAD_SCALED, INIT_ZERO };
+enum { FIN_STORE, FIN_ADD, FIN_ADD_SCALED };
+
 /* Tile of MR = 4*MRV rows x 4 columns over kc steps of packed A (ap: MR floats per k) and
- * packed B (bp: 4 floats per k). The accumulators start as src[r][x] * scale (scale != 1)
- * or src[r][x], or as 0 when src is NULL. At the end, unless `add`, dst[r][x] = acc;
- * with `add`, dst[r][x] = dst[r][x] * beta + acc (beta != 1) or dst[r][x] + acc. */
-GEMM_INLINE void gemm_tile(const int MRV, int kc, const float *ap, const float *bp,
-                           const float *src, ptrdiff_t lds, float scale,
-                           float *dst, ptrdiff_t ldd, int add, float beta)
+ * packed B (bp: 4 floats per k). The accumulators start as src[r][x] (INIT_LOAD),
+ * src[r][x] * scale (INIT_LOAD_SCALED) or 0 (INIT_ZERO), and end as dst[r][x] = acc
+ * (FIN_STORE), dst[r][x] + acc (FIN_ADD) or dst[r][x] * beta + acc (FIN_ADD_SCALED). */
+GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc, const float *ap,
+                           const float *bp, const float *src, ptrdiff_t lds, float scale,
+                           float *dst, ptrdiff_t ldd, float beta)
 {
     v4f acc[2][4];
+#pragma clang loop unroll(full)
     for (int h = 0; h < MRV; ++h) {
-        if (src) {
-            tile_to_diag(src + 4 * h * lds, lds, acc[h]);
-            if (scale != 1.f)
-                for (int s = 0; s < 4; ++s) acc[h][s] *= v4f_splat(scale);
+        if (init == INIT_ZERO) {
+            acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = v4f_splat(0.f);
         } else {
-            for (int s = 0; s < 4; ++s) acc[h][s] = v4f_splat(0.f);
+            tile_to_diag(src + 4 * h * lds, lds, acc[h]);
+            if (init == INIT_LOAD_SCALED)
+                for (int s = 0; s < 4; ++s) acc[h][s] *= v4f_splat(scale);
         }
     }
     for (int k = 0; k < kc; ++k) {
         v4f a[2];
+#pragma clang loop unroll(full)
         for (int h = 0; h < MRV; ++h) a[h] = ((const v4fu *)ap)[h];
         v4f b = *(const v4fu *)bp;
         v4f b1 = V4_ROT(b, 1), b2 = V4_ROT(b, 2), b3 = V4_ROT(b, 3);
+#pragma clang loop unroll(full)
         for (int h = 0; h < MRV; ++h) {
             acc[h][0] += a[h] * b;
             acc[h][1] += a[h] * b1;
@@ -105,19 +112,58 @@ GEMM_INLINE void gemm_tile(const int MRV, int kc, const float *ap, const float *
         ap += 4 * MRV;
         bp += 4;
     }
+#pragma clang loop unroll(full)
     for (int h = 0; h < MRV; ++h) {
         v4f r[4];
         diag_to_rows(acc[h], r);
         for (int l = 0; l < 4; ++l) {
             float *d = dst + (4 * h + l) * ldd;
-            if (add) {
-                v4f c = v4f_load(d);
-                if (beta != 1.f) c *= v4f_splat(beta);
-                r[l] = c + r[l];
-            }
+            if (fin == FIN_ADD) r[l] = v4f_load(d) + r[l];
+            if (fin == FIN_ADD_SCALED) r[l] = v4f_load(d) * v4f_splat(beta) + r[l];
             v4f_store(d, r[l]);
         }
     }
+}
+
+/* All tiles of one row panel: MR full rows, nc columns (a multiple of 4). Packed B panel t
+ * is at bp + t*kc*4; src and dst point at the panel's first element. */
+GEMM_INLINE void gemm_sweep(const int MRV, const int init, const int fin, int nc, int kc, const float *ap,
+                            const float *bp, const float *src, ptrdiff_t lds, float scale,
+                            float *dst, ptrdiff_t ldd, float beta)
+{
+    for (int j = 0; j < nc; j += 4)
+        gemm_tile(MRV, init, fin, kc, ap, bp + (ptrdiff_t)j * kc, src + j, lds, scale, dst + j, ldd, beta);
+}
+
+#define GEMM_SWEEP(MRV, INIT, FIN) \
+    static void gemm_sweep_##MRV##_##INIT##_##FIN(int nc, int kc, const float *ap, const float *bp, \
+        const float *src, ptrdiff_t lds, float scale, float *dst, ptrdiff_t ldd, float beta) \
+    { gemm_sweep(MRV, INIT, FIN, nc, kc, ap, bp, src, lds, scale, dst, ldd, beta); }
+#define GEMM_SWEEPS(MRV) \
+    GEMM_SWEEP(MRV, INIT_LOAD, FIN_STORE) GEMM_SWEEP(MRV, INIT_LOAD_SCALED, FIN_STORE) \
+    GEMM_SWEEP(MRV, INIT_ZERO, FIN_STORE) GEMM_SWEEP(MRV, INIT_ZERO, FIN_ADD) \
+    GEMM_SWEEP(MRV, INIT_ZERO, FIN_ADD_SCALED) GEMM_SWEEP(MRV, INIT_LOAD, FIN_ADD) \
+    GEMM_SWEEP(MRV, INIT_LOAD, FIN_ADD_SCALED)
+GEMM_SWEEPS(1)
+GEMM_SWEEPS(2)
+
+typedef void (*gemm_sweep_fn)(int, int, const float *, const float *, const float *, ptrdiff_t, float,
+                              float *, ptrdiff_t, float);
+
+static gemm_sweep_fn gemm_pick_sweep(int MR, int init, int fin)
+{
+#define GEMM_PICK(MRV) \
+    switch (init * 3 + fin) { \
+    case INIT_LOAD * 3 + FIN_STORE: return gemm_sweep_##MRV##_INIT_LOAD_FIN_STORE; \
+    case INIT_LOAD_SCALED * 3 + FIN_STORE: return gemm_sweep_##MRV##_INIT_LOAD_SCALED_FIN_STORE; \
+    case INIT_ZERO * 3 + FIN_STORE: return gemm_sweep_##MRV##_INIT_ZERO_FIN_STORE; \
+    case INIT_ZERO * 3 + FIN_ADD: return gemm_sweep_##MRV##_INIT_ZERO_FIN_ADD; \
+    case INIT_ZERO * 3 + FIN_ADD_SCALED: return gemm_sweep_##MRV##_INIT_ZERO_FIN_ADD_SCALED; \
+    case INIT_LOAD * 3 + FIN_ADD: return gemm_sweep_##MRV##_INIT_LOAD_FIN_ADD; \
+    default: return gemm_sweep_##MRV##_INIT_LOAD_FIN_ADD_SCALED; \
+    }
+    if (MR == 8) { GEMM_PICK(2) } else { GEMM_PICK(1) }
+#undef GEMM_PICK
 }
 
 /* Pack rows i0..i0+mr-1 (mr <= MR), depth p0..p0+kc-1 of op(A), times ALPHA:
@@ -187,26 +233,31 @@ static void gemm_pack_b_block(int tb, const float *B, int ldb, int p0, int kc, i
     }
 }
 
-/* One tile of mr x w (<= MR x 4) elements; partial tiles go through padded local copies. */
-static inline void gemm_tile_any(int MR, int mr, int w, int kc, const float *ap, const float *bp,
-                                 const float *src, ptrdiff_t lds, float scale,
-                                 float *dst, ptrdiff_t ldd, int add, float beta)
+/* Copies of partial panels (fewer than MR rows, or a last panel narrower than 4 columns),
+ * padded with zeros to full tiles. */
+static float gemm_pad_src[8 * GEMM_NC] __attribute__((aligned(16)));
+static float gemm_pad_dst[8 * GEMM_NC] __attribute__((aligned(16)));
+
+static void gemm_copy_block(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int cols)
 {
-    if (mr == MR && w == 4) {
-        if (MR == 8) gemm_tile(2, kc, ap, bp, src, lds, scale, dst, ldd, add, beta);
-        else gemm_tile(1, kc, ap, bp, src, lds, scale, dst, ldd, add, beta);
-        return;
-    }
-    float ts[8 * 4] = {0}, td[8 * 4] = {0};
-    for (int r = 0; r < mr; ++r)
-        for (int x = 0; x < w; ++x) {
-            if (src) ts[4 * r + x] = src[r * lds + x];
-            if (add) td[4 * r + x] = dst[r * ldd + x];
-        }
-    if (MR == 8) gemm_tile(2, kc, ap, bp, src ? ts : NULL, 4, scale, td, 4, add, beta);
-    else gemm_tile(1, kc, ap, bp, src ? ts : NULL, 4, scale, td, 4, add, beta);
-    for (int r = 0; r < mr; ++r)
-        for (int x = 0; x < w; ++x) dst[r * ldd + x] = td[4 * r + x];
+    for (int r = 0; r < rows; ++r) memcpy(dst + r * ldd, src + r * lds, sizeof(float) * cols);
+}
+
+/* One row panel (mr <= MR rows, nc columns of the current op(B) block), any shape. */
+static void gemm_panel(gemm_sweep_fn sweep, int init, int fin, int MR, int mr, int nc, int kc, const float *ap,
+                       const float *bp, const float *src, ptrdiff_t lds, float scale, float *dst, ptrdiff_t ldd,
+                       float beta)
+{
+    int full = mr == MR ? nc & ~3 : 0;           /* columns done in place */
+    if (full) sweep(full, kc, ap, bp, src, lds, scale, dst, ldd, beta);
+    if (full == nc) return;
+    int cols = nc - full, wide = (cols + 3) & ~3;
+    memset(gemm_pad_src, 0, sizeof(float) * MR * wide);
+    memset(gemm_pad_dst, 0, sizeof(float) * MR * wide);
+    if (init != INIT_ZERO) gemm_copy_block(gemm_pad_src, wide, src + full, lds, mr, cols);
+    if (fin != FIN_STORE) gemm_copy_block(gemm_pad_dst, wide, dst + full, ldd, mr, cols);
+    sweep(wide, kc, ap, bp + (ptrdiff_t)full * kc, gemm_pad_src, wide, scale, gemm_pad_dst, wide, beta);
+    gemm_copy_block(dst + full, ldd, gemm_pad_dst, wide, mr, cols);
 }
 
 /* The whole product for M, N, K > 0 on checked buffers. Returns 0, or -1 when the NT/TT
@@ -223,26 +274,28 @@ static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const 
     for (int p0 = 0; p0 < K; p0 += GEMM_KC) {
         int kc = K - p0 < GEMM_KC ? K - p0 : GEMM_KC;
         int first = p0 == 0, last = p0 + kc == K;
+        int init, fin;
+        float *src, *dst;                        /* matrices the tiles start from and end in */
+        ptrdiff_t lds, ldd;
+        if (!sum_first) {
+            init = first && beta != 1.f ? INIT_LOAD_SCALED : INIT_LOAD;
+            fin = FIN_STORE;
+            src = dst = C; lds = ldd = ldc;
+        } else {
+            init = first ? INIT_ZERO : INIT_LOAD;
+            fin = !last ? FIN_STORE : beta != 1.f ? FIN_ADD_SCALED : FIN_ADD;
+            src = T; lds = N;
+            dst = last ? C : T; ldd = last ? ldc : N;
+        }
         for (int j0 = 0; j0 < N; j0 += GEMM_NC) {
             int nc = N - j0 < GEMM_NC ? N - j0 : GEMM_NC;
             gemm_pack_b_block(tb, B, ldb, p0, kc, j0, nc, gemm_pack_b);
             for (int i0 = 0; i0 < M;) {
                 int MR = M - i0 > 4 ? 8 : 4, mr = M - i0 < MR ? M - i0 : MR;
                 gemm_pack_a_panel(ta, A, lda, alpha, i0, mr, MR, p0, kc, gemm_pack_a);
-                for (int t = 0; 4 * t < nc; ++t) {
-                    int j = j0 + 4 * t, w = nc - 4 * t < 4 ? nc - 4 * t : 4;
-                    const float *bp = gemm_pack_b + (ptrdiff_t)t * kc * 4;
-                    float *c = C + (ptrdiff_t)i0 * ldc + j;
-                    if (!sum_first) {
-                        gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, c, ldc, first ? beta : 1.f, c, ldc, 0, 1.f);
-                    } else {
-                        float *tt = T ? T + (ptrdiff_t)i0 * N + j : NULL;
-                        if (last)
-                            gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, first ? NULL : tt, N, 1.f, c, ldc, 1, beta);
-                        else
-                            gemm_tile_any(MR, mr, w, kc, gemm_pack_a, bp, first ? NULL : tt, N, 1.f, tt, N, 0, 1.f);
-                    }
-                }
+                gemm_panel(gemm_pick_sweep(MR, init, fin), init, fin, MR, mr, nc, kc, gemm_pack_a, gemm_pack_b,
+                           src ? src + i0 * lds + j0 : NULL, lds, beta,
+                           dst + i0 * ldd + j0, ldd, beta);
                 i0 += mr;
             }
         }

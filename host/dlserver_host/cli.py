@@ -48,7 +48,8 @@ output:
 
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
-  success or failure) or on a host error, 2 on a usage error, 130 on Ctrl-C.
+  success or failure) or on a host error, 2 on a usage error, 130 when stopped
+  by Ctrl-C or SIGTERM (nothing is written back).
 
 examples:
   dl-server --program dl-server.wasm --input-source args.cfg cfg data model -d -e
@@ -304,19 +305,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _wait(run, output: GuestOutput):
-    """Wait for the guest, refreshing the status line; Ctrl-C stops the guest."""
+    """Wait for the guest, refreshing the status line; Ctrl-C or SIGTERM stops the guest."""
+    import signal
     from .runtime import Outcome
-    poll = STATUS_REFRESH_SECONDS if output.has_status else 0.5
-    while True:
-        try:
-            result = run.wait(poll)
-        except KeyboardInterrupt:
-            run.stop(Outcome.INTERRUPTED)
-            continue
-        if result is not None:
-            return result
-        if output.has_status:
-            output.tick()
+
+    def stop_on_sigterm(signum, frame):
+        run.stop(Outcome.INTERRUPTED)
+
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        while True:
+            try:
+                result = run.wait(STATUS_REFRESH_SECONDS if output.has_status else 0.5)
+            except KeyboardInterrupt:
+                run.stop(Outcome.INTERRUPTED)
+                continue
+            if result is not None:
+                return result
+            if output.has_status:
+                output.tick()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report_failure(result, args: argparse.Namespace) -> None:
