@@ -33,8 +33,12 @@
  * guest is single-threaded), so gemm is never re-entered while they are in use. */
 #include "dlk_common.h"
 
+#ifndef GEMM_KC
 #define GEMM_KC 256                 /* depth of a K block */
+#endif
+#ifndef GEMM_NC
 #define GEMM_NC 512                 /* columns of op(B) per packed block (a multiple of 4) */
+#endif
 
 typedef float v4fu __attribute__((vector_size(16), aligned(4)));   /* unaligned vector access */
 #define V4_ROT(v, s) __builtin_shufflevector(v, v, (s) & 3, ((s) + 1) & 3, ((s) + 2) & 3, ((s) + 3) & 3)

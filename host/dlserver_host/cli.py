@@ -167,7 +167,7 @@ class GuestOutput:
         self._partial_line = b""
         self._lock = threading.Lock()
         self._stdout_on_terminal = status is not None and _isatty(sys.stdout)
-        self._broken: set[int] = set()
+        self._broken: set[str] = set()    # names of host streams that failed (closed pipe)
 
     def stdout(self, data: bytes) -> None:
         with self._lock:
@@ -213,7 +213,8 @@ class GuestOutput:
                 _write_dump(sys.stderr, "stderr", b"".join(self._stderr_kept))
 
     def _pass_through(self, stream, data: bytes, on_terminal: bool) -> None:
-        if stream.fileno() in self._broken:
+        name = "stdout" if stream is sys.stdout else "stderr"
+        if name in self._broken:
             return
         if on_terminal:
             self._status.erase()
@@ -224,7 +225,7 @@ class GuestOutput:
             stream.buffer.write(data)
             stream.buffer.flush()
         except OSError:             # e.g. a closed pipe: keep the guest running, drop its output
-            self._broken.add(stream.fileno())
+            self._broken.add(name)
 
     def _note_stdout_line(self, data: bytes) -> None:
         lines = (self._partial_line + data).split(b"\n")

@@ -1,0 +1,61 @@
+"""dl-server.wasm under the plain wasmtime CLI, as the README runs it."""
+import shutil
+
+import pytest
+
+from conftest import EXPECTED, MNIST_IMAGE, ROOT, run_wasmtime, seed_file
+from dlserver.main import main
+
+pytestmark = pytest.mark.component
+
+PREDICT_ARGS = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights",
+                "data/mnist/images_client1/t_00000_c5.png"]
+
+
+def mnist_images(workdir, names):
+    if not MNIST_IMAGE.exists():
+        pytest.skip("MNIST not prepared (make mnist_training)")
+    src = MNIST_IMAGE.parent
+    dst = workdir / "data" / "mnist" / "images_client1"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(src / name, dst / name)
+    return [f"data/mnist/images_client1/{name}" for name in names]
+
+
+def test_predict_from_args_cfg_prints_the_originals_output(component, lenet_weights, workdir):
+    mnist_images(workdir, ["t_00000_c5.png"])
+    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
+    result = run_wasmtime(workdir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines(keepends=True)
+    assert lines[:6] == [f"argv[{i}] = '{a}'\n" for i, a in enumerate(PREDICT_ARGS, 1)]
+    assert "".join(lines[6:]) == (EXPECTED / "predict_t_00000_c5.stdout").read_text()
+    assert result.stderr.endswith("data/mnist/images_client1/t_00000_c5.png: Predicted.\n")
+
+
+def test_valid_in_component_equals_native(component, lenet_weights, workdir, capsys):
+    names = sorted(p.name for p in MNIST_IMAGE.parent.glob("v_*.png"))[:150] if MNIST_IMAGE.exists() else []
+    paths = mnist_images(workdir, names)
+    (workdir / "data" / "mnist" / "mnist.valid.list").write_text("\n".join(paths) + "\n")
+    args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"]
+    result = run_wasmtime(workdir, *args)
+    assert result.returncode == 0, result.stderr
+    assert main(["dl-server", *args]) == 0
+    native = capsys.readouterr().out
+    assert result.stdout == native
+    assert result.stdout.count("top 1:") == 150
+
+
+def test_errors_exit_nonzero_with_one_line(component, workdir):
+    result = run_wasmtime(workdir, *PREDICT_ARGS)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dl-server: error: model/mnist_lenet.weights: cannot open weights file: no such file")
+    assert "panic" not in result.stderr
+
+
+def test_not_implemented_commands_fail(component, workdir):
+    result = run_wasmtime(workdir, "detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "dl-server: detect: not implemented yet"
