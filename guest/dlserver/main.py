@@ -6,7 +6,7 @@ report success or failure, so under wasmtime both 1 and 2 show as 1).
 """
 import sys
 
-from .commands import classifier
+from .commands import aggregation_darknet, classifier
 from .errors import DLServerError, NotImplementedYet
 
 ARGS_FILE = "args.cfg"
@@ -130,7 +130,16 @@ def run_detect(argv: Argv) -> None:
 def run_aggregation(argv: Argv) -> None:
     if argv.argc < 4:
         raise DLServerError(f"usage: {argv[0]} {argv[1]} [weights_format] [cfg]/NONE [weights_1/weights_2/...]")
-    if argv[2] in ("darknet", "onnx", "onnx_predict"):
+    if argv[2] == "darknet":
+        method = argv.find_str("-method", None)
+        weights = argv.find_str("-weights", None)
+        cfg, out = argv[3], argv[4]
+        inputs = [argv[i] for i in range(5, argv.argc) if argv[i] is not None]
+        if out is None:
+            raise DLServerError(f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]")
+        aggregation_darknet.aggregate_darknet(cfg, out, inputs, method, weights)
+        return
+    if argv[2] in ("onnx", "onnx_predict"):
         raise NotImplementedYet(f"aggregation {argv[2]}: not implemented yet")
     raise DLServerError(f"Not an option under aggregation: {argv[2]}")
 

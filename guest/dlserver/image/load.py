@@ -5,20 +5,24 @@ from .ops import Image, pixels_to_image, resize_image
 from .png import decode_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+READ_SIZE = 1 << 20
 
 
 def read_image_file(path: str) -> bytes:
     """The bytes of an image file, with one clear error line when it cannot be read."""
-    # os.open/os.read: half the WASI calls of open().read(), which matters for 60000 files.
+    # os.open + one os.read: each WASI read costs ~45 us under wasmtime, and 60000 files add up.
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
+            data = os.read(fd, READ_SIZE)
+            if len(data) == READ_SIZE:  # a short read of a regular file is its end
+                chunks = [data]
+                while chunk := os.read(fd, READ_SIZE):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
         finally:
             os.close(fd)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return data
     except FileNotFoundError:
         raise DLServerError(f"{path}: cannot load image: no such file") from None
     except IsADirectoryError:
