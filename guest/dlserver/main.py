@@ -107,12 +107,13 @@ def run_classifier(argv: Argv) -> None:
         raise DLServerError(f"usage: {argv[0]} {argv[1]} [train/predict/valid] [cfg] [weights (optional)]")
     top = argv.find_int("-t", 0)
     clear = argv.find_arg("-clear")
+    seed = argv.find_int("-seed", None)
     data, cfg, weights, filename = argv[3], argv[4], argv[5], argv[6]
     if cfg is None:
         raise DLServerError(f"usage: {argv[0]} {argv[1]} {argv[2]} [data] [cfg] [weights (optional)]")
     command = argv[2]
     if command == "train":
-        classifier.train_classifier(data, cfg, weights, clear)
+        classifier.train_classifier(data, cfg, weights, clear, seed)
     elif command == "valid":
         classifier.validate_classifier(data, cfg, weights)
     elif command == "predict":

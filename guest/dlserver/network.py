@@ -1,6 +1,8 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
 import sys
 
+import _dlk
+
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.connected import ConnectedLayer
@@ -9,7 +11,8 @@ from .layers.cost import CostLayer
 from .layers.dropout import DropoutLayer
 from .layers.maxpool import MaxpoolLayer
 from .layers.softmax import SoftmaxLayer
-from .rng import Random
+from .rng import Random, f32
+from .schedule import learning_rate
 
 LAYER_TYPES = {
     "[conv]": ConvolutionalLayer, "[convolutional]": ConvolutionalLayer,
@@ -108,6 +111,54 @@ class Network:
         self.batch = batch
         for layer in self.layers:
             layer.set_batch(batch)
+        self._link_in_place_layers()
+
+    def _link_in_place_layers(self) -> None:
+        """Dropout works in place: its delta is the previous layer's (its output is set by forward)."""
+        for i, layer in enumerate(self.layers):
+            if layer.kind == "dropout":
+                layer.delta = self.layers[i - 1].delta if i else None
+
+    def prepare_training(self, rng) -> None:
+        """Allocate deltas and gradient buffers; `rng` feeds dropout (musl rand state)."""
+        self.rng = rng
+        for layer in self.layers:
+            layer.prepare_training()
+        self._link_in_place_layers()
+        self.truth = None
+
+    @property
+    def current_batch(self) -> int:
+        """get_current_batch: seen / (batch * subdivisions), integer division."""
+        return self.seen // (self.batch * self.subdivisions)
+
+    def train_step(self, input_buf, truth) -> float:
+        """train_network_datum: forward and backward one batch, update every `subdivisions`;
+        returns the network cost (mean of the layers' costs)."""
+        self.seen = (self.seen + self.batch) & 0xFFFFFFFF
+        self.truth = truth
+        current = input_buf
+        for layer in self.layers:
+            if layer.delta is not None and layer.kind != "dropout":
+                _dlk.fill(len(layer.delta), 0.0, layer.delta)
+            layer.forward(self, current, True)
+            current = layer.output
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if layer.stopbackward:
+                break
+            if i == 0:
+                layer.backward(self, input_buf, None)
+            else:
+                prev = self.layers[i - 1]
+                layer.backward(self, prev.output, prev.delta)
+        costs = [layer.cost for layer in self.layers if layer.has_cost]
+        error = f32(sum_f32(costs) / len(costs)) if costs else 0.0
+        if (self.seen // self.batch) % self.subdivisions == 0:
+            rate = learning_rate(self)
+            for layer in self.layers:
+                layer.update(self, rate)
+        return error
 
     @property
     def output_layer(self):
@@ -188,3 +239,11 @@ def _parse_common_options(layer, options: Options) -> None:
         raise DLServerError(f"{options.path}:{options.line}: numload/dontloadscales are not supported")
     layer.learning_rate_scale = options.find_float("learning_rate", 1, quiet=True)
     layer.smooth = options.find_float("smooth", 0, quiet=True)
+
+
+def sum_f32(values) -> float:
+    """A sequential float32 sum (Darknet's `float sum` loops)."""
+    total = 0.0
+    for v in values:
+        total = f32(total + v)
+    return total

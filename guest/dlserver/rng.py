@@ -65,3 +65,13 @@ class Random:
             a = (a * a) & _MASK
             n >>= 1
         self.state = (self.state * mul + inc) & _MASK
+
+    def skip_normals(self, m: int) -> None:
+        """Advance as m normal() calls would (Box-Muller pairs share two rand() draws)."""
+        if m and self.spare is not None:
+            self.spare = None
+            m -= 1
+        pairs, odd = divmod(m, 2)
+        self.skip(2 * pairs)
+        if odd:
+            self.normal()

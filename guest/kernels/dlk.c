@@ -10,6 +10,7 @@
 #include "image.c"
 #include "png.c"
 #include "direct_conv.c"
+#include "train.c"
 
 static PyMethodDef dlk_methods[] = {
     {"gemm", dlk_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
@@ -36,6 +37,12 @@ static PyMethodDef dlk_methods[] = {
      "conv2d_direct(in, batch, c, h, w, weights, n, size, pad, out, workspace): stride-1 convolution"},
     {"conv2d_direct_workspace", dlk_conv2d_direct_workspace, METH_VARARGS,
      "conv2d_direct_workspace(c, h, w, size, pad) -> floats of workspace conv2d_direct needs"},
+    {"backward_bias", dlk_backward_bias, METH_VARARGS, "backward_bias(bias_updates, delta, batch, n, size)"},
+    {"dropout_forward", dlk_dropout_forward, METH_VARARGS,
+     "dropout_forward(x, n, probability, scale, rand, state) -> new rand() state"},
+    {"dropout_backward", dlk_dropout_backward, METH_VARARGS, "dropout_backward(delta, n, probability, scale, rand)"},
+    {"softmax_cost", dlk_softmax_cost, METH_VARARGS, "softmax_cost(y, truth, delta, n) -> cross-entropy sum"},
+    {"sse_cost", dlk_sse_cost, METH_VARARGS, "sse_cost(x, truth, delta, n) -> sum of squares"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -36,15 +36,21 @@
 #ifndef GEMM_KC
 #define GEMM_KC 256                 /* depth of a K block */
 #endif
+#ifndef GEMM_KC_MAX
+#define GEMM_KC_MAX 4096            /* ... and at most, for narrow products (longer row runs) */
+#endif
 #ifndef GEMM_NC
-#define GEMM_NC 512                 /* columns of op(B) per packed block (a multiple of 4) */
+#define GEMM_NC 512                 /* columns of op(B) per packed block at full depth */
+#endif
+#ifndef GEMM_NC_MAX
+#define GEMM_NC_MAX 4096            /* ... and at most, for shallow blocks (longer row runs) */
 #endif
 
 typedef float v4fu __attribute__((vector_size(16), aligned(4)));   /* unaligned vector access */
 #define V4_ROT(v, s) __builtin_shufflevector(v, v, (s) & 3, ((s) + 1) & 3, ((s) + 2) & 3, ((s) + 3) & 3)
 #define GEMM_INLINE static inline __attribute__((always_inline))
 
-static float gemm_pack_a[8 * GEMM_KC] __attribute__((aligned(16)));
+static float gemm_pack_a[8 * GEMM_KC_MAX] __attribute__((aligned(16)));
 static float gemm_pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(16)));
 
 GEMM_INLINE void v4_transpose(v4f r[4])
@@ -211,36 +217,39 @@ static void gemm_pack_a_panel(int ta, const float *A, int lda, float alpha, int 
  * panel t holds bp[t*kc*4 + k*4 + x] = op(B)[p0 + k][j0 + 4t + x], columns past nc zero. */
 static void gemm_pack_b_block(int tb, const float *B, int ldb, int p0, int kc, int j0, int nc, float *bp)
 {
-    for (int t = 0; 4 * t < nc; ++t) {
-        int j = j0 + 4 * t, w = nc - 4 * t < 4 ? nc - 4 * t : 4;
-        float *dst = bp + (ptrdiff_t)t * kc * 4;
-        if (!tb) {                               /* op(B)[k][j] = B[k][j] */
-            const float *src = B + (ptrdiff_t)p0 * ldb + j;
-            if (w == 4)
-                for (int k = 0; k < kc; ++k) v4f_store(dst + 4 * k, v4f_load(src + (ptrdiff_t)k * ldb));
-            else
-                for (int k = 0; k < kc; ++k)
-                    for (int x = 0; x < 4; ++x) dst[4 * k + x] = x < w ? src[(ptrdiff_t)k * ldb + x] : 0.f;
-        } else {                                 /* op(B)[k][j] = B[j][k] */
-            const float *src = B + (ptrdiff_t)j * ldb + p0;
-            int k = 0;
-            if (w == 4)
-                for (; k + 4 <= kc; k += 4) {
-                    v4f r[4];
-                    for (int x = 0; x < 4; ++x) r[x] = v4f_load(src + x * (ptrdiff_t)ldb + k);
-                    v4_transpose(r);
-                    for (int x = 0; x < 4; ++x) v4f_store(dst + 4 * (k + x), r[x]);
-                }
-            for (; k < kc; ++k)
-                for (int x = 0; x < 4; ++x) dst[4 * k + x] = x < w ? src[x * (ptrdiff_t)ldb + k] : 0.f;
+    int full = nc / 4, w = nc % 4;               /* full panels, width of the last partial one */
+    if (!tb) {                                   /* op(B)[k][j] = B[k][j]: walk rows of B in order */
+        for (int k = 0; k < kc; ++k) {
+            const float *src = B + (ptrdiff_t)(p0 + k) * ldb + j0;
+            float *dst = bp + 4 * k;
+            for (int t = 0; t < full; ++t) v4f_store(dst + (ptrdiff_t)t * kc * 4, v4f_load(src + 4 * t));
+            if (w)
+                for (int x = 0; x < 4; ++x) dst[(ptrdiff_t)full * kc * 4 + x] = x < w ? src[4 * full + x] : 0.f;
         }
+        return;
+    }
+    for (int t = 0; 4 * t < nc; ++t) {           /* op(B)[k][j] = B[j][k]: 4 rows of B per panel */
+        int wt = t < full ? 4 : w;
+        const float *src = B + (ptrdiff_t)(j0 + 4 * t) * ldb + p0;
+        float *dst = bp + (ptrdiff_t)t * kc * 4;
+        int k = 0;
+        if (wt == 4)
+            for (; k + 4 <= kc; k += 4) {
+                v4f r[4];
+                for (int x = 0; x < 4; ++x) r[x] = v4f_load(src + x * (ptrdiff_t)ldb + k);
+                v4_transpose(r);
+                for (int x = 0; x < 4; ++x) v4f_store(dst + 4 * (k + x), r[x]);
+            }
+        for (; k < kc; ++k)
+            for (int x = 0; x < 4; ++x) dst[4 * k + x] = x < wt ? src[x * (ptrdiff_t)ldb + k] : 0.f;
     }
 }
 
 /* Copies of partial panels (fewer than MR rows, or a last panel narrower than 4 columns),
  * padded with zeros to full tiles. */
-static float gemm_pad_src[8 * GEMM_NC] __attribute__((aligned(16)));
-static float gemm_pad_dst[8 * GEMM_NC] __attribute__((aligned(16)));
+#define GEMM_PAD_COLS 512
+static float gemm_pad_src[8 * GEMM_PAD_COLS] __attribute__((aligned(16)));
+static float gemm_pad_dst[8 * GEMM_PAD_COLS] __attribute__((aligned(16)));
 
 static void gemm_copy_block(float *dst, ptrdiff_t ldd, const float *src, ptrdiff_t lds, int rows, int cols)
 {
@@ -254,14 +263,15 @@ static void gemm_panel(gemm_sweep_fn sweep, int init, int fin, int MR, int mr, i
 {
     int full = mr == MR ? nc & ~3 : 0;           /* columns done in place */
     if (full) sweep(full, kc, ap, bp, src, lds, scale, dst, ldd, beta);
-    if (full == nc) return;
-    int cols = nc - full, wide = (cols + 3) & ~3;
-    memset(gemm_pad_src, 0, sizeof(float) * MR * wide);
-    memset(gemm_pad_dst, 0, sizeof(float) * MR * wide);
-    if (init != INIT_ZERO) gemm_copy_block(gemm_pad_src, wide, src + full, lds, mr, cols);
-    if (fin != FIN_STORE) gemm_copy_block(gemm_pad_dst, wide, dst + full, ldd, mr, cols);
-    sweep(wide, kc, ap, bp + (ptrdiff_t)full * kc, gemm_pad_src, wide, scale, gemm_pad_dst, wide, beta);
-    gemm_copy_block(dst + full, ldd, gemm_pad_dst, wide, mr, cols);
+    for (int j = full; j < nc; j += GEMM_PAD_COLS) {
+        int cols = nc - j < GEMM_PAD_COLS ? nc - j : GEMM_PAD_COLS, wide = (cols + 3) & ~3;
+        memset(gemm_pad_src, 0, sizeof(float) * MR * wide);
+        memset(gemm_pad_dst, 0, sizeof(float) * MR * wide);
+        if (init != INIT_ZERO) gemm_copy_block(gemm_pad_src, wide, src + j, lds, mr, cols);
+        if (fin != FIN_STORE) gemm_copy_block(gemm_pad_dst, wide, dst + j, ldd, mr, cols);
+        sweep(wide, kc, ap, bp + (ptrdiff_t)j * kc, gemm_pad_src, wide, scale, gemm_pad_dst, wide, beta);
+        gemm_copy_block(dst + j, ldd, gemm_pad_dst, wide, mr, cols);
+    }
 }
 
 /* The whole product for M, N, K > 0 on checked buffers. Returns 0, or -1 when the NT/TT
@@ -270,13 +280,16 @@ static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const 
                         const float *B, int ldb, float beta, float *C, int ldc)
 {
     const int sum_first = tb;                    /* NT, TT: sum from 0, then C = C*BETA + sum */
+    /* The packed block holds GEMM_KC * GEMM_NC floats: narrow products take deeper blocks. */
+    int kc_max = GEMM_KC * GEMM_NC / ((N + 3) & ~3);
+    kc_max = kc_max < GEMM_KC ? GEMM_KC : kc_max > GEMM_KC_MAX ? GEMM_KC_MAX : kc_max;
     float *T = NULL;                             /* running sums between K blocks (NT, TT) */
-    if (sum_first && K > GEMM_KC) {
+    if (sum_first && K > kc_max) {
         T = malloc(sizeof(float) * (size_t)M * N);
         if (!T) return -1;
     }
-    for (int p0 = 0; p0 < K; p0 += GEMM_KC) {
-        int kc = K - p0 < GEMM_KC ? K - p0 : GEMM_KC;
+    for (int p0 = 0; p0 < K; p0 += kc_max) {
+        int kc = K - p0 < kc_max ? K - p0 : kc_max;
         int first = p0 == 0, last = p0 + kc == K;
         int init, fin;
         float *src, *dst;                        /* matrices the tiles start from and end in */
@@ -291,8 +304,11 @@ static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const 
             src = T; lds = N;
             dst = last ? C : T; ldd = last ? ldc : N;
         }
-        for (int j0 = 0; j0 < N; j0 += GEMM_NC) {
-            int nc = N - j0 < GEMM_NC ? N - j0 : GEMM_NC;
+        /* ... and shallow blocks are wider */
+        int nc_max = GEMM_KC * GEMM_NC / kc / 4 * 4;
+        if (nc_max > GEMM_NC_MAX) nc_max = GEMM_NC_MAX;
+        for (int j0 = 0; j0 < N; j0 += nc_max) {
+            int nc = N - j0 < nc_max ? N - j0 : nc_max;
             gemm_pack_b_block(tb, B, ldb, p0, kc, j0, nc, gemm_pack_b);
             for (int i0 = 0; i0 < M;) {
                 int MR = M - i0 > 4 ? 8 : 4, mr = M - i0 < MR ? M - i0 : MR;

@@ -1,14 +1,18 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, spec §5-6)."""
+import os
 import sys
+import time
 
-from ..buffers import zeros
+from ..buffers import view, zeros
 from ..config import read_data_cfg, read_list
-from ..errors import DLServerError, NotImplementedYet
+from ..dataset import TrainingData
+from ..errors import DLServerError
 from ..image.load import load_image_color
 from ..image.ops import center_crop_image, letterbox_image
 from ..network import parse_network_cfg
 from ..rng import Random, f32
-from ..weights import load_weights
+from ..schedule import learning_rate
+from ..weights import load_weights, save_weights
 
 VALID_BATCH = 100
 
@@ -132,5 +136,140 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
         out.write("".join(lines))
 
 
-def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool) -> None:
-    raise NotImplementedYet("classifier train: not implemented yet")
+def base_name(cfg: str) -> str:
+    """Darknet basecfg: the file name after the last '/', cut at the first '.'."""
+    return cfg.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def clock_enabled() -> bool:
+    """The FEE hides the clock unless -c: our host says so with DL_SERVER_CLOCK=0."""
+    return os.environ.get("DL_SERVER_CLOCK", "1") != "0"
+
+
+def skip_init_draws(net, rng) -> None:
+    """Advance rand() as the weight initialisation of a parsed network would have."""
+    for layer in net.layers:
+        if layer.kind == "convolutional":
+            rng.skip_normals(layer.nweights)
+        elif layer.kind == "connected":
+            rng.skip(len(layer.weights))
+
+
+def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None) -> None:
+    """Darknet's train_classifier with the Veracruz loader (spec §5)."""
+    out = sys.stdout
+    base = base_name(cfg)
+    out.write(f"{base}\n")
+    rng = Random(seed)
+    net = parse_network_cfg(cfg, init_rng=None if weights else rng)
+    if weights:
+        skip_init_draws(net, rng)
+        load_weights(net, weights)
+    if clear:
+        net.seen = 0
+    out.write("Learning Rate: %g, Momentum: %g, Decay: %g\n" % (f32(net.learning_rate), f32(net.momentum),
+                                                                f32(net.decay)))
+    options = read_data_cfg(datacfg)
+    backup = options.find_str("backup", "/backup/")
+    if options.find_int("tag", 0, quiet=True):
+        raise DLServerError(f"{datacfg}: tag=1 (tagged training) is not supported")
+    label_list = options.find_str("labels", "data_labels.list")
+    train_list = options.find_str("train", "data_train.list")
+    if options.find_str("tree", None, quiet=True) is not None:
+        raise DLServerError(f"{datacfg}: tree= (hierarchical softmax) is not supported")
+    classes = options.find_int("classes", 2)
+    _check_input_geometry(net, "train")
+    if net.max_batches < 1:
+        raise DLServerError(f"{cfg}: max_batches={net.max_batches}: training needs max_batches >= 1"
+                            " (Darknet would train forever)")
+    if net.random:
+        raise DLServerError(f"{cfg}: random=1 (multi-scale training) is not supported")
+    if classes < 1 or net.outputs != classes:
+        raise DLServerError(f"{cfg}: the network has {net.outputs} outputs but {datacfg} says classes={classes}")
+    labels = read_list(label_list, "labels list")
+    if len(labels) < classes:
+        raise DLServerError(f"{label_list}: {len(labels)} labels, but {datacfg} says classes={classes}")
+    paths = read_list(train_list, "train list")
+    if not paths:
+        raise DLServerError(f"{train_list}: the train list is empty")
+    if not os.path.isdir(backup):
+        raise DLServerError(f"{backup}: the backup directory (from {datacfg}) does not exist")
+    n_paths = len(paths)
+    out.write(f"{n_paths}\n")
+    out.write(f"{int(f32(net.min_ratio * net.w))} {int(f32(net.max_ratio * net.w))}\n")
+    data = TrainingData(paths, labels, classes, net.w, net.h)
+    data.preload()
+    net.prepare_training(rng)
+    images = net.batch * net.subdivisions
+    buffer = data.load_batch(rng, images)
+    epoch = net.seen // n_paths
+    avg_loss = -1.0
+    use_clock = clock_enabled()
+    loss_log = LossLog(f"{backup}/{base}.loss.csv")
+    try:
+        while net.current_batch < net.max_batches:
+            start = time.perf_counter()
+            train = buffer
+            buffer = data.load_batch(rng, images)
+            loss = train_network(net, *train)
+            if avg_loss == -1.0:
+                avg_loss = loss
+            avg_loss = f32(avg_loss * .9 + loss * .1)
+            rate = learning_rate(net)
+            seconds = time.perf_counter() - start if use_clock else 0.0
+            batch_number = net.current_batch
+            out.write("%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images\n"
+                      % (batch_number, f32(f32(net.seen) / n_paths), loss, avg_loss, rate, seconds, net.seen))
+            loss_log.add(batch_number, loss, avg_loss, rate)
+            if net.seen // n_paths > epoch:
+                epoch = net.seen // n_paths
+                save_weights(net, f"{backup}/{base}_{epoch}.weights")
+            if batch_number % 1000 == 0:
+                save_weights(net, f"{backup}/{base}.backup")
+        save_weights(net, f"{backup}/{base}.weights")
+    finally:
+        loss_log.close()
+
+
+def train_network(net, x, y) -> float:
+    """Darknet train_network: the loaded rows in chunks of net.batch; mean cost per image."""
+    rows = len(y) // (net.outputs)
+    chunks = rows // net.batch
+    total = 0.0
+    inputs, outputs = net.inputs, net.outputs
+    for i in range(chunks):
+        r = i * net.batch
+        total = f32(total + net.train_step(view(x, r * inputs, net.batch * inputs),
+                                           view(y, r * outputs, net.batch * outputs)))
+    return f32(total / (chunks * net.batch))
+
+
+class LossLog:
+    """`<backup>/<base>.loss.csv`: batch, loss, avg, rate per line (appended on resume)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.lines: list[str] = []
+        self.header = not os.path.exists(path)
+
+    def add(self, batch: int, loss: float, avg: float, rate: float) -> None:
+        self.lines.append(f"{batch},{loss:.6f},{avg:.6f},{rate:.9g}\n")
+        if len(self.lines) >= 100:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines and not self.header:
+            return
+        try:
+            with open(self.path, "a") as f:
+                if self.header:
+                    f.write("batch,loss,avg,rate\n")
+                    self.header = False
+                f.write("".join(self.lines))
+        except OSError as e:
+            raise DLServerError(f"{self.path}: cannot write the loss log: {e.strerror or e}") from None
+        self.lines = []
+
+    def close(self) -> None:
+        if self.lines:
+            self.flush()

@@ -1,6 +1,9 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
+import _dlk
+
 from ..buffers import zeros
 from ..errors import DLServerError
+from ..rng import f32
 
 ACTIVATIONS = {"linear": 0, "relu": 1, "leaky": 2, "logistic": 3}
 # Darknet knows these too; dl-server does not implement them yet.
@@ -22,6 +25,7 @@ class Layer:
 
     kind = "layer"
     has_weights = False
+    has_cost = False
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch
@@ -30,11 +34,14 @@ class Layer:
         self.out_h = self.out_w = self.out_c = 0
         self.outputs = 0
         self.output = None
+        self.delta = None
         self.dontsave = self.dontload = 0
 
     def allocate(self) -> None:
         """(Re)allocate per-batch buffers for the current batch size."""
         self.output = zeros(self.batch * self.outputs)
+        if self.delta is not None:
+            self.delta = zeros(self.batch * self.outputs)
 
     def set_batch(self, batch: int) -> None:
         self.batch = batch
@@ -43,6 +50,30 @@ class Layer:
     def forward(self, net, input_buf, train: bool) -> None:
         raise NotImplementedError
 
+    def prepare_training(self) -> None:
+        """Allocate what backward and update need (delta; gradients for layers with weights)."""
+        self.delta = zeros(self.batch * self.outputs)
+
+    def backward(self, net, input_buf, prev_delta) -> None:
+        """Propagate self.delta into prev_delta (None for the first layer)."""
+        raise NotImplementedError
+
+    def update(self, net, rate: float) -> None:
+        """Apply accumulated gradients; layers without weights have nothing to do."""
+
     def describe(self) -> str:
         """The rest of Darknet's layer-table line after the `%5d ` index."""
         raise NotImplementedError
+
+
+def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
+    """Darknet's SGD step, B = batch * subdivisions, lr = f32(rate * layer scale):
+    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
+    lr = f32(learning_rate)
+    batch = net.batch * net.subdivisions
+    step = f32(lr / batch)
+    _dlk.axpy(len(biases), step, bias_updates, biases)
+    _dlk.scal(len(bias_updates), net.momentum, bias_updates)
+    _dlk.axpy(len(weights), f32(-f32(net.decay) * batch), weights, weight_updates)
+    _dlk.axpy(len(weights), step, weight_updates, weights)
+    _dlk.scal(len(weight_updates), net.momentum, weight_updates)

@@ -10,7 +10,7 @@ import _dlk
 from ..buffers import from_values, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
+from .base import Layer, parse_activation, sgd_update
 
 
 class ConnectedLayer(Layer):
@@ -53,6 +53,27 @@ class ConnectedLayer(Layer):
                   self.weights, self.inputs, 1.0, out, self.outputs)
         _dlk.add_bias(out, self.biases, self.batch, self.outputs, 1)
         _dlk.activate(out, len(out), self.activation)
+
+    def prepare_training(self) -> None:
+        self.delta = zeros(self.batch * self.outputs)
+        self.weight_updates = zeros(len(self.weights))
+        self.bias_updates = zeros(self.outputs)
+
+    # backward: delta *= act'(output); bias_upd[o] += sum_b delta[b][o];
+    #   W_upd[o][k] += sum_b delta[b][o] * in[b][k]      (gemm TN)
+    #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (gemm NN)
+    def backward(self, net, input_buf, prev_delta):
+        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
+        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.outputs, 1)
+        _dlk.gemm(1, 0, self.outputs, self.inputs, self.batch, 1.0, self.delta, self.outputs,
+                  input_buf, self.inputs, 1.0, self.weight_updates, self.inputs)
+        if prev_delta is not None:
+            _dlk.gemm(0, 0, self.batch, self.inputs, self.outputs, 1.0, self.delta, self.outputs,
+                      self.weights, self.inputs, 1.0, prev_delta, self.inputs)
+
+    def update(self, net, rate: float) -> None:
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"

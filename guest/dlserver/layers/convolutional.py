@@ -10,7 +10,7 @@ import _dlk
 from ..buffers import filled, from_values, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
+from .base import Layer, parse_activation, sgd_update
 
 DIRECT_MAX_CHANNELS = 16
 
@@ -34,7 +34,7 @@ class ConvolutionalLayer(Layer):
         for flag in ("binary", "xnor", "flipped", "dot"):
             if options.find_int(flag, 0, quiet=True):
                 raise DLServerError(f"{options.path}:{options.line}: convolutional '{flag}=1' is not supported")
-        where = f"{options.path}:{options.line}"
+        where = self.where = f"{options.path}:{options.line}"
         if self.groups != 1:
             raise DLServerError(f"{where}: convolutional groups={self.groups} is not supported (only 1)")
         if self.n < 1 or self.size < 1 or self.stride < 1 or self.pad < 0:
@@ -105,6 +105,45 @@ class ConvolutionalLayer(Layer):
                 col = self.workspace
             _dlk.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
                       col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
+
+    def prepare_training(self) -> None:
+        """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns."""
+        if self.batch_normalize:
+            raise DLServerError(f"{self.where}: training with batch_normalize=1 is not supported yet")
+        self.delta = zeros(self.batch * self.outputs)
+        self.weight_updates = zeros(self.nweights)
+        self.bias_updates = zeros(self.n)
+        self.columns = zeros(self.kernel_inputs * self.out_h * self.out_w)
+
+    # backward (delta is Darknet's negative gradient, target - output):
+    #   delta *= act'(output);  bias_upd[f] += sum_p delta[b][f][p]
+    #   W_upd += delta[b] . cols(in[b])^T          (n x K, gemm NT over out_h*out_w)
+    #   prev_delta[b] += col2im(W^T . delta[b])    (gemm TN, then scatter)
+    def backward(self, net, input_buf, prev_delta):
+        spatial = self.out_h * self.out_w
+        K = self.kernel_inputs
+        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
+        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.n, spatial)
+        for b in range(self.batch):
+            image = view(input_buf, b * self.inputs, self.inputs)
+            delta = view(self.delta, b * self.outputs, self.outputs)
+            if self.size == 1:
+                col = image
+            else:
+                _dlk.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
+                col = self.columns
+            _dlk.gemm(0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K)
+            if prev_delta is not None:
+                image_delta = view(prev_delta, b * self.inputs, self.inputs)
+                target = image_delta if self.size == 1 else self.columns
+                _dlk.gemm(1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial)
+                if self.size != 1:
+                    _dlk.col2im(self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta)
+
+    def update(self, net, rate: float) -> None:
+        """SGD with momentum and decay (Darknet update_convolutional_layer)."""
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9

@@ -1,4 +1,7 @@
 """Cost layer (Darknet cost_layer.c), type sse: only active with a truth (training)."""
+import _dlk
+
+from ..buffers import zeros
 from ..errors import DLServerError
 from .base import Layer
 
@@ -22,11 +25,23 @@ class CostLayer(Layer):
         self.out_h, self.out_w, self.out_c = h, w, c
         self.allocate()
 
+    has_cost = True
+
     def forward(self, net, input_buf, train):
         self.output = input_buf
+        self.cost = 0.0
+        if train and net.truth is not None:
+            # delta = t - x; cost = sum (t - x)^2
+            self.cost = _dlk.sse_cost(input_buf, net.truth, self.delta, self.batch * self.inputs)
+
+    def backward(self, net, input_buf, prev_delta):
+        if prev_delta is not None:
+            _dlk.axpy(self.batch * self.inputs, self.scale, self.delta, prev_delta)
 
     def allocate(self):
         self.output = None
+        if self.delta is not None:
+            self.delta = zeros(self.batch * self.inputs)
 
     def describe(self):
         return f"cost                                           {self.inputs:4d}"

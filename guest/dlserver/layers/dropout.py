@@ -1,7 +1,11 @@
 """Dropout layer (Darknet dropout_layer.c): in place; at inference it does nothing.
 
-Training (to come): r = rand_uniform(0, 1) per value; x = 0 if r < p else x * f32(1/(1-p)).
+training: r_i = rand_uniform(0, 1) (kept); x_i = 0 if r_i < p else x_i * f32(1/(1-p));
+backward: delta_i = 0 if r_i < p else delta_i * f32(1/(1-p)).
 """
+import _dlk
+
+from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
 from .base import Layer
@@ -19,14 +23,25 @@ class DropoutLayer(Layer):
         self.scale = f32(1.0 / (1.0 - self.probability))
         self.outputs = inputs
         self.out_h, self.out_w, self.out_c = h, w, c
+        self.rand = None
 
     def allocate(self):
-        self.output = None  # in place: the previous layer's output
+        self.output = None  # in place: the previous layer's output and delta
+        if self.rand is not None:
+            self.rand = zeros(self.batch * self.inputs)
+
+    def prepare_training(self) -> None:
+        self.rand = zeros(self.batch * self.inputs)
 
     def forward(self, net, input_buf, train):
         self.output = input_buf
         if train:
-            raise DLServerError("dropout training is not implemented yet")
+            net.rng.state = _dlk.dropout_forward(input_buf, self.batch * self.inputs, self.probability, self.scale,
+                                                 self.rand, net.rng.state)
+
+    def backward(self, net, input_buf, prev_delta):
+        if prev_delta is not None:
+            _dlk.dropout_backward(prev_delta, self.batch * self.inputs, self.probability, self.scale, self.rand)
 
     def describe(self):
         return f"dropout       p = {self.probability:.2f}               {self.inputs:4d}  ->  {self.outputs:4d}"

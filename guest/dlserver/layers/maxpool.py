@@ -39,6 +39,11 @@ class MaxpoolLayer(Layer):
         _dlk.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
                              self.output, self.indexes)
 
+    def backward(self, net, input_buf, prev_delta):
+        """prev_delta[argmax] += delta."""
+        if prev_delta is not None:
+            _dlk.maxpool_backward(self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs)
+
     def describe(self):
         return (f"max          {self.size} x {self.size} / {self.stride}  "
                 f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  {self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}")

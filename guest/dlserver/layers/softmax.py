@@ -28,8 +28,18 @@ class SoftmaxLayer(Layer):
         self.out_h, self.out_w, self.out_c = h, w, c
         self.allocate()
 
+    has_cost = True
+
     def forward(self, net, input_buf, train):
         _dlk.softmax(input_buf, self.batch, self.inputs, self.temperature, self.output)
+        self.cost = 0.0
+        if train and net.truth is not None and not self.noloss:
+            # delta = t - y; cost = sum over t != 0 of -log(y)
+            self.cost = _dlk.softmax_cost(self.output, net.truth, self.delta, self.batch * self.inputs)
+
+    def backward(self, net, input_buf, prev_delta):
+        if prev_delta is not None:
+            _dlk.axpy(self.batch * self.inputs, 1.0, self.delta, prev_delta)
 
     def describe(self):
         return f"softmax                                        {self.inputs:4d}"
