@@ -136,7 +136,7 @@ def _write(path, data):
     (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg(max_batches=0).replace("output= 10", "output= 4").encode()),
      "max_batches=0"),
     (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().encode()), "10 outputs but cfg/tiny.dataset says classes=4"),
-    (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().replace("output= 10", "output= 4").replace("size=5", "size=40", 1).encode()), "does not fit"),
+    (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().replace("output= 10", "output= 4").replace("size=5", "size=40", 1).replace("pad=1", "pad=0", 1).encode()), "does not fit"),
 ])
 def test_bad_training_input_fails_before_touching_weights(tiny, capsys, setup, problem):
     old = tiny / "model" / "tiny.weights"
