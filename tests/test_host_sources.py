@@ -156,7 +156,8 @@ def test_whole_root_as_output_keeps_input_directories_read_only(workspace, temp_
 
 
 def test_output_inside_an_input_directory_is_seeded(workspace, temp_parent):
-    with stage_sources(["data"], ["data/mnist"], workspace, str(temp_parent)) as staged:
+    inputs = ["data", "data/mnist/images_client1"]
+    with stage_sources(inputs, ["data/mnist"], workspace, str(temp_parent)) as staged:
         out = mount_at(staged, "/data/mnist")
         assert out.writable
         assert (out.host_dir / "mnist.names.list").read_text() == "0\n1\n"

@@ -152,8 +152,7 @@ def test_no_args_file(predict_dir, capsys):
 
 
 def test_unimplemented_commands_exit_2(predict_dir, capsys):
-    for argv in (["classifier", "train", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg"],
-                 ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"],
+    for argv in (["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"],
                  ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out.weights", "a.weights"]):
         status, _, err = run(argv, capsys)
         assert status == 2 and "not implemented yet" in err

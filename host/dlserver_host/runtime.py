@@ -21,6 +21,7 @@ from .sources import Mount
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
 ENGINE_SETTINGS = "epoch-interruption"
+CACHE_ENTRIES_KEPT = 4     # compiled components are ~35 MB; older ones are removed
 
 OutputCallback = Callable[[bytes], None]
 
@@ -34,7 +35,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"            # the guest returned an error or exited non-zero
     TRAPPED = "trapped"          # the guest crashed (wasm trap)
     TIMED_OUT = "timed out"
-    INTERRUPTED = "interrupted"  # Ctrl-C on the host
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM on the host
     OUT_OF_MEMORY = "out of memory"
 
 
@@ -77,8 +78,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None 
     from wasmtime import WasmtimeError
     from wasmtime.component import Component
     try:
-        with open(wasm_path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = _wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
         raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
     cached = None
@@ -86,9 +86,12 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None 
         cached = cache_dir / f"{digest}-wasmtime{wasmtime_version()}-{ENGINE_SETTINGS}.cwasm"
         if _is_own_file(cached):
             try:
-                return Component.deserialize_file(engine, str(cached))
+                component = Component.deserialize_file(engine, str(cached))
             except WasmtimeError:
                 pass    # incompatible or corrupt: compile again and overwrite
+            else:
+                _touch(cached)
+                return component
     with open(wasm_path, "rb") as f:
         if f.read(4) != b"\0asm":
             raise HostError(f"not a WebAssembly file: {wasm_path}")
@@ -102,6 +105,31 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None 
     return component
 
 
+def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
+    """sha256 of the wasm file, remembered per file identity to save hashing 18 MB each start.
+
+    The memo (``cache_dir/digests/<sha256 of the real path>``) holds size, mtime, ctime
+    and inode next to the digest; any change to the file changes its ctime.
+    """
+    st = os.stat(wasm_path)
+    identity = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+    memo = None
+    if cache_dir is not None:
+        real = os.path.realpath(wasm_path).encode("utf-8", "surrogateescape")
+        memo = cache_dir / "digests" / hashlib.sha256(real).hexdigest()
+        try:
+            remembered_identity, _, digest = memo.read_text().rpartition(" ")
+            if remembered_identity == identity and _is_own_file(memo):
+                return digest
+        except (OSError, ValueError):
+            pass
+    with open(wasm_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if memo is not None:
+        _write_atomically(memo, f"{identity} {digest}".encode())
+    return digest
+
+
 def _is_own_file(path: Path) -> bool:
     try:
         st = os.stat(path)
@@ -110,8 +138,16 @@ def _is_own_file(path: Path) -> bool:
     return st.st_uid == os.getuid()
 
 
-def _write_cache(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically; a cache that cannot be written is silently skipped."""
+def _touch(path: Path) -> None:
+    """Mark a cache entry as recently used (pruning keeps the most recent ones)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _write_atomically(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` via a temporary file and a rename; False if that failed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -122,6 +158,19 @@ def _write_cache(path: Path, data: bytes) -> None:
         except BaseException:
             os.unlink(tmp)
             raise
+    except OSError:
+        return False
+    return True
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
+    if not _write_atomically(path, data):
+        return
+    try:
+        entries = sorted(path.parent.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[CACHE_ENTRIES_KEPT:]:
+            old.unlink()
     except OSError:
         pass
 
@@ -168,9 +217,6 @@ class GuestRun:
             if self._stop_reason is None:
                 self._stop_reason = reason
         self._engine.increment_epoch()
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def wait(self, poll: float | None = None) -> RunResult | None:
         """Wait up to ``poll`` seconds (None: until done).
