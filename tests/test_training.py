@@ -130,7 +130,7 @@ def _write(path, data):
 
 @pytest.mark.parametrize("setup, problem", [
     (lambda d: _write(d / "data" / "tiny" / "t_00003_c3.png", b"\x89PNG\r\n\x1a\nbroken"), "t_00003_c3.png: bad PNG"),
-    (lambda d: (d / "data" / "tiny" / "t_00004_c0.png").unlink(), "t_00004_c0.png: cannot load image"),
+    (lambda d: (d / "data" / "tiny" / "t_00004_c0.png").unlink(), "t_00004_c0.png: cannot open image"),
     (lambda d: _write(d / "data" / "tiny.list", b""), "the train list is empty"),
     (lambda d: _write(d / "data" / "tiny.list", b"data/tiny/unlabelled.png\n"), "exactly one of the 4 labels"),
     (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg(max_batches=0).replace("output= 10", "output= 4").encode()),

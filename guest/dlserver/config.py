@@ -9,6 +9,7 @@ import re
 import sys
 
 from .errors import DLServerError
+from .files import read_input_file
 
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
@@ -16,15 +17,7 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
 def read_text(path: str, what: str = "file") -> str:
     """Read a whole text file, turning OS errors into one clear line."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DLServerError(f"{path}: cannot open {what}: no such file") from None
-    except IsADirectoryError:
-        raise DLServerError(f"{path}: cannot open {what}: it is a directory") from None
-    except OSError as e:
-        raise DLServerError(f"{path}: cannot open {what}: {e.strerror or e}") from None
+    data = read_input_file(path, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

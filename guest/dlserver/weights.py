@@ -6,11 +6,11 @@ size_t) and carries the upper 4 bytes through to a later save, so load + save is
 byte-identical. Unlike Darknet, a file of the wrong length is an error, not a silent
 partial load.
 """
-import os
 import struct
 import sys
 
 from .errors import DLServerError
+from .files import read_input_file, write_file_atomic
 
 _HEADER = struct.Struct("<iii")
 
@@ -26,15 +26,7 @@ def _count_floats(net, skip_attr: str) -> int:
 
 def load_weights(net, path: str) -> None:
     """Fill the network's parameters from a weights file, checking its length exactly."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DLServerError(f"{path}: cannot open weights file: no such file") from None
-    except IsADirectoryError:
-        raise DLServerError(f"{path}: cannot open weights file: it is a directory") from None
-    except OSError as e:
-        raise DLServerError(f"{path}: cannot open weights file: {e.strerror or e}") from None
+    data = read_input_file(path, "weights file")
     if len(data) < 16:
         raise DLServerError(f"{path}: not a weights file: {len(data)} bytes, shorter than the 16-byte header")
     major, minor, revision = _HEADER.unpack_from(data, 0)
@@ -79,21 +71,6 @@ def weights_bytes(net) -> bytes:
         if not layer.dontsave:
             parts.extend(a.tobytes() for a in layer.parameter_arrays())
     return b"".join(parts)
-
-
-def write_file_atomic(path: str, data: bytes, what: str) -> None:
-    """Write via a temporary file and a rename, so no half-written file is ever seen."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise DLServerError(f"{path}: cannot write {what}: {e.strerror or e}") from None
 
 
 def save_weights(net, path: str) -> None:
