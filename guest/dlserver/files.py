@@ -4,6 +4,8 @@ import os
 from .errors import DLServerError
 
 READ_SIZE = 1 << 20
+# A WASI read returns at most 64 KiB whatever was asked: only a shorter read means the end.
+WASI_MAX_READ = 1 << 16
 
 
 def read_input_file(path: str, what: str) -> bytes:
@@ -13,7 +15,7 @@ def read_input_file(path: str, what: str) -> bytes:
         fd = os.open(path, os.O_RDONLY)
         try:
             data = os.read(fd, READ_SIZE)
-            if len(data) == READ_SIZE:  # a short read of a regular file is its end
+            if len(data) >= WASI_MAX_READ:
                 chunks = [data]
                 while chunk := os.read(fd, READ_SIZE):
                     chunks.append(chunk)
