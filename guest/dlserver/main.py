@@ -6,7 +6,7 @@ report success or failure, so under wasmtime both 1 and 2 show as 1).
 """
 import sys
 
-from .commands import aggregation_darknet, classifier
+from .commands import aggregation, aggregation_darknet, classifier
 from .errors import DLServerError, NotImplementedYet
 
 ARGS_FILE = "args.cfg"
@@ -140,8 +140,12 @@ def run_aggregation(argv: Argv) -> None:
             raise DLServerError(f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]")
         aggregation_darknet.aggregate_darknet(cfg, out, inputs, method, weights)
         return
-    if argv[2] in ("onnx", "onnx_predict"):
-        raise NotImplementedYet(f"aggregation {argv[2]}: not implemented yet")
+    if argv[2] == "onnx":
+        aggregation.run_onnx(argv)
+        return
+    if argv[2] == "onnx_predict":
+        aggregation.run_onnx_predict(argv)
+        return
     raise DLServerError(f"Not an option under aggregation: {argv[2]}")
 
 

@@ -54,7 +54,8 @@ class View:
             spec = self.SCHEMA.get(f.number)
             if spec is not None and f.wire_type not in _ALLOWED[spec[1]]:
                 allowed = " or ".join(WIRE_NAMES[w] for w in _ALLOWED[spec[1]])
-                raise ProtoError(f"{where}: field {f.number} ({spec[0]}) has wire type"
+                prefix = f"{where}: " if where else ""
+                raise ProtoError(f"{prefix}field {f.number} ({spec[0]}) has wire type"
                                  f" {WIRE_NAMES.get(f.wire_type, f.wire_type)}, expected {allowed}")
 
     def fields(self, name: str):

@@ -1,0 +1,386 @@
+"""`aggregation onnx` and `aggregation onnx_predict` (spec §8.2, §8.3).
+
+`aggregation darknet` (§8.1) is in aggregation_darknet.py.
+
+aggregation onnx <out.onnx> <m1.onnx> [m2.onnx ...] [-weights w1,w2,...] [-method M]
+------------------------------------------------------------------------------------
+Every initializer of m1's graph is combined, by index, with the initializer of the same
+index of every other model (names, data types and dims must match: the first one that
+differs is an error naming both files). Values are read from whatever field stores them
+(raw_data, float_data, int32_data, int64_data, double_data, uint64_data; packed or not) and
+written back into m1's tensor in m1's storage, so the output is m1's file with only the
+averaged values changed (a single input model is copied byte for byte). The other
+models' storage does not matter (raw_data and float_data models mix freely).
+
+Per coordinate, with T models and values x1..xT in file order (the -method / -weights flags
+and the float32 definitions are dlserver.averaging's, shared with `aggregation darknet`):
+
+  mean (default)  float32 (FLOAT, COMPLEX64 by component):
+                    s = f32(...f32(f32(x1 + x2) + x3)... + xT), result f32(s / T)
+                  (the original's `x = x / (n+1)`, a float division, not a multiplication;
+                  for T = 3 identical models that is ((x+x)+x)/3).
+                  DOUBLE, COMPLEX128: the same in double.
+                  Integers (UINT8..INT64, BOOL, UINT32, UINT64): exact sum, then C division
+                  (truncation toward zero). Unlike the original's int32 sum, it cannot wrap.
+  -weights a,b,c  weighted mean, one weight >= 0 per model (e.g. examples per client),
+                  normalised: c_i = f32(a_i / S), S = sum a_i (doubles). float32:
+                  s = 0, then s = f32(s + f32(c_i * x_i)) in file order; no division.
+                  Double: the same in double with c_i = a_i / S. Integers: exact rational
+                  arithmetic, trunc(sum(a_i * x_i) / S) (identical inputs give themselves back).
+  -method median  coordinate-wise median of the sorted values x(1) <= ... <= x(T): x((T+1)/2)
+                  for odd T; for even T f32((x(T/2) + x(T/2+1)) / 2) (the sum and the halving
+                  in double, rounded once), the same in double for doubles, and
+                  trunc((a + b) / 2) for integers.
+  -method trimmed:F   coordinate-wise trimmed mean, 0 <= F < 0.5: with k = int(F * T), the k
+                  smallest and k largest values are dropped and the other T - 2k averaged:
+                  summed in ascending order (float32 steps for float32, double for doubles),
+                  then divided by T - 2k (truncating for integers).
+  (-weights only combines with the mean.)
+
+FLOAT16 and BFLOAT16 (raw_data, or bit patterns in int32_data) are widened to float32,
+combined as float32 above, and rounded back to nearest even. STRING initializers are kept
+from m1. Other types (float8, int4, ...) are errors. With NaNs the order statistics are
+unspecified.
+
+stdout, as the original: `model c1 loaded`, `model c%d loaded` for each further model, then
+`save aggregation model to '%s' done!`.
+
+aggregation onnx_predict <model.onnx> <input.pb>
+------------------------------------------------
+Runs the model on the TensorProto in input.pb (bound to the graph's first input that is not
+an initializer; the original takes graph.input[0] whatever it is) with the
+interpreter of dlserver.onnx.interpreter and prints the original's lines, then every value of
+the LAST node's first output when it is FLOAT: `n_float_data[%d] = %f`.
+"""
+import sys
+from array import array
+from fractions import Fraction
+from itertools import repeat
+from operator import add, mul, truediv
+
+import _dlk
+
+from ..averaging import Method, combine, parse_method
+from ..errors import DLServerError
+from ..onnx import interpreter as oi
+from ..onnx import model as om
+from ..onnx.wire import ProtoError
+from ..rng import f32
+from ..weights import write_file_atomic
+
+USAGE_ONNX = ("usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
+              " [-weights w1,w2,...] [-method mean|median|trimmed:F]")
+USAGE_PREDICT = "usage: {prog} aggregation onnx_predict [model.onnx] [input.pb]"
+
+
+# Combining one tensor across models --------------------------------------------------------
+
+def trunc_div(a: int, b: int) -> int:
+    """C integer division by b > 0: truncation toward zero."""
+    return a // b if a >= 0 else -((-a) // b)
+
+
+def divide_f32(acc: array, d: int) -> array:
+    """f32(x / d) for every x: a correctly rounded float32 division (x and d are exact in
+    double, and rounding a double quotient to float32 is innocuous for division).
+    In place when d is a power of 2."""
+    if d == 1:
+        return acc
+    if d & (d - 1) == 0:
+        _dlk.scal(len(acc), 1.0 / d, acc)      # multiplying by 2**-k rounds the same way
+        return acc
+    # No division kernel in _dlk: map() keeps the loop in C, one float object per value.
+    return array("f", map(truediv, acc, repeat(float(d))))
+
+
+class Combiner:
+    """Combines the values of one tensor across models, fed in file order (see the module
+    docstring and dlserver.averaging for the definitions)."""
+
+    def __init__(self, kind: str, method: Method):
+        self.kind = "f32" if kind in ("f16", "bf16") else kind
+        self.method = method
+        self.acc = None
+        self.first = None
+        self.stack = []        # every model's values (median, trimmed)
+        self.count = 0
+        weights = method.weights
+        if weights is not None:
+            s = sum(weights)
+            self.coef_f32 = [f32(w / s) for w in weights]
+            self.coef_f64 = [w / s for w in weights]
+            self.coef_exact = [Fraction(w) for w in weights]
+
+    def add(self, values) -> None:
+        i, kind = self.count, self.kind
+        self.count += 1
+        if i == 0:
+            self.first = values
+        if kind == "string":
+            return
+        if self.method.kind != "mean":
+            self.stack.append(values)
+            return
+        weighted = self.method.weights is not None
+        if kind == "f32":
+            n = len(values)
+            if weighted:
+                if i == 0:
+                    self.acc = array("f", bytes(4 * n))
+                _dlk.axpy(n, self.coef_f32[i], values, self.acc)
+            elif i == 0:
+                self.acc = array("f", values)
+            else:
+                _dlk.axpy(n, 1.0, values, self.acc)
+        elif kind == "f64":
+            if weighted:
+                terms = map(mul, values, repeat(self.coef_f64[i]))
+                self.acc = array("d", map(add, repeat(0.0) if i == 0 else self.acc, terms))
+            else:
+                self.acc = array("d", values) if i == 0 else array("d", map(add, self.acc, values))
+        else:
+            terms = map(mul, values, repeat(self.coef_exact[i])) if weighted else values
+            self.acc = list(terms) if i == 0 else list(map(add, self.acc, terms))
+
+    def result(self):
+        kind, total, method = self.kind, self.count, self.method
+        if kind == "string" or total == 1:
+            return self.first
+        if method.kind == "mean":
+            if method.weights is not None:
+                if kind == "int":
+                    s = sum(self.coef_exact)
+                    return [int(v / s) for v in self.acc]      # int() of a Fraction truncates
+                return self.acc
+            if kind == "f32":
+                return divide_f32(self.acc, total)
+            if kind == "f64":
+                return array("d", map(truediv, self.acc, repeat(float(total))))
+            return [trunc_div(v, total) for v in self.acc]
+        if kind == "f32":
+            return combine(self.stack, method)
+        columns = map(sorted, zip(*self.stack))
+        if method.kind == "median":
+            mid = total // 2
+            if total % 2:
+                values = [c[mid] for c in columns]
+            elif kind == "int":
+                values = [trunc_div(c[mid - 1] + c[mid], 2) for c in columns]
+            else:
+                values = [(c[mid - 1] + c[mid]) / 2 for c in columns]
+        else:
+            k = int(method.fraction * total)
+            kept = total - 2 * k
+            if kind == "int":
+                values = [trunc_div(sum(c[k:total - k]), kept) for c in columns]
+            else:
+                values = []
+                for c in columns:
+                    acc = 0.0
+                    for v in c[k:total - k]:
+                        acc += v
+                    values.append(acc / kept)
+        return values if kind == "int" else array("d", values)
+
+
+# Loading ----------------------------------------------------------------------------------
+
+def read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DLServerError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DLServerError(f"{path}: is a directory, not {what}") from None
+    except OSError as e:
+        raise DLServerError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+class LoadedModel:
+    def __init__(self, path: str):
+        self.path = path
+        data = read_bytes(path, "ONNX model")
+        if not data:
+            raise DLServerError(f"{path}: empty file, not an ONNX model")
+        try:
+            self.model = om.parse_model(data)
+            self.graph = self.model.graph()
+            self.initializers = self.graph.initializers()
+        except ProtoError as e:
+            raise DLServerError(f"{path}: not a valid ONNX model: {e}") from None
+
+    def tensor_data(self, t: om.Tensor) -> om.TensorData:
+        try:
+            return om.read_tensor_data(t)
+        except ProtoError as e:
+            raise DLServerError(f"{self.path}: {e}") from None
+
+
+def _tensor_name(t: om.Tensor) -> str:
+    try:
+        return t.name
+    except ProtoError:
+        return "?"
+
+
+def _check_same(first: LoadedModel, other: LoadedModel) -> None:
+    """The initializers of `other` match `first`'s by index: names, data types, dims."""
+    a, b = first.initializers, other.initializers
+    for j, (ta, tb) in enumerate(zip(a, b)):
+        try:
+            na, nb = ta.name, tb.name
+            what = None
+            if na != nb:
+                what = f"is named '{nb}', {first.path} has '{na}'"
+            elif ta.data_type != tb.data_type:
+                what = (f"has data type {om.dtype_name(tb.data_type)}, {first.path} has"
+                        f" {om.dtype_name(ta.data_type)}")
+            elif ta.dims != tb.dims:
+                what = f"has dims {tb.dims}, {first.path} has {ta.dims}"
+        except ProtoError as e:
+            raise DLServerError(f"{other.path}: {e}") from None
+        if what:
+            raise DLServerError(f"{other.path}: initializer {j} '{nb}' {what}")
+    if len(a) != len(b):
+        j = min(len(a), len(b))
+        if len(b) < len(a):
+            raise DLServerError(f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
+                                f" (initializer {j} '{_tensor_name(a[j])}' is missing)")
+        raise DLServerError(f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
+                            f" (initializer {j} '{_tensor_name(b[j])}' is extra)")
+
+
+def _check_supported_graph(m: LoadedModel) -> None:
+    try:
+        sparse = m.graph.has("sparse_initializer")
+    except ProtoError as e:
+        raise DLServerError(f"{m.path}: {e}") from None
+    if sparse:
+        raise DLServerError(f"{m.path}: sparse initializers are not supported")
+
+
+# aggregation onnx ---------------------------------------------------------------------------
+
+def aggregate_onnx(out_path: str, paths: list[str], method: str | None = None, weights: str | None = None) -> None:
+    """Combine the initializers of the models in `paths` into a copy of the first one;
+    `method` and `weights` are the -method and -weights flags (dlserver.averaging)."""
+    if not paths:
+        raise DLServerError("aggregation onnx: no models to aggregate")
+    method = parse_method(method, weights, len(paths))
+    first = LoadedModel(paths[0])
+    _check_supported_graph(first)
+    sys.stdout.write("model c1 loaded\n")
+    datas = [first.tensor_data(t) for t in first.initializers]
+    combiners = [Combiner(d.kind, method) for d in datas]
+    for c, d in zip(combiners, datas):
+        c.add(d.values)
+    for i, path in enumerate(paths[1:]):
+        other = LoadedModel(path)
+        _check_supported_graph(other)
+        sys.stdout.write(f"model c{i + 2} loaded\n")
+        _check_same(first, other)
+        for c, t in zip(combiners, other.initializers):
+            c.add(other.tensor_data(t).values)
+        del other
+    if len(paths) > 1:
+        for t, d, c in zip(first.initializers, datas, combiners):
+            om.write_tensor_data(t, d, c.result())
+    write_file_atomic(out_path, first.model.msg.serialize(), "ONNX model")
+    sys.stdout.write(f"save aggregation model to '{out_path}' done!\n")
+
+
+def run_onnx(argv) -> None:
+    """`aggregation onnx`: flags first (removed from argv like Darknet's find_char_arg)."""
+    method = argv.find_str("-method", None)
+    weights = argv.find_str("-weights", None)
+    out = argv[3]
+    paths = [argv[i] for i in range(4, argv.argc) if argv[i] is not None]
+    if out is None or not paths:
+        raise DLServerError(USAGE_ONNX.format(prog=argv[0]))
+    aggregate_onnx(out, paths, method, weights)
+
+
+# aggregation onnx_predict -------------------------------------------------------------------
+
+def _check_input(path: str, model_path: str, info: om.ValueInfo, value: oi.Value) -> None:
+    try:
+        declared = info.tensor_type()
+    except ProtoError as e:
+        raise DLServerError(f"{model_path}: {e}") from None
+    if declared is None:
+        return
+    elem, dims = declared
+    if elem and elem != value.dtype:
+        raise DLServerError(f"{path}: the input is {om.dtype_name(value.dtype)}, the model's input"
+                            f" '{info.name}' is {om.dtype_name(elem)}")
+    if dims is not None:
+        ok = len(dims) == len(value.shape) and all(d is None or d <= 0 or d == s for d, s in zip(dims, value.shape))
+        if not ok:
+            shown = ["?" if d is None else d for d in dims]
+            raise DLServerError(f"{path}: the input has dims {list(value.shape)}, the model's input"
+                                f" '{info.name}' has {shown}")
+
+
+def onnx_predict(model_path: str, input_path: str) -> None:
+    m = LoadedModel(model_path)
+    try:
+        graph_name = m.graph.get_str("name")
+        inputs = m.graph.messages("input", om.ValueInfo)
+        node_views = m.graph.messages("node", om.Node)
+        opset = m.model.opset("")
+        nodes = [oi.Node(v, i) for i, v in enumerate(node_views)]
+    except ProtoError as e:
+        raise DLServerError(f"{model_path}: not a valid ONNX model: {e}") from None
+    sys.stdout.write("model loaded\n")
+    data = read_bytes(input_path, "input tensor")
+    try:
+        value = oi.value_from_tensor(om.parse_tensor(data))
+    except ProtoError as e:
+        raise DLServerError(f"{input_path}: not a valid TensorProto: {e}") from None
+    except oi.OpError as e:
+        raise DLServerError(f"{input_path}: {e}") from None
+    sys.stdout.write(f"Loading input {input_path}... ok!\n")
+    if not inputs:
+        raise DLServerError(f"{model_path}: the graph has no inputs to bind {input_path} to")
+    if not nodes:
+        raise DLServerError(f"{model_path}: the graph has no nodes")
+    sys.stdout.write("Resolving model...\n")
+    env = {}
+    for t in m.initializers:
+        try:
+            env[t.name] = oi.value_from_tensor(t)
+        except (ProtoError, oi.OpError) as e:
+            raise DLServerError(f"{model_path}: {e}") from None
+    # The original renames the tensor to graph.input[0]. Models that list their initializers
+    # among the inputs (IR < 4) may put one first: bind to the first input without one.
+    try:
+        free = [info for info in inputs if info.name not in env]
+    except ProtoError as e:
+        raise DLServerError(f"{model_path}: {e}") from None
+    if not free:
+        raise DLServerError(f"{model_path}: every graph input is an initializer; nothing to bind"
+                            f" {input_path} to")
+    _check_input(input_path, model_path, free[0], value)
+    env[free[0].name] = value
+    for node in nodes:
+        node.opset = opset if opset is not None else 1
+    sys.stdout.write(f"Running inference on {graph_name} model...\n")
+    try:
+        oi.run_graph(nodes, env)
+    except oi.NodeError as e:
+        raise DLServerError(f"{model_path}: {e}") from None
+    sys.stdout.write("finished!\n")
+    last = nodes[-1]
+    if not last.outputs or not last.outputs[0]:
+        raise DLServerError(f"{model_path}: the last node ({last.label()}) has no output")
+    result = env[last.outputs[0]]
+    if result.dtype == om.FLOAT:
+        sys.stdout.write("".join(f"n_float_data[{i}] = {v:f}\n" for i, v in enumerate(result.data)))
+
+
+def run_onnx_predict(argv) -> None:
+    model, data = argv[3], argv[4]
+    if model is None or data is None:
+        raise DLServerError(USAGE_PREDICT.format(prog=argv[0]))
+    onnx_predict(model, data)
