@@ -11,6 +11,7 @@
 #include "png.c"
 #include "direct_conv.c"
 #include "train.c"
+#include "jpeg.c"
 
 static PyMethodDef dlk_methods[] = {
     {"gemm", dlk_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
@@ -43,6 +44,14 @@ static PyMethodDef dlk_methods[] = {
     {"dropout_backward", dlk_dropout_backward, METH_VARARGS, "dropout_backward(delta, n, probability, scale, rand)"},
     {"softmax_cost", dlk_softmax_cost, METH_VARARGS, "softmax_cost(y, truth, delta, n) -> cross-entropy sum"},
     {"sse_cost", dlk_sse_cost, METH_VARARGS, "sse_cost(x, truth, delta, n) -> sum of squares"},
+    {"jpeg_decode_scan", dlk_jpeg_decode_scan, METH_VARARGS,
+     "jpeg_decode_scan(data, start, params, tables, coeffs) -> end offset or negative error code"},
+    {"jpeg_idct", dlk_jpeg_idct, METH_VARARGS,
+     "jpeg_idct(coeffs, first, blocks_w, blocks_h, quant, plane, plane_first): dequantise + stb IDCT"},
+    {"jpeg_color", dlk_jpeg_color, METH_VARARGS,
+     "jpeg_color(planes, params, width, height, mode, out): stb upsampling + colour conversion"},
+    {"jpeg_encode_scan", dlk_jpeg_encode_scan, METH_VARARGS,
+     "jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> entropy-coded bytes"},
     {NULL, NULL, 0, NULL}
 };
 

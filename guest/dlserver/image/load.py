@@ -1,6 +1,7 @@
 """load_image_color: read an image file into a 3-channel float image (spec §5.2, §7.2)."""
 from ..errors import DLServerError
 from ..files import read_input_file
+from .jpeg import decode_jpeg
 from .ops import Image, pixels_to_image, resize_image
 from .png import decode_png
 
@@ -13,7 +14,7 @@ def read_image_file(path: str) -> bytes:
 
 
 def decode_image(data: bytes, path: str) -> Image:
-    """Decode PNG (and, later, JPEG) bytes to a 3-channel image."""
+    """Decode PNG or JPEG bytes to a 3-channel image."""
     if data.startswith(PNG_SIGNATURE):
         try:
             width, height, comps, pixels = decode_png(data)
@@ -21,10 +22,14 @@ def decode_image(data: bytes, path: str) -> Image:
             raise DLServerError(f"{path}: bad PNG: {e}") from None
         return pixels_to_image(width, height, comps, pixels)
     if data.startswith(b"\xff\xd8"):
-        raise DLServerError(f"{path}: JPEG images are not supported yet")
+        try:
+            width, height, comps, pixels = decode_jpeg(data)
+        except DLServerError as e:
+            raise DLServerError(f"{path}: bad JPEG: {e}") from None
+        return pixels_to_image(width, height, comps, pixels)
     if not data:
         raise DLServerError(f"{path}: cannot load image: empty file")
-    raise DLServerError(f"{path}: cannot load image: not a PNG file")
+    raise DLServerError(f"{path}: cannot load image: not a PNG file nor a JPEG file")
 
 
 def load_image_color(path: str, w: int = 0, h: int = 0) -> Image:
