@@ -1,33 +1,37 @@
 """Benchmark `_dlk.gemm` inside the WASI component (wasmtime) against native numpy.
 
-    .venv/bin/python scripts/bench_gemm.py                 # all cases, median of 5
-    .venv/bin/python scripts/bench_gemm.py --quick         # 256^3 only
-    .venv/bin/python scripts/bench_gemm.py --blas-threads 1
+    .venv/bin/python scripts/bench_gemm.py                  # all cases, median of 7 samples
+    .venv/bin/python scripts/bench_gemm.py --quick          # 256^3 only
+    .venv/bin/python scripts/bench_gemm.py --stat min       # best sample: steadier on a busy machine
+    .venv/bin/python scripts/bench_gemm.py --blas-threads 1 # single-threaded OpenBLAS baseline
+    .venv/bin/python scripts/bench_gemm.py --case NN,64,64,64 --case NT,16,27,173056
 
 What it does:
   1. builds build/wasm/_dlk.abi3.so and build/native/_dlk.abi3.so (scripts/build_kernels.py);
   2. builds a tiny bench component (componentize-py, world `dl-server` from wit/) whose app
      module imports `_dlk`; the component is cached in build/bench/ keyed by the hash of the
      app source and the kernel library, so a rerun with unchanged kernels starts at once;
-  3. runs it under `wasmtime -C cache=y` with build/bench/run/ preopened as /bench: the
+  3. runs it under `wasmtime -C cache=y` with a temporary directory preopened as /bench: the
      cases come in as /bench/cases.json, one JSON line per case comes back on stdout;
-  4. times numpy (OpenBLAS, float32) on the same shapes in this process, and runs the
-     native `_dlk` once per case to check that the component computed the same bits.
+  4. times numpy (np.matmul, OpenBLAS, float32) on the same shapes in this process, and runs
+     the native `_dlk` once per case to check that the component computed the same bits.
 
-Every case runs C = op(A) op(B) with alpha 1, beta 0 on deterministic data; the figure is
-2*M*N*K / (median seconds per call), the median over --reps samples, each sample timing
-enough calls to last about --min-time seconds.
+Every case runs C = op(A) op(B) with alpha 1, beta 0 on deterministic data (op = NN: A is
+MxK, B is KxN; NT: B is NxK; TN: A is KxM); GF/s = 2*M*N*K / seconds per call, taking the
+median (or --stat min) over --reps samples, each sample timing enough calls to last about
+--min-time seconds. "ratio" is wasm / numpy.
 
-`--lib DIR --func NAME` benchmarks another build of the extension (a `_dlk.abi3.so` in
-DIR) and another function of it with gemm's signature, to compare kernel variants.
+`--lib DIR --native-lib DIR --func A,B,...` benchmarks another build of the extension (a
+`_dlk.abi3.so` in DIR) and functions of it with gemm's signature; several functions take
+turns sample by sample, so kernel variants can be compared on a busy machine.
 """
 import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,24 +39,29 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "build" / "bench"
 VENV_BIN = Path(sys.executable).parent
 
-# (op, M, N, K, where the shape comes from)
+# (op, M, N, K, where the shape comes from). Darknet's calls: conv forward NN (M filters,
+# N out_h*out_w, K c*size*size); conv weight gradient NT (M filters, N c*size*size,
+# K out_h*out_w); conv input gradient TN (M c*size*size, N out_h*out_w, K filters);
+# connected forward NT (M batch, N outputs, K inputs); connected weight gradient TN
+# (M outputs, N inputs, K batch); connected input gradient NN (M batch, N inputs, K outputs).
 CASES = [
     ("NN", 256, 256, 256, "square"),
     ("NT", 256, 256, 256, "square"),
     ("TN", 256, 256, 256, "square"),
-    ("NN", 6, 784, 75, "conv fwd, LeNet-like"),
-    ("NN", 16, 173056, 27, "conv fwd, yolo 416x416x3 -> 16"),
-    ("NN", 256, 676, 1152, "conv fwd, yolo 26x26x128 -> 256"),
-    ("NN", 64, 800, 500, "fc bwd input delta"),
-    ("NT", 6, 784, 75, "square-ish shape of conv fwd"),
-    ("NT", 6, 75, 784, "conv bwd weight grad, LeNet-like"),
-    ("NT", 16, 27, 173056, "conv bwd weight grad, yolo layer 0"),
-    ("NT", 256, 1152, 676, "conv bwd weight grad, yolo 26x26"),
-    ("NT", 64, 500, 800, "fc fwd, batch 64"),
-    ("TN", 6, 784, 75, "shape of conv fwd"),
-    ("TN", 75, 784, 6, "conv bwd input grad, LeNet-like"),
-    ("TN", 1152, 676, 256, "conv bwd input grad, yolo 26x26"),
-    ("TN", 500, 800, 64, "fc bwd weight grad"),
+    ("NN", 6, 784, 75, "brief's LeNet-like shape"),
+    ("NN", 6, 784, 25, "lenet conv1 fwd (28x28x1 -> 6, 5x5)"),
+    ("NN", 6, 196, 150, "lenet conv2 fwd (14x14x6 -> 6, 5x5)"),
+    ("NT", 6, 25, 784, "lenet conv1 weight grad"),
+    ("NT", 6, 150, 196, "lenet conv2 weight grad"),
+    ("TN", 150, 196, 6, "lenet conv2 input grad"),
+    ("NT", 100, 120, 294, "lenet fc1 fwd, batch 100"),
+    ("TN", 120, 294, 100, "lenet fc1 weight grad"),
+    ("NN", 100, 294, 120, "lenet fc1 input grad"),
+    ("NN", 16, 173056, 27, "yolov3-tiny conv0 fwd (416x416x3 -> 16)"),
+    ("NN", 256, 676, 1152, "yolov3-tiny 26x26x128 -> 256 fwd"),
+    ("NT", 16, 27, 173056, "yolov3-tiny conv0 weight grad"),
+    ("NT", 256, 1152, 676, "yolov3-tiny 26x26 weight grad"),
+    ("TN", 1152, 676, 256, "yolov3-tiny 26x26 input grad"),
 ]
 
 # Runs inside the component. Data: a fixed pattern of 2003 floats in [-0.5, 0.5), tiled.
@@ -126,25 +135,28 @@ def bench_component(lib: Path) -> Path:
     if wasm.exists():
         return wasm
     BENCH.mkdir(parents=True, exist_ok=True)
-    app_dir = BENCH / "app"
-    shutil.rmtree(app_dir, ignore_errors=True)
-    app_dir.mkdir()
-    (app_dir / "app.py").write_text(APP)
-    for old in BENCH.glob("bench-*.wasm"):
-        old.unlink()
-    subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
-                    "componentize", "app", "-p", str(app_dir), "-p", str(lib), "-o", str(wasm)],
-                   check=True, cwd=BENCH, stdout=subprocess.DEVNULL)
+    # Private build dir and an atomic rename: several runs may build at once.
+    with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+        app_dir = Path(tmp) / "app"
+        app_dir.mkdir()
+        (app_dir / "app.py").write_text(APP)
+        out = Path(tmp) / "bench.wasm"
+        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
+                        "componentize", "app", "-p", str(app_dir), "-p", str(lib), "-o", str(out)],
+                       check=True, cwd=tmp, stdout=subprocess.DEVNULL)
+        os.replace(out, wasm)
+    old = sorted(BENCH.glob("bench-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in old[4:]:                     # keep a few recent builds
+        stale.unlink(missing_ok=True)
     return wasm
 
 
 def run_component(wasm: Path, cases, funcs: list, reps: int, min_time: float) -> list:
-    run_dir = BENCH / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "cases.json").write_text(json.dumps(
-        {"funcs": funcs, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
-    proc = subprocess.run([str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
-                          capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(dir=BENCH) as run_dir:
+        (Path(run_dir) / "cases.json").write_text(json.dumps(
+            {"funcs": funcs, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
+        proc = subprocess.run([str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench component failed ({proc.returncode}):\n{proc.stderr}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -189,8 +201,8 @@ def main() -> None:
     ap.add_argument("--ops", default="NN,NT,TN", help="comma-separated subset of NN,NT,TN,TT")
     ap.add_argument("--case", action="append", default=[], metavar="OP,M,N,K",
                     help="benchmark this shape instead of the built-in list (repeatable), e.g. NN,64,64,64")
-    ap.add_argument("--reps", type=int, default=5, help="samples per case (median reported)")
-    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample, at least")
+    ap.add_argument("--reps", type=int, default=7, help="samples per case")
+    ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample, at least")
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="statistic over the samples (min is steadier on a busy machine)")
     ap.add_argument("--blas-threads", type=int, help="OpenBLAS threads for the numpy baseline")

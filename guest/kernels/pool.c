@@ -4,7 +4,9 @@
  *   out[b][c][oy][ox] = max over ky, kx (ky outer) of in[b][c][oy*stride+ky-pad/2][ox*stride+kx-pad/2]
  *
  * positions outside the image count as -FLT_MAX; the first strict maximum wins and
- * its flat input index is kept for the backward pass: in_delta[idx] += out_delta. */
+ * its flat input index is kept for the backward pass: in_delta[idx] += out_delta.
+ * A window with no value above -FLT_MAX (all -inf or NaN) keeps index -1 and output
+ * -FLT_MAX, as in Darknet; the backward pass skips it (Darknet would write in_delta[-1]). */
 #include "dlk_common.h"
 
 static PyObject *dlk_maxpool_forward(PyObject *self, PyObject *args)
@@ -61,10 +63,14 @@ static PyObject *dlk_maxpool_backward(PyObject *self, PyObject *args)
     const float *d = F32(out_delta);
     const int32_t *ix = (const int32_t *)idx.buf;
     float *id = F32(in_delta);
-    for (Py_ssize_t i = 0; i < n; ++i) {
-        if (ix[i] < 0 || ix[i] >= n_in) { PyErr_SetString(PyExc_ValueError, "_dlk.maxpool_backward: index out of range"); goto done; }
-        id[ix[i]] += d[i];
-    }
+    /* all indexes are checked before anything is written */
+    for (Py_ssize_t i = 0; i < n; ++i)
+        if (ix[i] < -1 || ix[i] >= n_in) {
+            PyErr_Format(PyExc_ValueError, "_dlk.maxpool_backward: index %d out of range", (int)ix[i]);
+            goto done;
+        }
+    for (Py_ssize_t i = 0; i < n; ++i)
+        if (ix[i] >= 0) id[ix[i]] += d[i];
     result = Py_None; Py_INCREF(result);
 done:
     PyBuffer_Release(&out_delta); PyBuffer_Release(&idx); PyBuffer_Release(&in_delta);
