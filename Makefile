@@ -9,7 +9,7 @@ WASM_KERNEL := build/wasm/_dlk.abi3.so
 NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 
-.PHONY: all setup kernels test test-fast bench mnist_training demo clean
+.PHONY: all setup kernels test test-fast bench mnist_training yolo_detection demo clean
 
 all: dl-server.wasm
 
@@ -42,6 +42,10 @@ test-fast: $(NATIVE_KERNEL)
 
 mnist_training: | $(VENV)/.setup-done
 	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients)
+
+# model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (scripts/fetch_yolo.py says from where)
+yolo_detection: | $(VENV)/.setup-done
+	$(PY) scripts/fetch_yolo.py
 
 demo: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10

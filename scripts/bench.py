@@ -56,11 +56,33 @@ def bench_valid(runs: int) -> list[tuple[str, float, str]]:
     ]
 
 
+def bench_detect(runs: int) -> list[tuple[str, float, str]]:
+    """detect on dog.jpg with the official YOLOv3-tiny (skipped without make yolo_detection)."""
+    if not (ROOT / "model" / "yolov3-tiny.weights").exists() or not (ROOT / "data" / "dog.jpg").exists():
+        print("bench: detect skipped (run make yolo_detection)", file=sys.stderr)
+        return []
+    args = ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg", "-out", "data/cache/bench"]
+    (ROOT / "data" / "cache").mkdir(exist_ok=True)
+    wasmtime = [str(VENV_BIN / "wasmtime"), "run", "-C", "cache=y", "--dir=./", str(ROOT / "dl-server.wasm")]
+    forwards, wholes = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        result = subprocess.run(wasmtime + args, cwd=ROOT, capture_output=True, text=True)
+        wholes.append(time.perf_counter() - t)
+        if result.returncode != 0:
+            sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
+        forwards.append(float(result.stdout.split(" Predicted in ")[1].split()[0]))
+    return [
+        ("detect dog.jpg: forward in the component (s)", statistics.median(forwards), "target <= 0.40"),
+        ("detect dog.jpg: component, whole run (s)", statistics.median(wholes), "target <= 1.5"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     opts = parser.parse_args()
-    rows = bench_valid(opts.runs)
+    rows = bench_valid(opts.runs) + bench_detect(max(opts.runs, 5))
     print(f"machine: {os.cpu_count()} cores, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'measure':48s} {'value':>10s}  note")
     for name, value, note in rows:

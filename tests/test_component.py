@@ -55,7 +55,8 @@ def test_errors_exit_nonzero_with_one_line(component, workdir):
     assert "panic" not in result.stderr
 
 
-def test_not_implemented_commands_fail(component, workdir):
+def test_detect_without_weights_fails(component, workdir):
     result = run_wasmtime(workdir, "detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg")
     assert result.returncode == 1
-    assert result.stderr.strip() == "dl-server: detect: not implemented yet"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file")

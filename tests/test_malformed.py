@@ -151,7 +151,7 @@ def test_no_args_file(predict_dir, capsys):
     assert status == 1 and "Argument file not found" in error_line(err)
 
 
-def test_unimplemented_commands_exit_2(predict_dir, capsys):
-    for argv in (["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"],):
-        status, _, err = run(argv, capsys)
-        assert status == 2 and "not implemented yet" in err
+def test_detect_without_weights_exits_1(predict_dir, capsys):
+    status, _, err = run(["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"], capsys)
+    assert status == 1
+    assert error_line(err) == "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file"

@@ -6,7 +6,7 @@ report success or failure, so under wasmtime both 1 and 2 show as 1).
 """
 import sys
 
-from .commands import aggregation, aggregation_darknet, classifier
+from .commands import aggregation, aggregation_darknet, classifier, detector
 from .errors import DLServerError, NotImplementedYet
 
 ARGS_FILE = "args.cfg"
@@ -123,9 +123,13 @@ def run_classifier(argv: Argv) -> None:
 
 
 def run_detect(argv: Argv) -> None:
-    argv.find_float("-thresh", .5)
-    argv.find_str("-out", None)
-    raise NotImplementedYet("detect: not implemented yet")
+    """Darknet's detect: thresh and filename read before -out is removed (spec §1.4)."""
+    thresh = argv.find_float("-thresh", .5)
+    filename = argv[4] if argv.argc > 4 else None
+    outfile = argv.find_str("-out", None)
+    if argv[2] is None:
+        raise DLServerError(f"usage: {argv[0]} detect [cfg] [weights] [image] [-thresh T] [-out NAME]")
+    detector.test_detector("cfg/coco.data", argv[2], argv[3], filename, thresh, .5, outfile)
 
 
 def run_aggregation(argv: Argv) -> None:

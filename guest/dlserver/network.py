@@ -10,7 +10,10 @@ from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
 from .layers.dropout import DropoutLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.route import RouteLayer
 from .layers.softmax import SoftmaxLayer
+from .layers.upsample import UpsampleLayer
+from .layers.yolo import YoloLayer
 from .rng import Random, f32
 from .schedule import learning_rate
 
@@ -21,10 +24,13 @@ LAYER_TYPES = {
     "[dropout]": DropoutLayer,
     "[soft]": SoftmaxLayer, "[softmax]": SoftmaxLayer,
     "[cost]": CostLayer,
+    "[route]": RouteLayer,
+    "[upsample]": UpsampleLayer,
+    "[yolo]": YoloLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
-    "[route]", "[upsample]", "[yolo]", "[shortcut]", "[crop]", "[detection]", "[region]", "[iseg]",
+    "[shortcut]", "[crop]", "[detection]", "[region]", "[iseg]",
     "[local]", "[deconv]", "[deconvolutional]", "[activation]", "[logistic]", "[l2norm]", "[crnn]",
     "[gru]", "[lstm]", "[rnn]", "[reorg]", "[avg]", "[avgpool]", "[lrn]", "[normalization]",
     "[batchnorm]", "[net]", "[network]",
@@ -213,7 +219,10 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:
-            layer = layer_type(options, net.batch, h, w, c, inputs)
+            if getattr(layer_type, "needs_network", False):  # route: reads earlier layers
+                layer = layer_type(options, net.batch, h, w, c, inputs, net=net, index=index)
+            else:
+                layer = layer_type(options, net.batch, h, w, c, inputs)
         except DLServerError:
             err.write("\n")
             raise
@@ -222,6 +231,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
         options.report_unused()
         if init_rng is not None and layer.has_weights:
             layer.init_weights(init_rng)
+        if init_rng is not None and getattr(layer, "srand_on_build", None) is not None:
+            init_rng.srand(layer.srand_on_build)  # make_yolo_layer's srand(0)
         net.layers.append(layer)
         h, w, c, inputs = layer.out_h, layer.out_w, layer.out_c, layer.outputs
     return net

@@ -11,7 +11,12 @@
 #include "png.c"
 #include "direct_conv.c"
 #include "train.c"
+#include "conv_train.c"
+#include "connected_train.c"
+#include "random.c"
+#include "png_fast.c"
 #include "jpeg.c"
+#include "detect.c"
 
 static PyMethodDef dlk_methods[] = {
     {"gemm", dlk_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
@@ -52,6 +57,41 @@ static PyMethodDef dlk_methods[] = {
      "jpeg_color(planes, params, width, height, mode, out): stb upsampling + colour conversion"},
     {"jpeg_encode_scan", dlk_jpeg_encode_scan, METH_VARARGS,
      "jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> entropy-coded bytes"},
+    {"resize_image", dlk_resize_image, METH_VARARGS,
+     "resize_image(src, sw, sh, c, dst, dw, dh, part): Darknet's bilinear resize (part: dw*sh*c floats)"},
+    {"image_paste", dlk_image_paste, METH_VARARGS,
+     "image_paste(src, sw, sh, c, dst, dw, dh, dx, dy, multiply): embed_image / composite_image"},
+    {"upsample", dlk_upsample, METH_VARARGS,
+     "upsample(in, batch, c, h, w, stride, scale, out, forward): nearest-neighbour up (or sum back)"},
+    {"draw_box_width", dlk_draw_box_width, METH_VARARGS,
+     "draw_box_width(im, w, h, x1, y1, x2, y2, width, r, g, b)"},
+    {"draw_label", dlk_draw_label, METH_VARARGS, "draw_label(im, w, h, label, lw, lh, row, col, r, g, b)"},
+    {"chw_to_pixels", dlk_chw_to_pixels, METH_VARARGS, "chw_to_pixels(im, w, h, c, out): bytes (uchar)(255*v)"},
+    {"nms_sort", dlk_nms_sort, METH_VARARGS,
+     "nms_sort(boxes, objectness, probs, n, classes, thresh, order) -> boxes taking part: do_nms_sort"},
+    {"musl_sort_desc", dlk_musl_sort_desc, METH_VARARGS,
+     "musl_sort_desc(keys, n, order): musl qsort (smoothsort) order of keys, descending"},
+    {"yolo_candidates", dlk_yolo_candidates, METH_VARARGS,
+     "yolo_candidates(output, w, h, n, classes, anchors, netw, neth, thresh, boxes, objectness, probs) -> count"},
+    {"conv_forward", dlk_conv_forward, METH_VARARGS,
+     "conv_forward(in, batch, c, h, w, weights, n, size, pad, biases, act, out): stride-1 conv + bias + act"},
+    {"conv_backward", dlk_conv_backward, METH_VARARGS,
+     "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, prev_delta|None)"},
+    {"maxpool_forward_2x2", dlk_maxpool_forward_2x2, METH_VARARGS,
+     "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
+    {"connected_backward", dlk_connected_backward, METH_VARARGS,
+     "connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd, prev_delta|None)"},
+    {"sgd_update", dlk_sgd_update, METH_VARARGS,
+     "sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay)"},
+    {"rand_uniform_fill", dlk_rand_uniform_fill, METH_VARARGS,
+     "rand_uniform_fill(out, n, a, b, scale, state) -> state"},
+    {"rand_normal_fill", dlk_rand_normal_fill, METH_VARARGS,
+     "rand_normal_fill(out, n, scale, state, spare) -> (state, spare)"},
+    {"rand_below", dlk_rand_below, METH_VARARGS, "rand_below(n, m, state) -> (state, [rand() % m, ...])"},
+    {"png_load_chw", dlk_png_load_chw, METH_VARARGS,
+     "png_load_chw(data, width, height, out) -> True, or False: not a plain 8-bit PNG of that size"},
+    {"png_load_rows", dlk_png_load_rows, METH_VARARGS,
+     "png_load_rows(files, width, height, out) -> [rows png_load_chw did not take]"},
     {NULL, NULL, 0, NULL}
 };
 

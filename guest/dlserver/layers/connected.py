@@ -7,10 +7,10 @@ import math
 
 import _dlk
 
-from ..buffers import from_values, zeros
+from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation, sgd_update
+from .base import Layer, parse_activation
 
 
 class ConnectedLayer(Layer):
@@ -40,8 +40,7 @@ class ConnectedLayer(Layer):
     def init_weights(self, rng) -> None:
         """W = f32(sqrt(2/inputs)) * rand_uniform(-1, 1), in index order."""
         scale = f32(math.sqrt(2.0 / self.inputs))
-        uniform = rng.uniform
-        self.weights[:] = from_values([f32(scale * uniform(-1.0, 1.0)) for _ in range(len(self.weights))])
+        rng.uniform_fill(self.weights, -1.0, 1.0, scale)
 
     def parameter_arrays(self):
         return [self.biases, self.weights]
@@ -60,20 +59,27 @@ class ConnectedLayer(Layer):
         self.bias_updates = zeros(self.outputs)
 
     # backward: delta *= act'(output); bias_upd[o] += sum_b delta[b][o];
-    #   W_upd[o][k] += sum_b delta[b][o] * in[b][k]      (gemm TN)
-    #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (gemm NN)
+    #   W_upd[o][k] += sum_b delta[b][o] * in[b][k]      (Darknet: gemm TN)
+    #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (Darknet: gemm NN)
+    # in one call, term by term in gemm's order, skipping the zero deltas (dropout, relu).
     def backward(self, net, input_buf, prev_delta):
-        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
-        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.outputs, 1)
-        _dlk.gemm(1, 0, self.outputs, self.inputs, self.batch, 1.0, self.delta, self.outputs,
-                  input_buf, self.inputs, 1.0, self.weight_updates, self.inputs)
-        if prev_delta is not None:
-            _dlk.gemm(0, 0, self.batch, self.inputs, self.outputs, 1.0, self.delta, self.outputs,
-                      self.weights, self.inputs, 1.0, prev_delta, self.inputs)
+        _dlk.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
+                                self.activation, self.weights, self.bias_updates, self.weight_updates,
+                                prev_delta)
 
     def update(self, net, rate: float) -> None:
-        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                   self.weights, self.weight_updates)
+        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                         self.weights, self.weight_updates)
 
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"
+
+
+def fused_sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
+    """base.sgd_update in one pass (_dlk.sgd_update: the same float steps per element):
+    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd;
+    W_upd *= m, with B = batch * subdivisions and lr = f32(rate * layer scale)."""
+    lr = f32(learning_rate)
+    batch = net.batch * net.subdivisions
+    _dlk.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
+                    f32(-f32(net.decay) * batch))

@@ -2,17 +2,23 @@
 
 forward:  out[b] = W (n x c*k*k) . im2col(in[b]) (c*k*k x out_h*out_w), then bias (or batch
           normalisation) and the activation.
+
+Stride-1 layers with few input channels and a kernel of at most 8x8 (LeNet's) run
+forward and backward in one `_dlk` call each (conv_train.c): the same floats as the
+im2col + gemm loops, without im2col and without the Python loop over the batch.
 """
 import math
 
 import _dlk
 
-from ..buffers import filled, from_values, view, zeros
+from ..buffers import filled, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation, sgd_update
+from .base import Layer, parse_activation
+from .connected import fused_sgd_update
 
 DIRECT_MAX_CHANNELS = 16
+TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
 class ConvolutionalLayer(Layer):
@@ -58,7 +64,12 @@ class ConvolutionalLayer(Layer):
             self.rolling_variance = zeros(self.n)
         # Few input channels, stride 1: direct convolution (no im2col matrix); else im2col + gemm.
         self.direct = self.stride == 1 and self.size > 1 and self.c <= DIRECT_MAX_CHANNELS
-        if self.direct:
+        # ... and of those, kernels up to 8x8 with pad < size: conv_forward / conv_backward.
+        self.fused = (self.direct and self.size <= TRAIN_KERNEL_MAX_SIZE and self.pad < self.size
+                      and not self.batch_normalize)
+        if self.fused:
+            self.workspace = None
+        elif self.direct:
             self.workspace = zeros(_dlk.conv2d_direct_workspace(c, h, w, self.size, self.pad))
         elif self.size != 1:
             self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w)
@@ -69,8 +80,7 @@ class ConvolutionalLayer(Layer):
     def init_weights(self, rng) -> None:
         """w = f32(sqrt(2/(size*size*c))) * rand_normal(), in index order."""
         scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c)))
-        normal = rng.normal
-        self.weights[:] = from_values([f32(scale * normal()) for _ in range(self.nweights)])
+        rng.normal_fill(self.weights, scale)
 
     def parameter_arrays(self):
         """The arrays of a .weights record, in file order."""
@@ -81,6 +91,10 @@ class ConvolutionalLayer(Layer):
     def forward(self, net, input_buf, train):
         spatial = self.out_h * self.out_w
         out = self.output
+        if self.fused:  # conv + bias + activation in one call
+            _dlk.conv_forward(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
+                              self.pad, self.biases, self.activation, out)
+            return
         if self.direct:
             _dlk.conv2d_direct(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
                                self.pad, out, self.workspace)
@@ -113,13 +127,19 @@ class ConvolutionalLayer(Layer):
         self.delta = zeros(self.batch * self.outputs)
         self.weight_updates = zeros(self.nweights)
         self.bias_updates = zeros(self.n)
-        self.columns = zeros(self.kernel_inputs * self.out_h * self.out_w)
+        self.columns = None if self.fused else zeros(self.kernel_inputs * self.out_h * self.out_w)
 
     # backward (delta is Darknet's negative gradient, target - output):
     #   delta *= act'(output);  bias_upd[f] += sum_p delta[b][f][p]
     #   W_upd += delta[b] . cols(in[b])^T          (n x K, gemm NT over out_h*out_w)
     #   prev_delta[b] += col2im(W^T . delta[b])    (gemm TN, then scatter)
+    # conv_backward does all of this for the whole batch (nonzero deltas only, same floats).
     def backward(self, net, input_buf, prev_delta):
+        if self.fused:
+            _dlk.conv_backward(input_buf, self.batch, self.c, self.h, self.w, self.output, self.delta, self.n,
+                               self.size, self.pad, self.activation, self.weights, self.bias_updates,
+                               self.weight_updates, prev_delta)
+            return
         spatial = self.out_h * self.out_w
         K = self.kernel_inputs
         _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
@@ -142,8 +162,8 @@ class ConvolutionalLayer(Layer):
 
     def update(self, net, rate: float) -> None:
         """SGD with momentum and decay (Darknet update_convolutional_layer)."""
-        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                   self.weights, self.weight_updates)
+        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                         self.weights, self.weight_updates)
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9

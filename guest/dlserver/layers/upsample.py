@@ -1,0 +1,61 @@
+"""Upsample layer (Darknet upsample_layer.c), stride s, scale (default 1).
+
+s > 0:  out[c][y][x] = scale * in[c][y/s][x/s]          (nearest neighbour, s times larger)
+        backward: in_delta[c][y/s][x/s] += scale * delta[c][y][x]
+s < 0:  "downsample" by |s|: out[c][y/|s|][x/|s|] = sum of scale * in over each |s| x |s| block
+        backward: in_delta[c][y][x] = scale * delta[c][y/|s|][x/|s|]
+"""
+import _dlk
+
+from ..errors import DLServerError
+from ..rng import f32
+from .base import Layer
+
+
+class UpsampleLayer(Layer):
+    kind = "upsample"
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        where = f"{options.path}:{options.line}"
+        stride = options.find_int("stride", 2)
+        self.scale = f32(options.find_float("scale", 1, quiet=True))
+        if h < 1 or w < 1 or c < 1:
+            raise DLServerError(f"{where}: layer before upsample layer must output an image")
+        if stride == 0:
+            raise DLServerError(f"{where}: upsample stride=0: must not be 0")
+        self.reverse = stride < 0
+        self.stride = abs(stride)
+        if self.reverse:
+            if h % self.stride or w % self.stride:
+                raise DLServerError(f"{where}: downsample stride={stride}: the input {w}x{h} is not a multiple"
+                                    f" of {self.stride}")
+            self.out_w, self.out_h = w // self.stride, h // self.stride
+        else:
+            self.out_w, self.out_h = w * self.stride, h * self.stride
+        self.out_c = c
+        self.outputs = self.out_w * self.out_h * c
+        self.inputs = w * h * c
+        self.allocate()
+
+    def forward(self, net, input_buf, train):
+        if self.reverse:
+            _dlk.fill(len(self.output), 0.0, self.output)
+            _dlk.upsample(self.output, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
+                          input_buf, False)
+        else:
+            _dlk.upsample(input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True)
+
+    def backward(self, net, input_buf, prev_delta):
+        if prev_delta is None:
+            return
+        if self.reverse:
+            _dlk.upsample(self.delta, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
+                          prev_delta, True)
+        else:
+            _dlk.upsample(prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False)
+
+    def describe(self):
+        name = "downsample" if self.reverse else "upsample  "
+        return (f"{name}         {self.stride:2d}x  {self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
+                f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}")

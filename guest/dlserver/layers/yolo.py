@@ -1,0 +1,90 @@
+"""YOLO layer (Darknet yolo_layer.c), inference only.
+
+Input = output shape: n masked anchors x (4 + 1 + classes) planes of h x w; entry e of
+anchor slot a at cell (row j, col i) is at a*(classes+5)*h*w + e*h*w + j*w + i, with
+e = 0 x, 1 y, 2 w, 3 h, 4 objectness, 5.. class scores.
+forward: copy, then logistic on x, y and on objectness + classes (w, h stay raw).
+Box decode (detector): bx = (i + x)/w, by = (j + y)/h, bw = exp(tw)*anchor_w/net_w,
+bh = exp(th)*anchor_h/net_h, anchor = biases[2*mask[a]], biases[2*mask[a]+1].
+Building the layer calls srand(0) in Darknet (spec §10.2): Network applies it.
+"""
+import _dlk
+
+from ..buffers import from_values, view
+from ..errors import DLServerError
+from .base import ACTIVATIONS, Layer
+
+LOGISTIC = ACTIVATIONS["logistic"]
+
+
+class YoloLayer(Layer):
+    kind = "yolo"
+    srand_on_build = 0
+
+    def __init__(self, options, batch, h, w, c, inputs):
+        super().__init__(batch, h, w, c, inputs)
+        where = self.where = f"{options.path}:{options.line}"
+        self.classes = options.find_int("classes", 20)
+        self.total = options.find_int("num", 1)
+        if self.classes < 0 or self.total < 1:
+            raise DLServerError(f"{where}: yolo needs classes >= 0 and num >= 1")
+        mask = options.find_list("mask", int)
+        self.mask = mask if mask is not None else list(range(self.total))
+        for m in self.mask:
+            if not 0 <= m < self.total:
+                raise DLServerError(f"{where}: yolo mask value {m} is not an anchor index (num={self.total})")
+        self.n = len(self.mask)
+        if h < 1 or w < 1:
+            raise DLServerError(f"{where}: layer before yolo layer must output an image")
+        self.out_w, self.out_h = w, h
+        self.out_c = self.n * (self.classes + 5)
+        self.outputs = h * w * self.out_c
+        if self.outputs != inputs:
+            raise DLServerError(f"{where}: yolo layer with {self.n} anchors x ({self.classes} classes + 5) needs"
+                                f" {self.out_c} input channels, the layer before gives {c}")
+        self.inputs = inputs
+        self.max_boxes = options.find_int("max", 90, quiet=True)
+        self.jitter = options.find_float("jitter", .2)
+        self.ignore_thresh = options.find_float("ignore_thresh", .5)
+        self.truth_thresh = options.find_float("truth_thresh", 1)
+        self.random = options.find_int("random", 0, quiet=True)
+        if options.find_str("map", None, quiet=True) is not None:
+            raise DLServerError(f"{where}: yolo map= (class maps) is not supported")
+        anchors = options.find_list("anchors", float)
+        biases = [.5] * (2 * self.total)
+        if anchors is not None:
+            if len(anchors) > 2 * self.total:
+                raise DLServerError(f"{where}: {len(anchors)} anchor values, but num={self.total} has room"
+                                    f" for {2 * self.total}")
+            biases[:len(anchors)] = anchors
+        self.biases = from_values(biases)
+        self.truths = 90 * (4 + 1)
+        self.allocate()
+
+    def entry_index(self, b: int, location: int, entry: int) -> int:
+        """Darknet entry_index: where entry `entry` of (anchor slot, cell) `location` lies."""
+        hw = self.w * self.h
+        n, loc = divmod(location, hw)
+        return b * self.outputs + n * hw * (4 + self.classes + 1) + entry * hw + loc
+
+    def forward(self, net, input_buf, train):
+        if train:
+            raise DLServerError(f"{self.where}: training yolo is not supported")
+        out = self.output
+        memoryview(out)[:] = memoryview(input_buf)[:len(out)]
+        hw = self.w * self.h
+        for b in range(self.batch):
+            for a in range(self.n):
+                index = self.entry_index(b, a * hw, 0)
+                _dlk.activate(view(out, index, 2 * hw), 2 * hw, LOGISTIC)
+                index = self.entry_index(b, a * hw, 4)
+                _dlk.activate(view(out, index, (1 + self.classes) * hw), (1 + self.classes) * hw, LOGISTIC)
+
+    def prepare_training(self) -> None:
+        raise DLServerError(f"{self.where}: training yolo is not supported")
+
+    def backward(self, net, input_buf, prev_delta):
+        raise DLServerError(f"{self.where}: training yolo is not supported")
+
+    def describe(self):
+        return "yolo"
