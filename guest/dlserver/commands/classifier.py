@@ -17,6 +17,8 @@ from ..schedule import learning_rate
 from ..weights import load_weights, save_weights
 
 VALID_BATCH = 100
+# Darknet's two printf lines per validated image.
+VALID_LINES = "%s, %d, %f, %f, \n%d: top 1: %f, top %d: %f\n"
 
 
 def load_network(cfg: str, weights: str | None, clear: bool = False):
@@ -110,6 +112,7 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
     input_buf = zeros(batch * size)
     outputs = net.outputs
     avg_acc = avg_topk = 0.0
+    class_labels = labels[:classes]
     out = sys.stdout
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
@@ -123,15 +126,14 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
         for r, path in enumerate(chunk):
             i = start + r
             row = pred[r * outputs:r * outputs + classes]
-            klass = _label_of(path, labels[:classes])
+            klass = _label_of(path, class_labels)
             indexes = top_k(row, topk)
             if indexes[0] == klass:
                 avg_acc += 1
             if klass in indexes:
                 avg_topk += 1
-            lines.append("%s, %d, %f, %f, \n" % (path, klass, row[0], row[1]))
-            lines.append("%d: top 1: %f, top %d: %f\n" % (i, f32(avg_acc / (i + 1)), topk,
-                                                          f32(avg_topk / (i + 1))))
+            lines.append(VALID_LINES % (path, klass, row[0], row[1], i, f32(avg_acc / (i + 1)), topk,
+                                        f32(avg_topk / (i + 1))))
         out.write("".join(lines))
 
 
