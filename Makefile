@@ -8,8 +8,9 @@ KERNEL_SOURCES := $(wildcard guest/kernels/*.c guest/kernels/*.h)
 WASM_KERNEL := build/wasm/_dlk.abi3.so
 NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
+data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench mnist_training yolo_detection demo clean
+.PHONY: all setup kernels test test-fast bench mnist_training yolo_detection demo clean federated
 
 all: dl-server.wasm
 
@@ -40,8 +41,9 @@ test: dl-server.wasm $(NATIVE_KERNEL)
 test-fast: $(NATIVE_KERNEL)
 	$(PY) -m pytest -q -m 'not slow and not component'
 
+# data-dist=non-iid: label skew, Dirichlet(alpha) per class over the clients (alpha=, seed= optional)
 mnist_training: | $(VENV)/.setup-done
-	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients)
+	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
 
 # model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (scripts/fetch_yolo.py says from where)
 yolo_detection: | $(VENV)/.setup-done
@@ -50,6 +52,14 @@ yolo_detection: | $(VENV)/.setup-done
 demo: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
 	$(PY) scripts/demo.py
+
+# FedAvg of LeNet over num-clients MNIST shards (default 4), each step a sandboxed dl-server run;
+# rounds=R (default 3), batches=B per client and round (default 100), data-dist=non-iid (alpha=, seed=)
+federated: num-clients = 4
+rounds ?= 3
+federated: dl-server.wasm
+	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
+	$(PY) scripts/federated.py --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py

@@ -78,11 +78,66 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
     ]
 
 
+def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
+    """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy): component vs native."""
+    import numpy as np
+    source = ROOT / "model" / "mnist_lenet.weights"
+    if not source.exists():
+        source = SEED_WEIGHTS
+    if not source.exists():
+        print("bench: aggregation skipped (no LeNet weights)", file=sys.stderr)
+        return []
+    blob = source.read_bytes()
+    header, params = blob[:20], np.frombuffer(blob[20:], dtype="<f4")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="bench-agg-") as tmp:
+        work = Path(tmp)
+        (work / "cfg").mkdir()
+        shutil.copy(ROOT / "cfg" / "mnist_lenet.cfg", work / "cfg")
+        names = []
+        for i in range(10):
+            noisy = (params * (1 + 0.05 * rng.standard_normal(params.size))).astype("<f4")
+            (work / f"w{i}.weights").write_bytes(header + noisy.tobytes())
+            names.append(f"w{i}.weights")
+        args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out.weights", *names]
+        wasmtime = [str(VENV_BIN / "wasmtime"), "run", "-C", "cache=y", "--dir=./", str(ROOT / "dl-server.wasm")]
+        subprocess.run(wasmtime + ["frobnicate"], cwd=work, capture_output=True)  # compile into the cache
+        # The aggregation is ~10x shorter than the start-up, and the machine is noisy: time
+        # start-up-only and aggregation runs in pairs and take the median of the differences.
+        wholes, inside = [], []
+        for _ in range(max(runs, 9)):
+            startup, _ = median_seconds(wasmtime + ["frobnicate"], 1, work)
+            wasm, result = median_seconds(wasmtime + args, 1, work)
+            if result.returncode != 0:
+                sys.exit(f"bench: aggregation failed:\n{result.stderr[-2000:]}")
+            wholes.append(wasm)
+            inside.append(wasm - startup)
+        wasm = statistics.median(wholes)
+        in_wasm = (work / "out.weights").read_bytes()
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'guest'}:{ROOT / 'build' / 'native'}")
+        native, _ = median_seconds([sys.executable, "-m", "dlserver.main", *args], max(runs, 5), work, env)
+        same = (work / "out.weights").read_bytes() == in_wasm
+        times = []
+        for _ in range(max(runs, 5)):
+            t = time.perf_counter()
+            stack = np.stack([np.fromfile(work / n, dtype="<f4", offset=20) for n in names])
+            np.mean(stack, axis=0, dtype=np.float32)
+            times.append(time.perf_counter() - t)
+    return [
+        ("aggregation darknet, 10 LeNet files: whole (s)", wasm, "component, wasmtime CLI"),
+        ("aggregation darknet, 10 LeNet files: inside (s)", statistics.median(inside),
+         "in the component; target <= 0.3 (median of paired differences)"),
+        ("aggregation darknet, 10 LeNet files: native (s)", native,
+         "baseline: the guest natively, CPython process" + ("; same bytes" if same else "; OUTPUT DIFFERS")),
+        ("aggregation darknet, 10 LeNet files: numpy (s)", statistics.median(times), "reference: numpy mean in-process"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     opts = parser.parse_args()
-    rows = bench_valid(opts.runs) + bench_detect(max(opts.runs, 5))
+    rows = bench_valid(opts.runs) + bench_detect(max(opts.runs, 5)) + bench_aggregation(opts.runs)
     print(f"machine: {os.cpu_count()} cores, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'measure':48s} {'value':>10s}  note")
     for name, value, note in rows:

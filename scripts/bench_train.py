@@ -3,6 +3,7 @@ wasmtime CLI, the guest natively, and PyTorch on one CPU thread, in one run.
 
     .venv/bin/python scripts/bench_train.py                 # 30 batches, 10 of them warm-up
     .venv/bin/python scripts/bench_train.py --batches 60 --runs 3
+    .venv/bin/python scripts/bench_train.py --baseline ff48d53   # also time the guest of that commit
 
 What it does:
   1. builds the kernels (scripts/build_kernels.py) and a component of the current guest/ and
@@ -18,8 +19,11 @@ What it does:
      maxpool 2, conv 6@5x5 pad 2 relu, maxpool 2, fc 294-120 relu, dropout .8, fc 120-84 relu,
      dropout .8, fc 84-10, softmax + cross-entropy, SGD momentum .9 with weight decay -- on
      random MNIST-shaped batches (no data loading). Skipped with a note without torch.
+  6. with --baseline REV: the same for the guest/ of that commit (`git archive`, kernels built
+     with this checkout's build flags into build/bench/baseline-REV/), to show before and after.
 The figure per configuration is the median of the per-batch times after --warmup batches,
-pooled over the runs. The machine is shared: compare ratios, and rerun when it is busy.
+pooled over the runs; the best run's median is printed too. The machine is shared: compare
+ratios, and rerun when it is busy.
 
 Needs MNIST prepared (make mnist_training).
 """
@@ -57,14 +61,14 @@ def wasmtime_exe() -> Path:
     return VENV_BIN / "wasmtime"
 
 
-def component() -> Path:
-    """dl-server as a component of the current guest/ and build/wasm/, built once per content."""
-    inputs = sorted(p for p in (ROOT / "guest").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                    and p.suffix in (".py", ".c", ".h")) + [ROOT / "build" / "wasm" / "_dlk.abi3.so"]
+def component(guest: Path = ROOT / "guest", kernels: Path = ROOT / "build" / "wasm") -> Path:
+    """dl-server as a component of `guest` and the _dlk in `kernels`, built once per content."""
+    inputs = sorted(p for p in guest.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                    and p.suffix in (".py", ".c", ".h")) + [kernels / "_dlk.abi3.so"]
     inputs += sorted((ROOT / "wit").rglob("*.wit"))
     digest = hashlib.sha256()
     for p in inputs:
-        digest.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes())
+        digest.update(p.name.encode() + b"\0" + p.read_bytes())
     wasm = BENCH / f"train-{digest.hexdigest()[:16]}.wasm"
     if wasm.exists():
         return wasm
@@ -72,12 +76,39 @@ def component() -> Path:
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
         out = Path(tmp) / "train.wasm"
         subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server", "componentize",
-                        "app", "-p", str(ROOT / "guest"), "-p", str(ROOT / "build" / "wasm"), "-o", str(out)],
+                        "app", "-p", str(guest), "-p", str(kernels), "-o", str(out)],
                        check=True, cwd=tmp, stdout=subprocess.DEVNULL)
         os.replace(out, wasm)
-    for stale in sorted(BENCH.glob("train-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[2:]:
+    for stale in sorted(BENCH.glob("train-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[3:]:
         stale.unlink(missing_ok=True)
     return wasm
+
+
+def baseline_tree(rev: str) -> Path:
+    """guest/ of commit `rev` with its _dlk built for wasm and natively (this checkout's flags)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_kernels as bk
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    base = BENCH / f"baseline-{commit}"
+    wasm_so, native_so = base / "wasm" / "_dlk.abi3.so", base / "native" / "_dlk.abi3.so"
+    if wasm_so.exists() and native_so.exists():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit, "guest"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    dlk = base / "guest" / "kernels" / "dlk.c"
+    wasm_so.parent.mkdir()
+    native_so.parent.mkdir()
+    bk.zig("cc", "--target=wasm32-wasi", "-msimd128", *bk.COMMON_FLAGS, f"-I{bk.wasm_include_dir()}",
+           "-c", str(dlk), "-o", str(base / "wasm" / "dlk.o"))
+    bk.zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
+           str(base / "wasm" / "dlk.o"), "-o", str(wasm_so))
+    import sysconfig
+    bk.zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *bk.COMMON_FLAGS, "-shared",
+           f"-I{sysconfig.get_paths()['include']}", str(dlk), "-o", str(native_so))
+    return base
 
 
 def write_configs(batches: int) -> list[str]:
@@ -114,28 +145,24 @@ def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[l
     return batch_seconds(result.stdout), memory, wall
 
 
-def bench_component(args: list[str], runs: int, warmup: int):
-    wasm = component()
+def bench_component(wasm: Path, args: list[str], runs: int, warmup: int):
+    """Per-run lists of per-batch seconds, peak RSS (MB) and median wall seconds of a run."""
     cmd = [str(wasmtime_exe()), "run", "-C", "cache=y", "--dir=./", str(wasm), *args]
     run_train(cmd)                                  # compile cache, page cache
     times, memories, walls = [], [], []
     for _ in range(runs):
         seconds, memory, wall = run_train(cmd, measure_memory=True)
-        times += seconds[warmup:]
+        times.append(seconds[warmup:])
         walls.append(wall)
         if memory is not None:
             memories.append(memory)
-    return times, max(memories) if memories else None, statistics.median(walls), wasm
+    return times, max(memories) if memories else None, statistics.median(walls)
 
 
-def bench_native(args: list[str], runs: int, warmup: int):
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'guest'}:{ROOT / 'build' / 'native'}")
+def bench_native(guest: Path, kernels: Path, args: list[str], runs: int, warmup: int):
+    env = dict(os.environ, PYTHONPATH=f"{guest}:{kernels}")
     cmd = [sys.executable, "-m", "dlserver.main", *args]
-    times = []
-    for _ in range(runs):
-        seconds, _, _ = run_train(cmd, env=env)
-        times += seconds[warmup:]
-    return times
+    return [run_train(cmd, env=env)[0][warmup:] for _ in range(runs)]
 
 
 TORCH_SCRIPT = r'''
@@ -183,48 +210,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30, help="max_batches of the benchmark cfg")
     parser.add_argument("--warmup", type=int, default=10, help="batches left out at the start of each run")
-    parser.add_argument("--runs", type=int, default=2, help="measured runs per configuration")
-    parser.add_argument("--no-native", action="store_true")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per configuration")
+    parser.add_argument("--no-native", action="store_true", help="skip the native guest")
+    parser.add_argument("--baseline", metavar="REV", help="also time the guest/ of this commit")
     opts = parser.parse_args()
     if opts.batches <= opts.warmup:
         sys.exit("bench_train: --batches must exceed --warmup")
     build_kernels()
     args = write_configs(opts.batches)
-    wasm_times, memory, wall, wasm = bench_component(args, opts.runs, opts.warmup)
-    native_times = [] if opts.no_native else bench_native(args, opts.runs, opts.warmup)
-    torch_s, torch_note = bench_torch(max(20, opts.batches - opts.warmup), opts.warmup)
+    configs = [("", ROOT / "guest", ROOT / "build" / "wasm", ROOT / "build" / "native")]
+    if opts.baseline:
+        base = baseline_tree(opts.baseline)
+        configs.append((f" @{base.name[len('baseline-'):]}", base / "guest", base / "wasm", base / "native"))
 
     ms = lambda xs: 1000 * statistics.median(xs)
-    wasm_ms = ms(wasm_times)
-    load = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {load:.1f}; "
-          f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up")
-    print(f"component: {wasm.relative_to(ROOT)}; the per-batch times include loading the next batch of 100 PNGs")
-    print(f"{'LeNet training, batch of 100':52s} {'ms/batch':>9s}  note")
-    rows = [("dl-server component, wasmtime CLI (median)", wasm_ms,
-             f"target <= {TARGET_MS:.0f}: {'met' if wasm_ms <= TARGET_MS else 'NOT met'}"
-             f" ({TARGET_MS / wasm_ms:.2f}x the target speed)"),
-            ("dl-server component, fastest batch", 1000 * min(wasm_times), "")]
-    if native_times:
-        rows.append(("dl-server guest natively, CPython (median)", ms(native_times), "same kernels built for x86-64"))
+    flat = lambda runs: [t for run in runs for t in run]
+    rows, medians = [], {}
+    for tag, guest, wasm_dir, native_dir in configs:
+        wasm = component(guest, wasm_dir)
+        runs, memory, wall = bench_component(wasm, args, opts.runs, opts.warmup)
+        medians["wasm" + tag] = ms(flat(runs))
+        best = min(ms(run) for run in runs)
+        note = f"best run {best:.2f}; peak RSS {memory:.0f} MB; whole run {wall:.1f} s" if memory else \
+            f"best run {best:.2f}"
+        rows.append((f"dl-server component{tag}, wasmtime CLI", medians["wasm" + tag], note))
+        if not opts.no_native:
+            nruns = bench_native(guest, native_dir, args, opts.runs, opts.warmup)
+            medians["native" + tag] = ms(flat(nruns))
+            rows.append((f"dl-server guest{tag} natively, CPython", medians["native" + tag],
+                         f"best run {min(ms(run) for run in nruns):.2f}"))
+    torch_s, torch_note = bench_torch(max(20, opts.batches - opts.warmup), opts.warmup)
     if torch_s is not None:
-        rows.append(("PyTorch CPU, 1 thread (median)", 1000 * torch_s, torch_note))
+        rows.append(("PyTorch CPU, 1 thread", 1000 * torch_s, torch_note))
     rows += [("Darknet in wasm (original example)", ORIGINAL_WASM_MS, "as measured by the issue, not by us"),
              ("Darknet native", NATIVE_DARKNET_MS, "as measured by the issue, not by us")]
+
+    print(f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}; "
+          f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up")
+    print("per-batch times (the component's and the native guest's) include loading the next batch of 100 PNGs")
+    print(f"{'LeNet training, batch of 100 (median)':46s} {'ms/batch':>9s}  note")
     for name, value, note in rows:
-        print(f"{name:52s} {value:9.2f}  {note}")
+        print(f"{name:46s} {value:9.2f}  {note}")
+    wasm_ms = medians["wasm"]
+    verdict = "met" if wasm_ms <= TARGET_MS else "NOT met"
+    print(f"target <= {TARGET_MS:.0f} ms/batch inside the component: {verdict} "
+          f"({TARGET_MS / wasm_ms:.2f}x faster than the target)")
     print("ratios (ms/batch divided):")
-    print(f"  component / original Darknet-in-wasm     {wasm_ms / ORIGINAL_WASM_MS:6.2f}")
-    print(f"  component / native Darknet               {wasm_ms / NATIVE_DARKNET_MS:6.2f}")
-    if native_times:
-        print(f"  component / guest natively               {wasm_ms / ms(native_times):6.2f}")
+    print(f"  component / original Darknet-in-wasm (issue's 100 ms)   {wasm_ms / ORIGINAL_WASM_MS:6.2f}")
+    print(f"  component / native Darknet (issue's 38 ms)              {wasm_ms / NATIVE_DARKNET_MS:6.2f}")
+    if "native" in medians:
+        print(f"  component / guest natively                              {wasm_ms / medians['native']:6.2f}")
     if torch_s is not None:
-        print(f"  component / PyTorch 1 thread             {wasm_ms / (1000 * torch_s):6.2f}")
+        print(f"  component / PyTorch 1 thread (measured here)            {wasm_ms / (1000 * torch_s):6.2f}")
     else:
         print(f"  PyTorch: skipped: {torch_note}")
-    mem = f"{memory:.0f} MB" if memory is not None else "n/a (/usr/bin/time missing)"
-    print(f"peak memory of the component run (wasmtime RSS): {mem} (target <= 100 MB); "
-          f"whole run {wall:.1f} s incl. start-up")
+    for key in ("wasm", "native"):
+        tagged = [k for k in medians if k.startswith(key + " @")]
+        for k in tagged:
+            print(f"  {key} now / {key}{k[len(key):]}{'':{max(0, 30 - len(k))}s}{medians[key] / medians[k]:6.2f}")
 
 
 if __name__ == "__main__":

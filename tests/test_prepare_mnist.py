@@ -418,11 +418,134 @@ def test_missing_dir_is_clear_error(tmp_path):
     assert "nope" in _one_error_line(r)
 
 
-def test_non_iid_not_implemented(fake):
+# --------------------------------------------------------------------------
+# non-iid (label skew)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_big(tmp_path):
+    """600 train + 200 test images: enough for label proportions to mean something."""
+    src = tmp_path / "idx"
+    data = make_fake_mnist(src, n_train=600, n_test=200, seed=4)
+    root = tmp_path / "root"
+    root.mkdir()
+    return src, root, data
+
+
+def _client_lists(mn: Path, n: int) -> tuple[list, list]:
+    return ([read_list(mn / f"mnist.train.client{k}.list") for k in range(1, n + 1)],
+            [read_list(mn / f"mnist.valid.client{k}.list") for k in range(1, n + 1)])
+
+
+def _label_of(path: str) -> int:
+    return int(path.rsplit("_c", 1)[1].split(".")[0])
+
+
+def test_non_iid_every_image_in_exactly_one_client(fake_big):
+    src, root, (train_x, train_y, test_x, test_y) = fake_big
+    r = run(root, "--num-clients", 4, "--data-dist", "non-iid", mnist_dir=src)
+    assert r.returncode == 0, r.stderr
+    mn = root / "data" / "mnist"
+    train = read_list(mn / "mnist.train.list")
+    valid = read_list(mn / "mnist.valid.list")
+    # global lists: official order, names keep the global index and label
+    assert [p.split("/")[-1] for p in train] == [f"t_{i:05d}_c{train_y[i]}.png" for i in range(600)]
+    assert [p.split("/")[-1] for p in valid] == [f"v_{i:05d}_c{test_y[i]}.png" for i in range(200)]
+    tr, te = _client_lists(mn, 4)
+    for k, (t, v) in enumerate(zip(tr, te), 1):
+        assert t and v, f"client {k} is empty"
+        assert all(p.startswith(f"data/mnist/images_client{k}/") for p in t + v)
+        assert t == sorted(t) and v == sorted(v)        # official order within a client
+    flat_t = [p for t in tr for p in t]
+    flat_v = [p for v in te for p in v]
+    assert len(flat_t) == len(set(flat_t)) == 600 and sorted(flat_t) == sorted(train)
+    assert len(flat_v) == len(set(flat_v)) == 200 and sorted(flat_v) == sorted(valid)
+    on_disk = sorted(str(p.relative_to(root)) for p in mn.glob("images_client*/*") if p.is_file())
+    assert on_disk == sorted(train + valid)
+    for i in (0, 137, 599):
+        assert np.array_equal(png_pixels(root / train[i]), train_x[i])
+    m = json.loads((mn / ".prepared-4.json").read_text())
+    assert (m["data_dist"], m["alpha"], m["seed"]) == ("non-iid", 0.5, 0)
+    assert [c["n_train"] for c in m["clients"]] == [len(t) for t in tr]
+    assert [c["train_labels"] for c in m["clients"]] == [
+        np.bincount([_label_of(p) for p in t], minlength=10).tolist() for t in tr]
+
+
+def test_non_iid_reproducible_by_seed(tmp_path):
+    src = tmp_path / "idx"
+    make_fake_mnist(src, n_train=300, n_test=100, seed=5)
+    got = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        root = tmp_path / name
+        r = run(root, "--num-clients", 3, "--data-dist", "non-iid", "--seed", seed, mnist_dir=src)
+        assert r.returncode == 0, r.stderr
+        got[name] = _client_lists(root / "data" / "mnist", 3)
+        got[name + "sha"] = json.loads((root / "data/mnist/.prepared-3.json").read_text())["split_sha256"]
+    assert got["a"] == got["b"] and got["asha"] == got["bsha"]
+    assert got["a"] != got["c"] and got["asha"] != got["csha"]
+
+
+def test_non_iid_label_skew_visible(fake_big):
+    """Per-client label mix far from the global one under non-iid, close to it under iid."""
+    src, root, (_, train_y, _, _) = fake_big
+    mn = root / "data" / "mnist"
+    global_mix = np.bincount(train_y, minlength=10) / len(train_y)
+
+    def distances():
+        tr, te = _client_lists(mn, 4)
+        out = []
+        for t, v in zip(tr, te):
+            mix = np.bincount([_label_of(p) for p in t], minlength=10) / len(t)
+            out.append(0.5 * np.abs(mix - global_mix).sum())     # total variation distance
+        return out, tr, te
+
+    assert run(root, "--num-clients", 4, "--data-dist", "non-iid", "--alpha", "0.1",
+               mnist_dir=src).returncode == 0
+    skewed, tr, te = distances()
+    # with alpha 0.1 most of a class lands on one client: every client's mix is far off
+    assert min(skewed) > 0.3, skewed
+    # the test lists follow each client's own mix (same Dirichlet shares)
+    for t, v, far in zip(tr, te, skewed):
+        mix_t = np.bincount([_label_of(p) for p in t], minlength=10) / len(t)
+        mix_v = np.bincount([_label_of(p) for p in v], minlength=10) / len(v)
+        assert 0.5 * np.abs(mix_t - mix_v).sum() < far / 2, (mix_t, mix_v, far)
+    sizes = [len(t) for t in tr]
+    assert max(sizes) > 1.5 * min(sizes)          # shard sizes differ too
+    assert run(root, "--num-clients", 4, mnist_dir=src).returncode == 0
+    iid, _, _ = distances()
+    assert max(iid) < 0.2, iid
+
+
+def test_non_iid_manifest_includes_the_split_parameters(fake):
     src, root, _ = fake
-    r = run(root, "--num-clients", 2, "--data-dist", "non-iid", mnist_dir=src)
+    base = ["--num-clients", 2]
+    non_iid = [*base, "--data-dist", "non-iid"]
+    for args in (non_iid, [*non_iid, "--alpha", "0.3"], [*non_iid, "--seed", "1"], base):
+        r = run(root, *args, mnist_dir=src)
+        assert r.returncode == 0, r.stderr
+        assert "already prepared" not in r.stderr, (args, r.stderr)
+        r = run(root, *args, mnist_dir=src)
+        assert r.returncode == 0 and "already prepared" in r.stderr, (args, r.stderr)
+    m = json.loads((root / "data/mnist/.prepared-2.json").read_text())
+    assert m["data_dist"] == "iid" and "alpha" not in m and "seed" not in m
+
+
+def test_non_iid_bad_alpha_is_usage_error(fake):
+    src, root, _ = fake
+    r = run(root, "--num-clients", 2, "--data-dist", "non-iid", "--alpha", "0", mnist_dir=src)
     assert r.returncode == 2
-    assert "not implemented" in _one_error_line(r)
+    assert "--alpha" in _one_error_line(r)
+
+
+def test_make_passes_data_dist_through():
+    r = subprocess.run(["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3",
+                        "data-dist=non-iid", "alpha=0.2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--num-clients 3 --data-dist non-iid --alpha 0.2" in r.stdout
+    r = subprocess.run(["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3"],
+                       capture_output=True, text=True)
+    assert "--num-clients 3 --data-dist iid" in r.stdout and "--alpha" not in r.stdout
 
 
 def test_too_many_clients(fake):

@@ -4,6 +4,7 @@ Each new kernel must give the floats of the im2col + gemm / axpy / Python code i
 (Darknet's order), bit for bit; `==` on float arrays also equates +0 and -0, the one
 difference the zero-skipping kernels may make."""
 import math
+import re
 from array import array
 
 import numpy as np
@@ -49,10 +50,12 @@ def reference_conv_forward(x, batch, c, h, w, W, n, size, pad, bias, act):
     return out
 
 
-GEOMETRIES = [  # batch, c, h, w, n, size, pad
+# batch, c, h, w, n, size, pad: LeNet's two layers; kernel sizes 1..8; size*c up to 32 (channel-last
+# backward) and past it; pad 0..size-1 (and pad >= size for the forward only)
+GEOMETRIES = [
     (3, 3, 28, 28, 6, 5, 2), (4, 6, 14, 14, 6, 5, 2), (2, 1, 9, 13, 5, 3, 1), (2, 2, 7, 6, 3, 4, 0),
     (2, 3, 10, 11, 7, 5, 0), (1, 2, 8, 8, 2, 7, 3), (2, 4, 5, 5, 9, 1, 0), (1, 3, 12, 5, 4, 6, 5),
-    (2, 2, 6, 17, 1, 8, 4),
+    (2, 2, 6, 17, 1, 8, 4), (2, 7, 9, 9, 3, 5, 2), (1, 5, 6, 7, 2, 7, 1),
 ]
 
 
@@ -132,6 +135,40 @@ def test_conv_backward_same_channel_shortcut_is_exact():
     reference_conv_backward(x, batch, c, h, w, out, f32a(d0), n, size, pad, 0, W, zeros(n), ref, None)
     assert np.array_equal(arr(got), arr(ref))
 
+
+
+@pytest.mark.parametrize("geometry", [(3, 3, 28, 28, 6, 5, 2), (2, 2, 10, 12, 3, 3, 1), (2, 1, 6, 6, 2, 1, 0),
+                                      (1, 7, 8, 8, 3, 5, 2)])
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+def test_conv_backward_pooled_equals_maxpool_backward_then_conv_backward(geometry, act):
+    batch, c, h, w, n, size, pad = geometry
+    oh, ow = h + 2 * pad - size + 1, w + 2 * pad - size + 1
+    rng = np.random.default_rng(hash((geometry, act)) % 2**32)
+    x = f32a(sparse_image(rng, batch, c, h, w, same_channels=c == 3))
+    W = f32a(rng.standard_normal(n * c * size * size))
+    out = rng.standard_normal((batch, n, oh, ow)).astype(np.float32)
+    out[rng.random(out.shape) < 0.4] = 0
+    if act != 3:   # logistic: Darknet's 0 * act'(-inf) = NaN off the maxima, which the pooled path skips
+        out[0, 0, :2, :2] = -np.inf                               # a window without a maximum: index -1
+    out = f32a(out)
+    pooled = batch * n * (oh // 2) * (ow // 2)
+    pout, pidx = zeros(pooled), array("i", bytes(4 * pooled))
+    _dlk.maxpool_forward_2x2(out, batch * n, oh, ow, pout, pidx)
+    assert pidx[0] == -1 or act == 3
+    pdelta = f32a(sparse_delta(rng, pooled, 0.3))
+    b0, w0 = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n * c * size * size).astype(np.float32)
+    bu, wu = f32a(b0), f32a(w0)
+    _dlk.conv_backward_pooled(x, batch, c, h, w, out, pdelta, pidx, n, size, pad, act, W, bu, wu)
+    delta, rbu, rwu = zeros(len(out)), f32a(b0), f32a(w0)
+    _dlk.maxpool_backward(pdelta, pidx, pooled, delta, len(delta))
+    _dlk.conv_backward(x, batch, c, h, w, out, delta, n, size, pad, act, W, rbu, rwu, None)
+    assert np.array_equal(arr(bu), arr(rbu)) and np.array_equal(arr(wu), arr(rwu))
+    bad = array("i", pidx)
+    bad[1] = bad[1] + 2 * ow                                      # inside the image, outside its window
+    with pytest.raises(ValueError, match="window"):
+        _dlk.conv_backward_pooled(x, batch, c, h, w, out, pdelta, bad, n, size, pad, act, W, bu, wu)
+    with pytest.raises(ValueError, match="maxpool delta"):
+        _dlk.conv_backward_pooled(x, batch, c, h, w, out, zeros(pooled - 1), pidx, n, size, pad, act, W, bu, wu)
 
 def test_conv_kernels_check_sizes():
     x, W, b, out = zeros(3 * 28 * 28), zeros(6 * 75), zeros(6), zeros(6 * 28 * 28)
@@ -342,3 +379,117 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
         assert not _check_png(good[:cut])
     with pytest.raises(ValueError):
         _dlk.png_load_chw(good, 28, 28, zeros(100))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _reference_paths(monkeypatch):
+    """Switch training back to the loops the new kernels replace: im2col + gemm convolution,
+    gemm connected backward, axpy/scal SGD, Python weight init, the general maxpool, and the
+    Python file reader and PNG decoder."""
+    from dlserver import rng as rng_module
+    from dlserver.layers import base, connected, convolutional, maxpool
+
+    monkeypatch.setattr(convolutional, "TRAIN_KERNEL_MAX_SIZE", 0)
+
+    def connected_backward(self, net, input_buf, prev_delta):
+        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
+        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.outputs, 1)
+        _dlk.gemm(1, 0, self.outputs, self.inputs, self.batch, 1.0, self.delta, self.outputs,
+                  input_buf, self.inputs, 1.0, self.weight_updates, self.inputs)
+        if prev_delta is not None:
+            _dlk.gemm(0, 0, self.batch, self.inputs, self.outputs, 1.0, self.delta, self.outputs,
+                      self.weights, self.inputs, 1.0, prev_delta, self.inputs)
+
+    def update(self, net, rate):
+        base.sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                        self.weights, self.weight_updates)
+
+    def maxpool_forward(self, net, input_buf, train):
+        _dlk.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
+                             self.output, self.indexes)
+
+    def normal_fill(self, out, scale):
+        out[:] = array("f", [f32(scale * self.normal()) for _ in range(len(out))])
+
+    def uniform_fill(self, out, a, b, scale):
+        out[:] = array("f", [f32(scale * self.uniform(a, b)) for _ in range(len(out))])
+
+    def rand_below(self, n, m):
+        return [self.rand() % m for _ in range(n)]
+
+    monkeypatch.setattr(connected.ConnectedLayer, "backward", connected_backward)
+    monkeypatch.setattr(connected.ConnectedLayer, "update", update)
+    monkeypatch.setattr(convolutional.ConvolutionalLayer, "update", update)
+    monkeypatch.setattr(maxpool.MaxpoolLayer, "forward", maxpool_forward)
+    monkeypatch.setattr(rng_module.Random, "normal_fill", normal_fill)
+    monkeypatch.setattr(rng_module.Random, "uniform_fill", uniform_fill)
+    monkeypatch.setattr(rng_module.Random, "rand_below", rand_below)
+    monkeypatch.setattr(_dlk, "png_load_rows", lambda files, w, h, out: list(range(len(files))))
+    monkeypatch.setattr(_dlk, "png_load_chw", lambda data, w, h, out: False)
+    monkeypatch.setattr(_dlk, "read_files", lambda paths: [None] * len(paths))
+
+
+def _tiny_set(workdir, max_batches=25, batch=30):
+    """90 synthetic 28x28 gray PNGs of 3 classes (sparse noise plus a bar), a dataset and a cfg."""
+    from PIL import Image
+    from test_training import lenet_cfg
+    rng = np.random.default_rng(4)
+    (workdir / "data" / "tiny").mkdir(parents=True)
+    paths = []
+    for i in range(90):
+        label = i % 3
+        pixels = rng.integers(0, 30, (28, 28), dtype=np.uint8)
+        pixels[rng.random((28, 28)) < 0.5] = 0
+        pixels[label * 9:label * 9 + 9, 4:24] = 200 + label * 20
+        paths.append(f"data/tiny/t_{i:05d}_c{label}.png")
+        Image.fromarray(pixels, "L").save(workdir / paths[-1])
+    (workdir / "data" / "tiny.list").write_text("\n".join(paths) + "\n")
+    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
+    (workdir / "cfg" / "tiny.dataset").write_text(
+        "classes=3\ntrain=data/tiny.list\nbackup=model\nlabels=data/labels.list\n")
+    (workdir / "cfg" / "tiny.cfg").write_text(
+        lenet_cfg(max_batches=max_batches, batch=batch, policy="constant").replace("output= 10", "output= 3"))
+    return ["classifier", "train", "cfg/tiny.dataset", "cfg/tiny.cfg"]
+
+
+def _train_tiny(capsys, args, seed):
+    from dlserver.main import main
+    status = main(["dl-server", *args, "-seed", str(seed)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    return out
+
+
+def test_training_equals_the_loops_it_replaced(workdir, capsys, monkeypatch):
+    """Train from scratch for 25 batches (init, loading, forward, backward, update, dropout draws):
+    the new kernels and the old code paths give the same loss lines and the same weight bytes."""
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    args = _tiny_set(workdir)
+    weights = workdir / "model" / "tiny.weights"
+    new_out = _train_tiny(capsys, args, 3)
+    new = weights.read_bytes()
+    with monkeypatch.context() as m:
+        _reference_paths(m)
+        ref_out = _train_tiny(capsys, args, 3)
+    assert new_out == ref_out
+    assert weights.read_bytes() == new
+
+
+@pytest.mark.component
+def test_training_in_component_equals_native(component, workdir, capsys, monkeypatch):
+    """The kernels built for wasm32 (SIMD128) and natively give the same loss lines and weights."""
+    from conftest import run_wasmtime
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    args = _tiny_set(workdir, max_batches=12)
+    native_out = _train_tiny(capsys, args, 5)
+    weights = workdir / "model" / "tiny.weights"
+    native = weights.read_bytes()
+    weights.unlink()
+    result = run_wasmtime(workdir, *args, "-seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert weights.read_bytes() == native
+    strip = lambda text: [re.sub(r"[\d.]+ seconds", "", line) for line in text.splitlines()]
+    assert strip(result.stdout) == strip(native_out)
+

@@ -5,8 +5,8 @@ image as 3 planes of byte/255 (resized only if its size differs from the network
 a one-hot truth from the labels found in the path.
 
 Speed (a batch of 100 MNIST files must cost a few ms inside the component):
-  - a file is read with one os.open, os.pread, os.close (under wasmtime, os.read on a
-    fresh descriptor costs ~3x a pread: it opens a stream first);
+  - the files of a batch are read in one `_dlk.read_files` call (open, pread, close each: under
+    wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream);
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
   - `_dlk.png_load_rows` decodes the plain 8-bit PNGs of the network's size straight into
@@ -81,11 +81,15 @@ class TrainingData:
                 os.close(fd)
         except OSError:
             data = read_input_file(path, "image")   # its error message (or the file, if readable now)
+        self._keep(i, data)
+        return data
+
+    def _keep(self, i: int, data: bytes) -> None:
+        """Cache file i's bytes while the budget allows."""
         size = len(data) + CACHE_OVERHEAD
         if self.cached_bytes + size <= self.cache_budget:
             self.cache[i] = data
             self.cached_bytes += size
-        return data
 
     def _decode_slow(self, i: int, data: bytes, out) -> None:
         """Any image file through the Python decoders, resized to the network's size."""
@@ -111,11 +115,21 @@ class TrainingData:
         are overwritten by the next-but-one call."""
         picks = rng.rand_below(n, len(self.paths))
         x, y = self._batch_buffers(n)
-        file = self._file
+        cache = self.cache
+        misses = [i for i in picks if i not in cache]
+        fresh = {}
+        if misses:                                   # one C call reads them all
+            paths, keep = self.paths, self._keep
+            for i, data in zip(misses, _dlk.read_files([paths[i] for i in misses])):
+                if data is not None:                 # (None: _file below reads it again, or says why not)
+                    fresh[i] = data
+                    keep(i, data)
         datas = []
+        file = self._file
         try:
             for i in picks:
-                datas.append(file(i))
+                data = cache.get(i)
+                datas.append(data if data is not None else fresh[i] if i in fresh else file(i))
         except DLServerError:
             self._decode_rows(picks, datas, x)       # an earlier row's error comes first
             raise

@@ -1,38 +1,42 @@
-/* Convolution for training (stride 1, groups 1, square kernel `size` <= 8, zero padding `pad`),
- * and the 2x2/2 max pool whose windows all lie inside the image.
+/* Convolution for training (stride 1, groups 1, square kernel `size` <= 8, zero padding
+ * 0 <= pad < size), and the 2x2/2 max pool whose windows all lie inside the image.
  *
  * Every kernel here gives the same floats as Darknet's im2col + gemm loops (spec §4.2, §4.5),
- * except for the sign of a zero result: terms that are exactly zero are skipped, and adding a
- * zero product to a float sum never changes it (x + (+-0) == x for x != 0; a sum that starts
- * at +0 stays +0). [A skipped term 0 * inf or 0 * NaN would have made Darknet's sum NaN:
- * only weights that are already inf/NaN can do that.]
+ * but for the sign of a zero result: terms that are exactly zero are skipped, and adding a zero
+ * to a float sum never changes it (x + (+-0) == x for x != 0; a sum that starts at +0 stays +0).
+ * [A skipped term 0 * inf or 0 * NaN would have made Darknet's sum NaN: only weights that are
+ * already inf/NaN can do that.] tests/test_train_kernels.py checks them against the old loops.
  *
  * conv_forward (out_h = h + 2*pad - size + 1, out_w likewise):
  *   out[b][f][y][x] = act( (0 + sum over k = (ch, ky, kx) in order of
  *                              W[f][k] * in[b][ch][y + ky - pad][x + kx - pad])  + bias[f] )
- *   (0 outside the image). The sum runs in Darknet's k order, one float accumulator per output;
- *   a row segment of the input that is all zero for 8 neighbouring outputs is skipped.
+ *   (0 outside the image). One float accumulator per output, adding in Darknet's k order; the
+ *   vector lanes hold 8 neighbouring outputs (never parts of one sum), 4 filters share each input
+ *   load. A kernel row (ch, ky) whose input segment under the 8 outputs is all zero is skipped
+ *   (MNIST digits: ~57% of them in the first layer).
  *
  * conv_backward (delta is Darknet's negative gradient):
- *   delta[i] *= act'(out[i])                                         (all of the batch first)
+ *   delta[i] *= act'(out[i])                                         (written back)
  *   per image b, filter f:
  *     bias_upd[f] += (0 + sum_p delta[b][f][p])                      (p in order)
  *     W_upd[f][k] += (0 + sum_p delta[b][f][p] * in_pad[ch][y + ky][x + kx])   (p = (y, x) in order)
  *   and, if prev_delta is given, per image b, for each input pixel (ch, iy, ix):
  *     prev[ch][iy][ix] += t(k) for k = (ky, kx) in ascending order, where
- *     t(k) = 0 + sum over f in order of W[f][ch][ky][kx] * delta[b][f][iy + pad - ky][ix + pad - kx]
+ *     t(k) = sum over f in order of W[f][ch][ky][kx] * delta[b][f][iy + pad - ky][ix + pad - kx]
  *   (only positions inside the output) -- Darknet's colδ = W^T delta (gemm TN, f order) followed
  *   by col2im, which adds colδ[k][p] to each pixel in ascending k.
- *   The weight gradient visits the nonzero deltas only (after maxpool and relu most are zero).
- *   When the channel planes of an image are bit-identical (a grayscale image given as R = G = B),
- *   the sums for channel 0 are the sums of every channel: they are computed once and added to
- *   each channel's W_upd (the same operations on the same values: the same floats).
- *   The input gradient is scattered from the positions p (descending) where some delta is
- *   nonzero: each pixel then receives its t(k) in ascending k, as in col2im.
+ *   How: the nonzero deltas of each (b, f) are listed in p order (after a 2x2 max pool at most a
+ *   quarter of them are nonzero) and only they are visited; the kx of a kernel row sit in vector
+ *   lanes. When an image's channel planes are bit-identical (a grayscale image given as R = G = B),
+ *   channel 0's sums are every channel's: computed once, added to each (the same operations on
+ *   the same values). Layers with size*c <= 32 work channel-last (kx, ch in the lanes: 30 of 32
+ *   used for LeNet's 5x5x6). The input gradient is scattered from the positions p, descending,
+ *   where some delta is nonzero: each pixel then receives its t(k) in ascending k, as in col2im.
  *
  * maxpool_forward_2x2 (size 2, stride 2, h and w even: every window inside the image):
- *   out[bc][oy][ox] = first strict maximum of in[bc][2oy][2ox], [2oy][2ox+1], [2oy+1][2ox], [2oy+1][2ox+1]
- *   indexes[...] = its flat input index (bc*h*w + y*w + x), as Darknet's maxpool forward. */
+ *   out[bc][oy][ox] = first strict maximum of -FLT_MAX, in[bc][2oy][2ox], [2oy][2ox+1], [2oy+1][2ox],
+ *   [2oy+1][2ox+1]; indexes[...] = its flat input index bc*h*w + y*w + x (-1 if none is above
+ *   -FLT_MAX), as Darknet's maxpool forward. */
 #include "dlk_common.h"
 
 #define CT_INLINE static inline __attribute__((always_inline))
@@ -72,34 +76,28 @@ static void ct_gradient(const float *y, float *d, long long n, int act)
 /* ---------------------------------------------------------------- forward */
 
 /* NF filters x 4*V outputs (row y, columns x0 ..) in NF*V accumulators. S: kernel size known at
- * compile time (0: use size). W: the group's weights packed as [ch][ky][kx][r] (constant offsets
- * from one pointer: Cranelift keeps fewer addresses live). nzm[ch*PH + r] is the bit mask of the nonzero columns x0 .. x0 + 14
- * of padded row r: a row (ky) whose window is all zero is skipped, and with KX so is a single kx
- * whose 4*V columns are all zero. */
-CT_INLINE void ct_fwd_tile(const int NF, const int S, const int V, const int KX, int size, const float *pin,
-                           int c, int PH, int PW, const uint16_t *nzm, const float *W, int K, int y, int x0,
-                           v4f acc[][2])
+ * compile time (0: use size). W: the group's weights packed as [ch][ky][kx][r], each repeated in
+ * 4 lanes (one vector load instead of a load and a splat; constant offsets from one pointer).
+ * The tile visits only the kernel rows (ch, ky) whose input segment is not all zero: `cnt` of
+ * them, row offsets rows[i] (from the tile's corner) and kernel rows ks[i] = ch*size + ky. */
+CT_INLINE void ct_fwd_tile(const int NF, const int S, const int V, int size, const float *at, const int *rows,
+                           const int *ks, int cnt, const float *W, v4f acc[][2])
 {
     const int sz = S ? S : size;
-    const unsigned lanes = V == 2 ? 0xFF : 0xF;
     CT_UNROLL for (int r = 0; r < NF; ++r) acc[r][0] = acc[r][1] = v4f_splat(0.f);
-    for (int ch = 0; ch < c; ++ch)
-        for (int ky = 0; ky < sz; ++ky) {
-            unsigned m = nzm[ch * PH + y + ky];
-            if (!m) continue;
-            const float *row = pin + ((ptrdiff_t)ch * PH + y + ky) * PW + x0;
-            const float *wk = W + (ch * sz + ky) * sz * NF;     /* packed: [ch][ky][kx][r] */
-            _Pragma("clang loop unroll(disable)")
-            for (int kx = 0; kx < sz; ++kx) {
-                if (KX && !((m >> kx) & lanes)) continue;
-                v4f v0 = v4f_load(row + kx), v1 = V == 2 ? v4f_load(row + kx + 4) : v0;
-                CT_UNROLL for (int r = 0; r < NF; ++r) {
-                    v4f wv = v4f_splat(wk[kx * NF + r]);
-                    acc[r][0] += wv * v0;
-                    if (V == 2) acc[r][1] += wv * v1;
-                }
+    for (int i = 0; i < cnt; ++i) {
+        const float *row = at + rows[i];
+        const float *wk = W + ks[i] * sz * NF * 4;
+        _Pragma("clang loop unroll(disable)")
+        for (int kx = 0; kx < sz; ++kx) {
+            v4f v0 = v4f_load(row + kx), v1 = V == 2 ? v4f_load(row + kx + 4) : v0;
+            CT_UNROLL for (int r = 0; r < NF; ++r) {
+                v4f wv = v4f_load(wk + (kx * NF + r) * 4);
+                acc[r][0] += wv * v0;
+                if (V == 2) acc[r][1] += wv * v1;
             }
         }
+    }
 }
 
 CT_INLINE void ct_fwd_store(v4f acc, float bias, int act, float *dst, int nx)
@@ -114,19 +112,21 @@ CT_INLINE void ct_fwd_store(v4f acc, float bias, int act, float *dst, int nx)
     }
 }
 
-/* All output rows of NF filters; nzm holds, per block of 8 columns, c*PH masks. */
-CT_INLINE void ct_fwd_filters(const int NF, const int S, const int KX, int size, const float *pin, int c, int PH,
-                              int PW, const uint16_t *nzm, int nblk, const float *W, int K, const float *bias,
+/* All output rows of NF filters. Tile (y, blk) has rc[y*nblk + blk] kernel rows to visit, listed
+ * at rl / kl + (y*nblk + blk)*c*size. */
+CT_INLINE void ct_fwd_filters(const int NF, const int S, int size, const float *pin, int c, int PW, int nblk,
+                              const int *rl, const int *kl, const int *rc, const float *W, const float *bias,
                               int act, int oh, int ow, float *out)
 {
     v4f acc[6][2];
     ptrdiff_t plane = (ptrdiff_t)oh * ow;
+    int per = c * size;
     for (int y = 0; y < oh; ++y)
         for (int blk = 0; blk < nblk; ++blk) {
-            int x0 = 8 * blk, nx = ow - x0 < 8 ? ow - x0 : 8;
-            const uint16_t *m = nzm + (ptrdiff_t)blk * c * PH;
-            if (nx > 4) ct_fwd_tile(NF, S, 2, KX, size, pin, c, PH, PW, m, W, K, y, x0, acc);
-            else ct_fwd_tile(NF, S, 1, KX, size, pin, c, PH, PW, m, W, K, y, x0, acc);
+            int x0 = 8 * blk, nx = ow - x0 < 8 ? ow - x0 : 8, t = y * nblk + blk;
+            const float *at = pin + (ptrdiff_t)y * PW + x0;
+            if (nx > 4) ct_fwd_tile(NF, S, 2, size, at, rl + t * per, kl + t * per, rc[t], W, acc);
+            else ct_fwd_tile(NF, S, 1, size, at, rl + t * per, kl + t * per, rc[t], W, acc);
             float *o = out + (ptrdiff_t)y * ow + x0;
             CT_UNROLL for (int r = 0; r < NF; ++r) {
                 ct_fwd_store(acc[r][0], bias[r], act, o + r * plane, nx);
@@ -135,26 +135,22 @@ CT_INLINE void ct_fwd_filters(const int NF, const int S, const int KX, int size,
         }
 }
 
-#define CT_FWD_VARIANT(NF, S, KX) \
-    static void ct_fwd_##NF##_##S##_##KX(int size, const float *pin, int c, int PH, int PW, const uint16_t *nzm, \
-                                  int nblk, const float *W, int K, const float *bias, int act, int oh, int ow, \
-                                  float *out) \
-    { ct_fwd_filters(NF, S, KX, size, pin, c, PH, PW, nzm, nblk, W, K, bias, act, oh, ow, out); }
-#define CT_FWD_SIZES(NF, KX) CT_FWD_VARIANT(NF, 0, KX) CT_FWD_VARIANT(NF, 3, KX) CT_FWD_VARIANT(NF, 5, KX)
-CT_FWD_SIZES(1, 0) CT_FWD_SIZES(2, 0) CT_FWD_SIZES(3, 0) CT_FWD_SIZES(4, 0) CT_FWD_SIZES(6, 0)
-CT_FWD_SIZES(1, 1) CT_FWD_SIZES(2, 1) CT_FWD_SIZES(3, 1) CT_FWD_SIZES(4, 1) CT_FWD_SIZES(6, 1)
+#define CT_FWD_VARIANT(NF, S) \
+    static void ct_fwd_##NF##_##S(int size, const float *pin, int c, int PW, int nblk, const int *rl, const int *kl, \
+                                  const int *rc, const float *W, const float *bias, int act, int oh, int ow, float *out) \
+    { ct_fwd_filters(NF, S, size, pin, c, PW, nblk, rl, kl, rc, W, bias, act, oh, ow, out); }
+#define CT_FWD_SIZES(NF) CT_FWD_VARIANT(NF, 0) CT_FWD_VARIANT(NF, 3) CT_FWD_VARIANT(NF, 5)
+CT_FWD_SIZES(1) CT_FWD_SIZES(2) CT_FWD_SIZES(3) CT_FWD_SIZES(4)
 
-typedef void (*ct_fwd_fn)(int, const float *, int, int, int, const uint16_t *, int, const float *, int,
+typedef void (*ct_fwd_fn)(int, const float *, int, int, int, const int *, const int *, const int *, const float *,
                           const float *, int, int, int, float *);
 
-static ct_fwd_fn ct_pick_fwd(int nf, int size, int kx)
+static ct_fwd_fn ct_pick_fwd(int nf, int size)
 {
-#define CT_ROW(NF, KX) {ct_fwd_##NF##_0_##KX, ct_fwd_##NF##_3_##KX, ct_fwd_##NF##_5_##KX}
-    static const ct_fwd_fn table[2][6][3] = {
-        {CT_ROW(1, 0), CT_ROW(2, 0), CT_ROW(3, 0), CT_ROW(4, 0), {0}, CT_ROW(6, 0)},
-        {CT_ROW(1, 1), CT_ROW(2, 1), CT_ROW(3, 1), CT_ROW(4, 1), {0}, CT_ROW(6, 1)}};
+#define CT_ROW(NF) {ct_fwd_##NF##_0, ct_fwd_##NF##_3, ct_fwd_##NF##_5}
+    static const ct_fwd_fn table[4][3] = {CT_ROW(1), CT_ROW(2), CT_ROW(3), CT_ROW(4)};
 #undef CT_ROW
-    return table[kx][nf - 1][size == 3 ? 1 : size == 5 ? 2 : 0];
+    return table[nf - 1][size == 3 ? 1 : size == 5 ? 2 : 0];
 }
 
 /* Geometry shared by forward and backward: padded planes of the input. */
@@ -209,67 +205,74 @@ static void ct_pad_image(const ct_geom *g, const float *src, float *pin)
 static PyObject *dlk_conv_forward(PyObject *self, PyObject *args)
 {
     Py_buffer in, weights, biases, out;
-    int batch, c, h, w, n, size, pad, act, variant = 0;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiy*iw*|i", &in, &batch, &c, &h, &w, &weights, &n, &size, &pad,
-                          &biases, &act, &out, &variant))
+    int batch, c, h, w, n, size, pad, act;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiy*iw*", &in, &batch, &c, &h, &w, &weights, &n, &size, &pad,
+                          &biases, &act, &out))
         return NULL;
     PyObject *result = NULL;
     float *pin = NULL, *wpack = NULL;
-    uint16_t *nzm = NULL;
-    int *gstart = NULL;
+    int *rl = NULL, *kl = NULL, *rc = NULL;
+    unsigned char *nz = NULL;
     ct_geom g;
     if (batch < 0 || act < 0 || act > 3) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_forward: bad batch or activation"); goto done; }
     if (!ct_geometry(&g, c, h, w, n, size, pad, "conv_forward")) goto done;
     long long in_size = (long long)c * h * w, out_size = (long long)n * g.oh * g.ow;
     if (!NEED_F(in, batch * in_size, "conv input") || !NEED_F(weights, (long long)n * g.K, "conv weights") ||
         !NEED_F(biases, n, "conv biases") || !NEED_F(out, batch * out_size, "conv output")) goto done;
-    size_t plane_floats = (size_t)c * g.PH * g.PW + 8;
-    pin = calloc(plane_floats, sizeof(float));
-    nzm = malloc(sizeof(uint16_t) * (size_t)c * g.PH * g.nblk);
-    if (!pin || !nzm) { PyErr_NoMemory(); goto done; }
-    int span = 8 + size - 1;                        /* columns one block reads (<= 15) */
-    int kx_skip = (variant & 4) ? 0 : 1;
-    int group = variant & 3;                        /* 0: auto, 1: 4 + 2, 2: 3 + 3, 3: 6 */
-    /* filter groups (6 at most: 12 accumulators), weights packed per group as [ch][ky][kx][r] */
-    int ngroups = 0;
-    gstart = malloc(sizeof(int) * (size_t)(n + 1));
-    wpack = malloc(sizeof(float) * (size_t)n * g.K);
-    if (!gstart || !wpack) { PyErr_NoMemory(); goto done; }
-    for (int f = 0; f < n;) {
-        int left = n - f, nf;
-        if (group == 1) nf = left >= 4 ? 4 : left;
-        else if (group == 2) nf = left >= 3 ? 3 : left;
-        else nf = left >= 6 ? 6 : left >= 4 ? 4 : left;
-        if (nf == 5) nf = 4;
-        gstart[ngroups++] = f;
+    int per = c * size, tiles = g.oh * g.nblk;
+    pin = calloc((size_t)c * g.PH * g.PW + 8, sizeof(float));
+    rl = malloc(sizeof(int) * (size_t)tiles * per);
+    kl = malloc(sizeof(int) * (size_t)tiles * per);
+    rc = malloc(sizeof(int) * (size_t)tiles);
+    nz = malloc((size_t)c * g.PH * g.nblk);
+    /* weights in groups of 4 filters (12 accumulators or fewer), packed per group as [ch][ky][kx][r] x 4 */
+    wpack = malloc(sizeof(float) * 4 * (size_t)n * g.K);
+    if (!pin || !rl || !kl || !rc || !wpack || !nz) { PyErr_NoMemory(); goto done; }
+    for (int f = 0; f < n; f += 4) {
+        int nf = n - f < 4 ? n - f : 4;
         for (int k = 0; k < g.K; ++k)
-            for (int r = 0; r < nf; ++r) wpack[(ptrdiff_t)f * g.K + k * nf + r] = F32(weights)[(ptrdiff_t)(f + r) * g.K + k];
-        f += nf;
+            for (int r = 0; r < nf; ++r)
+                v4f_store(wpack + ((ptrdiff_t)f * g.K + k * nf + r) * 4, v4f_splat(F32(weights)[(ptrdiff_t)(f + r) * g.K + k]));
     }
-    gstart[ngroups] = n;
+    int span = 8 + size - 1;                        /* columns one block of 8 outputs reads */
     for (int b = 0; b < batch; ++b) {
         ct_pad_image(&g, F32(in) + b * in_size, pin);
+        /* nz[(ch*PH + r)*nblk + blk]: padded row r has a nonzero among the `span` columns of block blk */
         for (int r = 0; r < c * g.PH; ++r) {
             const float *row = pin + (ptrdiff_t)r * g.PW;
             for (int blk = 0; blk < g.nblk; ++blk) {
-                unsigned m = 0;
-                for (int j = 0; j < span; ++j) m |= (unsigned)(row[8 * blk + j] != 0.f) << j;
-                if (variant & 8) m = 0x7FFF;
-                nzm[(ptrdiff_t)blk * c * g.PH + r] = (uint16_t)m;
+                v4i any = {0, 0, 0, 0};
+                int j = 0;
+                for (; j + 4 <= span; j += 4) any |= v4f_load(row + 8 * blk + j) != v4f_splat(0.f);
+                int a = any[0] | any[1] | any[2] | any[3];
+                for (; j < span; ++j) a |= row[8 * blk + j] != 0.f;
+                nz[r * g.nblk + blk] = (unsigned char)(a != 0);
             }
         }
+        /* the kernel rows each tile visits: those whose input segment is not all zero */
+        for (int y = 0; y < g.oh; ++y)
+            for (int blk = 0; blk < g.nblk; ++blk) {
+                int t = y * g.nblk + blk, cnt = 0;
+                for (int ch = 0; ch < c; ++ch)
+                    for (int ky = 0; ky < size; ++ky) {
+                        rl[t * per + cnt] = (ch * g.PH + ky) * g.PW;
+                        kl[t * per + cnt] = ch * size + ky;
+                        cnt += nz[(ch * g.PH + y + ky) * g.nblk + blk];
+                    }
+                rc[t] = cnt;
+            }
         float *dst = F32(out) + b * out_size;
         const float *bias = F32(biases);
-        for (int gi = 0; gi < ngroups; ++gi) {
-            int f = gstart[gi], nf = gstart[gi + 1] - f;
-            ct_pick_fwd(nf, size, kx_skip)(size, pin, c, g.PH, g.PW, nzm, g.nblk, wpack + (ptrdiff_t)f * g.K, g.K,
-                                           bias + f, act, g.oh, g.ow, dst + (ptrdiff_t)f * g.oh * g.ow);
+        for (int f = 0; f < n; f += 4) {
+            int nf = n - f < 4 ? n - f : 4;
+            ct_pick_fwd(nf, size)(size, pin, c, g.PW, g.nblk, rl, kl, rc, wpack + (ptrdiff_t)f * g.K * 4, bias + f, act,
+                                  g.oh, g.ow, dst + (ptrdiff_t)f * g.oh * g.ow);
         }
         if (act >= 2) ct_activate_scalar(dst, out_size, act);
     }
     result = Py_None; Py_INCREF(result);
 done:
-    free(pin); free(nzm); free(wpack); free(gstart);
+    free(pin); free(wpack); free(rl); free(kl); free(rc); free(nz);
     PyBuffer_Release(&in); PyBuffer_Release(&weights); PyBuffer_Release(&biases); PyBuffer_Release(&out);
     return result;
 }
@@ -360,24 +363,33 @@ static inline unsigned ct_nonzero4(v4f v)
 }
 
 /* The nonzero deltas of one oh x ow plane, in order: off[j] = y*PW + x, val[j]; returns their count.
- * Four at a time: a group of zeros costs one compare. */
-static int ct_compact(const float *d, int oh, int ow, int PW, int *off, float *val)
+ * With relu (fused): first d *= (y > 0), written back. Four at a time, without branches on the
+ * data: every lane is written at off/val[cnt] and cnt moves on past the nonzero ones (off and val
+ * hold 4 spare slots). */
+static int ct_compact(float *d, const float *out, int relu, int oh, int ow, int PW, int *off, float *val)
 {
     int cnt = 0;
     for (int y = 0; y < oh; ++y) {
-        const float *row = d + (ptrdiff_t)y * ow;
+        float *row = d + (ptrdiff_t)y * ow;
+        const float *orow = out + (ptrdiff_t)y * ow;
         int x0 = 0;
         for (; x0 + 4 <= ow; x0 += 4) {
-            unsigned m = ct_nonzero4(v4f_load(row + x0));
-            while (m) {
-                int k = __builtin_ctz(m);
-                m &= m - 1;
-                off[cnt] = y * PW + x0 + k;
-                val[cnt++] = row[x0 + k];
+            v4f v = v4f_load(row + x0);
+            if (relu) {
+                v4i alive = v4f_load(orow + x0) > v4f_splat(0.f);
+                v = v * (v4f)(alive & (v4i)v4f_splat(1.f));
+                v4f_store(row + x0, v);
             }
+            unsigned m = ct_nonzero4(v);
+            int at = y * PW + x0;
+            off[cnt] = at;     val[cnt] = v[0]; cnt += m & 1;
+            off[cnt] = at + 1; val[cnt] = v[1]; cnt += (m >> 1) & 1;
+            off[cnt] = at + 2; val[cnt] = v[2]; cnt += (m >> 2) & 1;
+            off[cnt] = at + 3; val[cnt] = v[3]; cnt += (m >> 3) & 1;
         }
         for (; x0 < ow; ++x0) {
             float v = row[x0];
+            if (relu) row[x0] = v *= (float)(orow[x0] > 0);
             off[cnt] = y * PW + x0;
             val[cnt] = v;
             cnt += v != 0.f;
@@ -386,65 +398,246 @@ static int ct_compact(const float *d, int oh, int ow, int PW, int *off, float *v
     return cnt;
 }
 
-static PyObject *dlk_conv_backward(PyObject *self, PyObject *args)
+/* All +0.0 (bit patterns 0)? */
+static int ct_all_zero(const float *a, long long n)
 {
-    Py_buffer in, out, delta, weights, bupd, wupd, prev = {0};
-    PyObject *prev_obj;
-    int batch, c, h, w, n, size, pad, act, dbg = 0;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*w*iiiiy*w*w*O|i", &in, &batch, &c, &h, &w, &out, &delta, &n, &size, &pad,
-                          &act, &weights, &bupd, &wupd, &prev_obj, &dbg))
-        return NULL;
+    long long i = 0;
+    v4i any = {0, 0, 0, 0};
+    for (; i + 4 <= n; i += 4) {
+        v4i x;
+        memcpy(&x, a + i, 16);
+        any |= x;
+    }
+    for (; i < n; ++i) {
+        int32_t x;
+        memcpy(&x, a + i, 4);
+        any[0] |= x;
+    }
+    return !(any[0] | any[1] | any[2] | any[3]);
+}
+
+/* a[0..n) = 0 without a memory.fill call (n a multiple of 4 or not) */
+static void ct_zero(float *a, long long n)
+{
+    long long i = 0;
+    for (; i + 4 <= n; i += 4) v4f_store(a + i, v4f_splat(0.f));
+    for (; i < n; ++i) a[i] = 0.f;
+}
+
+/* Bit-identical float arrays? (wasi-libc's memcmp goes byte by byte) */
+static int ct_same(const float *a, const float *b, long long n)
+{
+    long long i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4i x, y;
+        memcpy(&x, a + i, 16);
+        memcpy(&y, b + i, 16);
+        v4i ne = x != y;
+        if (ne[0] | ne[1] | ne[2] | ne[3]) return 0;
+    }
+    for (; i < n; ++i)
+        if (memcmp(a + i, b + i, 4)) return 0;
+    return 1;
+}
+
+/* Channel-last ("NHWC") variants for multi-channel layers with size*c <= 32 (LeNet's second
+ * conv: 5*6 = 30): the size*c values of one kernel row -- kx outer, ch inner -- are contiguous
+ * in both the padded input and the input-gradient work area, so 8 vectors cover them (94% of
+ * the lanes used, against 5/8 with one 8-lane row per channel). Lanes past size*c read or add
+ * values that are discarded (dW) or zero (dX: the packed weights are 0 there). */
+#define CT_NHWC_LANES 32
+
+/* dW sums of one (image, filter): sums[ky][kx*c + ch] = 0 + sum_j val[j] * inn[(off[j] + ky*PW)*c + kx*c + ch] */
+CT_INLINE void ct_dw_nhwc(const int S, int size, const float *inn, int PW, int c, const int *off, const float *val,
+                          int cnt, float *sums /* [size][32] */)
+{
+    const int sz = S ? S : size;
+    for (int ky = 0; ky < sz; ++ky) {
+        v4f acc[8];
+        CT_UNROLL for (int v = 0; v < 8; ++v) acc[v] = v4f_splat(0.f);
+        const float *base = inn + (ptrdiff_t)ky * PW * c;
+        for (int j = 0; j < cnt; ++j) {
+            const float *p = base + (ptrdiff_t)off[j] * c;
+            v4f d = v4f_splat(val[j]);
+            CT_UNROLL for (int v = 0; v < 8; ++v) acc[v] += d * v4f_load(p + 4 * v);
+        }
+        CT_UNROLL for (int v = 0; v < 8; ++v) v4f_store(sums + ky * CT_NHWC_LANES + 4 * v, acc[v]);
+    }
+}
+
+/* dX scatter of one output position: for each ky, t = sum_j dval[j] * Wq[fl[j]][ky][0..31] (the first
+ * term as is, then the others added in order), added to work[(ky*WN)*c + 0..31] (row Y + ky, from
+ * column X). */
+CT_INLINE void ct_dx_nhwc(const int S, const int CNT, int size, const float *Wq, const int *fl, const float *dval,
+                          int cnt, float *work, int WN, int c)
+{
+    const int sz = S ? S : size;
+    const int nj = CNT ? CNT : cnt;
+    for (int ky = 0; ky < sz; ++ky) {
+        v4f t[8];
+        const float *w0 = Wq + ((ptrdiff_t)fl[0] * sz + ky) * CT_NHWC_LANES;
+        v4f d0 = v4f_splat(dval[0]);
+        CT_UNROLL for (int v = 0; v < 8; ++v) t[v] = d0 * v4f_load(w0 + 4 * v);
+        for (int j = 1; j < nj; ++j) {
+            const float *wj = Wq + ((ptrdiff_t)fl[j] * sz + ky) * CT_NHWC_LANES;
+            v4f d = v4f_splat(dval[j]);
+            CT_UNROLL for (int v = 0; v < 8; ++v) t[v] += d * v4f_load(wj + 4 * v);
+        }
+        float *row = work + (ptrdiff_t)ky * WN * c;
+        CT_UNROLL for (int v = 0; v < 8; ++v) v4f_store(row + 4 * v, v4f_load(row + 4 * v) + t[v]);
+    }
+}
+
+static void ct_dx_nhwc_any(int size, const float *Wq, const int *fl, const float *dval, int cnt, float *work,
+                           int WN, int c)
+{
+    if (size == 5) {
+        if (cnt == 1) ct_dx_nhwc(5, 1, size, Wq, fl, dval, cnt, work, WN, c);
+        else if (cnt == 2) ct_dx_nhwc(5, 2, size, Wq, fl, dval, cnt, work, WN, c);
+        else ct_dx_nhwc(5, 0, size, Wq, fl, dval, cnt, work, WN, c);
+    } else {
+        ct_dx_nhwc(0, 0, size, Wq, fl, dval, cnt, work, WN, c);
+    }
+}
+
+/* The pooled deltas of one (image, filter) plane as the nonzero list of the conv's own deltas:
+ * a 2x2/2 max pool after the conv gives conv delta[p] = 0 + pool_delta[o] at p = indexes[o] and
+ * 0 elsewhere (Darknet: fill with 0, then maxpool backward adds). Listed in p order (per pool
+ * row: the windows whose maximum is in the upper row, then the lower), times act'(out[p]).
+ * Returns the count, or -1 when an index is not in its window (nor -1: no maximum). */
+static int ct_compact_pooled(const float *pd, const int32_t *pidx, long long base, const float *out, int act,
+                             int oh, int ow, int PW, int *off, float *val)
+{
+    int ph = oh / 2, pw = ow / 2, cnt = 0;
+    for (int oy = 0; oy < ph; ++oy)
+        for (int half = 0; half < 2; ++half)
+            for (int ox = 0; ox < pw; ++ox) {
+                int32_t idx = pidx[oy * pw + ox];
+                if (idx == -1) continue;
+                long long q = idx - base - (long long)2 * oy * ow - 2 * ox;   /* 0, 1, ow or ow + 1 */
+                int dy = q >= ow, dx = (int)(q - (long long)dy * ow);
+                if (q < 0 || dx < 0 || dx > 1 || dy > 1) return -1;
+                if (dy != half) continue;
+                int y = 2 * oy + dy, x = 2 * ox + dx;
+                float v = pd[oy * pw + ox], o = out[y * ow + x];
+                switch (act) {
+                case 1: v *= (float)(o > 0); break;
+                case 2: v *= o > 0 ? 1.f : .1f; break;
+                case 3: v *= (1 - o) * o; break;
+                default: break;
+                }
+                off[cnt] = y * PW + x;
+                val[cnt] = v;
+                cnt += v != 0.f;
+            }
+    return cnt;
+}
+
+/* conv_backward and conv_backward_pooled: delta (dense conv deltas) or pd/pidx (a 2x2/2 max pool's
+ * deltas and indexes) give the deltas; prev (or NULL) receives the input gradient. */
+static PyObject *ct_conv_backward(Py_buffer *in_b, int batch, int c, int h, int w, Py_buffer *out_b,
+                                  Py_buffer *delta_b, Py_buffer *pd_b, Py_buffer *pidx_b, int n, int size, int pad,
+                                  int act, Py_buffer *weights_b, Py_buffer *bupd_b, Py_buffer *wupd_b,
+                                  Py_buffer *prev_b)
+{
+    Py_buffer in = *in_b, out = *out_b, weights = *weights_b, bupd = *bupd_b, wupd = *wupd_b;
+    Py_buffer delta = delta_b ? *delta_b : (Py_buffer){0}, prev = prev_b ? *prev_b : (Py_buffer){0};
+    int have_prev = prev_b != NULL, pooled = pd_b != NULL;
     PyObject *result = NULL;
-    int have_prev = prev_obj != Py_None;
-    float *pin = NULL, *val = NULL, *work = NULL, *Wp = NULL, *dval = NULL;
-    int *off = NULL, *fl = NULL;
+    float *pin = NULL, *val = NULL, *work = NULL, *Wp = NULL, *dval = NULL, *inn = NULL;
+    int *off = NULL, *fl = NULL, *fmask = NULL;
     ct_geom g;
-    if (have_prev && PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) < 0) { have_prev = 0; goto done; }
     if (batch < 0 || act < 0 || act > 3) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward: bad batch or activation"); goto done; }
     if (!ct_geometry(&g, c, h, w, n, size, pad, "conv_backward")) goto done;
     long long in_size = (long long)c * h * w, ohw = (long long)g.oh * g.ow, out_size = n * ohw;
+    if (pooled && (g.oh % 2 || g.ow % 2 || have_prev)) {
+        PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: needs an even output size and no input delta");
+        goto done;
+    }
+    long long pooled_size = pooled ? n * (long long)(g.oh / 2) * (g.ow / 2) : 0;
     if (!NEED_F(in, batch * in_size, "conv input") || !NEED_F(out, batch * out_size, "conv output") ||
-        !NEED_F(delta, batch * out_size, "conv delta") || !NEED_F(weights, (long long)n * g.K, "conv weights") ||
+        (!pooled && !NEED_F(delta, batch * out_size, "conv delta")) ||
+        (pooled && (!NEED_F(*pd_b, batch * pooled_size, "maxpool delta") ||
+                    !dlk_need(pidx_b, batch * pooled_size, 4, "maxpool indexes"))) ||
+        !NEED_F(weights, (long long)n * g.K, "conv weights") ||
         !NEED_F(bupd, n, "conv bias updates") || !NEED_F(wupd, (long long)n * g.K, "conv weight updates") ||
         (have_prev && !NEED_F(prev, batch * in_size, "conv input delta"))) goto done;
+    if (pooled && batch * out_size > 0x7FFFFFFF) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: too large"); goto done; }
     /* dW reads in_pad[ch][y + ky][x .. x + 7]: PW >= ow - 1 + 8 and size - 1 + ... covered by ct_geometry */
     size_t plane_floats = (size_t)c * g.PH * g.PW + 16;
     pin = calloc(plane_floats, sizeof(float));
-    off = malloc(sizeof(int) * (size_t)(ohw + 1));
-    val = malloc(sizeof(float) * (size_t)(ohw + 1));
+    off = malloc(sizeof(int) * (size_t)(ohw + 4));
+    val = malloc(sizeof(float) * (size_t)(ohw + 4));
     int WH = h + 2 * pad, WW = w + 2 * pad + 8;        /* work planes for the input gradient */
+    int nhwc = c > 1 && size * c <= CT_NHWC_LANES && n <= 31;
+    if (nhwc) inn = calloc((size_t)g.PH * g.PW * c + CT_NHWC_LANES, sizeof(float));
     if (have_prev) {
-        work = calloc((size_t)c * WH * WW + 16, sizeof(float));
-        Wp = calloc((size_t)n * c * size * 8, sizeof(float));
+        work = calloc((size_t)c * WH * WW + 2 * CT_NHWC_LANES, sizeof(float));
+        Wp = calloc((size_t)n * (nhwc ? size * CT_NHWC_LANES : c * size * 8), sizeof(float));
         fl = malloc(sizeof(int) * (size_t)(n + 1));
         dval = malloc(sizeof(float) * (size_t)(n + 1));
+        fmask = malloc(sizeof(int) * (size_t)(ohw + 4));
     }
-    if (!pin || !off || !val || (have_prev && (!work || !Wp || !fl || !dval))) { PyErr_NoMemory(); goto done; }
+    if (!pin || !off || !val || (nhwc && !inn) || (have_prev && (!work || !Wp || !fl || !dval || !fmask))) {
+        PyErr_NoMemory(); goto done;
+    }
     const float *W = F32(weights);
-    float *D = F32(delta), *bu = F32(bupd), *wu = F32(wupd);
-    if (!(dbg & 1)) ct_gradient(F32(out), D, batch * out_size, act);
-    if (have_prev)                                      /* Wp[f][ch][ky][0..7] = W[f][ch][ky][kx], 0 past size */
+    float *D = pooled ? NULL : F32(delta), *bu = F32(bupd), *wu = F32(wupd);
+    int fuse_relu = act == 1;                           /* relu: applied while compacting */
+    if (!pooled && !fuse_relu) ct_gradient(F32(out), D, batch * out_size, act);
+    if (have_prev && nhwc)                              /* Wp[f][ky][kx*c + ch] = W[f][ch][ky][kx], 0 past size*c */
+        for (int f = 0; f < n; ++f)
+            for (int ch = 0; ch < c; ++ch)
+                for (int ky = 0; ky < size; ++ky)
+                    for (int kx = 0; kx < size; ++kx)
+                        Wp[((ptrdiff_t)f * size + ky) * CT_NHWC_LANES + kx * c + ch] = W[(ptrdiff_t)f * g.K + (ch * size + ky) * size + kx];
+    else if (have_prev)                                 /* Wp[f][ch][ky][0..7] = W[f][ch][ky][kx], 0 past size */
         for (int f = 0; f < n; ++f)
             for (int ch = 0; ch < c; ++ch)
                 for (int ky = 0; ky < size; ++ky)
                     memcpy(Wp + (((ptrdiff_t)f * c + ch) * size + ky) * 8, W + (ptrdiff_t)f * g.K + (ch * size + ky) * size,
                            sizeof(float) * size);
-    float sums[CT_MAX_SIZE * 8] __attribute__((aligned(16)));
+    float sums[CT_MAX_SIZE * CT_NHWC_LANES] __attribute__((aligned(16)));
     long long plane = (long long)g.PH * g.PW;
     for (int b = 0; b < batch; ++b) {
         const float *src = F32(in) + b * in_size;
         ct_pad_image(&g, src, pin);
         int same = c > 1;                               /* all channel planes bit-identical? */
-        for (int ch = 1; ch < c && same; ++ch) same = !memcmp(src, src + ch * (long long)h * w, sizeof(float) * h * w);
-        const float *db = D + b * out_size;
+        for (int ch = 1; ch < c && same; ++ch) same = ct_same(src, src + ch * (long long)h * w, (long long)h * w);
+        int use_nhwc = nhwc && !same;
+        if (use_nhwc)                                   /* inn[y + pad][x + pad][ch] = in[ch][y][x] */
+            for (int ch = 0; ch < c; ++ch)
+                for (int y = 0; y < h; ++y) {
+                    const float *srow = src + ((ptrdiff_t)ch * h + y) * w;
+                    float *drow = inn + ((ptrdiff_t)(y + pad) * g.PW + pad) * c + ch;
+                    for (int x = 0; x < w; ++x) drow[(ptrdiff_t)x * c] = srow[x];
+                }
+        const float *db = pooled ? NULL : D + b * out_size;
         for (int f = 0; f < n; ++f) {
-            const float *d = db + f * ohw;
-            int cnt = (dbg & 4) ? 0 : ct_compact(d, g.oh, g.ow, g.PW, off, val);
+            int cnt;
+            if (pooled) {
+                long long po = ((long long)b * n + f) * (g.oh / 2) * (g.ow / 2);
+                cnt = ct_compact_pooled(F32(*pd_b) + po, (const int32_t *)pidx_b->buf + po, (b * (long long)n + f) * ohw,
+                                        F32(out) + b * out_size + f * ohw, act, g.oh, g.ow, g.PW, off, val);
+                if (cnt < 0) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: maxpool index out of its window"); goto done; }
+            } else {
+                cnt = ct_compact(D + b * out_size + f * ohw, F32(out) + b * out_size + f * ohw, fuse_relu,
+                                 g.oh, g.ow, g.PW, off, val);
+            }
             float bsum = 0;
             for (int j = 0; j < cnt; ++j) bsum += val[j];   /* Darknet's sum, without its zero terms */
             bu[f] += bsum;
-            if (!cnt || (dbg & 2)) continue;
+            if (!cnt) continue;
             float *wf = wu + (ptrdiff_t)f * g.K;
+            if (use_nhwc) {
+                if (size == 5) ct_dw_nhwc(5, size, inn, g.PW, c, off, val, cnt, sums);
+                else ct_dw_nhwc(0, size, inn, g.PW, c, off, val, cnt, sums);
+                for (int ch = 0; ch < c; ++ch)
+                    for (int ky = 0; ky < size; ++ky)
+                        for (int kx = 0; kx < size; ++kx)
+                            wf[(ch * size + ky) * size + kx] += sums[ky * CT_NHWC_LANES + kx * c + ch];
+                continue;
+            }
             for (int ch = 0; ch < c; ++ch) {
                 if (!same || ch == 0) ct_dw_sums_any(size, pin + ch * plane, g.PW, off, val, cnt, sums);
                 float *wk = wf + ch * size * size;
@@ -453,8 +646,52 @@ static PyObject *dlk_conv_backward(PyObject *self, PyObject *args)
             }
         }
         if (!have_prev) continue;
-        /* input gradient: work = prev (shifted by pad), scatter, copy back */
         float *pb = F32(prev) + b * in_size;
+        if (nhwc) {                                     /* work[y + pad][x + pad][ch] = prev[ch][y][x] */
+            if (ct_all_zero(pb, in_size))                /* (in training it is: zero the area instead) */
+                ct_zero(work, (long long)WH * WW * c);
+            else
+                for (int ch = 0; ch < c; ++ch)
+                    for (int y = 0; y < h; ++y) {
+                        const float *srow = pb + ((ptrdiff_t)ch * h + y) * w;
+                        float *drow = work + ((ptrdiff_t)(y + pad) * WW + pad) * c + ch;
+                        for (int x = 0; x < w; ++x) drow[(ptrdiff_t)x * c] = srow[x];
+                    }
+            /* fmask[p]: bit f set when delta[f][p] != 0 (n <= 32 here), four positions at a time */
+            long long p0 = 0;
+            for (; p0 + 4 <= ohw; p0 += 4) {
+                v4i m = {0, 0, 0, 0};
+                for (int f = 0; f < n; ++f)
+                    m |= (v4f_load(db + f * ohw + p0) != v4f_splat(0.f)) & (v4i){1 << f, 1 << f, 1 << f, 1 << f};
+                memcpy(fmask + p0, &m, 16);
+            }
+            for (; p0 < ohw; ++p0) {
+                int m = 0;
+                for (int f = 0; f < n; ++f) m |= (db[f * ohw + p0] != 0.f) << f;
+                fmask[p0] = m;
+            }
+            for (long long p = ohw - 1; p >= 0; --p) {
+                unsigned m = (unsigned)fmask[p];
+                if (!m) continue;
+                int cnt = 0;
+                while (m) {
+                    int f = __builtin_ctz(m);
+                    m &= m - 1;
+                    fl[cnt] = f;
+                    dval[cnt++] = db[f * ohw + p];
+                }
+                int Y = (int)(p / g.ow), X = (int)(p % g.ow);
+                ct_dx_nhwc_any(size, Wp, fl, dval, cnt, work + ((ptrdiff_t)Y * WW + X) * c, WW, c);
+            }
+            for (int ch = 0; ch < c; ++ch)
+                for (int y = 0; y < h; ++y) {
+                    float *drow = pb + ((ptrdiff_t)ch * h + y) * w;
+                    const float *srow = work + ((ptrdiff_t)(y + pad) * WW + pad) * c + ch;
+                    for (int x = 0; x < w; ++x) drow[x] = srow[(ptrdiff_t)x * c];
+                }
+            continue;
+        }
+        /* input gradient: work = prev (shifted by pad), scatter, copy back */
         for (int ch = 0; ch < c; ++ch)
             for (int y = 0; y < h; ++y)
                 ct_copy(work + ((ptrdiff_t)ch * WH + y + pad) * WW + pad, pb + ((ptrdiff_t)ch * h + y) * w, w);
@@ -477,10 +714,48 @@ static PyObject *dlk_conv_backward(PyObject *self, PyObject *args)
     }
     result = Py_None; Py_INCREF(result);
 done:
-    free(pin); free(off); free(val); free(work); free(Wp); free(fl); free(dval);
+    free(pin); free(off); free(val); free(work); free(Wp); free(fl); free(dval); free(inn); free(fmask);
+    return result;
+}
+
+static PyObject *dlk_conv_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, delta, weights, bupd, wupd, prev = {0};
+    PyObject *prev_obj;
+    int batch, c, h, w, n, size, pad, act;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*w*iiiiy*w*w*O", &in, &batch, &c, &h, &w, &out, &delta, &n, &size, &pad,
+                          &act, &weights, &bupd, &wupd, &prev_obj))
+        return NULL;
+    PyObject *result = NULL;
+    int have_prev = prev_obj != Py_None;
+    if (have_prev && PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) < 0) have_prev = -1;
+    if (have_prev >= 0)
+        result = ct_conv_backward(&in, batch, c, h, w, &out, &delta, NULL, NULL, n, size, pad, act, &weights, &bupd,
+                                  &wupd, have_prev ? &prev : NULL);
     PyBuffer_Release(&in); PyBuffer_Release(&out); PyBuffer_Release(&delta); PyBuffer_Release(&weights);
     PyBuffer_Release(&bupd); PyBuffer_Release(&wupd);
-    if (have_prev) PyBuffer_Release(&prev);
+    if (have_prev > 0) PyBuffer_Release(&prev);
+    return result;
+}
+
+/* conv_backward for a layer without input delta followed by a 2x2/2 max pool (windows inside):
+ * the conv deltas come from the pool's (delta, indexes) -- the maxpool backward, the zeroing of
+ * the conv's delta buffer and the scan of its zeros are not needed. The same floats as
+ * maxpool_backward into a zeroed delta followed by conv_backward, with one more exception: the
+ * positions that are no window's maximum are not visited, where Darknet multiplies a zero delta
+ * by act'(out) -- NaN if that is infinite (a logistic layer whose outputs are +-inf: never for
+ * relu, linear or leaky). The conv's delta buffer is left alone. */
+static PyObject *dlk_conv_backward_pooled(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, pd, pidx, weights, bupd, wupd;
+    int batch, c, h, w, n, size, pad, act;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*iiiiy*w*w*", &in, &batch, &c, &h, &w, &out, &pd, &pidx, &n, &size, &pad,
+                          &act, &weights, &bupd, &wupd))
+        return NULL;
+    PyObject *result = ct_conv_backward(&in, batch, c, h, w, &out, NULL, &pd, &pidx, n, size, pad, act, &weights,
+                                        &bupd, &wupd, NULL);
+    PyBuffer_Release(&in); PyBuffer_Release(&out); PyBuffer_Release(&pd); PyBuffer_Release(&pidx);
+    PyBuffer_Release(&weights); PyBuffer_Release(&bupd); PyBuffer_Release(&wupd);
     return result;
 }
 

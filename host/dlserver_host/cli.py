@@ -13,6 +13,7 @@ import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 PROG = "dl-server"
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
@@ -47,6 +48,15 @@ output:
   its stdout (stderr) is printed at the end between '---- stdout dump ----' and
   '---- stdout dump end ----' lines, as the FEE does. When stderr is a terminal, a
   status line (elapsed time, last stdout line) is shown during the run.
+
+provenance (--manifest FILE):
+  A JSON record of the run: sha256 of the program, of every file of the input
+  sources (hashed while the guest runs) and of every file written back; the
+  command line, the guest's argv (from args.cfg), outcome, exit status, start
+  time (UTC) and duration, wasmtime version. Written atomically, also when the
+  guest or the host fails; on the host, never through the sandbox. FILE is
+  written exactly where given (inside an output source only if you name such a
+  path; it is then not among the outputs).
 
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
@@ -116,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "($XDG_CACHE_HOME/dl-server, default ~/.cache/dl-server)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no live status line, even when stderr is a terminal")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="write a JSON provenance record of the run to FILE (see below)")
     return parser
 
 
@@ -279,19 +291,51 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .runtime import HostError
     from .sources import SourceError
+    recorder = None
+    if args.manifest is not None:
+        from .manifest import ManifestError, Recorder, check_destination, command_line
+        recorder = Recorder(args.manifest, command_line(argv, PROG), Path.cwd())
+        try:
+            check_destination(recorder.path)
+        except ManifestError as e:
+            error(str(e))
+            return EXIT_FAILURE
+    message = None
     try:
-        return _run(args)
+        status, outcome, message = _run(args, recorder)
     except (SourceError, HostError) as e:
         error(str(e))
-        return EXIT_FAILURE
+        status, outcome, message = EXIT_FAILURE, "host error", str(e)
     except KeyboardInterrupt:
         error("interrupted")
+        status, outcome, message = EXIT_INTERRUPTED, "interrupted", "interrupted"
+    if recorder is not None:
+        status = _write_manifest(recorder, status, outcome, message)
+    return status
+
+
+def _write_manifest(recorder, status: int, outcome: str, message: str | None) -> int:
+    """Finish and write the record; a manifest that cannot be written fails the run."""
+    from .manifest import ManifestError
+    try:
+        recorder.finish(outcome, status, message)
+        if recorder.relative(recorder.path) in recorder.record["outputs"]["files"]:
+            raise ManifestError(f"--manifest {recorder.path}: the guest wrote that file too "
+                                "(written back); the manifest is not written over it")
+        recorder.write()
+    except ManifestError as e:
+        error(str(e))
+        return status or EXIT_FAILURE
+    except KeyboardInterrupt:
+        error("interrupted: manifest not written")
         return EXIT_INTERRUPTED
+    return status
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .runtime import GuestRun, HostError, Outcome, default_cache_dir, load_component, make_engine
-    from .sources import stage_sources
+def _run(args: argparse.Namespace, recorder=None) -> tuple[int, str, str | None]:
+    """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
+    from .runtime import GuestRun, HostError, Outcome, _wasm_digest, default_cache_dir, load_component, make_engine
+    from .sources import source_relpath, stage_sources
 
     if not os.path.isfile(args.program):
         raise HostError(f"program not found: {args.program}")
@@ -303,6 +347,15 @@ def _run(args: argparse.Namespace) -> int:
     env = dict([("DL_SERVER_CLOCK", "1" if args.enable_clock else "0"), *args.env])
 
     with stage_sources(args.inputs, args.outputs) as staged:
+        if recorder is not None:
+            cwd = Path.cwd()
+            recorder.sources(args.program, [source_relpath(p, cwd) for p in args.inputs],
+                             [source_relpath(p, cwd) for p in args.outputs])
+            try:
+                digest = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
+            except OSError as e:
+                raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
+            recorder.program(args.program, digest)
         engine = make_engine()
         output.set_status(f"loading {os.path.basename(args.program)} "
                           "(compiled once, then cached)")
@@ -318,10 +371,15 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             output.finish()
         if result.outcome is Outcome.SUCCEEDED:
-            staged.write_back()
-            return EXIT_OK
-    _report_failure(result, args)
-    return EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+            if recorder is not None:
+                recorder.inputs_hashed()    # before write-back: an output may land in an input dir
+            written = staged.write_back()
+            if recorder is not None:
+                recorder.outputs(written)
+            return EXIT_OK, result.outcome.value, None
+    message = _report_failure(result, args)
+    status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+    return status, result.outcome.value, message
 
 
 def _wait(run, output: GuestOutput):
@@ -352,17 +410,22 @@ def _wait(run, output: GuestOutput):
             signal.signal(signal.SIGTERM, previous)
 
 
-def _report_failure(result, args: argparse.Namespace) -> None:
+def _report_failure(result, args: argparse.Namespace) -> str | None:
+    """Print why the run failed (when the guest has not said it); return that message."""
     from .runtime import Outcome
+    message = None
     if result.outcome is Outcome.TIMED_OUT:
-        error(f"guest exceeded --timeout {args.timeout:g}s")
+        message = f"guest exceeded --timeout {args.timeout:g}s"
     elif result.outcome is Outcome.OUT_OF_MEMORY:
-        error(f"guest ran out of memory (--max-memory {_format_size(args.max_memory)})")
+        message = f"guest ran out of memory (--max-memory {_format_size(args.max_memory)})"
     elif result.outcome is Outcome.INTERRUPTED:
-        error("interrupted")
+        message = "interrupted"
     elif result.outcome is Outcome.TRAPPED:
-        error(f"guest crashed: {result.detail}")
+        message = f"guest crashed: {result.detail}"
     # Outcome.FAILED: the guest has said why on its stderr, as under the FEE.
+    if message is not None:
+        error(message)
+    return message
 
 
 def _format_size(size: int) -> str:
