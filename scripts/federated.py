@@ -22,11 +22,10 @@ copied back only on success):
             shards differ in size), and validates the new global model on the test list
             (`classifier valid`; the last `top 1:` line gives top-1 and top-5).
 
-The guest reads at most 9 arguments from args.cfg: `aggregation darknet <cfg> <out>`
-takes 4, so one run averages at most 5 files (3 with `-weights a,b,c`). With more
-clients the server averages in a tree: groups of clients into partial models, weighted
-by their example counts, then those (the weighted mean is the same up to float32
-rounding of the partial models).
+The guest reads at most 1024 arguments from args.cfg, so one `aggregation darknet` run
+averages up to 1018 clients (1016 with `-weights a,b,c`); past that the server averages in
+a tree: groups of clients into partial models, weighted by their example counts, then
+those (the same weighted mean up to float32 rounding of the partial models).
 
 Every run is sandboxed under the repository root (the guest's paths are the host's
 relative paths, as under Veracruz's FEE), so each run gets the root's args.cfg, written
@@ -56,7 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "mnist_lenet"                        # cfg base name: the guest writes <backup>/mnist_lenet.weights
-MAX_ARGS = 9                                # args.cfg lines the guest accepts
+MAX_ARGS = 1024                             # args.cfg lines the guest accepts
 TOP_LINE = re.compile(r"^(\d+): top 1: ([\d.]+), top (\d+): ([\d.]+)$")
 BATCH_LINE = re.compile(r"^(\d+), [\d.]+: (\S+), (\S+) avg, ([\d.]+) rate, ")
 

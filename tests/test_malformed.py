@@ -128,7 +128,7 @@ def test_missing_files_name_themselves(predict_dir, capsys):
 
 ARGS_CASES = [
     (b"", "the argument file is empty"),
-    (b"\n".join([b"classifier"] * 10), "at most 9 are allowed"),
+    (b"\n".join([b"classifier"] * 1025), "at most 1024 are allowed"),
     (b"\xff\xfe\n", "not a text file"),
     (b"frobnicate\n", "Not an option: frobnicate"),
     (b"classifier\nteach\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\n", "Not an option under classifier: teach"),

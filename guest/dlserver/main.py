@@ -10,7 +10,7 @@ from .commands import aggregation, aggregation_darknet, classifier, detector
 from .errors import DLServerError, NotImplementedYet
 
 ARGS_FILE = "args.cfg"
-MAX_ARGS = 9
+MAX_ARGS = 1024  # the original has room for 9 (a 10th line overflows its buffer)
 PROGRAM = "dl-server"
 
 
@@ -76,7 +76,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
     """One argument per line of args.cfg; echoes `argv[i] = '...'` on stdout like the original.
 
     Unlike the original, lines are not cut at 99 characters, a trailing '\\r' is dropped
-    and more than 9 arguments is an error rather than a buffer overflow."""
+    and up to MAX_ARGS arguments are taken (the original overflows past 9)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
