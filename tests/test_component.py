@@ -60,3 +60,23 @@ def test_detect_without_weights_fails(component, workdir):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file")
+
+
+def test_predict_through_the_host_with_the_seeds_fee_flags(component, lenet_weights, workdir):
+    """The seed README's FEE command, with dl-server in place of the engine."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    mnist_images(workdir, ["t_00000_c5.png"])
+    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
+    host = Path(sys.executable).parent / "dl-server"
+    result = subprocess.run(
+        [str(host), "--program", str(component), "--input-source", "args.cfg", "cfg", "model",
+         "data/mnist/mnist.names.list", "data/mnist/images_client1/t_00000_c5.png", "-d", "-e"],
+        cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    echo = "".join(f"argv[{i}] = '{a}'\n" for i, a in enumerate(PREDICT_ARGS, 1))
+    expected = (EXPECTED / "predict_t_00000_c5.stdout").read_text()
+    assert result.stdout == f"---- stdout dump ----\n{echo}{expected}---- stdout dump end ----\n"
+    assert result.stderr.startswith("---- stderr dump ----\nlayer     filters")
+    assert result.stderr.endswith("t_00000_c5.png: Predicted.\n---- stderr dump end ----\n")
