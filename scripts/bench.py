@@ -143,9 +143,9 @@ def main() -> None:
     for name, value, note in rows:
         print(f"{name:48s} {value:10.3f}  {note}")
     sys.stdout.flush()
-    gemm = ROOT / "scripts" / "bench_gemm.py"
-    if gemm.exists():
-        subprocess.run([sys.executable, str(gemm)], cwd=ROOT, check=True)
+    for script in ("bench_gemm.py", "bench_train.py"):
+        print(flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / script)], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":
