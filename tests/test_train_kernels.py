@@ -137,39 +137,6 @@ def test_conv_backward_same_channel_shortcut_is_exact():
 
 
 
-@pytest.mark.parametrize("geometry", [(3, 3, 28, 28, 6, 5, 2), (2, 2, 10, 12, 3, 3, 1), (2, 1, 6, 6, 2, 1, 0),
-                                      (1, 7, 8, 8, 3, 5, 2)])
-@pytest.mark.parametrize("act", [0, 1, 2, 3])
-def test_conv_backward_pooled_equals_maxpool_backward_then_conv_backward(geometry, act):
-    batch, c, h, w, n, size, pad = geometry
-    oh, ow = h + 2 * pad - size + 1, w + 2 * pad - size + 1
-    rng = np.random.default_rng(hash((geometry, act)) % 2**32)
-    x = f32a(sparse_image(rng, batch, c, h, w, same_channels=c == 3))
-    W = f32a(rng.standard_normal(n * c * size * size))
-    out = rng.standard_normal((batch, n, oh, ow)).astype(np.float32)
-    out[rng.random(out.shape) < 0.4] = 0
-    if act != 3:   # logistic: Darknet's 0 * act'(-inf) = NaN off the maxima, which the pooled path skips
-        out[0, 0, :2, :2] = -np.inf                               # a window without a maximum: index -1
-    out = f32a(out)
-    pooled = batch * n * (oh // 2) * (ow // 2)
-    pout, pidx = zeros(pooled), array("i", bytes(4 * pooled))
-    _dlk.maxpool_forward_2x2(out, batch * n, oh, ow, pout, pidx)
-    assert pidx[0] == -1 or act == 3
-    pdelta = f32a(sparse_delta(rng, pooled, 0.3))
-    b0, w0 = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n * c * size * size).astype(np.float32)
-    bu, wu = f32a(b0), f32a(w0)
-    _dlk.conv_backward_pooled(x, batch, c, h, w, out, pdelta, pidx, n, size, pad, act, W, bu, wu)
-    delta, rbu, rwu = zeros(len(out)), f32a(b0), f32a(w0)
-    _dlk.maxpool_backward(pdelta, pidx, pooled, delta, len(delta))
-    _dlk.conv_backward(x, batch, c, h, w, out, delta, n, size, pad, act, W, rbu, rwu, None)
-    assert np.array_equal(arr(bu), arr(rbu)) and np.array_equal(arr(wu), arr(rwu))
-    bad = array("i", pidx)
-    bad[1] = bad[1] + 2 * ow                                      # inside the image, outside its window
-    with pytest.raises(ValueError, match="window"):
-        _dlk.conv_backward_pooled(x, batch, c, h, w, out, pdelta, bad, n, size, pad, act, W, bu, wu)
-    with pytest.raises(ValueError, match="maxpool delta"):
-        _dlk.conv_backward_pooled(x, batch, c, h, w, out, zeros(pooled - 1), pidx, n, size, pad, act, W, bu, wu)
-
 def test_conv_kernels_check_sizes():
     x, W, b, out = zeros(3 * 28 * 28), zeros(6 * 75), zeros(6), zeros(6 * 28 * 28)
     with pytest.raises(ValueError, match="conv output"):

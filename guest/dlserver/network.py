@@ -140,39 +140,29 @@ class Network:
 
     def train_step(self, input_buf, truth) -> float:
         """train_network_datum: forward and backward one batch, update every `subdivisions`;
-        returns the network cost (mean of the layers' costs).
-
-        When layer 0 is a convolution followed by a 2x2/2 max pool (LeNet), the pair's backward
-        is one kernel reading the pool's deltas (ConvolutionalLayer.backward_pooled): the same
-        floats as Darknet's maxpool backward into the zeroed conv delta, then conv backward."""
+        returns the network cost (mean of the layers' costs)."""
         self.seen = (self.seen + self.batch) & 0xFFFFFFFF
         self.truth = truth
-        layers = self.layers
-        pooled = len(layers) > 1 and getattr(layers[0], "takes_pooled_backward", None) is not None \
-            and layers[0].takes_pooled_backward(layers[1])
         current = input_buf
-        for i, layer in enumerate(layers):
-            if layer.delta is not None and layer.kind != "dropout" and not (pooled and i == 0):
+        for layer in self.layers:
+            if layer.delta is not None and layer.kind != "dropout":
                 _dlk.fill(len(layer.delta), 0.0, layer.delta)
             layer.forward(self, current, True)
             current = layer.output
-        for i in range(len(layers) - 1, -1, -1):
-            layer = layers[i]
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
             if layer.stopbackward:
                 break
             if i == 0:
-                if pooled:
-                    layer.backward_pooled(self, input_buf, layers[1])
-                else:
-                    layer.backward(self, input_buf, None)
-            elif not (pooled and i == 1):      # the pool's backward is part of layer 0's
-                prev = layers[i - 1]
+                layer.backward(self, input_buf, None)
+            else:
+                prev = self.layers[i - 1]
                 layer.backward(self, prev.output, prev.delta)
-        costs = [layer.cost for layer in layers if layer.has_cost]
+        costs = [layer.cost for layer in self.layers if layer.has_cost]
         error = f32(sum_f32(costs) / len(costs)) if costs else 0.0
         if (self.seen // self.batch) % self.subdivisions == 0:
             rate = learning_rate(self)
-            for layer in layers:
+            for layer in self.layers:
                 layer.update(self, rate)
         return error
 

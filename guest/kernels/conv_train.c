@@ -500,49 +500,14 @@ static void ct_dx_nhwc_any(int size, const float *Wq, const int *fl, const float
     }
 }
 
-/* The pooled deltas of one (image, filter) plane as the nonzero list of the conv's own deltas:
- * a 2x2/2 max pool after the conv gives conv delta[p] = 0 + pool_delta[o] at p = indexes[o] and
- * 0 elsewhere (Darknet: fill with 0, then maxpool backward adds). Listed in p order (per pool
- * row: the windows whose maximum is in the upper row, then the lower), times act'(out[p]).
- * Returns the count, or -1 when an index is not in its window (nor -1: no maximum). */
-static int ct_compact_pooled(const float *pd, const int32_t *pidx, long long base, const float *out, int act,
-                             int oh, int ow, int PW, int *off, float *val)
-{
-    int ph = oh / 2, pw = ow / 2, cnt = 0;
-    for (int oy = 0; oy < ph; ++oy)
-        for (int half = 0; half < 2; ++half)
-            for (int ox = 0; ox < pw; ++ox) {
-                int32_t idx = pidx[oy * pw + ox];
-                if (idx == -1) continue;
-                long long q = idx - base - (long long)2 * oy * ow - 2 * ox;   /* 0, 1, ow or ow + 1 */
-                int dy = q >= ow, dx = (int)(q - (long long)dy * ow);
-                if (q < 0 || dx < 0 || dx > 1 || dy > 1) return -1;
-                if (dy != half) continue;
-                int y = 2 * oy + dy, x = 2 * ox + dx;
-                float v = pd[oy * pw + ox], o = out[y * ow + x];
-                switch (act) {
-                case 1: v *= (float)(o > 0); break;
-                case 2: v *= o > 0 ? 1.f : .1f; break;
-                case 3: v *= (1 - o) * o; break;
-                default: break;
-                }
-                off[cnt] = y * PW + x;
-                val[cnt] = v;
-                cnt += v != 0.f;
-            }
-    return cnt;
-}
-
-/* conv_backward and conv_backward_pooled: delta (dense conv deltas) or pd/pidx (a 2x2/2 max pool's
- * deltas and indexes) give the deltas; prev (or NULL) receives the input gradient. */
+/* conv_backward on parsed arguments; prev_b: the input delta, or NULL. */
 static PyObject *ct_conv_backward(Py_buffer *in_b, int batch, int c, int h, int w, Py_buffer *out_b,
-                                  Py_buffer *delta_b, Py_buffer *pd_b, Py_buffer *pidx_b, int n, int size, int pad,
-                                  int act, Py_buffer *weights_b, Py_buffer *bupd_b, Py_buffer *wupd_b,
-                                  Py_buffer *prev_b)
+                                  Py_buffer *delta_b, int n, int size, int pad, int act, Py_buffer *weights_b,
+                                  Py_buffer *bupd_b, Py_buffer *wupd_b, Py_buffer *prev_b)
 {
-    Py_buffer in = *in_b, out = *out_b, weights = *weights_b, bupd = *bupd_b, wupd = *wupd_b;
-    Py_buffer delta = delta_b ? *delta_b : (Py_buffer){0}, prev = prev_b ? *prev_b : (Py_buffer){0};
-    int have_prev = prev_b != NULL, pooled = pd_b != NULL;
+    Py_buffer in = *in_b, out = *out_b, delta = *delta_b, weights = *weights_b, bupd = *bupd_b, wupd = *wupd_b;
+    Py_buffer prev = prev_b ? *prev_b : (Py_buffer){0};
+    int have_prev = prev_b != NULL;
     PyObject *result = NULL;
     float *pin = NULL, *val = NULL, *work = NULL, *Wp = NULL, *dval = NULL, *inn = NULL;
     int *off = NULL, *fl = NULL, *fmask = NULL;
@@ -550,20 +515,13 @@ static PyObject *ct_conv_backward(Py_buffer *in_b, int batch, int c, int h, int 
     if (batch < 0 || act < 0 || act > 3) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward: bad batch or activation"); goto done; }
     if (!ct_geometry(&g, c, h, w, n, size, pad, "conv_backward")) goto done;
     long long in_size = (long long)c * h * w, ohw = (long long)g.oh * g.ow, out_size = n * ohw;
-    if (pooled && (g.oh % 2 || g.ow % 2 || have_prev)) {
-        PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: needs an even output size and no input delta");
-        goto done;
-    }
-    long long pooled_size = pooled ? n * (long long)(g.oh / 2) * (g.ow / 2) : 0;
     if (!NEED_F(in, batch * in_size, "conv input") || !NEED_F(out, batch * out_size, "conv output") ||
-        (!pooled && !NEED_F(delta, batch * out_size, "conv delta")) ||
-        (pooled && (!NEED_F(*pd_b, batch * pooled_size, "maxpool delta") ||
-                    !dlk_need(pidx_b, batch * pooled_size, 4, "maxpool indexes"))) ||
+        !NEED_F(delta, batch * out_size, "conv delta") ||
         !NEED_F(weights, (long long)n * g.K, "conv weights") ||
         !NEED_F(bupd, n, "conv bias updates") || !NEED_F(wupd, (long long)n * g.K, "conv weight updates") ||
         (have_prev && !NEED_F(prev, batch * in_size, "conv input delta"))) goto done;
-    if (pooled && batch * out_size > 0x7FFFFFFF) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: too large"); goto done; }
-    /* dW reads in_pad[ch][y + ky][x .. x + 7]: PW >= ow - 1 + 8 and size - 1 + ... covered by ct_geometry */
+    /* dW reads in_pad[ch][y + ky][x .. x + 7]: lanes past the row (size < 8) are discarded; the last
+     * row's run past the planes needs the 16 spare floats */
     size_t plane_floats = (size_t)c * g.PH * g.PW + 16;
     pin = calloc(plane_floats, sizeof(float));
     off = malloc(sizeof(int) * (size_t)(ohw + 4));
@@ -582,9 +540,9 @@ static PyObject *ct_conv_backward(Py_buffer *in_b, int batch, int c, int h, int 
         PyErr_NoMemory(); goto done;
     }
     const float *W = F32(weights);
-    float *D = pooled ? NULL : F32(delta), *bu = F32(bupd), *wu = F32(wupd);
+    float *D = F32(delta), *bu = F32(bupd), *wu = F32(wupd);
     int fuse_relu = act == 1;                           /* relu: applied while compacting */
-    if (!pooled && !fuse_relu) ct_gradient(F32(out), D, batch * out_size, act);
+    if (!fuse_relu) ct_gradient(F32(out), D, batch * out_size, act);
     if (have_prev && nhwc)                              /* Wp[f][ky][kx*c + ch] = W[f][ch][ky][kx], 0 past size*c */
         for (int f = 0; f < n; ++f)
             for (int ch = 0; ch < c; ++ch)
@@ -601,29 +559,21 @@ static PyObject *ct_conv_backward(Py_buffer *in_b, int batch, int c, int h, int 
     long long plane = (long long)g.PH * g.PW;
     for (int b = 0; b < batch; ++b) {
         const float *src = F32(in) + b * in_size;
-        ct_pad_image(&g, src, pin);
         int same = c > 1;                               /* all channel planes bit-identical? */
         for (int ch = 1; ch < c && same; ++ch) same = ct_same(src, src + ch * (long long)h * w, (long long)h * w);
         int use_nhwc = nhwc && !same;
-        if (use_nhwc)                                   /* inn[y + pad][x + pad][ch] = in[ch][y][x] */
+        if (!use_nhwc) ct_pad_image(&g, src, pin);
+        else                                            /* inn[y + pad][x + pad][ch] = in[ch][y][x] */
             for (int ch = 0; ch < c; ++ch)
                 for (int y = 0; y < h; ++y) {
                     const float *srow = src + ((ptrdiff_t)ch * h + y) * w;
                     float *drow = inn + ((ptrdiff_t)(y + pad) * g.PW + pad) * c + ch;
                     for (int x = 0; x < w; ++x) drow[(ptrdiff_t)x * c] = srow[x];
                 }
-        const float *db = pooled ? NULL : D + b * out_size;
+        const float *db = D + b * out_size;
         for (int f = 0; f < n; ++f) {
-            int cnt;
-            if (pooled) {
-                long long po = ((long long)b * n + f) * (g.oh / 2) * (g.ow / 2);
-                cnt = ct_compact_pooled(F32(*pd_b) + po, (const int32_t *)pidx_b->buf + po, (b * (long long)n + f) * ohw,
-                                        F32(out) + b * out_size + f * ohw, act, g.oh, g.ow, g.PW, off, val);
-                if (cnt < 0) { PyErr_SetString(PyExc_ValueError, "_dlk.conv_backward_pooled: maxpool index out of its window"); goto done; }
-            } else {
-                cnt = ct_compact(D + b * out_size + f * ohw, F32(out) + b * out_size + f * ohw, fuse_relu,
+            int cnt = ct_compact(D + b * out_size + f * ohw, F32(out) + b * out_size + f * ohw, fuse_relu,
                                  g.oh, g.ow, g.PW, off, val);
-            }
             float bsum = 0;
             for (int j = 0; j < cnt; ++j) bsum += val[j];   /* Darknet's sum, without its zero terms */
             bu[f] += bsum;
@@ -730,36 +680,13 @@ static PyObject *dlk_conv_backward(PyObject *self, PyObject *args)
     int have_prev = prev_obj != Py_None;
     if (have_prev && PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) < 0) have_prev = -1;
     if (have_prev >= 0)
-        result = ct_conv_backward(&in, batch, c, h, w, &out, &delta, NULL, NULL, n, size, pad, act, &weights, &bupd,
-                                  &wupd, have_prev ? &prev : NULL);
+        result = ct_conv_backward(&in, batch, c, h, w, &out, &delta, n, size, pad, act, &weights, &bupd, &wupd,
+                                  have_prev ? &prev : NULL);
     PyBuffer_Release(&in); PyBuffer_Release(&out); PyBuffer_Release(&delta); PyBuffer_Release(&weights);
     PyBuffer_Release(&bupd); PyBuffer_Release(&wupd);
     if (have_prev > 0) PyBuffer_Release(&prev);
     return result;
 }
-
-/* conv_backward for a layer without input delta followed by a 2x2/2 max pool (windows inside):
- * the conv deltas come from the pool's (delta, indexes) -- the maxpool backward, the zeroing of
- * the conv's delta buffer and the scan of its zeros are not needed. The same floats as
- * maxpool_backward into a zeroed delta followed by conv_backward, with one more exception: the
- * positions that are no window's maximum are not visited, where Darknet multiplies a zero delta
- * by act'(out) -- NaN if that is infinite (a logistic layer whose outputs are +-inf: never for
- * relu, linear or leaky). The conv's delta buffer is left alone. */
-static PyObject *dlk_conv_backward_pooled(PyObject *self, PyObject *args)
-{
-    Py_buffer in, out, pd, pidx, weights, bupd, wupd;
-    int batch, c, h, w, n, size, pad, act;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*y*y*iiiiy*w*w*", &in, &batch, &c, &h, &w, &out, &pd, &pidx, &n, &size, &pad,
-                          &act, &weights, &bupd, &wupd))
-        return NULL;
-    PyObject *result = ct_conv_backward(&in, batch, c, h, w, &out, NULL, &pd, &pidx, n, size, pad, act, &weights,
-                                        &bupd, &wupd, NULL);
-    PyBuffer_Release(&in); PyBuffer_Release(&out); PyBuffer_Release(&pd); PyBuffer_Release(&pidx);
-    PyBuffer_Release(&weights); PyBuffer_Release(&bupd); PyBuffer_Release(&wupd);
-    return result;
-}
-
-/* ---------------------------------------------------------------- maxpool 2x2 / 2 */
 
 /* best, bi := v, i in the lanes where v > best (strict: the first maximum wins) */
 #define CT_TAKE(v, i) do { v4i m_ = (v) > best; best = (v4f)(((v4i)(v) & m_) | ((v4i)best & ~m_)); \

@@ -77,8 +77,6 @@ static PyMethodDef dlk_methods[] = {
      "conv_forward(in, batch, c, h, w, weights, n, size, pad, biases, act, out): stride-1 conv + bias + act"},
     {"conv_backward", dlk_conv_backward, METH_VARARGS,
      "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, prev_delta|None)"},
-    {"conv_backward_pooled", dlk_conv_backward_pooled, METH_VARARGS,
-     "conv_backward_pooled(in, batch, c, h, w, out, pool_delta, pool_indexes, n, size, pad, act, weights, bias_upd, weight_upd)"},
     {"maxpool_forward_2x2", dlk_maxpool_forward_2x2, METH_VARARGS,
      "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
     {"connected_backward", dlk_connected_backward, METH_VARARGS,

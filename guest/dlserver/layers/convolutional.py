@@ -160,20 +160,6 @@ class ConvolutionalLayer(Layer):
                 if self.size != 1:
                     _dlk.col2im(self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta)
 
-    def takes_pooled_backward(self, pool) -> bool:
-        """Can backward_pooled stand for pool.backward + self.backward (a 2x2/2 max pool next,
-        every window inside the output)?"""
-        return (self.fused and pool.kind == "maxpool" and pool.size == 2 and pool.stride == 2 and pool.pad == 1
-                and self.out_h % 2 == 0 and self.out_w % 2 == 0)
-
-    def backward_pooled(self, net, input_buf, pool) -> None:
-        """backward of a layer without input delta whose deltas come from the 2x2/2 max pool after
-        it: conv_backward_pooled reads the pool's deltas and indexes (no maxpool backward, no
-        zeroed delta buffer to scan). self.delta is not used."""
-        _dlk.conv_backward_pooled(input_buf, self.batch, self.c, self.h, self.w, self.output, pool.delta, pool.indexes,
-                                  self.n, self.size, self.pad, self.activation, self.weights, self.bias_updates,
-                                  self.weight_updates)
-
     def update(self, net, rate: float) -> None:
         """SGD with momentum and decay (Darknet update_convolutional_layer)."""
         fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
