@@ -42,7 +42,7 @@ def sha(path) -> str:
 
 @pytest.fixture(scope="module")
 def program() -> str:
-    runtime.load_component(runtime.make_engine(), WASM, runtime.default_cache_dir())
+    runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
     return str(WASM)
 
 

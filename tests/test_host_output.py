@@ -53,7 +53,7 @@ def test_every_line_of_a_long_valid_arrives(tmp_path, monkeypatch, capfd, dump):
     (ws / "zero.weights").write_bytes(struct.pack("<iiiQ", 0, 2, 0, 0) + bytes(4 * LENET_PARAMETERS))
     (ws / "args.cfg").write_text("classifier\nvalid\nv.dataset\ncfg/mnist_lenet.cfg\nzero.weights\n")
     monkeypatch.chdir(ws)
-    runtime.load_component(runtime.make_engine(), WASM, runtime.default_cache_dir())
+    runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
     flags = ["-d", "-e"] if dump else []
     status = cli.main(["--program", str(WASM), "--no-progress", "-i", "args.cfg", "cfg", "images",
                        "valid.list", "labels.list", "v.dataset", "zero.weights", *flags])

@@ -27,7 +27,7 @@ def test_cache_is_keyed_by_content_version_and_engine_settings(empty_component, 
     runtime.load_component(runtime.make_engine(), empty_component, cache)
     (entry,) = cache_entries(cache)
     digest = hashlib.sha256(empty_component.read_bytes()).hexdigest()
-    assert entry == f"{digest}-wasmtime{runtime.wasmtime_version()}-{runtime.ENGINE_SETTINGS}.cwasm"
+    assert entry == f"{digest}-wasmtime{runtime.wasmtime_version()}-{runtime.ENGINE_SETTINGS[True]}.cwasm"
     assert runtime.wasmtime_version() == "50.0.1"
 
 

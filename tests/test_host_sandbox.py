@@ -55,7 +55,7 @@ def gray_png(width: int = 28, height: int = 28) -> bytes:
 @pytest.fixture(scope="session")
 def program() -> str:
     """The component, compiled once into the shared compile cache for the whole session."""
-    runtime.load_component(runtime.make_engine(), WASM, runtime.default_cache_dir())
+    runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
     return str(WASM)
 
 

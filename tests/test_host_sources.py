@@ -275,7 +275,7 @@ class FakeGuestRun:
 @pytest.fixture
 def fake_guest(monkeypatch, workspace, tmp_path):
     monkeypatch.setattr(runtime, "GuestRun", FakeGuestRun)
-    monkeypatch.setattr(runtime, "make_engine", lambda: None)
+    monkeypatch.setattr(runtime, "make_engine", lambda interruptible=True: None)
     monkeypatch.setattr(runtime, "load_component", lambda engine, path, cache: None)
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace, recorder=None) -> tuple[int, str, str | None]
             except OSError as e:
                 raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
             recorder.program(args.program, digest)
-        engine = make_engine()
+        engine = make_engine(interruptible=args.timeout is not None)
         output.set_status(f"loading {os.path.basename(args.program)} "
                           "(compiled once, then cached)")
         component = load_component(engine, args.program,
