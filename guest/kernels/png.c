@@ -5,23 +5,10 @@
  *   paeth: p = a + b - c; the one of a, b, c closest to p (ties in that order); all mod 256 */
 #include "dlk_common.h"
 
-static PyObject *dlk_png_unfilter(PyObject *self, PyObject *args)
+/* Reconstruct `height` rows (each: filter byte + rowbytes bytes) into o; returns -1, or the
+ * index of the first row whose filter type is past 4. */
+static int png_unfilter_rows(const unsigned char *in, int height, int rowbytes, int bpp, unsigned char *o)
 {
-    Py_buffer src, out;
-    int height, rowbytes, bpp;
-    if (!PyArg_ParseTuple(args, "y*iiiw*", &src, &height, &rowbytes, &bpp, &out)) return NULL;
-    PyObject *result = NULL;
-    if (height < 0 || rowbytes < 0 || bpp < 1 || bpp > 8) {
-        PyErr_SetString(PyExc_ValueError, "bad scanline geometry"); goto done;
-    }
-    if (src.len < (Py_ssize_t)height * (rowbytes + 1)) {
-        PyErr_Format(PyExc_ValueError, "image data too short: %zd bytes, %lld needed",
-                     src.len, (long long)height * (rowbytes + 1));
-        goto done;
-    }
-    if (!dlk_need(&out, (long long)height * rowbytes, 1, "png output")) goto done;
-    const unsigned char *in = (const unsigned char *)src.buf;
-    unsigned char *o = (unsigned char *)out.buf;
     for (int y = 0; y < height; ++y) {
         int filter = in[(long long)y * (rowbytes + 1)];
         const unsigned char *x = in + (long long)y * (rowbytes + 1) + 1;
@@ -50,9 +37,32 @@ static PyObject *dlk_png_unfilter(PyObject *self, PyObject *args)
             }
             break;
         default:
-            PyErr_Format(PyExc_ValueError, "bad filter type %d in row %d", filter, y);
-            goto done;
+            return y;
         }
+    }
+    return -1;
+}
+
+static PyObject *dlk_png_unfilter(PyObject *self, PyObject *args)
+{
+    Py_buffer src, out;
+    int height, rowbytes, bpp;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &src, &height, &rowbytes, &bpp, &out)) return NULL;
+    PyObject *result = NULL;
+    if (height < 0 || rowbytes < 0 || bpp < 1 || bpp > 8) {
+        PyErr_SetString(PyExc_ValueError, "bad scanline geometry"); goto done;
+    }
+    if (src.len < (Py_ssize_t)height * (rowbytes + 1)) {
+        PyErr_Format(PyExc_ValueError, "image data too short: %zd bytes, %lld needed",
+                     src.len, (long long)height * (rowbytes + 1));
+        goto done;
+    }
+    if (!dlk_need(&out, (long long)height * rowbytes, 1, "png output")) goto done;
+    int bad = png_unfilter_rows((const unsigned char *)src.buf, height, rowbytes, bpp, (unsigned char *)out.buf);
+    if (bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "bad filter type %d in row %d",
+                     ((const unsigned char *)src.buf)[(long long)bad * (rowbytes + 1)], bad);
+        goto done;
     }
     result = Py_None; Py_INCREF(result);
 done:

@@ -334,36 +334,10 @@ static int pf_inflate(const unsigned char *in, size_t len, unsigned char *out, s
     }
 }
 
-/* PNG scanline reconstruction; 0 on a filter type past 4. */
+/* PNG scanline reconstruction (png.c's png_unfilter_rows); 0 on a filter type past 4. */
 static int pf_unfilter(const unsigned char *in, int height, int rowbytes, int bpp, unsigned char *o)
 {
-    for (int y = 0; y < height; ++y) {
-        int filter = in[(size_t)y * (rowbytes + 1)];
-        const unsigned char *x = in + (size_t)y * (rowbytes + 1) + 1;
-        unsigned char *row = o + (size_t)y * rowbytes;
-        const unsigned char *up = y ? row - rowbytes : NULL;
-        switch (filter) {
-        case 0: for (int i = 0; i < rowbytes; ++i) row[i] = x[i]; break;
-        case 1: for (int i = 0; i < rowbytes; ++i) row[i] = x[i] + (i >= bpp ? row[i - bpp] : 0); break;
-        case 2: for (int i = 0; i < rowbytes; ++i) row[i] = x[i] + (up ? up[i] : 0); break;
-        case 3:
-            for (int i = 0; i < rowbytes; ++i) {
-                int a = i >= bpp ? row[i - bpp] : 0, b = up ? up[i] : 0;
-                row[i] = x[i] + ((a + b) >> 1);
-            }
-            break;
-        case 4:
-            for (int i = 0; i < rowbytes; ++i) {
-                int a = i >= bpp ? row[i - bpp] : 0, b = up ? up[i] : 0;
-                int c = (i >= bpp && up) ? up[i - bpp] : 0;
-                int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
-                row[i] = x[i] + ((pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c));
-            }
-            break;
-        default: return 0;
-        }
-    }
-    return 1;
+    return png_unfilter_rows(in, height, rowbytes, bpp, o) < 0;
 }
 
 /* 1: decoded into out; 0: not handled here (the Python decoder decides). -1: out of memory. */
