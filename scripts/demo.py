@@ -1,7 +1,6 @@
 """`make demo`: the README's main job. Train LeNet on MNIST inside the sandbox through the
 `dl-server` host (inputs args.cfg, cfg, data; output model), then validate on the 10000
 test images, and report accuracy, training time and where the results are."""
-import os
 import re
 import shutil
 import subprocess

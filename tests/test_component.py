@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from conftest import EXPECTED, MNIST_IMAGE, ROOT, run_wasmtime, seed_file
+from conftest import EXPECTED, MNIST_IMAGE, run_wasmtime
 from dlserver.main import main
 
 pytestmark = pytest.mark.component

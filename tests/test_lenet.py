@@ -1,8 +1,6 @@
 """LeNet from the seed: layer table, weights round trip, forward against numpy, predict."""
-import io
 import shutil
-import struct
-import sys
+from array import array
 
 import numpy as np
 import pytest
@@ -94,13 +92,12 @@ def test_forward_matches_numpy_reference():
     rng = np.random.default_rng(0)
     x = rng.random((5, 3, 28, 28), dtype=np.float32)
     net.set_batch(5)
-    ours = np.frombuffer(net.predict(x.tobytes() and __import__("array").array("f", x.ravel())), np.float32)
+    ours = np.frombuffer(net.predict(array("f", x.ravel())), np.float32)
     ref = _numpy_lenet(net, x).ravel()
     np.testing.assert_allclose(ours[:ref.size], ref, rtol=1e-4, atol=1e-6)
 
 
 def test_batched_forward_equals_one_by_one():
-    from array import array
     net = load_network(CFG, str(seed_file("model/mnist_lenet.weights")))
     rng = np.random.default_rng(1)
     x = rng.random((4, 3 * 28 * 28), dtype=np.float32)

@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from conftest import ROOT, seed_file
+from conftest import seed_file
 from dlserver.main import main
 
 PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights",

@@ -1,6 +1,5 @@
 """classifier train (spec §5) on a small synthetic set: loss, saves, resume, errors."""
 import re
-import shutil
 from array import array
 
 import numpy as np
