@@ -98,4 +98,16 @@ static PyMethodDef dlk_methods[] = {
 
 static struct PyModuleDef dlk_module = {PyModuleDef_HEAD_INIT, "_dlk", "dl-server kernels", -1, dlk_methods};
 
-PyMODINIT_FUNC PyInit__dlk(void) { return PyModule_Create(&dlk_module); }
+PyMODINIT_FUNC PyInit__dlk(void)
+{
+    PyObject *m = PyModule_Create(&dlk_module);
+    if (m == NULL) return NULL;
+    static const struct { const char *name; long value; } constants[] = {
+        {"ACT_LINEAR", ACT_LINEAR}, {"ACT_RELU", ACT_RELU}, {"ACT_LEAKY", ACT_LEAKY}, {"ACT_LOGISTIC", ACT_LOGISTIC},
+        {"JPEG_GRAY", JPG_MODE_GRAY}, {"JPEG_YCBCR", JPG_MODE_YCBCR}, {"JPEG_RGB", JPG_MODE_RGB},
+        {"JPEG_CMYK", JPG_MODE_CMYK}, {"JPEG_YCCK", JPG_MODE_YCCK},
+    };
+    for (size_t i = 0; i < sizeof constants / sizeof constants[0]; ++i)
+        if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}
