@@ -66,3 +66,37 @@ bench: dl-server.wasm $(NATIVE_KERNEL)
 
 clean:
 	rm -rf build dl-server.wasm
+
+.PHONY: lint format help
+
+RUFF := $(VENV)/bin/ruff
+MYPY := $(VENV)/bin/mypy
+
+# ruff (rules, formatting) and mypy, as configured in pyproject.toml; changes nothing
+lint: | $(VENV)/.setup-done
+	$(RUFF) check .
+	$(RUFF) format --check .
+	$(MYPY)
+
+# rewrite: ruff's safe fixes, then ruff format
+format: | $(VENV)/.setup-done
+	$(RUFF) check --fix .
+	$(RUFF) format .
+
+help:
+	@echo 'make [target] [variable=value ...]'
+	@echo '  all (default)   build dl-server.wasm (the guest, componentize-py, the _dlk kernels for wasm)'
+	@echo '  setup           create .venv with the pinned tools (pip install -e .[dev])'
+	@echo '  kernels         build _dlk for wasm (build/wasm) and natively (build/native)'
+	@echo '  dl-server.wasm  the component itself'
+	@echo '  test            all tests: native unit tests and the component under wasmtime'
+	@echo '  test-fast       the tests that are neither slow nor component tests'
+	@echo '  lint            ruff check, ruff format --check, mypy (changes nothing)'
+	@echo '  format          ruff check --fix, then ruff format (rewrites files)'
+	@echo '  bench           the speed table of README.md'
+	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
+	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
+	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
+	@echo '  federated       FedAvg over MNIST shards: num-clients= rounds= batches= data-dist= [alpha= seed=]'
+	@echo '  clean           remove build/ and dl-server.wasm'
+	@echo '  help            this list'
