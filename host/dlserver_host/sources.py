@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from .atomic import atomic_file
+
 ROOT = PurePosixPath(".")
-TEMP_SUFFIX = ".dl-server-tmp"
 
 
 class SourceError(Exception):
@@ -200,28 +201,8 @@ def _regular_files(top: Path, skip: set[PurePosixPath]):
 
 def _replace_file(private_file: Path, dest: Path) -> None:
     """Copy ``private_file`` to ``dest`` through a temporary name in dest's directory."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old = os.lstat(dest)
-        mode = stat.S_IMODE(old.st_mode) if stat.S_ISREG(old.st_mode) else None
-    except FileNotFoundError:
-        mode = None
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(private_file, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-            os.fchmod(out.fileno(), mode)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(dest) as out, open(private_file, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _source_kind(cwd: Path, rel: PurePosixPath, role: str) -> str:
