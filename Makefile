@@ -43,7 +43,7 @@ test-fast: $(NATIVE_KERNEL)
 
 # data-dist=non-iid: label skew, Dirichlet(alpha) per class over the clients (alpha=, seed= optional)
 mnist_training: | $(VENV)/.setup-done
-	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
+	$(VENV)/bin/dl-server-mnist --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
 
 # model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (scripts/fetch_yolo.py says from where)
 yolo_detection: | $(VENV)/.setup-done

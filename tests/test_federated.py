@@ -1,7 +1,7 @@
 """scripts/federated.py: FedAvg rounds, each step a sandboxed dl-server run.
 
 The slow tests run tiny federations (2-4 clients, a few batches, fake MNIST of a few
-dozen images prepared by scripts/prepare_mnist.py in a temporary root) through the real
+dozen images prepared by dlserver_tools.mnist in a temporary root) through the real
 component; the others check the aggregation tree and the set-up checks without it.
 """
 import importlib.util
@@ -48,7 +48,7 @@ def prepared_root(tmp_path: Path, clients: int, *dist: str, n_train=40, n_test=2
     root = tmp_path / "root"
     (root / "data" / "mnist").mkdir(parents=True)
     shutil.copy(REPO / "data" / "mnist" / "mnist.labels.list", root / "data" / "mnist")
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_mnist.py"), "--root", str(root),
+    r = subprocess.run([sys.executable, "-m", "dlserver_tools.mnist", "--root", str(root),
                         "--num-clients", str(clients), "--mnist-dir", str(tmp_path / "idx"), *dist],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
