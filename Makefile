@@ -59,7 +59,7 @@ federated: num-clients = 4
 rounds ?= 3
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(PY) scripts/federated.py --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
+	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py

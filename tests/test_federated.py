@@ -1,4 +1,4 @@
-"""scripts/federated.py: FedAvg rounds, each step a sandboxed dl-server run.
+"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step a sandboxed dl-server run.
 
 The slow tests run tiny federations (2-4 clients, a few batches, fake MNIST of a few
 dozen images prepared by dlserver_tools.mnist in a temporary root) through the real
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlserver_tools import federated as fed
+
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
-SCRIPT = REPO / "scripts" / "federated.py"
 HEADER = 20                                  # major, minor, revision, 8-byte seen
 
 
@@ -30,7 +31,6 @@ def _load(name: str, path: Path):
     return mod
 
 
-fed = _load("federated", SCRIPT)
 
 
 def fake_idx(d: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -56,8 +56,8 @@ def prepared_root(tmp_path: Path, clients: int, *dist: str, n_train=40, n_test=2
 
 
 def run_federated(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "dlserver_tools.federated", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
 def params(path: Path) -> np.ndarray:
@@ -135,9 +135,9 @@ def test_equal_weighting_ignores_the_counts():
 
 def test_refuses_data_prepared_for_another_split(tmp_path):
     root = prepared_root(tmp_path, 2)
-    r = run_federated(root, "--num-clients", "3", "--program", str(SCRIPT))
+    r = run_federated(root, "--num-clients", "3", "--program", fed.__file__)
     assert r.returncode == 1 and "not prepared for 3 clients" in r.stderr
-    r = run_federated(root, "--num-clients", "2", "--data-dist", "non-iid", "--program", str(SCRIPT))
+    r = run_federated(root, "--num-clients", "2", "--data-dist", "non-iid", "--program", fed.__file__)
     assert r.returncode == 1 and "split iid, not non-iid" in r.stderr
 
 
@@ -146,10 +146,10 @@ def test_make_federated_prepares_the_data_first():
                         "data-dist=non-iid", "batches=5"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     prep = r.stdout.index("mnist_training num-clients=3 data-dist=non-iid")
-    run = r.stdout.index("scripts/federated.py --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
+    run = r.stdout.index("dl-server-federated --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
     assert prep < run
     r = subprocess.run(["make", "-n", "-C", str(REPO), "federated"], capture_output=True, text=True)
-    assert "scripts/federated.py --num-clients 4 --rounds 3 --data-dist iid" in r.stdout
+    assert "dl-server-federated --num-clients 4 --rounds 3 --data-dist iid" in r.stdout
 
 
 # --------------------------------------------------------------------------
