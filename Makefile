@@ -45,9 +45,9 @@ test-fast: $(NATIVE_KERNEL)
 mnist_training: | $(VENV)/.setup-done
 	$(VENV)/bin/dl-server-mnist --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
 
-# model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (scripts/fetch_yolo.py says from where)
+# model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (dl-server-fetch-yolo --help says from where)
 yolo_detection: | $(VENV)/.setup-done
-	$(PY) scripts/fetch_yolo.py
+	$(VENV)/bin/dl-server-fetch-yolo
 
 demo: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
