@@ -48,7 +48,7 @@ NATIVE_DARKNET_MS = 38.0     # native Darknet, as measured by the issue
 TARGET_MS = 20.0
 
 
-def train_component(guest: Path = ROOT / "guest", kernels: Path = ROOT / "build" / "wasm") -> Path:
+def train_component(guest: Path, kernels: Path) -> Path:
     """dl-server as a component of `guest` and the _dlk in `kernels`, built once per content."""
     inputs = sorted(p for p in guest.rglob("*") if p.is_file() and "__pycache__" not in p.parts
                     and p.suffix in (".py", ".c", ".h")) + [kernels / "_dlk.abi3.so"]

@@ -81,7 +81,7 @@ def is_interruptible(engine) -> bool:
     return getattr(engine, "dl_server_interruptible", True)
 
 
-def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None = None):
+def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None):
     """Compile ``wasm_path``, or load it from the compile cache (``cache_dir=None``: no cache).
 
     A cache file is used only if it is owned by us; a stale or broken one is

@@ -15,7 +15,7 @@ from dlserver_host.atomic import TEMP_SUFFIX, write_atomically
 from .dataset import CLASSES, COLS, ROWS, Dataset
 from .errors import Progress, UsageError, log
 from .png import encode_png_rows
-from .split import DEFAULT_ALPHA, DEFAULT_SEED, SPLIT_DESCRIPTION, dist_params, iid_split, non_iid_split, split_digest
+from .split import SPLIT_DESCRIPTION, dist_params, iid_split, non_iid_split, split_digest
 
 
 FORMAT_VERSION = 1
@@ -126,8 +126,7 @@ def is_prepared(root: Path, num_clients: int, params: dict, want_source) -> dict
     return m
 
 
-def build(root: Path, ds: Dataset, num_clients: int, data_dist: str,
-          alpha: float = DEFAULT_ALPHA, seed: int = DEFAULT_SEED) -> dict:
+def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: float, seed: int) -> dict:
     """Write (or bring up to date) the image tree, the lists and the manifest.
 
     Existing images from an earlier run (any N) are reused: a file whose name
