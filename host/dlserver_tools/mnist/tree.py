@@ -31,7 +31,8 @@ def marker_path(mnist_out: Path, num_clients: int) -> Path:
 
 _GENERATED_DIR = re.compile(r"^images(_client\d+)?$")
 _GENERATED_NAME = r"(mnist\.(train|valid)(\.client\d+)?\.list|\.prepared-\d+\.json)"
-_GENERATED_FILE = re.compile(rf"^({_GENERATED_NAME}|\.{_GENERATED_NAME}\.[^.]+{re.escape(TEMP_SUFFIX)})$")   # or a write's leftover
+# a generated file, or what an interrupted atomic write of one left behind
+_GENERATED_FILE = re.compile(rf"^({_GENERATED_NAME}|\.{_GENERATED_NAME}\.[^.]+{re.escape(TEMP_SUFFIX)})$")
 
 
 def clean_stale_files(mnist_out: Path) -> None:
