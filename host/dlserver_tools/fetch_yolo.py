@@ -17,7 +17,6 @@ right hash is left alone (idempotent). Sources, first that works:
 Paths are relative to the current directory, the repository root under make.
 """
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from dlserver_host.atomic import atomic_file
+from dlserver_host.manifest import sha256_file
 
 CACHE = Path("data") / "cache" / "yolo"
 
@@ -52,16 +52,8 @@ class FetchError(Exception):
     pass
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def in_place(path: Path, sha: str) -> bool:
-    return path.is_file() and sha256_of(path) == sha
+    return path.is_file() and sha256_file(path)[0] == sha
 
 
 def install(target: Path, sha: str, source: str, fill: Callable[[BinaryIO], None]) -> None:
@@ -69,7 +61,7 @@ def install(target: Path, sha: str, source: str, fill: Callable[[BinaryIO], None
     with atomic_file(target) as out:
         fill(out)
         out.flush()
-        got = sha256_of(Path(out.name))
+        got = sha256_file(out.name)[0]
         if got != sha:
             raise FetchError(f"{source}: sha256 {got}, expected {sha}")
     print(f"{target}: from {source} (sha256 ok)")

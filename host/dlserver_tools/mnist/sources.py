@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlserver_host.manifest import sha256_file
+
 from .dataset import COLS, ROWS, Dataset
 from .errors import PrepError, SourceUnavailable, UsageError, log
 from .idx import from_idx_bytes
@@ -77,14 +79,6 @@ SUBPROCESS_TIMEOUT = 600
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_sha256(what: str, actual: str, expected: str, hint: str = "") -> None:
@@ -198,7 +192,7 @@ def _download(cmd: list[str], cache_dir: Path, fname: str, sha: str, what: str) 
         if not got.is_file():
             made = ", ".join(sorted(p.name for p in tmp.iterdir())) or "nothing"
             raise PrepError(f"{what}: expected {fname}, the download produced {made}")
-        check_sha256(f"{what}: downloaded {fname}", sha256_file(got), sha)
+        check_sha256(f"{what}: downloaded {fname}", sha256_file(got)[0], sha)
         os.replace(got, cache_dir / fname)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,7 +201,7 @@ def _download(cmd: list[str], cache_dir: Path, fname: str, sha: str, what: str) 
 def _verify_cached(path: Path, expected: str, what: str) -> None:
     check_sha256(
         f"{what} {path}",
-        sha256_file(path),
+        sha256_file(path)[0],
         expected,
         hint=" -- delete the file to download it again",
     )
