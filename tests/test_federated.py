@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlserver_host.darknet_output import onnx_value_line
 from dlserver_tools import federated as fed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,8 +281,7 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     x = numpy_helper.to_array(onnx.load_tensor(str(tmp_path / "input.pb")))
     expected = ReferenceEvaluator(averaged).run(None, {"input": x})[0][0]
     assert main(["dl-server", "aggregation", "onnx_predict", "avg.onnx", "input.pb"]) == 0
-    values = [float(line.split(" = ")[1]) for line in capsys.readouterr().out.splitlines()
-              if line.startswith("n_float_data[")]
+    values = [v.value for line in capsys.readouterr().out.splitlines() if (v := onnx_value_line(line))]
     np.testing.assert_allclose(values, expected, atol=1e-4)
 
     # and the component gives the same bytes as the native run

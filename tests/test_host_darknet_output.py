@@ -25,3 +25,9 @@ def test_predicted_line():
     line = "%s: Predicted in %f seconds.\n" % ("data/dog: 1.jpg", 0.331)
     assert out.predicted_line(line) == out.PredictedLine("data/dog: 1.jpg", 0.331)
     assert out.predicted_line("dog: 57%") is None
+
+
+def test_onnx_value_line():
+    assert out.onnx_value_line("n_float_data[%d] = %f\n" % (3, -12.5)) == out.OnnxValue(3, -12.5)
+    assert math.isnan(out.onnx_value_line("n_float_data[0] = %f" % math.nan).value)
+    assert out.onnx_value_line("finished!") is None

@@ -6,6 +6,7 @@ or None when the line is not of that kind:
     train_line   ``%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images``  (classifier train, per batch)
     top_line     ``%d: top 1: %f, top %d: %f``                            (classifier valid, per image)
     predicted_line  ``%s: Predicted in %f seconds.``                       (detect)
+    onnx_value_line ``n_float_data[%d] = %f``                              (aggregation onnx_predict)
 
 ``train_lines`` and ``last_top_line`` apply them to a run's whole stdout.
 """
@@ -23,6 +24,7 @@ TRAIN_LINE = re.compile(
     rf"(?P<rate>\d+\.\d{{6}}) rate, (?P<seconds>\d+\.\d{{6}}) seconds, (?P<images>\d+) images$")
 TOP_LINE = re.compile(r"^(?P<index>\d+): top 1: (?P<top1>\d+\.\d{6}), top (?P<k>\d+): (?P<topk>\d+\.\d{6})$")
 PREDICTED_LINE = re.compile(r"^(?P<filename>.*): Predicted in (?P<seconds>\d+\.\d{6}) seconds\.$")
+ONNX_VALUE_LINE = re.compile(rf"^n_float_data\[(?P<index>\d+)\] = (?P<value>{_FLOAT})$")
 
 
 class TrainLine(NamedTuple):
@@ -45,6 +47,11 @@ class TopLine(NamedTuple):
 class PredictedLine(NamedTuple):
     filename: str
     seconds: float      # the forward pass
+
+
+class OnnxValue(NamedTuple):
+    index: int          # position in the model's output
+    value: float
 
 
 def _match(pattern: re.Pattern, line: str):
@@ -83,3 +90,10 @@ def predicted_line(line: str) -> PredictedLine | None:
     if m is None:
         return None
     return PredictedLine(m["filename"], float(m["seconds"]))
+
+
+def onnx_value_line(line: str) -> OnnxValue | None:
+    m = _match(ONNX_VALUE_LINE, line)
+    if m is None:
+        return None
+    return OnnxValue(int(m["index"]), float(m["value"]))
