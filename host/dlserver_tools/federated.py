@@ -337,7 +337,7 @@ class Federation:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="dl-server-federated", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-clients", type=int, default=4, metavar="N")
     p.add_argument("--rounds", type=int, default=3, metavar="R")

@@ -155,7 +155,7 @@ def fetch(target: Path, sha: str, sources: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dl-server-fetch-yolo", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="your own copy of yolov3-tiny.weights (also $YOLO_WEIGHTS)")
     parser.add_argument("--image", help="your own copy of Darknet's data/dog.jpg")
     parser.add_argument("--no-download", action="store_true", help="skip the official download")

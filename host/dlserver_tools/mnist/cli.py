@@ -19,6 +19,7 @@ from .tree import build, is_prepared
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
+        prog="dl-server-mnist",
         description="Prepare data/mnist/ (PNG images, lists, per-client shards) from MNIST.",
     )
     p.add_argument("--num-clients", type=int, required=True, metavar="N",
