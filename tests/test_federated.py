@@ -1,7 +1,7 @@
-"""scripts/federated.py: FedAvg rounds, each step a sandboxed dl-server run.
+"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step a sandboxed dl-server run.
 
 The slow tests run tiny federations (2-4 clients, a few batches, fake MNIST of a few
-dozen images prepared by scripts/prepare_mnist.py in a temporary root) through the real
+dozen images prepared by dlserver_tools.mnist in a temporary root) through the real
 component; the others check the aggregation tree and the set-up checks without it.
 """
 import importlib.util
@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlserver_host.darknet_output import onnx_value_line
+from dlserver_tools import federated as fed
+
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
-SCRIPT = REPO / "scripts" / "federated.py"
 HEADER = 20                                  # major, minor, revision, 8-byte seen
 
 
@@ -30,7 +32,6 @@ def _load(name: str, path: Path):
     return mod
 
 
-fed = _load("federated", SCRIPT)
 
 
 def fake_idx(d: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -48,7 +49,7 @@ def prepared_root(tmp_path: Path, clients: int, *dist: str, n_train=40, n_test=2
     root = tmp_path / "root"
     (root / "data" / "mnist").mkdir(parents=True)
     shutil.copy(REPO / "data" / "mnist" / "mnist.labels.list", root / "data" / "mnist")
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_mnist.py"), "--root", str(root),
+    r = subprocess.run([sys.executable, "-m", "dlserver_tools.mnist", "--root", str(root),
                         "--num-clients", str(clients), "--mnist-dir", str(tmp_path / "idx"), *dist],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -56,8 +57,8 @@ def prepared_root(tmp_path: Path, clients: int, *dist: str, n_train=40, n_test=2
 
 
 def run_federated(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "dlserver_tools.federated", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
 def params(path: Path) -> np.ndarray:
@@ -135,9 +136,9 @@ def test_equal_weighting_ignores_the_counts():
 
 def test_refuses_data_prepared_for_another_split(tmp_path):
     root = prepared_root(tmp_path, 2)
-    r = run_federated(root, "--num-clients", "3", "--program", str(SCRIPT))
+    r = run_federated(root, "--num-clients", "3", "--program", fed.__file__)
     assert r.returncode == 1 and "not prepared for 3 clients" in r.stderr
-    r = run_federated(root, "--num-clients", "2", "--data-dist", "non-iid", "--program", str(SCRIPT))
+    r = run_federated(root, "--num-clients", "2", "--data-dist", "non-iid", "--program", fed.__file__)
     assert r.returncode == 1 and "split iid, not non-iid" in r.stderr
 
 
@@ -146,10 +147,10 @@ def test_make_federated_prepares_the_data_first():
                         "data-dist=non-iid", "batches=5"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     prep = r.stdout.index("mnist_training num-clients=3 data-dist=non-iid")
-    run = r.stdout.index("scripts/federated.py --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
+    run = r.stdout.index("dl-server-federated --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
     assert prep < run
     r = subprocess.run(["make", "-n", "-C", str(REPO), "federated"], capture_output=True, text=True)
-    assert "scripts/federated.py --num-clients 4 --rounds 3 --data-dist iid" in r.stdout
+    assert "dl-server-federated --num-clients 4 --rounds 3 --data-dist iid" in r.stdout
 
 
 # --------------------------------------------------------------------------
@@ -280,8 +281,7 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     x = numpy_helper.to_array(onnx.load_tensor(str(tmp_path / "input.pb")))
     expected = ReferenceEvaluator(averaged).run(None, {"input": x})[0][0]
     assert main(["dl-server", "aggregation", "onnx_predict", "avg.onnx", "input.pb"]) == 0
-    values = [float(line.split(" = ")[1]) for line in capsys.readouterr().out.splitlines()
-              if line.startswith("n_float_data[")]
+    values = [v.value for line in capsys.readouterr().out.splitlines() if (v := onnx_value_line(line))]
     np.testing.assert_allclose(values, expected, atol=1e-4)
 
     # and the component gives the same bytes as the native run

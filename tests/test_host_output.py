@@ -6,7 +6,6 @@ of one guest write and dropped the rest silently; `classifier valid` writes the 
 line included.  The host now sends the guest's stdout/stderr to files it tails.
 """
 import os
-import re
 import shutil
 import struct
 import zlib
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dlserver_host import cli, runtime
+from dlserver_host.darknet_output import top_line
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = Path(os.environ.get("DL_SERVER_WASM", REPO / "dl-server.wasm"))
@@ -69,5 +69,5 @@ def test_every_line_of_a_long_valid_arrives(tmp_path, monkeypatch, capfd, dump):
     body = lines[5:]
     assert len(body) == 2 * IMAGES
     assert [line.split(",")[0] for line in body[0::2]] == names
-    assert [int(re.match(r"(\d+): top 1", line).group(1)) for line in body[1::2]] == list(range(IMAGES))
+    assert [top_line(line).index for line in body[1::2]] == list(range(IMAGES))
     assert "Loading weights from zero.weights...Done!" in err

@@ -4,8 +4,6 @@ Tolerance: float32 results summed in a different order than numpy's differ by a 
 the largest terms, so values are compared with rtol 1e-5 and atol 1e-5 * max(1, max |ref|)
 (the seed's logits reach 6574, where one float32 ulp is 0.0005).
 """
-import re
-
 import numpy as np
 import onnx
 import pytest
@@ -14,8 +12,7 @@ from onnx.reference import ReferenceEvaluator
 
 from conftest import seed_file
 from dlserver.main import main
-
-LINE = re.compile(r"n_float_data\[(\d+)\] = (-?\d+\.\d{6}|-?inf|-?nan)")
+from dlserver_host.darknet_output import onnx_value_line
 
 
 @pytest.fixture
@@ -33,9 +30,9 @@ def predict(capsys, model_path, input_path, graph_name):
                          f"Running inference on {graph_name} model...", "finished!"]
     values = []
     for i, line in enumerate(lines[5:]):
-        m = LINE.fullmatch(line)
-        assert m and int(m.group(1)) == i, line
-        values.append(float(m.group(2)))
+        value = onnx_value_line(line)
+        assert value and value.index == i, line
+        values.append(value.value)
     return np.array(values, dtype=np.float64)
 
 

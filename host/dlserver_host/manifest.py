@@ -50,11 +50,12 @@ import os
 import platform
 import stat
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+
+from .atomic import write_atomically
 
 FORMAT = "dl-server-manifest/1"
 HOST_VERSION = "0.1.0"
@@ -225,22 +226,11 @@ def check_destination(path: Path) -> None:
         raise ManifestError(f"--manifest {path}: {parent} is not a directory")
 
 
-def write_atomically(path: Path, record: dict) -> None:
-    """Write the JSON record through a temporary file in the same directory, then rename."""
+def write_record(path: Path, record: dict) -> None:
+    """Write the JSON record atomically (temporary file in the same directory, then rename)."""
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(path, text)
     except OSError as e:
         raise ManifestError(f"cannot write --manifest {path}: {e.strerror or e}") from None
 
@@ -329,7 +319,7 @@ class Recorder:
         self.record["duration_seconds"] = round(time.monotonic() - self._started, 3)
 
     def write(self) -> None:
-        write_atomically(self.path, self.record)
+        write_record(self.path, self.record)
 
 
 def command_line(argv: list[str] | None, prog: str) -> list[str]:

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
+from .atomic import write_atomically
 from .sources import Mount
 
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
@@ -80,7 +81,7 @@ def is_interruptible(engine) -> bool:
     return getattr(engine, "dl_server_interruptible", True)
 
 
-def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None = None):
+def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None):
     """Compile ``wasm_path``, or load it from the compile cache (``cache_dir=None``: no cache).
 
     A cache file is used only if it is owned by us; a stale or broken one is
@@ -138,7 +139,7 @@ def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
     with open(wasm_path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if memo is not None:
-        _write_atomically(memo, f"{identity} {digest}".encode())
+        _write_private(memo, f"{identity} {digest}".encode())
     return digest
 
 
@@ -158,18 +159,11 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _write_atomically(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` via a temporary file and a rename; False if that failed."""
+def _write_private(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically, readable by us only; False if that failed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomically(path, data, private=True)
     except OSError:
         return False
     return True
@@ -177,7 +171,7 @@ def _write_atomically(path: Path, data: bytes) -> bool:
 
 def _write_cache(path: Path, data: bytes) -> None:
     """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
-    if not _write_atomically(path, data):
+    if not _write_private(path, data):
         return
     try:
         entries = sorted(path.parent.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from .atomic import atomic_file
+
 ROOT = PurePosixPath(".")
-TEMP_SUFFIX = ".dl-server-tmp"
 
 
 class SourceError(Exception):
@@ -46,13 +47,11 @@ class Mount(NamedTuple):
 class _Area:
     """A directory of the guest tree backed by one preopen (private or the host's own)."""
 
-    def __init__(self, rel: PurePosixPath, host_dir: Path, *, writable: bool, private: bool,
-                 is_output: bool = False):
+    def __init__(self, rel: PurePosixPath, host_dir: Path, *, is_output: bool, private: bool):
         self.rel = rel
         self.host_dir = host_dir
-        self.writable = writable
         self.private = private          # our temp dir (True) or the host's input dir (False)
-        self.is_output = is_output
+        self.is_output = is_output      # writable to the guest, written back
         self.baseline: dict[PurePosixPath, tuple[int, int]] = {}   # file -> (size, mtime_ns)
 
 
@@ -110,7 +109,7 @@ class StagedSources:
     @property
     def mounts(self) -> list[Mount]:
         """The preopens, shallowest first."""
-        return [Mount(_guest_path(a.rel), a.host_dir, a.writable) for a in self._areas]
+        return [Mount(_guest_path(a.rel), a.host_dir, a.is_output) for a in self._areas]
 
     def __enter__(self) -> "StagedSources":
         return self
@@ -200,28 +199,8 @@ def _regular_files(top: Path, skip: set[PurePosixPath]):
 
 def _replace_file(private_file: Path, dest: Path) -> None:
     """Copy ``private_file`` to ``dest`` through a temporary name in dest's directory."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old = os.lstat(dest)
-        mode = stat.S_IMODE(old.st_mode) if stat.S_ISREG(old.st_mode) else None
-    except FileNotFoundError:
-        mode = None
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(private_file, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-            os.fchmod(out.fileno(), mode)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(dest) as out, open(private_file, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _source_kind(cwd: Path, rel: PurePosixPath, role: str) -> str:
@@ -286,7 +265,7 @@ def _plan_areas(cwd: Path, temp_dir: Path, input_dirs: list[PurePosixPath],
                 output_paths: list[PurePosixPath]) -> list[_Area]:
     """Decide the preopens: outputs, uncovered input dirs, and a private root if needed."""
     areas = [
-        _Area(rel, temp_dir / f"out{i}", writable=True, private=True, is_output=True)
+        _Area(rel, temp_dir / f"out{i}", is_output=True, private=True)
         for i, rel in enumerate(output_paths)
     ]
     for rel in sorted(input_dirs, key=lambda p: len(p.parts)):
@@ -295,9 +274,9 @@ def _plan_areas(cwd: Path, temp_dir: Path, input_dirs: list[PurePosixPath],
         enclosing = _nearest_area(areas, rel)
         if enclosing is not None and not enclosing.private:
             continue    # already visible, read-only, through an enclosing input dir
-        areas.append(_Area(rel, cwd / rel, writable=False, private=False))
+        areas.append(_Area(rel, cwd / rel, is_output=False, private=False))
     if not any(a.rel == ROOT for a in areas):
-        areas.append(_Area(ROOT, temp_dir / "root", writable=False, private=True))
+        areas.append(_Area(ROOT, temp_dir / "root", is_output=False, private=True))
     areas.sort(key=lambda a: len(a.rel.parts))
     return areas
 

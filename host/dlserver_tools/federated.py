@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make federated`: federated averaging (FedAvg) of LeNet on MNIST, every step in the sandbox.
 
 Each step is one run of dl-server.wasm through the `dl-server` host, which sees only
@@ -41,23 +40,27 @@ here before the run; the args.cfg that was there is put back at the end. Files:
 
 Prints one line per run and, at the end, the table round -> top-1 / top-5.
 Needs MNIST prepared for the same number of clients (make mnist_training num-clients=N).
+Paths (--root, --program, --base-cfg) are relative to the current directory: run it from
+the repository root, as `make federated` does (`dl-server-federated` or
+`python -m dlserver_tools.federated`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from dlserver_host.atomic import write_atomically
+from dlserver_host.darknet_output import last_top_line, train_lines
+
+from .darknet_cfg import set_option
+
 BASE = "mnist_lenet"                        # cfg base name: the guest writes <backup>/mnist_lenet.weights
 MAX_ARGS = 1024                             # args.cfg lines the guest accepts
-TOP_LINE = re.compile(r"^(\d+): top 1: ([\d.]+), top (\d+): ([\d.]+)$")
-BATCH_LINE = re.compile(r"^(\d+), [\d.]+: (\S+), (\S+) avg, ([\d.]+) rate, ")
 
 
 class FederatedError(Exception):
@@ -84,9 +87,7 @@ class Federation:
         return self.root / rel
 
     def write(self, rel: str, text: str) -> None:
-        p = self.path(rel)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        write_atomically(self.path(rel), text)
 
     def fresh_dir(self, rel: str) -> None:
         p = self.path(rel)
@@ -98,7 +99,7 @@ class Federation:
         """One sandboxed run of dl-server.wasm; returns its stdout, raises FederatedError on failure."""
         if len(args) > MAX_ARGS:
             raise FederatedError(f"{name}: {len(args)} arguments, the guest reads at most {MAX_ARGS}")
-        self.path("args.cfg").write_text("".join(a + "\n" for a in args))
+        self.write("args.cfg", "".join(a + "\n" for a in args))
         cmd = [*host_command(), "--program", self.program, "--no-progress",
                "--input-source", "args.cfg", *inputs]
         if outputs:
@@ -124,9 +125,10 @@ class Federation:
         """cfg/mnist_lenet.cfg with max_batches, policy and learning_rate replaced."""
         text = self.opts.base_cfg.read_text()
         for key, value in (("max_batches", max_batches), ("policy", policy), ("learning_rate", rate)):
-            text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key}={value}", text, count=1)
-            if n != 1:
-                raise FederatedError(f"{self.opts.base_cfg}: no {key}= line in [net]")
+            try:
+                text = set_option(text, key, value)
+            except KeyError:
+                raise FederatedError(f"{self.opts.base_cfg}: no {key}= line in [net]") from None
         return text
 
     # ------------------------------------------------------------------ set-up
@@ -189,8 +191,8 @@ class Federation:
                        [f"{w}/server/init/init.dataset", f"{w}/server/init/{BASE}.cfg",
                         f"{w}/server/init/init.list", self.init_image, f"{self.mnist}/mnist.labels.list"],
                        [f"{w}/server/init/out"])
-        batches = [m for line in out.splitlines() if (m := BATCH_LINE.match(line))]
-        if len(batches) != 1 or float(batches[0].group(4)) != 0.0:
+        batches = train_lines(out)
+        if len(batches) != 1 or batches[0].rate != 0.0:
             raise FederatedError("round 0: the initialisation run should train one batch at rate 0")
         shutil.move(self.path(f"{w}/server/init/out/{BASE}.weights"), self.path(f"{w}/global/round0.weights"))
         print(f"round 0: initial global model = Darknet random init (-seed {self.opts.seed}), "
@@ -208,12 +210,12 @@ class Federation:
                         f"{self.mnist}/mnist.labels.list", f"{c}/mnist.dataset", f"{c}/{BASE}.cfg",
                         f"{w}/global/round{r - 1}.weights"],
                        [f"{c}/out"])
-        batches = [m for line in out.splitlines() if (m := BATCH_LINE.match(line))]
+        batches = train_lines(out)
         shutil.move(self.path(f"{c}/out/{BASE}.weights"), self.path(f"{c}/round{r}.weights"))
         loss_log = self.path(f"{c}/out/{BASE}.loss.csv")
         if loss_log.exists():
             shutil.move(loss_log, self.path(f"{c}/round{r}.loss.csv"))
-        avg = float(batches[-1].group(3)) if batches else float("nan")
+        avg = batches[-1].avg if batches else float("nan")
         print(f"  client {k}: {len(batches)} batches of its {count} images, avg loss {avg:.3f}, "
               f"{self.last_seconds:.1f} s", flush=True)
         return {"client": k, "images": count, "batches": len(batches), "avg_loss": avg,
@@ -260,13 +262,13 @@ class Federation:
                        [f"{w}/server/valid.dataset", f"{w}/server/{BASE}.cfg", f"{w}/global/round{r}.weights",
                         self.opts.valid_list, f"{self.mnist}/mnist.labels.list", *self.test_image_dirs()],
                        [])
-        lines = out.rstrip("\n").splitlines()
-        match = TOP_LINE.match(lines[-1]) if lines else None
+        top = last_top_line(out)
         expected = sum(1 for line in self.path(self.opts.valid_list).read_text().splitlines() if line)
-        if not match or int(match.group(1)) != expected - 1:
+        if not top or top.index != expected - 1:
+            lines = out.rstrip("\n").splitlines()
             raise FederatedError(f"round {r}: valid did not end with the `top 1:` line of image "
                                  f"{expected - 1} (got {lines[-1] if lines else 'nothing'!r})")
-        return float(match.group(2)), float(match.group(4)), expected
+        return top.top1, top.topk, expected
 
     def test_image_dirs(self) -> list[str]:
         """The directories holding the test list's images (the test images lie in the client dirs)."""
@@ -316,7 +318,7 @@ class Federation:
             if saved_args is None:
                 self.path("args.cfg").unlink(missing_ok=True)
             else:
-                self.path("args.cfg").write_bytes(saved_args)
+                write_atomically(self.path("args.cfg"), saved_args)
         total = time.perf_counter() - started
         print()
         print(f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}")
@@ -335,7 +337,7 @@ class Federation:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="dl-server-federated", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-clients", type=int, default=4, metavar="N")
     p.add_argument("--rounds", type=int, default=3, metavar="R")
@@ -351,11 +353,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="-seed of the init run; client k in round r uses seed+1000r+k")
     p.add_argument("--valid-list", default="data/mnist/mnist.valid.list",
                    help="test list for the global model (default: the 10000 test images)")
-    p.add_argument("--root", type=Path, default=REPO,
-                   help="project root: holds data/mnist, args.cfg; every run's working directory")
+    p.add_argument("--root", type=Path, default=Path("."),
+                   help="project root: holds data/mnist, args.cfg; every run's working directory "
+                        "(default: the current directory)")
     p.add_argument("--work", default="federated", help="work directory, relative to the root")
-    p.add_argument("--program", type=Path, default=REPO / "dl-server.wasm")
-    p.add_argument("--base-cfg", type=Path, default=REPO / "cfg" / "mnist_lenet.cfg")
+    p.add_argument("--program", type=Path, default=Path("dl-server.wasm"))
+    p.add_argument("--base-cfg", type=Path, default=Path("cfg") / "mnist_lenet.cfg")
     p.add_argument("--no-manifests", dest="manifests", action="store_false",
                    help="do not write a `dl-server --manifest` record per run")
     p.add_argument("--timeout", type=float, default=None, help="per-run --timeout of the host")

