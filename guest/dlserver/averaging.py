@@ -12,8 +12,7 @@
 from array import array
 import math
 
-import _dlk
-
+from . import kernels
 from .errors import DLServerError
 from .rng import f32
 
@@ -65,17 +64,17 @@ def combine(tensors: list, method: Method, divide: bool = False) -> array:
     if method.kind == "mean" and method.weights is None:
         out = array("f", tensors[0])
         for t in tensors[1:]:
-            _dlk.axpy(n, 1.0, t, out)
+            kernels.axpy(n, 1.0, t, out)
         if divide:
             divisor = float(count)
             return array("f", [f32(x / divisor) for x in out])
-        _dlk.scal(n, f32(1.0 / count), out)
+        kernels.scal(n, f32(1.0 / count), out)
         return out
     if method.kind == "mean":
         total = sum(method.weights)
         out = array("f", bytes(4 * n))
         for w, t in zip(method.weights, tensors):
-            _dlk.axpy(n, f32(w / total), t, out)
+            kernels.axpy(n, f32(w / total), t, out)
         return out
     if method.kind == "median":
         mid = count // 2

@@ -9,7 +9,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
     wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream);
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
-  - `_dlk.png_load_rows` decodes the plain 8-bit PNGs of the network's size straight into
+  - `kernels.decode_png_rows` decodes the plain 8-bit PNGs of the network's size straight into
     the batch (png_fast.c); any other file -- and any file it refuses -- goes through the
     Python decoders, which give the same pixels or the error message;
   - the batch buffers are reused: two pairs, used in turn (the caller trains on one batch
@@ -17,8 +17,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
 """
 import os
 
-import _dlk
-
+from . import kernels
 from .buffers import view, zeros
 from .errors import DLServerError
 from .files import read_input_file
@@ -99,7 +98,7 @@ class TrainingData:
     def load_into(self, i: int, out) -> None:
         """Image i as network input (3 x h x w floats) into the buffer view `out`."""
         data = self._file(i)
-        if not _dlk.png_load_chw(data, self.w, self.h, out):
+        if not kernels.decode_png_chw(data, self.w, self.h, out):
             self._decode_slow(i, data, out)
 
     def _batch_buffers(self, n: int):
@@ -120,7 +119,7 @@ class TrainingData:
         fresh = {}
         if misses:                                   # one C call reads them all
             paths, keep = self.paths, self._keep
-            for i, data in zip(misses, _dlk.read_files([paths[i] for i in misses])):
+            for i, data in zip(misses, kernels.read_files([paths[i] for i in misses])):
                 if data is not None:                 # (None: _file below reads it again, or says why not)
                     fresh[i] = data
                     keep(i, data)
@@ -134,7 +133,7 @@ class TrainingData:
             self._decode_rows(picks, datas, x)       # an earlier row's error comes first
             raise
         self._decode_rows(picks, datas, x)
-        _dlk.fill(len(y), 0.0, y)
+        kernels.fill(len(y), 0.0, y)
         classes, label_index = self.classes, self.label_index
         for row, i in enumerate(picks):
             y[row * classes + label_index[i]] = 1.0
@@ -143,5 +142,5 @@ class TrainingData:
     def _decode_rows(self, picks, datas, x) -> None:
         """Rows 0.. of x from the files `datas` (of images `picks`)."""
         inputs = self.w * self.h * 3
-        for row in _dlk.png_load_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
+        for row in kernels.decode_png_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
             self._decode_slow(picks[row], datas[row], view(x, row * inputs, inputs))

@@ -1,8 +1,7 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
 import sys
 
-import _dlk
-
+from . import kernels
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.connected import ConnectedLayer
@@ -146,7 +145,7 @@ class Network:
         current = input_buf
         for layer in self.layers:
             if layer.delta is not None and layer.kind != "dropout":
-                _dlk.fill(len(layer.delta), 0.0, layer.delta)
+                kernels.fill(len(layer.delta), 0.0, layer.delta)
             layer.forward(self, current, True)
             current = layer.output
         for i in range(len(self.layers) - 1, -1, -1):

@@ -58,8 +58,7 @@ from fractions import Fraction
 from itertools import repeat
 from operator import add, mul, truediv
 
-import _dlk
-
+from .. import kernels
 from ..averaging import Method, combine, parse_method
 from ..errors import DLServerError
 from ..onnx import interpreter as oi
@@ -87,7 +86,7 @@ def divide_f32(acc: array, d: int) -> array:
     if d == 1:
         return acc
     if d & (d - 1) == 0:
-        _dlk.scal(len(acc), 1.0 / d, acc)      # multiplying by 2**-k rounds the same way
+        kernels.scal(len(acc), 1.0 / d, acc)      # multiplying by 2**-k rounds the same way
         return acc
     # No division kernel in _dlk: map() keeps the loop in C, one float object per value.
     return array("f", map(truediv, acc, repeat(float(d))))
@@ -127,11 +126,11 @@ class Combiner:
             if weighted:
                 if i == 0:
                     self.acc = array("f", bytes(4 * n))
-                _dlk.axpy(n, self.coef_f32[i], values, self.acc)
+                kernels.axpy(n, self.coef_f32[i], values, self.acc)
             elif i == 0:
                 self.acc = array("f", values)
             else:
-                _dlk.axpy(n, 1.0, values, self.acc)
+                kernels.axpy(n, 1.0, values, self.acc)
         elif kind == "f64":
             if weighted:
                 terms = map(mul, values, repeat(self.coef_f64[i]))

@@ -7,8 +7,7 @@ summed in file order in float32, then multiplied by f32(1/T); the header and `se
 """
 from array import array
 
-import _dlk
-
+from .. import kernels
 from ..averaging import combine, parse_method
 from ..errors import DLServerError
 from ..network import parse_network_cfg
@@ -46,16 +45,16 @@ def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None,
             norm = sum(combination.weights)
             scale = [f32(w / norm) for w in combination.weights]
             for target in targets:
-                _dlk.scal(len(target), scale[0], target)
+                kernels.scal(len(target), scale[0], target)
         for i, path in enumerate(inputs[1:], 1):
             load_weights(net, path)
             sources = [a for layer in net.layers for a in averaged_arrays(layer)]
             for target, source in zip(targets, sources):
-                _dlk.axpy(len(target), 1.0 if scale is None else scale[i], source, target)
+                kernels.axpy(len(target), 1.0 if scale is None else scale[i], source, target)
         if scale is None:
             factor = f32(1.0 / len(inputs))
             for target in targets:
-                _dlk.scal(len(target), factor, target)
+                kernels.scal(len(target), factor, target)
     else:
         stacks = [[array("f", target)] for target in targets]
         for path in inputs[1:]:

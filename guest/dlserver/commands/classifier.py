@@ -3,8 +3,7 @@ import os
 import sys
 import time
 
-import _dlk
-
+from .. import kernels
 from ..buffers import view, zeros
 from ..config import read_data_cfg, read_list
 from ..dataset import TrainingData
@@ -162,10 +161,10 @@ def load_valid_batch(paths: list[str], net, input_buf) -> None:
     Plain 8-bit PNGs of the network's size (MNIST) are read and decoded in one C call for
     the whole batch; every other file, and every error, goes through load_image_color."""
     size = net.inputs
-    files = _dlk.read_files(paths)
+    files = kernels.read_files(paths)
     if None in files:
         files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
-    for r in _dlk.png_load_rows(files, net.w, net.h, input_buf):
+    for r in kernels.decode_png_rows(files, net.w, net.h, input_buf):
         crop = center_crop_image(decode_image(files[r], paths[r]), net.w, net.h)
         input_buf[r * size:(r + 1) * size] = crop.data
 

@@ -15,8 +15,7 @@ import sys
 import time
 from array import array
 
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..config import read_data_cfg, read_list
 from ..errors import DLServerError
@@ -51,8 +50,8 @@ def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thres
     most = layer.w * layer.h * layer.n
     anchors = array("f", [v for m in layer.mask for v in (layer.biases[2 * m], layer.biases[2 * m + 1])])
     boxes, objectness, probs = zeros(4 * most), zeros(most), zeros(most * layer.classes)
-    count = _dlk.yolo_candidates(layer.output, layer.w, layer.h, layer.n, layer.classes, anchors, netw, neth,
-                                 thresh, boxes, objectness, probs)
+    count = kernels.yolo_candidates(layer.output, layer.w, layer.h, layer.n, layer.classes, anchors, netw, neth,
+                                    thresh, boxes, objectness, probs)
     classes = layer.classes
     dets = [Detection(boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], objectness[i],
                       probs[i * classes:(i + 1) * classes].tolist()) for i in range(count)]
@@ -259,7 +258,7 @@ def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
     if len(probs) != n * classes:
         raise ValueError("do_nms_sort: every box needs one probability per class")
     order = array("i", bytes(4 * n))
-    _dlk.nms_sort(boxes, objectness, probs, n, classes, thresh, order)
+    kernels.nms_sort(boxes, objectness, probs, n, classes, thresh, order)
     result = []
     for i in order:
         d = dets[i]

@@ -2,8 +2,7 @@
 from dataclasses import dataclass
 from array import array
 
-import _dlk
-
+from .. import kernels
 from ..buffers import filled, zeros
 from ..rng import f32
 
@@ -23,7 +22,7 @@ def resize_image(im: Image, w: int, h: int) -> Image:
     if im.w == w and im.h == h:
         return im
     resized = zeros(w * h * im.c)
-    _dlk.resize_image(im.data, im.w, im.h, im.c, resized, w, h, zeros(w * im.h * im.c))
+    kernels.resize_image(im.data, im.w, im.h, im.c, resized, w, h, zeros(w * im.h * im.c))
     return Image(w, h, im.c, resized)
 
 
@@ -82,7 +81,7 @@ def letterbox_image(im: Image, w: int, h: int, resize=None) -> Image:
         return resize(im, w, h)
     resized = resize(im, new_w, new_h)
     canvas = filled(w * h * im.c, 0.5)
-    _dlk.image_paste(resized.data, new_w, new_h, im.c, canvas, w, h, (w - new_w) // 2, (h - new_h) // 2, False)
+    kernels.image_paste(resized.data, new_w, new_h, im.c, canvas, w, h, (w - new_w) // 2, (h - new_h) // 2, False)
     return Image(w, h, im.c, canvas)
 
 
@@ -104,5 +103,5 @@ def center_crop_image(im: Image, w: int, h: int) -> Image:
 def pixels_to_image(width: int, height: int, comps: int, pixels) -> Image:
     """Interleaved 8-bit pixels -> a 3-plane image of byte/255 (stb req_comp = 3)."""
     data = zeros(3 * width * height)
-    _dlk.pixels_to_chw(pixels, width, height, comps, data)
+    kernels.pixels_to_chw(pixels, width, height, comps, data)
     return Image(width, height, 3, data)

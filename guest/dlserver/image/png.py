@@ -32,8 +32,7 @@ prefix `<path>: `.
 import zlib
 from struct import unpack_from
 
-import _dlk
-
+from .. import kernels
 from ..errors import DLServerError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -261,7 +260,7 @@ def _inflate(stream, expected: int) -> bytes:
 
 def _unfilter(raw, height, rowbytes, bpp, out, where):
     try:
-        _dlk.png_unfilter(raw, height, rowbytes, bpp, out)
+        kernels.png_unfilter(raw, height, rowbytes, bpp, out)
     except ValueError as e:
         raise PNGError(f"corrupt image data ({e}{where})") from None
 
@@ -299,7 +298,7 @@ def _samples(buf, width, height, rowbytes, depth, colour, palette, comps):
         return pix
     out = bytearray(width * height * comps)
     try:
-        _dlk.png_expand_palette(pix, palette, width * height, comps, out)
+        kernels.png_expand_palette(pix, palette, width * height, comps, out)
     except ValueError as e:
         raise PNGError(str(e)) from None
     return out

@@ -1,11 +1,12 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
-import _dlk
-
+from .. import kernels
+from ..kernels import Activation
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
 
-ACTIVATIONS = {"linear": 0, "relu": 1, "leaky": 2, "logistic": 3}
+ACTIVATIONS = {"linear": Activation.LINEAR, "relu": Activation.RELU, "leaky": Activation.LEAKY,
+               "logistic": Activation.LOGISTIC}
 # Darknet knows these too; dl-server does not implement them yet.
 KNOWN_ACTIVATIONS = ("loggy", "elu", "selu", "relie", "plse", "hardtan", "lhtan", "ramp", "tanh", "stair")
 
@@ -72,8 +73,8 @@ def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_
     lr = f32(learning_rate)
     batch = net.batch * net.subdivisions
     step = f32(lr / batch)
-    _dlk.axpy(len(biases), step, bias_updates, biases)
-    _dlk.scal(len(bias_updates), net.momentum, bias_updates)
-    _dlk.axpy(len(weights), f32(-f32(net.decay) * batch), weights, weight_updates)
-    _dlk.axpy(len(weights), step, weight_updates, weights)
-    _dlk.scal(len(weight_updates), net.momentum, weight_updates)
+    kernels.axpy(len(biases), step, bias_updates, biases)
+    kernels.scal(len(bias_updates), net.momentum, bias_updates)
+    kernels.axpy(len(weights), f32(-f32(net.decay) * batch), weights, weight_updates)
+    kernels.axpy(len(weights), step, weight_updates, weights)
+    kernels.scal(len(weight_updates), net.momentum, weight_updates)

@@ -5,8 +5,7 @@ forward:  out[b][o] = sum_k in[b][k] * W[o][k] + bias[o], then the activation
 """
 import math
 
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
@@ -47,11 +46,11 @@ class ConnectedLayer(Layer):
 
     def forward(self, net, input_buf, train):
         out = self.output
-        _dlk.fill(len(out), 0.0, out)
-        _dlk.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
-                  self.weights, self.inputs, 1.0, out, self.outputs)
-        _dlk.add_bias(out, self.biases, self.batch, self.outputs, 1)
-        _dlk.activate(out, len(out), self.activation)
+        kernels.fill(len(out), 0.0, out)
+        kernels.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
+                     self.weights, self.inputs, 1.0, out, self.outputs)
+        kernels.add_bias(out, self.biases, self.batch, self.outputs, 1)
+        kernels.activate(out, len(out), self.activation)
 
     def prepare_training(self) -> None:
         self.delta = zeros(self.batch * self.outputs)
@@ -63,9 +62,9 @@ class ConnectedLayer(Layer):
     #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (Darknet: gemm NN)
     # in one call, term by term in gemm's order, skipping the zero deltas (dropout, relu).
     def backward(self, net, input_buf, prev_delta):
-        _dlk.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
-                                self.activation, self.weights, self.bias_updates, self.weight_updates,
-                                prev_delta)
+        kernels.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
+                                   self.activation, self.weights, self.bias_updates, self.weight_updates,
+                                   prev_delta)
 
     def update(self, net, rate: float) -> None:
         fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
@@ -81,5 +80,5 @@ def fused_sgd_update(net, learning_rate: float, biases, bias_updates, weights, w
     W_upd *= m, with B = batch * subdivisions and lr = f32(rate * layer scale)."""
     lr = f32(learning_rate)
     batch = net.batch * net.subdivisions
-    _dlk.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
-                    f32(-f32(net.decay) * batch))
+    kernels.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
+                       f32(-f32(net.decay) * batch))

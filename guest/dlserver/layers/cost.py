@@ -1,6 +1,5 @@
 """Cost layer (Darknet cost_layer.c), type sse: only active with a truth (training)."""
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from .base import Layer
@@ -32,11 +31,11 @@ class CostLayer(Layer):
         self.cost = 0.0
         if train and net.truth is not None:
             # delta = t - x; cost = sum (t - x)^2
-            self.cost = _dlk.sse_cost(input_buf, net.truth, self.delta, self.batch * self.inputs)
+            self.cost = kernels.sse_cost(input_buf, net.truth, self.delta, self.batch * self.inputs)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is not None:
-            _dlk.axpy(self.batch * self.inputs, self.scale, self.delta, prev_delta)
+            kernels.axpy(self.batch * self.inputs, self.scale, self.delta, prev_delta)
 
     def allocate(self):
         self.output = None

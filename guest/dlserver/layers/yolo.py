@@ -8,13 +8,11 @@ Box decode (detector): bx = (i + x)/w, by = (j + y)/h, bw = exp(tw)*anchor_w/net
 bh = exp(th)*anchor_h/net_h, anchor = biases[2*mask[a]], biases[2*mask[a]+1].
 Building the layer calls srand(0) in Darknet (spec §10.2): Network applies it.
 """
-import _dlk
-
+from .. import kernels
 from ..buffers import from_values, view
 from ..errors import DLServerError
-from .base import ACTIVATIONS, Layer
-
-LOGISTIC = ACTIVATIONS["logistic"]
+from ..kernels import Activation
+from .base import Layer
 
 
 class YoloLayer(Layer):
@@ -73,12 +71,13 @@ class YoloLayer(Layer):
         out = self.output
         memoryview(out)[:] = memoryview(input_buf)[:len(out)]
         hw = self.w * self.h
+        scores = (1 + self.classes) * hw
         for b in range(self.batch):
             for a in range(self.n):
                 index = self.entry_index(b, a * hw, 0)
-                _dlk.activate(view(out, index, 2 * hw), 2 * hw, LOGISTIC)
+                kernels.activate(view(out, index, 2 * hw), 2 * hw, Activation.LOGISTIC)
                 index = self.entry_index(b, a * hw, 4)
-                _dlk.activate(view(out, index, (1 + self.classes) * hw), (1 + self.classes) * hw, LOGISTIC)
+                kernels.activate(view(out, index, scores), scores, Activation.LOGISTIC)
 
     def prepare_training(self) -> None:
         raise DLServerError(f"{self.where}: training yolo is not supported")
