@@ -17,10 +17,13 @@ from PIL import Image as PILImage
 from conftest import ROOT, run_wasmtime
 
 import _dlk
+import reference.detect
+import reference.image
+from dlserver import kernels
 from dlserver.commands import detector
 from dlserver.image import draw
 from dlserver.image.font import HEIGHTS, glyph, glyph_size
-from dlserver.image.ops import Image, letterbox_image, resize_image, resize_image_py
+from dlserver.image.ops import Image, letterbox_image, resize_image
 from dlserver.main import main
 from dlserver.network import parse_network_cfg
 from dlserver.rng import Random, f32
@@ -290,9 +293,9 @@ def det(x, y, w, h, probs, objectness=1.0):
 
 def test_box_iou():
     a = det(.5, .5, .2, .2, [])
-    assert detector.box_iou(a, det(.6, .5, .2, .2, [])) == pytest.approx(1 / 3, rel=1e-6)
-    assert detector.box_iou(a, a) == pytest.approx(1.0, rel=1e-6)
-    assert detector.box_iou(a, det(.9, .5, .2, .2, [])) == 0.0
+    assert reference.detect.box_iou(a, det(.6, .5, .2, .2, [])) == pytest.approx(1 / 3, rel=1e-6)
+    assert reference.detect.box_iou(a, a) == pytest.approx(1.0, rel=1e-6)
+    assert reference.detect.box_iou(a, det(.9, .5, .2, .2, [])) == 0.0
 
 
 def test_nms_sort(capsys):
@@ -335,7 +338,7 @@ MUSL_ORDERS = [
 
 def emulated_order(keys):
     items = list(enumerate(keys))
-    detector.musl_qsort(items, lambda a, b: (a[1] < b[1]) - (a[1] > b[1]))
+    reference.detect.musl_qsort(items, lambda a, b: (a[1] < b[1]) - (a[1] > b[1]))
     return [i for i, _ in items]
 
 
@@ -421,7 +424,7 @@ def test_nms_sort_kernel_equals_python():
         where = {id(d): i for i, d in enumerate(dets)}
         where_twin = {id(d): i for i, d in enumerate(twins)}
         fast = detector.do_nms_sort(dets, classes, .45)
-        slow = detector.do_nms_sort_py(twins, classes, .45)  # reorders twins in place
+        slow = reference.detect.do_nms_sort(twins, classes, .45)  # reorders twins in place
         assert [where[id(d)] for d in fast] == [where_twin[id(d)] for d in slow]
         assert [d.prob for d in fast] == [d.prob for d in slow]
 
@@ -434,7 +437,7 @@ def test_yolo_candidates_kernel_equals_python(tmp_path, capsys):
     for thresh in (.1, .5, .8):
         for im_w, im_h in ((40, 40), (768, 576), (300, 700)):
             fast = detector.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
-            slow = detector.get_yolo_detections_py(layer, im_w, im_h, 4, 4, f32(thresh))
+            slow = reference.detect.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
             assert [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in fast] == \
                 [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in slow]
 
@@ -449,10 +452,13 @@ def test_resize_and_letterbox_c_equal_python(sw, sh, dw, dh):
     rng = np.random.default_rng(sw * 100 + dw)
     data = array("f", rng.random(sw * sh * 3, dtype=np.float32).tobytes())
     im = Image(sw, sh, 3, data)
-    assert resize_image(im, dw, dh).data.tobytes() == resize_image_py(im, dw, dh).data.tobytes()
+    with kernels.using(reference.image):
+        slow_resized = resize_image(im, dw, dh)
+    assert resize_image(im, dw, dh).data.tobytes() == slow_resized.data.tobytes()
     for w, h in ((dw + 3, dh + 2), (dw, dh + 5), (dw + 4, dh)):
         fast = letterbox_image(im, w, h)
-        slow = letterbox_image(im, w, h, resize=resize_image_py)
+        with kernels.using(reference.image):
+            slow = letterbox_image(im, w, h)
         assert (fast.w, fast.h) == (w, h)
         assert fast.data.tobytes() == slow.data.tobytes()
 

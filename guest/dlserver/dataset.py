@@ -5,7 +5,7 @@ image as 3 planes of byte/255 (resized only if its size differs from the network
 a one-hot truth from the labels found in the path.
 
 Speed (a batch of 100 MNIST files must cost a few ms inside the component):
-  - the files of a batch are read in one `_dlk.read_files` call (open, pread, close each: under
+  - the files of a batch are read in one `kernels.read_files` call (open, pread, close each: under
     wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream);
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
@@ -15,18 +15,15 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
   - the batch buffers are reused: two pairs, used in turn (the caller trains on one batch
     while the next one is loaded).
 """
-import os
-
 from . import kernels
 from .buffers import view, zeros
 from .errors import DLServerError
-from .files import read_input_file
-from .image.load import decode_image
-from .image.ops import resize_image
+from .files import read_file, read_input_file
+from .image.load import decode_image, read_image_file
+from .image.ops import center_crop_image, resize_image
 
 CACHE_BUDGET = 64 << 20
 CACHE_OVERHEAD = 64          # bytes of a cached entry besides the file (bytes object, dict slot)
-READ_CHUNK = 1 << 16         # a WASI read returns at most 64 KiB: a shorter read is the end
 
 
 class TrainingData:
@@ -68,16 +65,7 @@ class TrainingData:
             return data
         path = self.paths[i]
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                data = os.pread(fd, READ_CHUNK, 0)
-                if len(data) == READ_CHUNK:
-                    chunks = [data]
-                    while len(chunk := os.pread(fd, READ_CHUNK, READ_CHUNK * len(chunks))):
-                        chunks.append(chunk)
-                    data = b"".join(chunks)
-            finally:
-                os.close(fd)
+            data = read_file(path)
         except OSError:
             data = read_input_file(path, "image")   # its error message (or the file, if readable now)
         self._keep(i, data)
@@ -144,3 +132,17 @@ class TrainingData:
         inputs = self.w * self.h * 3
         for row in kernels.decode_png_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
             self._decode_slow(picks[row], datas[row], view(x, row * inputs, inputs))
+
+
+def load_valid_batch(paths: list[str], w: int, h: int, input_buf) -> None:
+    """Each image centre-cropped and resized to w x h, as rows of input_buf (`classifier valid`).
+
+    Plain 8-bit PNGs of that size (MNIST) are read and decoded in one C call for the whole
+    batch; every other file, and every error, goes through the Python decoders."""
+    size = 3 * w * h
+    files = kernels.read_files(paths)
+    if None in files:
+        files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
+    for r in kernels.decode_png_rows(files, w, h, input_buf):
+        crop = center_crop_image(decode_image(files[r], paths[r]), w, h)
+        input_buf[r * size:(r + 1) * size] = crop.data

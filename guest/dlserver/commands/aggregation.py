@@ -61,15 +61,30 @@ from operator import add, mul, truediv
 from .. import kernels
 from ..averaging import Method, combine, parse_method
 from ..errors import DLServerError
+from ..files import read_file, write_file_atomic
 from ..onnx import interpreter as oi
 from ..onnx import model as om
 from ..onnx.wire import ProtoError
 from ..rng import f32
-from ..weights import write_file_atomic
+from . import aggregation_darknet
 
 USAGE_ONNX = ("usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
               " [-weights w1,w2,...] [-method mean|median|trimmed:F]")
 USAGE_PREDICT = "usage: {prog} aggregation onnx_predict [model.onnx] [input.pb]"
+
+
+def run(argv) -> None:
+    """`aggregation darknet|onnx|onnx_predict ...`."""
+    if argv.argc < 4:
+        raise DLServerError(f"usage: {argv[0]} {argv[1]} [weights_format] [cfg]/NONE [weights_1/weights_2/...]")
+    if argv[2] == "darknet":
+        aggregation_darknet.run(argv)
+    elif argv[2] == "onnx":
+        run_onnx(argv)
+    elif argv[2] == "onnx_predict":
+        run_onnx_predict(argv)
+    else:
+        raise DLServerError(f"Not an option under aggregation: {argv[2]}")
 
 
 # Combining one tensor across models --------------------------------------------------------
@@ -186,8 +201,7 @@ class Combiner:
 
 def read_bytes(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_file(path)
     except FileNotFoundError:
         raise DLServerError(f"{path}: {what} not found") from None
     except IsADirectoryError:

@@ -27,6 +27,17 @@ def averaged_arrays(layer) -> list:
     return []
 
 
+def run(argv) -> None:
+    """`aggregation darknet [cfg] [output] [weights_1] [weights_2 ...] [-weights a,b,..] [-method M]`."""
+    method = argv.find_str("-method", None)
+    weights = argv.find_str("-weights", None)
+    cfg, out = argv[3], argv[4]
+    inputs = [argv[i] for i in range(5, argv.argc) if argv[i] is not None]
+    if out is None:
+        raise DLServerError(f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]")
+    aggregate_darknet(cfg, out, inputs, method, weights)
+
+
 def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None, weights: str | None) -> None:
     """Average the weights files `inputs` (all of the network in `cfg`) into `out`."""
     if not inputs:

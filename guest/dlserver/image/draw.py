@@ -16,7 +16,7 @@ import math
 from .. import kernels
 from ..buffers import filled
 from ..rng import f32
-from ..weights import write_file_atomic
+from ..files import write_file_atomic
 from .font import glyph
 from .jpeg import encode_jpeg
 from .ops import Image

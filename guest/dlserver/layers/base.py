@@ -68,13 +68,10 @@ class Layer:
 
 
 def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
-    """Darknet's SGD step, B = batch * subdivisions, lr = f32(rate * layer scale):
-    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
+    """Darknet's SGD step in one pass (kernels.sgd_update), B = batch * subdivisions and
+    lr = f32(rate * layer scale): bias += f32(lr/B)*bias_upd; bias_upd *= m;
+    W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
     lr = f32(learning_rate)
     batch = net.batch * net.subdivisions
-    step = f32(lr / batch)
-    kernels.axpy(len(biases), step, bias_updates, biases)
-    kernels.scal(len(bias_updates), net.momentum, bias_updates)
-    kernels.axpy(len(weights), f32(-f32(net.decay) * batch), weights, weight_updates)
-    kernels.axpy(len(weights), step, weight_updates, weights)
-    kernels.scal(len(weight_updates), net.momentum, weight_updates)
+    kernels.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
+                       f32(-f32(net.decay) * batch))

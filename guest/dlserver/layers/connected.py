@@ -9,7 +9,7 @@ from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
+from .base import Layer, parse_activation, sgd_update
 
 
 class ConnectedLayer(Layer):
@@ -67,18 +67,8 @@ class ConnectedLayer(Layer):
                                    prev_delta)
 
     def update(self, net, rate: float) -> None:
-        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                         self.weights, self.weight_updates)
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"
-
-
-def fused_sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
-    """base.sgd_update in one pass (_dlk.sgd_update: the same float steps per element):
-    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd;
-    W_upd *= m, with B = batch * subdivisions and lr = f32(rate * layer scale)."""
-    lr = f32(learning_rate)
-    batch = net.batch * net.subdivisions
-    kernels.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
-                       f32(-f32(net.decay) * batch))

@@ -13,8 +13,7 @@ from .. import kernels
 from ..buffers import filled, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
-from .connected import fused_sgd_update
+from .base import Layer, parse_activation, sgd_update
 
 DIRECT_MAX_CHANNELS = 8   # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < size, stride 1
@@ -161,12 +160,11 @@ class ConvolutionalLayer(Layer):
 
     def update(self, net, rate: float) -> None:
         """SGD with momentum and decay (Darknet update_convolutional_layer)."""
-        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                         self.weights, self.weight_updates)
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
         return (f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
                 f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
                 f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}  {bflops:5.3f} BFLOPs")
-
