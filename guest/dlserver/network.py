@@ -1,7 +1,6 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
 import sys
 
-from . import kernels
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.connected import ConnectedLayer
@@ -119,10 +118,9 @@ class Network:
         self._link_in_place_layers()
 
     def _link_in_place_layers(self) -> None:
-        """Dropout works in place: its delta is the previous layer's (its output is set by forward)."""
+        """In-place layers (dropout) take the previous layer's buffers."""
         for i, layer in enumerate(self.layers):
-            if layer.kind == "dropout":
-                layer.delta = self.layers[i - 1].delta if i else None
+            layer.link(self.layers[i - 1] if i else None)
 
     def prepare_training(self, rng) -> None:
         """Allocate deltas and gradient buffers; `rng` feeds dropout (musl rand state)."""
@@ -144,8 +142,7 @@ class Network:
         self.truth = truth
         current = input_buf
         for layer in self.layers:
-            if layer.delta is not None and layer.kind != "dropout":
-                kernels.fill(len(layer.delta), 0.0, layer.delta)
+            layer.clear_delta()
             layer.forward(self, current, True)
             current = layer.output
         for i in range(len(self.layers) - 1, -1, -1):
@@ -169,7 +166,7 @@ class Network:
     def output_layer(self):
         """The last layer that is not a cost layer (Darknet's get_network_output_layer)."""
         for layer in reversed(self.layers):
-            if layer.kind != "cost":
+            if not layer.is_cost:
                 return layer
         return self.layers[-1]
 
@@ -218,7 +215,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:
-            if getattr(layer_type, "needs_network", False):  # route: reads earlier layers
+            if layer_type.needs_network:
                 layer = layer_type(options, net.batch, h, w, c, inputs, net=net, index=index)
             else:
                 layer = layer_type(options, net.batch, h, w, c, inputs)
@@ -228,10 +225,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
         err.write(layer.describe() + "\n")
         _parse_common_options(layer, options)
         options.report_unused()
-        if init_rng is not None and layer.has_weights:
+        if init_rng is not None:
             layer.init_weights(init_rng)
-        if init_rng is not None and getattr(layer, "srand_on_build", None) is not None:
-            init_rng.srand(layer.srand_on_build)  # make_yolo_layer's srand(0)
         net.layers.append(layer)
         h, w, c, inputs = layer.out_h, layer.out_w, layer.out_c, layer.outputs
     return net

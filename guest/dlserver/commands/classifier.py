@@ -166,15 +166,6 @@ def clock_enabled() -> bool:
     return os.environ.get("DL_SERVER_CLOCK", "1") != "0"
 
 
-def skip_init_draws(net, rng) -> None:
-    """Advance rand() as the weight initialisation of a parsed network would have."""
-    for layer in net.layers:
-        if layer.kind == "convolutional":
-            rng.skip_normals(layer.nweights)
-        elif layer.kind == "connected":
-            rng.skip(len(layer.weights))
-
-
 def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None) -> None:
     """Darknet's train_classifier with the Veracruz loader (spec §5)."""
     out = sys.stdout
@@ -183,7 +174,8 @@ def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, s
     rng = Random(seed)
     net = parse_network_cfg(cfg, init_rng=None if weights else rng)
     if weights:
-        skip_init_draws(net, rng)
+        for layer in net.layers:      # rand() advances as the weight initialisation would have
+            layer.skip_init_weights(rng)
         load_weights(net, weights)
     if clear:
         net.seen = 0

@@ -21,6 +21,7 @@ from ..errors import DLServerError
 from ..image.draw import draw_box_width, draw_label, get_color, get_label, save_image
 from ..image.load import load_image_color
 from ..image.ops import letterbox_image, letterbox_size
+from ..layers.yolo import YoloLayer
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
@@ -73,7 +74,7 @@ def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -
 def get_network_boxes(net, im_w: int, im_h: int, thresh: float) -> list:
     dets = []
     for layer in net.layers:
-        if layer.kind == "yolo":
+        if isinstance(layer, YoloLayer):
             dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
     return dets
 
@@ -158,8 +159,8 @@ def test_detector(datacfg: str, cfg: str, weights: str | None, filename: str | N
     net = parse_network_cfg(cfg)
     load_weights(net, weights)
     net.set_batch(1)
-    yolo_layers = [layer for layer in net.layers if layer.kind == "yolo"]
-    if not yolo_layers or net.layers[-1].kind != "yolo":
+    yolo_layers = [layer for layer in net.layers if isinstance(layer, YoloLayer)]
+    if not yolo_layers or not isinstance(net.layers[-1], YoloLayer):
         raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo]")
     if net.w < 1 or net.h < 1 or net.c != 3:
         raise DLServerError(f"{cfg}: detect needs an image network (width, height, channels=3),"

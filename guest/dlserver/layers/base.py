@@ -25,8 +25,9 @@ class Layer:
     """Geometry (input h, w, c -> output out_h, out_w, out_c) and a batch of outputs."""
 
     kind = "layer"
-    has_weights = False
-    has_cost = False
+    has_cost = False       # has a cost to report (network cost = mean of these)
+    is_cost = False        # a cost layer: not the network's output layer
+    needs_network = False  # built with the network so far (route reads earlier layers)
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch
@@ -61,6 +62,28 @@ class Layer:
 
     def update(self, net, rate: float) -> None:
         """Apply accumulated gradients; layers without weights have nothing to do."""
+
+    def parameter_arrays(self) -> list:
+        """The arrays of the layer's record in a weights file, in file order: what load and
+        save read and write, and what aggregation combines."""
+        return []
+
+    def init_weights(self, rng) -> None:
+        """Darknet's random initialisation when the layer is built (draws from rng)."""
+
+    def skip_init_weights(self, rng) -> None:
+        """Advance rng as init_weights would have (the weights come from a file)."""
+
+    def transpose_weights(self) -> None:
+        """Undo the transposition of a weights file with major or minor > 1000."""
+
+    def link(self, prev) -> None:
+        """Take buffers from the previous layer (None for the first): in-place layers do."""
+
+    def clear_delta(self) -> None:
+        """Zero delta before a forward pass of training."""
+        if self.delta is not None:
+            kernels.fill(len(self.delta), 0.0, self.delta)
 
     def describe(self) -> str:
         """The rest of Darknet's layer-table line after the `%5d ` index."""

@@ -14,7 +14,6 @@ from .base import Layer, parse_activation, sgd_update
 
 class ConnectedLayer(Layer):
     kind = "connected"
-    has_weights = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -41,8 +40,16 @@ class ConnectedLayer(Layer):
         scale = f32(math.sqrt(2.0 / self.inputs))
         rng.uniform_fill(self.weights, -1.0, 1.0, scale)
 
+    def skip_init_weights(self, rng) -> None:
+        rng.skip(len(self.weights))
+
     def parameter_arrays(self):
         return [self.biases, self.weights]
+
+    def transpose_weights(self) -> None:
+        values = self.weights.tolist()
+        rows, cols = self.inputs, self.outputs
+        self.weights[:] = type(self.weights)("f", [values[r * cols + c] for c in range(cols) for r in range(rows)])
 
     def forward(self, net, input_buf, train):
         out = self.output

@@ -21,7 +21,6 @@ TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < s
 
 class ConvolutionalLayer(Layer):
     kind = "convolutional"
-    has_weights = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -79,6 +78,9 @@ class ConvolutionalLayer(Layer):
         """w = f32(sqrt(2/(size*size*c))) * rand_normal(), in index order."""
         scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c)))
         rng.normal_fill(self.weights, scale)
+
+    def skip_init_weights(self, rng) -> None:
+        rng.skip_normals(self.nweights)
 
     def parameter_arrays(self):
         """The arrays of a .weights record, in file order."""

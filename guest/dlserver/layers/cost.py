@@ -9,6 +9,7 @@ COST_TYPES = ("seg", "sse", "masked", "smooth", "L1", "wgan")
 
 class CostLayer(Layer):
     kind = "cost"
+    is_cost = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)

@@ -32,6 +32,13 @@ class DropoutLayer(Layer):
     def prepare_training(self) -> None:
         self.rand = zeros(self.batch * self.inputs)
 
+    def link(self, prev) -> None:
+        """In place: delta is the previous layer's (the output is set by forward)."""
+        self.delta = prev.delta if prev is not None else None
+
+    def clear_delta(self) -> None:
+        """The previous layer's delta, which that layer clears."""
+
     def forward(self, net, input_buf, train):
         self.output = input_buf
         if train:

@@ -14,7 +14,7 @@ from .base import Layer
 
 class RouteLayer(Layer):
     kind = "route"
-    needs_network = True
+    needs_network = True  # reads earlier layers
 
     def __init__(self, options, batch, h, w, c, inputs, net=None, index=0):
         super().__init__(batch, h, w, c, inputs)

@@ -17,7 +17,6 @@ from .base import Layer
 
 class YoloLayer(Layer):
     kind = "yolo"
-    srand_on_build = 0
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -78,6 +77,10 @@ class YoloLayer(Layer):
                 kernels.activate(view(out, index, 2 * hw), 2 * hw, Activation.LOGISTIC)
                 index = self.entry_index(b, a * hw, 4)
                 kernels.activate(view(out, index, scores), scores, Activation.LOGISTIC)
+
+    def init_weights(self, rng) -> None:
+        """make_yolo_layer calls srand(0) (spec §10.2)."""
+        rng.srand(0)
 
     def prepare_training(self) -> None:
         raise DLServerError(f"{self.where}: training yolo is not supported")
