@@ -3,11 +3,14 @@ handling (flags are removed from argv as they are found)."""
 import sys
 
 from .errors import DLServerError
-from .files import read_file
+from .files import Wording, read_input_file
 
 ARGS_FILE = "args.cfg"
 MAX_ARGS = 1024  # the original has room for 9 (a 10th line overflows its buffer)
 PROGRAM = "dl-server"
+ARGS_FILE_WORDING = Wording("Argument file not found. Command-line arguments not found."
+                            " (no {path} in the working directory and no arguments given)",
+                            None, "{path}: cannot read {what}: {reason}")
 
 
 class Argv:
@@ -73,13 +76,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
 
     Unlike the original, lines are not cut at 99 characters, a trailing '\\r' is dropped
     and up to MAX_ARGS arguments are taken (the original overflows past 9)."""
-    try:
-        data = read_file(path)
-    except FileNotFoundError:
-        raise DLServerError("Argument file not found. Command-line arguments not found."
-                            f" (no {path} in the working directory and no arguments given)") from None
-    except OSError as e:
-        raise DLServerError(f"{path}: cannot read argument file: {e.strerror or e}") from None
+    data = read_input_file(path, "argument file", ARGS_FILE_WORDING)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

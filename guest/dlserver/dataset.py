@@ -18,7 +18,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
 from . import kernels
 from .buffers import view, zeros
 from .errors import DLServerError
-from .files import read_file, read_input_file
+from .files import read_input_file
 from .image.load import decode_image, read_image_file
 from .image.ops import center_crop_image, resize_image
 
@@ -63,11 +63,7 @@ class TrainingData:
         data = self.cache.get(i)
         if data is not None:
             return data
-        path = self.paths[i]
-        try:
-            data = read_file(path)
-        except OSError:
-            data = read_input_file(path, "image")   # its error message (or the file, if readable now)
+        data = read_input_file(self.paths[i], "image")
         self._keep(i, data)
         return data
 

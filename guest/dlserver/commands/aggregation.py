@@ -56,7 +56,7 @@ import sys
 
 from ..averaging import Combiner, parse_method
 from ..errors import DLServerError
-from ..files import read_file, write_file_atomic
+from ..files import Wording, read_input_file, write_file_atomic
 from ..onnx import interpreter as oi
 from ..onnx import model as om
 from ..onnx.wire import ProtoError
@@ -83,21 +83,13 @@ def run(argv) -> None:
 
 # Loading ----------------------------------------------------------------------------------
 
-def read_bytes(path: str, what: str) -> bytes:
-    try:
-        return read_file(path)
-    except FileNotFoundError:
-        raise DLServerError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise DLServerError(f"{path}: is a directory, not {what}") from None
-    except OSError as e:
-        raise DLServerError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+READ = Wording("{path}: {what} not found", "{path}: is a directory, not {what}", "{path}: cannot read {what}: {reason}")
 
 
 class LoadedModel:
     def __init__(self, path: str):
         self.path = path
-        data = read_bytes(path, "ONNX model")
+        data = read_input_file(path, "ONNX model", READ)
         if not data:
             raise DLServerError(f"{path}: empty file, not an ONNX model")
         try:
@@ -230,7 +222,7 @@ def onnx_predict(model_path: str, input_path: str) -> None:
     except ProtoError as e:
         raise DLServerError(f"{model_path}: not a valid ONNX model: {e}") from None
     sys.stdout.write("model loaded\n")
-    data = read_bytes(input_path, "input tensor")
+    data = read_input_file(input_path, "input tensor", READ)
     try:
         value = oi.value_from_tensor(om.parse_tensor(data))
     except ProtoError as e:
