@@ -156,9 +156,13 @@ def musl_qsort(items: list, cmp) -> None:
         head -= 1
 
 
-def nms_comparator(a: Detection, b: Detection) -> int:
-    """Descending by prob[sort_class] (objectness when sort_class < 0): 1 if a < b, -1 if a > b."""
-    k = b.sort_class
+def nms_comparator(klass: int):
+    """Darknet's comparator with sort_class = klass: descending by prob[klass] (objectness when
+    klass < 0): 1 if a < b, -1 if a > b."""
+    return lambda a, b: _compare(a, b, klass)
+
+
+def _compare(a: Detection, b: Detection, k: int) -> int:
     if k >= 0:
         pa, pb = a.prob[k], b.prob[k]
     else:
@@ -184,9 +188,7 @@ def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
     total = k + 1
     head = dets[:total]
     for klass in range(classes):
-        for d in head:
-            d.sort_class = klass
-        musl_qsort(head, nms_comparator)
+        musl_qsort(head, nms_comparator(klass))
         for i in range(total):
             a = head[i]
             if a.prob[klass] == 0:

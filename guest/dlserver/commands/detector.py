@@ -32,13 +32,12 @@ NMS = .45
 
 class Detection:
     """One candidate box: centre x, y and size w, h as fractions of the image."""
-    __slots__ = ("x", "y", "w", "h", "objectness", "prob", "sort_class")
+    __slots__ = ("x", "y", "w", "h", "objectness", "prob")
 
     def __init__(self, x, y, w, h, objectness, prob):
         self.x, self.y, self.w, self.h = x, y, w, h
         self.objectness = objectness
         self.prob = prob
-        self.sort_class = -1
 
 
 # ---------------------------------------------------------------- boxes (yolo_layer.c)

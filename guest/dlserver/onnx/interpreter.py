@@ -85,10 +85,6 @@ def _axis(axis: int, rank: int, what: str = "axis") -> int:
     return a
 
 
-def _new(dtype: int, values) -> array:
-    return array(TYPECODES[dtype], values)
-
-
 class Node:
     """One NodeProto ready to run: op_type, input/output names, decoded attributes."""
 
