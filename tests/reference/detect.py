@@ -2,12 +2,12 @@
 and kernels.nms_sort, with musl's qsort (smoothsort) emulated."""
 import math
 
-from dlserver.commands.detector import Detection, correct_yolo_boxes
+from dlserver.boxes import Detection, correct_yolo_boxes
 from dlserver.rng import f32
 
 
 def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float) -> list:
-    """detector.get_yolo_detections in pure Python."""
+    """boxes.get_yolo_detections in pure Python."""
     out = layer.output
     hw = layer.w * layer.h
     dets = []
@@ -175,7 +175,7 @@ def _compare(a: Detection, b: Detection, k: int) -> int:
 
 
 def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
-    """detector.do_nms_sort in pure Python, with the smoothsort emulation above."""
+    """boxes.do_nms_sort in pure Python, with the smoothsort emulation above."""
     thresh = f32(thresh)
     k = len(dets) - 1
     i = 0
