@@ -14,15 +14,15 @@ back); `using(impl)` does both around a `with` block. Tests run the reference lo
 tests/reference through it; production code never calls it and pays nothing for it.
 """
 from array import array
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
-from typing import Any, Callable, Iterator
 
 import _dlk
 
-Floats = Any        # a float32 buffer (array('f') or a view of one)
-Ints = Any          # an int32 buffer (array('i'))
-Bytes = Any         # bytes, bytearray or a byte buffer
+Floats = array | memoryview              # float32: array('f') or a view of one
+Ints = array | memoryview                # int32: array('i')
+Bytes = bytes | bytearray | memoryview   # bytes, or array('H') and the like where noted
 
 
 class Activation(IntEnum):
@@ -72,10 +72,12 @@ conv_forward: Callable[[Floats, int, int, int, int, Floats, int, int, int, Float
     _dlk.conv_forward
 # conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd,
 #               prev_delta | None): gradient, bias and weight updates, prev_delta of a conv_forward layer
-conv_backward: Callable[..., None] = _dlk.conv_backward
+conv_backward: Callable[[Floats, int, int, int, int, Floats, Floats, int, int, int, int, Floats, Floats, Floats,
+                         Floats | None], None] = _dlk.conv_backward
 # connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd,
 #                    prev_delta | None)
-connected_backward: Callable[..., None] = _dlk.connected_backward
+connected_backward: Callable[[Floats, int, int, Floats, Floats, int, int, Floats, Floats, Floats, Floats | None],
+                              None] = _dlk.connected_backward
 # sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay): Darknet's SGD step
 sgd_update: Callable[[Floats, Floats, Floats, Floats, float, float, float], None] = _dlk.sgd_update
 # maxpool_forward(in, batch, c, h, w, size, stride, pad, out, indexes)
@@ -95,7 +97,8 @@ sse_cost: Callable[[Floats, Floats, Floats, int], float] = _dlk.sse_cost
 # upsample(in, batch, c, h, w, stride, scale, out, forward): nearest neighbour up (or summed back)
 upsample: Callable[[Floats, int, int, int, int, int, float, Floats, bool], None] = _dlk.upsample
 # yolo_candidates(output, w, h, n, classes, anchors, netw, neth, thresh, boxes, objectness, probs) -> count
-yolo_candidates: Callable[..., int] = _dlk.yolo_candidates
+yolo_candidates: Callable[[Floats, int, int, int, int, Floats, int, int, float, Floats, Floats, Floats], int] = \
+    _dlk.yolo_candidates
 # nms_sort(boxes, objectness, probs, n, classes, thresh, order) -> boxes taking part (do_nms_sort)
 nms_sort: Callable[[Floats, Floats, Floats, int, int, float, Ints], int] = _dlk.nms_sort
 
@@ -103,7 +106,7 @@ nms_sort: Callable[[Floats, Floats, Floats, int, int, float, Ints], int] = _dlk.
 # rand_uniform_fill(out, n, a, b, scale, state) -> state
 rand_uniform_fill: Callable[[Floats, int, float, float, float, int], int] = _dlk.rand_uniform_fill
 # rand_normal_fill(out, n, scale, state, spare) -> (state, spare)
-rand_normal_fill: Callable[[Floats, int, float, int, Any], tuple] = _dlk.rand_normal_fill
+rand_normal_fill: Callable[[Floats, int, float, int, tuple | None], tuple] = _dlk.rand_normal_fill
 # rand_below(n, m, state) -> (state, [rand() % m, ...])
 rand_below: Callable[[int, int, int], tuple] = _dlk.rand_below
 
@@ -126,20 +129,20 @@ resize_image: Callable[[Floats, int, int, int, Floats, int, int, Floats], None] 
 # image_paste(src, sw, sh, c, dst, dw, dh, dx, dy, multiply): embed_image / composite_image
 image_paste: Callable[[Floats, int, int, int, Floats, int, int, int, int, bool], None] = _dlk.image_paste
 # draw_box_width(im, w, h, x1, y1, x2, y2, width, r, g, b)
-draw_box_width: Callable[..., None] = _dlk.draw_box_width
+draw_box_width: Callable[[Floats, int, int, int, int, int, int, int, float, float, float], None] = _dlk.draw_box_width
 # draw_label(im, w, h, label, lw, lh, row, col, r, g, b)
-draw_label: Callable[..., None] = _dlk.draw_label
+draw_label: Callable[[Floats, int, int, Floats, int, int, int, int, float, float, float], None] = _dlk.draw_label
 # jpeg_idct(coeffs, first, blocks_w, blocks_h, quant, plane, plane_first): dequantise + stb IDCT
-jpeg_idct: Callable[[Any, int, int, int, bytes, Bytes, int], None] = _dlk.jpeg_idct
+jpeg_idct: Callable[[Bytes, int, int, int, bytes, Bytes, int], None] = _dlk.jpeg_idct
 # jpeg_color(planes, params, width, height, mode, out): stb upsampling + colour conversion
 jpeg_color: Callable[[Bytes, Ints, int, int, int, Bytes], None] = _dlk.jpeg_color
 # jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> entropy-coded bytes
-jpeg_encode_scan: Callable[[Bytes, int, int, int, Any, Any, bytes], bytes] = _dlk.jpeg_encode_scan
+jpeg_encode_scan: Callable[[Bytes, int, int, int, Bytes, Bytes, bytes], bytes] = _dlk.jpeg_encode_scan
 
 
 def jpeg_decode_scan(data: bytes, start: int, *, progressive: bool, spectral_start: int, spectral_end: int,
                      approx_high: int, approx_low: int, restart_interval: int, mcus_x: int, mcus_y: int,
-                     components: list, tables: Bytes, coeffs: Any) -> int:
+                     components: list, tables: Bytes, coeffs: Bytes) -> int:
     """Decode one scan's entropy-coded data from data[start:] into coeffs; returns the offset
     after it, or a negative error code. `components`: one tuple per scan component of
     (coefficient offset, blocks wide, blocks high, h, v, blocks per MCU wide and high,
