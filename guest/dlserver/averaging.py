@@ -6,7 +6,7 @@ float32 (the definitions; `aggregation onnx` documents its double and integer on
   (Darknet's rule) or divide by T (the original's ONNX path, ONNX's rule);
 - weighted mean (`-weights a,b,c`): w_i = f32(a_i / sum a), result = sum_i w_i * x_i in
   float32, in file order (Darknet's rule scales the first model by w_1, ONNX's adds
-  w_1 * x_1 to zeros: they differ only in the sign of a zero);
+  w_1 * x_1 to zeros: the sign of a zero can differ);
 - median (`-method median`): per coordinate, the middle value, or f32((lo + hi)/2) of
   the two middle values when T is even;
 - trimmed mean (`-method trimmed:f`): per coordinate, drop the k = floor(f*T) smallest and

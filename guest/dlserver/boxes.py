@@ -21,7 +21,7 @@ class Detection:
 
 def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float) -> list:
     """Candidates of one YOLO layer in Darknet's order: cells i = 0..w*h-1, then anchor
-    slots (the loops run in `_dlk.yolo_candidates`; get_yolo_detections_py is the same in Python)."""
+    slots (the loops run in `kernels.yolo_candidates`; tests/reference/detect.py: the same in Python)."""
     most = layer.w * layer.h * layer.n
     anchors = array("f", [v for m in layer.mask for v in (layer.biases[2 * m], layer.biases[2 * m + 1])])
     boxes, objectness, probs = zeros(4 * most), zeros(most), zeros(most * layer.classes)
@@ -59,7 +59,7 @@ def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
     """Darknet do_nms_sort: zero-objectness boxes to the end, then per class: sort by that
     class's probability (musl qsort) and zero the class for boxes overlapping a better one
     by IoU > thresh. Returns the boxes in their final order. The loops run in
-    `_dlk.nms_sort`; do_nms_sort_py is the same in Python."""
+    `kernels.nms_sort`; tests/reference/detect.py: the same in Python."""
     n = len(dets)
     boxes = array("f", [v for d in dets for v in (d.x, d.y, d.w, d.h)])
     objectness = array("f", [d.objectness for d in dets])

@@ -18,7 +18,7 @@ class Image:
 
 def resize_image(im: Image, w: int, h: int) -> Image:
     """Darknet's separable bilinear resize (spec §7.2); same size returns the image itself.
-    The loops run in `_dlk.resize_image`; `resize_image_py` is the same math in Python."""
+    The loops run in `kernels.resize_image` (tests/reference/image.py: the same in Python)."""
     if im.w == w and im.h == h:
         return im
     resized = zeros(w * h * im.c)

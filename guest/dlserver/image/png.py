@@ -4,11 +4,11 @@
 height x width pixels of `comps` interleaved bytes, 1 gray, 2 gray+alpha, 3 RGB,
 4 RGBA. A palette image gives 3 (RGB), or 4 (RGBA) when it has a tRNS chunk.
 The conversion to Darknet's 3 float channels (gray replicated, alpha dropped,
-as stb with req_comp=3) is `_dlk.pixels_to_chw`'s job.
+as stb with req_comp=3) is `kernels.pixels_to_chw`'s job.
 
 Supported: colour types 0, 2, 3, 4, 6 at every bit depth the PNG spec allows
 (gray 1/2/4/8/16, palette 1/2/4/8, the others 8/16); the five scanline filters
-(`_dlk.png_unfilter`); Adam7 interlacing; any number of IDAT chunks.
+(`kernels.png_unfilter`); Adam7 interlacing; any number of IDAT chunks.
 Results follow stb_image:
   - 16-bit samples keep their high byte (value >> 8);
   - 1/2/4-bit gray is scaled to 0..255 (x255, x85, x17); palette indexes are not;
