@@ -1,14 +1,13 @@
 """Entry of dl-server: arguments from argv or `args.cfg`, then the command's run(argv).
 
 Exit status: 0 on success, 1 for any error (one line on stderr naming the file and the
-problem), 2 for a command a later piece of work will build (a WASI component can only
-report success or failure, so under wasmtime both 1 and 2 show as 1).
+problem).
 """
 import sys
 
 from .argv import Argv, read_args_file
 from .commands import aggregation, classifier, detector
-from .errors import DLServerError, NotImplementedYet
+from .errors import DLServerError
 
 COMMANDS = {"classifier": classifier.run, "detect": detector.run, "aggregation": aggregation.run}
 
@@ -31,9 +30,6 @@ def main(args: list[str] | None = None) -> int:
         if len(args) < 2:
             args = read_args_file()
         run(args)
-    except NotImplementedYet as e:
-        sys.stderr.write(f"dl-server: {e}\n")
-        status = 2
     except DLServerError as e:
         sys.stderr.write(f"dl-server: error: {e}\n")
         status = 1
