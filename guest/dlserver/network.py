@@ -53,7 +53,7 @@ class Network:
         self.decay = options.find_float("decay", .0001)
         subdivisions = options.find_int("subdivisions", 1)
         self.time_steps = options.find_int("time_steps", 1, quiet=True)
-        self.notruth = options.find_int("notruth", 0, quiet=True)
+        options.find_int("notruth", 0, quiet=True)   # read, not applied (so not reported unused)
         where = f"{options.path}:{options.line}"
         if self.batch < 1 or subdivisions < 1 or self.time_steps < 1:
             raise DLServerError(f"{where}: batch, subdivisions and time_steps must be at least 1")
@@ -63,10 +63,10 @@ class Network:
         self.subdivisions = subdivisions
         self.random = options.find_int("random", 0, quiet=True)
         self.adam = options.find_int("adam", 0, quiet=True)
-        if self.adam:
-            self.B1 = options.find_float("B1", .9)
-            self.B2 = options.find_float("B2", .999)
-            self.eps = options.find_float("eps", .0000001)
+        if self.adam:                                # adam's options: read, not applied
+            options.find_float("B1", .9)
+            options.find_float("B2", .999)
+            options.find_float("eps", .0000001)
         self.h = options.find_int("height", 0, quiet=True)
         self.w = options.find_int("width", 0, quiet=True)
         self.c = options.find_int("channels", 0, quiet=True)
@@ -75,13 +75,14 @@ class Network:
         self.min_crop = options.find_int("min_crop", self.w, quiet=True)
         self.max_ratio = options.find_float("max_ratio", self.max_crop / self.w if self.w else 0.0, quiet=True)
         self.min_ratio = options.find_float("min_ratio", self.min_crop / self.w if self.w else 0.0, quiet=True)
-        self.center = options.find_int("center", 0, quiet=True)
-        self.clip = options.find_float("clip", 0, quiet=True)
-        self.angle = options.find_float("angle", 0, quiet=True)
-        self.aspect = options.find_float("aspect", 1, quiet=True)
-        self.saturation = options.find_float("saturation", 1, quiet=True)
-        self.exposure = options.find_float("exposure", 1, quiet=True)
-        self.hue = options.find_float("hue", 0, quiet=True)
+        # Darknet's augmentation options: read, not applied (the Veracruz loader augments nothing)
+        options.find_int("center", 0, quiet=True)
+        options.find_float("clip", 0, quiet=True)
+        options.find_float("angle", 0, quiet=True)
+        options.find_float("aspect", 1, quiet=True)
+        options.find_float("saturation", 1, quiet=True)
+        options.find_float("exposure", 1, quiet=True)
+        options.find_float("hue", 0, quiet=True)
         if not self.inputs and not (self.h and self.w and self.c):
             raise DLServerError(f"{where}: no input size: give height, width and channels (or inputs)")
         if self.h < 0 or self.w < 0 or self.c < 0 or self.inputs < 0:
@@ -233,8 +234,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
 
 
 def _parse_common_options(layer, options: Options) -> None:
-    layer.truth = options.find_int("truth", 0, quiet=True)
-    layer.onlyforward = options.find_int("onlyforward", 0, quiet=True)
+    options.find_int("truth", 0, quiet=True)          # truth, onlyforward, smooth: read, not applied
+    options.find_int("onlyforward", 0, quiet=True)
     layer.stopbackward = options.find_int("stopbackward", 0, quiet=True)
     layer.dontsave = options.find_int("dontsave", 0, quiet=True)
     layer.dontload = options.find_int("dontload", 0, quiet=True)
@@ -243,7 +244,7 @@ def _parse_common_options(layer, options: Options) -> None:
     if numload or dontloadscales:
         raise DLServerError(f"{options.path}:{options.line}: numload/dontloadscales are not supported")
     layer.learning_rate_scale = options.find_float("learning_rate", 1, quiet=True)
-    layer.smooth = options.find_float("smooth", 0, quiet=True)
+    options.find_float("smooth", 0, quiet=True)
 
 
 def sum_f32(values) -> float:

@@ -18,9 +18,9 @@ class CostLayer(Layer):
             known = "not supported yet" if self.cost_type in COST_TYPES else "unknown"
             raise DLServerError(f"{options.path}:{options.line}: cost type '{self.cost_type}' is {known}")
         self.scale = options.find_float("scale", 1, quiet=True)
-        self.ratio = options.find_float("ratio", 0, quiet=True)
-        self.noobject_scale = options.find_float("noobj", 1, quiet=True)
-        self.thresh = options.find_float("thresh", 0, quiet=True)
+        options.find_float("ratio", 0, quiet=True)    # ratio, noobj, thresh: read, not applied
+        options.find_float("noobj", 1, quiet=True)
+        options.find_float("thresh", 0, quiet=True)
         self.outputs = inputs
         self.out_h, self.out_w, self.out_c = h, w, c
         self.allocate()

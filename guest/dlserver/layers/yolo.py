@@ -40,10 +40,10 @@ class YoloLayer(Layer):
             raise DLServerError(f"{where}: yolo layer with {self.n} anchors x ({self.classes} classes + 5) needs"
                                 f" {self.out_c} input channels, the layer before gives {c}")
         self.inputs = inputs
-        self.max_boxes = options.find_int("max", 90, quiet=True)
-        self.jitter = options.find_float("jitter", .2)
-        self.ignore_thresh = options.find_float("ignore_thresh", .5)
-        self.truth_thresh = options.find_float("truth_thresh", 1)
+        options.find_int("max", 90, quiet=True)       # training options: read, not applied
+        options.find_float("jitter", .2)
+        options.find_float("ignore_thresh", .5)
+        options.find_float("truth_thresh", 1)
         self.random = options.find_int("random", 0, quiet=True)
         if options.find_str("map", None, quiet=True) is not None:
             raise DLServerError(f"{where}: yolo map= (class maps) is not supported")
@@ -55,7 +55,6 @@ class YoloLayer(Layer):
                                     f" for {2 * self.total}")
             biases[:len(anchors)] = anchors
         self.biases = from_values(biases)
-        self.truths = 90 * (4 + 1)
         self.allocate()
 
     def entry_index(self, b: int, location: int, entry: int) -> int:
