@@ -606,7 +606,7 @@ def op_flatten(node, x):
     return [_reshaped(x, (numel(x.shape[:axis]), numel(x.shape[axis:])))]
 
 
-def _axes_arg(node, axes_input, what):
+def _axes_arg(node, axes_input):
     if node.opset >= 13 and axes_input is not None:
         return _ints(axes_input, "axes")
     a = node.attr("axes")
@@ -614,7 +614,7 @@ def _axes_arg(node, axes_input, what):
 
 
 def op_unsqueeze(node, x, axes=None):
-    axes = _axes_arg(node, axes, "axes")
+    axes = _axes_arg(node, axes)
     if axes is None:
         raise OpError("axes are required")
     rank = len(x.shape) + len(axes)
@@ -628,7 +628,7 @@ def op_unsqueeze(node, x, axes=None):
 
 
 def op_squeeze(node, x, axes=None):
-    axes = _axes_arg(node, axes, "axes")
+    axes = _axes_arg(node, axes)
     rank = len(x.shape)
     if axes is None:
         drop = {d for d in range(rank) if x.shape[d] == 1}
