@@ -156,7 +156,8 @@ def jpeg_decode_scan(data: bytes, start: int, *, progressive: bool, spectral_sta
 
 # Every kernel name above: what use() may replace.
 KERNELS = tuple(name for name, value in globals().items()
-                if not name.startswith("_") and (type(value) is type(len) or value is jpeg_decode_scan))
+                if not name.startswith("_") and callable(value) and not isinstance(value, type)
+                and getattr(value, "__module__", None) in ("_dlk", __name__))
 
 
 def use(impl) -> dict:
