@@ -333,13 +333,13 @@ def test_usage(tmp_cwd, capsys):
 
 
 def test_unknown_fields_are_kept(tmp_cwd, capsys):
-    from dlserver.onnx import wire
+    from reference.wire import encode_len_field
     rng = np.random.default_rng(7)
     for k in (1, 2):
         make_model([float_tensor("w", dyadic(rng, (3,)) * k, raw=True)], tmp_cwd / f"m{k}.onnx")
-    data = (tmp_cwd / "m1.onnx").read_bytes() + wire.encode_len_field(1000, b"vendor extension")
+    data = (tmp_cwd / "m1.onnx").read_bytes() + encode_len_field(1000, b"vendor extension")
     (tmp_cwd / "m1.onnx").write_bytes(data)
     assert run(capsys, "onnx", "avg.onnx", "m1.onnx", "m2.onnx")[0] == 0
     out = (tmp_cwd / "avg.onnx").read_bytes()
-    assert out.endswith(wire.encode_len_field(1000, b"vendor extension"))
+    assert out.endswith(encode_len_field(1000, b"vendor extension"))
     assert len(out) == len(data)

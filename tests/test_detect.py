@@ -17,10 +17,13 @@ from PIL import Image as PILImage
 from conftest import ROOT, run_wasmtime
 
 import _dlk
+import reference.detect
+import reference.image
+from dlserver import boxes, kernels
 from dlserver.commands import detector
 from dlserver.image import draw
 from dlserver.image.font import HEIGHTS, glyph, glyph_size
-from dlserver.image.ops import Image, letterbox_image, resize_image, resize_image_py
+from dlserver.image.ops import Image, letterbox_image, resize_image
 from dlserver.main import main
 from dlserver.network import parse_network_cfg
 from dlserver.rng import Random, f32
@@ -258,7 +261,7 @@ def test_box_decode_order_and_correction(tmp_path, capsys):
     a0[4, 3, 0], a0[6, 3, 0] = logit(.6), logit(.95)
     a0[4, 1, 2] = logit(.7)  # the same cell as the first box: slot 0 comes first there
     net = tiny_yolo_layer(tmp_path, logits)
-    dets = detector.get_network_boxes(net, 40, 40, f32(.5))  # a square image: no letterbox offset
+    dets = boxes.get_network_boxes(net, 40, 40, f32(.5))  # a square image: no letterbox offset
     assert len(dets) == 3
     first, second, third = dets  # cell 6 (row 1, col 2) anchor slots 0, 1; then cell 12
     assert first.objectness == pytest.approx(.7, abs=1e-6)
@@ -276,7 +279,7 @@ def test_box_decode_order_and_correction(tmp_path, capsys):
 
     # correct_yolo_boxes for a 768 x 576 image letterboxed to 4 x 4: 4 x 3 at y offset .5
     net = tiny_yolo_layer(tmp_path, logits)
-    dets = detector.get_network_boxes(net, 768, 576, f32(.5))
+    dets = boxes.get_network_boxes(net, 768, 576, f32(.5))
     box = dets[1]
     assert box.x == pytest.approx((2 + .25) / 4, abs=1e-6)
     assert box.y == pytest.approx(((1 + .75) / 4 - .5 / 4) / (3 / 4), abs=1e-6)
@@ -285,14 +288,14 @@ def test_box_decode_order_and_correction(tmp_path, capsys):
 
 
 def det(x, y, w, h, probs, objectness=1.0):
-    return detector.Detection(f32(x), f32(y), f32(w), f32(h), objectness, [f32(p) for p in probs])
+    return boxes.Detection(f32(x), f32(y), f32(w), f32(h), objectness, [f32(p) for p in probs])
 
 
 def test_box_iou():
     a = det(.5, .5, .2, .2, [])
-    assert detector.box_iou(a, det(.6, .5, .2, .2, [])) == pytest.approx(1 / 3, rel=1e-6)
-    assert detector.box_iou(a, a) == pytest.approx(1.0, rel=1e-6)
-    assert detector.box_iou(a, det(.9, .5, .2, .2, [])) == 0.0
+    assert reference.detect.box_iou(a, det(.6, .5, .2, .2, [])) == pytest.approx(1 / 3, rel=1e-6)
+    assert reference.detect.box_iou(a, a) == pytest.approx(1.0, rel=1e-6)
+    assert reference.detect.box_iou(a, det(.9, .5, .2, .2, [])) == 0.0
 
 
 def test_nms_sort(capsys):
@@ -304,7 +307,7 @@ def test_nms_sort(capsys):
         det(.32, .31, .2, .2, [.0, .8]),    # class 1 beats the second box there
     ]
     zero = dets[3]
-    out = detector.do_nms_sort(dets, 2, .45)
+    out = boxes.do_nms_sort(dets, 2, .45)
     assert out[-1] is zero
     by_x = {round(d.x, 2): d for d in out}
     assert by_x[.31].prob == [f32(.9), 0.0]
@@ -335,7 +338,7 @@ MUSL_ORDERS = [
 
 def emulated_order(keys):
     items = list(enumerate(keys))
-    detector.musl_qsort(items, lambda a, b: (a[1] < b[1]) - (a[1] > b[1]))
+    reference.detect.musl_qsort(items, lambda a, b: (a[1] < b[1]) - (a[1] > b[1]))
     return [i for i, _ in items]
 
 
@@ -407,7 +410,7 @@ def random_detections(rng, n, classes):
     dets = []
     for _ in range(n):
         probs = [f32(rng.choice([.6, .9, rng.random()])) if rng.random() < .4 else 0.0 for _ in range(classes)]
-        dets.append(detector.Detection(f32(rng.random()), f32(rng.random()), f32(rng.choice([.05, .2, .4])),
+        dets.append(boxes.Detection(f32(rng.random()), f32(rng.random()), f32(rng.choice([.05, .2, .4])),
                                        f32(rng.choice([.05, .2, .4])), rng.choice([f32(.7), f32(.55), 0.0]), probs))
     return dets
 
@@ -420,8 +423,8 @@ def test_nms_sort_kernel_equals_python():
         twins = copy.deepcopy(dets)
         where = {id(d): i for i, d in enumerate(dets)}
         where_twin = {id(d): i for i, d in enumerate(twins)}
-        fast = detector.do_nms_sort(dets, classes, .45)
-        slow = detector.do_nms_sort_py(twins, classes, .45)  # reorders twins in place
+        fast = boxes.do_nms_sort(dets, classes, .45)
+        slow = reference.detect.do_nms_sort(twins, classes, .45)  # reorders twins in place
         assert [where[id(d)] for d in fast] == [where_twin[id(d)] for d in slow]
         assert [d.prob for d in fast] == [d.prob for d in slow]
 
@@ -433,8 +436,8 @@ def test_yolo_candidates_kernel_equals_python(tmp_path, capsys):
     layer = net.layers[0]
     for thresh in (.1, .5, .8):
         for im_w, im_h in ((40, 40), (768, 576), (300, 700)):
-            fast = detector.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
-            slow = detector.get_yolo_detections_py(layer, im_w, im_h, 4, 4, f32(thresh))
+            fast = boxes.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
+            slow = reference.detect.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
             assert [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in fast] == \
                 [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in slow]
 
@@ -449,10 +452,13 @@ def test_resize_and_letterbox_c_equal_python(sw, sh, dw, dh):
     rng = np.random.default_rng(sw * 100 + dw)
     data = array("f", rng.random(sw * sh * 3, dtype=np.float32).tobytes())
     im = Image(sw, sh, 3, data)
-    assert resize_image(im, dw, dh).data.tobytes() == resize_image_py(im, dw, dh).data.tobytes()
+    with kernels.using(reference.image):
+        slow_resized = resize_image(im, dw, dh)
+    assert resize_image(im, dw, dh).data.tobytes() == slow_resized.data.tobytes()
     for w, h in ((dw + 3, dh + 2), (dw, dh + 5), (dw + 4, dh)):
         fast = letterbox_image(im, w, h)
-        slow = letterbox_image(im, w, h, resize=resize_image_py)
+        with kernels.using(reference.image):
+            slow = letterbox_image(im, w, h)
         assert (fast.w, fast.h) == (w, h)
         assert fast.data.tobytes() == slow.data.tobytes()
 

@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dlserver.onnx import model as om
 from dlserver.onnx import wire
 from dlserver.onnx.wire import ProtoError
+from reference.wire import encode_len_field, encode_tag
 
 
 # Varints ------------------------------------------------------------------------------------
@@ -59,13 +60,13 @@ def test_invalid_wire_type_and_field_zero():
 
 
 def test_unknown_group_is_kept_as_bytes():
-    group = wire.encode_tag(9, wire.SGROUP) + b"\x08\x05" + wire.encode_tag(9, wire.EGROUP)
+    group = encode_tag(9, wire.SGROUP) + b"\x08\x05" + encode_tag(9, wire.EGROUP)
     data = b"\x08\x01" + group + b"\x10\x02"
     m = wire.Message(data)
     assert [f.number for f in m.fields] == [1, 9, 2]
     assert m.serialize() == data
     with pytest.raises(ProtoError, match="truncated group"):
-        wire.Message(wire.encode_tag(9, wire.SGROUP) + b"\x08\x05")
+        wire.Message(encode_tag(9, wire.SGROUP) + b"\x08\x05")
 
 
 def test_packed_varints():
@@ -101,7 +102,7 @@ def test_nested_edit_recomputes_lengths():
     m = om.parse_model(data)
     t = m.graph().initializers()[0]
     name = t.fields("name")[0]
-    t.msg.replace(name, wire.encode_len_field(8, b"a much longer name than before"))
+    t.msg.replace(name, encode_len_field(8, b"a much longer name than before"))
     out = m.msg.serialize()
     model.graph.initializer[0].name = "a much longer name than before"
     assert out == model.SerializeToString()
@@ -110,14 +111,14 @@ def test_nested_edit_recomputes_lengths():
 def test_unknown_fields_survive_an_edit():
     model = _small_model()
     t = model.graph.initializer[0]
-    tensor_bytes = t.SerializeToString() + wire.encode_len_field(99, b"unknown-in-tensor")
-    m = om.parse_model(model.SerializeToString() + wire.encode_tag(77, wire.VARINT) + wire.encode_varint(5))
+    tensor_bytes = t.SerializeToString() + encode_len_field(99, b"unknown-in-tensor")
+    m = om.parse_model(model.SerializeToString() + encode_tag(77, wire.VARINT) + wire.encode_varint(5))
     assert m.msg.fields[-1].number == 77
     tm = om.Tensor(wire.Message(tensor_bytes), "t")
     d = om.read_tensor_data(tm)
     om.write_tensor_data(tm, d, [v * 2 for v in d.values])
     out = tm.msg.serialize()
-    assert out.endswith(wire.encode_len_field(99, b"unknown-in-tensor"))
+    assert out.endswith(encode_len_field(99, b"unknown-in-tensor"))
     parsed = TensorProto()
     parsed.ParseFromString(out)
     np.testing.assert_array_equal(numpy_helper.to_array(parsed), 2 * numpy_helper.to_array(t))
@@ -126,22 +127,22 @@ def test_unknown_fields_survive_an_edit():
 # Views: wire types of known fields ------------------------------------------------------------
 
 def test_graph_with_the_wrong_wire_type():
-    data = wire.encode_tag(1, wire.VARINT) + wire.encode_varint(8) + wire.encode_tag(7, wire.VARINT) + b"\x01"
+    data = encode_tag(1, wire.VARINT) + wire.encode_varint(8) + encode_tag(7, wire.VARINT) + b"\x01"
     with pytest.raises(ProtoError, match=r"field 7 \(graph\) has wire type varint, expected length-delimited"):
         om.parse_model(data)
 
 
 def test_tensor_float_data_with_the_wrong_wire_type():
-    t = wire.encode_tag(4, wire.VARINT) + b"\x01"
+    t = encode_tag(4, wire.VARINT) + b"\x01"
     with pytest.raises(ProtoError, match=r"field 4 \(float_data\) has wire type varint"):
         om.parse_tensor(t)
 
 
 def test_nested_wrong_wire_type_names_the_path():
     model = _small_model()
-    bad_tensor = wire.encode_tag(2, wire.LEN) + wire.encode_varint(1) + b"x"     # data_type as bytes
-    graph = model.graph.SerializeToString() + wire.encode_len_field(5, bad_tensor)
-    data = wire.encode_len_field(7, graph)
+    bad_tensor = encode_tag(2, wire.LEN) + wire.encode_varint(1) + b"x"     # data_type as bytes
+    graph = model.graph.SerializeToString() + encode_len_field(5, bad_tensor)
+    data = encode_len_field(7, graph)
     m = om.parse_model(data)
     with pytest.raises(ProtoError, match=r"graph.initializer\[1\]: field 2 \(data_type\)"):
         m.graph().initializers()
@@ -151,7 +152,7 @@ def test_repeated_scalars_packed_or_not():
     # dims unpacked (as onnx writes them) and packed; attribute ints unpacked
     t = TensorProto(dims=[2, 3], data_type=TensorProto.FLOAT, float_data=list(range(6)))
     unpacked = om.parse_tensor(t.SerializeToString())
-    packed_dims = wire.encode_len_field(1, wire.encode_packed_varints([2, 3]))
+    packed_dims = encode_len_field(1, wire.encode_packed_varints([2, 3]))
     rest = t.SerializeToString()[4:]       # drop the two unpacked dims (2 bytes each)
     packed = om.parse_tensor(packed_dims + rest)
     assert unpacked.dims == packed.dims == [2, 3]
@@ -229,8 +230,8 @@ def test_write_back_keeps_storage_and_bytes(label, tensor):
 
 
 def test_unpacked_float_data_is_rewritten_in_place():
-    occurrences = b"".join(wire.encode_tag(4, wire.FIXED32) + np.float32(v).tobytes() for v in (1.0, 2.0, 3.0))
-    data = wire.encode_tag(1, wire.VARINT) + b"\x03" + wire.encode_tag(2, wire.VARINT) + b"\x01" + occurrences
+    occurrences = b"".join(encode_tag(4, wire.FIXED32) + np.float32(v).tobytes() for v in (1.0, 2.0, 3.0))
+    data = encode_tag(1, wire.VARINT) + b"\x03" + encode_tag(2, wire.VARINT) + b"\x01" + occurrences
     t = om.parse_tensor(data)
     d = om.read_tensor_data(t)
     assert list(d.values) == [1.0, 2.0, 3.0] and len(d.segments) == 3

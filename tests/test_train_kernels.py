@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import _dlk
+import reference.training
+from dlserver import kernels
 from dlserver.buffers import view, zeros
 from dlserver.rng import Random, f32
 
@@ -351,53 +353,6 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
 # ---------------------------------------------------------------- end to end
 
 
-def _reference_paths(monkeypatch):
-    """Switch training back to the loops the new kernels replace: im2col + gemm convolution,
-    gemm connected backward, axpy/scal SGD, Python weight init, the general maxpool, and the
-    Python file reader and PNG decoder."""
-    from dlserver import rng as rng_module
-    from dlserver.layers import base, connected, convolutional, maxpool
-
-    monkeypatch.setattr(convolutional, "TRAIN_KERNEL_MAX_SIZE", 0)
-
-    def connected_backward(self, net, input_buf, prev_delta):
-        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
-        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.outputs, 1)
-        _dlk.gemm(1, 0, self.outputs, self.inputs, self.batch, 1.0, self.delta, self.outputs,
-                  input_buf, self.inputs, 1.0, self.weight_updates, self.inputs)
-        if prev_delta is not None:
-            _dlk.gemm(0, 0, self.batch, self.inputs, self.outputs, 1.0, self.delta, self.outputs,
-                      self.weights, self.inputs, 1.0, prev_delta, self.inputs)
-
-    def update(self, net, rate):
-        base.sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                        self.weights, self.weight_updates)
-
-    def maxpool_forward(self, net, input_buf, train):
-        _dlk.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
-                             self.output, self.indexes)
-
-    def normal_fill(self, out, scale):
-        out[:] = array("f", [f32(scale * self.normal()) for _ in range(len(out))])
-
-    def uniform_fill(self, out, a, b, scale):
-        out[:] = array("f", [f32(scale * self.uniform(a, b)) for _ in range(len(out))])
-
-    def rand_below(self, n, m):
-        return [self.rand() % m for _ in range(n)]
-
-    monkeypatch.setattr(connected.ConnectedLayer, "backward", connected_backward)
-    monkeypatch.setattr(connected.ConnectedLayer, "update", update)
-    monkeypatch.setattr(convolutional.ConvolutionalLayer, "update", update)
-    monkeypatch.setattr(maxpool.MaxpoolLayer, "forward", maxpool_forward)
-    monkeypatch.setattr(rng_module.Random, "normal_fill", normal_fill)
-    monkeypatch.setattr(rng_module.Random, "uniform_fill", uniform_fill)
-    monkeypatch.setattr(rng_module.Random, "rand_below", rand_below)
-    monkeypatch.setattr(_dlk, "png_load_rows", lambda files, w, h, out: list(range(len(files))))
-    monkeypatch.setattr(_dlk, "png_load_chw", lambda data, w, h, out: False)
-    monkeypatch.setattr(_dlk, "read_files", lambda paths: [None] * len(paths))
-
-
 def _tiny_set(workdir, max_batches=25, batch=30):
     """90 synthetic 28x28 gray PNGs of 3 classes (sparse noise plus a bar), a dataset and a cfg."""
     from PIL import Image
@@ -437,8 +392,7 @@ def test_training_equals_the_loops_it_replaced(workdir, capsys, monkeypatch):
     weights = workdir / "model" / "tiny.weights"
     new_out = _train_tiny(capsys, args, 3)
     new = weights.read_bytes()
-    with monkeypatch.context() as m:
-        _reference_paths(m)
+    with kernels.using(reference.training):
         ref_out = _train_tiny(capsys, args, 3)
     assert new_out == ref_out
     assert weights.read_bytes() == new

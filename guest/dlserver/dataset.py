@@ -5,29 +5,25 @@ image as 3 planes of byte/255 (resized only if its size differs from the network
 a one-hot truth from the labels found in the path.
 
 Speed (a batch of 100 MNIST files must cost a few ms inside the component):
-  - the files of a batch are read in one `_dlk.read_files` call (open, pread, close each: under
+  - the files of a batch are read in one `kernels.read_files` call (open, pread, close each: under
     wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream);
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
-  - `_dlk.png_load_rows` decodes the plain 8-bit PNGs of the network's size straight into
+  - `kernels.decode_png_rows` decodes the plain 8-bit PNGs of the network's size straight into
     the batch (png_fast.c); any other file -- and any file it refuses -- goes through the
     Python decoders, which give the same pixels or the error message;
   - the batch buffers are reused: two pairs, used in turn (the caller trains on one batch
     while the next one is loaded).
 """
-import os
-
-import _dlk
-
+from . import kernels
 from .buffers import view, zeros
 from .errors import DLServerError
 from .files import read_input_file
-from .image.load import decode_image
-from .image.ops import resize_image
+from .image.load import decode_image, read_image_file
+from .image.ops import center_crop_image, resize_image
 
 CACHE_BUDGET = 64 << 20
 CACHE_OVERHEAD = 64          # bytes of a cached entry besides the file (bytes object, dict slot)
-READ_CHUNK = 1 << 16         # a WASI read returns at most 64 KiB: a shorter read is the end
 
 
 class TrainingData:
@@ -67,20 +63,7 @@ class TrainingData:
         data = self.cache.get(i)
         if data is not None:
             return data
-        path = self.paths[i]
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                data = os.pread(fd, READ_CHUNK, 0)
-                if len(data) == READ_CHUNK:
-                    chunks = [data]
-                    while len(chunk := os.pread(fd, READ_CHUNK, READ_CHUNK * len(chunks))):
-                        chunks.append(chunk)
-                    data = b"".join(chunks)
-            finally:
-                os.close(fd)
-        except OSError:
-            data = read_input_file(path, "image")   # its error message (or the file, if readable now)
+        data = read_input_file(self.paths[i], "image")
         self._keep(i, data)
         return data
 
@@ -99,7 +82,7 @@ class TrainingData:
     def load_into(self, i: int, out) -> None:
         """Image i as network input (3 x h x w floats) into the buffer view `out`."""
         data = self._file(i)
-        if not _dlk.png_load_chw(data, self.w, self.h, out):
+        if not kernels.decode_png_chw(data, self.w, self.h, out):
             self._decode_slow(i, data, out)
 
     def _batch_buffers(self, n: int):
@@ -120,7 +103,7 @@ class TrainingData:
         fresh = {}
         if misses:                                   # one C call reads them all
             paths, keep = self.paths, self._keep
-            for i, data in zip(misses, _dlk.read_files([paths[i] for i in misses])):
+            for i, data in zip(misses, kernels.read_files([paths[i] for i in misses])):
                 if data is not None:                 # (None: _file below reads it again, or says why not)
                     fresh[i] = data
                     keep(i, data)
@@ -134,7 +117,7 @@ class TrainingData:
             self._decode_rows(picks, datas, x)       # an earlier row's error comes first
             raise
         self._decode_rows(picks, datas, x)
-        _dlk.fill(len(y), 0.0, y)
+        kernels.fill(len(y), 0.0, y)
         classes, label_index = self.classes, self.label_index
         for row, i in enumerate(picks):
             y[row * classes + label_index[i]] = 1.0
@@ -143,5 +126,19 @@ class TrainingData:
     def _decode_rows(self, picks, datas, x) -> None:
         """Rows 0.. of x from the files `datas` (of images `picks`)."""
         inputs = self.w * self.h * 3
-        for row in _dlk.png_load_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
+        for row in kernels.decode_png_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
             self._decode_slow(picks[row], datas[row], view(x, row * inputs, inputs))
+
+
+def load_valid_batch(paths: list[str], w: int, h: int, input_buf) -> None:
+    """Each image centre-cropped and resized to w x h, as rows of input_buf (`classifier valid`).
+
+    Plain 8-bit PNGs of that size (MNIST) are read and decoded in one C call for the whole
+    batch; every other file, and every error, goes through the Python decoders."""
+    size = 3 * w * h
+    files = kernels.read_files(paths)
+    if None in files:
+        files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
+    for r in kernels.decode_png_rows(files, w, h, input_buf):
+        crop = center_crop_image(decode_image(files[r], paths[r]), w, h)
+        input_buf[r * size:(r + 1) * size] = crop.data

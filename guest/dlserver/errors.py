@@ -3,7 +3,3 @@
 
 class DLServerError(Exception):
     """A problem with the user's input: printed as one line, exit status 1."""
-
-
-class NotImplementedYet(DLServerError):
-    """A command that a later piece of work will build."""

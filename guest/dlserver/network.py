@@ -1,8 +1,6 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
 import sys
 
-import _dlk
-
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.connected import ConnectedLayer
@@ -55,7 +53,7 @@ class Network:
         self.decay = options.find_float("decay", .0001)
         subdivisions = options.find_int("subdivisions", 1)
         self.time_steps = options.find_int("time_steps", 1, quiet=True)
-        self.notruth = options.find_int("notruth", 0, quiet=True)
+        options.find_int("notruth", 0, quiet=True)   # read, not applied (so not reported unused)
         where = f"{options.path}:{options.line}"
         if self.batch < 1 or subdivisions < 1 or self.time_steps < 1:
             raise DLServerError(f"{where}: batch, subdivisions and time_steps must be at least 1")
@@ -65,10 +63,10 @@ class Network:
         self.subdivisions = subdivisions
         self.random = options.find_int("random", 0, quiet=True)
         self.adam = options.find_int("adam", 0, quiet=True)
-        if self.adam:
-            self.B1 = options.find_float("B1", .9)
-            self.B2 = options.find_float("B2", .999)
-            self.eps = options.find_float("eps", .0000001)
+        if self.adam:                                # adam's options: read, not applied
+            options.find_float("B1", .9)
+            options.find_float("B2", .999)
+            options.find_float("eps", .0000001)
         self.h = options.find_int("height", 0, quiet=True)
         self.w = options.find_int("width", 0, quiet=True)
         self.c = options.find_int("channels", 0, quiet=True)
@@ -77,13 +75,14 @@ class Network:
         self.min_crop = options.find_int("min_crop", self.w, quiet=True)
         self.max_ratio = options.find_float("max_ratio", self.max_crop / self.w if self.w else 0.0, quiet=True)
         self.min_ratio = options.find_float("min_ratio", self.min_crop / self.w if self.w else 0.0, quiet=True)
-        self.center = options.find_int("center", 0, quiet=True)
-        self.clip = options.find_float("clip", 0, quiet=True)
-        self.angle = options.find_float("angle", 0, quiet=True)
-        self.aspect = options.find_float("aspect", 1, quiet=True)
-        self.saturation = options.find_float("saturation", 1, quiet=True)
-        self.exposure = options.find_float("exposure", 1, quiet=True)
-        self.hue = options.find_float("hue", 0, quiet=True)
+        # Darknet's augmentation options: read, not applied (the Veracruz loader augments nothing)
+        options.find_int("center", 0, quiet=True)
+        options.find_float("clip", 0, quiet=True)
+        options.find_float("angle", 0, quiet=True)
+        options.find_float("aspect", 1, quiet=True)
+        options.find_float("saturation", 1, quiet=True)
+        options.find_float("exposure", 1, quiet=True)
+        options.find_float("hue", 0, quiet=True)
         if not self.inputs and not (self.h and self.w and self.c):
             raise DLServerError(f"{where}: no input size: give height, width and channels (or inputs)")
         if self.h < 0 or self.w < 0 or self.c < 0 or self.inputs < 0:
@@ -120,10 +119,9 @@ class Network:
         self._link_in_place_layers()
 
     def _link_in_place_layers(self) -> None:
-        """Dropout works in place: its delta is the previous layer's (its output is set by forward)."""
+        """In-place layers (dropout) take the previous layer's buffers."""
         for i, layer in enumerate(self.layers):
-            if layer.kind == "dropout":
-                layer.delta = self.layers[i - 1].delta if i else None
+            layer.link(self.layers[i - 1] if i else None)
 
     def prepare_training(self, rng) -> None:
         """Allocate deltas and gradient buffers; `rng` feeds dropout (musl rand state)."""
@@ -145,8 +143,7 @@ class Network:
         self.truth = truth
         current = input_buf
         for layer in self.layers:
-            if layer.delta is not None and layer.kind != "dropout":
-                _dlk.fill(len(layer.delta), 0.0, layer.delta)
+            layer.clear_delta()
             layer.forward(self, current, True)
             current = layer.output
         for i in range(len(self.layers) - 1, -1, -1):
@@ -170,7 +167,7 @@ class Network:
     def output_layer(self):
         """The last layer that is not a cost layer (Darknet's get_network_output_layer)."""
         for layer in reversed(self.layers):
-            if layer.kind != "cost":
+            if not layer.is_cost:
                 return layer
         return self.layers[-1]
 
@@ -219,7 +216,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:
-            if getattr(layer_type, "needs_network", False):  # route: reads earlier layers
+            if layer_type.needs_network:
                 layer = layer_type(options, net.batch, h, w, c, inputs, net=net, index=index)
             else:
                 layer = layer_type(options, net.batch, h, w, c, inputs)
@@ -229,18 +226,16 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
         err.write(layer.describe() + "\n")
         _parse_common_options(layer, options)
         options.report_unused()
-        if init_rng is not None and layer.has_weights:
+        if init_rng is not None:
             layer.init_weights(init_rng)
-        if init_rng is not None and getattr(layer, "srand_on_build", None) is not None:
-            init_rng.srand(layer.srand_on_build)  # make_yolo_layer's srand(0)
         net.layers.append(layer)
         h, w, c, inputs = layer.out_h, layer.out_w, layer.out_c, layer.outputs
     return net
 
 
 def _parse_common_options(layer, options: Options) -> None:
-    layer.truth = options.find_int("truth", 0, quiet=True)
-    layer.onlyforward = options.find_int("onlyforward", 0, quiet=True)
+    options.find_int("truth", 0, quiet=True)          # truth, onlyforward, smooth: read, not applied
+    options.find_int("onlyforward", 0, quiet=True)
     layer.stopbackward = options.find_int("stopbackward", 0, quiet=True)
     layer.dontsave = options.find_int("dontsave", 0, quiet=True)
     layer.dontload = options.find_int("dontload", 0, quiet=True)
@@ -249,7 +244,7 @@ def _parse_common_options(layer, options: Options) -> None:
     if numload or dontloadscales:
         raise DLServerError(f"{options.path}:{options.line}: numload/dontloadscales are not supported")
     layer.learning_rate_scale = options.find_float("learning_rate", 1, quiet=True)
-    layer.smooth = options.find_float("smooth", 0, quiet=True)
+    options.find_float("smooth", 0, quiet=True)
 
 
 def sum_f32(values) -> float:

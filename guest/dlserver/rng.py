@@ -3,7 +3,7 @@ consumes and produces the same random numbers as the original wasm build."""
 import math
 import struct
 
-import _dlk
+from . import kernels
 
 _MUL = 6364136223846793005
 _MASK = (1 << 64) - 1
@@ -59,16 +59,16 @@ class Random:
     def uniform_fill(self, out, a: float, b: float, scale: float) -> None:
         """out[i] = f32(scale * uniform(a, b)) for every item of the float32 buffer `out`, in
         order (in C: the same draws and the same float steps as a loop over uniform())."""
-        self.state = _dlk.rand_uniform_fill(out, len(out), a, b, scale, self.state)
+        self.state = kernels.rand_uniform_fill(out, len(out), a, b, scale, self.state)
 
     def normal_fill(self, out, scale: float) -> None:
         """out[i] = f32(scale * normal()) for every item of `out`, in order (in C, Box-Muller's
         cached pair carried in and out as with normal())."""
-        self.state, self.spare = _dlk.rand_normal_fill(out, len(out), scale, self.state, self.spare)
+        self.state, self.spare = kernels.rand_normal_fill(out, len(out), scale, self.state, self.spare)
 
     def rand_below(self, n: int, m: int) -> list[int]:
         """[rand() % m for _ in range(n)], drawn in C."""
-        self.state, picks = _dlk.rand_below(n, m, self.state)
+        self.state, picks = kernels.rand_below(n, m, self.state)
         return picks
 
     def skip(self, n: int) -> None:

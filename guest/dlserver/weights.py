@@ -15,13 +15,8 @@ from .files import read_input_file, write_file_atomic
 _HEADER = struct.Struct("<iii")
 
 
-def _records(net):
-    return [(i, layer) for i, layer in enumerate(net.layers) if hasattr(layer, "parameter_arrays")]
-
-
 def _count_floats(net, skip_attr: str) -> int:
-    return sum(len(a) for _, layer in _records(net) if not getattr(layer, skip_attr)
-               for a in layer.parameter_arrays())
+    return sum(len(a) for layer in net.layers if not getattr(layer, skip_attr) for a in layer.parameter_arrays())
 
 
 def load_weights(net, path: str) -> None:
@@ -45,29 +40,24 @@ def load_weights(net, path: str) -> None:
         problem = "truncated" if have < need else "too long"
         raise DLServerError(f"{path}: {problem}: {have} bytes of parameters after the header, but"
                             f" {net.cfg_path} needs {need} ({need // 4} floats)")
-    for _, layer in _records(net):
+    for layer in net.layers:
         if layer.dontload:
             continue
         for array in layer.parameter_arrays():
             n = 4 * len(array)
             memoryview(array).cast("B")[:] = data[offset:offset + n]
             offset += n
-        if transpose and layer.kind == "connected":
-            _transpose_in_place(layer.weights, layer.inputs, layer.outputs)
+        if transpose:
+            layer.transpose_weights()
     net.seen = seen
     net.seen_high = seen_high
     sys.stderr.write(f"Loading weights from {path}...Done!\n")
 
 
-def _transpose_in_place(array, rows: int, cols: int) -> None:
-    values = array.tolist()
-    array[:] = type(array)("f", [values[r * cols + c] for c in range(cols) for r in range(rows)])
-
-
 def weights_bytes(net) -> bytes:
     """The weights file of a network: header (0, 2, 0, 8-byte seen) and each layer's arrays."""
     parts = [_HEADER.pack(0, 2, 0), struct.pack("<II", net.seen & 0xFFFFFFFF, net.seen_high)]
-    for _, layer in _records(net):
+    for layer in net.layers:
         if not layer.dontsave:
             parts.extend(a.tobytes() for a in layer.parameter_arrays())
     return b"".join(parts)

@@ -53,154 +53,43 @@ interpreter of dlserver.onnx.interpreter and prints the original's lines, then e
 the LAST node's first output when it is FLOAT: `n_float_data[%d] = %f`.
 """
 import sys
-from array import array
-from fractions import Fraction
-from itertools import repeat
-from operator import add, mul, truediv
 
-import _dlk
-
-from ..averaging import Method, combine, parse_method
+from ..averaging import Combiner, parse_method
 from ..errors import DLServerError
+from ..files import Wording, read_input_file, write_file_atomic
 from ..onnx import interpreter as oi
 from ..onnx import model as om
 from ..onnx.wire import ProtoError
-from ..rng import f32
-from ..weights import write_file_atomic
+from . import aggregation_darknet
 
 USAGE_ONNX = ("usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
               " [-weights w1,w2,...] [-method mean|median|trimmed:F]")
 USAGE_PREDICT = "usage: {prog} aggregation onnx_predict [model.onnx] [input.pb]"
 
 
-# Combining one tensor across models --------------------------------------------------------
-
-def trunc_div(a: int, b: int) -> int:
-    """C integer division by b > 0: truncation toward zero."""
-    return a // b if a >= 0 else -((-a) // b)
-
-
-def divide_f32(acc: array, d: int) -> array:
-    """f32(x / d) for every x: a correctly rounded float32 division (x and d are exact in
-    double, and rounding a double quotient to float32 is innocuous for division).
-    In place when d is a power of 2."""
-    if d == 1:
-        return acc
-    if d & (d - 1) == 0:
-        _dlk.scal(len(acc), 1.0 / d, acc)      # multiplying by 2**-k rounds the same way
-        return acc
-    # No division kernel in _dlk: map() keeps the loop in C, one float object per value.
-    return array("f", map(truediv, acc, repeat(float(d))))
-
-
-class Combiner:
-    """Combines the values of one tensor across models, fed in file order (see the module
-    docstring and dlserver.averaging for the definitions)."""
-
-    def __init__(self, kind: str, method: Method):
-        self.kind = "f32" if kind in ("f16", "bf16") else kind
-        self.method = method
-        self.acc = None
-        self.first = None
-        self.stack = []        # every model's values (median, trimmed)
-        self.count = 0
-        weights = method.weights
-        if weights is not None:
-            s = sum(weights)
-            self.coef_f32 = [f32(w / s) for w in weights]
-            self.coef_f64 = [w / s for w in weights]
-            self.coef_exact = [Fraction(w) for w in weights]
-
-    def add(self, values) -> None:
-        i, kind = self.count, self.kind
-        self.count += 1
-        if i == 0:
-            self.first = values
-        if kind == "string":
-            return
-        if self.method.kind != "mean":
-            self.stack.append(values)
-            return
-        weighted = self.method.weights is not None
-        if kind == "f32":
-            n = len(values)
-            if weighted:
-                if i == 0:
-                    self.acc = array("f", bytes(4 * n))
-                _dlk.axpy(n, self.coef_f32[i], values, self.acc)
-            elif i == 0:
-                self.acc = array("f", values)
-            else:
-                _dlk.axpy(n, 1.0, values, self.acc)
-        elif kind == "f64":
-            if weighted:
-                terms = map(mul, values, repeat(self.coef_f64[i]))
-                self.acc = array("d", map(add, repeat(0.0) if i == 0 else self.acc, terms))
-            else:
-                self.acc = array("d", values) if i == 0 else array("d", map(add, self.acc, values))
-        else:
-            terms = map(mul, values, repeat(self.coef_exact[i])) if weighted else values
-            self.acc = list(terms) if i == 0 else list(map(add, self.acc, terms))
-
-    def result(self):
-        kind, total, method = self.kind, self.count, self.method
-        if kind == "string" or total == 1:
-            return self.first
-        if method.kind == "mean":
-            if method.weights is not None:
-                if kind == "int":
-                    s = sum(self.coef_exact)
-                    return [int(v / s) for v in self.acc]      # int() of a Fraction truncates
-                return self.acc
-            if kind == "f32":
-                return divide_f32(self.acc, total)
-            if kind == "f64":
-                return array("d", map(truediv, self.acc, repeat(float(total))))
-            return [trunc_div(v, total) for v in self.acc]
-        if kind == "f32":
-            return combine(self.stack, method)
-        columns = map(sorted, zip(*self.stack))
-        if method.kind == "median":
-            mid = total // 2
-            if total % 2:
-                values = [c[mid] for c in columns]
-            elif kind == "int":
-                values = [trunc_div(c[mid - 1] + c[mid], 2) for c in columns]
-            else:
-                values = [(c[mid - 1] + c[mid]) / 2 for c in columns]
-        else:
-            k = int(method.fraction * total)
-            kept = total - 2 * k
-            if kind == "int":
-                values = [trunc_div(sum(c[k:total - k]), kept) for c in columns]
-            else:
-                values = []
-                for c in columns:
-                    acc = 0.0
-                    for v in c[k:total - k]:
-                        acc += v
-                    values.append(acc / kept)
-        return values if kind == "int" else array("d", values)
+def run(argv) -> None:
+    """`aggregation darknet|onnx|onnx_predict ...`."""
+    if argv.argc < 4:
+        raise DLServerError(f"usage: {argv[0]} {argv[1]} [weights_format] [cfg]/NONE [weights_1/weights_2/...]")
+    if argv[2] == "darknet":
+        aggregation_darknet.run(argv)
+    elif argv[2] == "onnx":
+        run_onnx(argv)
+    elif argv[2] == "onnx_predict":
+        run_onnx_predict(argv)
+    else:
+        raise DLServerError(f"Not an option under aggregation: {argv[2]}")
 
 
 # Loading ----------------------------------------------------------------------------------
 
-def read_bytes(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise DLServerError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise DLServerError(f"{path}: is a directory, not {what}") from None
-    except OSError as e:
-        raise DLServerError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+READ = Wording("{path}: {what} not found", "{path}: is a directory, not {what}", "{path}: cannot read {what}: {reason}")
 
 
 class LoadedModel:
     def __init__(self, path: str):
         self.path = path
-        data = read_bytes(path, "ONNX model")
+        data = read_input_file(path, "ONNX model", READ)
         if not data:
             raise DLServerError(f"{path}: empty file, not an ONNX model")
         try:
@@ -272,7 +161,7 @@ def aggregate_onnx(out_path: str, paths: list[str], method: str | None = None, w
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
     datas = [first.tensor_data(t) for t in first.initializers]
-    combiners = [Combiner(d.kind, method) for d in datas]
+    combiners = [Combiner(method, d.kind) for d in datas]
     for c, d in zip(combiners, datas):
         c.add(d.values)
     for i, path in enumerate(paths[1:]):
@@ -333,7 +222,7 @@ def onnx_predict(model_path: str, input_path: str) -> None:
     except ProtoError as e:
         raise DLServerError(f"{model_path}: not a valid ONNX model: {e}") from None
     sys.stdout.write("model loaded\n")
-    data = read_bytes(input_path, "input tensor")
+    data = read_input_file(input_path, "input tensor", READ)
     try:
         value = oi.value_from_tensor(om.parse_tensor(data))
     except ProtoError as e:

@@ -1,31 +1,27 @@
 """`aggregation darknet <cfg> <out> <w1> <w2> ...` (spec §8.1): average Darknet weights files.
 
-Byte-identical to the original for the plain mean: convolutional biases, weights (and
-batch-norm scales, rolling mean and variance) and connected biases and weights are
-summed in file order in float32, then multiplied by f32(1/T); the header and `seen`
-(all 8 bytes) come from the first file.
+Byte-identical to the original for the plain mean: every array of the weights file
+(layer.parameter_arrays(): convolutional biases, weights, batch-norm scales, rolling mean
+and variance; connected biases and weights) is summed in file order in float32, then
+multiplied by f32(1/T); the header and `seen` (all 8 bytes) come from the first file.
 """
 from array import array
 
-import _dlk
-
-from ..averaging import combine, parse_method
+from ..averaging import DARKNET, Combiner, parse_method
 from ..errors import DLServerError
 from ..network import parse_network_cfg
-from ..rng import f32
 from ..weights import load_weights, save_weights
 
 
-def averaged_arrays(layer) -> list:
-    """The parameter arrays of a layer that aggregation averages (spec §8.1)."""
-    if layer.kind == "convolutional":
-        arrays = [layer.biases, layer.weights]
-        if layer.batch_normalize:
-            arrays += [layer.scales, layer.rolling_mean, layer.rolling_variance]
-        return arrays
-    if layer.kind == "connected":
-        return [layer.biases, layer.weights]
-    return []
+def run(argv) -> None:
+    """`aggregation darknet [cfg] [output] [weights_1] [weights_2 ...] [-weights a,b,..] [-method M]`."""
+    method = argv.find_str("-method", None)
+    weights = argv.find_str("-weights", None)
+    cfg, out = argv[3], argv[4]
+    inputs = [argv[i] for i in range(5, argv.argc) if argv[i] is not None]
+    if out is None:
+        raise DLServerError(f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]")
+    aggregate_darknet(cfg, out, inputs, method, weights)
 
 
 def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None, weights: str | None) -> None:
@@ -38,31 +34,20 @@ def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None,
     total = parse_network_cfg(cfg)
     net = parse_network_cfg(cfg)
     load_weights(total, inputs[0])
-    targets = [a for layer in total.layers for a in averaged_arrays(layer)]
-    if combination.kind == "mean":
-        # Streaming: one extra model in memory, whatever T is.
-        scale = None
-        if combination.weights is not None:
-            norm = sum(combination.weights)
-            scale = [f32(w / norm) for w in combination.weights]
-            for target in targets:
-                _dlk.scal(len(target), scale[0], target)
-        for i, path in enumerate(inputs[1:], 1):
-            load_weights(net, path)
-            sources = [a for layer in net.layers for a in averaged_arrays(layer)]
-            for target, source in zip(targets, sources):
-                _dlk.axpy(len(target), 1.0 if scale is None else scale[i], source, target)
-        if scale is None:
-            factor = f32(1.0 / len(inputs))
-            for target in targets:
-                _dlk.scal(len(target), factor, target)
-    else:
-        stacks = [[array("f", target)] for target in targets]
-        for path in inputs[1:]:
-            load_weights(net, path)
-            sources = [a for layer in net.layers for a in averaged_arrays(layer)]
-            for stack, source in zip(stacks, sources):
-                stack.append(array("f", source))
-        for target, stack in zip(targets, stacks):
-            target[:] = combine(stack, combination)
+    # Streaming: one extra model in memory for the mean, whatever T is. The first model's
+    # arrays accumulate the mean in place (Darknet's rule: sum, then * f32(1/T)).
+    targets = [a for layer in total.layers for a in layer.parameter_arrays()]
+    combiners = [Combiner(combination, rule=DARKNET) for _ in targets]
+    for combiner, target in zip(combiners, targets):
+        combiner.add(target)
+    keeps = combination.kind != "mean"       # median, trimmed: every model's values until the end
+    for path in inputs[1:]:
+        load_weights(net, path)
+        sources = [a for layer in net.layers for a in layer.parameter_arrays()]
+        for combiner, source in zip(combiners, sources):
+            combiner.add(array("f", source) if keeps else source)
+    for combiner, target in zip(combiners, targets):
+        result = combiner.result()
+        if result is not target:
+            target[:] = result
     save_weights(total, out)

@@ -3,14 +3,12 @@ import os
 import sys
 import time
 
-import _dlk
-
 from ..buffers import view, zeros
 from ..config import read_data_cfg, read_list
-from ..dataset import TrainingData
+from ..dataset import TrainingData, load_valid_batch
 from ..errors import DLServerError
-from ..image.load import decode_image, load_image_color, read_image_file
-from ..image.ops import center_crop_image, letterbox_image
+from ..image.load import load_image_color
+from ..image.ops import letterbox_image
 from ..network import parse_network_cfg
 from ..rng import Random, f32
 from ..schedule import learning_rate
@@ -19,6 +17,27 @@ from ..weights import load_weights, save_weights
 VALID_BATCH = 100
 # Darknet's two printf lines per validated image.
 VALID_LINES = "%s, %d, %f, %f, \n%d: top 1: %f, top %d: %f\n"
+
+
+def run(argv) -> None:
+    """`classifier train|valid|predict [data] [cfg] [weights] [image]`, flags -t, -clear, -seed."""
+    if argv.argc < 4:
+        raise DLServerError(f"usage: {argv[0]} {argv[1]} [train/predict/valid] [cfg] [weights (optional)]")
+    top = argv.find_int("-t", 0)
+    clear = argv.find_arg("-clear")
+    seed = argv.find_int("-seed", None)
+    data, cfg, weights, filename = argv[3], argv[4], argv[5], argv[6]
+    if cfg is None:
+        raise DLServerError(f"usage: {argv[0]} {argv[1]} {argv[2]} [data] [cfg] [weights (optional)]")
+    command = argv[2]
+    if command == "train":
+        train_classifier(data, cfg, weights, clear, seed)
+    elif command == "valid":
+        validate_classifier(data, cfg, weights)
+    elif command == "predict":
+        predict_classifier(data, cfg, weights, filename, top)
+    else:
+        raise DLServerError(f"Not an option under classifier: {command}")
 
 
 def load_network(cfg: str, weights: str | None, clear: bool = False):
@@ -120,7 +139,7 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
             batch = len(chunk)
             net.set_batch(batch)
             input_buf = zeros(batch * size)
-        load_valid_batch(chunk, net, input_buf)
+        load_valid_batch(chunk, net.w, net.h, input_buf)
         pred = net.predict(input_buf)
         lines = []
         for r, path in enumerate(chunk):
@@ -147,29 +166,6 @@ def clock_enabled() -> bool:
     return os.environ.get("DL_SERVER_CLOCK", "1") != "0"
 
 
-def skip_init_draws(net, rng) -> None:
-    """Advance rand() as the weight initialisation of a parsed network would have."""
-    for layer in net.layers:
-        if layer.kind == "convolutional":
-            rng.skip_normals(layer.nweights)
-        elif layer.kind == "connected":
-            rng.skip(len(layer.weights))
-
-
-def load_valid_batch(paths: list[str], net, input_buf) -> None:
-    """Each image centre-cropped and resized to the network, as rows of input_buf.
-
-    Plain 8-bit PNGs of the network's size (MNIST) are read and decoded in one C call for
-    the whole batch; every other file, and every error, goes through load_image_color."""
-    size = net.inputs
-    files = _dlk.read_files(paths)
-    if None in files:
-        files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
-    for r in _dlk.png_load_rows(files, net.w, net.h, input_buf):
-        crop = center_crop_image(decode_image(files[r], paths[r]), net.w, net.h)
-        input_buf[r * size:(r + 1) * size] = crop.data
-
-
 def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None) -> None:
     """Darknet's train_classifier with the Veracruz loader (spec §5)."""
     out = sys.stdout
@@ -178,7 +174,8 @@ def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, s
     rng = Random(seed)
     net = parse_network_cfg(cfg, init_rng=None if weights else rng)
     if weights:
-        skip_init_draws(net, rng)
+        for layer in net.layers:      # rand() advances as the weight initialisation would have
+            layer.skip_init_weights(rng)
         load_weights(net, weights)
     if clear:
         net.seen = 0

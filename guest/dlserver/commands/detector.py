@@ -4,297 +4,28 @@
 2. the image, letterboxed to the network size, one forward pass;
    stdout `<file>: Predicted in <seconds> seconds.`
 3. boxes of every YOLO layer whose objectness > thresh (correct_yolo_boxes maps them back
-   to the original image), do_nms_sort (musl's qsort, emulated: the order of equal
+   to the original image), do_nms_sort (in the order of musl's qsort: the order of equal
    probabilities decides the print order), then for each box in array order the class
    lines `name: NN%` on stdout, its box and label drawn;
 4. the image saved as `<outfile or predictions>.jpg`.
 Unlike Darknet, no `data/labels/*.png` glyph files are read: the label font is built in.
 """
-import math
 import sys
 import time
-from array import array
 
-import _dlk
-
-from ..buffers import zeros
+from ..boxes import do_nms_sort, get_network_boxes
 from ..config import read_data_cfg, read_list
 from ..errors import DLServerError
 from ..image.draw import draw_box_width, draw_label, get_color, get_label, save_image
 from ..image.load import load_image_color
-from ..image.ops import letterbox_image, letterbox_size
+from ..image.ops import letterbox_image
+from ..layers.yolo import YoloLayer
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
 from .classifier import clock_enabled
 
 NMS = .45
-HIER_THRESH = .5
-
-
-class Detection:
-    """One candidate box: centre x, y and size w, h as fractions of the image."""
-    __slots__ = ("x", "y", "w", "h", "objectness", "prob", "sort_class")
-
-    def __init__(self, x, y, w, h, objectness, prob):
-        self.x, self.y, self.w, self.h = x, y, w, h
-        self.objectness = objectness
-        self.prob = prob
-        self.sort_class = -1
-
-
-# ---------------------------------------------------------------- boxes (yolo_layer.c)
-
-def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float) -> list:
-    """Candidates of one YOLO layer in Darknet's order: cells i = 0..w*h-1, then anchor
-    slots (the loops run in `_dlk.yolo_candidates`; get_yolo_detections_py is the same in Python)."""
-    most = layer.w * layer.h * layer.n
-    anchors = array("f", [v for m in layer.mask for v in (layer.biases[2 * m], layer.biases[2 * m + 1])])
-    boxes, objectness, probs = zeros(4 * most), zeros(most), zeros(most * layer.classes)
-    count = _dlk.yolo_candidates(layer.output, layer.w, layer.h, layer.n, layer.classes, anchors, netw, neth,
-                                 thresh, boxes, objectness, probs)
-    classes = layer.classes
-    dets = [Detection(boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], objectness[i],
-                      probs[i * classes:(i + 1) * classes].tolist()) for i in range(count)]
-    correct_yolo_boxes(dets, im_w, im_h, netw, neth)
-    return dets
-
-
-def get_yolo_detections_py(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float) -> list:
-    """get_yolo_detections in pure Python (float32 step by step): the reference for the kernel."""
-    out = layer.output
-    hw = layer.w * layer.h
-    dets = []
-    for i in range(hw):
-        row, col = divmod(i, layer.w)
-        for a in range(layer.n):
-            objectness = out[layer.entry_index(0, a * hw + i, 4)]
-            if not objectness > thresh:
-                continue
-            box = layer.entry_index(0, a * hw + i, 0)
-            anchor = layer.mask[a]
-            x = f32(f32(col + out[box]) / layer.w)
-            y = f32(f32(row + out[box + hw]) / layer.h)
-            w = f32(math.exp(out[box + 2 * hw]) * layer.biases[2 * anchor] / netw)
-            h = f32(math.exp(out[box + 3 * hw]) * layer.biases[2 * anchor + 1] / neth)
-            prob = []
-            first = layer.entry_index(0, a * hw + i, 5)
-            for j in range(layer.classes):
-                p = f32(objectness * out[first + j * hw])
-                prob.append(p if p > thresh else 0.0)
-            dets.append(Detection(x, y, w, h, objectness, prob))
-    correct_yolo_boxes(dets, im_w, im_h, netw, neth)
-    return dets
-
-
-def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -> None:
-    """Map boxes from the letterboxed network input back to the image (relative = 1)."""
-    new_w, new_h = letterbox_size(im_w, im_h, netw, neth)
-    x_off, x_scale = (netw - new_w) / 2. / netw, f32(new_w / netw)
-    y_off, y_scale = (neth - new_h) / 2. / neth, f32(new_h / neth)
-    w_scale, h_scale = f32(netw / new_w), f32(neth / new_h)
-    for d in dets:
-        d.x = f32((d.x - x_off) / x_scale)
-        d.y = f32((d.y - y_off) / y_scale)
-        d.w = f32(d.w * w_scale)
-        d.h = f32(d.h * h_scale)
-
-
-def get_network_boxes(net, im_w: int, im_h: int, thresh: float) -> list:
-    dets = []
-    for layer in net.layers:
-        if layer.kind == "yolo":
-            dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
-    return dets
-
-
-# ---------------------------------------------------------------- NMS (box.c)
-
-def _overlap(x1: float, w1: float, x2: float, w2: float) -> float:
-    left = max(f32(x1 - f32(w1 / 2)), f32(x2 - f32(w2 / 2)))
-    right = min(f32(x1 + f32(w1 / 2)), f32(x2 + f32(w2 / 2)))
-    return f32(right - left)
-
-
-def box_intersection(a: Detection, b: Detection) -> float:
-    w = _overlap(a.x, a.w, b.x, b.w)
-    h = _overlap(a.y, a.h, b.y, b.h)
-    if w < 0 or h < 0:
-        return 0.0
-    return f32(w * h)
-
-
-def box_iou(a: Detection, b: Detection) -> float:
-    i = box_intersection(a, b)
-    u = f32(f32(f32(a.w * a.h) + f32(b.w * b.h)) - i)
-    if u == 0:
-        return math.nan if i == 0 else math.copysign(math.inf, i)
-    return f32(i / u)
-
-
-def musl_qsort(items: list, cmp) -> None:
-    """Sort `items` in place exactly as musl's (and so wasi-libc's) qsort does: Dijkstra's
-    smoothsort over Leonardo heaps. qsort is not stable: which of equal elements lands
-    first depends on the algorithm, and Darknet's output order depends on that."""
-    nel = len(items)
-    if nel == 0:
-        return
-    a = items
-    # Leonardo numbers L(k+2) = L(k) + L(k+1) + 1, up to the first one >= nel
-    lp = [1, 1]
-    while lp[-1] < nel:
-        lp.append(lp[-2] + lp[-1] + 1)
-
-    def pntz(p: int) -> int:  # trailing zeros of p - 1 (p is odd and > 1)
-        x = p - 1
-        return (x & -x).bit_length() - 1
-
-    def cycle(ar: list) -> None:  # a[ar[0]] <- a[ar[1]] <- ... <- a[ar[-1]] <- old a[ar[0]]
-        if len(ar) < 2:
-            return
-        tmp = a[ar[0]]
-        for i in range(len(ar) - 1):
-            a[ar[i]] = a[ar[i + 1]]
-        a[ar[-1]] = tmp
-
-    def sift(head: int, pshift: int) -> None:
-        ar = [head]
-        while pshift > 1:
-            rt = head - 1
-            lf = head - 1 - lp[pshift - 2]
-            if cmp(a[ar[0]], a[lf]) >= 0 and cmp(a[ar[0]], a[rt]) >= 0:
-                break
-            if cmp(a[lf], a[rt]) >= 0:
-                ar.append(lf)
-                head = lf
-                pshift -= 1
-            else:
-                ar.append(rt)
-                head = rt
-                pshift -= 2
-        cycle(ar)
-
-    def trinkle(head: int, p: int, pshift: int, trusty: bool) -> None:
-        ar = [head]
-        while p != 1:
-            stepson = head - lp[pshift]
-            if cmp(a[stepson], a[ar[0]]) <= 0:
-                break
-            if not trusty and pshift > 1:
-                rt = head - 1
-                lf = head - 1 - lp[pshift - 2]
-                if cmp(a[rt], a[stepson]) >= 0 or cmp(a[lf], a[stepson]) >= 0:
-                    break
-            ar.append(stepson)
-            head = stepson
-            trail = pntz(p)
-            p >>= trail
-            pshift += trail
-            trusty = False
-        if not trusty:
-            cycle(ar)
-            sift(head, pshift)
-
-    head, high = 0, nel - 1
-    p, pshift = 1, 1  # bit k of p: a Leonardo heap of order pshift + k
-    while head < high:
-        if (p & 3) == 3:
-            sift(head, pshift)
-            p >>= 2
-            pshift += 2
-        else:
-            if lp[pshift - 1] >= high - head:
-                trinkle(head, p, pshift, False)
-            else:
-                sift(head, pshift)
-            if pshift == 1:
-                p <<= 1
-                pshift = 0
-            else:
-                p <<= pshift - 1
-                pshift = 1
-        p |= 1
-        head += 1
-    trinkle(head, p, pshift, False)
-    while pshift != 1 or p != 1:
-        if pshift <= 1:
-            trail = pntz(p)
-            p >>= trail
-            pshift += trail
-        else:
-            p <<= 2
-            pshift -= 2
-            p ^= 7
-            p >>= 1
-            trinkle(head - lp[pshift] - 1, p, pshift + 1, True)
-            p <<= 1
-            p |= 1
-            trinkle(head - 1, p, pshift, True)
-        head -= 1
-
-
-def nms_comparator(a: Detection, b: Detection) -> int:
-    """Descending by prob[sort_class] (objectness when sort_class < 0): 1 if a < b, -1 if a > b."""
-    k = b.sort_class
-    if k >= 0:
-        pa, pb = a.prob[k], b.prob[k]
-    else:
-        pa, pb = a.objectness, b.objectness
-    if pa < pb:
-        return 1
-    if pa > pb:
-        return -1
-    return 0
-
-
-def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
-    """Darknet do_nms_sort: zero-objectness boxes to the end, then per class: sort by that
-    class's probability (musl qsort) and zero the class for boxes overlapping a better one
-    by IoU > thresh. Returns the boxes in their final order. The loops run in
-    `_dlk.nms_sort`; do_nms_sort_py is the same in Python."""
-    n = len(dets)
-    boxes = array("f", [v for d in dets for v in (d.x, d.y, d.w, d.h)])
-    objectness = array("f", [d.objectness for d in dets])
-    probs = array("f", [p for d in dets for p in d.prob])
-    if len(probs) != n * classes:
-        raise ValueError("do_nms_sort: every box needs one probability per class")
-    order = array("i", bytes(4 * n))
-    _dlk.nms_sort(boxes, objectness, probs, n, classes, thresh, order)
-    result = []
-    for i in order:
-        d = dets[i]
-        d.prob = probs[i * classes:(i + 1) * classes].tolist()
-        result.append(d)
-    return result
-
-
-def do_nms_sort_py(dets: list, classes: int, thresh: float) -> list:
-    """do_nms_sort in pure Python, with the smoothsort emulation above."""
-    thresh = f32(thresh)
-    k = len(dets) - 1
-    i = 0
-    while i <= k:
-        if dets[i].objectness == 0:
-            dets[i], dets[k] = dets[k], dets[i]
-            k -= 1
-            i -= 1
-        i += 1
-    total = k + 1
-    head = dets[:total]
-    for klass in range(classes):
-        for d in head:
-            d.sort_class = klass
-        musl_qsort(head, nms_comparator)
-        for i in range(total):
-            a = head[i]
-            if a.prob[klass] == 0:
-                continue
-            for j in range(i + 1, total):
-                b = head[j]
-                if box_iou(a, b) > thresh:
-                    b.prob[klass] = 0.0
-    dets[:total] = head
-    return dets
 
 
 # ---------------------------------------------------------------- drawing (image.c)
@@ -332,8 +63,19 @@ def draw_detections(im, dets: list, thresh: float, names: list, classes: int, ou
 
 # ---------------------------------------------------------------- the command
 
+def run(argv) -> None:
+    """`detect [cfg] [weights] [image] [-thresh T] [-out NAME]`: thresh and filename are read
+    before -out is removed, as in Darknet (spec §1.4)."""
+    thresh = argv.find_float("-thresh", .5)
+    filename = argv[4] if argv.argc > 4 else None
+    outfile = argv.find_str("-out", None)
+    if argv[2] is None:
+        raise DLServerError(f"usage: {argv[0]} detect [cfg] [weights] [image] [-thresh T] [-out NAME]")
+    test_detector("cfg/coco.data", argv[2], argv[3], filename, thresh, outfile)
+
+
 def test_detector(datacfg: str, cfg: str, weights: str | None, filename: str | None, thresh: float,
-                  hier_thresh: float = HIER_THRESH, outfile: str | None = None) -> None:
+                  outfile: str | None = None) -> None:
     options = read_data_cfg(datacfg)
     name_list = options.find_str("names", "data/names.list")
     names = read_list(name_list, "names list")
@@ -343,8 +85,8 @@ def test_detector(datacfg: str, cfg: str, weights: str | None, filename: str | N
     net = parse_network_cfg(cfg)
     load_weights(net, weights)
     net.set_batch(1)
-    yolo_layers = [layer for layer in net.layers if layer.kind == "yolo"]
-    if not yolo_layers or net.layers[-1].kind != "yolo":
+    yolo_layers = [layer for layer in net.layers if isinstance(layer, YoloLayer)]
+    if not yolo_layers or not isinstance(net.layers[-1], YoloLayer):
         raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo]")
     if net.w < 1 or net.h < 1 or net.c != 3:
         raise DLServerError(f"{cfg}: detect needs an image network (width, height, channels=3),"

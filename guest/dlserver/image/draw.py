@@ -13,11 +13,10 @@ save_image:            (unsigned char)(255*v), interleaved, stb_image_write JPEG
 """
 import math
 
-import _dlk
-
+from .. import kernels
 from ..buffers import filled
 from ..rng import f32
-from ..weights import write_file_atomic
+from ..files import write_file_atomic
 from .font import glyph
 from .jpeg import encode_jpeg
 from .ops import Image
@@ -35,7 +34,7 @@ def get_color(c: int, x: int, max_value: int) -> float:
 
 
 def draw_box_width(im: Image, x1: int, y1: int, x2: int, y2: int, width: int, r: float, g: float, b: float) -> None:
-    _dlk.draw_box_width(im.data, im.w, im.h, x1, y1, x2, y2, width, r, g, b)
+    kernels.draw_box_width(im.data, im.w, im.h, x1, y1, x2, y2, width, r, g, b)
 
 
 def _tile(label: Image | None, piece: Image, dx: int) -> Image:
@@ -46,8 +45,8 @@ def _tile(label: Image | None, piece: Image, dx: int) -> Image:
     w = label.w + piece.w + dx
     h = max(label.h, piece.h)
     canvas = filled(w * h, 1.0)
-    _dlk.image_paste(label.data, label.w, label.h, 1, canvas, w, h, 0, 0, False)
-    _dlk.image_paste(piece.data, piece.w, piece.h, 1, canvas, w, h, label.w + dx, 0, True)
+    kernels.image_paste(label.data, label.w, label.h, 1, canvas, w, h, 0, 0, False)
+    kernels.image_paste(piece.data, piece.w, piece.h, 1, canvas, w, h, label.w + dx, 0, True)
     return Image(w, h, 1, canvas)
 
 
@@ -55,7 +54,7 @@ def _border(label: Image, border: int) -> Image:
     """border_image: `border` white pixels added on every side."""
     w, h = label.w + 2 * border, label.h + 2 * border
     canvas = filled(w * h, 1.0)
-    _dlk.image_paste(label.data, label.w, label.h, 1, canvas, w, h, border, border, False)
+    kernels.image_paste(label.data, label.w, label.h, 1, canvas, w, h, border, border, False)
     return Image(w, h, 1, canvas)
 
 
@@ -72,13 +71,13 @@ def get_label(text: str, size: int) -> Image:
 
 
 def draw_label(im: Image, row: int, col: int, label: Image, rgb) -> None:
-    _dlk.draw_label(im.data, im.w, im.h, label.data, label.w, label.h, row, col, rgb[0], rgb[1], rgb[2])
+    kernels.draw_label(im.data, im.w, im.h, label.data, label.w, label.h, row, col, rgb[0], rgb[1], rgb[2])
 
 
 def image_bytes(im: Image) -> bytes:
     """Interleaved 8-bit pixels of a float image, (unsigned char)(255*v) (Darknet save_image)."""
     out = bytearray(im.w * im.h * im.c)
-    _dlk.chw_to_pixels(im.data, im.w, im.h, im.c, out)
+    kernels.chw_to_pixels(im.data, im.w, im.h, im.c, out)
     return bytes(out)
 
 

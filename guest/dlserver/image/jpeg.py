@@ -49,8 +49,8 @@ pixel bytes.
 """
 from array import array
 
-import _dlk
-
+from .. import kernels
+from ..kernels import JpegColour
 from ..errors import DLServerError
 
 MAX_PIXELS = 1 << 26          # width * height above this is refused before allocating
@@ -84,8 +84,6 @@ _SCAN_ERRORS = {
     -6: "corrupt entropy-coded data (bad refinement code)",
     -7: "corrupt entropy-coded data (data after the scan's last block)",
 }
-# _dlk.jpeg_color modes
-_GRAY, _YCBCR, _RGB, _CMYK, _YCCK = range(5)
 
 
 def _name(code: int) -> str:
@@ -223,20 +221,20 @@ def decode_jpeg(data) -> tuple:
     params = array("i")
     poff = 0
     for c in comps:
-        _dlk.jpeg_idct(coeffs, c.coff, c.cw, c.ch, c.quant.tobytes(), planes, poff)
+        kernels.jpeg_idct(coeffs, c.coff, c.cw, c.ch, c.quant.tobytes(), planes, poff)
         params.extend((poff, c.cw * 8, c.y, hmax // c.h, vmax // c.v))
         poff += c.cw * c.ch * 64
     del coeffs
 
     if nf == 1:
-        mode, out_comps = _GRAY, 1
+        mode, out_comps = JpegColour.GRAY, 1
     elif nf == 3:
         rgb = sum(c.id == ord(k) for c, k in zip(comps, "RGB")) == 3
-        mode, out_comps = (_RGB if rgb or (adobe == 0 and not jfif) else _YCBCR), 3
+        mode, out_comps = (JpegColour.RGB if rgb or (adobe == 0 and not jfif) else JpegColour.YCBCR), 3
     else:
-        mode, out_comps = {0: _CMYK, 2: _YCCK}.get(adobe, _YCBCR), 3
+        mode, out_comps = {0: JpegColour.CMYK, 2: JpegColour.YCCK}.get(adobe, JpegColour.YCBCR), 3
     out = bytearray(width * height * out_comps)
-    _dlk.jpeg_color(planes, params, width, height, mode, out)
+    kernels.jpeg_color(planes, params, width, height, mode, out)
     return width, height, out_comps, bytes(out)
 
 
@@ -367,8 +365,7 @@ def _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs) -
                         "in a sequential scan)")
     need_dc = not progressive or (ss == 0 and ah == 0)
     need_ac = not progressive or ss > 0
-    params = array("i", (int(progressive), ss, se, ah, al, restart, mcu_x, mcu_y, ns))
-    chosen = []
+    chosen, scanned = [], []
     for k in range(ns):
         cid, t = body[1 + 2 * k], body[2 + 2 * k]
         c = next((o for o in comps if o.id == cid), None)
@@ -389,8 +386,10 @@ def _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs) -
                 raise JPEGError(f"missing quantization table {c.tq}")
             c.quant = qt[c.tq]
         c.scanned = True
-        params.extend((c.coff, c.cw, c.ch, c.h, c.v, c.bw, c.bh, td | ta << 4))
-    end = _dlk.jpeg_decode_scan(data, pos, params, tables, coeffs)
+        scanned.append((c.coff, c.cw, c.ch, c.h, c.v, c.bw, c.bh, td | ta << 4))
+    end = kernels.jpeg_decode_scan(data, pos, progressive=progressive, spectral_start=ss, spectral_end=se,
+                                   approx_high=ah, approx_low=al, restart_interval=restart, mcus_x=mcu_x,
+                                   mcus_y=mcu_y, components=scanned, tables=tables, coeffs=coeffs)
     if end < 0:
         raise JPEGError(_SCAN_ERRORS.get(end, "corrupt entropy-coded data"))
     return end
@@ -474,5 +473,5 @@ def encode_jpeg(width: int, height: int, pixels_rgb, quality: int = 80, comps: i
         head += counts
         head += values
     head += b"\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"
-    scan = _dlk.jpeg_encode_scan(pixels_rgb, width, height, comps, ytable, uvtable, _HUFFMAN)
+    scan = kernels.jpeg_encode_scan(pixels_rgb, width, height, comps, ytable, uvtable, _HUFFMAN)
     return bytes(head) + scan + b"\xff\xd9"

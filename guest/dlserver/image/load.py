@@ -2,7 +2,7 @@
 from ..errors import DLServerError
 from ..files import read_input_file
 from .jpeg import decode_jpeg
-from .ops import Image, pixels_to_image, resize_image
+from .ops import Image, pixels_to_image
 from .png import decode_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,9 +32,6 @@ def decode_image(data: bytes, path: str) -> Image:
     raise DLServerError(f"{path}: cannot load image: not a PNG file nor a JPEG file")
 
 
-def load_image_color(path: str, w: int = 0, h: int = 0) -> Image:
-    """Load an image as 3 planes of byte/255, resized to w x h when both are given."""
-    im = decode_image(read_image_file(path), path)
-    if w and h and (im.w != w or im.h != h):
-        return resize_image(im, w, h)
-    return im
+def load_image_color(path: str) -> Image:
+    """Load an image as 3 planes of byte/255."""
+    return decode_image(read_image_file(path), path)

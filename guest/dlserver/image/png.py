@@ -4,11 +4,11 @@
 height x width pixels of `comps` interleaved bytes, 1 gray, 2 gray+alpha, 3 RGB,
 4 RGBA. A palette image gives 3 (RGB), or 4 (RGBA) when it has a tRNS chunk.
 The conversion to Darknet's 3 float channels (gray replicated, alpha dropped,
-as stb with req_comp=3) is `_dlk.pixels_to_chw`'s job.
+as stb with req_comp=3) is `kernels.pixels_to_chw`'s job.
 
 Supported: colour types 0, 2, 3, 4, 6 at every bit depth the PNG spec allows
 (gray 1/2/4/8/16, palette 1/2/4/8, the others 8/16); the five scanline filters
-(`_dlk.png_unfilter`); Adam7 interlacing; any number of IDAT chunks.
+(`kernels.png_unfilter`); Adam7 interlacing; any number of IDAT chunks.
 Results follow stb_image:
   - 16-bit samples keep their high byte (value >> 8);
   - 1/2/4-bit gray is scaled to 0..255 (x255, x85, x17); palette indexes are not;
@@ -32,8 +32,7 @@ prefix `<path>: `.
 import zlib
 from struct import unpack_from
 
-import _dlk
-
+from .. import kernels
 from ..errors import DLServerError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -261,7 +260,7 @@ def _inflate(stream, expected: int) -> bytes:
 
 def _unfilter(raw, height, rowbytes, bpp, out, where):
     try:
-        _dlk.png_unfilter(raw, height, rowbytes, bpp, out)
+        kernels.png_unfilter(raw, height, rowbytes, bpp, out)
     except ValueError as e:
         raise PNGError(f"corrupt image data ({e}{where})") from None
 
@@ -299,7 +298,7 @@ def _samples(buf, width, height, rowbytes, depth, colour, palette, comps):
         return pix
     out = bytearray(width * height * comps)
     try:
-        _dlk.png_expand_palette(pix, palette, width * height, comps, out)
+        kernels.png_expand_palette(pix, palette, width * height, comps, out)
     except ValueError as e:
         raise PNGError(str(e)) from None
     return out

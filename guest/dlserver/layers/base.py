@@ -1,11 +1,12 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
-import _dlk
-
+from .. import kernels
+from ..kernels import Activation
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
 
-ACTIVATIONS = {"linear": 0, "relu": 1, "leaky": 2, "logistic": 3}
+ACTIVATIONS = {"linear": Activation.LINEAR, "relu": Activation.RELU, "leaky": Activation.LEAKY,
+               "logistic": Activation.LOGISTIC}
 # Darknet knows these too; dl-server does not implement them yet.
 KNOWN_ACTIVATIONS = ("loggy", "elu", "selu", "relie", "plse", "hardtan", "lhtan", "ramp", "tanh", "stair")
 
@@ -24,8 +25,9 @@ class Layer:
     """Geometry (input h, w, c -> output out_h, out_w, out_c) and a batch of outputs."""
 
     kind = "layer"
-    has_weights = False
-    has_cost = False
+    has_cost = False       # has a cost to report (network cost = mean of these)
+    is_cost = False        # a cost layer: not the network's output layer
+    needs_network = False  # built with the network so far (route reads earlier layers)
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch
@@ -61,19 +63,38 @@ class Layer:
     def update(self, net, rate: float) -> None:
         """Apply accumulated gradients; layers without weights have nothing to do."""
 
+    def parameter_arrays(self) -> list:
+        """The arrays of the layer's record in a weights file, in file order: what load and
+        save read and write, and what aggregation combines."""
+        return []
+
+    def init_weights(self, rng) -> None:
+        """Darknet's random initialisation when the layer is built (draws from rng)."""
+
+    def skip_init_weights(self, rng) -> None:
+        """Advance rng as init_weights would have (the weights come from a file)."""
+
+    def transpose_weights(self) -> None:
+        """Undo the transposition of a weights file with major or minor > 1000."""
+
+    def link(self, prev) -> None:
+        """Take buffers from the previous layer (None for the first): in-place layers do."""
+
+    def clear_delta(self) -> None:
+        """Zero delta before a forward pass of training."""
+        if self.delta is not None:
+            kernels.fill(len(self.delta), 0.0, self.delta)
+
     def describe(self) -> str:
         """The rest of Darknet's layer-table line after the `%5d ` index."""
         raise NotImplementedError
 
 
 def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
-    """Darknet's SGD step, B = batch * subdivisions, lr = f32(rate * layer scale):
-    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
+    """Darknet's SGD step in one pass (kernels.sgd_update), B = batch * subdivisions and
+    lr = f32(rate * layer scale): bias += f32(lr/B)*bias_upd; bias_upd *= m;
+    W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
     lr = f32(learning_rate)
     batch = net.batch * net.subdivisions
-    step = f32(lr / batch)
-    _dlk.axpy(len(biases), step, bias_updates, biases)
-    _dlk.scal(len(bias_updates), net.momentum, bias_updates)
-    _dlk.axpy(len(weights), f32(-f32(net.decay) * batch), weights, weight_updates)
-    _dlk.axpy(len(weights), step, weight_updates, weights)
-    _dlk.scal(len(weight_updates), net.momentum, weight_updates)
+    kernels.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
+                       f32(-f32(net.decay) * batch))

@@ -5,17 +5,15 @@ forward:  out[b][o] = sum_k in[b][k] * W[o][k] + bias[o], then the activation
 """
 import math
 
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
+from .base import Layer, parse_activation, sgd_update
 
 
 class ConnectedLayer(Layer):
     kind = "connected"
-    has_weights = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -42,16 +40,24 @@ class ConnectedLayer(Layer):
         scale = f32(math.sqrt(2.0 / self.inputs))
         rng.uniform_fill(self.weights, -1.0, 1.0, scale)
 
+    def skip_init_weights(self, rng) -> None:
+        rng.skip(len(self.weights))
+
     def parameter_arrays(self):
         return [self.biases, self.weights]
 
+    def transpose_weights(self) -> None:
+        values = self.weights.tolist()
+        rows, cols = self.inputs, self.outputs
+        self.weights[:] = type(self.weights)("f", [values[r * cols + c] for c in range(cols) for r in range(rows)])
+
     def forward(self, net, input_buf, train):
         out = self.output
-        _dlk.fill(len(out), 0.0, out)
-        _dlk.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
-                  self.weights, self.inputs, 1.0, out, self.outputs)
-        _dlk.add_bias(out, self.biases, self.batch, self.outputs, 1)
-        _dlk.activate(out, len(out), self.activation)
+        kernels.fill(len(out), 0.0, out)
+        kernels.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
+                     self.weights, self.inputs, 1.0, out, self.outputs)
+        kernels.add_bias(out, self.biases, self.batch, self.outputs, 1)
+        kernels.activate(out, len(out), self.activation)
 
     def prepare_training(self) -> None:
         self.delta = zeros(self.batch * self.outputs)
@@ -63,23 +69,13 @@ class ConnectedLayer(Layer):
     #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (Darknet: gemm NN)
     # in one call, term by term in gemm's order, skipping the zero deltas (dropout, relu).
     def backward(self, net, input_buf, prev_delta):
-        _dlk.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
-                                self.activation, self.weights, self.bias_updates, self.weight_updates,
-                                prev_delta)
+        kernels.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
+                                   self.activation, self.weights, self.bias_updates, self.weight_updates,
+                                   prev_delta)
 
     def update(self, net, rate: float) -> None:
-        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                         self.weights, self.weight_updates)
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"
-
-
-def fused_sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
-    """base.sgd_update in one pass (_dlk.sgd_update: the same float steps per element):
-    bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd;
-    W_upd *= m, with B = batch * subdivisions and lr = f32(rate * layer scale)."""
-    lr = f32(learning_rate)
-    batch = net.batch * net.subdivisions
-    _dlk.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
-                    f32(-f32(net.decay) * batch))

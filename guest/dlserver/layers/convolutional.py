@@ -9,13 +9,11 @@ im2col + gemm loops, without im2col and without the Python loop over the batch.
 """
 import math
 
-import _dlk
-
+from .. import kernels
 from ..buffers import filled, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
-from .connected import fused_sgd_update
+from .base import Layer, parse_activation, sgd_update
 
 DIRECT_MAX_CHANNELS = 8   # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < size, stride 1
@@ -23,7 +21,6 @@ TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < s
 
 class ConvolutionalLayer(Layer):
     kind = "convolutional"
-    has_weights = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -70,7 +67,7 @@ class ConvolutionalLayer(Layer):
         if self.fused:
             self.workspace = None
         elif self.direct:
-            self.workspace = zeros(_dlk.conv2d_direct_workspace(c, h, w, self.size, self.pad))
+            self.workspace = zeros(kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad))
         elif self.size != 1:
             self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w)
         else:
@@ -82,6 +79,9 @@ class ConvolutionalLayer(Layer):
         scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c)))
         rng.normal_fill(self.weights, scale)
 
+    def skip_init_weights(self, rng) -> None:
+        rng.skip_normals(self.nweights)
+
     def parameter_arrays(self):
         """The arrays of a .weights record, in file order."""
         if self.batch_normalize:
@@ -92,33 +92,33 @@ class ConvolutionalLayer(Layer):
         spatial = self.out_h * self.out_w
         out = self.output
         if self.fused:  # conv + bias + activation in one call
-            _dlk.conv_forward(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
-                              self.pad, self.biases, self.activation, out)
+            kernels.conv_forward(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
+                                 self.pad, self.biases, self.activation, out)
             return
         if self.direct:
-            _dlk.conv2d_direct(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
-                               self.pad, out, self.workspace)
+            kernels.conv2d_direct(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
+                                  self.pad, out, self.workspace)
         else:
             self._forward_gemm(input_buf, out, spatial)
         if self.batch_normalize:
-            _dlk.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
-                                 self.batch, self.n, spatial)
+            kernels.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
+                                    self.batch, self.n, spatial)
         else:
-            _dlk.add_bias(out, self.biases, self.batch, self.n, spatial)
-        _dlk.activate(out, len(out), self.activation)
+            kernels.add_bias(out, self.biases, self.batch, self.n, spatial)
+        kernels.activate(out, len(out), self.activation)
 
     def _forward_gemm(self, input_buf, out, spatial):
         """out[b] = W . im2col(in[b]), one gemm per image."""
-        _dlk.fill(len(out), 0.0, out)
+        kernels.fill(len(out), 0.0, out)
         for b in range(self.batch):
             image = view(input_buf, b * self.inputs, self.inputs)
             if self.size == 1:
                 col = image
             else:
-                _dlk.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace)
+                kernels.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace)
                 col = self.workspace
-            _dlk.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
-                      col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
+            kernels.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
+                         col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
 
     def prepare_training(self) -> None:
         """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns."""
@@ -136,38 +136,37 @@ class ConvolutionalLayer(Layer):
     # conv_backward does all of this for the whole batch (nonzero deltas only, same floats).
     def backward(self, net, input_buf, prev_delta):
         if self.fused:
-            _dlk.conv_backward(input_buf, self.batch, self.c, self.h, self.w, self.output, self.delta, self.n,
-                               self.size, self.pad, self.activation, self.weights, self.bias_updates,
-                               self.weight_updates, prev_delta)
+            kernels.conv_backward(input_buf, self.batch, self.c, self.h, self.w, self.output, self.delta, self.n,
+                                  self.size, self.pad, self.activation, self.weights, self.bias_updates,
+                                  self.weight_updates, prev_delta)
             return
         spatial = self.out_h * self.out_w
         K = self.kernel_inputs
-        _dlk.gradient(self.output, len(self.output), self.activation, self.delta)
-        _dlk.backward_bias(self.bias_updates, self.delta, self.batch, self.n, spatial)
+        kernels.gradient(self.output, len(self.output), self.activation, self.delta)
+        kernels.backward_bias(self.bias_updates, self.delta, self.batch, self.n, spatial)
         for b in range(self.batch):
             image = view(input_buf, b * self.inputs, self.inputs)
             delta = view(self.delta, b * self.outputs, self.outputs)
             if self.size == 1:
                 col = image
             else:
-                _dlk.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
+                kernels.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
                 col = self.columns
-            _dlk.gemm(0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K)
+            kernels.gemm(0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K)
             if prev_delta is not None:
                 image_delta = view(prev_delta, b * self.inputs, self.inputs)
                 target = image_delta if self.size == 1 else self.columns
-                _dlk.gemm(1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial)
+                kernels.gemm(1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial)
                 if self.size != 1:
-                    _dlk.col2im(self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta)
+                    kernels.col2im(self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta)
 
     def update(self, net, rate: float) -> None:
         """SGD with momentum and decay (Darknet update_convolutional_layer)."""
-        fused_sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                         self.weights, self.weight_updates)
+        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
+                   self.weights, self.weight_updates)
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
         return (f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
                 f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
                 f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}  {bflops:5.3f} BFLOPs")
-

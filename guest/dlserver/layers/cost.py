@@ -1,6 +1,5 @@
 """Cost layer (Darknet cost_layer.c), type sse: only active with a truth (training)."""
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from .base import Layer
@@ -10,6 +9,7 @@ COST_TYPES = ("seg", "sse", "masked", "smooth", "L1", "wgan")
 
 class CostLayer(Layer):
     kind = "cost"
+    is_cost = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -18,9 +18,9 @@ class CostLayer(Layer):
             known = "not supported yet" if self.cost_type in COST_TYPES else "unknown"
             raise DLServerError(f"{options.path}:{options.line}: cost type '{self.cost_type}' is {known}")
         self.scale = options.find_float("scale", 1, quiet=True)
-        self.ratio = options.find_float("ratio", 0, quiet=True)
-        self.noobject_scale = options.find_float("noobj", 1, quiet=True)
-        self.thresh = options.find_float("thresh", 0, quiet=True)
+        options.find_float("ratio", 0, quiet=True)    # ratio, noobj, thresh: read, not applied
+        options.find_float("noobj", 1, quiet=True)
+        options.find_float("thresh", 0, quiet=True)
         self.outputs = inputs
         self.out_h, self.out_w, self.out_c = h, w, c
         self.allocate()
@@ -32,11 +32,11 @@ class CostLayer(Layer):
         self.cost = 0.0
         if train and net.truth is not None:
             # delta = t - x; cost = sum (t - x)^2
-            self.cost = _dlk.sse_cost(input_buf, net.truth, self.delta, self.batch * self.inputs)
+            self.cost = kernels.sse_cost(input_buf, net.truth, self.delta, self.batch * self.inputs)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is not None:
-            _dlk.axpy(self.batch * self.inputs, self.scale, self.delta, prev_delta)
+            kernels.axpy(self.batch * self.inputs, self.scale, self.delta, prev_delta)
 
     def allocate(self):
         self.output = None

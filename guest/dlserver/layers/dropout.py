@@ -3,8 +3,7 @@
 training: r_i = rand_uniform(0, 1) (kept); x_i = 0 if r_i < p else x_i * f32(1/(1-p));
 backward: delta_i = 0 if r_i < p else delta_i * f32(1/(1-p)).
 """
-import _dlk
-
+from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
@@ -33,15 +32,22 @@ class DropoutLayer(Layer):
     def prepare_training(self) -> None:
         self.rand = zeros(self.batch * self.inputs)
 
+    def link(self, prev) -> None:
+        """In place: delta is the previous layer's (the output is set by forward)."""
+        self.delta = prev.delta if prev is not None else None
+
+    def clear_delta(self) -> None:
+        """The previous layer's delta, which that layer clears."""
+
     def forward(self, net, input_buf, train):
         self.output = input_buf
         if train:
-            net.rng.state = _dlk.dropout_forward(input_buf, self.batch * self.inputs, self.probability, self.scale,
-                                                 self.rand, net.rng.state)
+            net.rng.state = kernels.dropout_forward(input_buf, self.batch * self.inputs, self.probability, self.scale,
+                                                    self.rand, net.rng.state)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is not None:
-            _dlk.dropout_backward(prev_delta, self.batch * self.inputs, self.probability, self.scale, self.rand)
+            kernels.dropout_backward(prev_delta, self.batch * self.inputs, self.probability, self.scale, self.rand)
 
     def describe(self):
         return f"dropout       p = {self.probability:.2f}               {self.inputs:4d}  ->  {self.outputs:4d}"

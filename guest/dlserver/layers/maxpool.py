@@ -3,8 +3,7 @@
 out = (in + padding - size)/stride + 1 with padding = size - 1 by default; windows start
 at -(padding/2); positions outside the image count as -inf; argmax kept for backward.
 """
-import _dlk
-
+from .. import kernels
 from ..buffers import int_zeros
 from ..errors import DLServerError
 from .base import Layer
@@ -38,15 +37,15 @@ class MaxpoolLayer(Layer):
     def forward(self, net, input_buf, train):
         if self.size == 2 and self.stride == 2 and self.pad == 1 and self.h % 2 == 0 and self.w % 2 == 0:
             # every window inside the image (LeNet's): the same results without bounds checks
-            _dlk.maxpool_forward_2x2(input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes)
+            kernels.maxpool_forward_2x2(input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes)
             return
-        _dlk.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
-                             self.output, self.indexes)
+        kernels.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
+                                self.output, self.indexes)
 
     def backward(self, net, input_buf, prev_delta):
         """prev_delta[argmax] += delta."""
         if prev_delta is not None:
-            _dlk.maxpool_backward(self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs)
+            kernels.maxpool_backward(self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs)
 
     def describe(self):
         return (f"max          {self.size} x {self.size} / {self.stride}  "

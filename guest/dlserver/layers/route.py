@@ -6,8 +6,7 @@ out_w, out_h of the first source; out_c = sum of out_c when every source has the
 w and h, else 0 x 0 x 0 (as Darknet; a following convolutional layer then refuses it).
 backward: each slice of delta is added into its source's delta.
 """
-import _dlk
-
+from .. import kernels
 from ..buffers import view
 from ..errors import DLServerError
 from .base import Layer
@@ -15,7 +14,7 @@ from .base import Layer
 
 class RouteLayer(Layer):
     kind = "route"
-    needs_network = True
+    needs_network = True  # reads earlier layers
 
     def __init__(self, options, batch, h, w, c, inputs, net=None, index=0):
         super().__init__(batch, h, w, c, inputs)
@@ -65,8 +64,8 @@ class RouteLayer(Layer):
             target = net.layers[source].delta
             if target is not None:
                 for b in range(self.batch):
-                    _dlk.axpy(size, 1.0, view(self.delta, b * self.outputs + offset, size),
-                              view(target, b * size, size))
+                    kernels.axpy(size, 1.0, view(self.delta, b * self.outputs + offset, size),
+                                 view(target, b * size, size))
             offset += size
 
     def describe(self):

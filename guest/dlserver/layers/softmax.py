@@ -1,7 +1,6 @@
 """Softmax layer (Darknet softmax_layer.c), groups = 1:
 y_i = f32(exp(x_i/T - max/T)) / sum_j f32(exp(x_j/T - max/T)), per batch row."""
-import _dlk
-
+from .. import kernels
 from ..errors import DLServerError
 from .base import Layer
 
@@ -31,15 +30,15 @@ class SoftmaxLayer(Layer):
     has_cost = True
 
     def forward(self, net, input_buf, train):
-        _dlk.softmax(input_buf, self.batch, self.inputs, self.temperature, self.output)
+        kernels.softmax(input_buf, self.batch, self.inputs, self.temperature, self.output)
         self.cost = 0.0
         if train and net.truth is not None and not self.noloss:
             # delta = t - y; cost = sum over t != 0 of -log(y)
-            self.cost = _dlk.softmax_cost(self.output, net.truth, self.delta, self.batch * self.inputs)
+            self.cost = kernels.softmax_cost(self.output, net.truth, self.delta, self.batch * self.inputs)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is not None:
-            _dlk.axpy(self.batch * self.inputs, 1.0, self.delta, prev_delta)
+            kernels.axpy(self.batch * self.inputs, 1.0, self.delta, prev_delta)
 
     def describe(self):
         return f"softmax                                        {self.inputs:4d}"

@@ -5,8 +5,7 @@ s > 0:  out[c][y][x] = scale * in[c][y/s][x/s]          (nearest neighbour, s ti
 s < 0:  "downsample" by |s|: out[c][y/|s|][x/|s|] = sum of scale * in over each |s| x |s| block
         backward: in_delta[c][y][x] = scale * delta[c][y/|s|][x/|s|]
 """
-import _dlk
-
+from .. import kernels
 from ..errors import DLServerError
 from ..rng import f32
 from .base import Layer
@@ -40,20 +39,20 @@ class UpsampleLayer(Layer):
 
     def forward(self, net, input_buf, train):
         if self.reverse:
-            _dlk.fill(len(self.output), 0.0, self.output)
-            _dlk.upsample(self.output, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
-                          input_buf, False)
+            kernels.fill(len(self.output), 0.0, self.output)
+            kernels.upsample(self.output, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
+                             input_buf, False)
         else:
-            _dlk.upsample(input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True)
+            kernels.upsample(input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is None:
             return
         if self.reverse:
-            _dlk.upsample(self.delta, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
-                          prev_delta, True)
+            kernels.upsample(self.delta, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
+                             prev_delta, True)
         else:
-            _dlk.upsample(prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False)
+            kernels.upsample(prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False)
 
     def describe(self):
         name = "downsample" if self.reverse else "upsample  "

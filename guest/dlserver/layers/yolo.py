@@ -8,18 +8,15 @@ Box decode (detector): bx = (i + x)/w, by = (j + y)/h, bw = exp(tw)*anchor_w/net
 bh = exp(th)*anchor_h/net_h, anchor = biases[2*mask[a]], biases[2*mask[a]+1].
 Building the layer calls srand(0) in Darknet (spec §10.2): Network applies it.
 """
-import _dlk
-
+from .. import kernels
 from ..buffers import from_values, view
 from ..errors import DLServerError
-from .base import ACTIVATIONS, Layer
-
-LOGISTIC = ACTIVATIONS["logistic"]
+from ..kernels import Activation
+from .base import Layer
 
 
 class YoloLayer(Layer):
     kind = "yolo"
-    srand_on_build = 0
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -43,10 +40,10 @@ class YoloLayer(Layer):
             raise DLServerError(f"{where}: yolo layer with {self.n} anchors x ({self.classes} classes + 5) needs"
                                 f" {self.out_c} input channels, the layer before gives {c}")
         self.inputs = inputs
-        self.max_boxes = options.find_int("max", 90, quiet=True)
-        self.jitter = options.find_float("jitter", .2)
-        self.ignore_thresh = options.find_float("ignore_thresh", .5)
-        self.truth_thresh = options.find_float("truth_thresh", 1)
+        options.find_int("max", 90, quiet=True)       # training options: read, not applied
+        options.find_float("jitter", .2)
+        options.find_float("ignore_thresh", .5)
+        options.find_float("truth_thresh", 1)
         self.random = options.find_int("random", 0, quiet=True)
         if options.find_str("map", None, quiet=True) is not None:
             raise DLServerError(f"{where}: yolo map= (class maps) is not supported")
@@ -58,7 +55,6 @@ class YoloLayer(Layer):
                                     f" for {2 * self.total}")
             biases[:len(anchors)] = anchors
         self.biases = from_values(biases)
-        self.truths = 90 * (4 + 1)
         self.allocate()
 
     def entry_index(self, b: int, location: int, entry: int) -> int:
@@ -73,12 +69,17 @@ class YoloLayer(Layer):
         out = self.output
         memoryview(out)[:] = memoryview(input_buf)[:len(out)]
         hw = self.w * self.h
+        scores = (1 + self.classes) * hw
         for b in range(self.batch):
             for a in range(self.n):
                 index = self.entry_index(b, a * hw, 0)
-                _dlk.activate(view(out, index, 2 * hw), 2 * hw, LOGISTIC)
+                kernels.activate(view(out, index, 2 * hw), 2 * hw, Activation.LOGISTIC)
                 index = self.entry_index(b, a * hw, 4)
-                _dlk.activate(view(out, index, (1 + self.classes) * hw), (1 + self.classes) * hw, LOGISTIC)
+                kernels.activate(view(out, index, scores), scores, Activation.LOGISTIC)
+
+    def init_weights(self, rng) -> None:
+        """make_yolo_layer calls srand(0) (spec §10.2)."""
+        rng.srand(0)
 
     def prepare_training(self) -> None:
         raise DLServerError(f"{self.where}: training yolo is not supported")

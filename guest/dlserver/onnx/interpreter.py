@@ -21,14 +21,13 @@ from array import array
 from itertools import product, repeat
 from operator import add, mul, sub, truediv
 
-import _dlk
-
+from .. import kernels
+from ..kernels import Activation
 from . import model as om
 
 TYPECODES = {om.FLOAT: "f", om.DOUBLE: "d", om.INT64: "q", om.INT32: "i", om.INT16: "h", om.INT8: "b",
              om.UINT8: "B", om.UINT16: "H", om.UINT32: "I", om.UINT64: "Q", om.BOOL: "B"}
 FLOAT_TYPES = (om.FLOAT, om.DOUBLE)
-ACT_RELU, ACT_LOGISTIC = 1, 3
 
 
 class OpError(Exception):
@@ -84,10 +83,6 @@ def _axis(axis: int, rank: int, what: str = "axis") -> int:
     if not 0 <= a < rank:
         raise OpError(f"{what} {axis} out of range for rank {rank}")
     return a
-
-
-def _new(dtype: int, values) -> array:
-    return array(TYPECODES[dtype], values)
 
 
 class Node:
@@ -195,7 +190,7 @@ def _binary(op_name, fn, int_fn=None):
                     geom = _per_channel(shape, other.shape)
                     if geom is not None:
                         out = array("f", full.data)
-                        _dlk.add_bias(out, other.data, *geom)
+                        kernels.add_bias(out, other.data, *geom)
                         return [Value(om.FLOAT, shape, out)]
         a = expand(x.data, x.shape, shape)
         b = expand(y.data, y.shape, shape)
@@ -221,13 +216,13 @@ def _fdiv(a: float, b: float) -> float:
 
 def op_relu(node, x):
     out = array("f", _f32(x, "X"))
-    _dlk.activate(out, len(out), ACT_RELU)
+    kernels.activate(out, len(out), Activation.RELU)
     return [Value(om.FLOAT, x.shape, out)]
 
 
 def op_sigmoid(node, x):
     out = array("f", _f32(x, "X"))
-    _dlk.activate(out, len(out), ACT_LOGISTIC)
+    kernels.activate(out, len(out), Activation.LOGISTIC)
     return [Value(om.FLOAT, x.shape, out)]
 
 
@@ -340,7 +335,7 @@ def op_conv(node, x, wt, b=None):
     simple = kh == kw and sh == sw and dh == dw == 1 and pt == pl == pb == pr
     direct = simple and sh == 1 and kh > 1 and cg <= 16
     if direct:
-        ws = array("f", bytes(4 * _dlk.conv2d_direct_workspace(cg, h, w, kh, pt)))
+        ws = array("f", bytes(4 * kernels.conv2d_direct_workspace(cg, h, w, kh, pt)))
     col = None
     for bi in range(n):
         for g in range(group):
@@ -348,21 +343,21 @@ def op_conv(node, x, wt, b=None):
             wg = wv[g * mg * kdim:(g + 1) * mg * kdim]
             dst = outv[(bi * m + g * mg) * ohw:(bi * m + (g + 1) * mg) * ohw]
             if direct:
-                _dlk.conv2d_direct(src, 1, cg, h, w, wg, mg, kh, pt, dst, ws)
+                kernels.conv2d_direct(src, 1, cg, h, w, wg, mg, kh, pt, dst, ws)
                 continue
             if simple:
                 if col is None:
                     col = array("f", bytes(4 * kdim * ohw))
-                _dlk.im2col(src, cg, h, w, kh, sh, pt, col)
+                kernels.im2col(src, cg, h, w, kh, sh, pt, col)
             else:
                 col = _im2col_general(array("f", src), cg, h, w, kh, kw, sh, sw, dh, dw, oh, ow,
                                       (pt, pl, pb, pr))
-            _dlk.gemm(0, 0, mg, ohw, kdim, 1.0, wg, kdim, col, ohw, 1.0, dst, ohw)
+            kernels.gemm(0, 0, mg, ohw, kdim, 1.0, wg, kdim, col, ohw, 1.0, dst, ohw)
     if b is not None:
         bd = _f32(b, "B")
         if len(bd) != m:
             raise OpError(f"bias of {len(bd)} values for {m} output channels")
-        _dlk.add_bias(out, bd, n, m, ohw)
+        kernels.add_bias(out, bd, n, m, ohw)
     return [Value(om.FLOAT, (n, m, oh, ow), out)]
 
 
@@ -400,7 +395,7 @@ def op_maxpool(node, x):
     if kh == kw and sh == sw and dh == dw == 1:
         out = array("f", bytes(4 * planes * oh * ow))
         idx = array("i", bytes(4 * planes * oh * ow))
-        _dlk.maxpool_forward(xp, n, c, hp, wp, kh, sh, 0, out, idx)
+        kernels.maxpool_forward(xp, n, c, hp, wp, kh, sh, 0, out, idx)
         return [Value(om.FLOAT, (n, c, oh, ow), out)]
     out = array("f")
     span = sw * (ow - 1) + 1
@@ -475,8 +470,8 @@ def op_matmul(node, a, b):
         for d in range(r):
             oa = oa * ba[d] + (idx[d] if ba[d] != 1 else 0)
             ob = ob * bb[d] + (idx[d] if bb[d] != 1 else 0)
-        _dlk.gemm(0, 0, m, n, k, 1.0, av[oa * m * k:(oa + 1) * m * k], k, bv[ob * k * n:(ob + 1) * k * n], n,
-                  1.0, ov[i * m * n:(i + 1) * m * n], n)
+        kernels.gemm(0, 0, m, n, k, 1.0, av[oa * m * k:(oa + 1) * m * k], k, bv[ob * k * n:(ob + 1) * k * n], n,
+                     1.0, ov[i * m * n:(i + 1) * m * n], n)
     shape = batch + ((m,) if not squeeze_m else ()) + ((n,) if not squeeze_n else ())
     return [Value(om.FLOAT, shape, out)]
 
@@ -498,7 +493,7 @@ def op_gemm(node, a, b, c=None):
     else:
         out = array("f", bytes(4 * m * n))
         beta = 0.0
-    _dlk.gemm(1 if ta else 0, 1 if tb else 0, m, n, k, alpha, ad, a.shape[1], bd, b.shape[1], beta, out, n)
+    kernels.gemm(1 if ta else 0, 1 if tb else 0, m, n, k, alpha, ad, a.shape[1], bd, b.shape[1], beta, out, n)
     return [Value(om.FLOAT, (m, n), out)]
 
 
@@ -537,7 +532,7 @@ def _rows_op(node, x, row_fn):
 def _softmax_rows(xd, rows, n):
     out = array("f", bytes(4 * rows * n))
     if rows and n:
-        _dlk.softmax(xd, rows, n, 1.0, out)
+        kernels.softmax(xd, rows, n, 1.0, out)
     return out
 
 
@@ -611,7 +606,7 @@ def op_flatten(node, x):
     return [_reshaped(x, (numel(x.shape[:axis]), numel(x.shape[axis:])))]
 
 
-def _axes_arg(node, axes_input, what):
+def _axes_arg(node, axes_input):
     if node.opset >= 13 and axes_input is not None:
         return _ints(axes_input, "axes")
     a = node.attr("axes")
@@ -619,7 +614,7 @@ def _axes_arg(node, axes_input, what):
 
 
 def op_unsqueeze(node, x, axes=None):
-    axes = _axes_arg(node, axes, "axes")
+    axes = _axes_arg(node, axes)
     if axes is None:
         raise OpError("axes are required")
     rank = len(x.shape) + len(axes)
@@ -633,7 +628,7 @@ def op_unsqueeze(node, x, axes=None):
 
 
 def op_squeeze(node, x, axes=None):
-    axes = _axes_arg(node, axes, "axes")
+    axes = _axes_arg(node, axes)
     rank = len(x.shape)
     if axes is None:
         drop = {d for d in range(rank) if x.shape[d] == 1}

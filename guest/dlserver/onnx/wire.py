@@ -52,15 +52,6 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def encode_tag(number: int, wire_type: int) -> bytes:
-    return encode_varint((number << 3) | wire_type)
-
-
-def encode_len_field(number: int, payload) -> bytes:
-    """Tag, length and payload of a length-delimited field."""
-    return encode_tag(number, LEN) + encode_varint(len(payload)) + bytes(payload)
-
-
 def to_signed64(value: int) -> int:
     return value - (1 << 64) if value & (1 << 63) else value
 

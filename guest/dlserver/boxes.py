@@ -1,0 +1,76 @@
+"""YOLO boxes (Darknet yolo_layer.c and box.c): the candidates of a network's YOLO layers,
+mapped back to the image, and non-maximum suppression in the order of musl's qsort."""
+from array import array
+
+from . import kernels
+from .buffers import zeros
+from .image.ops import letterbox_size
+from .layers.yolo import YoloLayer
+from .rng import f32
+
+
+class Detection:
+    """One candidate box: centre x, y and size w, h as fractions of the image."""
+    __slots__ = ("x", "y", "w", "h", "objectness", "prob")
+
+    def __init__(self, x, y, w, h, objectness, prob):
+        self.x, self.y, self.w, self.h = x, y, w, h
+        self.objectness = objectness
+        self.prob = prob
+
+
+def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float) -> list:
+    """Candidates of one YOLO layer in Darknet's order: cells i = 0..w*h-1, then anchor
+    slots (the loops run in `kernels.yolo_candidates`; tests/reference/detect.py: the same in Python)."""
+    most = layer.w * layer.h * layer.n
+    anchors = array("f", [v for m in layer.mask for v in (layer.biases[2 * m], layer.biases[2 * m + 1])])
+    boxes, objectness, probs = zeros(4 * most), zeros(most), zeros(most * layer.classes)
+    count = kernels.yolo_candidates(layer.output, layer.w, layer.h, layer.n, layer.classes, anchors, netw, neth,
+                                    thresh, boxes, objectness, probs)
+    classes = layer.classes
+    dets = [Detection(boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], objectness[i],
+                      probs[i * classes:(i + 1) * classes].tolist()) for i in range(count)]
+    correct_yolo_boxes(dets, im_w, im_h, netw, neth)
+    return dets
+
+
+def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -> None:
+    """Map boxes from the letterboxed network input back to the image (relative = 1)."""
+    new_w, new_h = letterbox_size(im_w, im_h, netw, neth)
+    x_off, x_scale = (netw - new_w) / 2. / netw, f32(new_w / netw)
+    y_off, y_scale = (neth - new_h) / 2. / neth, f32(new_h / neth)
+    w_scale, h_scale = f32(netw / new_w), f32(neth / new_h)
+    for d in dets:
+        d.x = f32((d.x - x_off) / x_scale)
+        d.y = f32((d.y - y_off) / y_scale)
+        d.w = f32(d.w * w_scale)
+        d.h = f32(d.h * h_scale)
+
+
+def get_network_boxes(net, im_w: int, im_h: int, thresh: float) -> list:
+    dets = []
+    for layer in net.layers:
+        if isinstance(layer, YoloLayer):
+            dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
+    return dets
+
+
+def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
+    """Darknet do_nms_sort: zero-objectness boxes to the end, then per class: sort by that
+    class's probability (musl qsort) and zero the class for boxes overlapping a better one
+    by IoU > thresh. Returns the boxes in their final order. The loops run in
+    `kernels.nms_sort`; tests/reference/detect.py: the same in Python."""
+    n = len(dets)
+    boxes = array("f", [v for d in dets for v in (d.x, d.y, d.w, d.h)])
+    objectness = array("f", [d.objectness for d in dets])
+    probs = array("f", [p for d in dets for p in d.prob])
+    if len(probs) != n * classes:
+        raise ValueError("do_nms_sort: every box needs one probability per class")
+    order = array("i", bytes(4 * n))
+    kernels.nms_sort(boxes, objectness, probs, n, classes, thresh, order)
+    result = []
+    for i in order:
+        d = dets[i]
+        d.prob = probs[i * classes:(i + 1) * classes].tolist()
+        result.append(d)
+    return result
