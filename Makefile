@@ -62,7 +62,7 @@ federated: dl-server.wasm
 	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))
 
 clean:
 	rm -rf build dl-server.wasm

@@ -1,6 +1,16 @@
 """`make bench`: speed of dl-server inside the component against baselines run in the
 same command (the machine is shared and noisy: medians of several runs, and ratios).
 
+    .venv/bin/python scripts/bench.py                    # this checkout's dl-server.wasm
+    .venv/bin/python scripts/bench.py --baseline REV     # and the component of commit REV, side by side
+    make bench BASELINE=REV                              # the same
+
+With --baseline, every row that depends on the component is measured for both, their runs
+taking turns (so load on the machine falls on both alike), and printed in two columns with
+their ratio. REV's component is built from REV's own guest/ and scripts/build_kernels.py
+(kept in build/bench/). Rows of the `dl-server` host against the wasmtime CLI (same
+component, same files) come last.
+
 Needs MNIST prepared (make mnist_training) and the seed's trained LeNet weights
 (model/mnist_lenet.weights, copied from ../shared/seed/files/model/ when absent).
 """
@@ -14,26 +24,42 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import ROOT, native_run, wasmtime_run
-from dlserver_host.darknet_output import predicted_line
+from bench_common import ROOT, VENV_BIN, baseline_component, native_run, wasmtime_run
+from dlserver_host.darknet_output import last_top_line, predicted_line
+from dlserver_tools.darknet_cfg import set_option
 
 SEED_WEIGHTS = ROOT.parent / "shared" / "seed" / "files" / "model" / "mnist_lenet.weights"
+NOW = "now"
+
+# (name, {component tag: value}, note); rows measured once carry only NOW.
+Row = tuple[str, dict[str, float], str]
 
 
-def median_seconds(cmd, runs, cwd, env=None):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - t)
-        if result.returncode not in (0, 1):
-            sys.exit(f"bench: {' '.join(map(str, cmd))} failed:\n{result.stderr[-2000:]}")
-    return statistics.median(times), result
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds and result of one run; exits on a crash (status 1 is a dl-server error line, allowed)."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode not in (0, 1):
+        sys.exit(f"bench: {' '.join(map(str, cmd))} failed:\n{result.stderr[-2000:]}")
+    return seconds, result
 
 
-def bench_valid(runs: int) -> list[tuple[str, float, str]]:
-    """classifier valid on the 10000 MNIST test images: component vs native guest."""
-    # The seed's trained weights (make demo overwrites model/mnist_lenet.weights with its own).
+def taking_turns(cmds: dict[str, list[str]], runs: int, cwd: Path,
+                 env: dict[str, str] | None = None) -> tuple[dict[str, float], dict[str, subprocess.CompletedProcess]]:
+    """Median wall seconds of each command, the commands run in turn `runs` times (order rotating)."""
+    times: dict[str, list[float]] = {tag: [] for tag in cmds}
+    last: dict[str, subprocess.CompletedProcess] = {}
+    tags = list(cmds)
+    for i in range(runs):
+        for tag in tags[i % len(tags):] + tags[:i % len(tags)]:
+            seconds, last[tag] = timed(cmds[tag], cwd, env)
+            times[tag].append(seconds)
+    return {tag: statistics.median(ts) for tag, ts in times.items()}, last
+
+
+def seed_weights() -> str:
+    """The seed's trained weights under model/ (make demo overwrites model/mnist_lenet.weights)."""
     weights = "model/mnist_lenet.weights"
     if SEED_WEIGHTS.exists():
         weights = "model/seed_mnist_lenet.weights"
@@ -42,46 +68,55 @@ def bench_valid(runs: int) -> list[tuple[str, float, str]]:
         sys.exit("bench: model/mnist_lenet.weights missing and no seed copy in ../shared")
     if not (ROOT / "data" / "mnist" / "mnist.valid.list").exists():
         sys.exit("bench: MNIST not prepared: run make mnist_training")
-    args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", weights]
-    wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
-    subprocess.run(wasmtime + ["frobnicate"], cwd=ROOT, capture_output=True)  # compile into the cache
-    startup, _ = median_seconds(wasmtime + ["frobnicate"], runs, ROOT)
-    wasm, result = median_seconds(wasmtime + args, runs, ROOT)
-    last = result.stdout.strip().splitlines()[-1]
+    return weights
+
+
+def bench_valid(wasms: dict[str, Path], runs: int) -> list[Row]:
+    """classifier valid on the 10000 MNIST test images: component(s) vs native guest."""
+    args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", seed_weights()]
+    for wasm in wasms.values():
+        timed(wasmtime_run(wasm) + ["frobnicate"], ROOT)    # compile into the cache
+    startup, _ = taking_turns({t: wasmtime_run(w) + ["frobnicate"] for t, w in wasms.items()}, runs, ROOT)
+    whole, results = taking_turns({t: wasmtime_run(w) + args for t, w in wasms.items()}, runs, ROOT)
+    inside = {t: whole[t] - startup[t] for t in wasms}
+    top = last_top_line(results[NOW].stdout)
     native_cmd, env = native_run(args)
-    native, _ = median_seconds(native_cmd, runs, ROOT, env)
+    native, _ = taking_turns({NOW: native_cmd}, runs, ROOT, env)
     return [
-        ("valid 10k: component, whole run (s)", wasm, last),
+        ("valid 10k: component, whole run (s)", whole, f"top 1: {top.top1:f}" if top else "no top line"),
         ("valid 10k: component start-up only (s)", startup, "wasmtime start + guest init"),
-        ("valid 10k: inside the component (s)", wasm - startup, "target <= 1.5"),
+        ("valid 10k: inside the component (s)", inside, "target <= 1.5"),
         ("valid 10k: guest natively, CPython 3.11 (s)", native, "baseline"),
-        ("valid 10k: component / native", (wasm - startup) / native, "ratio"),
+        ("valid 10k: component / native", {NOW: inside[NOW] / native[NOW]}, "ratio"),
     ]
 
 
-def bench_detect(runs: int) -> list[tuple[str, float, str]]:
+def bench_detect(wasms: dict[str, Path], runs: int) -> list[Row]:
     """detect on dog.jpg with the official YOLOv3-tiny (skipped without make yolo_detection)."""
     if not (ROOT / "model" / "yolov3-tiny.weights").exists() or not (ROOT / "data" / "dog.jpg").exists():
         print("bench: detect skipped (run make yolo_detection)", file=sys.stderr)
         return []
     args = ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg", "-out", "data/cache/bench"]
     (ROOT / "data" / "cache").mkdir(exist_ok=True)
-    wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
-    forwards, wholes = [], []
+    forwards: dict[str, list[float]] = {tag: [] for tag in wasms}
+    wholes: dict[str, list[float]] = {tag: [] for tag in wasms}
     for _ in range(runs):
-        t = time.perf_counter()
-        result = subprocess.run(wasmtime + args, cwd=ROOT, capture_output=True, text=True)
-        wholes.append(time.perf_counter() - t)
-        if result.returncode != 0:
-            sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
-        forwards.append(next(p.seconds for line in result.stdout.splitlines() if (p := predicted_line(line))))
+        for tag, wasm in wasms.items():
+            seconds, result = timed(wasmtime_run(wasm) + args, ROOT)
+            predicted = [p for p in map(predicted_line, result.stdout.splitlines()) if p]
+            if result.returncode != 0 or not predicted:
+                sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
+            wholes[tag].append(seconds)
+            forwards[tag].append(predicted[0].seconds)
     return [
-        ("detect dog.jpg: forward in the component (s)", statistics.median(forwards), "target <= 0.40"),
-        ("detect dog.jpg: component, whole run (s)", statistics.median(wholes), "target <= 1.5"),
+        ("detect dog.jpg: forward in the component (s)", {t: statistics.median(v) for t, v in forwards.items()},
+         "target <= 0.40"),
+        ("detect dog.jpg: component, whole run (s)", {t: statistics.median(v) for t, v in wholes.items()},
+         "target <= 1.5"),
     ]
 
 
-def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
+def bench_aggregation(wasms: dict[str, Path], runs: int) -> list[Row]:
     """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy): component vs native."""
     import numpy as np
     source = ROOT / "model" / "mnist_lenet.weights"
@@ -103,52 +138,129 @@ def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
             (work / f"w{i}.weights").write_bytes(header + noisy.tobytes())
             names.append(f"w{i}.weights")
         args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out.weights", *names]
-        wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
-        subprocess.run(wasmtime + ["frobnicate"], cwd=work, capture_output=True)  # compile into the cache
         # The aggregation is ~10x shorter than the start-up, and the machine is noisy: time
         # start-up-only and aggregation runs in pairs and take the median of the differences.
-        wholes, inside = [], []
+        wholes: dict[str, list[float]] = {tag: [] for tag in wasms}
+        inside: dict[str, list[float]] = {tag: [] for tag in wasms}
+        outputs = {}
         for _ in range(max(runs, 9)):
-            startup, _ = median_seconds(wasmtime + ["frobnicate"], 1, work)
-            wasm, result = median_seconds(wasmtime + args, 1, work)
-            if result.returncode != 0:
-                sys.exit(f"bench: aggregation failed:\n{result.stderr[-2000:]}")
-            wholes.append(wasm)
-            inside.append(wasm - startup)
-        wasm = statistics.median(wholes)
-        in_wasm = (work / "out.weights").read_bytes()
+            for tag, wasm in wasms.items():
+                startup, _ = timed(wasmtime_run(wasm) + ["frobnicate"], work)
+                whole, result = timed(wasmtime_run(wasm) + args, work)
+                if result.returncode != 0:
+                    sys.exit(f"bench: aggregation failed:\n{result.stderr[-2000:]}")
+                wholes[tag].append(whole)
+                inside[tag].append(whole - startup)
+                outputs[tag] = (work / "out.weights").read_bytes()
         native_cmd, env = native_run(args)
-        native, _ = median_seconds(native_cmd, max(runs, 5), work, env)
-        same = (work / "out.weights").read_bytes() == in_wasm
+        native, _ = taking_turns({NOW: native_cmd}, max(runs, 5), work, env)
+        same = all(out == (work / "out.weights").read_bytes() for out in outputs.values())
         times = []
         for _ in range(max(runs, 5)):
-            t = time.perf_counter()
+            start = time.perf_counter()
             stack = np.stack([np.fromfile(work / n, dtype="<f4", offset=20) for n in names])
             np.mean(stack, axis=0, dtype=np.float32)
-            times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - start)
     return [
-        ("aggregation darknet, 10 LeNet files: whole (s)", wasm, "component, wasmtime CLI"),
-        ("aggregation darknet, 10 LeNet files: inside (s)", statistics.median(inside),
+        ("aggregation darknet, 10 LeNet files: whole (s)", {t: statistics.median(v) for t, v in wholes.items()},
+         "component, wasmtime CLI"),
+        ("aggregation darknet, 10 LeNet files: inside (s)", {t: statistics.median(v) for t, v in inside.items()},
          "in the component; target <= 0.3 (median of paired differences)"),
         ("aggregation darknet, 10 LeNet files: native (s)", native,
          "baseline: the guest natively, CPython process" + ("; same bytes" if same else "; OUTPUT DIFFERS")),
-        ("aggregation darknet, 10 LeNet files: numpy (s)", statistics.median(times), "reference: numpy mean in-process"),
+        ("aggregation darknet, 10 LeNet files: numpy (s)", {NOW: statistics.median(times)},
+         "reference: numpy mean in-process"),
     ]
+
+
+def link_tree(work: Path, list_file: Path, base_cfg: Path) -> None:
+    """Hard links (copies across file systems) of the images named in list_file, under work/."""
+    for line in list_file.read_text().split():
+        source, target = ROOT / line, work / line
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy(source, target)
+    (work / "cfg").mkdir(exist_ok=True)
+    shutil.copy(base_cfg, work / "cfg")
+
+
+def bench_host(wasm: Path, runs: int, batches: int) -> list[Row]:
+    """The `dl-server` host against `wasmtime run --dir=./`: the same component on the same files."""
+    host = [str(VENV_BIN / "dl-server"), "--no-progress", "--program", str(wasm)]
+    weights = seed_weights()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-host-", dir=ROOT / "build") as tmp:
+        work = Path(tmp)
+        data = ROOT / "data" / "mnist"
+        link_tree(work, data / "mnist.valid.list", ROOT / "cfg" / "mnist_lenet.cfg")
+        link_tree(work, data / "mnist.train.list", ROOT / "cfg" / "mnist_lenet.cfg")
+        (work / "data" / "mnist").mkdir(parents=True, exist_ok=True)
+        for name in ("mnist.valid.list", "mnist.train.list", "mnist.labels.list", "mnist.names.list"):
+            shutil.copy(data / name, work / "data" / "mnist" / name)
+        (work / "model").mkdir()
+        shutil.copy(ROOT / weights, work / "model" / "lenet.weights")
+        dataset = set_option((ROOT / "cfg" / "mnist.dataset").read_text(), "backup", "backup")
+        (work / "cfg" / "mnist.dataset").write_text(dataset)
+        cfg = set_option((ROOT / "cfg" / "mnist_lenet.cfg").read_text(), "max_batches", batches)
+        (work / "cfg" / "train.cfg").write_text(cfg)
+        (work / "backup").mkdir()
+        valid = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/lenet.weights"]
+        train = ["classifier", "train", "cfg/mnist.dataset", "cfg/train.cfg", "-seed", "1"]
+        for name, args, sources in (
+                ("valid 10k", valid, ["-i", "args.cfg", "cfg", "model", "data"]),
+                (f"train {batches} batches", train, ["-i", "args.cfg", "cfg", "data", "-o", "backup"])):
+            (work / "args.cfg").write_text("".join(f"{a}\n" for a in args))
+            cmds = {"cli": wasmtime_run(wasm), "host": host + sources}
+            timed(cmds["cli"], work)                  # compile caches, page cache
+            timed(cmds["host"], work)
+            medians, results = taking_turns(cmds, runs, work)
+            failed = [tag for tag, r in results.items() if r.returncode != 0]
+            if failed or (args is valid and results["cli"].stdout != results["host"].stdout):
+                sys.exit(f"bench: {name}: failed or the host and the CLI disagree:\n{results['host'].stderr[-2000:]}")
+            rows += [(f"{name}: wasmtime CLI, whole run (s)", {NOW: medians["cli"]}, "wasmtime run --dir=./"),
+                     (f"{name}: dl-server host, whole run (s)", {NOW: medians["host"]}, "--input-source ..."),
+                     (f"{name}: host / CLI", {NOW: medians["host"] / medians["cli"]}, "target <= 1.15")]
+    return rows
+
+
+def print_rows(rows: list[Row], tags: list[str]) -> None:
+    if len(tags) == 1:
+        print(f"{'measure':48s} {'value':>10s}  note")
+        for name, values, note in rows:
+            print(f"{name:48s} {values[NOW]:10.3f}  {note}")
+        return
+    base = tags[1]
+    print(f"{'measure':48s} {'now':>10s} {base:>10s} {'now/base':>9s}  note")
+    for name, values, note in rows:
+        if base in values:
+            print(f"{name:48s} {values[NOW]:10.3f} {values[base]:10.3f} {values[NOW] / values[base]:9.2f}  {note}")
+        else:
+            print(f"{name:48s} {values[NOW]:10.3f} {'':10s} {'':9s}  {note}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="also measure the component of this commit")
+    parser.add_argument("--host-batches", type=int, default=300, help="training batches of the host rows")
     opts = parser.parse_args()
-    rows = bench_valid(opts.runs) + bench_detect(max(opts.runs, 5)) + bench_aggregation(opts.runs)
+    wasms = {NOW: ROOT / "dl-server.wasm"}
+    if opts.baseline:
+        wasms[opts.baseline] = baseline_component(opts.baseline)
+    rows = bench_valid(wasms, opts.runs) + bench_detect(wasms, max(opts.runs, 5)) + bench_aggregation(wasms, opts.runs)
     print(f"machine: {os.cpu_count()} cores, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'measure':48s} {'value':>10s}  note")
-    for name, value, note in rows:
-        print(f"{name:48s} {value:10.3f}  {note}")
+    print_rows(rows, list(wasms))
+    print(flush=True)
+    host_rows = bench_host(wasms[NOW], max(opts.runs, 5), opts.host_batches)
+    print(f"host: medians of {max(opts.runs, 5)} runs each, taking turns, load average {os.getloadavg()[0]:.1f}")
+    print_rows(host_rows, [NOW])
     sys.stdout.flush()
-    for script in ("bench_gemm.py", "bench_train.py"):
+    baseline = ["--baseline", opts.baseline] if opts.baseline else []
+    for script, extra in (("bench_gemm.py", []), ("bench_train.py", baseline)):
         print(flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / script)], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / script), *extra], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":

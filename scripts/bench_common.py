@@ -2,6 +2,7 @@
 the native guest. Components are kept in build/bench/, named by a digest of what they are built of.
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def native_run(args: list[str], guest: Path = ROOT / "guest", kernels: Path = RO
     return [sys.executable, "-m", "dlserver.main", *args], dict(os.environ, PYTHONPATH=f"{guest}:{kernels}")
 
 
-def component(name: str, digest: str, paths: list[Path], keep: int) -> Path:
+def component(name: str, digest: str, paths: list[Path], keep: int, wit: Path = ROOT / "wit") -> Path:
     """build/bench/<name>-<digest>.wasm: the module `app` found on `paths`, componentized once per digest.
 
     Built in a private directory and renamed into place (several runs may build at once); only
@@ -48,10 +49,35 @@ def component(name: str, digest: str, paths: list[Path], keep: int) -> Path:
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
         out = Path(tmp) / f"{name}.wasm"
         search = [arg for path in paths for arg in ("-p", str(path))]
-        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
+        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(wit), "-w", "dl-server",
                         "componentize", "app", *search, "-o", str(out)],
                        check=True, cwd=tmp, stdout=subprocess.DEVNULL)
         os.replace(out, wasm)
     for stale in sorted(BENCH.glob(f"{name}-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
         stale.unlink(missing_ok=True)
     return wasm
+
+
+def baseline_tree(rev: str) -> Path:
+    """guest/, scripts/ and wit/ of commit `rev` in build/bench/baseline-<commit>/, with its _dlk
+    built for wasm and natively by that commit's own scripts/build_kernels.py (in its build/)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    base = BENCH / f"baseline-{commit}"
+    if all((base / "build" / kind / "_dlk.abi3.so").exists() for kind in ("wasm", "native")):
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit, "guest", "scripts", "wit"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    subprocess.run([sys.executable, str(base / "scripts" / "build_kernels.py"), "wasm", "native"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return base
+
+
+def baseline_component(rev: str) -> Path:
+    """dl-server.wasm as commit `rev` builds it (see baseline_tree)."""
+    base = baseline_tree(rev)
+    return component("baseline", base.name[len("baseline-"):], [base / "guest", base / "build" / "wasm"],
+                     keep=3, wit=base / "wit")

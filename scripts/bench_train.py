@@ -30,7 +30,6 @@ Needs MNIST prepared (make mnist_training).
 import argparse
 import hashlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import BENCH, ROOT, build_kernels, component, native_run, wasmtime_run
+from bench_common import ROOT, baseline_tree, build_kernels, component, native_run, wasmtime_run
 from dlserver_host.darknet_output import train_lines
 from dlserver_tools.darknet_cfg import set_option
 
@@ -57,32 +56,6 @@ def train_component(guest: Path, kernels: Path) -> Path:
     for p in inputs:
         digest.update(p.name.encode() + b"\0" + p.read_bytes())
     return component("train", digest.hexdigest()[:16], [guest, kernels], keep=3)
-
-
-def baseline_tree(rev: str) -> Path:
-    """guest/ of commit `rev` with its _dlk built for wasm and natively (this checkout's flags)."""
-    import build_kernels as bk
-    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.strip()
-    base = BENCH / f"baseline-{commit}"
-    wasm_so, native_so = base / "wasm" / "_dlk.abi3.so", base / "native" / "_dlk.abi3.so"
-    if wasm_so.exists() and native_so.exists():
-        return base
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", commit, "guest"], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    dlk = base / "guest" / "kernels" / "dlk.c"
-    wasm_so.parent.mkdir()
-    native_so.parent.mkdir()
-    bk.zig("cc", "--target=wasm32-wasi", "-msimd128", *bk.COMMON_FLAGS, f"-I{bk.wasm_include_dir()}",
-           "-c", str(dlk), "-o", str(base / "wasm" / "dlk.o"))
-    bk.zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
-           str(base / "wasm" / "dlk.o"), "-o", str(wasm_so))
-    import sysconfig
-    bk.zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *bk.COMMON_FLAGS, "-shared",
-           f"-I{sysconfig.get_paths()['include']}", str(dlk), "-o", str(native_so))
-    return base
 
 
 def write_configs(batches: int) -> list[str]:
@@ -188,7 +161,8 @@ def main() -> None:
     configs = [("", ROOT / "guest", ROOT / "build" / "wasm", ROOT / "build" / "native")]
     if opts.baseline:
         base = baseline_tree(opts.baseline)
-        configs.append((f" @{base.name[len('baseline-'):]}", base / "guest", base / "wasm", base / "native"))
+        configs.append((f" @{base.name[len('baseline-'):]}", base / "guest", base / "build" / "wasm",
+                        base / "build" / "native"))
 
     ms = lambda xs: 1000 * statistics.median(xs)
     flat = lambda runs: [t for run in runs for t in run]
