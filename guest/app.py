@@ -1,4 +1,5 @@
 """componentize-py entry: the wasi:cli/run export calls dlserver.main."""
+
 import sys
 
 from wit_world import exports

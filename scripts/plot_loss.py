@@ -1,4 +1,5 @@
 """Turn `<backup>/<base>.loss.csv` (batch, loss, avg, rate) into a loss-curve PNG."""
+
 import argparse
 import csv
 import sys

@@ -1,4 +1,5 @@
 """dlserver_host.atomic: the one way the host and the tools replace a file."""
+
 import os
 
 import pytest

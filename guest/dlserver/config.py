@@ -5,6 +5,7 @@ section, `#`/`;`/blank lines are skipped, the first `=` splits key from value an
 first occurrence of a key wins. Defaults and unused keys are reported on stderr with
 Darknet's wording. Unlike Darknet, malformed input is an error naming file and line.
 """
+
 import re
 import sys
 

@@ -3,6 +3,7 @@
 Exit status: 0 on success, 1 for any error (one line on stderr naming the file and the
 problem).
 """
+
 import sys
 
 from .argv import Argv, read_args_file

@@ -26,7 +26,7 @@ from .sources import Mount
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
 ENGINE_SETTINGS = {True: "epoch-interruption", False: "plain"}
-CACHE_ENTRIES_KEPT = 4     # compiled components are ~35 MB; older ones are removed
+CACHE_ENTRIES_KEPT = 4  # compiled components are ~35 MB; older ones are removed
 
 OutputCallback = Callable[[bytes], None]
 
@@ -37,8 +37,8 @@ class HostError(Exception):
 
 class Outcome(enum.Enum):
     SUCCEEDED = "succeeded"
-    FAILED = "failed"            # the guest returned an error or exited non-zero
-    TRAPPED = "trapped"          # the guest crashed (wasm trap)
+    FAILED = "failed"  # the guest returned an error or exited non-zero
+    TRAPPED = "trapped"  # the guest crashed (wasm trap)
     TIMED_OUT = "timed out"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM on the host
     OUT_OF_MEMORY = "out of memory"
@@ -46,17 +46,19 @@ class Outcome(enum.Enum):
 
 class RunResult(NamedTuple):
     outcome: Outcome
-    detail: str = ""             # e.g. the trap message's last line
+    detail: str = ""  # e.g. the trap message's last line
 
 
 def wasmtime_version() -> str:
     """Version of the installed wasmtime-py (from its dist-info; importlib.metadata is slow)."""
     import wasmtime
+
     site = Path(wasmtime.__file__).resolve().parent.parent
     for entry in os.listdir(site):
         if entry.startswith("wasmtime-") and entry.endswith(".dist-info"):
-            return entry[len("wasmtime-"):-len(".dist-info")]
+            return entry[len("wasmtime-") : -len(".dist-info")]
     from importlib.metadata import version
+
     return version("wasmtime")
 
 
@@ -69,6 +71,7 @@ def default_cache_dir() -> Path:
 def make_engine(interruptible: bool = True):
     """A wasmtime Engine, with epoch interruption when it must be stoppable (ENGINE_SETTINGS)."""
     from wasmtime import Config, Engine
+
     config = Config()
     config.epoch_interruption = interruptible
     engine = Engine(config)
@@ -89,6 +92,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
     """
     from wasmtime import WasmtimeError
     from wasmtime.component import Component
+
     try:
         digest = _wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
@@ -101,7 +105,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
             try:
                 component = Component.deserialize_file(engine, str(cached))
             except WasmtimeError:
-                pass    # incompatible or corrupt: compile again and overwrite
+                pass  # incompatible or corrupt: compile again and overwrite
             else:
                 _touch(cached)
                 return component
@@ -197,7 +201,7 @@ def pin_thread_to_its_cpu() -> None:
     try:
         with open("/proc/thread-self/stat", "rb") as f:
             after_name = f.read().rpartition(b")")[2].split()
-        cpu = int(after_name[36])    # field 39, "processor": the CPU it last ran on
+        cpu = int(after_name[36])  # field 39, "processor": the CPU it last ran on
         os.sched_setaffinity(0, {cpu})
     except (OSError, ValueError, IndexError):
         pass
@@ -211,9 +215,19 @@ class GuestRun:
     traps at its next epoch check) and records why.
     """
 
-    def __init__(self, engine, component, *, argv: list[str], env: Iterable[tuple[str, str]],
-                 mounts: Iterable[Mount], stdout: OutputCallback, stderr: OutputCallback,
-                 max_memory: int | None = None, timeout: float | None = None):
+    def __init__(
+        self,
+        engine,
+        component,
+        *,
+        argv: list[str],
+        env: Iterable[tuple[str, str]],
+        mounts: Iterable[Mount],
+        stdout: OutputCallback,
+        stderr: OutputCallback,
+        max_memory: int | None = None,
+        timeout: float | None = None,
+    ):
         self._engine = engine
         self._component = component
         self._argv = list(argv)
@@ -315,8 +329,10 @@ class GuestRun:
         try:
             wasi.stdout_file = os.path.join(stream_dir, "stdout")
             wasi.stderr_file = os.path.join(stream_dir, "stderr")
-            with _FileTail(os.path.join(stream_dir, "stdout"), self._stdout), \
-                    _FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr):
+            with (
+                _FileTail(os.path.join(stream_dir, "stdout"), self._stdout),
+                _FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr),
+            ):
                 # The Store (and with it the WASI context) is closed explicitly: one still
                 # alive when the interpreter exits makes wasmtime's tokio threads print
                 # "panic in a function that cannot unwind" (seen with wasmtime-py 50).
@@ -391,7 +407,7 @@ class _FileTail:
 
     def _forward(self) -> None:
         while True:
-            finishing = self._done.is_set()     # read after this: everything written is seen
+            finishing = self._done.is_set()  # read after this: everything written is seen
             data = self._file.read(self.CHUNK)
             if data:
                 self._callback(data)

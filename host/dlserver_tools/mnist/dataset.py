@@ -21,9 +21,7 @@ class Dataset:
     def check(self) -> None:
         for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
             if len(x) != len(y):
-                raise PrepError(
-                    f"{self.source}: {split} has {len(x)} images but {len(y)} labels"
-                )
+                raise PrepError(f"{self.source}: {split} has {len(x)} images but {len(y)} labels")
             if len(x) == 0:
                 raise PrepError(f"{self.source}: {split} set is empty")
 

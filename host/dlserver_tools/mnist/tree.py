@@ -207,7 +207,7 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
             "".join(test_paths[i] + "\n" for i in te_parts[k - 1].tolist()),
         )
         entry = {"client": k, "dir": rel_dir}
-        if data_dist == "iid":      # contiguous ranges, as format-1 manifests have them
+        if data_dist == "iid":  # contiguous ranges, as format-1 manifests have them
             entry["train"] = [int(tr_parts[k - 1][0]), int(tr_parts[k - 1][-1]) + 1]
             entry["test"] = [int(te_parts[k - 1][0]), int(te_parts[k - 1][-1]) + 1]
         entry["n_train"] = len(tr_parts[k - 1])
@@ -219,8 +219,10 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
     prog.close()
     removed = remove_leftovers(mnist_out, set(keep_files), keep_files)
     if existing:
-        log(f"{written} PNGs written, {total - written} reused ({moved} moved), "
-            f"{removed} stale entries removed")
+        log(
+            f"{written} PNGs written, {total - written} reused ({moved} moved), "
+            f"{removed} stale entries removed"
+        )
 
     write_atomically(mnist_out / "mnist.train.list", "".join(p + "\n" for p in train_paths))
     write_atomically(mnist_out / "mnist.valid.list", "".join(p + "\n" for p in test_paths))
