@@ -2,10 +2,10 @@
 
 import sys
 
-from wit_world import exports
 from componentize_py_types import Err
 
 from dlserver.main import main
+from wit_world import exports
 
 
 class Run(exports.Run):

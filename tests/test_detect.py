@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from conftest import ROOT, run_wasmtime
-
 import _dlk
 import reference.detect
 import reference.image
+from conftest import ROOT, run_wasmtime
 from dlserver import boxes, kernels
 from dlserver.commands import detector
 from dlserver.image import draw

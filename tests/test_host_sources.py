@@ -1,6 +1,7 @@
 """Unit tests of the host's source mapping and write-back (no wasm involved)."""
 
 import os
+import shlex
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -392,7 +393,7 @@ def test_parse_size(text, size):
 
 def test_fee_command_line_parses_verbatim():
     args = cli.build_parser().parse_args(
-        "--program dl-server.wasm --input-source args.cfg cfg data --output-source model -d -e".split()
+        shlex.split("--program dl-server.wasm --input-source args.cfg cfg data --output-source model -d -e")
     )
     assert (args.program, args.inputs, args.outputs, args.dump_stdout, args.dump_stderr) == (
         "dl-server.wasm",
@@ -402,7 +403,7 @@ def test_fee_command_line_parses_verbatim():
         True,
     )
     args = cli.build_parser().parse_args(
-        "-r dl-server.wasm -i args.cfg -i cfg -o ./ -c --env A=1 --env B=x=y".split()
+        shlex.split("-r dl-server.wasm -i args.cfg -i cfg -o ./ -c --env A=1 --env B=x=y")
     )
     assert (args.program, args.inputs, args.outputs, args.enable_clock, args.env) == (
         "dl-server.wasm",

@@ -15,7 +15,7 @@ def test_only_kernels_py_imports_dlk():
     importers = [
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "guest").rglob("*.py")
-        if re.search(r"^\s*(import _dlk|from _dlk )", p.read_text(), re.M)
+        if re.search(r"^\s*(import _dlk|from _dlk )", p.read_text(), re.MULTILINE)
     ]
     assert importers == ["guest/dlserver/kernels.py"]
 

@@ -10,7 +10,6 @@ from dlserver.onnx import wire
 from dlserver.onnx.wire import ProtoError
 from reference.wire import encode_len_field, encode_tag
 
-
 # Varints ------------------------------------------------------------------------------------
 
 

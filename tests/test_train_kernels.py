@@ -285,6 +285,7 @@ def test_bulk_draws_match_python_random(seed):
 
 def _png_bytes(pixels: np.ndarray, mode: str, **options) -> bytes:
     import io
+
     from PIL import Image
 
     buf = io.BytesIO()
@@ -343,8 +344,9 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
     good = _png_bytes(gray, "L")
     assert _check_png(good)
     assert not _check_png(good, 27, 28)  # another size: resize path
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(gray, "L").convert("P").save(buf, "PNG")
@@ -389,6 +391,7 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
 def _tiny_set(workdir, max_batches=25, batch=30):
     """90 synthetic 28x28 gray PNGs of 3 classes (sparse noise plus a bar), a dataset and a cfg."""
     from PIL import Image
+
     from test_training import lenet_cfg
 
     rng = np.random.default_rng(4)

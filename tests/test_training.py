@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from dlserver_host.darknet_output import TRAIN_LINE as BATCH_LINE
 from dlserver.commands.classifier import load_network
 from dlserver.main import main
 from dlserver.rng import Random
 from dlserver.schedule import learning_rate
+from dlserver_host.darknet_output import TRAIN_LINE as BATCH_LINE
 
 
 def lenet_cfg(max_batches=60, batch=20, policy="poly", extra=""):

@@ -88,7 +88,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    args = [line[:-1] if line.endswith("\r") else line for line in lines]
+    args = [line.removesuffix("\r") for line in lines]
     if not args:
         raise DLServerError(f"{path}: the argument file is empty")
     if len(args) > MAX_ARGS:

@@ -13,10 +13,10 @@ float32 (the definitions; `aggregation onnx` documents its double and integer on
   k largest values, then the float32 mean (sum in ascending order, divided by T - 2k).
 """
 
+import math
 from array import array
 from fractions import Fraction
 from itertools import repeat
-import math
 from operator import add, mul, truediv
 
 from . import kernels

@@ -465,6 +465,7 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
 def _wait(run, output: GuestOutput):
     """Wait for the guest, refreshing the status line; Ctrl-C or SIGTERM stops the guest."""
     import signal
+
     from .runtime import Outcome
 
     def stop_on_sigterm(signum, frame):

@@ -52,7 +52,7 @@ import stat
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_atomically
@@ -112,7 +112,7 @@ class InputHasher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="manifest-hash", daemon=True)
 
-    def start(self) -> "InputHasher":
+    def start(self) -> InputHasher:
         self._thread.start()
         return self
 
@@ -208,11 +208,11 @@ def guest_args(cwd: Path, inputs: list[PurePosixPath]) -> tuple[str | None, list
     lines = data.decode("utf-8", "replace").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return ARGS_FILE, [line[:-1] if line.endswith("\r") else line for line in lines]
+    return ARGS_FILE, [line.removesuffix("\r") for line in lines]
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def check_destination(path: Path) -> None:

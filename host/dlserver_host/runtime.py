@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 from .atomic import write_atomically
 from .sources import Mount
@@ -247,7 +248,7 @@ class GuestRun:
         self._thread = threading.Thread(target=self._run_in_thread, name="guest", daemon=True)
         self._timer: threading.Timer | None = None
 
-    def start(self) -> "GuestRun":
+    def start(self) -> GuestRun:
         if self._timeout is not None:
             self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
             self._timer.daemon = True
@@ -396,7 +397,7 @@ class _FileTail:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._forward, name="guest-output", daemon=True)
 
-    def __enter__(self) -> "_FileTail":
+    def __enter__(self) -> _FileTail:
         self._thread.start()
         return self
 

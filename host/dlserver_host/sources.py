@@ -112,7 +112,7 @@ class StagedSources:
         """The preopens, shallowest first."""
         return [Mount(_guest_path(a.rel), a.host_dir, a.is_output) for a in self._areas]
 
-    def __enter__(self) -> "StagedSources":
+    def __enter__(self) -> StagedSources:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -122,7 +122,7 @@ class StagedSources:
         """Remove every private directory."""
         shutil.rmtree(self._temp_dir, ignore_errors=True)
 
-    def changed_outputs(self) -> list["OutputFile"]:
+    def changed_outputs(self) -> list[OutputFile]:
         """Every new or changed regular file in the output directories.
 
         Symlinks and special files the guest made are ignored, as is anything

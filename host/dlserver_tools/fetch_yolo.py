@@ -25,8 +25,9 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from dlserver_host.atomic import atomic_file
 from dlserver_host.manifest import sha256_file

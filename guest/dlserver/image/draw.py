@@ -16,8 +16,8 @@ import math
 
 from .. import kernels
 from ..buffers import filled
-from ..rng import f32
 from ..files import write_file_atomic
+from ..rng import f32
 from .font import glyph
 from .jpeg import encode_jpeg
 from .ops import Image

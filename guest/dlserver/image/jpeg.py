@@ -51,8 +51,8 @@ pixel bytes.
 from array import array
 
 from .. import kernels
-from ..kernels import JpegColour
 from ..errors import DLServerError
+from ..kernels import JpegColour
 
 MAX_PIXELS = 1 << 26  # width * height above this is refused before allocating
 
@@ -1007,7 +1007,7 @@ def jpeg_quant_tables(quality: int = 80) -> tuple:
     """stb_image_write v1.09's luma and chroma quantisers for `quality` (0 means 90,
     then clamped to 1..100), each 64 bytes in zigzag order as written in DQT."""
     quality = quality or 90
-    quality = 1 if quality < 1 else 100 if quality > 100 else quality
+    quality = 1 if quality < 1 else min(quality, 100)
     scale = 5000 // quality if quality < 50 else 200 - quality * 2
     y = bytearray(64)
     uv = bytearray(64)

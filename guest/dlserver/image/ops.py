@@ -1,7 +1,7 @@
 """Image operations of Darknet's image.c on planar float32 CHW images."""
 
-from dataclasses import dataclass
 from array import array
+from dataclasses import dataclass
 
 from .. import kernels
 from ..buffers import filled, zeros

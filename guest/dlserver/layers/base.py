@@ -1,9 +1,9 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
 
 from .. import kernels
-from ..kernels import Activation
 from ..buffers import zeros
 from ..errors import DLServerError
+from ..kernels import Activation
 from ..rng import f32
 
 ACTIVATIONS = {

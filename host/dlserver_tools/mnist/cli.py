@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset import check_official
 from .errors import PrepError, UsageError, log
 from .sources import cross_check, idx_dir_signature, load_source
-from .dataset import check_official
 from .split import DEFAULT_ALPHA, DEFAULT_SEED, dist_params
 from .tree import build, is_prepared
 

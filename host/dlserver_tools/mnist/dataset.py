@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .errors import PrepError
 
-
 OFFICIAL_TRAIN = 60000
 OFFICIAL_TEST = 10000
 CLASSES = 10

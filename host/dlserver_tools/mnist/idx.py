@@ -9,7 +9,6 @@ import numpy as np
 from .dataset import COLS, ROWS, Dataset
 from .errors import PrepError
 
-
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 

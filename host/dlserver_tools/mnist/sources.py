@@ -47,7 +47,6 @@ from .errors import PrepError, SourceUnavailable, UsageError, log
 from .idx import from_idx_bytes
 from .restricted_pickle import RestrictedUnpickler
 
-
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

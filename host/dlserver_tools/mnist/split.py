@@ -38,7 +38,6 @@ import numpy as np
 from .dataset import CLASSES
 from .errors import UsageError
 
-
 DEFAULT_ALPHA = 0.5
 DEFAULT_SEED = 0
 NON_IID_ATTEMPTS = 1000

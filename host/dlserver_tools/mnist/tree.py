@@ -17,7 +17,6 @@ from .errors import Progress, UsageError, log
 from .png import encode_png_rows
 from .split import SPLIT_DESCRIPTION, dist_params, iid_split, non_iid_split, split_digest
 
-
 FORMAT_VERSION = 1
 
 
