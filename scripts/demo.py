@@ -59,7 +59,8 @@ def main() -> None:
     print()
     print(f"top-1 {top.top1:f}, top-5 {top.topk:f} on the 10000 MNIST test images")
     print(
-        f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox ({trained / 2000 * 1000:.1f} ms/batch)"
+        f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox "
+        f"({trained / 2000 * 1000:.1f} ms/batch)"
     )
     print(f"weights: {ROOT / 'model' / 'mnist_lenet.weights'}")
     print(f"loss curve: {ROOT / 'model' / 'mnist_lenet.loss.png'} (data: model/mnist_lenet.loss.csv)")

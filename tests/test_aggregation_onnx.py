@@ -1,5 +1,7 @@
 """`aggregation onnx` (spec §8.2): averaging ONNX initializers whatever their storage."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -81,7 +83,7 @@ def test_seed_models_average_like_the_original(tmp_cwd, capsys):
     for a, b in zip(src_model.graph.initializer, model.graph.initializer):
         assert a.HasField("raw_data") == b.HasField("raw_data")
         assert len(a.float_data) == len(b.float_data) and list(a.int64_data) == list(b.int64_data)
-    assert len((tmp_cwd / "out.onnx").read_bytes()) == len(open(paths[0], "rb").read())
+    assert len((tmp_cwd / "out.onnx").read_bytes()) == len(Path(paths[0]).read_bytes())
 
 
 def test_single_model_is_copied_byte_for_byte(tmp_cwd, capsys):
@@ -165,9 +167,7 @@ def _typed_tensors(k):
 
 
 def test_every_storage_type_is_averaged(tmp_cwd, capsys):
-    models = []
-    for k in (1, 2, 3):
-        models.append(make_model(_typed_tensors(k), tmp_cwd / f"m{k}.onnx"))
+    models = [make_model(_typed_tensors(k), tmp_cwd / f"m{k}.onnx") for k in (1, 2, 3)]
     status, out, err = run(capsys, "onnx", "avg.onnx", "m1.onnx", "m2.onnx", "m3.onnx")
     assert status == 0, err
     got, model = initializers(tmp_cwd / "avg.onnx")

@@ -1,4 +1,5 @@
-"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step a sandboxed dl-server run.
+"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step
+a sandboxed dl-server run.
 
 The slow tests run tiny federations (2-4 clients, a few batches, fake MNIST of a few
 dozen images prepared by dlserver_tools.mnist in a temporary root) through the real

@@ -55,9 +55,10 @@ def guest_view(staged, rel: str) -> Path | None:
     for mount in staged.mounts:
         prefix = PurePosixPath(mount.guest_path)
         target = PurePosixPath("/", rel)
-        if target == prefix or prefix in target.parents:
-            if best is None or len(prefix.parts) > len(PurePosixPath(best.guest_path).parts):
-                best = mount
+        if (target == prefix or prefix in target.parents) and (
+            best is None or len(prefix.parts) > len(PurePosixPath(best.guest_path).parts)
+        ):
+            best = mount
     path = best.host_dir / PurePosixPath("/", rel).relative_to(best.guest_path)
     return path if path.exists() else None
 

@@ -342,8 +342,8 @@ def test_stray_files_in_image_dirs_are_removed(fake):
 
 
 def _one_error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("prepare_mnist: error:")]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("prepare_mnist: error:")]
     assert len(errors) == 1, r.stderr
     assert lines[-1] == errors[0], r.stderr
     assert errors[0].startswith("prepare_mnist: error: ")
@@ -485,7 +485,7 @@ def test_non_iid_label_skew_visible(fake_big):
     def distances():
         tr, te = _client_lists(mn, 4)
         out = []
-        for t, v in zip(tr, te):
+        for t, _v in zip(tr, te):
             mix = np.bincount([_label_of(p) for p in t], minlength=10) / len(t)
             out.append(0.5 * np.abs(mix - global_mix).sum())  # total variation distance
         return out, tr, te

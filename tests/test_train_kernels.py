@@ -452,5 +452,8 @@ def test_training_in_component_equals_native(component, workdir, capsys, monkeyp
     result = run_wasmtime(workdir, *args, "-seed", "5")
     assert result.returncode == 0, result.stderr
     assert weights.read_bytes() == native
-    strip = lambda text: [re.sub(r"[\d.]+ seconds", "", line) for line in text.splitlines()]
+
+    def strip(text):
+        return [re.sub(r"[\d.]+ seconds", "", line) for line in text.splitlines()]
+
     assert strip(result.stdout) == strip(native_out)

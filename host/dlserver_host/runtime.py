@@ -392,7 +392,7 @@ class _FileTail:
     CHUNK = 1 << 16
 
     def __init__(self, path: str, callback: OutputCallback):
-        self._file = open(path, "rb")
+        self._file = open(path, "rb")  # noqa: SIM115 (kept open until __exit__ closes it)
         self._callback = callback
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._forward, name="guest-output", daemon=True)

@@ -260,9 +260,12 @@ def _nearest_area(areas: list[_Area], rel: PurePosixPath, strict: bool = False) 
     """The deepest area containing ``rel`` (strictly, if asked)."""
     best = None
     for area in areas:
-        if _contains(area.rel, rel) and not (strict and area.rel == rel):
-            if best is None or len(area.rel.parts) > len(best.rel.parts):
-                best = area
+        if (
+            _contains(area.rel, rel)
+            and not (strict and area.rel == rel)
+            and (best is None or len(area.rel.parts) > len(best.rel.parts))
+        ):
+            best = area
     return best
 
 

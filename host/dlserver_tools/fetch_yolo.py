@@ -59,7 +59,8 @@ def in_place(path: Path, sha: str) -> bool:
 
 
 def install(target: Path, sha: str, source: str, fill: Callable[[BinaryIO], None]) -> None:
-    """Write `target` atomically with what `fill` writes, if its sha256 is `sha`; else fail naming the source."""
+    """Write `target` atomically with what `fill` writes, if its sha256 is `sha`;
+    else fail naming the source."""
     with atomic_file(target) as out:
         fill(out)
         out.flush()

@@ -116,7 +116,7 @@ def _skip_group(buf, pos: int, end: int, number: int, depth: int) -> int:
 def _skip_value(buf, pos, end, wt, num, tag_start, depth) -> int:
     if wt == VARINT:
         return read_varint(buf, pos, end)[1]
-    if wt == FIXED64 or wt == FIXED32:
+    if wt in (FIXED64, FIXED32):
         size = 8 if wt == FIXED64 else 4
         if pos + size > end:
             raise ProtoError(f"truncated {WIRE_NAMES[wt]} field {num} at byte {tag_start}")
@@ -148,7 +148,7 @@ def parse_fields(buf, start: int, end: int) -> list[Field]:
         if wt == VARINT:
             value, pos = read_varint(buf, pos, end)
             value_start = tag_end
-        elif wt == FIXED32 or wt == FIXED64:
+        elif wt in (FIXED32, FIXED64):
             size = 4 if wt == FIXED32 else 8
             if pos + size > end:
                 raise ProtoError(f"truncated {WIRE_NAMES[wt]} field {num} at byte {tag_start}")

@@ -137,8 +137,8 @@ def main(argv=None) -> int:
             m = is_prepared(root, args.num_clients, params, want)
             if m is not None:
                 log(
-                    f"already prepared: {args.num_clients} client(s) {describe(params)}, {m['train']} train / "
-                    f"{m['test']} test images from {m['source']} "
+                    f"already prepared: {args.num_clients} client(s) {describe(params)}, "
+                    f"{m['train']} train / {m['test']} test images from {m['source']} "
                     f"({time.monotonic() - t0:.2f}s)"
                 )
                 return 0

@@ -165,7 +165,7 @@ def _summarize_failure(proc: subprocess.CompletedProcess) -> str:
         elif text and not re.match(r"^(at |errno|syscall|[{}]|\w+: ['\d]|A complete log)", text):
             msgs.append(text)
     if not msgs:
-        other = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        other = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         msgs = other[-1:] or [f"exit status {proc.returncode}"]
     out = (f"{code}: " if code else "") + msgs[0]
     return out if len(out) <= 300 else out[:297] + "..."
