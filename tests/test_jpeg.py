@@ -72,7 +72,8 @@ def split(data: bytes) -> list:
     """A valid JPEG as [(marker, payload)]: payload = segment body (without length);
     entropy-coded data follows each SOS as (None, bytes); EOI is (0xD9, b"")."""
     assert data[:2] == b"\xff\xd8"
-    out, pos = [], 2
+    out: list[tuple[int | None, bytes]] = []
+    pos = 2
     while True:
         assert data[pos] == 0xFF
         code = data[pos + 1]

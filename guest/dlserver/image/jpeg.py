@@ -178,6 +178,19 @@ def _name(code: int) -> str:
 
 class _Component:
     __slots__ = ("id", "h", "v", "tq", "x", "y", "cw", "ch", "bw", "bh", "coff", "quant", "scanned")
+    id: int
+    h: int
+    v: int
+    tq: int
+    x: int
+    y: int
+    cw: int
+    ch: int
+    bw: int
+    bh: int
+    coff: int
+    quant: array | None
+    scanned: bool
 
 
 def decode_jpeg(data) -> tuple:
@@ -193,7 +206,7 @@ def decode_jpeg(data) -> tuple:
             raise JPEGError("truncated (in the SOI marker)")
         raise JPEGError("not a JPEG file (no SOI marker)")
 
-    qt = [None] * 4  # array('H') of 64 in natural order
+    qt: list[array | None] = [None] * 4  # array('H') of 64 in natural order
     tables = bytearray(8 * 272)  # DC 0-3, AC 0-3: 16 counts + 256 values
     defined = [False] * 8
     restart = 0
@@ -300,7 +313,9 @@ def decode_jpeg(data) -> tuple:
     planes = bytearray(sum(c.cw * c.ch * 64 for c in comps))
     params = array("i")
     poff = 0
+    assert coeffs is not None  # allocated by the first SOS, and there was one
     for c in comps:
+        assert c.quant is not None  # every component was scanned: checked above or by _scan
         kernels.jpeg_idct(coeffs, c.coff, c.cw, c.ch, c.quant.tobytes(), planes, poff)
         params.extend((poff, c.cw * 8, c.y, hmax // c.h, vmax // c.v))
         poff += c.cw * c.ch * 64
@@ -329,6 +344,7 @@ def _parse_dqt(body: bytes, qt: list) -> None:
         size = 128 if pq else 64
         if i + 1 + size > n:
             raise JPEGError("bad DQT (segment too short)")
+        vals: list[int] | bytes
         if pq:  # big-endian 16-bit values
             vals = [body[j] << 8 | body[j + 1] for j in range(i + 1, i + 129, 2)]
         else:
@@ -389,7 +405,7 @@ def _parse_sof(code: int, body: bytes):
         raise JPEGError(f"bad SOF (length {len(body) + 2} for {nf} components)")
     if width * height > MAX_PIXELS:
         raise JPEGError(f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels)")
-    comps = []
+    comps: list[_Component] = []
     for k in range(nf):
         cid, hv, tq = body[6 + 3 * k : 9 + 3 * k]
         c = _Component()

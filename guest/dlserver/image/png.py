@@ -45,7 +45,7 @@ _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 
 _GRAY_SCALE = {1: 255, 2: 85, 4: 17}
 # Adam7 passes: x origin, y origin, x step, y step
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_BIT_TABLES = {}
+_BIT_TABLES: dict[tuple[int, int], list[bytes]] = {}
 
 
 class PNGError(DLServerError):
@@ -82,9 +82,9 @@ def decode_png(data) -> tuple:
         ihdr = unpack_from(">IIBBBBB", data, 16)
         _check_ihdr(*ihdr)
         pos = 33
-    palette = None
+    palette: bytes | bytearray | None = None
     trns = None
-    idat = []
+    idat: list[bytes] = []
     while True:
         if pos + 8 > n:
             if pos == n:
@@ -172,6 +172,7 @@ def decode_png(data) -> tuple:
 
     bpp = max(1, bits >> 3)
     if colour == 3:  # IDAT checked that PLTE came first
+        assert palette is not None
         if trns is not None:
             comps = 4
             pal = bytearray(len(palette) // 3 * 4)
