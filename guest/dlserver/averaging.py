@@ -18,6 +18,7 @@ from array import array
 from fractions import Fraction
 from itertools import repeat
 from operator import add, mul, truediv
+from typing import Any
 
 from . import kernels
 from .errors import DLServerError
@@ -118,9 +119,10 @@ class Combiner:
         self.kind = "f32" if kind in ("f16", "bf16") else kind
         self.method = method
         self.rule = rule
-        self.acc = None
-        self.first = None
-        self.stack = []  # every model's values (median, trimmed)
+        # the running sum: array('f') or array('d'), or a list of exact integers or Fractions
+        self.acc: Any = None
+        self.first: Any = None
+        self.stack: list[Any] = []  # every model's values (median, trimmed)
         self.count = 0
         weights = method.weights
         if weights is not None:

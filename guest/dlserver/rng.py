@@ -22,7 +22,7 @@ class Random:
 
     def __init__(self, seed: int | None = None):
         self.state = 0
-        self.spare: float | None = None
+        self.spare: tuple[float, float] | None = None  # Box-Muller's (r1, r2)
         if seed is not None:
             self.srand(seed)
 
