@@ -1,9 +1,11 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
 
 import sys
+from typing import Any
 
 from .config import Options, read_cfg
 from .errors import DLServerError
+from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
@@ -16,7 +18,9 @@ from .layers.yolo import YoloLayer
 from .rng import Random, f32
 from .schedule import learning_rate
 
-LAYER_TYPES = {
+# Layer classes, built as cls(options, batch, h, w, c, inputs), plus net= and index= for those
+# with needs_network: constructors Layer.__init__'s signature does not describe.
+LAYER_TYPES: dict[str, type[Any]] = {
     "[conv]": ConvolutionalLayer,
     "[convolutional]": ConvolutionalLayer,
     "[max]": MaxpoolLayer,
@@ -65,7 +69,7 @@ class Network:
 
     def __init__(self, cfg_path: str):
         self.cfg_path = cfg_path
-        self.layers = []
+        self.layers: list[Layer] = []
         self.seen = 0
         self.seen_high = 0  # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, spec §3.1)
 

@@ -1,5 +1,7 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
 
+from array import array
+
 from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
@@ -34,6 +36,10 @@ class Layer:
     has_cost = False  # has a cost to report (network cost = mean of these)
     is_cost = False  # a cost layer: not the network's output layer
     needs_network = False  # built with the network so far (route reads earlier layers)
+    cost: float  # of the last forward pass, in layers with has_cost
+    # set by network._parse_common_options after the layer is built
+    learning_rate_scale: float
+    stopbackward: int
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch
@@ -41,8 +47,8 @@ class Layer:
         self.inputs = inputs
         self.out_h = self.out_w = self.out_c = 0
         self.outputs = 0
-        self.output = None
-        self.delta = None
+        self.output: array | None = None
+        self.delta: array | None = None
         self.dontsave = self.dontload = 0
 
     def allocate(self) -> None:
