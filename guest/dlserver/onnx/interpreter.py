@@ -875,7 +875,7 @@ def run_graph(nodes: list[Node], env: dict) -> None:
                 f"{node.label()}: operator {node.op_type} is not supported by onnx_predict"
                 f" (supported: {', '.join(sorted(OPS))})"
             )
-        args = []
+        args: list[object] = []
         for name in node.inputs:
             if name == "":
                 args.append(None)

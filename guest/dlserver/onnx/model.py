@@ -581,6 +581,7 @@ def read_tensor_data(t: Tensor) -> TensorData:
     typed_name = _TYPED_FIELD[dt]
     raw = t.fields("raw_data")
     typed = t.fields(typed_name)
+    values: array | list  # as TensorData.values for `kind`
     if raw and (len(raw) > 1 or raw[0].end > raw[0].value_start):
         if len(raw) > 1:
             raise ProtoError(f"{t.label()}: raw_data appears {len(raw)} times")

@@ -245,7 +245,7 @@ class Message:
 
 def decode_packed_varints(buf, start: int, end: int) -> list[int]:
     """The varints of a packed field's payload buf[start:end] (unsigned 64-bit values)."""
-    out = []
+    out: list[int] = []
     append = out.append
     pos = start
     while pos < end:
