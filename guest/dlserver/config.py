@@ -8,6 +8,7 @@ Darknet's wording. Unlike Darknet, malformed input is an error naming file and l
 
 import re
 import sys
+from typing import overload
 
 from .errors import DLServerError
 from .files import read_input_file
@@ -55,6 +56,10 @@ class Options:
     def _where(self, line: int) -> str:
         return f"{self.path}:{line}"
 
+    @overload
+    def find_str(self, key: str, default: str, quiet: bool = False) -> str: ...
+    @overload
+    def find_str(self, key: str, default: None, quiet: bool = False) -> str | None: ...
     def find_str(self, key: str, default: str | None, quiet: bool = False) -> str | None:
         value, _ = self._find(key)
         if value is not None:

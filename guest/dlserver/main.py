@@ -16,7 +16,8 @@ COMMANDS = {"classifier": classifier.run, "detect": detector.run, "aggregation":
 def run(args: list[str]) -> None:
     """Run one command given as a full argv (argv[0] is the program name)."""
     argv = Argv(args)
-    command = COMMANDS.get(argv[1])
+    name = argv[1]
+    command = None if name is None else COMMANDS.get(name)
     if command is None:
         raise DLServerError(f"Not an option: {argv[1]} (commands: {', '.join(COMMANDS)})")
     command(argv)

@@ -172,12 +172,12 @@ def aggregate_onnx(
     `method` and `weights` are the -method and -weights flags (dlserver.averaging)."""
     if not paths:
         raise DLServerError("aggregation onnx: no models to aggregate")
-    method = parse_method(method, weights, len(paths))
+    combination = parse_method(method, weights, len(paths))
     first = LoadedModel(paths[0])
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
     datas = [first.tensor_data(t) for t in first.initializers]
-    combiners = [Combiner(method, d.kind) for d in datas]
+    combiners = [Combiner(combination, d.kind) for d in datas]
     for c, d in zip(combiners, datas):
         c.add(d.values)
     for i, path in enumerate(paths[1:]):
