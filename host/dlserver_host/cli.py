@@ -266,6 +266,7 @@ class GuestOutput:
         return self._status is not None
 
     def tick(self) -> None:
+        assert self._status is not None  # called only when has_status
         with self._lock:
             self._status.draw()
 
@@ -290,6 +291,7 @@ class GuestOutput:
         if name in self._broken:
             return
         if on_terminal:
+            assert self._status is not None  # on a terminal only with a status line
             self._status.erase()
             if data:
                 self._status.at_line_start = data.endswith(b"\n")
@@ -301,6 +303,7 @@ class GuestOutput:
             self._broken.add(name)
 
     def _note_stdout_line(self, data: bytes) -> None:
+        assert self._status is not None  # called only with a status line
         lines = (self._partial_line + data).split(b"\n")
         self._partial_line = lines.pop()[-1000:]
         complete = [line for line in lines if line.strip()]
@@ -458,8 +461,8 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
                 recorder.outputs(written)
             return EXIT_OK, result.outcome.value, None
     message = _report_failure(result, args)
-    status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
-    return status, result.outcome.value, message
+    exit_status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+    return exit_status, result.outcome.value, message
 
 
 def _wait(run, output: GuestOutput):

@@ -305,16 +305,18 @@ def _populate(
             nested = [cwd / a.rel for a in areas if a is not area and _contains(area.rel, a.rel)]
             _seed_copy(cwd / area.rel, area.host_dir, skip=[*nested, temp_dir])
     for rel in input_files:
-        area = _nearest_area(areas, rel)
-        if not area.private:
+        holder = _nearest_area(areas, rel)
+        assert holder is not None  # the root area holds every path
+        if not holder.private:
             continue  # inside an input dir preopened where it lies
-        inner = _below(area.rel, rel)
-        (area.host_dir / inner).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(cwd / rel, area.host_dir / inner)
+        inner = _below(holder.rel, rel)
+        (holder.host_dir / inner).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cwd / rel, holder.host_dir / inner)
     for area in areas:
         if area.rel == ROOT:
             continue
         enclosing = _nearest_area(areas, area.rel, strict=True)
+        assert enclosing is not None  # the root area holds every other area
         if enclosing.private:
             (enclosing.host_dir / _below(enclosing.rel, area.rel)).mkdir(parents=True, exist_ok=True)
     for area in areas:
