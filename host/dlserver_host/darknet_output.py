@@ -39,7 +39,7 @@ class TrainLine(NamedTuple):
 
 
 class TopLine(NamedTuple):
-    index: int  # 0-based index of the image just validated
+    index: int  # type: ignore[assignment]  # 0-based index of the image just validated (hides tuple.index)
     top1: float  # running top-1 accuracy
     k: int  # the dataset's top (5 for MNIST)
     topk: float  # running top-k accuracy
@@ -51,7 +51,7 @@ class PredictedLine(NamedTuple):
 
 
 class OnnxValue(NamedTuple):
-    index: int  # position in the model's output
+    index: int  # type: ignore[assignment]  # position in the model's output (hides tuple.index)
     value: float
 
 

@@ -76,7 +76,7 @@ def make_engine(interruptible: bool = True):
     config = Config()
     config.epoch_interruption = interruptible
     engine = Engine(config)
-    engine.dl_server_interruptible = interruptible
+    engine.dl_server_interruptible = interruptible  # type: ignore[attr-defined]  # our mark on wasmtime's Engine
     return engine
 
 
@@ -164,7 +164,7 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _write_private(path: Path, data: bytes) -> bool:
+def _write_private(path: Path, data: bytes | bytearray) -> bool:
     """Write ``data`` to ``path`` atomically, readable by us only; False if that failed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -174,7 +174,7 @@ def _write_private(path: Path, data: bytes) -> bool:
     return True
 
 
-def _write_cache(path: Path, data: bytes) -> None:
+def _write_cache(path: Path, data: bytes | bytearray) -> None:
     """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
     if not _write_private(path, data):
         return
@@ -275,6 +275,7 @@ class GuestRun:
         self._thread.join(poll)
         if self._thread.is_alive():
             if self._abandoned:
+                assert self._stop_reason is not None  # stop() sets it before abandoning
                 shutil.rmtree(self._stream_dir, ignore_errors=True)
                 return RunResult(self._stop_reason, "abandoned: the guest cannot be interrupted")
             return None
@@ -367,6 +368,7 @@ class GuestRun:
         if func_index is None:
             raise HostError(f"the component does not export {RUN_INTERFACE}")
         run = instance.get_func(store, func_index)
+        assert run is not None  # the run export of wasi:cli/run is a function
         try:
             result = run(store)
         except ExitTrap as e:
