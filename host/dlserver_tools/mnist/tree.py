@@ -52,7 +52,7 @@ def scan_generated(mnist_out: Path) -> dict:
     return found
 
 
-def remove_leftovers(mnist_out: Path, keep_dirs: set, keep_files: set) -> int:
+def remove_leftovers(mnist_out: Path, keep_dirs: set[str], keep_files: dict[str, set[str]]) -> int:
     """Delete generated dirs not in keep_dirs and files in kept dirs not in keep_files."""
     removed = 0
     for d in sorted(os.scandir(mnist_out), key=lambda e: e.name):
@@ -153,7 +153,7 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
     rel_mnist = "data/mnist"
     train_paths: list[str] = [""] * n_train
     test_paths: list[str] = [""] * n_test
-    keep_files: dict = {}
+    keep_files: dict[str, set[str]] = {}  # dir name -> names of the files kept in it
     clients = []
     total = n_train + n_test
     verb = "checking/writing" if existing else "writing"
