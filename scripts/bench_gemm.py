@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 from bench_common import BENCH, ROOT, build_kernels, component, wasmtime_exe
 
@@ -220,7 +221,7 @@ def main() -> None:
         build_kernels()
     lib = args.lib or ROOT / "build" / "wasm"
     native_lib = args.native_lib or (None if args.lib else ROOT / "build" / "native")
-    dlk = None
+    dlk: ModuleType | None = None
     if native_lib is not None:
         sys.path.insert(0, str(native_lib))
         import _dlk as dlk
@@ -237,7 +238,7 @@ def main() -> None:
     )
     head = "".join(f" {f[:10]:>10}" for f in funcs)
     print(f"{'op':3} {'M':>5} {'N':>7} {'K':>7} {head} {'numpy':>7} {'ratio':>6}  {'bits=native':>11}  case")
-    by_case = {}
+    by_case: dict[tuple, dict[str, dict]] = {}  # (op, M, N, K) -> func -> result
     for res in results:
         by_case.setdefault((res["op"], res["M"], res["N"], res["K"]), {})[res["func"]] = res
     for op, M, N, K, what in cases:

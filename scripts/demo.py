@@ -22,6 +22,7 @@ def run_sandboxed(args_file: str, inputs: list[str], outputs: list[str]) -> str:
         cmd += ["--output-source", *outputs]
     print("$", " ".join(cmd[1:]).replace(str(BIN / "dl-server"), "dl-server"), flush=True)
     proc = subprocess.Popen([*cmd], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     lines = []
     for line in proc.stdout:
         lines.append(line)

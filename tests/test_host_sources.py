@@ -59,6 +59,7 @@ def guest_view(staged, rel: str) -> Path | None:
             best is None or len(prefix.parts) > len(PurePosixPath(best.guest_path).parts)
         ):
             best = mount
+    assert best is not None  # "/" is always preopened
     path = best.host_dir / PurePosixPath("/", rel).relative_to(best.guest_path)
     return path if path.exists() else None
 
