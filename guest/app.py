@@ -1,10 +1,11 @@
 """componentize-py entry: the wasi:cli/run export calls dlserver.main."""
+
 import sys
 
-from wit_world import exports
 from componentize_py_types import Err
 
 from dlserver.main import main
+from wit_world import exports
 
 
 class Run(exports.Run):

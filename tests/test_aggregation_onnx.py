@@ -1,4 +1,7 @@
 """`aggregation onnx` (spec §8.2): averaging ONNX initializers whatever their storage."""
+
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -25,8 +28,13 @@ def run(capsys, *args):
 def make_model(tensors, path, extra_nodes=()):
     """A model whose graph just passes X through and carries `tensors` as initializers."""
     node = helper.make_node("Identity", ["X"], ["Y"])
-    graph = helper.make_graph([node, *extra_nodes], "agg", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])], list(tensors))
+    graph = helper.make_graph(
+        [node, *extra_nodes],
+        "agg",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+        list(tensors),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(path))
     return model
@@ -51,12 +59,14 @@ def dyadic(rng, shape):
 
 # The seed's case ------------------------------------------------------------------------------
 
+
 def test_seed_models_average_like_the_original(tmp_cwd, capsys):
     paths = [str(seed_file(p)) for p in SEED_MODELS]
     status, out, err = run(capsys, "onnx", "out.onnx", *paths)
     assert status == 0, err
-    assert out == ("model c1 loaded\nmodel c2 loaded\nmodel c3 loaded\n"
-                   "save aggregation model to 'out.onnx' done!\n")
+    assert out == (
+        "model c1 loaded\nmodel c2 loaded\nmodel c3 loaded\nsave aggregation model to 'out.onnx' done!\n"
+    )
     got, model = initializers(tmp_cwd / "out.onnx")
     onnx.checker.check_model(model)
     src, src_model = initializers(paths[0])
@@ -66,14 +76,14 @@ def test_seed_models_average_like_the_original(tmp_cwd, capsys):
             expected = ((x + x) + x) / np.float32(3)
             np.testing.assert_array_equal(got[name], expected)
             mean = np.mean(np.stack([x, x, x]), axis=0, dtype=np.float32)
-            assert np.all(np.abs(got[name] - mean) <= np.spacing(np.abs(mean)))     # within 1 ulp
+            assert np.all(np.abs(got[name] - mean) <= np.spacing(np.abs(mean)))  # within 1 ulp
         else:
             np.testing.assert_array_equal(got[name], x)
     # The storage is kept: float_data stays float_data, int64_data stays int64_data.
     for a, b in zip(src_model.graph.initializer, model.graph.initializer):
         assert a.HasField("raw_data") == b.HasField("raw_data")
         assert len(a.float_data) == len(b.float_data) and list(a.int64_data) == list(b.int64_data)
-    assert len((tmp_cwd / "out.onnx").read_bytes()) == len(open(paths[0], "rb").read())
+    assert len((tmp_cwd / "out.onnx").read_bytes()) == len(Path(paths[0]).read_bytes())
 
 
 def test_single_model_is_copied_byte_for_byte(tmp_cwd, capsys):
@@ -93,8 +103,12 @@ def test_single_raw_model_is_copied_byte_for_byte(tmp_cwd, capsys):
 
 # Storage ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("storages", [(True, True, True), (False, True, False), (True, False, True)],
-                         ids=["raw", "mixed-float_data-first", "mixed-raw-first"])
+
+@pytest.mark.parametrize(
+    "storages",
+    [(True, True, True), (False, True, False), (True, False, True)],
+    ids=["raw", "mixed-float_data-first", "mixed-raw-first"],
+)
 def test_scaled_copies_average_to_exactly_2x(tmp_cwd, capsys, storages):
     rng = np.random.default_rng(2)
     w, b = dyadic(rng, (8, 5)), dyadic(rng, (8,))
@@ -126,7 +140,7 @@ def test_float_mean_divides_like_the_original(tmp_cwd, capsys):
         make_model([float_tensor("w", x, raw=k != 2)], tmp_cwd / f"m{k}.onnx")
     assert run(capsys, "onnx", "avg.onnx", "m1.onnx", "m2.onnx", "m3.onnx")[0] == 0
     got, _ = initializers(tmp_cwd / "avg.onnx")
-    expected = ((xs[0] + xs[1]) + xs[2]) / np.float32(3)      # division, not * f32(1/3)
+    expected = ((xs[0] + xs[1]) + xs[2]) / np.float32(3)  # division, not * f32(1/3)
     np.testing.assert_array_equal(got["w"], expected)
 
 
@@ -153,9 +167,7 @@ def _typed_tensors(k):
 
 
 def test_every_storage_type_is_averaged(tmp_cwd, capsys):
-    models = []
-    for k in (1, 2, 3):
-        models.append(make_model(_typed_tensors(k), tmp_cwd / f"m{k}.onnx"))
+    models = [make_model(_typed_tensors(k), tmp_cwd / f"m{k}.onnx") for k in (1, 2, 3)]
     status, out, err = run(capsys, "onnx", "avg.onnx", "m1.onnx", "m2.onnx", "m3.onnx")
     assert status == 0, err
     got, model = initializers(tmp_cwd / "avg.onnx")
@@ -167,15 +179,16 @@ def test_every_storage_type_is_averaged(tmp_cwd, capsys):
             assert [str(v) for v in got[name].tolist()] == ["model 1"]
         elif xs[0].dtype.kind in "iub":
             sums = [sum(int(x.ravel()[i]) for x in xs) for i in range(xs[0].size)]
-            expected = [abs(s) // 3 * (1 if s >= 0 else -1) for s in sums]      # C division
+            expected = [abs(s) // 3 * (1 if s >= 0 else -1) for s in sums]  # C division
             assert [int(v) for v in got[name].ravel().tolist()] == expected, name
         elif name.startswith("f64"):
             np.testing.assert_array_equal(got[name], ((xs[0] + xs[1]) + xs[2]) / 3.0)
-        else:   # 16-bit floats: float32 mean, rounded to nearest even
+        else:  # 16-bit floats: float32 mean, rounded to nearest even
             f = [x.astype(np.float32) for x in xs]
             expected = ((f[0] + f[1]) + f[2]) / np.float32(3)
-            np.testing.assert_array_equal(got[name].astype(np.float32),
-                                          expected.astype(xs[0].dtype).astype(np.float32))
+            np.testing.assert_array_equal(
+                got[name].astype(np.float32), expected.astype(xs[0].dtype).astype(np.float32)
+            )
     # Storage kept: f16 in int32_data stays there, raw stays raw.
     by_name = {t.name: t for t in model.graph.initializer}
     assert len(by_name["f16_typed"].int32_data) == 4 and not by_name["f16_typed"].raw_data
@@ -184,14 +197,20 @@ def test_every_storage_type_is_averaged(tmp_cwd, capsys):
 
 # Weighted, median, trimmed --------------------------------------------------------------------
 
+
 def _five_models(tmp_cwd, rng):
     xs = [rng.standard_normal((6, 5)).astype(np.float32) for _ in range(5)]
     ints = [rng.integers(-50, 50, size=4) for _ in range(5)]
     ds = [rng.standard_normal(3) for _ in range(5)]
     for k in range(5):
-        make_model([float_tensor("w", xs[k], raw=k % 2 == 0),
-                    helper.make_tensor("n", TensorProto.INT64, [4], ints[k].tolist()),
-                    numpy_helper.from_array(ds[k], "d")], tmp_cwd / f"m{k}.onnx")
+        make_model(
+            [
+                float_tensor("w", xs[k], raw=k % 2 == 0),
+                helper.make_tensor("n", TensorProto.INT64, [4], ints[k].tolist()),
+                numpy_helper.from_array(ds[k], "d"),
+            ],
+            tmp_cwd / f"m{k}.onnx",
+        )
     return xs, ints, ds, [f"m{k}.onnx" for k in range(5)]
 
 
@@ -211,6 +230,7 @@ def test_weighted_mean(tmp_cwd, capsys):
         accd = accd + (w / s) * d
     np.testing.assert_array_equal(got["d"], accd)
     from fractions import Fraction
+
     wf = [Fraction(w) for w in weights]
     exp_ints = [int(sum(Fraction(int(v[i])) * w for v, w in zip(ints, wf)) / sum(wf)) for i in range(4)]
     assert got["n"].tolist() == exp_ints
@@ -247,28 +267,31 @@ def test_trimmed_mean(tmp_cwd, capsys, fraction):
     assert status == 0, err
     got, _ = initializers(tmp_cwd / "avg.onnx")
     k = int(float(fraction) * 5)
-    kept = np.sort(np.stack(xs), axis=0)[k:5 - k]
+    kept = np.sort(np.stack(xs), axis=0)[k : 5 - k]
     acc = np.zeros_like(xs[0])
     for row in kept:
         acc = acc + row
     np.testing.assert_array_equal(got["w"], acc / np.float32(len(kept)))
-    keptd = np.sort(np.stack(ds), axis=0)[k:5 - k]
+    keptd = np.sort(np.stack(ds), axis=0)[k : 5 - k]
     accd = np.zeros(3)
     for row in keptd:
         accd = accd + row
     np.testing.assert_array_equal(got["d"], accd / len(keptd))
-    kepti = np.sort(np.stack(ints), axis=0)[k:5 - k]
+    kepti = np.sort(np.stack(ints), axis=0)[k : 5 - k]
     assert got["n"].tolist() == [int(int(s) / len(kepti)) for s in kepti.sum(axis=0)]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["-weights", "1,2"], "2 weights for 3 models"),
-    (["-weights", "1,x,2"], "not a comma-separated list"),
-    (["-weights", "0,0,0"], "positive sum"),
-    (["-method", "median", "-weights", "1,1,1"], "-weights applies to the mean"),
-    (["-method", "trimmed:0.5"], "[0, 0.5)"),
-    (["-method", "mode"], "unknown"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["-weights", "1,2"], "2 weights for 3 models"),
+        (["-weights", "1,x,2"], "not a comma-separated list"),
+        (["-weights", "0,0,0"], "positive sum"),
+        (["-method", "median", "-weights", "1,1,1"], "-weights applies to the mean"),
+        (["-method", "trimmed:0.5"], "[0, 0.5)"),
+        (["-method", "mode"], "unknown"),
+    ],
+)
 def test_bad_flags(tmp_cwd, capsys, flags, message):
     for k in range(3):
         make_model([float_tensor("w", [1.0, 2.0], raw=True)], tmp_cwd / f"m{k}.onnx")
@@ -278,18 +301,37 @@ def test_bad_flags(tmp_cwd, capsys, flags, message):
 
 # Mismatched and malformed models -----------------------------------------------------------------
 
-@pytest.mark.parametrize("second,message", [
-    ([float_tensor("a", [1, 2, 3], True), float_tensor("c", [1, 2], True)],
-     "m2.onnx: initializer 1 'c' is named 'c', m1.onnx has 'b'"),
-    ([float_tensor("a", [1, 2, 3], True), float_tensor("b", [1, 2, 3], True)],
-     "m2.onnx: initializer 1 'b' has dims [3], m1.onnx has [2]"),
-    ([float_tensor("a", [1, 2, 3], True), numpy_helper.from_array(np.array([1.0, 2.0]), "b")],
-     "m2.onnx: initializer 1 'b' has data type DOUBLE, m1.onnx has FLOAT"),
-    ([float_tensor("a", [1, 2, 3], True)],
-     "m2.onnx: 1 initializers, m1.onnx has 2 (initializer 1 'b' is missing)"),
-    ([float_tensor("a", [1, 2, 3], True), float_tensor("b", [1, 2], True), float_tensor("z", [1], True)],
-     "m2.onnx: 3 initializers, m1.onnx has 2 (initializer 2 'z' is extra)"),
-], ids=["name", "dims", "dtype", "fewer", "more"])
+
+@pytest.mark.parametrize(
+    "second,message",
+    [
+        (
+            [float_tensor("a", [1, 2, 3], True), float_tensor("c", [1, 2], True)],
+            "m2.onnx: initializer 1 'c' is named 'c', m1.onnx has 'b'",
+        ),
+        (
+            [float_tensor("a", [1, 2, 3], True), float_tensor("b", [1, 2, 3], True)],
+            "m2.onnx: initializer 1 'b' has dims [3], m1.onnx has [2]",
+        ),
+        (
+            [float_tensor("a", [1, 2, 3], True), numpy_helper.from_array(np.array([1.0, 2.0]), "b")],
+            "m2.onnx: initializer 1 'b' has data type DOUBLE, m1.onnx has FLOAT",
+        ),
+        (
+            [float_tensor("a", [1, 2, 3], True)],
+            "m2.onnx: 1 initializers, m1.onnx has 2 (initializer 1 'b' is missing)",
+        ),
+        (
+            [
+                float_tensor("a", [1, 2, 3], True),
+                float_tensor("b", [1, 2], True),
+                float_tensor("z", [1], True),
+            ],
+            "m2.onnx: 3 initializers, m1.onnx has 2 (initializer 2 'z' is extra)",
+        ),
+    ],
+    ids=["name", "dims", "dtype", "fewer", "more"],
+)
 def test_mismatched_models(tmp_cwd, capsys, second, message):
     make_model([float_tensor("a", [1, 2, 3], True), float_tensor("b", [1, 2], False)], tmp_cwd / "m1.onnx")
     make_model(second, tmp_cwd / "m2.onnx")
@@ -305,7 +347,9 @@ def test_truncated_model(tmp_cwd, capsys):
     (tmp_cwd / "cut.onnx").write_bytes(path.read_bytes()[:20000])
     status, out, err = run(capsys, "onnx", "avg.onnx", str(path), "cut.onnx")
     assert status == 1
-    assert err.startswith("dl-server: error: cut.onnx: not a valid ONNX model:") and "runs past the end" in err
+    assert (
+        err.startswith("dl-server: error: cut.onnx: not a valid ONNX model:") and "runs past the end" in err
+    )
     assert err.count("\n") == 1
 
 
@@ -318,11 +362,13 @@ def test_missing_and_empty_models(tmp_cwd, capsys):
 
 
 def test_wrong_wire_type_in_a_model(tmp_cwd, capsys):
-    (tmp_cwd / "bad.onnx").write_bytes(b"\x08\x03\x38\x01")       # ir_version 3, graph as a varint
+    (tmp_cwd / "bad.onnx").write_bytes(b"\x08\x03\x38\x01")  # ir_version 3, graph as a varint
     status, out, err = run(capsys, "onnx", "avg.onnx", "bad.onnx")
     assert status == 1
-    assert err == ("dl-server: error: bad.onnx: not a valid ONNX model: field 7 (graph) has wire type"
-                   " varint, expected length-delimited\n")
+    assert err == (
+        "dl-server: error: bad.onnx: not a valid ONNX model: field 7 (graph) has wire type"
+        " varint, expected length-delimited\n"
+    )
 
 
 def test_usage(tmp_cwd, capsys):
@@ -334,6 +380,7 @@ def test_usage(tmp_cwd, capsys):
 
 def test_unknown_fields_are_kept(tmp_cwd, capsys):
     from reference.wire import encode_len_field
+
     rng = np.random.default_rng(7)
     for k in (1, 2):
         make_model([float_tensor("w", dyadic(rng, (3,)) * k, raw=True)], tmp_cwd / f"m{k}.onnx")

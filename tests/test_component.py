@@ -1,4 +1,5 @@
 """dl-server.wasm under the plain wasmtime CLI, as the README runs it."""
+
 import shutil
 
 import pytest
@@ -8,8 +9,14 @@ from dlserver.main import main
 
 pytestmark = pytest.mark.component
 
-PREDICT_ARGS = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights",
-                "data/mnist/images_client1/t_00000_c5.png"]
+PREDICT_ARGS = [
+    "classifier",
+    "predict",
+    "cfg/mnist.dataset",
+    "cfg/mnist_lenet.cfg",
+    "model/mnist_lenet.weights",
+    "data/mnist/images_client1/t_00000_c5.png",
+]
 
 
 def mnist_images(workdir, names):
@@ -51,15 +58,19 @@ def test_errors_exit_nonzero_with_one_line(component, workdir):
     result = run_wasmtime(workdir, *PREDICT_ARGS)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "dl-server: error: model/mnist_lenet.weights: cannot open weights file: no such file")
+        "dl-server: error: model/mnist_lenet.weights: cannot open weights file: no such file"
+    )
     assert "panic" not in result.stderr
 
 
 def test_detect_without_weights_fails(component, workdir):
-    result = run_wasmtime(workdir, "detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg")
+    result = run_wasmtime(
+        workdir, "detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file")
+        "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file"
+    )
 
 
 def test_predict_through_the_host_with_the_seeds_fee_flags(component, lenet_weights, workdir):
@@ -67,13 +78,29 @@ def test_predict_through_the_host_with_the_seeds_fee_flags(component, lenet_weig
     import subprocess
     import sys
     from pathlib import Path
+
     mnist_images(workdir, ["t_00000_c5.png"])
     shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
     host = Path(sys.executable).parent / "dl-server"
     result = subprocess.run(
-        [str(host), "--program", str(component), "--input-source", "args.cfg", "cfg", "model",
-         "data/mnist/mnist.names.list", "data/mnist/images_client1/t_00000_c5.png", "-d", "-e"],
-        cwd=workdir, capture_output=True, text=True, timeout=300)
+        [
+            str(host),
+            "--program",
+            str(component),
+            "--input-source",
+            "args.cfg",
+            "cfg",
+            "model",
+            "data/mnist/mnist.names.list",
+            "data/mnist/images_client1/t_00000_c5.png",
+            "-d",
+            "-e",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     echo = "".join(f"argv[{i}] = '{a}'\n" for i, a in enumerate(PREDICT_ARGS, 1))
     expected = (EXPECTED / "predict_t_00000_c5.stdout").read_text()

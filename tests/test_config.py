@@ -1,4 +1,5 @@
 """Darknet's cfg/data/list grammar (spec §2) and its errors."""
+
 import pytest
 
 from dlserver.config import parse_cfg, read_data_cfg, read_list
@@ -15,12 +16,13 @@ def test_strip_removes_all_spaces_and_first_key_wins():
 def test_defaults_are_reported_with_darknet_wording(capsys):
     (net,) = parse_cfg("[net]\nheight=1\n", "t.cfg")
     assert net.find_int("batch", 1) == 1
-    assert net.find_float("momentum", .9) == .9
+    assert net.find_float("momentum", 0.9) == 0.9
     assert net.find_str("policy", "constant") == "constant"
     assert net.find_int("width", 0, quiet=True) == 0
     err = capsys.readouterr().err
-    assert err == ("batch: Using default '1'\nmomentum: Using default '0.900000'\n"
-                   "policy: Using default 'constant'\n")
+    assert err == (
+        "batch: Using default '1'\nmomentum: Using default '0.900000'\npolicy: Using default 'constant'\n"
+    )
 
 
 def test_unused_fields_are_reported(capsys):
@@ -32,22 +34,25 @@ def test_unused_fields_are_reported(capsys):
 
 def test_numbers_parse_like_darknet_values():
     (net,) = parse_cfg("[net]\na=.8\nb=5e-05\nc=-3\nd=0.00005\nl=1,2,3\n", "t.cfg")
-    assert net.find_float("a", 0) == .8
+    assert net.find_float("a", 0) == 0.8
     assert net.find_float("b", 0) == 5e-05
     assert net.find_int("c", 0) == -3
     assert net.find_float("d", 0) == 0.00005
     assert net.find_list("l", int) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "has no sections"),
-    ("# only a comment\n", "has no sections"),
-    ("batch=1\n[net]\n", r"comes before any \[section\]"),
-    ("[net\nbatch=1\n", r"has no closing '\]'"),
-    ("[net]\nbatch\n", "is not a key=value option"),
-    ("[net]\nbatch=\n", "has no value"),
-    ("[net]\n=3\n", "has no key"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "has no sections"),
+        ("# only a comment\n", "has no sections"),
+        ("batch=1\n[net]\n", r"comes before any \[section\]"),
+        ("[net\nbatch=1\n", r"has no closing '\]'"),
+        ("[net]\nbatch\n", "is not a key=value option"),
+        ("[net]\nbatch=\n", "has no value"),
+        ("[net]\n=3\n", "has no key"),
+    ],
+)
 def test_malformed_cfg_text(text, message):
     with pytest.raises(DLServerError, match=message):
         parse_cfg(text, "bad.cfg")

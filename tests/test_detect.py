@@ -1,5 +1,6 @@
 """`detect` (spec §7): YOLO layers, boxes, NMS with musl's qsort order, drawing, errors, and
 the official YOLOv3-tiny on dog.jpg (those tests skip without `make yolo_detection`)."""
+
 import copy
 import io
 import math
@@ -14,11 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from conftest import ROOT, run_wasmtime
-
 import _dlk
 import reference.detect
 import reference.image
+from conftest import ROOT, run_wasmtime
 from dlserver import boxes, kernels
 from dlserver.commands import detector
 from dlserver.image import draw
@@ -34,8 +34,14 @@ DETECT = ["dl-server", "detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weigh
 # The original's lines for dog.jpg: the classes and percentages Darknet publishes for
 # yolov3-tiny, in the order musl's qsort (wasi-libc) leaves the boxes (glibc's qsort
 # prints car 52% and truck 56% before car 62%).
-DOG_LINES = ["data/dog.jpg: Predicted in 0.000000 seconds.", "dog: 57%", "car: 62%", "car: 52%", "truck: 56%",
-             "bicycle: 59%"]
+DOG_LINES = [
+    "data/dog.jpg: Predicted in 0.000000 seconds.",
+    "dog: 57%",
+    "car: 62%",
+    "car: 52%",
+    "truck: 56%",
+    "bicycle: 59%",
+]
 
 YOLO_TABLE = """\
 layer     filters    size              input                output
@@ -113,6 +119,7 @@ def error_line(err: str) -> str:
 
 # ---------------------------------------------------------------- construction
 
+
 def test_layer_table(capsys):
     net = parse_network_cfg(str(ROOT / "cfg" / "yolov3-tiny.cfg"))
     assert capsys.readouterr().err == YOLO_TABLE
@@ -173,7 +180,7 @@ def test_route_upsample_yolo_forward_match_numpy(tmp_path, capsys):
     x = np.random.default_rng(1).normal(size=(2, 3, 4, 6)).astype(np.float32)
     net.forward(array("f", x.tobytes()))
     out = [np.frombuffer(layer.output, dtype=np.float32) for layer in net.layers]
-    up = np.float32(.5) * x.repeat(2, axis=2).repeat(2, axis=3)
+    up = np.float32(0.5) * x.repeat(2, axis=2).repeat(2, axis=3)
     np.testing.assert_array_equal(out[0].reshape(2, 3, 8, 12), up)
     down = up.reshape(2, 3, 4, 2, 6, 2).sum(axis=(3, 5))
     np.testing.assert_allclose(out[1].reshape(2, 3, 4, 6), down, rtol=1e-6, atol=1e-6)
@@ -201,15 +208,21 @@ def test_route_and_upsample_backward(tmp_path, capsys):
     route.backward(net, None, None)
     half = route.outputs // 2
     d = d.reshape(2, -1)
-    np.testing.assert_array_equal(np.frombuffer(net.layers[1].delta, dtype=np.float32).reshape(2, -1), d[:, :half])
-    np.testing.assert_array_equal(np.frombuffer(net.layers[2].delta, dtype=np.float32).reshape(2, -1), d[:, half:])
+    np.testing.assert_array_equal(
+        np.frombuffer(net.layers[1].delta, dtype=np.float32).reshape(2, -1), d[:, :half]
+    )
+    np.testing.assert_array_equal(
+        np.frombuffer(net.layers[2].delta, dtype=np.float32).reshape(2, -1), d[:, half:]
+    )
     up = net.layers[0]
     dy = rng.normal(size=(2, 3, 8, 12)).astype(np.float32)
     up.delta[:] = array("f", dy.tobytes())
     prev = array("f", bytes(4 * 2 * 3 * 4 * 6))
     up.backward(net, None, prev)
-    expected = (np.float32(.5) * dy).reshape(2, 3, 4, 2, 6, 2).sum(axis=(3, 5))
-    np.testing.assert_allclose(np.frombuffer(prev, dtype=np.float32).reshape(2, 3, 4, 6), expected, rtol=1e-6, atol=1e-6)
+    expected = (np.float32(0.5) * dy).reshape(2, 3, 4, 2, 6, 2).sum(axis=(3, 5))
+    np.testing.assert_allclose(
+        np.frombuffer(prev, dtype=np.float32).reshape(2, 3, 4, 6), expected, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_yolo_cannot_train(tmp_path, capsys):
@@ -220,13 +233,16 @@ def test_yolo_cannot_train(tmp_path, capsys):
         net.prepare_training(Random())
 
 
-@pytest.mark.parametrize("cfg, problem", [
-    ("[net]\nwidth=4\nheight=4\nchannels=12\n[yolo]\nclasses=1\nnum=1\n", "needs 6 input channels"),
-    ("[net]\nwidth=4\nheight=4\nchannels=6\n[yolo]\nclasses=1\nnum=1\nmask=1\n", "mask value 1"),
-    ("[net]\nwidth=4\nheight=4\nchannels=6\n[route]\nlayers=-1\n", "not an earlier layer"),
-    ("[net]\nwidth=4\nheight=4\nchannels=6\n[upsample]\nstride=0\n", "stride=0"),
-    ("[net]\nwidth=5\nheight=4\nchannels=6\n[upsample]\nstride=-2\n", "not a multiple of 2"),
-])
+@pytest.mark.parametrize(
+    "cfg, problem",
+    [
+        ("[net]\nwidth=4\nheight=4\nchannels=12\n[yolo]\nclasses=1\nnum=1\n", "needs 6 input channels"),
+        ("[net]\nwidth=4\nheight=4\nchannels=6\n[yolo]\nclasses=1\nnum=1\nmask=1\n", "mask value 1"),
+        ("[net]\nwidth=4\nheight=4\nchannels=6\n[route]\nlayers=-1\n", "not an earlier layer"),
+        ("[net]\nwidth=4\nheight=4\nchannels=6\n[upsample]\nstride=0\n", "stride=0"),
+        ("[net]\nwidth=5\nheight=4\nchannels=6\n[upsample]\nstride=-2\n", "not a multiple of 2"),
+    ],
+)
 def test_bad_layer_options(tmp_path, capsys, cfg, problem):
     path = tmp_path / "bad.cfg"
     path.write_text(cfg)
@@ -236,11 +252,14 @@ def test_bad_layer_options(tmp_path, capsys, cfg, problem):
 
 # ---------------------------------------------------------------- boxes and NMS
 
+
 def tiny_yolo_layer(tmp_path, logits):
     """A 4x4 yolo layer of 2 anchors x (2 classes + 5) fed `logits` (shape 14 x 4 x 4)."""
     cfg = tmp_path / "y.cfg"
-    cfg.write_text("[net]\nwidth=4\nheight=4\nchannels=14\n[yolo]\nmask=0,2\nanchors=.5,1,1.5,2,2.5,3\n"
-                   "classes=2\nnum=3\njitter=.3\nignore_thresh=.7\ntruth_thresh=1\n")
+    cfg.write_text(
+        "[net]\nwidth=4\nheight=4\nchannels=14\n[yolo]\nmask=0,2\nanchors=.5,1,1.5,2,2.5,3\n"
+        "classes=2\nnum=3\njitter=.3\nignore_thresh=.7\ntruth_thresh=1\n"
+    )
     net = parse_network_cfg(str(cfg))
     net.forward(array("f", np.asarray(logits, dtype=np.float32).tobytes()))
     return net
@@ -254,37 +273,37 @@ def test_box_decode_order_and_correction(tmp_path, capsys):
     logits = np.full((14, 4, 4), -10.0, dtype=np.float32)
     # anchor slot 1 (anchor 2: 2.5 x 3) at row 1, col 2; anchor slot 0 (anchor 0) at row 3, col 0
     a1 = logits[7:]
-    a1[0, 1, 2], a1[1, 1, 2], a1[2, 1, 2], a1[3, 1, 2] = logit(.25), logit(.75), math.log(2), math.log(.5)
-    a1[4, 1, 2], a1[5, 1, 2], a1[6, 1, 2] = logit(.9), logit(.4), logit(.8)
+    a1[0, 1, 2], a1[1, 1, 2], a1[2, 1, 2], a1[3, 1, 2] = logit(0.25), logit(0.75), math.log(2), math.log(0.5)
+    a1[4, 1, 2], a1[5, 1, 2], a1[6, 1, 2] = logit(0.9), logit(0.4), logit(0.8)
     a0 = logits[:7]
     a0[0, 3, 0], a0[1, 3, 0], a0[2, 3, 0], a0[3, 3, 0] = 0.0, 0.0, 0.0, 0.0
-    a0[4, 3, 0], a0[6, 3, 0] = logit(.6), logit(.95)
-    a0[4, 1, 2] = logit(.7)  # the same cell as the first box: slot 0 comes first there
+    a0[4, 3, 0], a0[6, 3, 0] = logit(0.6), logit(0.95)
+    a0[4, 1, 2] = logit(0.7)  # the same cell as the first box: slot 0 comes first there
     net = tiny_yolo_layer(tmp_path, logits)
-    dets = boxes.get_network_boxes(net, 40, 40, f32(.5))  # a square image: no letterbox offset
+    dets = boxes.get_network_boxes(net, 40, 40, f32(0.5))  # a square image: no letterbox offset
     assert len(dets) == 3
     first, second, third = dets  # cell 6 (row 1, col 2) anchor slots 0, 1; then cell 12
-    assert first.objectness == pytest.approx(.7, abs=1e-6)
+    assert first.objectness == pytest.approx(0.7, abs=1e-6)
     assert first.prob == [0.0, 0.0]  # .7 * sigmoid(-10) on both classes
-    assert second.objectness == pytest.approx(.9, abs=1e-6)
-    assert second.x == pytest.approx((2 + .25) / 4, abs=1e-6)
-    assert second.y == pytest.approx((1 + .75) / 4, abs=1e-6)
+    assert second.objectness == pytest.approx(0.9, abs=1e-6)
+    assert second.x == pytest.approx((2 + 0.25) / 4, abs=1e-6)
+    assert second.y == pytest.approx((1 + 0.75) / 4, abs=1e-6)
     assert second.w == pytest.approx(2 * 2.5 / 4, rel=1e-6)
-    assert second.h == pytest.approx(.5 * 3 / 4, rel=1e-6)
+    assert second.h == pytest.approx(0.5 * 3 / 4, rel=1e-6)
     assert second.prob[0] == 0.0  # .9 * .4 = .36 is not > .5
-    assert second.prob[1] == pytest.approx(.9 * .8, abs=1e-6)
-    assert third.x == pytest.approx(.5 / 4) and third.y == pytest.approx(3.5 / 4)
-    assert third.w == pytest.approx(.5 / 4) and third.h == pytest.approx(1 / 4)
-    assert third.prob[1] == pytest.approx(.6 * .95, abs=1e-6)
+    assert second.prob[1] == pytest.approx(0.9 * 0.8, abs=1e-6)
+    assert third.x == pytest.approx(0.5 / 4) and third.y == pytest.approx(3.5 / 4)
+    assert third.w == pytest.approx(0.5 / 4) and third.h == pytest.approx(1 / 4)
+    assert third.prob[1] == pytest.approx(0.6 * 0.95, abs=1e-6)
 
     # correct_yolo_boxes for a 768 x 576 image letterboxed to 4 x 4: 4 x 3 at y offset .5
     net = tiny_yolo_layer(tmp_path, logits)
-    dets = boxes.get_network_boxes(net, 768, 576, f32(.5))
+    dets = boxes.get_network_boxes(net, 768, 576, f32(0.5))
     box = dets[1]
-    assert box.x == pytest.approx((2 + .25) / 4, abs=1e-6)
-    assert box.y == pytest.approx(((1 + .75) / 4 - .5 / 4) / (3 / 4), abs=1e-6)
+    assert box.x == pytest.approx((2 + 0.25) / 4, abs=1e-6)
+    assert box.y == pytest.approx(((1 + 0.75) / 4 - 0.5 / 4) / (3 / 4), abs=1e-6)
     assert box.w == pytest.approx(2 * 2.5 / 4, rel=1e-6)
-    assert box.h == pytest.approx(.5 * 3 / 4 * 4 / 3, rel=1e-6)
+    assert box.h == pytest.approx(0.5 * 3 / 4 * 4 / 3, rel=1e-6)
 
 
 def det(x, y, w, h, probs, objectness=1.0):
@@ -292,34 +311,34 @@ def det(x, y, w, h, probs, objectness=1.0):
 
 
 def test_box_iou():
-    a = det(.5, .5, .2, .2, [])
-    assert reference.detect.box_iou(a, det(.6, .5, .2, .2, [])) == pytest.approx(1 / 3, rel=1e-6)
+    a = det(0.5, 0.5, 0.2, 0.2, [])
+    assert reference.detect.box_iou(a, det(0.6, 0.5, 0.2, 0.2, [])) == pytest.approx(1 / 3, rel=1e-6)
     assert reference.detect.box_iou(a, a) == pytest.approx(1.0, rel=1e-6)
-    assert reference.detect.box_iou(a, det(.9, .5, .2, .2, [])) == 0.0
+    assert reference.detect.box_iou(a, det(0.9, 0.5, 0.2, 0.2, [])) == 0.0
 
 
 def test_nms_sort(capsys):
     dets = [
-        det(.30, .30, .2, .2, [.6, .0]),
-        det(.31, .30, .2, .2, [.9, .55]),   # overlaps the first: keeps class 0, the first loses it
-        det(.80, .80, .1, .1, [.7, .0]),    # apart: kept
-        det(.10, .90, .1, .1, [.0, .0], objectness=0.0),  # goes to the end, untouched
-        det(.32, .31, .2, .2, [.0, .8]),    # class 1 beats the second box there
+        det(0.30, 0.30, 0.2, 0.2, [0.6, 0.0]),
+        det(0.31, 0.30, 0.2, 0.2, [0.9, 0.55]),  # overlaps the first: keeps class 0, the first loses it
+        det(0.80, 0.80, 0.1, 0.1, [0.7, 0.0]),  # apart: kept
+        det(0.10, 0.90, 0.1, 0.1, [0.0, 0.0], objectness=0.0),  # goes to the end, untouched
+        det(0.32, 0.31, 0.2, 0.2, [0.0, 0.8]),  # class 1 beats the second box there
     ]
     zero = dets[3]
-    out = boxes.do_nms_sort(dets, 2, .45)
+    out = boxes.do_nms_sort(dets, 2, 0.45)
     assert out[-1] is zero
     by_x = {round(d.x, 2): d for d in out}
-    assert by_x[.31].prob == [f32(.9), 0.0]
-    assert by_x[.30].prob == [0.0, 0.0]
-    assert by_x[.80].prob == [f32(.7), 0.0]
-    assert by_x[.32].prob == [0.0, f32(.8)]
+    assert by_x[0.31].prob == [f32(0.9), 0.0]
+    assert by_x[0.30].prob == [0.0, 0.0]
+    assert by_x[0.80].prob == [f32(0.7), 0.0]
+    assert by_x[0.32].prob == [0.0, f32(0.8)]
     # after the class-1 sort the order is by class-1 probability, descending
-    assert [round(d.x, 2) for d in out[:4]][:1] == [.32]
+    assert [round(d.x, 2) for d in out[:4]][:1] == [0.32]
     lines = io.StringIO()
     names = ["cat", "dog"]
-    im = Image(20, 20, 3, array("f", [.5]) * 1200)
-    detector.draw_detections(im, out, f32(.5), names, 2, lines)
+    im = Image(20, 20, 3, array("f", [0.5]) * 1200)
+    detector.draw_detections(im, out, f32(0.5), names, 2, lines)
     assert lines.getvalue() == "dog: 80%\ncat: 90%\ncat: 70%\n"
 
 
@@ -329,10 +348,15 @@ MUSL_ORDERS = [
     ([0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7]),
     ([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1], [0, 2, 4, 8, 10, 6, 5, 7, 3, 1, 9]),
     ([3, 1, 2, 3, 1, 2, 3, 1, 2, 0, 0, 3, 2], [0, 11, 6, 3, 2, 8, 5, 12, 7, 1, 4, 10, 9]),
-    ([.5, 0, 0, .7, 0, .5, 0, 0, .9, 0, 0, 0, .5, .7], [8, 13, 3, 0, 12, 5, 6, 7, 1, 2, 4, 10, 9, 11]),
-    ([1, 2, 1, 1, 2, 2, 0, 0, 2, 1, 2, 0, 0, 1, 0, 0, 0], [4, 1, 10, 5, 8, 3, 0, 13, 2, 9, 6, 7, 12, 11, 14, 15, 16]),
-    ([2, 0, 2, 1, 1, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0, 1, 2, 0, 2, 0, 0],
-     [0, 2, 22, 20, 9, 5, 7, 15, 19, 3, 4, 17, 12, 10, 11, 13, 6, 1, 8, 14, 18, 16, 21, 23, 24]),
+    ([0.5, 0, 0, 0.7, 0, 0.5, 0, 0, 0.9, 0, 0, 0, 0.5, 0.7], [8, 13, 3, 0, 12, 5, 6, 7, 1, 2, 4, 10, 9, 11]),
+    (
+        [1, 2, 1, 1, 2, 2, 0, 0, 2, 1, 2, 0, 0, 1, 0, 0, 0],
+        [4, 1, 10, 5, 8, 3, 0, 13, 2, 9, 6, 7, 12, 11, 14, 15, 16],
+    ),
+    (
+        [2, 0, 2, 1, 1, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0, 1, 2, 0, 2, 0, 0],
+        [0, 2, 22, 20, 9, 5, 7, 15, 19, 3, 4, 17, 12, 10, 11, 13, 6, 1, 8, 14, 18, 16, 21, 23, 24],
+    ),
 ]
 
 
@@ -398,7 +422,9 @@ def test_musl_qsort_against_musl(tmp_path):
         distinct = rng.choice([1, 2, 3, 5, 40])
         cases.append([rng.randrange(distinct) / 4 for _ in range(n)])
     text = "".join(f"{len(c)} " + " ".join(map(str, c)) + "\n" for c in cases)
-    lines = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout.split("\n")
+    lines = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True).stdout.split(
+        "\n"
+    )
     for keys, line in zip(cases, lines):
         musl = [int(i) for i in line.split()]
         assert emulated_order(keys) == musl, keys
@@ -409,9 +435,19 @@ def random_detections(rng, n, classes):
     """Boxes with many equal probabilities (and some zero objectness), as NMS meets them."""
     dets = []
     for _ in range(n):
-        probs = [f32(rng.choice([.6, .9, rng.random()])) if rng.random() < .4 else 0.0 for _ in range(classes)]
-        dets.append(boxes.Detection(f32(rng.random()), f32(rng.random()), f32(rng.choice([.05, .2, .4])),
-                                       f32(rng.choice([.05, .2, .4])), rng.choice([f32(.7), f32(.55), 0.0]), probs))
+        probs = [
+            f32(rng.choice([0.6, 0.9, rng.random()])) if rng.random() < 0.4 else 0.0 for _ in range(classes)
+        ]
+        dets.append(
+            boxes.Detection(
+                f32(rng.random()),
+                f32(rng.random()),
+                f32(rng.choice([0.05, 0.2, 0.4])),
+                f32(rng.choice([0.05, 0.2, 0.4])),
+                rng.choice([f32(0.7), f32(0.55), 0.0]),
+                probs,
+            )
+        )
     return dets
 
 
@@ -423,8 +459,8 @@ def test_nms_sort_kernel_equals_python():
         twins = copy.deepcopy(dets)
         where = {id(d): i for i, d in enumerate(dets)}
         where_twin = {id(d): i for i, d in enumerate(twins)}
-        fast = boxes.do_nms_sort(dets, classes, .45)
-        slow = reference.detect.do_nms_sort(twins, classes, .45)  # reorders twins in place
+        fast = boxes.do_nms_sort(dets, classes, 0.45)
+        slow = reference.detect.do_nms_sort(twins, classes, 0.45)  # reorders twins in place
         assert [where[id(d)] for d in fast] == [where_twin[id(d)] for d in slow]
         assert [d.prob for d in fast] == [d.prob for d in slow]
 
@@ -434,20 +470,33 @@ def test_yolo_candidates_kernel_equals_python(tmp_path, capsys):
     logits = rng.normal(scale=2.0, size=(14, 4, 4)).astype(np.float32)
     net = tiny_yolo_layer(tmp_path, logits)
     layer = net.layers[0]
-    for thresh in (.1, .5, .8):
+    for thresh in (0.1, 0.5, 0.8):
         for im_w, im_h in ((40, 40), (768, 576), (300, 700)):
             fast = boxes.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
             slow = reference.detect.get_yolo_detections(layer, im_w, im_h, 4, 4, f32(thresh))
-            assert [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in fast] == \
-                [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in slow]
+            assert [(d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in fast] == [
+                (d.x, d.y, d.w, d.h, d.objectness, d.prob) for d in slow
+            ]
 
 
 # ---------------------------------------------------------------- image kernels
 
-@pytest.mark.parametrize("sw, sh, dw, dh", [
-    (7, 5, 4, 3), (5, 7, 11, 13), (1, 4, 3, 2), (4, 1, 2, 3), (3, 3, 1, 1), (6, 4, 6, 2), (2, 2, 5, 5),
-    (30, 20, 17, 11), (9, 9, 9, 4), (40, 30, 40, 30),
-])
+
+@pytest.mark.parametrize(
+    "sw, sh, dw, dh",
+    [
+        (7, 5, 4, 3),
+        (5, 7, 11, 13),
+        (1, 4, 3, 2),
+        (4, 1, 2, 3),
+        (3, 3, 1, 1),
+        (6, 4, 6, 2),
+        (2, 2, 5, 5),
+        (30, 20, 17, 11),
+        (9, 9, 9, 4),
+        (40, 30, 40, 30),
+    ],
+)
 def test_resize_and_letterbox_c_equal_python(sw, sh, dw, dh):
     rng = np.random.default_rng(sw * 100 + dw)
     data = array("f", rng.random(sw * sh * 3, dtype=np.float32).tobytes())
@@ -464,53 +513,55 @@ def test_resize_and_letterbox_c_equal_python(sw, sh, dw, dh):
 
 
 def test_letterbox_dog_geometry():
-    im = Image(768, 576, 3, array("f", [.25]) * (768 * 576 * 3))
+    im = Image(768, 576, 3, array("f", [0.25]) * (768 * 576 * 3))
     boxed = np.frombuffer(letterbox_image(im, 416, 416).data, dtype=np.float32).reshape(3, 416, 416)
-    assert (boxed[:, :52] == .5).all() and (boxed[:, 364:] == .5).all()
-    assert (boxed[:, 52:364] == .25).all()
+    assert (boxed[:, :52] == 0.5).all() and (boxed[:, 364:] == 0.5).all()
+    assert (boxed[:, 52:364] == 0.25).all()
 
 
 def test_colors_and_label_geometry():
     # Darknet's colours for the dog.jpg classes: offset = class*123457 % 80
     rgb = lambda klass: tuple(draw.get_color(c, klass * 123457 % 80, 80) for c in (2, 1, 0))  # noqa: E731
-    assert rgb(1) == (1.0, .0625, 0.0)      # bicycle: red
-    assert rgb(2) == (.875, 1.0, 0.0)       # car
-    assert rgb(7) == (.5625, 1.0, 0.0)      # truck
-    assert rgb(16) == (1.0, 1.0, 0.0)       # dog: yellow
+    assert rgb(1) == (1.0, 0.0625, 0.0)  # bicycle: red
+    assert rgb(2) == (0.875, 1.0, 0.0)  # car
+    assert rgb(7) == (0.5625, 1.0, 0.0)  # truck
+    assert rgb(16) == (1.0, 1.0, 0.0)  # dog: yellow
     assert [glyph_size(k)[1] for k in range(8)] == list(HEIGHTS)
-    label = draw.get_label("dog", int(576 * .03))      # font size 1: 22-pixel glyphs, 1-pixel overlap
+    label = draw.get_label("dog", int(576 * 0.03))  # font size 1: 22-pixel glyphs, 1-pixel overlap
     w, h, _ = glyph(1, "d")
-    border = int(22 * .25)
+    border = int(22 * 0.25)
     assert (label.w, label.h) == (3 * w - 2 + 2 * border, 22 + 2 * border)
     pixels = np.frombuffer(label.data, dtype=np.float32).reshape(label.h, label.w)
     assert (pixels[:border] == 1).all() and (pixels[:, :border] == 1).all()
-    assert pixels.min() == 0.0                          # black ink on white
-    assert draw.get_label("x", 300).h == 84 + 2 * 21    # the largest font size is 7
+    assert pixels.min() == 0.0  # black ink on white
+    assert draw.get_label("x", 300).h == 84 + 2 * 21  # the largest font size is 7
 
 
 def test_draw_box_and_label_pixels():
-    im = Image(40, 30, 3, array("f", [.5]) * 3600)
-    draw.draw_box_width(im, 5, 12, 30, 25, 2, 1.0, .25, 0.0)
+    im = Image(40, 30, 3, array("f", [0.5]) * 3600)
+    draw.draw_box_width(im, 5, 12, 30, 25, 2, 1.0, 0.25, 0.0)
     px = np.frombuffer(im.data, dtype=np.float32).reshape(3, 30, 40)
     for y, x in ((12, 10), (13, 10), (25, 20), (24, 20), (20, 5), (20, 6), (20, 30), (20, 29)):
-        assert tuple(px[:, y, x]) == (1.0, .25, 0.0)
-    assert tuple(px[:, 14, 10]) == (.5, .5, .5) and tuple(px[:, 20, 7]) == (.5, .5, .5)
-    label = Image(3, 2, 1, array("f", [1, 0, .5, 1, 1, 1]))
-    draw.draw_label(im, 12, 5, label, (1.0, .25, 0.0))  # above the box: rows 10, 11
-    assert tuple(px[:, 10, 5]) == (1.0, .25, 0.0) and tuple(px[:, 10, 6]) == (0, 0, 0)
-    assert tuple(px[:, 10, 7]) == (.5, .125, 0.0)
+        assert tuple(px[:, y, x]) == (1.0, 0.25, 0.0)
+    assert tuple(px[:, 14, 10]) == (0.5, 0.5, 0.5) and tuple(px[:, 20, 7]) == (0.5, 0.5, 0.5)
+    label = Image(3, 2, 1, array("f", [1, 0, 0.5, 1, 1, 1]))
+    draw.draw_label(im, 12, 5, label, (1.0, 0.25, 0.0))  # above the box: rows 10, 11
+    assert tuple(px[:, 10, 5]) == (1.0, 0.25, 0.0) and tuple(px[:, 10, 6]) == (0, 0, 0)
+    assert tuple(px[:, 10, 7]) == (0.5, 0.125, 0.0)
     draw.draw_label(im, 1, 38, label, (1.0, 1.0, 1.0))  # no room above: at row 1, clipped at x = 40
     assert tuple(px[:, 1, 39]) == (0, 0, 0)
 
 
 # ---------------------------------------------------------------- the command, without the official weights
 
+
 def test_detect_small_network(workdir, capsys, monkeypatch):
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
     write_tiny(workdir)
     write_png(workdir / "data" / "pic.png", 24, 16)
-    status, out, err = run(["dl-server", "detect", "cfg/tiny.cfg", "model/tiny.weights", "data/pic.png",
-                            "-out", "boxes"], capsys)
+    status, out, err = run(
+        ["dl-server", "detect", "cfg/tiny.cfg", "model/tiny.weights", "data/pic.png", "-out", "boxes"], capsys
+    )
     assert status == 0, err
     lines = out.splitlines()
     assert lines[0] == "data/pic.png: Predicted in 0.000000 seconds."
@@ -525,14 +576,18 @@ def test_detect_small_network(workdir, capsys, monkeypatch):
 def test_detect_thresh_flag(workdir, capsys, monkeypatch):
     write_tiny(workdir)
     write_png(workdir / "data" / "pic.png", 24, 16)
-    status, out, err = run(["dl-server", "detect", "cfg/tiny.cfg", "model/tiny.weights", "-thresh", ".99",
-                            "data/pic.png"], capsys)
+    status, out, err = run(
+        ["dl-server", "detect", "cfg/tiny.cfg", "model/tiny.weights", "-thresh", ".99", "data/pic.png"],
+        capsys,
+    )
     assert status == 0, err
     assert out.splitlines()[1:] == []  # objectness .982 is not > .99: no boxes
     assert (workdir / "predictions.jpg").exists()
 
 
-@pytest.mark.parametrize("case", ["weights size", "unknown layer", "names", "image", "no image", "not an image"])
+@pytest.mark.parametrize(
+    "case", ["weights size", "unknown layer", "names", "image", "no image", "not an image"]
+)
 def test_detect_errors(workdir, capsys, case):
     write_tiny(workdir)
     write_png(workdir / "data" / "pic.png", 24, 16)
@@ -568,11 +623,14 @@ def test_detect_weights_of_wrong_size_for_yolov3_tiny(workdir, capsys):
     write_png(workdir / "data" / "dog.jpg", 8, 8)
     status, _, err = run(DETECT, capsys)
     assert status == 1
-    assert ("model/yolov3-tiny.weights: truncated: 400 bytes of parameters after the header, but"
-            " cfg/yolov3-tiny.cfg needs 35434936") in error_line(err)
+    assert (
+        "model/yolov3-tiny.weights: truncated: 400 bytes of parameters after the header, but"
+        " cfg/yolov3-tiny.cfg needs 35434936"
+    ) in error_line(err)
 
 
 # ---------------------------------------------------------------- the official YOLOv3-tiny on dog.jpg
+
 
 @pytest.fixture
 def yolo_dir(workdir):
@@ -606,7 +664,7 @@ def test_detect_dog(yolo_dir, capsys, monkeypatch):
     assert (abs(dog - [r, g, b]) < 40).all()
     # the dog label sits above the box: coloured background, dark text
     label = px[155:186, 130:165]
-    assert (abs(label - [r, g, b]) < 40).all(axis=2).mean() > .5
+    assert (abs(label - [r, g, b]) < 40).all(axis=2).mean() > 0.5
     assert (label.sum(axis=2) < 150).any()
 
 

@@ -1,9 +1,11 @@
-"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step a sandboxed dl-server run.
+"""dlserver_tools.federated (dl-server-federated, make federated): FedAvg rounds, each step
+a sandboxed dl-server run.
 
 The slow tests run tiny federations (2-4 clients, a few batches, fake MNIST of a few
 dozen images prepared by dlserver_tools.mnist in a temporary root) through the real
 component; the others check the aggregation tree and the set-up checks without it.
 """
+
 import importlib.util
 import json
 import shutil
@@ -21,17 +23,16 @@ from dlserver_tools import federated as fed
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
-HEADER = 20                                  # major, minor, revision, 8-byte seen
+HEADER = 20  # major, minor, revision, 8-byte seen
 
 
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py file
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
 
 
 def fake_idx(d: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -49,16 +50,34 @@ def prepared_root(tmp_path: Path, clients: int, *dist: str, n_train=40, n_test=2
     root = tmp_path / "root"
     (root / "data" / "mnist").mkdir(parents=True)
     shutil.copy(REPO / "data" / "mnist" / "mnist.labels.list", root / "data" / "mnist")
-    r = subprocess.run([sys.executable, "-m", "dlserver_tools.mnist", "--root", str(root),
-                        "--num-clients", str(clients), "--mnist-dir", str(tmp_path / "idx"), *dist],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dlserver_tools.mnist",
+            "--root",
+            str(root),
+            "--num-clients",
+            str(clients),
+            "--mnist-dir",
+            str(tmp_path / "idx"),
+            *dist,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return root
 
 
 def run_federated(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dlserver_tools.federated", "--root", str(root), *args],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "dlserver_tools.federated", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 def params(path: Path) -> np.ndarray:
@@ -84,7 +103,7 @@ class FakeFederation(fed.Federation):
         assert args[:3] == ["aggregation", "darknet", "federated/server/mnist_lenet.cfg"]
         out, rest = args[3], args[4:]
         if "-weights" in rest:
-            files = rest[:rest.index("-weights")]
+            files = rest[: rest.index("-weights")]
             w = np.array([float(x) for x in rest[rest.index("-weights") + 1].split(",")])
         else:
             files, w = rest, np.ones(len(rest))
@@ -97,13 +116,16 @@ class FakeFederation(fed.Federation):
         return ""
 
 
-@pytest.mark.parametrize("counts, runs", [
-    ([15000] * 4, 1),                 # equal shards: one plain mean, 8 arguments
-    ([22424, 8340, 14001, 15235], 3),  # weighted: 4 files + -weights > 9 args: 2 + 2, then 2
-    ([6000] * 10, 3),                 # plain: 5 + 5, then the 2 partial means
-    ([5, 9, 2, 7, 1, 3, 8], 3),       # weighted: 3 + 3 + 1, then 3
-    ([100, 200], 1),
-])
+@pytest.mark.parametrize(
+    "counts, runs",
+    [
+        ([15000] * 4, 1),  # equal shards: one plain mean, 8 arguments
+        ([22424, 8340, 14001, 15235], 3),  # weighted: 4 files + -weights > 9 args: 2 + 2, then 2
+        ([6000] * 10, 3),  # plain: 5 + 5, then the 2 partial means
+        ([5, 9, 2, 7, 1, 3, 8], 3),  # weighted: 3 + 3 + 1, then 3
+        ([100, 200], 1),
+    ],
+)
 def test_aggregation_tree_gives_the_weighted_mean(counts, runs, monkeypatch):
     monkeypatch.setattr(fed, "MAX_ARGS", 9)  # the original's args.cfg capacity forces trees
     f = FakeFederation()
@@ -143,8 +165,21 @@ def test_refuses_data_prepared_for_another_split(tmp_path):
 
 
 def test_make_federated_prepares_the_data_first():
-    r = subprocess.run(["make", "-n", "-C", str(REPO), "federated", "num-clients=3", "rounds=2",
-                        "data-dist=non-iid", "batches=5"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-C",
+            str(REPO),
+            "federated",
+            "num-clients=3",
+            "rounds=2",
+            "data-dist=non-iid",
+            "batches=5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     prep = r.stdout.index("mnist_training num-clients=3 data-dist=non-iid")
     run = r.stdout.index("dl-server-federated --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
@@ -183,27 +218,41 @@ def test_two_clients_two_rounds(tmp_path):
         glob = (work / "global" / f"round{rnd}.weights").read_bytes()
         assert glob[:HEADER] == (work / "client1" / f"round{rnd}.weights").read_bytes()[:HEADER]
         assert np.array_equal(params(work / "global" / f"round{rnd}.weights"), mean)
-        assert not np.array_equal(a, b)       # the clients did train on different data
+        assert not np.array_equal(a, b)  # the clients did train on different data
     # round 1 started from the initial model, round 2 from the round-1 average
     assert len((work / "global" / "round0.weights").read_bytes()) == 191124
 
     # each client's run saw only its shard, its files and the global model
     m = json.loads((work / "provenance" / "round2-client1.json").read_text())
-    allowed = ("args.cfg", "data/mnist/images_client1/", "data/mnist/mnist.train.client1.list",
-               "data/mnist/mnist.labels.list", "federated/client1/mnist.dataset",
-               "federated/client1/mnist_lenet.cfg", "federated/global/round1.weights")
+    allowed = (
+        "args.cfg",
+        "data/mnist/images_client1/",
+        "data/mnist/mnist.train.client1.list",
+        "data/mnist/mnist.labels.list",
+        "federated/client1/mnist.dataset",
+        "federated/client1/mnist_lenet.cfg",
+        "federated/global/round1.weights",
+    )
     assert all(path.startswith(allowed) for path in m["inputs"]["files"]), list(m["inputs"]["files"])
     assert any(path.startswith("data/mnist/images_client1/t_") for path in m["inputs"]["files"])
     assert m["outputs"]["sources"] == ["federated/client1/out"]
-    assert m["guest_argv"][1:] == ["classifier", "train", "federated/client1/mnist.dataset",
-                                   "federated/client1/mnist_lenet.cfg", "federated/global/round1.weights",
-                                   "-clear", "-seed", "2002"]
+    assert m["guest_argv"][1:] == [
+        "classifier",
+        "train",
+        "federated/client1/mnist.dataset",
+        "federated/client1/mnist_lenet.cfg",
+        "federated/global/round1.weights",
+        "-clear",
+        "-seed",
+        "2002",
+    ]
     assert m["exit_status"] == 0
     cfg = (work / "client1" / "mnist_lenet.cfg").read_text()
     assert "max_batches=2\n" in cfg and "policy=constant\n" in cfg
     assert sorted(p.name for p in (work / "provenance").iterdir()) == sorted(
         [f"round0-{s}.json" for s in ("init", "valid")]
-        + [f"round{r}-{s}.json" for r in (1, 2) for s in ("client1", "client2", "aggregate", "valid")])
+        + [f"round{r}-{s}.json" for r in (1, 2) for s in ("client1", "client2", "aggregate", "valid")]
+    )
 
 
 @pytest.mark.slow
@@ -211,8 +260,18 @@ def test_two_clients_two_rounds(tmp_path):
 @needs_component
 def test_non_iid_four_clients_weighted_in_one_run(tmp_path):
     root = prepared_root(tmp_path, 4, "--data-dist", "non-iid", n_train=80, n_test=40)
-    r = run_federated(root, "--num-clients", "4", "--rounds", "1", "--batches", "1",
-                      "--data-dist", "non-iid", "--no-manifests")
+    r = run_federated(
+        root,
+        "--num-clients",
+        "4",
+        "--rounds",
+        "1",
+        "--batches",
+        "1",
+        "--data-dist",
+        "non-iid",
+        "--no-manifests",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     work = root / "federated"
     result = json.loads((work / "results.json").read_text())
@@ -232,6 +291,7 @@ def test_non_iid_four_clients_weighted_in_one_run(tmp_path):
 
 def png_list(tmp_path: Path, n: int) -> Path:
     from PIL import Image
+
     rng = np.random.default_rng(3)
     (tmp_path / "png").mkdir()
     lines = []
@@ -253,9 +313,27 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     client = _load("mnist_pytorch", REPO / "model" / "mnist_pytorch.py")
     listing = png_list(tmp_path, 30)
     for seed in (1, 2):
-        assert client.main(["--batches", "3", "--batch-size", "8", "--seed", str(seed), "--train-list", str(listing),
-                            "--valid-list", str(listing), "--output", str(tmp_path / f"c{seed}.onnx"),
-                            "--input-pb", str(tmp_path / "input.pb")]) == 0
+        assert (
+            client.main(
+                [
+                    "--batches",
+                    "3",
+                    "--batch-size",
+                    "8",
+                    "--seed",
+                    str(seed),
+                    "--train-list",
+                    str(listing),
+                    "--valid-list",
+                    str(listing),
+                    "--output",
+                    str(tmp_path / f"c{seed}.onnx"),
+                    "--input-pb",
+                    str(tmp_path / "input.pb"),
+                ]
+            )
+            == 0
+        )
     assert "test accuracy" in capsys.readouterr().out
     models = [onnx.load(str(tmp_path / f"c{seed}.onnx")) for seed in (1, 2)]
     for m in models:
@@ -263,9 +341,10 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     tensors = [{t.name: numpy_helper.to_array(t) for t in m.graph.initializer} for m in models]
     assert list(tensors[0]) == list(tensors[1]) and len(tensors[0]) == 8
     assert all(t.HasField("raw_data") for t in models[0].graph.initializer)
-    assert not np.array_equal(tensors[0]["fc2.weight"], tensors[1]["fc2.weight"])    # different seeds
+    assert not np.array_equal(tensors[0]["fc2.weight"], tensors[1]["fc2.weight"])  # different seeds
 
     from dlserver.main import main
+
     monkeypatch.chdir(tmp_path)
     assert main(["dl-server", "aggregation", "onnx", "avg.onnx", "c1.onnx", "c2.onnx"]) == 0
     assert "save aggregation model to 'avg.onnx' done!" in capsys.readouterr().out
@@ -275,7 +354,7 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     for name, a in tensors[0].items():
         b = tensors[1][name]
         assert got[name].dtype == np.float32
-        assert np.array_equal(got[name], (a + b) / np.float32(2)), name      # float32: f32(f32(a + b) / 2)
+        assert np.array_equal(got[name], (a + b) / np.float32(2)), name  # float32: f32(f32(a + b) / 2)
 
     # the averaged model runs: the guest's interpreter agrees with ONNX's reference one
     x = numpy_helper.to_array(onnx.load_tensor(str(tmp_path / "input.pb")))
@@ -287,6 +366,7 @@ def test_two_pytorch_clients_average_to_the_numpy_mean(tmp_path, monkeypatch, ca
     # and the component gives the same bytes as the native run
     if WASM.is_file():
         from conftest import run_wasmtime
+
         result = run_wasmtime(tmp_path, "aggregation", "onnx", "avg_wasm.onnx", "c1.onnx", "c2.onnx")
         assert result.returncode == 0, result.stderr
         assert (tmp_path / "avg_wasm.onnx").read_bytes() == (tmp_path / "avg.onnx").read_bytes()

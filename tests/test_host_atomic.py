@@ -1,4 +1,5 @@
 """dlserver_host.atomic: the one way the host and the tools replace a file."""
+
 import os
 
 import pytest
@@ -22,10 +23,9 @@ def test_replaces_by_rename_and_keeps_the_mode(tmp_path):
 def test_a_failed_write_leaves_the_destination_and_no_temporary_file(tmp_path):
     dest = tmp_path / "f.txt"
     dest.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_file(dest) as f:
-            f.write(b"partial")
-            assert os.path.dirname(f.name) == str(tmp_path) and f.name.endswith(TEMP_SUFFIX)
-            raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_file(dest) as f:
+        f.write(b"partial")
+        assert os.path.dirname(f.name) == str(tmp_path) and f.name.endswith(TEMP_SUFFIX)
+        raise RuntimeError
     assert dest.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]

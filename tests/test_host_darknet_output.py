@@ -1,4 +1,5 @@
 """dlserver_host.darknet_output: the parsers of Darknet's lines, on lines made with Darknet's formats."""
+
 import math
 
 from dlserver_host import darknet_output as out
@@ -7,10 +8,15 @@ from dlserver_host import darknet_output as out
 def test_train_line():
     line = "%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images\n" % (12, 0.02, 2.25, 2.3, 0.01, 0.5, 1200)
     assert out.train_line(line) == out.TrainLine(12, 0.02, 2.25, 2.3, 0.01, 0.5, 1200)
-    nan = out.train_line("%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images" % (1, 0, math.nan, math.inf, 0, 0, 100))
+    nan = out.train_line(
+        "%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images" % (1, 0, math.nan, math.inf, 0, 0, 100)
+    )
     assert math.isnan(nan.loss) and nan.avg == math.inf
     assert out.train_line("Learning Rate: 0.01, Momentum: 0.9, Decay: 5e-05") is None
-    assert [t.batch for t in out.train_lines("mnist_lenet\n" + line + line.replace("12, ", "13, "))] == [12, 13]
+    assert [t.batch for t in out.train_lines("mnist_lenet\n" + line + line.replace("12, ", "13, "))] == [
+        12,
+        13,
+    ]
 
 
 def test_top_line():

@@ -3,6 +3,7 @@
 Runs the host in-process (cli.main) in a small workspace: zero LeNet weights, one
 MNIST-like image, the repo's cfg files.  Set DL_SERVER_WASM to test another build.
 """
+
 import hashlib
 import json
 import os
@@ -25,10 +26,31 @@ pytestmark = [
 ]
 
 LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850
-AGGREGATE = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "model/sum.weights", "model/a.weights",
-             "model/b.weights"]
-KEYS = ["format", "started_utc", "duration_seconds", "command_line", "cwd", "host", "program",
-        "guest_argv", "args_file", "inputs", "outputs", "outcome", "exit_status", "error", "hashing"]
+AGGREGATE = [
+    "aggregation",
+    "darknet",
+    "cfg/mnist_lenet.cfg",
+    "model/sum.weights",
+    "model/a.weights",
+    "model/b.weights",
+]
+KEYS = [
+    "format",
+    "started_utc",
+    "duration_seconds",
+    "command_line",
+    "cwd",
+    "host",
+    "program",
+    "guest_argv",
+    "args_file",
+    "inputs",
+    "outputs",
+    "outcome",
+    "exit_status",
+    "error",
+    "hashing",
+]
 
 
 def weights(value: float) -> bytes:
@@ -72,18 +94,41 @@ def load(path) -> dict:
 
 
 def test_a_successful_run_is_recorded(program, ws, tmp_path):
-    record_path = tmp_path / "records" / "run.json"      # parent created
-    status = run(program, AGGREGATE, "-i", "args.cfg", "cfg", "model/a.weights", "model/b.weights",
-                 "-o", "model", "--manifest", str(record_path))
+    record_path = tmp_path / "records" / "run.json"  # parent created
+    status = run(
+        program,
+        AGGREGATE,
+        "-i",
+        "args.cfg",
+        "cfg",
+        "model/a.weights",
+        "model/b.weights",
+        "-o",
+        "model",
+        "--manifest",
+        str(record_path),
+    )
     assert status == 0
     m = load(record_path)
     assert list(m) == KEYS
     assert m["format"] == "dl-server-manifest/1"
-    assert datetime.fromisoformat(m["started_utc"].replace("Z", "+00:00")).tzinfo is not None
+    assert datetime.fromisoformat(m["started_utc"]).tzinfo is not None
     assert m["started_utc"].endswith("Z")
     assert m["duration_seconds"] > 0
-    assert m["command_line"] == ["dl-server", "--program", program, "-i", "args.cfg", "cfg", "model/a.weights",
-                                 "model/b.weights", "-o", "model", "--manifest", str(record_path)]
+    assert m["command_line"] == [
+        "dl-server",
+        "--program",
+        program,
+        "-i",
+        "args.cfg",
+        "cfg",
+        "model/a.weights",
+        "model/b.weights",
+        "-o",
+        "model",
+        "--manifest",
+        str(record_path),
+    ]
     assert m["cwd"] == str(ws)
     assert m["host"]["wasmtime"] == runtime.wasmtime_version()
     assert m["program"] == {"path": program, "sha256": sha(WASM)}
@@ -91,42 +136,102 @@ def test_a_successful_run_is_recorded(program, ws, tmp_path):
     assert m["args_file"] == "args.cfg"
     # every input file, hashed; a directory's digest is the sha256sum listing's
     files = m["inputs"]["files"]
-    assert files == {rel: sha(ws / rel) for rel in
-                     ["args.cfg", "cfg/mnist_lenet.cfg", "cfg/sub/note.txt", "model/a.weights", "model/b.weights"]}
+    assert files == {
+        rel: sha(ws / rel)
+        for rel in [
+            "args.cfg",
+            "cfg/mnist_lenet.cfg",
+            "cfg/sub/note.txt",
+            "model/a.weights",
+            "model/b.weights",
+        ]
+    }
     cfg_source = m["inputs"]["sources"][1]
     listing = "".join(f"{files[rel]}  {rel}\n" for rel in sorted(["cfg/mnist_lenet.cfg", "cfg/sub/note.txt"]))
-    assert cfg_source == {"path": "cfg", "kind": "dir", "files": 2,
-                          "bytes": (ws / "cfg/mnist_lenet.cfg").stat().st_size + 7,
-                          "sha256": hashlib.sha256(listing.encode()).hexdigest()}
-    assert m["inputs"]["sources"][0] == {"path": "args.cfg", "kind": "file",
-                                         "bytes": (ws / "args.cfg").stat().st_size, "sha256": files["args.cfg"]}
+    assert cfg_source == {
+        "path": "cfg",
+        "kind": "dir",
+        "files": 2,
+        "bytes": (ws / "cfg/mnist_lenet.cfg").stat().st_size + 7,
+        "sha256": hashlib.sha256(listing.encode()).hexdigest(),
+    }
+    assert m["inputs"]["sources"][0] == {
+        "path": "args.cfg",
+        "kind": "file",
+        "bytes": (ws / "args.cfg").stat().st_size,
+        "sha256": files["args.cfg"],
+    }
     # what was written back
-    assert m["outputs"] == {"sources": ["model"], "files": {"model/sum.weights": sha(ws / "model/sum.weights")}}
+    assert m["outputs"] == {
+        "sources": ["model"],
+        "files": {"model/sum.weights": sha(ws / "model/sum.weights")},
+    }
     assert (ws / "model/sum.weights").read_bytes() == weights(2.0)
     assert (m["outcome"], m["exit_status"], m["error"]) == ("succeeded", 0, None)
     assert m["hashing"]["files"] == 5 and m["hashing"]["complete"] is True
     assert m["hashing"]["seconds"] >= 0 and m["hashing"]["seconds_added"] >= 0
-    assert [p.name for p in record_path.parent.iterdir()] == ["run.json"]      # no temporary left
+    assert [p.name for p in record_path.parent.iterdir()] == ["run.json"]  # no temporary left
 
 
 def test_directory_digest_matches_sha256sum(program, ws, tmp_path):
     if not shutil.which("sha256sum"):
         pytest.skip("no sha256sum")
-    args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out/sum.weights", "model/a.weights", "model/b.weights"]
-    assert run(program, args, "-i", "args.cfg", "cfg", "model", "-o", "out",
-               "--manifest", str(tmp_path / "m.json")) == 0
+    args = [
+        "aggregation",
+        "darknet",
+        "cfg/mnist_lenet.cfg",
+        "out/sum.weights",
+        "model/a.weights",
+        "model/b.weights",
+    ]
+    assert (
+        run(
+            program,
+            args,
+            "-i",
+            "args.cfg",
+            "cfg",
+            "model",
+            "-o",
+            "out",
+            "--manifest",
+            str(tmp_path / "m.json"),
+        )
+        == 0
+    )
     m = load(tmp_path / "m.json")
-    listing = subprocess.run("find model -type f | LC_ALL=C sort | xargs sha256sum | sha256sum",
-                             shell=True, capture_output=True, text=True, check=True).stdout.split()[0]
+    listing = subprocess.run(
+        "find model -type f | LC_ALL=C sort | xargs sha256sum | sha256sum",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
     assert [s["sha256"] for s in m["inputs"]["sources"] if s["path"] == "model"] == [listing]
 
 
 def test_a_failing_guest_is_recorded_and_writes_nothing_back(program, ws, tmp_path, capfd):
     before = (ws / "model").iterdir()
     before = sorted(p.name for p in before)
-    status = run(program, ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "model/sum.weights",
-                           "model/a.weights", "model/missing.weights"],
-                 "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", str(tmp_path / "m.json"))
+    status = run(
+        program,
+        [
+            "aggregation",
+            "darknet",
+            "cfg/mnist_lenet.cfg",
+            "model/sum.weights",
+            "model/a.weights",
+            "model/missing.weights",
+        ],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "model",
+        "-o",
+        "model",
+        "--manifest",
+        str(tmp_path / "m.json"),
+    )
     assert status == 1
     assert "missing.weights" in capfd.readouterr().err
     assert sorted(p.name for p in (ws / "model").iterdir()) == before
@@ -147,7 +252,7 @@ def test_a_host_error_is_recorded(program, ws, tmp_path, capfd):
 
 def test_without_args_cfg_the_guest_argv_is_its_name(program, ws, tmp_path):
     status = run(program, None, "-i", "cfg", "--manifest", str(tmp_path / "m.json"))
-    assert status == 1                        # no args.cfg visible: the guest says so
+    assert status == 1  # no args.cfg visible: the guest says so
     m = load(tmp_path / "m.json")
     assert m["args_file"] is None and m["guest_argv"] == [WASM.name]
 
@@ -155,7 +260,7 @@ def test_without_args_cfg_the_guest_argv_is_its_name(program, ws, tmp_path):
 def test_args_cfg_seen_through_the_whole_tree(program, ws, tmp_path):
     status = run(program, AGGREGATE, "-i", "./", "-o", "out", "--manifest", str(tmp_path / "m.json"))
     m = load(tmp_path / "m.json")
-    assert status == 1                        # the output goes to model/, not an output source
+    assert status == 1  # the output goes to model/, not an output source
     assert m["args_file"] == "args.cfg" and m["guest_argv"][1:] == AGGREGATE
     assert "model/a.weights" in m["inputs"]["files"] and "args.cfg" in m["inputs"]["files"]
 
@@ -168,17 +273,32 @@ def test_manifest_path_that_is_a_directory_is_refused_before_running(program, ws
 
 
 def test_manifest_inside_an_output_source_only_where_asked(program, ws):
-    status = run(program, AGGREGATE, "-i", "args.cfg", "cfg", "model", "-o", "model",
-                 "--manifest", "model/run.json")
+    status = run(
+        program, AGGREGATE, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "model/run.json"
+    )
     assert status == 0
     m = load(ws / "model/run.json")
-    assert list(m["outputs"]["files"]) == ["model/sum.weights"]        # the record is not an output
-    assert sorted(p.name for p in (ws / "model").iterdir()) == ["a.weights", "b.weights", "run.json", "sum.weights"]
+    assert list(m["outputs"]["files"]) == ["model/sum.weights"]  # the record is not an output
+    assert sorted(p.name for p in (ws / "model").iterdir()) == [
+        "a.weights",
+        "b.weights",
+        "run.json",
+        "sum.weights",
+    ]
 
 
 def test_manifest_never_overwrites_a_file_the_guest_wrote(program, ws, capfd):
-    args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "model/run.json", "model/a.weights", "model/b.weights"]
-    status = run(program, args, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "model/run.json")
+    args = [
+        "aggregation",
+        "darknet",
+        "cfg/mnist_lenet.cfg",
+        "model/run.json",
+        "model/a.weights",
+        "model/b.weights",
+    ]
+    status = run(
+        program, args, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "model/run.json"
+    )
     assert status == 1
     assert "the guest wrote that file too" in capfd.readouterr().err
     assert (ws / "model/run.json").read_bytes() == weights(2.0)

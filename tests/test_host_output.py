@@ -5,6 +5,7 @@ of one guest write and dropped the rest silently; `classifier valid` writes the 
 100 images (~10 KB) at a time, so a third of each write was lost, the final `top 1:`
 line included.  The host now sends the guest's stdout/stderr to files it tails.
 """
+
 import os
 import shutil
 import struct
@@ -33,8 +34,12 @@ def gray_png() -> bytes:
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("dump", [False, True])
@@ -44,7 +49,7 @@ def test_every_line_of_a_long_valid_arrives(tmp_path, monkeypatch, capfd, dump):
     shutil.copy(REPO / "cfg" / "mnist_lenet.cfg", ws / "cfg")
     (ws / "images").mkdir()
     png = gray_png()
-    names = [f"images/{'long' * 12}_{i:05d}_c{i % 10}.png" for i in range(IMAGES)]   # ~100 bytes per line
+    names = [f"images/{'long' * 12}_{i:05d}_c{i % 10}.png" for i in range(IMAGES)]  # ~100 bytes per line
     for name in names:
         (ws / name).write_bytes(png)
     (ws / "valid.list").write_text("".join(n + "\n" for n in names))
@@ -55,17 +60,33 @@ def test_every_line_of_a_long_valid_arrives(tmp_path, monkeypatch, capfd, dump):
     monkeypatch.chdir(ws)
     runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
     flags = ["-d", "-e"] if dump else []
-    status = cli.main(["--program", str(WASM), "--no-progress", "-i", "args.cfg", "cfg", "images",
-                       "valid.list", "labels.list", "v.dataset", "zero.weights", *flags])
+    status = cli.main(
+        [
+            "--program",
+            str(WASM),
+            "--no-progress",
+            "-i",
+            "args.cfg",
+            "cfg",
+            "images",
+            "valid.list",
+            "labels.list",
+            "v.dataset",
+            "zero.weights",
+            *flags,
+        ]
+    )
     out, err = capfd.readouterr()
     assert status == 0, err
     if dump:
         assert out.startswith("---- stdout dump ----\n") and out.endswith("---- stdout dump end ----\n")
-        out = out[len("---- stdout dump ----\n"):-len("---- stdout dump end ----\n")]
+        out = out[len("---- stdout dump ----\n") : -len("---- stdout dump end ----\n")]
         assert err.rstrip().endswith("---- stderr dump end ----")
     lines = out.splitlines()
-    assert lines[:5] == [f"argv[{i}] = '{a}'" for i, a in enumerate(
-        ["classifier", "valid", "v.dataset", "cfg/mnist_lenet.cfg", "zero.weights"], 1)]
+    assert lines[:5] == [
+        f"argv[{i}] = '{a}'"
+        for i, a in enumerate(["classifier", "valid", "v.dataset", "cfg/mnist_lenet.cfg", "zero.weights"], 1)
+    ]
     body = lines[5:]
     assert len(body) == 2 * IMAGES
     assert [line.split(",")[0] for line in body[0::2]] == names

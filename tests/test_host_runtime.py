@@ -51,7 +51,7 @@ def test_the_digest_is_remembered_until_the_file_changes(empty_component, tmp_pa
     runtime.load_component(runtime.make_engine(), empty_component, cache)
     assert hashed == []
     data = empty_component.read_bytes()
-    empty_component.write_bytes(data)          # same bytes, same size: only ctime/mtime change
+    empty_component.write_bytes(data)  # same bytes, same size: only ctime/mtime change
     runtime.load_component(runtime.make_engine(), empty_component, cache)
     assert hashed == [1]
     assert len(cache_entries(cache)) == 1
@@ -71,11 +71,11 @@ def test_old_cache_entries_are_pruned(tmp_path):
     cache = tmp_path / "cache"
     engine = runtime.make_engine()
     for i in range(runtime.CACHE_ENTRIES_KEPT + 2):
-        wasm = tmp_path / f"c{i}.wasm"      # distinct bytes: an empty component plus a custom section
+        wasm = tmp_path / f"c{i}.wasm"  # distinct bytes: an empty component plus a custom section
         wasm.write_bytes(wasmtime.wat2wasm("(component)") + b"\x00\x04\x01x" + bytes([i, i]))
         runtime.load_component(engine, wasm, cache)
         newest = max(cache.glob("*.cwasm"), key=lambda p: p.stat().st_mtime_ns)
-        os.utime(newest, ns=(i * 10**9, i * 10**9))   # distinct, ordered mtimes
+        os.utime(newest, ns=(i * 10**9, i * 10**9))  # distinct, ordered mtimes
     entries = sorted(cache.glob("*.cwasm"), key=lambda p: p.stat().st_mtime_ns)
     assert len(entries) == runtime.CACHE_ENTRIES_KEPT
     assert entries[0].stat().st_mtime_ns == 2 * 10**9

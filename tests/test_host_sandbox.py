@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(not WASM.is_file(), reason=f"{WASM} is not built (run `make`)"),
 ]
 
-LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850   # conv1, conv2, fc 294-120, 120-84, 84-10
+LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850  # conv1, conv2, fc 294-120, 120-84, 84-10
 IMAGE = "data/mnist/images_client1/t_00000_c5.png"
 PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg"]
 
@@ -42,14 +42,20 @@ def zero_weights() -> bytes:
 
 def gray_png(width: int = 28, height: int = 28) -> bytes:
     """An 8-bit grayscale PNG with a diagonal stroke."""
-    rows = b"".join(b"\x00" + bytes(255 if abs(x - y) < 2 else 0 for x in range(width))
-                    for y in range(height))
+    rows = b"".join(
+        b"\x00" + bytes(255 if abs(x - y) < 2 else 0 for x in range(width)) for y in range(height)
+    )
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +77,7 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
     (ws / IMAGE).write_bytes(gray_png())
     (ws / "model").mkdir()
     (ws / "model/zero.weights").write_bytes(zero_weights())
-    (tmp_path / "x").write_bytes(zero_weights())                     # reachable only as ../x
+    (tmp_path / "x").write_bytes(zero_weights())  # reachable only as ../x
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside/zero.weights").write_bytes(zero_weights())
     monkeypatch.chdir(ws)
@@ -85,13 +91,25 @@ def run_dl_server(program: str, args_cfg: list[str], *flags: str) -> int:
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def test_control_a_readable_weights_file_gives_a_prediction(program, workspace, capfd):
-    status = run_dl_server(program, [*PREDICT, "model/zero.weights", IMAGE],
-                           "--input-source", "args.cfg", "cfg", "data", "model", "-d", "-e")
+    status = run_dl_server(
+        program,
+        [*PREDICT, "model/zero.weights", IMAGE],
+        "--input-source",
+        "args.cfg",
+        "cfg",
+        "data",
+        "model",
+        "-d",
+        "-e",
+    )
     out, err = capfd.readouterr()
     assert status == 0, err
     assert out.startswith("---- stdout dump ----\n") and out.endswith("---- stdout dump end ----\n")
@@ -109,9 +127,15 @@ def test_guest_cannot_read_etc_passwd(program, workspace, capfd):
     dataset = (workspace / "cfg/mnist.dataset").read_text()
     (workspace / "cfg/leak.dataset").write_text(dataset.replace("data/mnist/mnist.names.list", "/etc/passwd"))
     assert "/etc/passwd" in (workspace / "cfg/leak.dataset").read_text()
-    status = run_dl_server(program, ["classifier", "predict", "cfg/leak.dataset", "cfg/mnist_lenet.cfg",
-                                     "model/zero.weights", IMAGE],
-                           "-i", "args.cfg", "cfg", "data", "model")
+    status = run_dl_server(
+        program,
+        ["classifier", "predict", "cfg/leak.dataset", "cfg/mnist_lenet.cfg", "model/zero.weights", IMAGE],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "data",
+        "model",
+    )
     out = capfd.readouterr().out
     assert "root:" not in out
     assert status != 0
@@ -135,23 +159,45 @@ def test_guest_cannot_follow_a_symlink_out_of_an_input(program, workspace, capfd
     link_target = outside if target == "absolute" else Path("../../outside/zero.weights")
     (workspace / "model/link.weights").symlink_to(link_target)
     assert (workspace / "model/link.weights").read_bytes() == zero_weights()
-    status = run_dl_server(program, [*PREDICT, "model/link.weights", IMAGE],
-                           "-i", "args.cfg", "cfg", "data", "model")
+    status = run_dl_server(
+        program, [*PREDICT, "model/link.weights", IMAGE], "-i", "args.cfg", "cfg", "data", "model"
+    )
     assert_refused(status, capfd)
 
 
 def test_siblings_of_a_single_file_input_stay_hidden(program, workspace, capfd):
     (workspace / "data/mnist/images_client1/sibling.weights").write_bytes(zero_weights())
-    status = run_dl_server(program, [*PREDICT, "data/mnist/images_client1/sibling.weights", IMAGE],
-                           "-i", "args.cfg", "cfg", "data/mnist/mnist.names.list", IMAGE)
+    status = run_dl_server(
+        program,
+        [*PREDICT, "data/mnist/images_client1/sibling.weights", IMAGE],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "data/mnist/mnist.names.list",
+        IMAGE,
+    )
     assert_refused(status, capfd)
 
 
 def test_a_failing_guest_leaves_outputs_untouched(program, workspace, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(program, ["aggregation", "darknet", "cfg/mnist_lenet.cfg",
-                                     "model/sum.weights", "model/zero.weights", "model/missing.weights"],
-                           "-i", "args.cfg", "cfg", "model", "-o", "model")
+    status = run_dl_server(
+        program,
+        [
+            "aggregation",
+            "darknet",
+            "cfg/mnist_lenet.cfg",
+            "model/sum.weights",
+            "model/zero.weights",
+            "model/missing.weights",
+        ],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "model",
+        "-o",
+        "model",
+    )
     capfd.readouterr()
     assert status == 1
     assert snapshot(workspace / "model") == before
@@ -164,7 +210,8 @@ def long_validation(workspace: Path) -> list[str]:
     (workspace / "data/long.list").write_text((IMAGE + "\n") * 200_000)
     (workspace / "cfg/long.dataset").write_text(
         "classes=10\nvalid=data/long.list\nlabels=data/mnist/mnist.labels.list\n"
-        "names=data/mnist/mnist.names.list\nbackup=model\n")
+        "names=data/mnist/mnist.names.list\nbackup=model\n"
+    )
     return ["classifier", "valid", "cfg/long.dataset", "cfg/mnist_lenet.cfg", "model/zero.weights"]
 
 
@@ -175,7 +222,8 @@ def tiny_training(workspace: Path) -> list[str]:
     (workspace / "data/labels.list").write_text("".join(f"c{i}\n" for i in range(10)))
     (workspace / "cfg/tiny.dataset").write_text(
         "classes=10\ntrain=data/train.list\nlabels=data/labels.list\n"
-        "names=data/mnist/mnist.names.list\nbackup=model\n")
+        "names=data/mnist/mnist.names.list\nbackup=model\n"
+    )
     cfg = (workspace / "cfg/mnist_lenet.cfg").read_text().replace("batch=100", "batch=10")
     (workspace / "cfg/tiny_lenet.cfg").write_text(cfg)
     return ["classifier", "train", "cfg/tiny.dataset", "cfg/tiny_lenet.cfg"]
@@ -197,8 +245,9 @@ def private_writes(monkeypatch) -> list:
 
 def test_a_timed_out_guest_leaves_outputs_untouched(program, workspace, long_validation, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(program, long_validation, "-i", "args.cfg", "cfg", "data", "model",
-                           "-o", "model", "--timeout", "2")
+    status = run_dl_server(
+        program, long_validation, "-i", "args.cfg", "cfg", "data", "model", "-o", "model", "--timeout", "2"
+    )
     out, err = capfd.readouterr()
     assert status == 1
     assert "0: top 1:" in out, "the guest should have been validating when stopped"
@@ -208,8 +257,9 @@ def test_a_timed_out_guest_leaves_outputs_untouched(program, workspace, long_val
 
 def test_a_timed_out_guest_discards_what_it_wrote(program, workspace, tiny_training, private_writes, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(program, tiny_training, "-i", "args.cfg", "cfg", "data", "model",
-                           "-o", "model", "--timeout", "3")
+    status = run_dl_server(
+        program, tiny_training, "-i", "args.cfg", "cfg", "data", "model", "-o", "model", "--timeout", "3"
+    )
     err = capfd.readouterr().err
     if "not implemented" in err:
         pytest.skip("classifier train is not implemented in this dl-server.wasm")
@@ -221,11 +271,23 @@ def test_a_timed_out_guest_discards_what_it_wrote(program, workspace, tiny_train
 
 def test_a_guest_out_of_memory_leaves_outputs_untouched(program, workspace, capfd):
     cfg = (workspace / "cfg/mnist_lenet.cfg").read_text().replace("output= 120", "output= 1000000")
-    (workspace / "cfg/huge.cfg").write_text(cfg)     # a 294 x 1e6 connected layer: 1.2 GB of weights
+    (workspace / "cfg/huge.cfg").write_text(cfg)  # a 294 x 1e6 connected layer: 1.2 GB of weights
     before = snapshot(workspace / "model")
-    status = run_dl_server(program, [*PREDICT[:3], "cfg/huge.cfg", "model/zero.weights", IMAGE],
-                           "-i", "args.cfg", "cfg", "data", "model",
-                           "-o", "model", "--max-memory", "64M", "--timeout", "20")
+    status = run_dl_server(
+        program,
+        [*PREDICT[:3], "cfg/huge.cfg", "model/zero.weights", IMAGE],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "data",
+        "model",
+        "-o",
+        "model",
+        "--max-memory",
+        "64M",
+        "--timeout",
+        "20",
+    )
     err = capfd.readouterr().err
     assert status == 1
     assert err.endswith("dl-server: error: guest ran out of memory (--max-memory 64M)\n")

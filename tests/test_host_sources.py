@@ -1,6 +1,7 @@
 """Unit tests of the host's source mapping and write-back (no wasm involved)."""
 
 import os
+import shlex
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -20,15 +21,18 @@ def make_tree(root: Path, files: dict[str, str]) -> None:
 def workspace(tmp_path: Path) -> Path:
     """A project-like cwd with the seed's layout."""
     ws = tmp_path / "ws"
-    make_tree(ws, {
-        "args.cfg": "classifier\npredict\n",
-        "cfg/mnist.dataset": "classes=10\n",
-        "data/mnist/mnist.names.list": "0\n1\n",
-        "data/mnist/sibling.txt": "hidden\n",
-        "data/mnist/images_client1/t_00000_c5.png": "png",
-        "model/a.weights": "A",
-        "model/b.weights": "B",
-    })
+    make_tree(
+        ws,
+        {
+            "args.cfg": "classifier\npredict\n",
+            "cfg/mnist.dataset": "classes=10\n",
+            "data/mnist/mnist.names.list": "0\n1\n",
+            "data/mnist/sibling.txt": "hidden\n",
+            "data/mnist/images_client1/t_00000_c5.png": "png",
+            "model/a.weights": "A",
+            "model/b.weights": "B",
+        },
+    )
     return ws
 
 
@@ -51,22 +55,28 @@ def guest_view(staged, rel: str) -> Path | None:
     for mount in staged.mounts:
         prefix = PurePosixPath(mount.guest_path)
         target = PurePosixPath("/", rel)
-        if target == prefix or prefix in target.parents:
-            if best is None or len(prefix.parts) > len(PurePosixPath(best.guest_path).parts):
-                best = mount
+        if (target == prefix or prefix in target.parents) and (
+            best is None or len(prefix.parts) > len(PurePosixPath(best.guest_path).parts)
+        ):
+            best = mount
+    assert best is not None  # "/" is always preopened
     path = best.host_dir / PurePosixPath("/", rel).relative_to(best.guest_path)
     return path if path.exists() else None
 
 
 # ---- source paths ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("args.cfg", "args.cfg"),
-    ("./", "."),
-    (".", "."),
-    ("data/", "data"),
-    ("./data/./mnist", "data/mnist"),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("args.cfg", "args.cfg"),
+        ("./", "."),
+        (".", "."),
+        ("data/", "data"),
+        ("./data/./mnist", "data/mnist"),
+    ],
+)
 def test_source_relpath_accepts_relative_paths(text, expected, tmp_path):
     assert source_relpath(text, tmp_path) == PurePosixPath(expected)
 
@@ -98,6 +108,7 @@ def test_output_source_must_be_a_directory(workspace, temp_parent):
 
 
 # ---- the guest's view ------------------------------------------------------------------
+
 
 def test_nested_file_and_directory_inputs(workspace, temp_parent):
     inputs = ["args.cfg", "cfg", "data/mnist/mnist.names.list", "data/mnist/images_client1"]
@@ -152,7 +163,7 @@ def test_whole_root_as_output_keeps_input_directories_read_only(workspace, temp_
         assert root.writable and temp_parent in root.host_dir.parents
         assert mount_at(staged, "/data") == Mount("/data", workspace / "data", False)
         assert (root.host_dir / "args.cfg").read_text() == "classifier\npredict\n"
-        assert (root.host_dir / "data").is_dir()    # mount point
+        assert (root.host_dir / "data").is_dir()  # mount point
 
 
 def test_output_inside_an_input_directory_is_seeded(workspace, temp_parent):
@@ -168,13 +179,14 @@ def test_output_inside_an_input_directory_is_seeded(workspace, temp_parent):
 
 # ---- write-back ------------------------------------------------------------------------
 
+
 def test_write_back_copies_only_new_or_changed_files(workspace, temp_parent):
     before_b = os.stat(workspace / "model/b.weights")
     with stage_sources(["model"], ["model"], workspace, str(temp_parent)) as staged:
         private = mount_at(staged, "/model").host_dir
-        (private / "a.weights").write_text("A2")              # changed
+        (private / "a.weights").write_text("A2")  # changed
         (private / "sub/deeper").mkdir(parents=True)
-        (private / "sub/deeper/new.weights").write_text("N")   # new, nested
+        (private / "sub/deeper/new.weights").write_text("N")  # new, nested
         written = staged.write_back()
     assert sorted(written) == [workspace / "model/a.weights", workspace / "model/sub/deeper/new.weights"]
     assert (workspace / "model/a.weights").read_text() == "A2"
@@ -248,6 +260,7 @@ def test_write_back_never_leaves_its_output_source(workspace, temp_parent):
 
 # ---- the CLI's flow, with a fake guest -------------------------------------------------
 
+
 class FakeGuestRun:
     """Stands in for runtime.GuestRun: writes into the output preopens, then ends with ``outcome``."""
 
@@ -285,19 +298,31 @@ def fake_guest(monkeypatch, workspace, tmp_path):
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
-@pytest.mark.parametrize("outcome", [runtime.Outcome.FAILED, runtime.Outcome.TRAPPED,
-                                     runtime.Outcome.TIMED_OUT, runtime.Outcome.OUT_OF_MEMORY,
-                                     runtime.Outcome.INTERRUPTED])
-def test_nothing_is_written_back_when_the_guest_does_not_succeed(fake_guest, monkeypatch, workspace,
-                                                                  outcome, capfd, tmp_path):
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        runtime.Outcome.FAILED,
+        runtime.Outcome.TRAPPED,
+        runtime.Outcome.TIMED_OUT,
+        runtime.Outcome.OUT_OF_MEMORY,
+        runtime.Outcome.INTERRUPTED,
+    ],
+)
+def test_nothing_is_written_back_when_the_guest_does_not_succeed(
+    fake_guest, monkeypatch, workspace, outcome, capfd, tmp_path
+):
     monkeypatch.setattr(FakeGuestRun, "outcome", outcome)
     before = snapshot(workspace / "model")
-    status = cli.main(["--program", "dl-server.wasm", "-i", "model", "-o", "model",
-                       "--timeout", "2", "--max-memory", "64M"])
+    status = cli.main(
+        ["--program", "dl-server.wasm", "-i", "model", "-o", "model", "--timeout", "2", "--max-memory", "64M"]
+    )
     assert status == (130 if outcome is runtime.Outcome.INTERRUPTED else 1)
     assert snapshot(workspace / "model") == before
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -313,8 +338,19 @@ def test_nothing_is_written_back_when_the_guest_does_not_succeed(fake_guest, mon
 
 
 def test_success_writes_back_and_dumps_like_the_fee(fake_guest, workspace, capfd, tmp_path):
-    status = cli.main(["--program", "dl-server.wasm", "--input-source", "args.cfg", "model",
-                       "--output-source", "model", "-d", "-e"])
+    status = cli.main(
+        [
+            "--program",
+            "dl-server.wasm",
+            "--input-source",
+            "args.cfg",
+            "model",
+            "--output-source",
+            "model",
+            "-d",
+            "-e",
+        ]
+    )
     assert status == 0
     assert (workspace / "model/a.weights").read_text() == "guest wrote this"
     assert (workspace / "model/new.weights").read_text() == "new"
@@ -342,19 +378,40 @@ def test_missing_program_is_one_error_line(fake_guest, capfd):
     assert capfd.readouterr().err == "dl-server: error: program not found: nope.wasm\n"
 
 
-@pytest.mark.parametrize("text, size", [("65536", 65536), ("64K", 64 << 10), ("512M", 512 << 20),
-                                        ("2G", 2 << 30), ("1.5g", 3 << 29), ("16MiB", 16 << 20)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("65536", 65536),
+        ("64K", 64 << 10),
+        ("512M", 512 << 20),
+        ("2G", 2 << 30),
+        ("1.5g", 3 << 29),
+        ("16MiB", 16 << 20),
+    ],
+)
 def test_parse_size(text, size):
     assert cli.parse_size(text) == size
 
 
 def test_fee_command_line_parses_verbatim():
     args = cli.build_parser().parse_args(
-        "--program dl-server.wasm --input-source args.cfg cfg data --output-source model -d -e".split())
-    assert (args.program, args.inputs, args.outputs, args.dump_stdout, args.dump_stderr) == \
-        ("dl-server.wasm", ["args.cfg", "cfg", "data"], ["model"], True, True)
+        shlex.split("--program dl-server.wasm --input-source args.cfg cfg data --output-source model -d -e")
+    )
+    assert (args.program, args.inputs, args.outputs, args.dump_stdout, args.dump_stderr) == (
+        "dl-server.wasm",
+        ["args.cfg", "cfg", "data"],
+        ["model"],
+        True,
+        True,
+    )
     args = cli.build_parser().parse_args(
-        "-r dl-server.wasm -i args.cfg -i cfg -o ./ -c --env A=1 --env B=x=y".split())
-    assert (args.program, args.inputs, args.outputs, args.enable_clock, args.env) == \
-        ("dl-server.wasm", ["args.cfg", "cfg"], ["./"], True, [("A", "1"), ("B", "x=y")])
+        shlex.split("-r dl-server.wasm -i args.cfg -i cfg -o ./ -c --env A=1 --env B=x=y")
+    )
+    assert (args.program, args.inputs, args.outputs, args.enable_clock, args.env) == (
+        "dl-server.wasm",
+        ["args.cfg", "cfg"],
+        ["./"],
+        True,
+        [("A", "1"), ("B", "x=y")],
+    )
     assert cli.build_parser().parse_args(["--pipeline", "x.wasm"]).program == "x.wasm"

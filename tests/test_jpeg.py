@@ -11,6 +11,7 @@ also weights the second-to-last output column the wrong way round
 (3*in[w-2] + in[w-1]), which we reproduce and Pillow does not, so that column is left
 out of 4:2:2 comparisons.
 """
+
 import base64
 import hashlib
 import io
@@ -71,15 +72,16 @@ def split(data: bytes) -> list:
     """A valid JPEG as [(marker, payload)]: payload = segment body (without length);
     entropy-coded data follows each SOS as (None, bytes); EOI is (0xD9, b"")."""
     assert data[:2] == b"\xff\xd8"
-    out, pos = [], 2
+    out: list[tuple[int | None, bytes]] = []
+    pos = 2
     while True:
         assert data[pos] == 0xFF
         code = data[pos + 1]
         if code == 0xD9:
             out.append((code, b""))
             return out
-        length, = struct.unpack_from(">H", data, pos + 2)
-        out.append((code, data[pos + 4:pos + 2 + length]))
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        out.append((code, data[pos + 4 : pos + 2 + length]))
         pos += 2 + length
         if code == 0xDA:
             end = pos
@@ -126,77 +128,113 @@ def sof_body(segments: list) -> bytes:
 # grayscale file), base64 file) for a 19 x 13 image written by libjpeg-turbo's
 # cjpeg -quality 60 -sample <sampling> <options>
 STB_FILES = [
-    ("4x1,1x1,1x1", [], "0b45083a48dc5bc863013df76983b845a47d5ebd2b5ded7aa5e0d9262e6dc119",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
-     "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDAUEAAhEBAxEB/8QAHwAAAQUBAQEB"
-     "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
-     "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
-     "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
-     "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
-     "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
-     "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
-     "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDlNOi+cV3/"
-     "AIetlkKBhXLxXSJGEjTeq8Bt3WivSxeXrMKzlz8rSXS/fzR1U8f9Rj8PNe3W3fyZV05BvFdjFcPY6Jd3cGPM"
-     "ihZlznGce1cnaIPssf0oqsLUfNN+n6nHj4+9H0P/2Q=="),
-    ("1x2,1x1,1x1", [], "6ac478676a2ab29dc7ff896ae9b16743f50b0452b4956507a621db19810c3b11",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
-     "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDARIAAhEBAxEB/8QAHwAAAQUBAQEB"
-     "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
-     "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
-     "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
-     "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
-     "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
-     "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
-     "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDlNOi+cVd0"
-     "5BvFe3PMHY66dBWOy8PWyyFAwpIrh7HRLu7gx5kULMuc4zj2rysTVWLkqUknfuZYlKlBy/rV2X4nMRXSJGEj"
-     "Teq8Bt3WorRB9lj+lejPL8BzO9P8X/mZ1c2xsptxlZdrL/I//9k="),
-    ("2x2,2x1,1x2", ['-restart', '1B'], "d0c29557518f7b632ba69ea35fe543588ad512179bf7696cc0e4f8e1026db3eb",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
-     "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDASIAAiEBAxIB/8QAHwAAAQUBAQEB"
-     "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
-     "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
-     "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
-     "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
-     "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
-     "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
-     "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/90ABAAB/9oADAMBAAIRAxEAPwDl"
-     "NOi+cV3/AIetlkKBhXG6cg3iuxiuHsdEu7uDHmRQsy5zjOPavbnmDseViaqxclSkk79zVQtC6N66tQk12Z//"
-     "0MuK6RIwkab1XgNu60VFaIPssf0or155fgOZ3p/i/wDMD0KnEKjNpU7q/f8A4B884q5//9k="),
-    ("1x1,2x2,2x2", ['-progressive'], "d00f444e3048e7baf0f1b65ee314911a70b92ddae10e8a11f0ea1d459b6778fb",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
-     "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wgARCAANABMDAREAAiIBAyIB/8QAFAABAAAAAAAA"
-     "AAAAAAAAAAAAA//EABgBAAIDAAAAAAAAAAAAAAAAAAADAgQF/9oADAMBAAIQAxAAAAE9ShJEhyhcWhxnH//E"
-     "ABcQAQADAAAAAAAAAAAAAAAAAAEABBH/2gAIAQEAAQUCqAQXP//EABsRAAMAAgMAAAAAAAAAAAAAAAABAgME"
-     "BREh/9oACAEDAQE/AZka6MnIJU0pJRseQNH/xAAdEQEAAgICAwAAAAAAAAAAAAABAAIDEQQFISIy/9oACAEC"
-     "AQE/AXJOSVyGrR67z9Rsw9rgxs7n/8QAFxAAAwEAAAAAAAAAAAAAAAAAARARQf/aAAgBAQAGPwKnF//EABgQ"
-     "AAMBAQAAAAAAAAAAAAAAAAABESFR/9oACAEBAAE/IeDJWQtP/9oADAMBAAIAAwAAABBvjz//xAAbEQACAgMB"
-     "AAAAAAAAAAAAAAABEQAhMUGRof/aAAgBAwEBPxCiGwjGAG3nwwCjEW0OkDt1AOf/xAAfEQACAQIHAAAAAAAA"
-     "AAAAAAAAAREhQVFxgZGx4fD/2gAIAQIBAT8QpkfMsV7YmZqOna4Iw1pNk4f/xAAYEAEAAwEAAAAAAAAAAAAA"
-     "AAABABEhYf/aAAgBAQABPxBlG2FwLiECCGUZP//Z"),
-    ("4x2,1x1,1x1", ['-progressive', '-restart', '1'], "32ecfc8d0a8c89eb47d1685ae3343d85a6591e491649969529557c0c60f96ed4",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
-     "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wgARCAANABMDAUIAAhEBAxEB/8QAFwABAQEBAAAA"
-     "AAAAAAAAAAAABQADBv/EABUBAQEAAAAAAAAAAAAAAAAAAAIE/90ABAAB/9oADAMBAAIQAxAAAAEnoC7JgmpX"
-     "/8QAHBAAAQMFAAAAAAAAAAAAAAAAAgABAwQREiEy/90ABAAD/9oACAEBAAEFAo2VON0xa//QjTFhCPP/xAAX"
-     "EQADAQAAAAAAAAAAAAAAAAAAAgMh/90ABAAB/9oACAEDAQE/AXo8sQ//xAAYEQADAQEAAAAAAAAAAAAAAAAB"
-     "AgMAEf/aAAgBAgEBPwHk6sS43//EABkQAAMAAwAAAAAAAAAAAAAAAAABAhAhMf/dAAQAA//aAAgBAQAGPwLG"
-     "j//QKpdSEf/EABkQAQEBAQEBAAAAAAAAAAAAAAEAESExQf/aAAgBAQABPyHpBjYTA0Pu3//QHZPflI1//90A"
-     "BAAB/9oADAMBAAIAAwAAABCHv//EABkRAAEFAAAAAAAAAAAAAAAAABEAASFxsf/aAAgBAwEBPxCUAafV/8QA"
-     "FxEAAwEAAAAAAAAAAAAAAAAAARFRAP/aAAgBAgEBPxAuiSos3//EABsQAAMAAgMAAAAAAAAAAAAAAAABESEx"
-     "QWGB/90ABAAD/9oACAEBAAE/EMceKgrasXIf/9Bckr8oWWdC/A//2Q=="),
-    ("gray 2x2", ['-grayscale'], "d09e609ee4f69d98019fe8c5e4fe7ea559c1009cc3c2379c61e56701538675da",
-     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
-     "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//wAALCAANABMBASIA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAEC"
-     "AwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAk"
-     "M2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJ"
-     "ipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3"
-     "+Pn6/9oACAEBAAA/AOU06L5xXf8Ah62WQoGFcvFdIkYSNN6rwG3daq6cg3iuxiuHsdEu7uDHmRQsy5zjOPau"
-     "TtEH2WP6V//Z"),
+    (
+        "4x1,1x1,1x1",
+        [],
+        "0b45083a48dc5bc863013df76983b845a47d5ebd2b5ded7aa5e0d9262e6dc119",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
+            "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDAUEAAhEBAxEB/8QAHwAAAQUBAQEB"
+            "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
+            "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
+            "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
+            "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
+            "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
+            "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
+            "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDlNOi+cV3/"
+            "AIetlkKBhXLxXSJGEjTeq8Bt3WivSxeXrMKzlz8rSXS/fzR1U8f9Rj8PNe3W3fyZV05BvFdjFcPY6Jd3cGPM"
+            "ihZlznGce1cnaIPssf0oqsLUfNN+n6nHj4+9H0P/2Q=="
+        ),
+    ),
+    (
+        "1x2,1x1,1x1",
+        [],
+        "6ac478676a2ab29dc7ff896ae9b16743f50b0452b4956507a621db19810c3b11",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
+            "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDARIAAhEBAxEB/8QAHwAAAQUBAQEB"
+            "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
+            "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
+            "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
+            "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
+            "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
+            "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
+            "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/9oADAMBAAIRAxEAPwDlNOi+cVd0"
+            "5BvFe3PMHY66dBWOy8PWyyFAwpIrh7HRLu7gx5kULMuc4zj2rysTVWLkqUknfuZYlKlBy/rV2X4nMRXSJGEj"
+            "Teq8Bt3WorRB9lj+lejPL8BzO9P8X/mZ1c2xsptxlZdrL/I//9k="
+        ),
+    ),
+    (
+        "2x2,2x1,1x2",
+        ["-restart", "1B"],
+        "d0c29557518f7b632ba69ea35fe543588ad512179bf7696cc0e4f8e1026db3eb",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
+            "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wAARCAANABMDASIAAiEBAxIB/8QAHwAAAQUBAQEB"
+            "AQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKB"
+            "kaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1"
+            "dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl"
+            "5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQFBgcICQoL/8QAtREAAgECBAQDBAcF"
+            "BAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAVYnLRChYkNOEl8RcYGRomJygpKjU2Nzg5"
+            "OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0"
+            "tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09fb3+Pn6/90ABAAB/9oADAMBAAIRAxEAPwDl"
+            "NOi+cV3/AIetlkKBhXG6cg3iuxiuHsdEu7uDHmRQsy5zjOPavbnmDseViaqxclSkk79zVQtC6N66tQk12Z//"
+            "0MuK6RIwkab1XgNu60VFaIPssf0or155fgOZ3p/i/wDMD0KnEKjNpU7q/f8A4B884q5//9k="
+        ),
+    ),
+    (
+        "1x1,2x2,2x2",
+        ["-progressive"],
+        "d00f444e3048e7baf0f1b65ee314911a70b92ddae10e8a11f0ea1d459b6778fb",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
+            "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wgARCAANABMDAREAAiIBAyIB/8QAFAABAAAAAAAA"
+            "AAAAAAAAAAAAA//EABgBAAIDAAAAAAAAAAAAAAAAAAADAgQF/9oADAMBAAIQAxAAAAE9ShJEhyhcWhxnH//E"
+            "ABcQAQADAAAAAAAAAAAAAAAAAAEABBH/2gAIAQEAAQUCqAQXP//EABsRAAMAAgMAAAAAAAAAAAAAAAABAgME"
+            "BREh/9oACAEDAQE/AZka6MnIJU0pJRseQNH/xAAdEQEAAgICAwAAAAAAAAAAAAABAAIDEQQFISIy/9oACAEC"
+            "AQE/AXJOSVyGrR67z9Rsw9rgxs7n/8QAFxAAAwEAAAAAAAAAAAAAAAAAARARQf/aAAgBAQAGPwKnF//EABgQ"
+            "AAMBAQAAAAAAAAAAAAAAAAABESFR/9oACAEBAAE/IeDJWQtP/9oADAMBAAIAAwAAABBvjz//xAAbEQACAgMB"
+            "AAAAAAAAAAAAAAABEQAhMUGRof/aAAgBAwEBPxCiGwjGAG3nwwCjEW0OkDt1AOf/xAAfEQACAQIHAAAAAAAA"
+            "AAAAAAAAAREhQVFxgZGx4fD/2gAIAQIBAT8QpkfMsV7YmZqOna4Iw1pNk4f/xAAYEAEAAwEAAAAAAAAAAAAA"
+            "AAABABEhYf/aAAgBAQABPxBlG2FwLiECCGUZP//Z"
+        ),
+    ),
+    (
+        "4x2,1x1,1x1",
+        ["-progressive", "-restart", "1"],
+        "32ecfc8d0a8c89eb47d1685ae3343d85a6591e491649969529557c0c60f96ed4",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//2wBDAQ4ODhMREyYVFSZPNS01T09PT09PT09PT09PT09PT09P"
+            "T09PT09PT09PT09PT09PT09PT09PT09PT09PT09PT0//wgARCAANABMDAUIAAhEBAxEB/8QAFwABAQEBAAAA"
+            "AAAAAAAAAAAABQADBv/EABUBAQEAAAAAAAAAAAAAAAAAAAIE/90ABAAB/9oADAMBAAIQAxAAAAEnoC7JgmpX"
+            "/8QAHBAAAQMFAAAAAAAAAAAAAAAAAgABAwQREiEy/90ABAAD/9oACAEBAAEFAo2VON0xa//QjTFhCPP/xAAX"
+            "EQADAQAAAAAAAAAAAAAAAAAAAgMh/90ABAAB/9oACAEDAQE/AXo8sQ//xAAYEQADAQEAAAAAAAAAAAAAAAAB"
+            "AgMAEf/aAAgBAgEBPwHk6sS43//EABkQAAMAAwAAAAAAAAAAAAAAAAABAhAhMf/dAAQAA//aAAgBAQAGPwLG"
+            "j//QKpdSEf/EABkQAQEBAQEBAAAAAAAAAAAAAAEAESExQf/aAAgBAQABPyHpBjYTA0Pu3//QHZPflI1//90A"
+            "BAAB/9oADAMBAAIAAwAAABCHv//EABkRAAEFAAAAAAAAAAAAAAAAABEAASFxsf/aAAgBAwEBPxCUAafV/8QA"
+            "FxEAAwEAAAAAAAAAAAAAAAAAARFRAP/aAAgBAgEBPxAuiSos3//EABsQAAMAAgMAAAAAAAAAAAAAAAABESEx"
+            "QWGB/90ABAAD/9oACAEBAAE/EMceKgrasXIf/9Bckr8oWWdC/A//2Q=="
+        ),
+    ),
+    (
+        "gray 2x2",
+        ["-grayscale"],
+        "d09e609ee4f69d98019fe8c5e4fe7ea559c1009cc3c2379c61e56701538675da",
+        (
+            "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAA0JCgsKCA0LCgsODg0PEyAVExISEyccHhcgLikxMC4pLSwzOko+"
+            "MzZGNywtQFdBRkxOUlNSMj5aYVpQYEpRUk//wAALCAANABMBASIA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAEC"
+            "AwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAk"
+            "M2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJ"
+            "ipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3"
+            "+Pn6/9oACAEBAAA/AOU06L5xXf8Ah62WQoGFcvFdIkYSNN6rwG3daq6cg3iuxiuHsdEu7uDHmRQsy5zjOPau"
+            "TtEH2WP6V//Z"
+        ),
+    ),
 ]
 STB_DOG_SHA256 = "7d5849a5191fcfe2c7aab17fca58bc1a517935b99654c11c45c31aac6503e2a4"
 # stbi_write_jpg(37, 23, 3, formula_image(), quality) -> sha256 of the file
@@ -215,7 +253,9 @@ def formula_image(w: int = 37, h: int = 23) -> np.ndarray:
 # ------------------------------------------------------------------ decoder vs stb
 
 
-@pytest.mark.parametrize("sampling,options,digest,b64", STB_FILES, ids=[f[0] + " " + " ".join(f[1]) for f in STB_FILES])
+@pytest.mark.parametrize(
+    "sampling,options,digest,b64", STB_FILES, ids=[f[0] + " " + " ".join(f[1]) for f in STB_FILES]
+)
 def test_odd_sampling_factors_match_stb_exactly(sampling, options, digest, b64):
     data = base64.b64decode(b64)
     w, h, comps, pixels = decode_jpeg(data)
@@ -251,7 +291,7 @@ SIZES = [(1, 1), (7, 5), (17, 33), (100, 75)]
 def compare_to_pillow(data: bytes, subsampling: int, w: int, tolerance: int):
     ours = decoded(data)
     theirs = pillow_decoded(data)
-    if subsampling == 1 and w > 2:       # stb's 4:2:2 quirk column (see module docstring)
+    if subsampling == 1 and w > 2:  # stb's 4:2:2 quirk column (see module docstring)
         keep = [x for x in range(w) if x != 2 * ((w + 1) // 2 - 1)]
         ours, theirs = ours[:, keep], theirs[:, keep]
     assert max_diff(ours, theirs) <= tolerance
@@ -285,8 +325,9 @@ def test_grayscale(w, h):
         assert max_diff(decoded(buf.getvalue()), pillow_decoded(buf.getvalue(), "L")) <= 1
 
 
-@pytest.mark.parametrize("option", [{"restart_marker_blocks": 1}, {"restart_marker_rows": 1},
-                                    {"restart_marker_blocks": 3}])
+@pytest.mark.parametrize(
+    "option", [{"restart_marker_blocks": 1}, {"restart_marker_rows": 1}, {"restart_marker_blocks": 3}]
+)
 @pytest.mark.parametrize("progressive", [False, True])
 def test_restart_markers(option, progressive):
     data = pil_jpeg(smooth_image(45, 30), quality=90, progressive=progressive, **option)
@@ -299,12 +340,12 @@ def test_restart_markers(option, progressive):
 def test_adobe_rgb_and_cmyk():
     img = Image.fromarray(smooth_image(45, 30))
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90, keep_rgb=True)       # Adobe APP14, transform 0, no JFIF
+    img.save(buf, "JPEG", quality=90, keep_rgb=True)  # Adobe APP14, transform 0, no JFIF
     data = buf.getvalue()
     assert b"Adobe" in data and b"JFIF" not in data
     assert max_diff(decoded(data), pillow_decoded(data)) <= 2
     buf = io.BytesIO()
-    img.convert("CMYK").save(buf, "JPEG", quality=90)      # 4 components, inverted, Adobe
+    img.convert("CMYK").save(buf, "JPEG", quality=90)  # 4 components, inverted, Adobe
     data = buf.getvalue()
     assert decode_jpeg(data)[2] == 3
     assert max_diff(decoded(data), pillow_decoded(data)) <= 2
@@ -335,14 +376,17 @@ def test_segment_variants_decode_identically():
     i = 0
     while i < len(dqt):
         sixteen.append(0x10 | dqt[i] & 15)
-        for v in dqt[i + 1:i + 65]:
+        for v in dqt[i + 1 : i + 65]:
             sixteen += struct.pack(">H", v)
         i += 65
     wide = [(0xDB, bytes(sixteen)), (0xC4, dht)] + [(c, b) for c, b in segs if c not in (0xDB, 0xC4)]
     assert np.array_equal(decoded(join(wide)), expect)
     # APPn/COM segments (with 0xFF bytes inside) anywhere before SOS, fill bytes, trailing junk
-    extra = [(0xE1, b"Exif\x00\x00\xff\xd9\xff\xd8" + bytes(100)), (0xFE, b"comment \xff\xff"),
-             (0xED, b"Photoshop 3.0\x00")]
+    extra = [
+        (0xE1, b"Exif\x00\x00\xff\xd9\xff\xd8" + bytes(100)),
+        (0xFE, b"comment \xff\xff"),
+        (0xED, b"Photoshop 3.0\x00"),
+    ]
     padded = join(segs[:1] + extra + segs[1:]).replace(b"\xff\xda", b"\xff\xff\xff\xda")
     padded = padded[:-2] + b"\xff\xff\xff\xd9" + b"junk after EOI \xff\x00"
     assert np.array_equal(decoded(padded), expect)
@@ -370,7 +414,7 @@ def test_progressive_with_only_the_first_scans():
     partial = join(segs[:first_ac] + [(0xD9, b"")])
     full = decoded(data).astype(int)
     coarse = decoded(partial).astype(int)
-    assert coarse.shape == full.shape and np.abs(coarse - full).mean() < 40   # flat 8x8 blocks
+    assert coarse.shape == full.shape and np.abs(coarse - full).mean() < 40  # flat 8x8 blocks
 
 
 def test_stray_bytes_before_sof_are_skipped():
@@ -417,7 +461,7 @@ def dht(tc_th: int, counts: list, values: bytes) -> bytes:
 
 def without_first_rst(data: bytes) -> bytes:
     i = data.index(b"\xff\xd0", data.index(b"\xff\xda"))
-    return data[:i] + data[i + 2:]
+    return data[:i] + data[i + 2 :]
 
 
 MALFORMED = [
@@ -427,68 +471,144 @@ MALFORMED = [
     ("soi only", b"\xff\xd8", r"^truncated \(no SOF marker\)$"),
     ("cut in DQT", BASE[:30], r"^truncated \(DQT segment runs past the end of the file\)$"),
     ("cut in a length", b"\xff\xd8\xff\xc4\x00", r"^truncated \(in the length of a DHT segment\)$"),
-    ("cut before SOS", join([s for s in SEGS if s[0] not in (0xDA, None, 0xD9)]),
-     r"^truncated \(no SOS marker\)$"),
-    ("cut in scan", join(SEGS[:-2] + [(None, SOS_DATA[:len(SOS_DATA) // 2])]),
-     r"^truncated \(in the entropy-coded data\)$"),
+    (
+        "cut before SOS",
+        join([s for s in SEGS if s[0] not in (0xDA, None, 0xD9)]),
+        r"^truncated \(no SOS marker\)$",
+    ),
+    (
+        "cut in scan",
+        join(SEGS[:-2] + [(None, SOS_DATA[: len(SOS_DATA) // 2])]),
+        r"^truncated \(in the entropy-coded data\)$",
+    ),
     ("no EOI", BASE[:-2], r"^truncated \(no EOI marker\)$"),
-    ("scan ends early", join(SEGS[:-2] + [(None, SOS_DATA[:len(SOS_DATA) // 2]), (0xD9, b"")]),
-     r"^corrupt entropy-coded data \(scan ends before its last block\)$"),
-    ("bad Huffman code", join(SEGS[:-2] + [(None, b"\xff\x00" * 8), (0xD9, b"")]),
-     r"^corrupt entropy-coded data \(bad Huffman code\)$"),
+    (
+        "scan ends early",
+        join(SEGS[:-2] + [(None, SOS_DATA[: len(SOS_DATA) // 2]), (0xD9, b"")]),
+        r"^corrupt entropy-coded data \(scan ends before its last block\)$",
+    ),
+    (
+        "bad Huffman code",
+        join(SEGS[:-2] + [(None, b"\xff\x00" * 8), (0xD9, b"")]),
+        r"^corrupt entropy-coded data \(bad Huffman code\)$",
+    ),
     ("missing RST", without_first_rst(RESTART), r"^corrupt entropy-coded data \(missing restart marker\)$"),
-    ("DHT too many codes", join([SEGS[0], (0xC4, dht(0, [0] * 8 + [100, 100, 100] + [0] * 5, bytes(300)))] + SEGS[1:]),
-     r"^bad DHT \(too many codes: 300\)$"),
-    ("DHT overfull", join([SEGS[0], (0xC4, dht(0, [3] + [0] * 15, b"\x00\x01\x02"))] + SEGS[1:]),
-     r"^bad DHT \(too many codes of 1 bits or fewer\)$"),
-    ("DHT all-ones code", join([SEGS[0], (0xC4, dht(0, [2] + [0] * 15, b"\x00\x01"))] + SEGS[1:]),
-     r"^bad DHT \(too many codes of 1 bits or fewer\)$"),
-    ("DHT short", join([SEGS[0], (0xC4, dht(0, [0, 4] + [0] * 14, b"\x00"))] + SEGS[1:]),
-     r"^bad DHT \(segment too short\)$"),
-    ("DHT class", join([SEGS[0], (0xC4, dht(0x20, [0, 1] + [0] * 14, b"\x00"))] + SEGS[1:]),
-     r"^bad DHT \(table class 2, id 0\)$"),
+    (
+        "DHT too many codes",
+        join([SEGS[0], (0xC4, dht(0, [0] * 8 + [100, 100, 100] + [0] * 5, bytes(300)))] + SEGS[1:]),
+        r"^bad DHT \(too many codes: 300\)$",
+    ),
+    (
+        "DHT overfull",
+        join([SEGS[0], (0xC4, dht(0, [3] + [0] * 15, b"\x00\x01\x02"))] + SEGS[1:]),
+        r"^bad DHT \(too many codes of 1 bits or fewer\)$",
+    ),
+    (
+        "DHT all-ones code",
+        join([SEGS[0], (0xC4, dht(0, [2] + [0] * 15, b"\x00\x01"))] + SEGS[1:]),
+        r"^bad DHT \(too many codes of 1 bits or fewer\)$",
+    ),
+    (
+        "DHT short",
+        join([SEGS[0], (0xC4, dht(0, [0, 4] + [0] * 14, b"\x00"))] + SEGS[1:]),
+        r"^bad DHT \(segment too short\)$",
+    ),
+    (
+        "DHT class",
+        join([SEGS[0], (0xC4, dht(0x20, [0, 1] + [0] * 14, b"\x00"))] + SEGS[1:]),
+        r"^bad DHT \(table class 2, id 0\)$",
+    ),
     ("DQT precision", join([SEGS[0], (0xDB, b"\x20" + bytes(64))] + SEGS[1:]), r"^bad DQT \(precision 2\)$"),
     ("DQT length 1", b"\xff\xd8\xff\xdb\x00\x01" + BASE[2:], r"^bad DQT segment length 1$"),
-    ("APP0 past the end", b"\xff\xd8\xff\xe0\xff\xff" + BASE[4:200],
-     r"^truncated \(APP0 segment runs past the end of the file\)$"),
+    (
+        "APP0 past the end",
+        b"\xff\xd8\xff\xe0\xff\xff" + BASE[4:200],
+        r"^truncated \(APP0 segment runs past the end of the file\)$",
+    ),
     ("DRI length", join([SEGS[0], (0xDD, b"\x00\x01\x00")] + SEGS[1:]), r"^bad DRI segment length 5$"),
     ("zero width", join(replace(SEGS, 0xC0, sof_with(width=0))), r"^bad SOF \(zero width\)$"),
     ("zero height", join(replace(SEGS, 0xC0, sof_with(height=0))), r"^bad SOF \(zero height\)$"),
     ("12-bit", join(replace(SEGS, 0xC0, sof_with(precision=12))), r"^unsupported: 12-bit precision$"),
-    ("sampling 0", join(replace(SEGS, 0xC0, sof_with(factors=[0x01]))),
-     r"^bad SOF \(sampling factors 0x1 of component 1\)$"),
-    ("non-integer ratio", join(replace(SEGS, 0xC0, sof_with(factors=[0x31, 0x21, 0x11]))),
-     r"^unsupported: sampling factors 3x1, 2x1, 1x1 \(non-integer ratio\)$"),
-    ("duplicate ids", join(replace(SEGS, 0xC0, sof_with(ids=[1, 1, 3]))), r"^bad SOF \(duplicate component id 1\)$"),
-    ("2 components", join(replace(SEGS, 0xC0, b"\x08\x00\x0c\x00\x14\x02\x01\x11\x00\x02\x11\x01")),
-     r"^unsupported: 2 components$"),
-    ("SOF length", join(replace(SEGS, 0xC0, sof_body(SEGS) + b"\x00")), r"^bad SOF \(length 18 for 3 components\)$"),
+    (
+        "sampling 0",
+        join(replace(SEGS, 0xC0, sof_with(factors=[0x01]))),
+        r"^bad SOF \(sampling factors 0x1 of component 1\)$",
+    ),
+    (
+        "non-integer ratio",
+        join(replace(SEGS, 0xC0, sof_with(factors=[0x31, 0x21, 0x11]))),
+        r"^unsupported: sampling factors 3x1, 2x1, 1x1 \(non-integer ratio\)$",
+    ),
+    (
+        "duplicate ids",
+        join(replace(SEGS, 0xC0, sof_with(ids=[1, 1, 3]))),
+        r"^bad SOF \(duplicate component id 1\)$",
+    ),
+    (
+        "2 components",
+        join(replace(SEGS, 0xC0, b"\x08\x00\x0c\x00\x14\x02\x01\x11\x00\x02\x11\x01")),
+        r"^unsupported: 2 components$",
+    ),
+    (
+        "SOF length",
+        join(replace(SEGS, 0xC0, sof_body(SEGS) + b"\x00")),
+        r"^bad SOF \(length 18 for 3 components\)$",
+    ),
     ("lossless", with_marker(0xC3), r"^unsupported: lossless \(SOF3\)$"),
     ("hierarchical", with_marker(0xC5), r"^unsupported: hierarchical \(SOF5\)$"),
     ("arithmetic", with_marker(0xC9), r"^unsupported: arithmetic coding \(SOF9\)$"),
     ("arithmetic progressive", with_marker(0xCA), r"^unsupported: arithmetic coding \(SOF10\)$"),
-    ("DAC", join([SEGS[0], (0xCC, b"\x00\x10")] + SEGS[1:]), r"^unsupported: arithmetic coding \(DAC marker\)$"),
+    (
+        "DAC",
+        join([SEGS[0], (0xCC, b"\x00\x10")] + SEGS[1:]),
+        r"^unsupported: arithmetic coding \(DAC marker\)$",
+    ),
     ("unknown marker", join([SEGS[0], (0xF0, b"xx")] + SEGS[1:]), r"^unknown marker 0xF0$"),
-    ("missing SOS", join([s for s in SEGS if s[0] not in (0xDA, None)]), r"^missing SOS \(no scan before EOI\)$"),
+    (
+        "missing SOS",
+        join([s for s in SEGS if s[0] not in (0xDA, None)]),
+        r"^missing SOS \(no scan before EOI\)$",
+    ),
     ("SOS before SOF", join([s for s in SEGS if s[0] != 0xC0]), r"^missing SOF before the first SOS$"),
     ("two SOF", join([s for s in SEGS if s[0] == 0xC0] + SEGS), r"^multiple SOF markers$"),
     ("second SOI", BASE[:2] + BASE, r"^unexpected SOI marker$"),
-    ("no DHT", join([s for s in SEGS if s[0] != 0xC4]),
-     r"^missing Huffman table \(scan uses undefined DC table 0\)$"),
+    (
+        "no DHT",
+        join([s for s in SEGS if s[0] != 0xC4]),
+        r"^missing Huffman table \(scan uses undefined DC table 0\)$",
+    ),
     ("no DQT", join([s for s in SEGS if s[0] != 0xDB]), r"^missing quantization table 0$"),
-    ("undefined component", join(replace(SEGS, 0xDA, b"\x03\x09\x00\x02\x11\x03\x11\x00\x3f\x00")),
-     r"^bad SOS \(scan references undefined component 9\)$"),
-    ("undefined AC table", join(replace(SEGS, 0xDA, b"\x03\x01\x03\x02\x11\x03\x11\x00\x3f\x00")),
-     r"^missing Huffman table \(scan uses undefined AC table 3\)$"),
-    ("SOS length", join(replace(SEGS, 0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00\x00")),
-     r"^bad SOS \(length 13 for 3 components\)$"),
-    ("sequential with Ss", join(replace(SEGS, 0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x01\x3f\x00")),
-     r"^bad SOS \(spectral selection 1-63, approximation 0/0 in a sequential scan\)$"),
-    ("garbage after SOF", join(SEGS[:-3]) + b"\x00\x00" + join(SEGS[-3:])[2:],
-     r"^corrupt \(expected a marker at byte \d+\)$"),
+    (
+        "undefined component",
+        join(replace(SEGS, 0xDA, b"\x03\x09\x00\x02\x11\x03\x11\x00\x3f\x00")),
+        r"^bad SOS \(scan references undefined component 9\)$",
+    ),
+    (
+        "undefined AC table",
+        join(replace(SEGS, 0xDA, b"\x03\x01\x03\x02\x11\x03\x11\x00\x3f\x00")),
+        r"^missing Huffman table \(scan uses undefined AC table 3\)$",
+    ),
+    (
+        "SOS length",
+        join(replace(SEGS, 0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00\x00")),
+        r"^bad SOS \(length 13 for 3 components\)$",
+    ),
+    (
+        "sequential with Ss",
+        join(replace(SEGS, 0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x01\x3f\x00")),
+        r"^bad SOS \(spectral selection 1-63, approximation 0/0 in a sequential scan\)$",
+    ),
+    (
+        "garbage after SOF",
+        join(SEGS[:-3]) + b"\x00\x00" + join(SEGS[-3:])[2:],
+        r"^corrupt \(expected a marker at byte \d+\)$",
+    ),
     ("DNL height", join(SEGS[:-1]) + b"\xff\xdc\x00\x04\x00\x07\xff\xd9", r"^bad DNL \(height differs"),
-    ("junk after scan", join(SEGS[:-2] + [(None, SOS_DATA + b"\x12\x34\x56\x78\x9a\xff\x00\x34"), (0xD9, b"")]),
-     r"^corrupt entropy-coded data \(data after the scan's last block\)$"),
+    (
+        "junk after scan",
+        join(SEGS[:-2] + [(None, SOS_DATA + b"\x12\x34\x56\x78\x9a\xff\x00\x34"), (0xD9, b"")]),
+        r"^corrupt entropy-coded data \(data after the scan's last block\)$",
+    ),
 ]
 
 
@@ -507,7 +627,7 @@ def test_progressive_scan_mixing_dc_and_ac():
     segs = split(data)
     body = next(b for c, b in segs if c == 0xDA)
     bad = bytearray(body)
-    bad[2 + 2 * body[0]] = 5                      # Ss = 0, Se = 5
+    bad[2 + 2 * body[0]] = 5  # Ss = 0, Se = 5
     with pytest.raises(JPEGError, match=r"^bad SOS \(progressive scan mixes DC and AC coefficients\)$"):
         decode_jpeg(join(replace(segs, 0xDA, bytes(bad))))
 
@@ -574,7 +694,7 @@ def test_kernels_refuse_undersized_buffers():
     with pytest.raises(ValueError, match="scan start"):
         _dlk.jpeg_decode_scan(data, 99, params, tables, coeffs)
     bad = np.frombuffer(params, np.int32).copy()
-    bad[14] = 5                                     # more blocks across than the array holds
+    bad[14] = 5  # more blocks across than the array holds
     with pytest.raises(ValueError, match="geometry"):
         _dlk.jpeg_decode_scan(data, 0, bad.tobytes(), tables, coeffs)
     quant = bytes(128)
@@ -590,7 +710,7 @@ def test_kernels_refuse_undersized_buffers():
     with pytest.raises(ValueError, match="component planes"):
         _dlk.jpeg_color(bytes(60), cparams, 8, 8, 0, bytearray(64))
     with pytest.raises(ValueError, match="colour conversion"):
-        _dlk.jpeg_color(bytes(64), cparams, 8, 8, 1, bytearray(192))      # YCbCr needs 3 planes
+        _dlk.jpeg_color(bytes(64), cparams, 8, 8, 1, bytearray(192))  # YCbCr needs 3 planes
     with pytest.raises(ValueError, match="pixels"):
         _dlk.jpeg_encode_scan(bytes(10), 2, 2, 3, bytes(64), bytes(64), bytes(4 * 272))
     with pytest.raises(ValueError, match="huffman"):
@@ -623,10 +743,82 @@ def zigzag_order() -> list:
 
 @pytest.mark.parametrize("quality", [1, 10, 50, 80, 95, 100])
 def test_quant_tables_follow_stb_formula(quality):
-    yqt = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-           14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-           49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
-    uvqt = [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38
+    yqt = [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ]
+    uvqt = (
+        [17, 18, 24, 47]
+        + [99] * 4
+        + [18, 21, 26, 66]
+        + [99] * 4
+        + [24, 26, 56]
+        + [99] * 5
+        + [47, 66]
+        + [99] * 38
+    )
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
     want_y = bytes(min(max((yqt[i] * scale + 50) // 100, 1), 255) for i in zigzag_order())
     want_uv = bytes(min(max((uvqt[i] * scale + 50) // 100, 1), 255) for i in zigzag_order())
@@ -646,10 +838,10 @@ def test_encoder_file_layout():
     segs = split(data)
     assert [c for c, _ in segs] == [0xE0, 0xDB, 0xC0, 0xC4, 0xDA, None, 0xD9]
     assert segs[0][1] == b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    assert segs[2][1] == b"\x08\x00\x17\x00\x25\x03\x01\x11\x00\x02\x11\x01\x03\x11\x01"   # 4:4:4
+    assert segs[2][1] == b"\x08\x00\x17\x00\x25\x03\x01\x11\x00\x02\x11\x01\x03\x11\x01"  # 4:4:4
     assert len(segs[3][1]) == 0x1A2 - 2
     assert segs[4][1] == b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"
-    assert jpeg_quant_tables(0) == jpeg_quant_tables(90)      # stb: quality 0 means 90
+    assert jpeg_quant_tables(0) == jpeg_quant_tables(90)  # stb: quality 0 means 90
 
 
 @pytest.mark.parametrize("w,h", [(1, 1), (7, 5), (17, 33), (100, 75)])
@@ -659,7 +851,7 @@ def test_encoder_roundtrip(w, h):
     back = pillow_decoded(data)
     assert back.shape == (h, w, 3)
     mse = ((back.astype(float) - img) ** 2).mean()
-    psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-9))
+    psnr = 10 * np.log10(255**2 / max(mse, 1e-9))
     assert psnr > 30, psnr
     assert max_diff(decoded(data), back) <= 2
     assert len(data) < 1000 + w * h * 3
@@ -685,5 +877,5 @@ def test_encoder_on_dog():
     data = encode_jpeg(w, h, pixels, 80)
     back = pillow_decoded(data).astype(float)
     mse = ((back - np.frombuffer(pixels, np.uint8).reshape(h, w, 3)) ** 2).mean()
-    assert 10 * np.log10(255 ** 2 / mse) > 30
+    assert 10 * np.log10(255**2 / mse) > 30
     assert 40_000 < len(data) < 300_000

@@ -4,6 +4,7 @@ Float results are compared bit for bit: each reference performs the same float32
 where Darknet does, double) operations in the same order as the C code is documented to.
 Run: PYTHONPATH=guest:build/native .venv/bin/python -m pytest tests/test_kernels.py -q
 """
+
 import math
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Rebuild when a kernel source changed (a no-op when build/native is up to date).
-subprocess.run([sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native"], check=True,
-               stdout=subprocess.DEVNULL)
+subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native"],
+    check=True,
+    stdout=subprocess.DEVNULL,
+)
 for path in (ROOT / "build" / "native", ROOT / "guest"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
@@ -39,7 +43,9 @@ def assert_bits(got, want):
     got, want = np.asarray(got, f32), np.asarray(want, f32)
     assert got.shape == want.shape
     bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
-    assert bad.size == 0, f"{bad.size} differing elements, first at {bad[0]}: {got.flat[bad[0]]!r} != {want.flat[bad[0]]!r}"
+    assert bad.size == 0, (
+        f"{bad.size} differing elements, first at {bad[0]}: {got.flat[bad[0]]!r} != {want.flat[bad[0]]!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,7 +59,7 @@ def ref_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
     C = np.array(C, f32)
     Cm = np.lib.stride_tricks.as_strided(C, (M, N), (4 * ldc, 4))
     if K:
-        opA = A[:(K - 1) * lda + M] if ta else A[:(M - 1) * lda + K]
+        opA = A[: (K - 1) * lda + M] if ta else A[: (M - 1) * lda + K]
         opA = np.lib.stride_tricks.as_strided(opA, (M, K), (4, 4 * lda) if ta else (4 * lda, 4))
         opB = np.lib.stride_tricks.as_strided(B, (K, N), (4, 4 * ldb) if tb else (4 * ldb, 4))
     if beta != 1:
@@ -85,13 +91,24 @@ def run_gemm(rng, ta, tb, M, N, K, alpha=1.0, beta=1.0, pad=(0, 0, 0)):
 
 TRANSPOSES = [(0, 0), (0, 1), (1, 0), (1, 1)]
 SHAPES = [
-    (1, 1, 1), (3, 5, 7), (4, 4, 4), (8, 4, 4), (4, 16, 4), (8, 16, 16), (6, 13, 75),
-    (9, 17, 33), (12, 20, 5), (17, 33, 65), (1, 37, 300), (5, 3, 257), (33, 7, 2),
-    (7, 600, 300),      # several K blocks (N wide), rows <= 8
-    (13, 520, 270),     # several K blocks, two row panels with a partial one
-    (3, 7, 5000),       # narrow N: deep K blocks, more than one
-    (2, 4500, 27),      # several column blocks, one row panel
-    (12, 4503, 27),     # several column blocks, partial row panel and column panel
+    (1, 1, 1),
+    (3, 5, 7),
+    (4, 4, 4),
+    (8, 4, 4),
+    (4, 16, 4),
+    (8, 16, 16),
+    (6, 13, 75),
+    (9, 17, 33),
+    (12, 20, 5),
+    (17, 33, 65),
+    (1, 37, 300),
+    (5, 3, 257),
+    (33, 7, 2),
+    (7, 600, 300),  # several K blocks (N wide), rows <= 8
+    (13, 520, 270),  # several K blocks, two row panels with a partial one
+    (3, 7, 5000),  # narrow N: deep K blocks, more than one
+    (2, 4500, 27),  # several column blocks, one row panel
+    (12, 4503, 27),  # several column blocks, partial row panel and column panel
 ]
 
 
@@ -130,7 +147,7 @@ def test_gemm_nn_is_a_sequential_float32_loop_over_k():
     for i in range(M):
         for k in range(K):
             a = f32(f32(0.3) * Am[i, k])
-            want[i] = want[i] + a * Bm[k]          # float32 product, then float32 sum
+            want[i] = want[i] + a * Bm[k]  # float32 product, then float32 sum
     got = C.copy()
     _dlk.gemm(0, 0, M, N, K, 0.3, A, K, B, N, 1.0, got, N)
     assert_bits(got.reshape(M, N), want)
@@ -175,24 +192,37 @@ def test_gemm_k_zero_only_scales():
 
 def test_gemm_accepts_array_and_bytearray():
     from array import array
+
     A, B = array("f", [1, 2, 3, 4]), bytearray(np.array([1, 0, 0, 1], f32).tobytes())
     C = array("f", [0, 0, 0, 0])
     _dlk.gemm(0, 0, 2, 2, 2, 1.0, A, 2, B, 2, 0.0, C, 2)
     assert list(C) == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("args,message", [
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(3, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "gemm A"),
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(3, f32), 2, 1.0, np.zeros(4, f32), 2), "gemm B"),
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(3, f32), 2), "gemm C"),
-    ((1, 1, 2, 3, 4, 1.0, np.zeros(7, f32), 2, np.zeros(12, f32), 4, 1.0, np.zeros(6, f32), 3), "gemm A"),
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 1, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "leading"),
-    ((0, 1, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 1, 1.0, np.zeros(4, f32), 2), "leading"),
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 1), "leading"),
-    ((0, 0, -1, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "negative"),
-    ((0, 0, 2, 2, -2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "negative"),
-    ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), -2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "leading"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ((0, 0, 2, 2, 2, 1.0, np.zeros(3, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "gemm A"),
+        ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(3, f32), 2, 1.0, np.zeros(4, f32), 2), "gemm B"),
+        ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(3, f32), 2), "gemm C"),
+        ((1, 1, 2, 3, 4, 1.0, np.zeros(7, f32), 2, np.zeros(12, f32), 4, 1.0, np.zeros(6, f32), 3), "gemm A"),
+        ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 1, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2), "leading"),
+        ((0, 1, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 1, 1.0, np.zeros(4, f32), 2), "leading"),
+        ((0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 1), "leading"),
+        (
+            (0, 0, -1, 2, 2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2),
+            "negative",
+        ),
+        (
+            (0, 0, 2, 2, -2, 1.0, np.zeros(4, f32), 2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2),
+            "negative",
+        ),
+        (
+            (0, 0, 2, 2, 2, 1.0, np.zeros(4, f32), -2, np.zeros(4, f32), 2, 1.0, np.zeros(4, f32), 2),
+            "leading",
+        ),
+    ],
+)
 def test_gemm_rejects_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         _dlk.gemm(*args)
@@ -221,7 +251,7 @@ def conv_out(n, ksize, stride, pad):
 
 def ref_im2col(im, c, h, w, ksize, stride, pad):
     oh, ow = conv_out(h, ksize, stride, pad), conv_out(w, ksize, stride, pad)
-    img = im[:c * h * w].reshape(c, h, w)
+    img = im[: c * h * w].reshape(c, h, w)
     col = np.zeros((c * ksize * ksize, oh, ow), f32)
     for k in range(c * ksize * ksize):
         kx, ky, ch = k % ksize, (k // ksize) % ksize, k // ksize // ksize
@@ -245,7 +275,7 @@ def ref_col2im(col, im, c, h, w, ksize, stride, pad):
             y = oy * stride + ky - pad
             if not 0 <= y < h:
                 continue
-            for ox in range(ow):        # distinct ox hit distinct pixels: order per pixel kept
+            for ox in range(ow):  # distinct ox hit distinct pixels: order per pixel kept
                 x = ox * stride + kx - pad
                 if 0 <= x < w:
                     img[ch, y, x] = img[ch, y, x] + cols[k, oy, ox]
@@ -268,7 +298,7 @@ def test_im2col_col2im(c, h, w, ksize, stride, pad):
     oh, ow = conv_out(h, ksize, stride, pad), conv_out(w, ksize, stride, pad)
     n_col = c * ksize * ksize * oh * ow
     im = rnd(rng, c * h * w)
-    col = np.full(n_col, np.nan, f32)           # every element must be written
+    col = np.full(n_col, np.nan, f32)  # every element must be written
     _dlk.im2col(im, c, h, w, ksize, stride, pad, col)
     assert_bits(col, ref_im2col(im, c, h, w, ksize, stride, pad))
 
@@ -298,15 +328,18 @@ def test_im2col_larger_image():
 
 
 @pytest.mark.parametrize("name", ["im2col", "col2im"])
-@pytest.mark.parametrize("geom,im_n,col_n", [
-    ((0, 4, 4, 3, 1, 1), 16, 200),
-    ((1, 4, 4, 0, 1, 1), 16, 200),
-    ((1, 4, 4, 3, 0, 1), 16, 200),
-    ((1, 4, 4, 3, 1, -1), 16, 200),
-    ((1, 4, 4, 5, 1, 0), 16, 200),     # kernel larger than the image
-    ((1, 4, 4, 3, 1, 1), 15, 144),     # image too small
-    ((1, 4, 4, 3, 1, 1), 16, 143),     # columns too small
-])
+@pytest.mark.parametrize(
+    "geom,im_n,col_n",
+    [
+        ((0, 4, 4, 3, 1, 1), 16, 200),
+        ((1, 4, 4, 0, 1, 1), 16, 200),
+        ((1, 4, 4, 3, 0, 1), 16, 200),
+        ((1, 4, 4, 3, 1, -1), 16, 200),
+        ((1, 4, 4, 5, 1, 0), 16, 200),  # kernel larger than the image
+        ((1, 4, 4, 3, 1, 1), 15, 144),  # image too small
+        ((1, 4, 4, 3, 1, 1), 16, 143),  # columns too small
+    ],
+)
 def test_im2col_col2im_reject_bad_geometry(name, geom, im_n, col_n):
     im, col = np.zeros(im_n, f32), np.zeros(col_n, f32)
     with pytest.raises(ValueError):
@@ -337,8 +370,30 @@ def test_add_bias():
 
 def activation_inputs():
     rng = np.random.default_rng(2)
-    special = np.array([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 88.0, -88.0, 104.0, -104.0, 3.4e38, -3.4e38,
-                        np.inf, -np.inf, np.nan, 0.1, -0.1, 1e-45, -1e-45], f32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            1e-30,
+            -1e-30,
+            88.0,
+            -88.0,
+            104.0,
+            -104.0,
+            3.4e38,
+            -3.4e38,
+            np.inf,
+            -np.inf,
+            np.nan,
+            0.1,
+            -0.1,
+            1e-45,
+            -1e-45,
+        ],
+        f32,
+    )
     return np.concatenate([special, rnd(rng, 500, 5.0)])
 
 
@@ -353,10 +408,10 @@ def ref_activate(x, act):
     if act == ACT_LINEAR:
         return x.copy()
     if act == ACT_RELU:
-        return x * (x > 0).astype(f32)                            # -0.0 for negative x
+        return x * (x > 0).astype(f32)  # -0.0 for negative x
     if act == ACT_LEAKY:
         return np.where(x > 0, x, (0.1 * x.astype(f64)).astype(f32))
-    if act == ACT_LOGISTIC:                                       # libm exp, as the C code
+    if act == ACT_LOGISTIC:  # libm exp, as the C code
         return np.array([1.0 / (1.0 + exp_or_inf(-float(v))) for v in x]).astype(f32)
     raise AssertionError(act)
 
@@ -421,7 +476,7 @@ def test_activation_errors():
     with pytest.raises(ValueError):
         _dlk.gradient(x[:3], 4, ACT_RELU, np.zeros(4, f32))
     with pytest.raises(TypeError):
-        _dlk.activate(bytes(16), 4, ACT_RELU)            # read-only
+        _dlk.activate(bytes(16), 4, ACT_RELU)  # read-only
 
 
 def test_batchnorm_infer():
@@ -432,8 +487,8 @@ def test_batchnorm_infer():
     var[0] = 0.0
     scales, biases = rnd(rng, n), rnd(rng, n)
     xs = x.reshape(batch, n, size)
-    diff = xs - mean[None, :, None]                                            # float
-    den = np.sqrt(var.astype(f64)) + f64(f32(0.000001))                          # double
+    diff = xs - mean[None, :, None]  # float
+    den = np.sqrt(var.astype(f64)) + f64(f32(0.000001))  # double
     t = (diff.astype(f64) / den[None, :, None]).astype(f32)
     want = ((t * scales[None, :, None]) + biases[None, :, None]).ravel()
     _dlk.batchnorm_infer(x, mean, var, scales, biases, batch, n, size)
@@ -472,17 +527,20 @@ def ref_maxpool(x, batch, c, h, w, size, stride, pad):
     return out.ravel(), idx.ravel()
 
 
-@pytest.mark.parametrize("batch,c,h,w,size,stride,pad", [
-    (1, 1, 4, 4, 2, 2, 1),      # Darknet default padding = size-1 = 1: offset 0
-    (2, 3, 28, 28, 2, 2, 1),
-    (1, 2, 13, 13, 2, 1, 1),    # yolov3-tiny layer 11: -inf padding right and bottom
-    (1, 2, 7, 5, 3, 2, 2),      # offset -1: top/left padding too
-    (2, 1, 6, 9, 3, 1, 0),
-    (1, 1, 5, 5, 1, 1, 0),
-])
+@pytest.mark.parametrize(
+    "batch,c,h,w,size,stride,pad",
+    [
+        (1, 1, 4, 4, 2, 2, 1),  # Darknet default padding = size-1 = 1: offset 0
+        (2, 3, 28, 28, 2, 2, 1),
+        (1, 2, 13, 13, 2, 1, 1),  # yolov3-tiny layer 11: -inf padding right and bottom
+        (1, 2, 7, 5, 3, 2, 2),  # offset -1: top/left padding too
+        (2, 1, 6, 9, 3, 1, 0),
+        (1, 1, 5, 5, 1, 1, 0),
+    ],
+)
 def test_maxpool_forward_backward(batch, c, h, w, size, stride, pad):
     rng = np.random.default_rng(h * w + size)
-    x = np.round(rnd(rng, batch * c * h * w, 2.0))    # many ties: the first strict max wins
+    x = np.round(rnd(rng, batch * c * h * w, 2.0))  # many ties: the first strict max wins
     want_out, want_idx = ref_maxpool(x, batch, c, h, w, size, stride, pad)
     out = np.full(want_out.size, np.nan, f32)
     idx = np.full(want_out.size, -7, np.int32)
@@ -500,7 +558,7 @@ def test_maxpool_forward_backward(batch, c, h, w, size, stride, pad):
 
 
 def test_maxpool_size2_stride1_pads_right_and_bottom_with_minus_infinity():
-    x = -np.arange(1, 10, dtype=f32)                  # 3x3, all negative: padding must not win
+    x = -np.arange(1, 10, dtype=f32)  # 3x3, all negative: padding must not win
     out, idx = np.zeros(9, f32), np.zeros(9, np.int32)
     _dlk.maxpool_forward(x, 1, 1, 3, 3, 2, 1, 1, out, idx)
     assert list(idx) == [0, 1, 2, 3, 4, 5, 6, 7, 8]
@@ -514,7 +572,7 @@ def test_maxpool_first_strict_max_wins():
     assert idx[0] == 0 and out[0] == 5
     x = np.array([1, 7, 7, 3], f32)
     _dlk.maxpool_forward(x, 1, 1, 2, 2, 2, 2, 1, out, idx)
-    assert idx[0] == 1                                 # ky outer, kx inner
+    assert idx[0] == 1  # ky outer, kx inner
 
 
 def test_maxpool_window_without_a_value_keeps_index_minus_one():
@@ -523,15 +581,21 @@ def test_maxpool_window_without_a_value_keeps_index_minus_one():
     _dlk.maxpool_forward(x, 1, 1, 2, 2, 2, 2, 1, out, idx)
     assert idx[0] == -1 and out[0] == -np.finfo(f32).max
     in_delta = np.zeros(4, f32)
-    _dlk.maxpool_backward(np.ones(1, f32), idx, 1, in_delta, 4)   # skipped, not in_delta[-1]
+    _dlk.maxpool_backward(np.ones(1, f32), idx, 1, in_delta, 4)  # skipped, not in_delta[-1]
     assert not in_delta.any()
 
 
 def test_maxpool_errors():
     x = np.zeros(16, f32)
     out, idx = np.zeros(4, f32), np.zeros(4, np.int32)
-    for geom in [(1, 0, 4, 4, 2, 2, 1), (1, 1, 4, 4, 0, 2, 1), (1, 1, 4, 4, 2, 0, 1), (1, 1, 4, 4, 2, 2, -1),
-                 (-1, 1, 4, 4, 2, 2, 1), (1, 1, 4, 4, 6, 1, 0)]:
+    for geom in [
+        (1, 0, 4, 4, 2, 2, 1),
+        (1, 1, 4, 4, 0, 2, 1),
+        (1, 1, 4, 4, 2, 0, 1),
+        (1, 1, 4, 4, 2, 2, -1),
+        (-1, 1, 4, 4, 2, 2, 1),
+        (1, 1, 4, 4, 6, 1, 0),
+    ]:
         with pytest.raises(ValueError):
             _dlk.maxpool_forward(x, *geom, out, idx)
     with pytest.raises(ValueError):
@@ -560,7 +624,7 @@ def ref_softmax(x, batch, n, temp):
     out = np.zeros(batch * n, f32)
     t = f32(temp)
     for b in range(batch):
-        row = x[b * n:(b + 1) * n]
+        row = x[b * n : (b + 1) * n]
         largest = -np.finfo(f32).max
         for v in row:
             if v > largest:
@@ -571,7 +635,7 @@ def ref_softmax(x, batch, n, temp):
             e = f32(math.exp(float(f32(f32(v / t) - f32(largest / t)))))
             s = f32(s + e)
             es.append(e)
-        out[b * n:(b + 1) * n] = np.array(es, f32) / s
+        out[b * n : (b + 1) * n] = np.array(es, f32) / s
     return out
 
 
@@ -582,7 +646,7 @@ def test_softmax(batch, n, temp):
     out = np.zeros_like(x)
     _dlk.softmax(x, batch, n, temp, out)
     assert_bits(out, ref_softmax(x, batch, n, temp))
-    _dlk.softmax(x, batch, n, temp, x)                   # in place, as Darknet allows
+    _dlk.softmax(x, batch, n, temp, x)  # in place, as Darknet allows
     assert_bits(x, out)
 
 
@@ -628,11 +692,11 @@ def test_pixels_to_chw(comps):
     w, h = 7, 5
     pixels = rng.integers(0, 256, w * h * comps, dtype=np.uint8)
     pixels[:comps] = 255
-    pixels[comps:2 * comps] = 0
+    pixels[comps : 2 * comps] = 0
     out = np.full(3 * w * h, np.nan, f32)
     _dlk.pixels_to_chw(bytes(pixels), w, h, comps, out)
     px = pixels.reshape(h * w, comps).astype(f64)
-    rgb = px[:, [0, 0, 0]] if comps <= 2 else px[:, :3]            # gray replicated, alpha dropped
+    rgb = px[:, [0, 0, 0]] if comps <= 2 else px[:, :3]  # gray replicated, alpha dropped
     want = (rgb / 255.0).astype(f32).T.ravel()
     assert_bits(out, want)
     assert out[0] == 1.0 and out[1] == 0.0
@@ -656,8 +720,10 @@ def test_pixels_to_chw_errors():
 
 
 @pytest.mark.skipif(not hasattr(_dlk, "conv2d_direct"), reason="no conv2d_direct kernel")
-@pytest.mark.parametrize("batch,c,h,w,n,size,pad", [
-    (1, 1, 28, 28, 6, 5, 2), (2, 3, 9, 11, 5, 3, 1), (1, 2, 6, 6, 3, 1, 0), (1, 1, 4, 5, 2, 3, 0)])
+@pytest.mark.parametrize(
+    "batch,c,h,w,n,size,pad",
+    [(1, 1, 28, 28, 6, 5, 2), (2, 3, 9, 11, 5, 3, 1), (1, 2, 6, 6, 3, 1, 0), (1, 1, 4, 5, 2, 3, 0)],
+)
 def test_conv2d_direct_equals_im2col_gemm(batch, c, h, w, n, size, pad):
     rng = np.random.default_rng(size * 10 + c)
     x = rnd(rng, batch * c * h * w)
@@ -667,8 +733,8 @@ def test_conv2d_direct_equals_im2col_gemm(batch, c, h, w, n, size, pad):
     want = np.zeros(batch * n * oh * ow, f32)
     col = np.zeros(K * oh * ow, f32)
     for b in range(batch):
-        _dlk.im2col(x[b * c * h * w:], c, h, w, size, 1, pad, col)
-        view = want[b * n * oh * ow:(b + 1) * n * oh * ow]
+        _dlk.im2col(x[b * c * h * w :], c, h, w, size, 1, pad, col)
+        view = want[b * n * oh * ow : (b + 1) * n * oh * ow]
         _dlk.gemm(0, 0, n, oh * ow, K, 1.0, W, K, col, oh * ow, 1.0, view, oh * ow)
     out = np.full(want.size, np.nan, f32)
     ws = np.zeros(_dlk.conv2d_direct_workspace(c, h, w, size, pad), f32)

@@ -1,4 +1,5 @@
 """LeNet from the seed: layer table, weights round trip, forward against numpy, predict."""
+
 import shutil
 from array import array
 
@@ -34,8 +35,9 @@ def test_layer_table_is_darknets(capsys):
     assert capsys.readouterr().err == LENET_TABLE
 
 
-@pytest.mark.parametrize("name", ["mnist_lenet.weights", "mnist_lenet_1.weights",
-                                  "mnist_lenet_2.weights", "mnist_lenet_3.weights"])
+@pytest.mark.parametrize(
+    "name", ["mnist_lenet.weights", "mnist_lenet_1.weights", "mnist_lenet_2.weights", "mnist_lenet_3.weights"]
+)
 def test_weights_round_trip_byte_for_byte(name):
     path = seed_file(f"model/{name}")
     net = load_network(CFG, str(path))
@@ -46,8 +48,11 @@ def test_weights_round_trip_byte_for_byte(name):
 def test_truncated_and_overlong_weights_are_errors(tmp_path):
     data = seed_file("model/mnist_lenet.weights").read_bytes()
     net = parse_network_cfg(CFG)
-    for content, problem in ((data[:-4], "truncated"), (data + b"\0\0\0\0", "too long"),
-                             (data[:10], "shorter than the 16-byte header")):
+    for content, problem in (
+        (data[:-4], "truncated"),
+        (data + b"\0\0\0\0", "too long"),
+        (data[:10], "shorter than the 16-byte header"),
+    ):
         bad = tmp_path / "bad.weights"
         bad.write_bytes(content)
         with pytest.raises(DLServerError, match=problem):
@@ -56,6 +61,7 @@ def test_truncated_and_overlong_weights_are_errors(tmp_path):
 
 def _numpy_lenet(net, x):
     """Reference forward of LeNet in float32 numpy (inference)."""
+
     def conv(layer, a):
         w = np.frombuffer(layer.weights, np.float32).reshape(layer.n, layer.c, layer.size, layer.size)
         p = layer.pad
@@ -63,7 +69,7 @@ def _numpy_lenet(net, x):
         out = np.zeros((a.shape[0], layer.n, layer.out_h, layer.out_w), np.float32)
         for ky in range(layer.size):
             for kx in range(layer.size):
-                patch = a[:, :, ky:ky + layer.out_h, kx:kx + layer.out_w]
+                patch = a[:, :, ky : ky + layer.out_h, kx : kx + layer.out_w]
                 out += np.einsum("bchw,fc->bfhw", patch, w[:, :, ky, kx])
         out += np.frombuffer(layer.biases, np.float32)[None, :, None, None]
         return np.maximum(out, 0)
@@ -94,7 +100,7 @@ def test_forward_matches_numpy_reference():
     net.set_batch(5)
     ours = np.frombuffer(net.predict(array("f", x.ravel())), np.float32)
     ref = _numpy_lenet(net, x).ravel()
-    np.testing.assert_allclose(ours[:ref.size], ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours[: ref.size], ref, rtol=1e-4, atol=1e-6)
 
 
 def test_batched_forward_equals_one_by_one():
@@ -116,7 +122,7 @@ def test_top_k_is_stable_descending():
 def test_predict_prints_the_originals_output(lenet_weights, workdir, capsys):
     if not MNIST_IMAGE.exists():
         pytest.skip("MNIST not prepared (make mnist_training)")
-    expected = (EXPECTED / "predict_t_00000_c5.stdout")
+    expected = EXPECTED / "predict_t_00000_c5.stdout"
     if not expected.exists():
         pytest.skip("seed expected output absent")
     image_dir = workdir / "data" / "mnist" / "images_client1"
@@ -126,9 +132,22 @@ def test_predict_prints_the_originals_output(lenet_weights, workdir, capsys):
     assert main(["dl-server"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines(keepends=True)
-    assert lines[:6] == [f"argv[{i}] = '{a}'\n" for i, a in enumerate(
-        ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights",
-         "data/mnist/images_client1/t_00000_c5.png"], 1)]
+    assert lines[:6] == [
+        f"argv[{i}] = '{a}'\n"
+        for i, a in enumerate(
+            [
+                "classifier",
+                "predict",
+                "cfg/mnist.dataset",
+                "cfg/mnist_lenet.cfg",
+                "model/mnist_lenet.weights",
+                "data/mnist/images_client1/t_00000_c5.png",
+            ],
+            1,
+        )
+    ]
     assert "".join(lines[6:]) == expected.read_text()
-    assert err.endswith("Loading weights from model/mnist_lenet.weights...Done!\n"
-                        "data/mnist/images_client1/t_00000_c5.png: Predicted.\n")
+    assert err.endswith(
+        "Loading weights from model/mnist_lenet.weights...Done!\n"
+        "data/mnist/images_client1/t_00000_c5.png: Predicted.\n"
+    )

@@ -1,4 +1,5 @@
 """Bad input of every kind: one clear error line naming the file, exit status 1, no output file."""
+
 import shutil
 import struct
 import zlib
@@ -8,19 +9,30 @@ import pytest
 from conftest import seed_file
 from dlserver.main import main
 
-PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights",
-           "img.png"]
+PREDICT = [
+    "classifier",
+    "predict",
+    "cfg/mnist.dataset",
+    "cfg/mnist_lenet.cfg",
+    "model/mnist_lenet.weights",
+    "img.png",
+]
 
 
 def png_bytes(width=28, height=28, gray=128, raw=None, ihdr=None, crc_ok=True):
     def chunk(kind, data, ok=True):
         crc = zlib.crc32(kind + data) ^ (0 if ok else 1)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
     header = ihdr or struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     if raw is None:
         raw = b"".join(b"\0" + bytes([gray]) * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header, crc_ok) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header, crc_ok)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def run(argv, capsys):
@@ -56,12 +68,18 @@ CFG_CASES = [
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[shortcut]\n", "not supported by dl-server yet"),
     ("[net]\nbatch=1\n[connected]\noutput=10\n", "no input size"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[convolutional]\nsize=40\nactivation=relu\n", "does not fit"),
-    ("[net]\nheight=28\nwidth=28\nchannels=3\n[convolutional]\nactivation=swish\n", "activation 'swish' is unknown"),
+    (
+        "[net]\nheight=28\nwidth=28\nchannels=3\n[convolutional]\nactivation=swish\n",
+        "activation 'swish' is unknown",
+    ),
     ("[net]\nheight=28\nwidth=28\nchannels=3\npolicy=cosine\n[softmax]\n", "unknown learning-rate policy"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\npolicy=steps\n[softmax]\n", "policy=steps needs"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[dropout]\nprobability=1.5\n", "must be in [0, 1)"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[cost]\ntype=hinge\n", "cost type 'hinge' is unknown"),
-    ("[net]\nheight=28\nwidth=28\nchannels=3\nbatch=2\nsubdivisions=4\n[softmax]\n", "smaller than subdivisions"),
+    (
+        "[net]\nheight=28\nwidth=28\nchannels=3\nbatch=2\nsubdivisions=4\n[softmax]\n",
+        "smaller than subdivisions",
+    ),
     ("batch=1\n", "comes before any [section]"),
 ]
 
@@ -69,8 +87,10 @@ CFG_CASES = [
 @pytest.mark.parametrize("text, problem", CFG_CASES)
 def test_malformed_network_cfg(predict_dir, capsys, text, problem):
     (predict_dir / "cfg" / "bad.cfg").write_text(text)
-    status, _, err = run(["classifier", "predict", "cfg/mnist.dataset", "cfg/bad.cfg", "model/mnist_lenet.weights",
-                          "img.png"], capsys)
+    status, _, err = run(
+        ["classifier", "predict", "cfg/mnist.dataset", "cfg/bad.cfg", "model/mnist_lenet.weights", "img.png"],
+        capsys,
+    )
     assert status == 1
     line = error_line(err)
     assert "cfg/bad.cfg" in line and problem in line
@@ -119,7 +139,12 @@ def test_malformed_images(predict_dir, capsys, content, problem):
 
 
 def test_missing_files_name_themselves(predict_dir, capsys):
-    for i, missing in ((2, "cfg/none.dataset"), (3, "cfg/none.cfg"), (4, "model/none.weights"), (5, "none.png")):
+    for i, missing in (
+        (2, "cfg/none.dataset"),
+        (3, "cfg/none.cfg"),
+        (4, "model/none.weights"),
+        (5, "none.png"),
+    ):
         argv = list(PREDICT)
         argv[i] = missing
         status, _, err = run(argv, capsys)
@@ -133,8 +158,14 @@ ARGS_CASES = [
     (b"frobnicate\n", "Not an option: frobnicate"),
     (b"classifier\nteach\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\n", "Not an option under classifier: teach"),
     (b"classifier\npredict\n", "usage:"),
-    (b"classifier\npredict\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\nmodel/mnist_lenet.weights\n-t\n", "needs a value"),
-    (b"classifier\npredict\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\nmodel/mnist_lenet.weights\n", "no image file"),
+    (
+        b"classifier\npredict\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\nmodel/mnist_lenet.weights\n-t\n",
+        "needs a value",
+    ),
+    (
+        b"classifier\npredict\ncfg/mnist.dataset\ncfg/mnist_lenet.cfg\nmodel/mnist_lenet.weights\n",
+        "no image file",
+    ),
 ]
 
 
@@ -152,6 +183,11 @@ def test_no_args_file(predict_dir, capsys):
 
 
 def test_detect_without_weights_exits_1(predict_dir, capsys):
-    status, _, err = run(["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"], capsys)
+    status, _, err = run(
+        ["detect", "cfg/yolov3-tiny.cfg", "model/yolov3-tiny.weights", "data/dog.jpg"], capsys
+    )
     assert status == 1
-    assert error_line(err) == "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file"
+    assert (
+        error_line(err)
+        == "dl-server: error: model/yolov3-tiny.weights: cannot open weights file: no such file"
+    )

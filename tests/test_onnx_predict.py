@@ -4,6 +4,7 @@ Tolerance: float32 results summed in a different order than numpy's differ by a 
 the largest terms, so values are compared with rtol 1e-5 and atol 1e-5 * max(1, max |ref|)
 (the seed's logits reach 6574, where one float32 ulp is 0.0005).
 """
+
 import numpy as np
 import onnx
 import pytest
@@ -26,8 +27,13 @@ def predict(capsys, model_path, input_path, graph_name):
     out, err = capsys.readouterr()
     assert status == 0, err
     lines = out.splitlines()
-    assert lines[:5] == ["model loaded", f"Loading input {input_path}... ok!", "Resolving model...",
-                         f"Running inference on {graph_name} model...", "finished!"]
+    assert lines[:5] == [
+        "model loaded",
+        f"Loading input {input_path}... ok!",
+        "Resolving model...",
+        f"Running inference on {graph_name} model...",
+        "finished!",
+    ]
     values = []
     for i, line in enumerate(lines[5:]):
         value = onnx_value_line(line)
@@ -68,6 +74,7 @@ def rand(rng, *shape):
 
 # The seed ------------------------------------------------------------------------------------
 
+
 def test_seed_mnist_model(tmp_cwd, capsys):
     model_path = seed_file("model/mnist_model_c1.onnx")
     input_path = seed_file("data/mnist_input_0.pb")
@@ -95,17 +102,22 @@ def test_seed_aggregated_model_predicts(tmp_cwd, capsys):
 
 # Models built with onnx.helper ------------------------------------------------------------------
 
+
 def test_exporter_style_cnn(tmp_cwd, capsys):
     """Conv (asymmetric pads, strides, groups, dilation), MaxPool ceil_mode, BatchNormalization,
     the Shape/Gather/Unsqueeze/Concat/Reshape flatten exporters emit, Gemm, Dropout, Softmax."""
     rng = np.random.default_rng(0)
     inits = [
-        numpy_helper.from_array(rand(rng, 4, 3, 3, 2), "w1"), numpy_helper.from_array(rand(rng, 4), "b1"),
+        numpy_helper.from_array(rand(rng, 4, 3, 3, 2), "w1"),
+        numpy_helper.from_array(rand(rng, 4), "b1"),
         numpy_helper.from_array(rand(rng, 6, 2, 3, 3), "w2"),
-        numpy_helper.from_array(np.abs(rand(rng, 6)) + 0.5, "scale"), numpy_helper.from_array(rand(rng, 6), "bias"),
-        numpy_helper.from_array(rand(rng, 6), "mean"), numpy_helper.from_array(np.abs(rand(rng, 6)) + 0.1, "var"),
+        numpy_helper.from_array(np.abs(rand(rng, 6)) + 0.5, "scale"),
+        numpy_helper.from_array(rand(rng, 6), "bias"),
+        numpy_helper.from_array(rand(rng, 6), "mean"),
+        numpy_helper.from_array(np.abs(rand(rng, 6)) + 0.1, "var"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "axes0"),
-        numpy_helper.from_array(rand(rng, 7, 6 * 3 * 4), "fc_w"), numpy_helper.from_array(rand(rng, 7), "fc_b"),
+        numpy_helper.from_array(rand(rng, 7, 6 * 3 * 4), "fc_w"),
+        numpy_helper.from_array(rand(rng, 7), "fc_b"),
     ]
     nodes = [
         helper.make_node("Conv", ["X", "w1", "b1"], ["c1"], pads=[1, 0, 2, 1], strides=[2, 1]),
@@ -115,7 +127,9 @@ def test_exporter_style_cnn(tmp_cwd, capsys):
         helper.make_node("BatchNormalization", ["c2", "scale", "bias", "mean", "var"], ["bn"], epsilon=1e-3),
         helper.make_node("LeakyRelu", ["bn"], ["lr"], alpha=0.2),
         helper.make_node("Shape", ["lr"], ["shape"]),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, dtype=np.int64))),
+        helper.make_node(
+            "Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, dtype=np.int64))
+        ),
         helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
         helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
         helper.make_node("Constant", [], ["minus1"], value_ints=[-1]),
@@ -133,43 +147,56 @@ def test_exporter_style_cnn(tmp_cwd, capsys):
     assert got.shape == (14,)
 
 
-@pytest.mark.parametrize("attrs,wshape,group", [
-    ({}, (5, 3, 3, 3), 1),
-    ({"pads": [1, 1, 1, 1]}, (5, 3, 3, 3), 1),                            # im2col + gemm path
-    ({"pads": [2, 2, 2, 2]}, (20, 3, 5, 5), 1),                           # direct path (stride 1, few channels)
-    ({"strides": [2, 2], "pads": [1, 1, 1, 1]}, (4, 3, 3, 3), 1),
-    ({"strides": [1, 2]}, (4, 3, 3, 3), 1),
-    ({"pads": [0, 1, 2, 0]}, (4, 3, 2, 3), 1),
-    ({"dilations": [2, 2]}, (4, 3, 3, 3), 1),
-    ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (4, 3, 4, 4), 1),
-    ({"auto_pad": "VALID", "strides": [3, 3]}, (4, 3, 3, 3), 1),
-    ({"pads": [1, 1, 1, 1]}, (6, 1, 3, 3), 3),                            # depthwise
-    ({}, (6, 3, 1, 1), 1),                                                # 1x1
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "attrs,wshape,group",
+    [
+        ({}, (5, 3, 3, 3), 1),
+        ({"pads": [1, 1, 1, 1]}, (5, 3, 3, 3), 1),  # im2col + gemm path
+        ({"pads": [2, 2, 2, 2]}, (20, 3, 5, 5), 1),  # direct path (stride 1, few channels)
+        ({"strides": [2, 2], "pads": [1, 1, 1, 1]}, (4, 3, 3, 3), 1),
+        ({"strides": [1, 2]}, (4, 3, 3, 3), 1),
+        ({"pads": [0, 1, 2, 0]}, (4, 3, 2, 3), 1),
+        ({"dilations": [2, 2]}, (4, 3, 3, 3), 1),
+        ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (4, 3, 4, 4), 1),
+        ({"auto_pad": "VALID", "strides": [3, 3]}, (4, 3, 3, 3), 1),
+        ({"pads": [1, 1, 1, 1]}, (6, 1, 3, 3), 3),  # depthwise
+        ({}, (6, 3, 1, 1), 1),  # 1x1
+    ],
+    ids=lambda v: str(v),
+)
 def test_conv_geometries(tmp_cwd, capsys, attrs, wshape, group):
     rng = np.random.default_rng(1)
     c = wshape[1] * group
     nodes = [helper.make_node("Conv", ["X", "W", "B"], ["Y"], group=group, **attrs)]
-    inits = [numpy_helper.from_array(rand(rng, *wshape), "W"), numpy_helper.from_array(rand(rng, wshape[0]), "B")]
+    inits = [
+        numpy_helper.from_array(rand(rng, *wshape), "W"),
+        numpy_helper.from_array(rand(rng, wshape[0]), "B"),
+    ]
     model = make(nodes, [fin("X", [2, c, 10, 9])], [fin("Y")], inits)
     check_model(capsys, tmp_cwd, model, rand(rng, 2, c, 10, 9))
 
 
-@pytest.mark.parametrize("attrs,ref_attrs", [
-    ({"kernel_shape": [2, 2], "strides": [2, 2]}, None),
-    ({"kernel_shape": [3, 3], "strides": [3, 3]}, None),
-    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, None),
-    ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, None),
-    ({"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, None),
-    # The reference evaluator gets SAME_LOWER pooling with strides wrong (a 4x5 output for
-    # 9x11 / 2, where the spec says ceil(9/2) x ceil(11/2)): compare with the explicit pads.
-    ({"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
-     {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 0, 0]}),
-    ({"kernel_shape": [3, 3], "strides": [1, 1], "auto_pad": "SAME_LOWER"}, None),
-    ({"kernel_shape": [2, 3], "strides": [1, 2]}, None),
-    ({"kernel_shape": [3, 3], "dilations": [2, 2]}, None),
-    ({"kernel_shape": [2, 2], "pads": [0, 1, 1, 0]}, None),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "attrs,ref_attrs",
+    [
+        ({"kernel_shape": [2, 2], "strides": [2, 2]}, None),
+        ({"kernel_shape": [3, 3], "strides": [3, 3]}, None),
+        ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, None),
+        ({"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, None),
+        ({"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, None),
+        # The reference evaluator gets SAME_LOWER pooling with strides wrong (a 4x5 output for
+        # 9x11 / 2, where the spec says ceil(9/2) x ceil(11/2)): compare with the explicit pads.
+        (
+            {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"},
+            {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 0, 0]},
+        ),
+        ({"kernel_shape": [3, 3], "strides": [1, 1], "auto_pad": "SAME_LOWER"}, None),
+        ({"kernel_shape": [2, 3], "strides": [1, 2]}, None),
+        ({"kernel_shape": [3, 3], "dilations": [2, 2]}, None),
+        ({"kernel_shape": [2, 2], "pads": [0, 1, 1, 0]}, None),
+    ],
+    ids=lambda v: str(v),
+)
 def test_maxpool_geometries(tmp_cwd, capsys, attrs, ref_attrs):
     rng = np.random.default_rng(2)
     x = rand(rng, 1, 3, 9, 11)
@@ -177,7 +204,9 @@ def test_maxpool_geometries(tmp_cwd, capsys, attrs, ref_attrs):
     if ref_attrs is None:
         check_model(capsys, tmp_cwd, model, x)
         return
-    ref_model = make([helper.make_node("MaxPool", ["X"], ["Y"], **ref_attrs)], [fin("X", [1, 3, 9, 11])], [fin("Y")])
+    ref_model = make(
+        [helper.make_node("MaxPool", ["X"], ["Y"], **ref_attrs)], [fin("X", [1, 3, 9, 11])], [fin("Y")]
+    )
     onnx.save(model, "m.onnx")
     (tmp_cwd / "in.pb").write_bytes(numpy_helper.from_array(x, "X").SerializeToString())
     ref = ReferenceEvaluator(ref_model).run(None, {"X": x})[0]
@@ -185,9 +214,17 @@ def test_maxpool_geometries(tmp_cwd, capsys, attrs, ref_attrs):
     assert_close(predict(capsys, "m.onnx", "in.pb", "g"), ref)
 
 
-@pytest.mark.parametrize("op,opset,axis,shape", [
-    ("Softmax", 13, 1, [2, 3, 4]), ("Softmax", 13, -1, [2, 3, 4]), ("Softmax", 11, 1, [2, 5]),
-    ("LogSoftmax", 13, -1, [2, 3, 4]), ("LogSoftmax", 13, 0, [2, 3, 4]), ("LogSoftmax", 11, 1, [3, 4])])
+@pytest.mark.parametrize(
+    "op,opset,axis,shape",
+    [
+        ("Softmax", 13, 1, [2, 3, 4]),
+        ("Softmax", 13, -1, [2, 3, 4]),
+        ("Softmax", 11, 1, [2, 5]),
+        ("LogSoftmax", 13, -1, [2, 3, 4]),
+        ("LogSoftmax", 13, 0, [2, 3, 4]),
+        ("LogSoftmax", 11, 1, [3, 4]),
+    ],
+)
 def test_softmax_axes(tmp_cwd, capsys, op, opset, axis, shape):
     rng = np.random.default_rng(3)
     model = make([helper.make_node(op, ["X"], ["Y"], axis=axis)], [fin("X", shape)], [fin("Y")], opset=opset)
@@ -214,16 +251,23 @@ def test_softmax_before_opset_13_coerces_to_2d(tmp_cwd, capsys, op):
 @pytest.mark.parametrize("wshape", [(5, 6), (3, 5, 6), (1, 5, 6), (5,)])
 def test_matmul_broadcast(tmp_cwd, capsys, wshape):
     rng = np.random.default_rng(4)
-    model = make([helper.make_node("MatMul", ["X", "W"], ["Y"])], [fin("X", [2, 3, 4, 5])], [fin("Y")],
-                 [numpy_helper.from_array(rand(rng, *wshape), "W")])
+    model = make(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        [fin("X", [2, 3, 4, 5])],
+        [fin("Y")],
+        [numpy_helper.from_array(rand(rng, *wshape), "W")],
+    )
     check_model(capsys, tmp_cwd, model, rand(rng, 2, 3, 4, 5))
 
 
 def test_elementwise_and_shape_operators(tmp_cwd, capsys):
     rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array(rand(rng, 3, 1, 1), "bias"), numpy_helper.from_array(rand(rng, 5), "row"),
-             numpy_helper.from_array(np.abs(rand(rng, 1, 3, 1, 5)) + 0.5, "den"),
-             numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "sq_axes")]
+    inits = [
+        numpy_helper.from_array(rand(rng, 3, 1, 1), "bias"),
+        numpy_helper.from_array(rand(rng, 5), "row"),
+        numpy_helper.from_array(np.abs(rand(rng, 1, 3, 1, 5)) + 0.5, "den"),
+        numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "sq_axes"),
+    ]
     nodes = [
         helper.make_node("Add", ["X", "bias"], ["a"]),
         helper.make_node("Sub", ["row", "a"], ["s"]),
@@ -246,9 +290,13 @@ def test_elementwise_and_shape_operators(tmp_cwd, capsys):
 
 def test_old_opset_unsqueeze_and_reshape(tmp_cwd, capsys):
     rng = np.random.default_rng(6)
-    nodes = [helper.make_node("Unsqueeze", ["X"], ["u"], axes=[0, 3]),
-             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, -1, 2], dtype=np.int64))),
-             helper.make_node("Reshape", ["u", "shape"], ["Y"])]
+    nodes = [
+        helper.make_node("Unsqueeze", ["X"], ["u"], axes=[0, 3]),
+        helper.make_node(
+            "Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, -1, 2], dtype=np.int64))
+        ),
+        helper.make_node("Reshape", ["u", "shape"], ["Y"]),
+    ]
     model = make(nodes, [fin("X", [3, 4])], [fin("Y")], opset=11)
     check_model(capsys, tmp_cwd, model, rand(rng, 3, 4))
 
@@ -278,14 +326,31 @@ def test_pytorch_export(tmp_cwd, capsys):
     net = Net().eval()
     x = torch.randn(1, 1, 28, 28)
     try:
-        torch.onnx.export(net, (x,), str(tmp_cwd / "torch.onnx"), dynamo=False, opset_version=13,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    except Exception as e:      # an exporter needing packages not installed here
+        torch.onnx.export(
+            net,
+            (x,),
+            str(tmp_cwd / "torch.onnx"),
+            dynamo=False,
+            opset_version=13,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    except Exception as e:  # an exporter needing packages not installed here
         pytest.skip(f"torch.onnx.export failed: {e}")
     model = onnx.load(str(tmp_cwd / "torch.onnx"))
     ops = {n.op_type for n in model.graph.node}
-    assert {"Conv", "MaxPool", "Gemm", "LogSoftmax", "Shape", "Gather", "Unsqueeze", "Concat", "Reshape"} <= ops
+    assert {
+        "Conv",
+        "MaxPool",
+        "Gemm",
+        "LogSoftmax",
+        "Shape",
+        "Gather",
+        "Unsqueeze",
+        "Concat",
+        "Reshape",
+    } <= ops
     xn = x.numpy()
     got, ref = check_model(capsys, tmp_cwd, model, xn, input_name="input")
     with torch.no_grad():
@@ -293,6 +358,7 @@ def test_pytorch_export(tmp_cwd, capsys):
 
 
 # Errors ---------------------------------------------------------------------------------------
+
 
 def run_error(capsys, *args):
     status = main(["dl-server", "aggregation", "onnx_predict", *args])
@@ -305,10 +371,14 @@ def run_error(capsys, *args):
 def test_unsupported_operator_names_the_node(tmp_cwd, capsys):
     nodes = [helper.make_node("Relu", ["X"], ["r"]), helper.make_node("Hardmax", ["r"], ["Y"], name="head")]
     onnx.save(make(nodes, [fin("X", [1, 4])], [fin("Y")]), "m.onnx")
-    (tmp_cwd / "in.pb").write_bytes(numpy_helper.from_array(np.zeros((1, 4), np.float32), "X").SerializeToString())
+    (tmp_cwd / "in.pb").write_bytes(
+        numpy_helper.from_array(np.zeros((1, 4), np.float32), "X").SerializeToString()
+    )
     out, err = run_error(capsys, "m.onnx", "in.pb")
     assert out.endswith("Running inference on g model...\n")
-    assert err.startswith("dl-server: error: m.onnx: node 1 'head' (Hardmax): operator Hardmax is not supported")
+    assert err.startswith(
+        "dl-server: error: m.onnx: node 1 'head' (Hardmax): operator Hardmax is not supported"
+    )
 
 
 def test_bad_input_files(tmp_cwd, capsys):
@@ -319,10 +389,14 @@ def test_bad_input_files(tmp_cwd, capsys):
     (tmp_cwd / "cut.pb").write_bytes(good[:-3])
     out, err = run_error(capsys, "m.onnx", "cut.pb")
     assert "cut.pb: not a valid TensorProto:" in err
-    (tmp_cwd / "ints.pb").write_bytes(numpy_helper.from_array(np.zeros((1, 4), np.int64), "X").SerializeToString())
+    (tmp_cwd / "ints.pb").write_bytes(
+        numpy_helper.from_array(np.zeros((1, 4), np.int64), "X").SerializeToString()
+    )
     out, err = run_error(capsys, "m.onnx", "ints.pb")
     assert "ints.pb: the input is INT64, the model's input 'X' is FLOAT" in err
-    (tmp_cwd / "dims.pb").write_bytes(numpy_helper.from_array(np.zeros((2, 2), np.float32), "X").SerializeToString())
+    (tmp_cwd / "dims.pb").write_bytes(
+        numpy_helper.from_array(np.zeros((2, 2), np.float32), "X").SerializeToString()
+    )
     out, err = run_error(capsys, "m.onnx", "dims.pb")
     assert "dims.pb: the input has dims [2, 2], the model's input 'X' has [1, 4]" in err
     (tmp_cwd / "bad.onnx").write_bytes(b"\x3a\x05abc")
@@ -355,13 +429,17 @@ def test_prints_the_last_nodes_first_output(tmp_cwd, capsys):
     assert_close(got, 1 / (1 + np.exp(-x.astype(np.float64))))
     nodes = [helper.make_node("Relu", ["X"], ["Y"]), helper.make_node("Shape", ["X"], ["S"])]
     onnx.save(make(nodes, [fin("X", [1, 3])], [fin("Y", [1, 3])]), "m.onnx")
-    assert len(predict(capsys, "m.onnx", "in.pb", "g")) == 0         # INT64: no float data
+    assert len(predict(capsys, "m.onnx", "in.pb", "g")) == 0  # INT64: no float data
 
 
 def test_initializers_listed_as_inputs(tmp_cwd, capsys):
     """IR 3 models list initializers among the inputs; the tensor binds to the first free one."""
     rng = np.random.default_rng(9)
     w = rand(rng, 3, 2)
-    model = make([helper.make_node("MatMul", ["X", "W"], ["Y"])], [fin("W", [3, 2]), fin("X", [1, 3])],
-                 [fin("Y", [1, 2])], [numpy_helper.from_array(w, "W")])
+    model = make(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        [fin("W", [3, 2]), fin("X", [1, 3])],
+        [fin("Y", [1, 2])],
+        [numpy_helper.from_array(w, "W")],
+    )
     check_model(capsys, tmp_cwd, model, rand(rng, 1, 3))

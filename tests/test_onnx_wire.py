@@ -1,4 +1,5 @@
 """The protobuf wire codec and the ONNX views of dlserver.onnx (no protobuf library in the guest)."""
+
 import numpy as np
 import onnx
 import pytest
@@ -9,8 +10,8 @@ from dlserver.onnx import wire
 from dlserver.onnx.wire import ProtoError
 from reference.wire import encode_len_field, encode_tag
 
-
 # Varints ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31 - 1, 2**32, 2**63 - 1, 2**64 - 1])
 def test_varint_round_trip(value):
@@ -56,7 +57,7 @@ def test_invalid_wire_type_and_field_zero():
     with pytest.raises(ProtoError, match="field number 0"):
         wire.Message(b"\x00\x00")
     with pytest.raises(ProtoError, match="invalid wire type 4"):
-        wire.Message(b"\x0c")          # an end-group tag outside a group
+        wire.Message(b"\x0c")  # an end-group tag outside a group
 
 
 def test_unknown_group_is_kept_as_bytes():
@@ -79,11 +80,17 @@ def test_packed_varints():
 
 # The message tree ---------------------------------------------------------------------------
 
+
 def _small_model():
     w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "W")
     node = helper.make_node("MatMul", ["X", "W"], ["Y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], [w])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -126,9 +133,12 @@ def test_unknown_fields_survive_an_edit():
 
 # Views: wire types of known fields ------------------------------------------------------------
 
+
 def test_graph_with_the_wrong_wire_type():
     data = encode_tag(1, wire.VARINT) + wire.encode_varint(8) + encode_tag(7, wire.VARINT) + b"\x01"
-    with pytest.raises(ProtoError, match=r"field 7 \(graph\) has wire type varint, expected length-delimited"):
+    with pytest.raises(
+        ProtoError, match=r"field 7 \(graph\) has wire type varint, expected length-delimited"
+    ):
         om.parse_model(data)
 
 
@@ -140,7 +150,7 @@ def test_tensor_float_data_with_the_wrong_wire_type():
 
 def test_nested_wrong_wire_type_names_the_path():
     model = _small_model()
-    bad_tensor = encode_tag(2, wire.LEN) + wire.encode_varint(1) + b"x"     # data_type as bytes
+    bad_tensor = encode_tag(2, wire.LEN) + wire.encode_varint(1) + b"x"  # data_type as bytes
     graph = model.graph.SerializeToString() + encode_len_field(5, bad_tensor)
     data = encode_len_field(7, graph)
     m = om.parse_model(data)
@@ -153,7 +163,7 @@ def test_repeated_scalars_packed_or_not():
     t = TensorProto(dims=[2, 3], data_type=TensorProto.FLOAT, float_data=list(range(6)))
     unpacked = om.parse_tensor(t.SerializeToString())
     packed_dims = encode_len_field(1, wire.encode_packed_varints([2, 3]))
-    rest = t.SerializeToString()[4:]       # drop the two unpacked dims (2 bytes each)
+    rest = t.SerializeToString()[4:]  # drop the two unpacked dims (2 bytes each)
     packed = om.parse_tensor(packed_dims + rest)
     assert unpacked.dims == packed.dims == [2, 3]
     a = helper.make_attribute("kernel_shape", [5, 5])
@@ -162,6 +172,7 @@ def test_repeated_scalars_packed_or_not():
 
 
 # Tensor storage -----------------------------------------------------------------------------
+
 
 def _tensors():
     rng = np.random.default_rng(0)
@@ -172,9 +183,16 @@ def _tensors():
     d = rng.standard_normal(4)
     cases.append(("double raw", numpy_helper.from_array(d, "a")))
     cases.append(("double_data", helper.make_tensor("a", TensorProto.DOUBLE, [4], d.tolist())))
-    for dt, npt in ((TensorProto.INT8, np.int8), (TensorProto.UINT8, np.uint8), (TensorProto.INT16, np.int16),
-                    (TensorProto.UINT16, np.uint16), (TensorProto.INT32, np.int32), (TensorProto.INT64, np.int64),
-                    (TensorProto.UINT32, np.uint32), (TensorProto.UINT64, np.uint64)):
+    for dt, npt in (
+        (TensorProto.INT8, np.int8),
+        (TensorProto.UINT8, np.uint8),
+        (TensorProto.INT16, np.int16),
+        (TensorProto.UINT16, np.uint16),
+        (TensorProto.INT32, np.int32),
+        (TensorProto.INT64, np.int64),
+        (TensorProto.UINT32, np.uint32),
+        (TensorProto.UINT64, np.uint64),
+    ):
         info = np.iinfo(npt)
         v = np.array([info.min, info.max, 0, 1, 7], dtype=npt)
         cases.append((f"{npt.__name__} raw", numpy_helper.from_array(v, "a")))
@@ -187,10 +205,20 @@ def _tensors():
     cases.append(("float16 int32_data", helper.make_tensor("a", TensorProto.FLOAT16, [4], h.tolist())))
     bf = [1.5, -2.25, 3.0e38, 1e-4]
     cases.append(("bfloat16 int32_data", helper.make_tensor("a", TensorProto.BFLOAT16, [4], bf)))
-    cases.append(("bfloat16 raw", helper.make_tensor("a", TensorProto.BFLOAT16, [4],
-                                                     onnx.numpy_helper.to_array(
-                                                         helper.make_tensor("a", TensorProto.BFLOAT16, [4], bf)
-                                                     ).view(np.uint16).tobytes(), raw=True)))
+    cases.append(
+        (
+            "bfloat16 raw",
+            helper.make_tensor(
+                "a",
+                TensorProto.BFLOAT16,
+                [4],
+                onnx.numpy_helper.to_array(helper.make_tensor("a", TensorProto.BFLOAT16, [4], bf))
+                .view(np.uint16)
+                .tobytes(),
+                raw=True,
+            ),
+        )
+    )
     return cases
 
 
@@ -211,7 +239,7 @@ def test_write_back_keeps_storage_and_bytes(label, tensor):
     t = om.parse_tensor(data)
     d = om.read_tensor_data(t)
     om.write_tensor_data(t, d, d.values)
-    assert t.msg.serialize() == data          # the same values: the same bytes
+    assert t.msg.serialize() == data  # the same values: the same bytes
     if d.kind == "int":
         new = list(reversed(d.values))
     else:
@@ -244,7 +272,9 @@ def test_unpacked_float_data_is_rewritten_in_place():
 def test_value_count_must_match_dims():
     t = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
     del t.float_data[-1]
-    with pytest.raises(ProtoError, match=r"\('w'\): float_data holds 3 values, dims \[2, 2\] of FLOAT need 4"):
+    with pytest.raises(
+        ProtoError, match=r"\('w'\): float_data holds 3 values, dims \[2, 2\] of FLOAT need 4"
+    ):
         om.read_tensor_data(om.parse_tensor(t.SerializeToString()))
     r = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "r")
     r.raw_data = r.raw_data[:-1]

@@ -5,6 +5,7 @@ filter type, Adam7 interlacing, 1/2/4/16-bit, chunk-level damage). Expected
 pixels follow stb_image v2.19 as Darknet uses it: 16-bit -> high byte, 1/2/4-bit
 gray scaled to 0..255, palette expanded (RGBA when tRNS is present).
 """
+
 import glob
 import io
 import os
@@ -21,11 +22,11 @@ from dlserver.image.png import PNGError, decode_png
 
 SIG = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
-         (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
 # ---------------------------------------------------------------- a tiny PNG writer
+
 
 def chunk(ctype: bytes, body: bytes, crc=None) -> bytes:
     crc = zlib.crc32(ctype + body) if crc is None else crc
@@ -91,8 +92,20 @@ def scanlines(samples, colour, depth, interlace=0, filters=(0, 1, 2, 3, 4)) -> b
     return data
 
 
-def make_png(samples, colour, depth, interlace=0, filters=(0, 1, 2, 3, 4), palette=None,
-             trns=None, raw=None, level=6, idat_split=None, extra=b"", before_idat=b"") -> bytes:
+def make_png(
+    samples,
+    colour,
+    depth,
+    interlace=0,
+    filters=(0, 1, 2, 3, 4),
+    palette=None,
+    trns=None,
+    raw=None,
+    level=6,
+    idat_split=None,
+    extra=b"",
+    before_idat=b"",
+) -> bytes:
     """A complete PNG. `raw` overrides the scanline data; `idat_split` cuts the
     zlib stream into IDAT chunks of that many bytes."""
     h, w = samples.shape[:2]
@@ -106,7 +119,7 @@ def make_png(samples, colour, depth, interlace=0, filters=(0, 1, 2, 3, 4), palet
         parts.append(chunk(b"tRNS", bytes(trns)))
     parts.append(before_idat)
     step = idat_split or max(1, len(z))
-    parts += [chunk(b"IDAT", z[i:i + step]) for i in range(0, len(z), step)]
+    parts += [chunk(b"IDAT", z[i : i + step]) for i in range(0, len(z), step)]
     parts.append(chunk(b"IEND", b""))
     return b"".join(parts) + extra
 
@@ -122,7 +135,7 @@ def stb_expected(samples, colour, depth, palette=None, trns=None) -> np.ndarray:
         pal = np.array(palette, dtype=np.uint8).reshape(-1, 3)
         if trns is not None:
             alpha = np.full((len(pal), 1), 255, dtype=np.uint8)
-            alpha[:len(trns), 0] = trns
+            alpha[: len(trns), 0] = trns
             pal = np.concatenate([pal, alpha], axis=1)
         return pal[samples[..., 0]]
     if depth == 16:
@@ -158,6 +171,7 @@ def check(data, expected):
 
 # ---------------------------------------------------------------- Pillow-written files
 
+
 def pillow_png(im, **opts) -> bytes:
     f = io.BytesIO()
     im.save(f, format="PNG", **opts)
@@ -170,7 +184,7 @@ def test_pillow_modes(mode, comps, size):
     rng = np.random.default_rng(comps * 10000 + size[0] * 100 + size[1])
     shape = (size[1], size[0]) + ((comps,) if comps > 1 else ())
     arr = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    arr[: size[1] // 2] //= 16          # some smooth areas, so the encoder picks varied filters
+    arr[: size[1] // 2] //= 16  # some smooth areas, so the encoder picks varied filters
     data = pillow_png(Image.frombytes(mode, size, arr.tobytes()))
     check(data, arr.reshape(size[1], size[0], comps))
 
@@ -193,22 +207,22 @@ def test_pillow_palette(bits, transparency):
     im.putpalette(pal.tolist())
     opts = {"bits": bits} if bits < 8 else {}
     if transparency:
-        alpha = rng.integers(0, 256, size=n - 1, dtype=np.uint8)   # shorter than the palette
+        alpha = rng.integers(0, 256, size=n - 1, dtype=np.uint8)  # shorter than the palette
         opts["transparency"] = bytes(alpha)
     data = pillow_png(im, **opts)
     w, h, comps, _ = decode_png(data)
     assert (w, h, comps) == (19, 13, 4 if transparency else 3)
     trns = list(opts["transparency"]) if transparency else None
     # Pillow may shorten the palette it writes; expected colours come from the indexes
-    expected = stb_expected(idx[..., None].astype(np.int64), 3, 8, pal.tolist()[:3 * n], trns)
+    expected = stb_expected(idx[..., None].astype(np.int64), 3, 8, pal.tolist()[: 3 * n], trns)
     check(data, expected)
 
 
 def test_pillow_1bit():
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 2, size=(9, 21), dtype=np.uint8).astype(bool)
-    data = pillow_png(Image.fromarray(arr))           # bool -> mode "1"
-    assert data[24:26] == bytes([1, 0])          # bit depth 1, colour type 0
+    data = pillow_png(Image.fromarray(arr))  # bool -> mode "1"
+    assert data[24:26] == bytes([1, 0])  # bit depth 1, colour type 0
     check(data, (arr.astype(np.uint8) * 255)[..., None])
 
 
@@ -239,8 +253,23 @@ def test_pillow_rgb_with_transparency_is_ignored():
 # ---------------------------------------------------------------- hand-made files
 
 SIZES = [(1, 1), (3, 7), (7, 3), (33, 17), (8, 8), (9, 1), (1, 9)]
-FORMATS = [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (2, 8), (2, 16), (3, 1), (3, 2), (3, 4),
-           (3, 8), (4, 8), (4, 16), (6, 8), (6, 16)]
+FORMATS = [
+    (0, 1),
+    (0, 2),
+    (0, 4),
+    (0, 8),
+    (0, 16),
+    (2, 8),
+    (2, 16),
+    (3, 1),
+    (3, 2),
+    (3, 4),
+    (3, 8),
+    (4, 8),
+    (4, 16),
+    (6, 8),
+    (6, 16),
+]
 
 
 @pytest.mark.parametrize("colour, depth", FORMATS)
@@ -257,7 +286,7 @@ def test_formats_sizes_interlace(colour, depth, interlace):
             samples = random_samples(rng, h, w, colour, depth)
         data = make_png(samples, colour, depth, interlace, palette=palette)
         check(data, stb_expected(samples, colour, depth, palette))
-        if colour == 3:                      # again with alpha for the first entries
+        if colour == 3:  # again with alpha for the first entries
             trns = rng.integers(0, 256, size=max(1, len(palette) // 6)).tolist()
             data = make_png(samples, colour, depth, interlace, palette=palette, trns=trns)
             assert decode_png(data)[2] == 4
@@ -271,15 +300,16 @@ def test_each_filter_type(filt, colour, depth, interlace):
     rng = np.random.default_rng(filt + 10 * colour + depth)
     for w, h in [(1, 1), (3, 7), (33, 17)]:
         samples = random_samples(rng, h, w, colour, depth)
-        samples[h // 2:] = samples[h // 2:] // 3      # a mix of busy and quiet rows
+        samples[h // 2 :] = samples[h // 2 :] // 3  # a mix of busy and quiet rows
         data = make_png(samples, colour, depth, interlace, filters=(filt,))
         check(data, stb_expected(samples, colour, depth))
 
 
 def test_paeth_ties_and_wraparound():
     # values at 0/255 make a + b - c overflow and produce Paeth ties
-    samples = np.array([[0, 255, 0, 255], [255, 0, 255, 0], [255, 255, 0, 0],
-                        [128, 127, 129, 1]], dtype=np.int64)[..., None].repeat(3, axis=2)
+    samples = np.array(
+        [[0, 255, 0, 255], [255, 0, 255, 0], [255, 255, 0, 0], [128, 127, 129, 1]], dtype=np.int64
+    )[..., None].repeat(3, axis=2)
     samples[..., 1] = 255 - samples[..., 1]
     for f in range(5):
         data = make_png(samples, 2, 8, filters=(f,))
@@ -317,7 +347,7 @@ def test_extra_image_data_is_ignored():
 
 def test_decompression_bomb_is_bounded():
     samples = np.zeros((4, 4, 1), dtype=np.int64)
-    raw = bytes(16 << 20)                        # 16 MiB of zeros: 4x4 needs 20 bytes
+    raw = bytes(16 << 20)  # 16 MiB of zeros: 4x4 needs 20 bytes
     data = make_png(samples, 0, 8, raw=raw, level=9)
     assert len(data) < 40000
     tracemalloc.start()
@@ -346,12 +376,12 @@ def test_mnist_files_if_present():
         pytest.skip("no MNIST images prepared")
     checked = 0
     for path in files:
-        try:                                     # the tree may be being rewritten meanwhile
+        try:  # the tree may be being rewritten meanwhile
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:
             continue
-        if not data.endswith(chunk(b"IEND", b"")):     # still being written
+        if not data.endswith(chunk(b"IEND", b"")):  # still being written
             continue
         w, h, comps, _ = decode_png(data)
         assert (w, h, comps) == (28, 28, 1)
@@ -362,6 +392,7 @@ def test_mnist_files_if_present():
 
 
 # ---------------------------------------------------------------- malformed files
+
 
 def good_png(colour=0, depth=8, w=6, h=5, **kw) -> bytes:
     samples = np.arange(w * h * CHANNELS[colour], dtype=np.int64).reshape(h, w, -1)
@@ -388,109 +419,149 @@ def chunk_offset(data: bytes, ctype: bytes) -> int:
 
 def malformed_cases():
     """(name, file, regex the PNGError text must match)."""
-    good = good_png()                                  # 6 x 5 gray, IHDR ends at 33
+    good = good_png()  # 6 x 5 gray, IHDR ends at 33
     rng = np.random.default_rng(0)
     big = make_png(rng.integers(0, 256, size=(20, 20, 1)), 0, 8)
     idat_at = chunk_offset(big, b"IDAT")
-    idat_len = struct.unpack(">I", big[idat_at:idat_at + 4])[0]
+    idat_len = struct.unpack(">I", big[idat_at : idat_at + 4])[0]
     iend_at = chunk_offset(good, b"IEND")
-    z = zlib.compress(bytes(6 * 5 + 5))                # valid data for 6 x 5 gray
-    pal = bytes([10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120])       # 4 entries
-    idx_rows = bytes([0, 0, 1, 2, 3, 0, 3, 2, 5, 1])                     # index 5 in row 1
+    z = zlib.compress(bytes(6 * 5 + 5))  # valid data for 6 x 5 gray
+    pal = bytes([10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120])  # 4 entries
+    idx_rows = bytes([0, 0, 1, 2, 3, 0, 3, 2, 5, 1])  # index 5 in row 1
     flipped = bytearray(good)
-    flipped[20] ^= 1                                                     # inside IHDR's width
+    flipped[20] ^= 1  # inside IHDR's width
     flipped_idat = bytearray(good)
     flipped_idat[chunk_offset(good, b"IDAT") + 9] ^= 0x40
     bad_filter = bytes([0]) + bytes(6) + bytes([1]) + bytes(6) + bytes([5]) + bytes(6 * 3 + 2)
     adam7 = bytearray(scanlines(np.zeros((5, 6, 1), dtype=np.int64), 0, 8, 1, (0,)))
-    adam7[2] = 9                                                         # pass 2's filter byte
+    adam7[2] = 9  # pass 2's filter byte
     truncated = r"^truncated \(chunk IDAT runs past the end of the file\)$"
     return [
         ("empty", b"", r"^not a PNG file \(empty file\)$"),
-        ("jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(40),
-         r"^not a PNG file \(bad signature\)$"),
+        ("jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(40), r"^not a PNG file \(bad signature\)$"),
         ("text", b"hello world, this is not an image", r"^not a PNG file \(bad signature\)$"),
         ("short signature", SIG[:5], r"^truncated \(in the PNG signature\)$"),
         ("signature only", SIG, r"^truncated \(no IEND chunk\)$"),
-        ("cut in IDAT", big[:idat_at + 30], truncated),
-        ("cut in CRC", big[:idat_at + 8 + idat_len + 2], truncated),
-        ("cut in header", good[:iend_at + 5],
-         r"^truncated \(incomplete chunk header at byte \d+\)$"),
+        ("cut in IDAT", big[: idat_at + 30], truncated),
+        ("cut in CRC", big[: idat_at + 8 + idat_len + 2], truncated),
+        ("cut in header", good[: iend_at + 5], r"^truncated \(incomplete chunk header at byte \d+\)$"),
         ("no IEND", good[:iend_at], r"^truncated \(no IEND chunk\)$"),
         ("CRC IHDR", bytes(flipped), r"^CRC mismatch in chunk IHDR$"),
         ("CRC IDAT", bytes(flipped_idat), r"^CRC mismatch in chunk IDAT$"),
         ("CRC IEND", good[:-1] + bytes([good[-1] ^ 1]), r"^CRC mismatch in chunk IEND$"),
         ("zero width", png_of(ihdr(0, 5, 8, 0), IEND), r"^bad IHDR \(image size 0 x 5\)$"),
         ("zero height", png_of(ihdr(5, 0, 8, 0), IEND), r"^bad IHDR \(image size 5 x 0\)$"),
-        ("too large", png_of(ihdr(1 << 14, 1 << 13, 8, 0), IEND),
-         r"^image too large \(16384 x 8192; "),
+        ("too large", png_of(ihdr(1 << 14, 1 << 13, 8, 0), IEND), r"^image too large \(16384 x 8192; "),
         ("too wide", png_of(ihdr((1 << 24) + 1, 1, 8, 0), IEND), r"^image too large"),
         ("depth 3 RGB", png_of(ihdr(4, 4, 3, 2)), r"^unsupported bit depth 3 for colour type 2$"),
         ("depth 4 RGB", png_of(ihdr(4, 4, 4, 2)), r"^unsupported bit depth 4 for colour type 2$"),
-        ("depth 16 palette", png_of(ihdr(4, 4, 16, 3)),
-         r"^unsupported bit depth 16 for colour type 3$"),
+        ("depth 16 palette", png_of(ihdr(4, 4, 16, 3)), r"^unsupported bit depth 16 for colour type 3$"),
         ("colour type 5", png_of(ihdr(4, 4, 8, 5)), r"^unsupported colour type 5$"),
         ("colour type 1", png_of(ihdr(4, 4, 8, 1)), r"^unsupported colour type 1$"),
-        ("interlace 2", png_of(ihdr(4, 4, 8, 0, interlace=2)),
-         r"^bad IHDR \(interlace method 2\)$"),
-        ("compression 1", png_of(ihdr(4, 4, 8, 0, compression=1)),
-         r"^bad IHDR \(compression method 1\)$"),
-        ("filter method 1", png_of(ihdr(4, 4, 8, 0, filtering=1)),
-         r"^bad IHDR \(filter method 1\)$"),
-        ("IHDR length", png_of(chunk(b"IHDR", bytes(12)), IEND),
-         r"^bad IHDR \(length 12, 13 expected\)$"),
+        ("interlace 2", png_of(ihdr(4, 4, 8, 0, interlace=2)), r"^bad IHDR \(interlace method 2\)$"),
+        ("compression 1", png_of(ihdr(4, 4, 8, 0, compression=1)), r"^bad IHDR \(compression method 1\)$"),
+        ("filter method 1", png_of(ihdr(4, 4, 8, 0, filtering=1)), r"^bad IHDR \(filter method 1\)$"),
+        ("IHDR length", png_of(chunk(b"IHDR", bytes(12)), IEND), r"^bad IHDR \(length 12, 13 expected\)$"),
         ("multiple IHDR", good[:33] + good[8:], r"^multiple IHDR chunks$"),
-        ("bad filter", gray_with_idat(zlib.compress(bad_filter)),
-         r"^corrupt image data \(bad filter type 5 in row 2\)$"),
-        ("bad filter interlaced",
-         png_of(ihdr(6, 5, 8, 0, 1), chunk(b"IDAT", zlib.compress(bytes(adam7))), IEND),
-         r"^corrupt image data \(bad filter type 9 in row 0 of interlace pass 2\)$"),
-        ("corrupt deflate", gray_with_idat(b"\x78\x9c" + b"\xff" * 20),
-         r"^corrupt image data \(zlib: .+\)$"),
-        ("bad zlib header", gray_with_idat(b"\x78\x9d" + z[2:]),
-         r"^corrupt image data \(zlib: bad header check\)$"),
-        ("zlib method", gray_with_idat(b"\x79\x18" + z[2:]),
-         r"^corrupt image data \(zlib: compression method 9\)$"),
-        ("preset dict", gray_with_idat(b"\x78\xbb" + z[2:]),
-         r"^corrupt image data \(zlib: preset dictionary\)$"),
-        ("truncated zlib", gray_with_idat(z[:len(z) // 2]),
-         r"^corrupt image data \(zlib stream truncated\)$"),
+        (
+            "bad filter",
+            gray_with_idat(zlib.compress(bad_filter)),
+            r"^corrupt image data \(bad filter type 5 in row 2\)$",
+        ),
+        (
+            "bad filter interlaced",
+            png_of(ihdr(6, 5, 8, 0, 1), chunk(b"IDAT", zlib.compress(bytes(adam7))), IEND),
+            r"^corrupt image data \(bad filter type 9 in row 0 of interlace pass 2\)$",
+        ),
+        ("corrupt deflate", gray_with_idat(b"\x78\x9c" + b"\xff" * 20), r"^corrupt image data \(zlib: .+\)$"),
+        (
+            "bad zlib header",
+            gray_with_idat(b"\x78\x9d" + z[2:]),
+            r"^corrupt image data \(zlib: bad header check\)$",
+        ),
+        (
+            "zlib method",
+            gray_with_idat(b"\x79\x18" + z[2:]),
+            r"^corrupt image data \(zlib: compression method 9\)$",
+        ),
+        (
+            "preset dict",
+            gray_with_idat(b"\x78\xbb" + z[2:]),
+            r"^corrupt image data \(zlib: preset dictionary\)$",
+        ),
+        (
+            "truncated zlib",
+            gray_with_idat(z[: len(z) // 2]),
+            r"^corrupt image data \(zlib stream truncated\)$",
+        ),
         ("one-byte zlib", gray_with_idat(b"\x78"), r"^corrupt image data \(zlib stream truncated\)$"),
-        ("too little data", gray_with_idat(zlib.compress(bytes(30))),
-         r"^image data too short \(30 bytes, 35 needed\)$"),
-        ("empty image data", gray_with_idat(zlib.compress(b"")),
-         r"^image data too short \(0 bytes, 35 needed\)$"),
-        ("palette index",
-         png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", pal), chunk(b"IDAT", zlib.compress(idx_rows)), IEND),
-         r"^palette index 5 past the 4-entry palette$"),
-        ("missing PLTE", png_of(ihdr(4, 2, 8, 3), chunk(b"IDAT", zlib.compress(idx_rows)), IEND),
-         r"^missing PLTE \(colour type 3 needs a palette\)$"),
+        (
+            "too little data",
+            gray_with_idat(zlib.compress(bytes(30))),
+            r"^image data too short \(30 bytes, 35 needed\)$",
+        ),
+        (
+            "empty image data",
+            gray_with_idat(zlib.compress(b"")),
+            r"^image data too short \(0 bytes, 35 needed\)$",
+        ),
+        (
+            "palette index",
+            png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", pal), chunk(b"IDAT", zlib.compress(idx_rows)), IEND),
+            r"^palette index 5 past the 4-entry palette$",
+        ),
+        (
+            "missing PLTE",
+            png_of(ihdr(4, 2, 8, 3), chunk(b"IDAT", zlib.compress(idx_rows)), IEND),
+            r"^missing PLTE \(colour type 3 needs a palette\)$",
+        ),
         ("PLTE length", png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", bytes(10))), r"^bad PLTE length 10$"),
-        ("multiple PLTE", png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", bytes(6)), chunk(b"PLTE", bytes(6))),
-         r"^multiple PLTE chunks$"),
-        ("tRNS before PLTE", png_of(ihdr(4, 2, 8, 3), chunk(b"tRNS", bytes(1))),
-         r"^tRNS before PLTE$"),
-        ("tRNS too long", png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", bytes(6)), chunk(b"tRNS", bytes(3))),
-         r"^bad tRNS length 3 for a 2-entry palette$"),
-        ("tRNS gray length", png_of(ihdr(4, 2, 8, 0), chunk(b"tRNS", bytes(6))),
-         r"^bad tRNS length 6 for colour type 0$"),
-        ("tRNS with alpha", png_of(ihdr(4, 2, 8, 6), chunk(b"tRNS", bytes(8))),
-         r"^tRNS in an image with alpha \(colour type 6\)$"),
-        ("tRNS after IDAT", good[:iend_at] + chunk(b"tRNS", bytes(2)) + good[iend_at:],
-         r"^tRNS after IDAT$"),
-        ("IDAT before IHDR", png_of(chunk(b"IDAT", z), ihdr(6, 5, 8, 0), IEND),
-         r"^missing IHDR \(first chunk is IDAT\)$"),
-        ("text before IHDR", SIG + chunk(b"tEXt", b"a\0b") + good[8:],
-         r"^missing IHDR \(first chunk is tEXt\)$"),
+        (
+            "multiple PLTE",
+            png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", bytes(6)), chunk(b"PLTE", bytes(6))),
+            r"^multiple PLTE chunks$",
+        ),
+        ("tRNS before PLTE", png_of(ihdr(4, 2, 8, 3), chunk(b"tRNS", bytes(1))), r"^tRNS before PLTE$"),
+        (
+            "tRNS too long",
+            png_of(ihdr(4, 2, 8, 3), chunk(b"PLTE", bytes(6)), chunk(b"tRNS", bytes(3))),
+            r"^bad tRNS length 3 for a 2-entry palette$",
+        ),
+        (
+            "tRNS gray length",
+            png_of(ihdr(4, 2, 8, 0), chunk(b"tRNS", bytes(6))),
+            r"^bad tRNS length 6 for colour type 0$",
+        ),
+        (
+            "tRNS with alpha",
+            png_of(ihdr(4, 2, 8, 6), chunk(b"tRNS", bytes(8))),
+            r"^tRNS in an image with alpha \(colour type 6\)$",
+        ),
+        ("tRNS after IDAT", good[:iend_at] + chunk(b"tRNS", bytes(2)) + good[iend_at:], r"^tRNS after IDAT$"),
+        (
+            "IDAT before IHDR",
+            png_of(chunk(b"IDAT", z), ihdr(6, 5, 8, 0), IEND),
+            r"^missing IHDR \(first chunk is IDAT\)$",
+        ),
+        (
+            "text before IHDR",
+            SIG + chunk(b"tEXt", b"a\0b") + good[8:],
+            r"^missing IHDR \(first chunk is tEXt\)$",
+        ),
         ("IEND only", png_of(IEND), r"^missing IHDR \(first chunk is IEND\)$"),
         ("no IDAT", png_of(ihdr(6, 5, 8, 0), IEND), r"^no IDAT chunk$"),
-        ("critical chunk", good[:33] + chunk(b"ABCD", b"xyz") + good[33:],
-         r"^unknown critical chunk ABCD$"),
+        ("critical chunk", good[:33] + chunk(b"ABCD", b"xyz") + good[33:], r"^unknown critical chunk ABCD$"),
         ("CgBI", SIG + chunk(b"CgBI", bytes(4)) + good[8:], r"^missing IHDR \(first chunk is CgBI\)$"),
-        ("binary chunk type", good[:33] + chunk(b"\x00\x01\x02\x03", b"") + good[33:],
-         r"^unknown critical chunk b'\\x00\\x01\\x02\\x03'$"),
-        ("huge length", good[:33] + struct.pack(">I", 0xFFFFFFF0) + b"IDAT" + bytes(8),
-         r"^bad length 4294967280 of chunk IDAT$"),
+        (
+            "binary chunk type",
+            good[:33] + chunk(b"\x00\x01\x02\x03", b"") + good[33:],
+            r"^unknown critical chunk b'\\x00\\x01\\x02\\x03'$",
+        ),
+        (
+            "huge length",
+            good[:33] + struct.pack(">I", 0xFFFFFFF0) + b"IDAT" + bytes(8),
+            r"^bad length 4294967280 of chunk IDAT$",
+        ),
     ]
 
 

@@ -137,12 +137,12 @@ def test_layout_names_and_lists(fake):
 
     # every listed file exists and nothing else is in the image dirs
     listed = sorted(train + valid)
-    on_disk = sorted(
-        str(p.relative_to(root)) for p in mn.glob("images_client*/*") if p.is_file()
-    )
+    on_disk = sorted(str(p.relative_to(root)) for p in mn.glob("images_client*/*") if p.is_file())
     assert listed == on_disk
     assert sorted(p.name for p in mn.iterdir() if p.is_dir()) == [
-        "images_client1", "images_client2", "images_client3",
+        "images_client1",
+        "images_client2",
+        "images_client3",
     ]
 
     m = json.loads((mn / ".prepared-3.json").read_text())
@@ -222,11 +222,7 @@ def test_labels_and_names_lists_untouched(fake):
 
 
 def _snapshot(mn: Path) -> dict:
-    return {
-        str(p.relative_to(mn)): p.stat().st_mtime_ns
-        for p in mn.rglob("*")
-        if p.is_file()
-    }
+    return {str(p.relative_to(mn)): p.stat().st_mtime_ns for p in mn.rglob("*") if p.is_file()}
 
 
 def test_rerun_same_n_is_quick_noop(fake):
@@ -293,7 +289,9 @@ def test_changed_n_rebuilds_and_removes_old_dirs(fake):
     assert r.returncode == 0, r.stderr
     assert not (mn / "images").exists()
     assert sorted(p.name for p in mn.glob("images_client*")) == [
-        "images_client1", "images_client2", "images_client3",
+        "images_client1",
+        "images_client2",
+        "images_client3",
     ]
 
 
@@ -344,8 +342,8 @@ def test_stray_files_in_image_dirs_are_removed(fake):
 
 
 def _one_error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("prepare_mnist: error:")]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("prepare_mnist: error:")]
     assert len(errors) == 1, r.stderr
     assert lines[-1] == errors[0], r.stderr
     assert errors[0].startswith("prepare_mnist: error: ")
@@ -387,9 +385,7 @@ def test_count_mismatch_is_clear_error(fake):
 
 def test_wrong_image_size_is_clear_error(fake):
     src, root, _ = fake
-    (src / "t10k-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 0x803, 2, 32, 32) + bytes(2 * 32 * 32)
-    )
+    (src / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, 2, 32, 32) + bytes(2 * 32 * 32))
     r = run(root, "--num-clients", 2, mnist_dir=src)
     assert r.returncode == 1
     assert "32x32" in _one_error_line(r)
@@ -425,8 +421,10 @@ def fake_big(tmp_path):
 
 
 def _client_lists(mn: Path, n: int) -> tuple[list, list]:
-    return ([read_list(mn / f"mnist.train.client{k}.list") for k in range(1, n + 1)],
-            [read_list(mn / f"mnist.valid.client{k}.list") for k in range(1, n + 1)])
+    return (
+        [read_list(mn / f"mnist.train.client{k}.list") for k in range(1, n + 1)],
+        [read_list(mn / f"mnist.valid.client{k}.list") for k in range(1, n + 1)],
+    )
 
 
 def _label_of(path: str) -> int:
@@ -447,7 +445,7 @@ def test_non_iid_every_image_in_exactly_one_client(fake_big):
     for k, (t, v) in enumerate(zip(tr, te), 1):
         assert t and v, f"client {k} is empty"
         assert all(p.startswith(f"data/mnist/images_client{k}/") for p in t + v)
-        assert t == sorted(t) and v == sorted(v)        # official order within a client
+        assert t == sorted(t) and v == sorted(v)  # official order within a client
     flat_t = [p for t in tr for p in t]
     flat_v = [p for v in te for p in v]
     assert len(flat_t) == len(set(flat_t)) == 600 and sorted(flat_t) == sorted(train)
@@ -460,7 +458,8 @@ def test_non_iid_every_image_in_exactly_one_client(fake_big):
     assert (m["data_dist"], m["alpha"], m["seed"]) == ("non-iid", 0.5, 0)
     assert [c["n_train"] for c in m["clients"]] == [len(t) for t in tr]
     assert [c["train_labels"] for c in m["clients"]] == [
-        np.bincount([_label_of(p) for p in t], minlength=10).tolist() for t in tr]
+        np.bincount([_label_of(p) for p in t], minlength=10).tolist() for t in tr
+    ]
 
 
 def test_non_iid_reproducible_by_seed(tmp_path):
@@ -486,13 +485,15 @@ def test_non_iid_label_skew_visible(fake_big):
     def distances():
         tr, te = _client_lists(mn, 4)
         out = []
-        for t, v in zip(tr, te):
+        for t, _v in zip(tr, te):
             mix = np.bincount([_label_of(p) for p in t], minlength=10) / len(t)
-            out.append(0.5 * np.abs(mix - global_mix).sum())     # total variation distance
+            out.append(0.5 * np.abs(mix - global_mix).sum())  # total variation distance
         return out, tr, te
 
-    assert run(root, "--num-clients", 4, "--data-dist", "non-iid", "--alpha", "0.1",
-               mnist_dir=src).returncode == 0
+    assert (
+        run(root, "--num-clients", 4, "--data-dist", "non-iid", "--alpha", "0.1", mnist_dir=src).returncode
+        == 0
+    )
     skewed, tr, te = distances()
     # with alpha 0.1 most of a class lands on one client: every client's mix is far off
     assert min(skewed) > 0.3, skewed
@@ -502,7 +503,7 @@ def test_non_iid_label_skew_visible(fake_big):
         mix_v = np.bincount([_label_of(p) for p in v], minlength=10) / len(v)
         assert 0.5 * np.abs(mix_t - mix_v).sum() < far / 2, (mix_t, mix_v, far)
     sizes = [len(t) for t in tr]
-    assert max(sizes) > 1.5 * min(sizes)          # shard sizes differ too
+    assert max(sizes) > 1.5 * min(sizes)  # shard sizes differ too
     assert run(root, "--num-clients", 4, mnist_dir=src).returncode == 0
     iid, _, _ = distances()
     assert max(iid) < 0.2, iid
@@ -530,12 +531,16 @@ def test_non_iid_bad_alpha_is_usage_error(fake):
 
 
 def test_make_passes_data_dist_through():
-    r = subprocess.run(["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3",
-                        "data-dist=non-iid", "alpha=0.2"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3", "data-dist=non-iid", "alpha=0.2"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "--num-clients 3 --data-dist non-iid --alpha 0.2" in r.stdout
-    r = subprocess.run(["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "mnist_training", "num-clients=3"], capture_output=True, text=True
+    )
     assert "--num-clients 3 --data-dist iid" in r.stdout and "--alpha" not in r.stdout
 
 

@@ -3,6 +3,7 @@
 Each new kernel must give the floats of the im2col + gemm / axpy / Python code it replaces
 (Darknet's order), bit for bit; `==` on float arrays also equates +0 and -0, the one
 difference the zero-skipping kernels may make."""
+
 import math
 import re
 from array import array
@@ -28,7 +29,7 @@ def arr(buf) -> np.ndarray:
 def sparse_image(rng, batch, c, h, w, zero_frac=0.7, same_channels=False):
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
     x[rng.random((batch, c, h, w)) < zero_frac] = 0
-    x[:, :, :, : w // 4] = 0          # whole zero columns and rows, like MNIST borders
+    x[:, :, :, : w // 4] = 0  # whole zero columns and rows, like MNIST borders
     x[:, :, : h // 5, :] = 0
     if same_channels:
         x[:] = x[:, :1]
@@ -55,9 +56,17 @@ def reference_conv_forward(x, batch, c, h, w, W, n, size, pad, bias, act):
 # batch, c, h, w, n, size, pad: LeNet's two layers; kernel sizes 1..8; size*c up to 32 (channel-last
 # backward) and past it; pad 0..size-1 (and pad >= size for the forward only)
 GEOMETRIES = [
-    (3, 3, 28, 28, 6, 5, 2), (4, 6, 14, 14, 6, 5, 2), (2, 1, 9, 13, 5, 3, 1), (2, 2, 7, 6, 3, 4, 0),
-    (2, 3, 10, 11, 7, 5, 0), (1, 2, 8, 8, 2, 7, 3), (2, 4, 5, 5, 9, 1, 0), (1, 3, 12, 5, 4, 6, 5),
-    (2, 2, 6, 17, 1, 8, 4), (2, 7, 9, 9, 3, 5, 2), (1, 5, 6, 7, 2, 7, 1),
+    (3, 3, 28, 28, 6, 5, 2),
+    (4, 6, 14, 14, 6, 5, 2),
+    (2, 1, 9, 13, 5, 3, 1),
+    (2, 2, 7, 6, 3, 4, 0),
+    (2, 3, 10, 11, 7, 5, 0),
+    (1, 2, 8, 8, 2, 7, 3),
+    (2, 4, 5, 5, 9, 1, 0),
+    (1, 3, 12, 5, 4, 6, 5),
+    (2, 2, 6, 17, 1, 8, 4),
+    (2, 7, 9, 9, 3, 5, 2),
+    (1, 5, 6, 7, 2, 7, 1),
 ]
 
 
@@ -103,8 +112,11 @@ def test_conv_backward_matches_im2col_gemm(geometry, act, with_prev):
     oh, ow = h + 2 * pad - size + 1, w + 2 * pad - size + 1
     x = f32a(sparse_image(rng, batch, c, h, w, same_channels=c == 3))
     W = f32a(rng.standard_normal(n * c * size * size))
-    out = f32a(np.maximum(rng.standard_normal(batch * n * oh * ow), 0) if act == 1
-               else rng.random(batch * n * oh * ow))
+    out = f32a(
+        np.maximum(rng.standard_normal(batch * n * oh * ow), 0)
+        if act == 1
+        else rng.random(batch * n * oh * ow)
+    )
     delta0 = sparse_delta(rng, batch * n * oh * ow)
     bias0 = rng.standard_normal(n).astype(np.float32)
     wupd0 = rng.standard_normal(n * c * size * size).astype(np.float32)
@@ -116,7 +128,9 @@ def test_conv_backward_matches_im2col_gemm(geometry, act, with_prev):
         if kernel == "new":
             _dlk.conv_backward(x, batch, c, h, w, out, delta, n, size, pad, act, W, bias_upd, w_upd, prev)
         else:
-            reference_conv_backward(x, batch, c, h, w, out, delta, n, size, pad, act, W, bias_upd, w_upd, prev)
+            reference_conv_backward(
+                x, batch, c, h, w, out, delta, n, size, pad, act, W, bias_upd, w_upd, prev
+            )
         results.append([arr(delta), arr(bias_upd), arr(w_upd)] + ([arr(prev)] if with_prev else []))
     for new, ref in zip(*results):
         assert np.array_equal(new, ref)
@@ -127,7 +141,7 @@ def test_conv_backward_same_channel_shortcut_is_exact():
     rng = np.random.default_rng(5)
     batch, c, h, w, n, size, pad = 4, 3, 28, 28, 6, 5, 2
     x = sparse_image(rng, batch, c, h, w, same_channels=True)
-    x[1, 2, 10, 10] += 1.0            # image 1 is not gray: the general path for it
+    x[1, 2, 10, 10] += 1.0  # image 1 is not gray: the general path for it
     x = f32a(x)
     W = f32a(rng.standard_normal(n * c * size * size))
     out = f32a(rng.random(batch * n * h * w))
@@ -136,7 +150,6 @@ def test_conv_backward_same_channel_shortcut_is_exact():
     _dlk.conv_backward(x, batch, c, h, w, out, f32a(d0), n, size, pad, 0, W, zeros(n), got, None)
     reference_conv_backward(x, batch, c, h, w, out, f32a(d0), n, size, pad, 0, W, zeros(n), ref, None)
     assert np.array_equal(arr(got), arr(ref))
-
 
 
 def test_conv_kernels_check_sizes():
@@ -162,9 +175,9 @@ def test_conv_kernels_check_sizes():
 @pytest.mark.parametrize("planes, h, w", [(6, 28, 28), (5, 14, 14), (3, 2, 2), (2, 6, 18), (1, 4, 10)])
 def test_maxpool_2x2_matches_maxpool_forward(planes, h, w):
     rng = np.random.default_rng(planes * h + w)
-    x = rng.integers(-3, 3, (planes, h, w)).astype(np.float32)   # many ties: the first maximum wins
+    x = rng.integers(-3, 3, (planes, h, w)).astype(np.float32)  # many ties: the first maximum wins
     x[0, 0, :2] = -np.inf
-    x[0, 1, :2] = -np.inf                                        # a window of -inf: index -1, -FLT_MAX
+    x[0, 1, :2] = -np.inf  # a window of -inf: index -1, -FLT_MAX
     if planes > 1:
         x[1, 0, 0] = np.nan
     x = f32a(x)
@@ -189,7 +202,10 @@ def test_connected_backward_matches_gemm(batch, inputs, outputs, act, with_prev)
     W = f32a(rng.standard_normal(outputs * inputs))
     out = f32a(rng.random(batch * outputs) - 0.3)
     d0 = sparse_delta(rng, batch * outputs, 0.6)
-    b0, w0 = rng.standard_normal(outputs).astype(np.float32), rng.standard_normal(outputs * inputs).astype(np.float32)
+    b0, w0 = (
+        rng.standard_normal(outputs).astype(np.float32),
+        rng.standard_normal(outputs * inputs).astype(np.float32),
+    )
     p0 = rng.standard_normal(batch * inputs).astype(np.float32)
     delta, bu, wu, prev = f32a(d0), f32a(b0), f32a(w0), f32a(p0) if with_prev else None
     _dlk.connected_backward(x, batch, inputs, out, delta, outputs, act, W, bu, wu, prev)
@@ -235,8 +251,17 @@ def python_normal_weights(rng, n, scale):
 @pytest.mark.parametrize("seed", [None, 0, 7, 123456789])
 def test_bulk_draws_match_python_random(seed):
     py, c = Random(seed), Random(seed)
-    for n, kind in ((450, "normal"), (901, "normal"), (35280, "uniform"), (3, "normal"), (10080, "uniform"),
-                    (1, "normal"), (1, "normal"), (840, "uniform"), (100, "below")):
+    for n, kind in (
+        (450, "normal"),
+        (901, "normal"),
+        (35280, "uniform"),
+        (3, "normal"),
+        (10080, "uniform"),
+        (1, "normal"),
+        (1, "normal"),
+        (840, "uniform"),
+        (100, "below"),
+    ):
         if kind == "normal":
             scale = f32(math.sqrt(2.0 / 75))
             ref = python_normal_weights(py, n, scale)
@@ -260,7 +285,9 @@ def test_bulk_draws_match_python_random(seed):
 
 def _png_bytes(pixels: np.ndarray, mode: str, **options) -> bytes:
     import io
+
     from PIL import Image
+
     buf = io.BytesIO()
     image = Image.fromarray(pixels) if mode is None else Image.fromarray(pixels, mode)
     image.save(buf, "PNG", **options)
@@ -271,6 +298,7 @@ def _python_chw(data: bytes, w: int, h: int):
     """decode_png + pixels_to_chw (the dataset's slow path), or the error it raises."""
     from dlserver.errors import DLServerError
     from dlserver.image.png import decode_png
+
     try:
         width, height, comps, pixels = decode_png(data)
     except DLServerError as e:
@@ -300,12 +328,12 @@ def test_png_fast_path_matches_python_decoder():
         shape = (28, 28) if mode == "L" else (28, 28, len(mode))
         kind = i % 3
         if kind == 0:
-            pixels = rng.integers(0, 256, shape, dtype=np.uint8)           # noise: stored/dynamic blocks
+            pixels = rng.integers(0, 256, shape, dtype=np.uint8)  # noise: stored/dynamic blocks
         elif kind == 1:
             pixels = np.zeros(shape, np.uint8)
-            pixels[5:20, 8:12] = 255                                        # MNIST-like strokes
+            pixels[5:20, 8:12] = 255  # MNIST-like strokes
         else:
-            pixels = (np.arange(np.prod(shape)) % 7).astype(np.uint8).reshape(shape)   # long matches
+            pixels = (np.arange(np.prod(shape)) % 7).astype(np.uint8).reshape(shape)  # long matches
         level = (0, 1, 6, 9)[i % 4]
         handled += _check_png(_png_bytes(pixels, mode, compress_level=level, optimize=i % 5 == 0))
     assert handled == 120
@@ -315,36 +343,43 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
     gray = np.random.default_rng(2).integers(0, 256, (28, 28), dtype=np.uint8)
     good = _png_bytes(gray, "L")
     assert _check_png(good)
-    assert not _check_png(good, 27, 28)                                     # another size: resize path
-    from PIL import Image
+    assert not _check_png(good, 27, 28)  # another size: resize path
     import io
+
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(gray, "L").convert("P").save(buf, "PNG")
-    assert not _check_png(buf.getvalue())                                   # palette
+    assert not _check_png(buf.getvalue())  # palette
     assert not _check_png(_png_bytes(gray.astype(np.uint16) * 200, None))  # 16-bit
     import zlib
+
     rng = np.random.default_rng(3)
     strokes = (gray > 200).astype(np.uint8) * 255
-    for source in (good, _png_bytes(strokes, "L"), _png_bytes(strokes, "L", compress_level=9),
-                   _png_bytes(np.stack([gray] * 3, -1), "RGB", compress_level=1),
-                   _png_bytes(gray, "L", compress_level=0)):
+    for source in (
+        good,
+        _png_bytes(strokes, "L"),
+        _png_bytes(strokes, "L", compress_level=9),
+        _png_bytes(np.stack([gray] * 3, -1), "RGB", compress_level=1),
+        _png_bytes(gray, "L", compress_level=0),
+    ):
         accepted = 0
-        for trial in range(300):                                            # corrupted files
+        for trial in range(300):  # corrupted files
             data = bytearray(source)
             for _ in range(1 + trial % 3):
                 data[rng.integers(8, len(data))] ^= 1 << rng.integers(0, 8)
-            if trial % 4:                                                   # ... with CRCs fixed up, so
-                pos = 8                                                     # the inflate checks run
+            if trial % 4:  # ... with CRCs fixed up, so
+                pos = 8  # the inflate checks run
                 while pos + 12 <= len(data):
-                    length = int.from_bytes(data[pos:pos + 4], "big")
+                    length = int.from_bytes(data[pos : pos + 4], "big")
                     if pos + 12 + length > len(data):
                         break
-                    crc = zlib.crc32(bytes(data[pos + 4:pos + 8 + length]))
-                    data[pos + 8 + length:pos + 12 + length] = crc.to_bytes(4, "big")
+                    crc = zlib.crc32(bytes(data[pos + 4 : pos + 8 + length]))
+                    data[pos + 8 + length : pos + 12 + length] = crc.to_bytes(4, "big")
                     pos += 12 + length
             accepted += _check_png(bytes(data))
-        assert accepted > 0                                                 # the inflate path was reached
-    for cut in range(0, len(good), 7):                                      # truncated files
+        assert accepted > 0  # the inflate path was reached
+    for cut in range(0, len(good), 7):  # truncated files
         assert not _check_png(good[:cut])
     with pytest.raises(ValueError):
         _dlk.png_load_chw(good, 28, 28, zeros(100))
@@ -356,7 +391,9 @@ def test_png_fast_path_refuses_what_it_does_not_handle():
 def _tiny_set(workdir, max_batches=25, batch=30):
     """90 synthetic 28x28 gray PNGs of 3 classes (sparse noise plus a bar), a dataset and a cfg."""
     from PIL import Image
+
     from test_training import lenet_cfg
+
     rng = np.random.default_rng(4)
     (workdir / "data" / "tiny").mkdir(parents=True)
     paths = []
@@ -364,20 +401,23 @@ def _tiny_set(workdir, max_batches=25, batch=30):
         label = i % 3
         pixels = rng.integers(0, 30, (28, 28), dtype=np.uint8)
         pixels[rng.random((28, 28)) < 0.5] = 0
-        pixels[label * 9:label * 9 + 9, 4:24] = 200 + label * 20
+        pixels[label * 9 : label * 9 + 9, 4:24] = 200 + label * 20
         paths.append(f"data/tiny/t_{i:05d}_c{label}.png")
         Image.fromarray(pixels, "L").save(workdir / paths[-1])
     (workdir / "data" / "tiny.list").write_text("\n".join(paths) + "\n")
     (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
     (workdir / "cfg" / "tiny.dataset").write_text(
-        "classes=3\ntrain=data/tiny.list\nbackup=model\nlabels=data/labels.list\n")
+        "classes=3\ntrain=data/tiny.list\nbackup=model\nlabels=data/labels.list\n"
+    )
     (workdir / "cfg" / "tiny.cfg").write_text(
-        lenet_cfg(max_batches=max_batches, batch=batch, policy="constant").replace("output= 10", "output= 3"))
+        lenet_cfg(max_batches=max_batches, batch=batch, policy="constant").replace("output= 10", "output= 3")
+    )
     return ["classifier", "train", "cfg/tiny.dataset", "cfg/tiny.cfg"]
 
 
 def _train_tiny(capsys, args, seed):
     from dlserver.main import main
+
     status = main(["dl-server", *args, "-seed", str(seed)])
     out, err = capsys.readouterr()
     assert status == 0, err
@@ -402,6 +442,7 @@ def test_training_equals_the_loops_it_replaced(workdir, capsys, monkeypatch):
 def test_training_in_component_equals_native(component, workdir, capsys, monkeypatch):
     """The kernels built for wasm32 (SIMD128) and natively give the same loss lines and weights."""
     from conftest import run_wasmtime
+
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
     args = _tiny_set(workdir, max_batches=12)
     native_out = _train_tiny(capsys, args, 5)
@@ -411,6 +452,8 @@ def test_training_in_component_equals_native(component, workdir, capsys, monkeyp
     result = run_wasmtime(workdir, *args, "-seed", "5")
     assert result.returncode == 0, result.stderr
     assert weights.read_bytes() == native
-    strip = lambda text: [re.sub(r"[\d.]+ seconds", "", line) for line in text.splitlines()]
-    assert strip(result.stdout) == strip(native_out)
 
+    def strip(text):
+        return [re.sub(r"[\d.]+ seconds", "", line) for line in text.splitlines()]
+
+    assert strip(result.stdout) == strip(native_out)

@@ -1,4 +1,5 @@
 """classifier train (spec §5) on a small synthetic set: loss, saves, resume, errors."""
+
 from array import array
 
 import numpy as np
@@ -6,16 +7,18 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from dlserver_host.darknet_output import TRAIN_LINE as BATCH_LINE
 from dlserver.commands.classifier import load_network
 from dlserver.main import main
 from dlserver.rng import Random
 from dlserver.schedule import learning_rate
+from dlserver_host.darknet_output import TRAIN_LINE as BATCH_LINE
 
 
 def lenet_cfg(max_batches=60, batch=20, policy="poly", extra=""):
     text = (ROOT / "cfg" / "mnist_lenet.cfg").read_text()
-    text = text.replace("batch=100", f"batch={batch}").replace("max_batches=2000", f"max_batches={max_batches}")
+    text = text.replace("batch=100", f"batch={batch}").replace(
+        "max_batches=2000", f"max_batches={max_batches}"
+    )
     return text.replace("policy=poly", f"policy={policy}\n{extra}")
 
 
@@ -29,7 +32,7 @@ def tiny(workdir):
     for i in range(120):
         label = i % 4
         pixels = rng.integers(0, 40, (28, 28), dtype=np.uint8)
-        pixels[label * 7:(label + 1) * 7, :] = 220
+        pixels[label * 7 : (label + 1) * 7, :] = 220
         path = f"data/tiny/t_{i:05d}_c{label}.png"
         Image.fromarray(pixels, "L").save(workdir / path)
         paths.append(path)
@@ -37,12 +40,11 @@ def tiny(workdir):
     (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\nc3\n")
     (workdir / "cfg" / "tiny.dataset").write_text(
         "classes=4\ntrain=data/tiny.list\nvalid=data/tiny.list\nbackup=model\nlabels=data/labels.list\n"
-        "names=data/labels.list\ntop=2\n")
+        "names=data/labels.list\ntop=2\n"
+    )
     cfg = lenet_cfg().replace("output= 10", "output= 4")
     (workdir / "cfg" / "tiny.cfg").write_text(cfg)
     return workdir
-
-
 
 
 def train(capsys, *extra, cfg="cfg/tiny.cfg"):
@@ -101,23 +103,24 @@ def test_resume_from_backup_continues_seen(tiny, capsys, monkeypatch):
 
 def test_learning_rate_policies():
     class Net:
-        learning_rate, power, burn_in, batch, subdivisions = .01, 4.0, 0, 100, 1
-        max_batches, policy, step, scale, gamma = 2000, "poly", 10, .5, .99
-        steps, scales, rng = [5, 8], [.1, .5], Random()
+        learning_rate, power, burn_in, batch, subdivisions = 0.01, 4.0, 0, 100, 1
+        max_batches, policy, step, scale, gamma = 2000, "poly", 10, 0.5, 0.99
+        steps, scales, rng = [5, 8], [0.1, 0.5], Random()
         seen = 100
         current_batch = property(lambda self: self.seen // (self.batch * self.subdivisions))
+
     net = Net()
     assert f"{learning_rate(net):.9g}" == "0.00998001359"
     net.seen = 100000
     assert learning_rate(net) == pytest.approx(0.000625, rel=1e-6)
     net.seen, net.policy = 900, "steps"
-    assert learning_rate(net) == pytest.approx(.01 * .1 * .5)
+    assert learning_rate(net) == pytest.approx(0.01 * 0.1 * 0.5)
     net.policy = "step"
-    assert learning_rate(net) == pytest.approx(.01)
+    assert learning_rate(net) == pytest.approx(0.01)
     net.seen, net.policy = 2500, "exp"
-    assert learning_rate(net) == pytest.approx(.01 * .99 ** 25, rel=1e-6)
+    assert learning_rate(net) == pytest.approx(0.01 * 0.99**25, rel=1e-6)
     net.policy, net.burn_in = "constant", 100
-    assert learning_rate(net) == pytest.approx(.01 * (25 / 100) ** 4, rel=1e-6)
+    assert learning_rate(net) == pytest.approx(0.01 * (25 / 100) ** 4, rel=1e-6)
 
 
 def _write(path, data):
@@ -125,16 +128,42 @@ def _write(path, data):
     return path
 
 
-@pytest.mark.parametrize("setup, problem", [
-    (lambda d: _write(d / "data" / "tiny" / "t_00003_c3.png", b"\x89PNG\r\n\x1a\nbroken"), "t_00003_c3.png: bad PNG"),
-    (lambda d: (d / "data" / "tiny" / "t_00004_c0.png").unlink(), "t_00004_c0.png: cannot open image"),
-    (lambda d: _write(d / "data" / "tiny.list", b""), "the train list is empty"),
-    (lambda d: _write(d / "data" / "tiny.list", b"data/tiny/unlabelled.png\n"), "exactly one of the 4 labels"),
-    (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg(max_batches=0).replace("output= 10", "output= 4").encode()),
-     "max_batches=0"),
-    (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().encode()), "10 outputs but cfg/tiny.dataset says classes=4"),
-    (lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().replace("output= 10", "output= 4").replace("size=5", "size=40", 1).replace("pad=1", "pad=0", 1).encode()), "does not fit"),
-])
+@pytest.mark.parametrize(
+    "setup, problem",
+    [
+        (
+            lambda d: _write(d / "data" / "tiny" / "t_00003_c3.png", b"\x89PNG\r\n\x1a\nbroken"),
+            "t_00003_c3.png: bad PNG",
+        ),
+        (lambda d: (d / "data" / "tiny" / "t_00004_c0.png").unlink(), "t_00004_c0.png: cannot open image"),
+        (lambda d: _write(d / "data" / "tiny.list", b""), "the train list is empty"),
+        (
+            lambda d: _write(d / "data" / "tiny.list", b"data/tiny/unlabelled.png\n"),
+            "exactly one of the 4 labels",
+        ),
+        (
+            lambda d: _write(
+                d / "cfg" / "tiny.cfg", lenet_cfg(max_batches=0).replace("output= 10", "output= 4").encode()
+            ),
+            "max_batches=0",
+        ),
+        (
+            lambda d: _write(d / "cfg" / "tiny.cfg", lenet_cfg().encode()),
+            "10 outputs but cfg/tiny.dataset says classes=4",
+        ),
+        (
+            lambda d: _write(
+                d / "cfg" / "tiny.cfg",
+                lenet_cfg()
+                .replace("output= 10", "output= 4")
+                .replace("size=5", "size=40", 1)
+                .replace("pad=1", "pad=0", 1)
+                .encode(),
+            ),
+            "does not fit",
+        ),
+    ],
+)
 def test_bad_training_input_fails_before_touching_weights(tiny, capsys, setup, problem):
     old = tiny / "model" / "tiny.weights"
     old.write_bytes(b"earlier weights")

@@ -1,5 +1,6 @@
 """Darknet's command line: arguments from argv or one per line of `args.cfg`, and its flag
 handling (flags are removed from argv as they are found)."""
+
 import sys
 
 from .errors import DLServerError
@@ -8,9 +9,12 @@ from .files import Wording, read_input_file
 ARGS_FILE = "args.cfg"
 MAX_ARGS = 1024  # the original has room for 9 (a 10th line overflows its buffer)
 PROGRAM = "dl-server"
-ARGS_FILE_WORDING = Wording("Argument file not found. Command-line arguments not found."
-                            " (no {path} in the working directory and no arguments given)",
-                            None, "{path}: cannot read {what}: {reason}")
+ARGS_FILE_WORDING = Wording(
+    "Argument file not found. Command-line arguments not found."
+    " (no {path} in the working directory and no arguments given)",
+    None,
+    "{path}: cannot read {what}: {reason}",
+)
 
 
 class Argv:
@@ -84,7 +88,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    args = [line[:-1] if line.endswith("\r") else line for line in lines]
+    args = [line.removesuffix("\r") for line in lines]
     if not args:
         raise DLServerError(f"{path}: the argument file is empty")
     if len(args) > MAX_ARGS:

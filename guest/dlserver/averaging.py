@@ -12,11 +12,13 @@ float32 (the definitions; `aggregation onnx` documents its double and integer on
 - trimmed mean (`-method trimmed:f`): per coordinate, drop the k = floor(f*T) smallest and
   k largest values, then the float32 mean (sum in ascending order, divided by T - 2k).
 """
+
+import math
 from array import array
 from fractions import Fraction
 from itertools import repeat
-import math
 from operator import add, mul, truediv
+from typing import Any
 
 from . import kernels
 from .errors import DLServerError
@@ -52,7 +54,7 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
         return Method("median")
     if method.startswith("trimmed:"):
         try:
-            fraction = float(method[len("trimmed:"):])
+            fraction = float(method[len("trimmed:") :])
         except ValueError:
             fraction = -1.0
         if not 0.0 <= fraction < 0.5:
@@ -63,7 +65,7 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
     raise DLServerError(f"-method {method}: unknown (use mean, median or trimmed:<fraction>)")
 
 
-DARKNET, ONNX = "darknet", "onnx"      # the two mean rules (module docstring)
+DARKNET, ONNX = "darknet", "onnx"  # the two mean rules (module docstring)
 
 
 def _order_statistic(tensors: list, method: Method) -> array:
@@ -79,7 +81,7 @@ def _order_statistic(tensors: list, method: Method) -> array:
     values = []
     for column in zip(*tensors):
         acc = 0.0
-        for v in sorted(column)[k:count - k]:
+        for v in sorted(column)[k : count - k]:
             acc = f32(acc + v)
         values.append(f32(acc / kept))
     return array("f", values)
@@ -97,7 +99,7 @@ def divide_f32(acc: array, d: int) -> array:
     if d == 1:
         return acc
     if d & (d - 1) == 0:
-        kernels.scal(len(acc), 1.0 / d, acc)      # multiplying by 2**-k rounds the same way
+        kernels.scal(len(acc), 1.0 / d, acc)  # multiplying by 2**-k rounds the same way
         return acc
     # No division kernel: map() keeps the loop in C, one float object per value.
     return array("f", map(truediv, acc, repeat(float(d))))
@@ -117,9 +119,10 @@ class Combiner:
         self.kind = "f32" if kind in ("f16", "bf16") else kind
         self.method = method
         self.rule = rule
-        self.acc = None
-        self.first = None
-        self.stack = []        # every model's values (median, trimmed)
+        # the running sum: array('f') or array('d'), or a list of exact integers or Fractions
+        self.acc: Any = None
+        self.first: Any = None
+        self.stack: list[Any] = []  # every model's values (median, trimmed)
         self.count = 0
         weights = method.weights
         if weights is not None:
@@ -170,7 +173,7 @@ class Combiner:
             if method.weights is not None:
                 if kind == "int":
                     s = sum(self.coef_exact)
-                    return [int(v / s) for v in self.acc]      # int() of a Fraction truncates
+                    return [int(v / s) for v in self.acc]  # int() of a Fraction truncates
                 return self.acc
             if kind == "f32":
                 if self.rule == DARKNET:
@@ -195,12 +198,12 @@ class Combiner:
             k = int(method.fraction * total)
             kept = total - 2 * k
             if kind == "int":
-                values = [trunc_div(sum(c[k:total - k]), kept) for c in columns]
+                values = [trunc_div(sum(c[k : total - k]), kept) for c in columns]
             else:
                 values = []
                 for c in columns:
                     acc = 0.0
-                    for v in c[k:total - k]:
+                    for v in c[k : total - k]:
                         acc += v
                     values.append(acc / kept)
         return values if kind == "int" else array("d", values)

@@ -1,5 +1,6 @@
 """YOLO boxes (Darknet yolo_layer.c and box.c): the candidates of a network's YOLO layers,
 mapped back to the image, and non-maximum suppression in the order of musl's qsort."""
+
 from array import array
 
 from . import kernels
@@ -11,6 +12,7 @@ from .rng import f32
 
 class Detection:
     """One candidate box: centre x, y and size w, h as fractions of the image."""
+
     __slots__ = ("x", "y", "w", "h", "objectness", "prob")
 
     def __init__(self, x, y, w, h, objectness, prob):
@@ -25,11 +27,32 @@ def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thres
     most = layer.w * layer.h * layer.n
     anchors = array("f", [v for m in layer.mask for v in (layer.biases[2 * m], layer.biases[2 * m + 1])])
     boxes, objectness, probs = zeros(4 * most), zeros(most), zeros(most * layer.classes)
-    count = kernels.yolo_candidates(layer.output, layer.w, layer.h, layer.n, layer.classes, anchors, netw, neth,
-                                    thresh, boxes, objectness, probs)
+    count = kernels.yolo_candidates(
+        layer.output,
+        layer.w,
+        layer.h,
+        layer.n,
+        layer.classes,
+        anchors,
+        netw,
+        neth,
+        thresh,
+        boxes,
+        objectness,
+        probs,
+    )
     classes = layer.classes
-    dets = [Detection(boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], objectness[i],
-                      probs[i * classes:(i + 1) * classes].tolist()) for i in range(count)]
+    dets = [
+        Detection(
+            boxes[4 * i],
+            boxes[4 * i + 1],
+            boxes[4 * i + 2],
+            boxes[4 * i + 3],
+            objectness[i],
+            probs[i * classes : (i + 1) * classes].tolist(),
+        )
+        for i in range(count)
+    ]
     correct_yolo_boxes(dets, im_w, im_h, netw, neth)
     return dets
 
@@ -37,8 +60,8 @@ def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thres
 def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -> None:
     """Map boxes from the letterboxed network input back to the image (relative = 1)."""
     new_w, new_h = letterbox_size(im_w, im_h, netw, neth)
-    x_off, x_scale = (netw - new_w) / 2. / netw, f32(new_w / netw)
-    y_off, y_scale = (neth - new_h) / 2. / neth, f32(new_h / neth)
+    x_off, x_scale = (netw - new_w) / 2.0 / netw, f32(new_w / netw)
+    y_off, y_scale = (neth - new_h) / 2.0 / neth, f32(new_h / neth)
     w_scale, h_scale = f32(netw / new_w), f32(neth / new_h)
     for d in dets:
         d.x = f32((d.x - x_off) / x_scale)
@@ -71,6 +94,6 @@ def do_nms_sort(dets: list, classes: int, thresh: float) -> list:
     result = []
     for i in order:
         d = dets[i]
-        d.prob = probs[i * classes:(i + 1) * classes].tolist()
+        d.prob = probs[i * classes : (i + 1) * classes].tolist()
         result.append(d)
     return result

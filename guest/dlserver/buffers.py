@@ -1,4 +1,5 @@
 """float32 buffers shared with `_dlk` through the buffer protocol."""
+
 from array import array
 
 
@@ -14,7 +15,7 @@ def int_zeros(n: int) -> array:
 
 def view(buf: array, start: int, length: int) -> memoryview:
     """Items start..start+length of a float32 array, without a copy."""
-    return memoryview(buf)[start:start + length]
+    return memoryview(buf)[start : start + length]
 
 
 def filled(n: int, value: float) -> array:

@@ -5,8 +5,10 @@ section, `#`/`;`/blank lines are skipped, the first `=` splits key from value an
 first occurrence of a key wins. Defaults and unused keys are reported on stderr with
 Darknet's wording. Unlike Darknet, malformed input is an error naming file and line.
 """
+
 import re
 import sys
+from typing import overload
 
 from .errors import DLServerError
 from .files import read_input_file
@@ -54,6 +56,10 @@ class Options:
     def _where(self, line: int) -> str:
         return f"{self.path}:{line}"
 
+    @overload
+    def find_str(self, key: str, default: str, quiet: bool = False) -> str: ...
+    @overload
+    def find_str(self, key: str, default: None, quiet: bool = False) -> str | None: ...
     def find_str(self, key: str, default: str | None, quiet: bool = False) -> str | None:
         value, _ = self._find(key)
         if value is not None:
@@ -157,4 +163,4 @@ def read_list(path: str, what: str = "list file") -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line.removesuffix("\r") for line in lines]

@@ -15,6 +15,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
   - the batch buffers are reused: two pairs, used in turn (the caller trains on one batch
     while the next one is loaded).
 """
+
 from . import kernels
 from .buffers import view, zeros
 from .errors import DLServerError
@@ -23,14 +24,21 @@ from .image.load import decode_image, read_image_file
 from .image.ops import center_crop_image, resize_image
 
 CACHE_BUDGET = 64 << 20
-CACHE_OVERHEAD = 64          # bytes of a cached entry besides the file (bytes object, dict slot)
+CACHE_OVERHEAD = 64  # bytes of a cached entry besides the file (bytes object, dict slot)
 
 
 class TrainingData:
     """The train list with labels, and a cache of the image files' bytes."""
 
-    def __init__(self, paths: list[str], labels: list[str], classes: int, w: int, h: int,
-                 cache_budget: int = CACHE_BUDGET):
+    def __init__(
+        self,
+        paths: list[str],
+        labels: list[str],
+        classes: int,
+        w: int,
+        h: int,
+        cache_budget: int = CACHE_BUDGET,
+    ):
         self.paths = paths
         self.labels = labels[:classes]
         self.classes = classes
@@ -46,8 +54,10 @@ class TrainingData:
         matches = [j for j, label in enumerate(self.labels) if label in path]
         if len(matches) != 1:
             names = ", ".join(self.labels[j] for j in matches) if matches else "none"
-            raise DLServerError(f"{path}: the path should contain exactly one of the {self.classes} labels"
-                                f" (found {len(matches)}: {names})")
+            raise DLServerError(
+                f"{path}: the path should contain exactly one of the {self.classes} labels"
+                f" (found {len(matches)}: {names})"
+            )
         return matches[0]
 
     def preload(self) -> None:
@@ -101,10 +111,10 @@ class TrainingData:
         cache = self.cache
         misses = [i for i in picks if i not in cache]
         fresh = {}
-        if misses:                                   # one C call reads them all
+        if misses:  # one C call reads them all
             paths, keep = self.paths, self._keep
             for i, data in zip(misses, kernels.read_files([paths[i] for i in misses])):
-                if data is not None:                 # (None: _file below reads it again, or says why not)
+                if data is not None:  # (None: _file below reads it again, or says why not)
                     fresh[i] = data
                     keep(i, data)
         datas = []
@@ -114,7 +124,7 @@ class TrainingData:
                 data = cache.get(i)
                 datas.append(data if data is not None else fresh[i] if i in fresh else file(i))
         except DLServerError:
-            self._decode_rows(picks, datas, x)       # an earlier row's error comes first
+            self._decode_rows(picks, datas, x)  # an earlier row's error comes first
             raise
         self._decode_rows(picks, datas, x)
         kernels.fill(len(y), 0.0, y)
@@ -126,7 +136,7 @@ class TrainingData:
     def _decode_rows(self, picks, datas, x) -> None:
         """Rows 0.. of x from the files `datas` (of images `picks`)."""
         inputs = self.w * self.h * 3
-        for row in kernels.decode_png_rows(datas, self.w, self.h, x):   # the rows png_fast.c did not take
+        for row in kernels.decode_png_rows(datas, self.w, self.h, x):  # the rows png_fast.c did not take
             self._decode_slow(picks[row], datas[row], view(x, row * inputs, inputs))
 
 
@@ -141,4 +151,4 @@ def load_valid_batch(paths: list[str], w: int, h: int, input_buf) -> None:
         files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
     for r in kernels.decode_png_rows(files, w, h, input_buf):
         crop = center_crop_image(decode_image(files[r], paths[r]), w, h)
-        input_buf[r * size:(r + 1) * size] = crop.data
+        input_buf[r * size : (r + 1) * size] = crop.data

@@ -1,4 +1,5 @@
 """Reading and writing the user's files: one reader, one atomic writer, one error line on failure."""
+
 import os
 
 from .errors import DLServerError
@@ -16,7 +17,7 @@ def read_file(path: str) -> bytes:
     try:
         try:
             data = os.pread(fd, CHUNK, 0)
-        except OSError:     # not seekable; under WASI also a directory, where read says EISDIR
+        except OSError:  # not seekable; under WASI also a directory, where read says EISDIR
             return _read_stream(fd)
         if len(data) == CHUNK:
             chunks = [data]
@@ -45,8 +46,11 @@ class Wording:
         self.missing, self.directory, self.other = missing, directory, other
 
 
-OPEN = Wording("{path}: cannot open {what}: no such file", "{path}: cannot open {what}: it is a directory",
-               "{path}: cannot open {what}: {reason}")
+OPEN = Wording(
+    "{path}: cannot open {what}: no such file",
+    "{path}: cannot open {what}: it is a directory",
+    "{path}: cannot open {what}: {reason}",
+)
 
 
 def read_input_file(path: str, what: str, wording: Wording = OPEN) -> bytes:

@@ -13,6 +13,7 @@ impl's function of the same name and returns what it replaced (`use(returned)` p
 back); `using(impl)` does both around a `with` block. Tests run the reference loops of
 tests/reference through it; production code never calls it and pays nothing for it.
 """
+
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,13 +21,14 @@ from enum import IntEnum
 
 import _dlk
 
-Floats = array | memoryview              # float32: array('f') or a view of one
-Ints = array | memoryview                # int32: array('i')
-Bytes = bytes | bytearray | memoryview   # bytes, or array('H') and the like where noted
+Floats = array | memoryview  # float32: array('f') or a view of one
+Ints = array | memoryview  # int32: array('i')
+Bytes = bytes | bytearray | memoryview  # bytes, or array('H') and the like where noted
 
 
 class Activation(IntEnum):
     """Darknet activations the kernels implement (codes of activation.c)."""
+
     LINEAR = _dlk.ACT_LINEAR
     RELU = _dlk.ACT_RELU
     LEAKY = _dlk.ACT_LEAKY
@@ -35,6 +37,7 @@ class Activation(IntEnum):
 
 class JpegColour(IntEnum):
     """How jpeg_color converts the decoded planes (stb's rules)."""
+
     GRAY = _dlk.JPEG_GRAY
     YCBCR = _dlk.JPEG_YCBCR
     RGB = _dlk.JPEG_RGB
@@ -48,7 +51,9 @@ axpy: Callable[[int, float, Floats, Floats], None] = _dlk.axpy
 scal: Callable[[int, float, Floats], None] = _dlk.scal
 fill: Callable[[int, float, Floats], None] = _dlk.fill
 # gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc): C = alpha*op(A).op(B) + beta*C
-gemm: Callable[[int, int, int, int, int, float, Floats, int, Floats, int, float, Floats, int], None] = _dlk.gemm
+gemm: Callable[[int, int, int, int, int, float, Floats, int, Floats, int, float, Floats, int], None] = (
+    _dlk.gemm
+)
 
 # ------------------------------------------------------------------ layers
 # activate(x, n, act); gradient(y, n, act, delta): delta *= act'(y)
@@ -58,30 +63,39 @@ gradient: Callable[[Floats, int, int, Floats], None] = _dlk.gradient
 add_bias: Callable[[Floats, Floats, int, int, int], None] = _dlk.add_bias
 backward_bias: Callable[[Floats, Floats, int, int, int], None] = _dlk.backward_bias
 # batchnorm_infer(x, mean, var, scales, biases, batch, n, size)
-batchnorm_infer: Callable[[Floats, Floats, Floats, Floats, Floats, int, int, int], None] = _dlk.batchnorm_infer
+batchnorm_infer: Callable[[Floats, Floats, Floats, Floats, Floats, int, int, int], None] = (
+    _dlk.batchnorm_infer
+)
 # im2col(im, c, h, w, ksize, stride, pad, col); col2im(col, c, h, w, ksize, stride, pad, im)
 im2col: Callable[[Floats, int, int, int, int, int, int, Floats], None] = _dlk.im2col
 col2im: Callable[[Floats, int, int, int, int, int, int, Floats], None] = _dlk.col2im
 # conv2d_direct(in, batch, c, h, w, weights, n, size, pad, out, workspace): stride 1
-conv2d_direct: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats, Floats], None] = \
+conv2d_direct: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats, Floats], None] = (
     _dlk.conv2d_direct
+)
 # conv2d_direct_workspace(c, h, w, size, pad) -> floats of workspace conv2d_direct needs
 conv2d_direct_workspace: Callable[[int, int, int, int, int], int] = _dlk.conv2d_direct_workspace
 # conv_forward(in, batch, c, h, w, weights, n, size, pad, biases, act, out): stride-1 conv + bias + act
-conv_forward: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats, int, Floats], None] = \
+conv_forward: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats, int, Floats], None] = (
     _dlk.conv_forward
+)
 # conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd,
 #               prev_delta | None): gradient, bias and weight updates, prev_delta of a conv_forward layer
-conv_backward: Callable[[Floats, int, int, int, int, Floats, Floats, int, int, int, int, Floats, Floats, Floats,
-                         Floats | None], None] = _dlk.conv_backward
+conv_backward: Callable[
+    [Floats, int, int, int, int, Floats, Floats, int, int, int, int, Floats, Floats, Floats, Floats | None],
+    None,
+] = _dlk.conv_backward
 # connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd,
 #                    prev_delta | None)
-connected_backward: Callable[[Floats, int, int, Floats, Floats, int, int, Floats, Floats, Floats, Floats | None],
-                              None] = _dlk.connected_backward
+connected_backward: Callable[
+    [Floats, int, int, Floats, Floats, int, int, Floats, Floats, Floats, Floats | None], None
+] = _dlk.connected_backward
 # sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay): Darknet's SGD step
 sgd_update: Callable[[Floats, Floats, Floats, Floats, float, float, float], None] = _dlk.sgd_update
 # maxpool_forward(in, batch, c, h, w, size, stride, pad, out, indexes)
-maxpool_forward: Callable[[Floats, int, int, int, int, int, int, int, Floats, Ints], None] = _dlk.maxpool_forward
+maxpool_forward: Callable[[Floats, int, int, int, int, int, int, int, Floats, Ints], None] = (
+    _dlk.maxpool_forward
+)
 # maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2, stride 2, every window inside
 maxpool_forward_2x2: Callable[[Floats, int, int, int, Floats, Ints], None] = _dlk.maxpool_forward_2x2
 # maxpool_backward(out_delta, indexes, n, in_delta, n_in)
@@ -97,8 +111,9 @@ sse_cost: Callable[[Floats, Floats, Floats, int], float] = _dlk.sse_cost
 # upsample(in, batch, c, h, w, stride, scale, out, forward): nearest neighbour up (or summed back)
 upsample: Callable[[Floats, int, int, int, int, int, float, Floats, bool], None] = _dlk.upsample
 # yolo_candidates(output, w, h, n, classes, anchors, netw, neth, thresh, boxes, objectness, probs) -> count
-yolo_candidates: Callable[[Floats, int, int, int, int, Floats, int, int, float, Floats, Floats, Floats], int] = \
-    _dlk.yolo_candidates
+yolo_candidates: Callable[
+    [Floats, int, int, int, int, Floats, int, int, float, Floats, Floats, Floats], int
+] = _dlk.yolo_candidates
 # nms_sort(boxes, objectness, probs, n, classes, thresh, order) -> boxes taking part (do_nms_sort)
 nms_sort: Callable[[Floats, Floats, Floats, int, int, float, Ints], int] = _dlk.nms_sort
 
@@ -129,9 +144,13 @@ resize_image: Callable[[Floats, int, int, int, Floats, int, int, Floats], None] 
 # image_paste(src, sw, sh, c, dst, dw, dh, dx, dy, multiply): embed_image / composite_image
 image_paste: Callable[[Floats, int, int, int, Floats, int, int, int, int, bool], None] = _dlk.image_paste
 # draw_box_width(im, w, h, x1, y1, x2, y2, width, r, g, b)
-draw_box_width: Callable[[Floats, int, int, int, int, int, int, int, float, float, float], None] = _dlk.draw_box_width
+draw_box_width: Callable[[Floats, int, int, int, int, int, int, int, float, float, float], None] = (
+    _dlk.draw_box_width
+)
 # draw_label(im, w, h, label, lw, lh, row, col, r, g, b)
-draw_label: Callable[[Floats, int, int, Floats, int, int, int, int, float, float, float], None] = _dlk.draw_label
+draw_label: Callable[[Floats, int, int, Floats, int, int, int, int, float, float, float], None] = (
+    _dlk.draw_label
+)
 # jpeg_idct(coeffs, first, blocks_w, blocks_h, quant, plane, plane_first): dequantise + stb IDCT
 jpeg_idct: Callable[[Bytes, int, int, int, bytes, Bytes, int], None] = _dlk.jpeg_idct
 # jpeg_color(planes, params, width, height, mode, out): stb upsampling + colour conversion
@@ -140,31 +159,61 @@ jpeg_color: Callable[[Bytes, Ints, int, int, int, Bytes], None] = _dlk.jpeg_colo
 jpeg_encode_scan: Callable[[Bytes, int, int, int, Bytes, Bytes, bytes], bytes] = _dlk.jpeg_encode_scan
 
 
-def jpeg_decode_scan(data: bytes, start: int, *, progressive: bool, spectral_start: int, spectral_end: int,
-                     approx_high: int, approx_low: int, restart_interval: int, mcus_x: int, mcus_y: int,
-                     components: list, tables: Bytes, coeffs: Bytes) -> int:
+def jpeg_decode_scan(
+    data: bytes,
+    start: int,
+    *,
+    progressive: bool,
+    spectral_start: int,
+    spectral_end: int,
+    approx_high: int,
+    approx_low: int,
+    restart_interval: int,
+    mcus_x: int,
+    mcus_y: int,
+    components: list,
+    tables: Bytes,
+    coeffs: Bytes,
+) -> int:
     """Decode one scan's entropy-coded data from data[start:] into coeffs; returns the offset
     after it, or a negative error code. `components`: one tuple per scan component of
     (coefficient offset, blocks wide, blocks high, h, v, blocks per MCU wide and high,
     DC table | AC table << 4); `tables`: DC 0-3 then AC 0-3, 272 bytes each."""
-    params = [int(progressive), spectral_start, spectral_end, approx_high, approx_low, restart_interval,
-              mcus_x, mcus_y, len(components)]
+    params = [
+        int(progressive),
+        spectral_start,
+        spectral_end,
+        approx_high,
+        approx_low,
+        restart_interval,
+        mcus_x,
+        mcus_y,
+        len(components),
+    ]
     for component in components:
         params.extend(component)
     return _dlk.jpeg_decode_scan(data, start, array("i", params), tables, coeffs)
 
 
 # Every kernel name above: what use() may replace.
-KERNELS = tuple(name for name, value in globals().items()
-                if not name.startswith("_") and callable(value) and not isinstance(value, type)
-                and getattr(value, "__module__", None) in ("_dlk", __name__))
+KERNELS = tuple(
+    name
+    for name, value in globals().items()
+    if not name.startswith("_")
+    and callable(value)
+    and not isinstance(value, type)
+    and getattr(value, "__module__", None) in ("_dlk", __name__)
+)
 
 
 def use(impl) -> dict:
     """Replace each kernel that `impl` (a module, an object or a dict) defines by impl's;
     returns {name: replaced kernel}, which use() takes back to restore them."""
-    found = impl if isinstance(impl, dict) else {name: getattr(impl, name) for name in KERNELS
-                                                   if hasattr(impl, name)}
+    found = (
+        impl
+        if isinstance(impl, dict)
+        else {name: getattr(impl, name) for name in KERNELS if hasattr(impl, name)}
+    )
     module = globals()
     replaced = {}
     for name, kernel in found.items():

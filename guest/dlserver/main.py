@@ -3,6 +3,7 @@
 Exit status: 0 on success, 1 for any error (one line on stderr naming the file and the
 problem).
 """
+
 import sys
 
 from .argv import Argv, read_args_file
@@ -15,7 +16,8 @@ COMMANDS = {"classifier": classifier.run, "detect": detector.run, "aggregation":
 def run(args: list[str]) -> None:
     """Run one command given as a full argv (argv[0] is the program name)."""
     argv = Argv(args)
-    command = COMMANDS.get(argv[1])
+    name = argv[1]
+    command = None if name is None else COMMANDS.get(name)
     if command is None:
         raise DLServerError(f"Not an option: {argv[1]} (commands: {', '.join(COMMANDS)})")
     command(argv)

@@ -1,8 +1,11 @@
 """A network built from a Darknet cfg (parse_network_cfg): options, layers, forward pass."""
+
 import sys
+from typing import Any
 
 from .config import Options, read_cfg
 from .errors import DLServerError
+from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
@@ -15,12 +18,18 @@ from .layers.yolo import YoloLayer
 from .rng import Random, f32
 from .schedule import learning_rate
 
-LAYER_TYPES = {
-    "[conv]": ConvolutionalLayer, "[convolutional]": ConvolutionalLayer,
-    "[max]": MaxpoolLayer, "[maxpool]": MaxpoolLayer,
-    "[conn]": ConnectedLayer, "[connected]": ConnectedLayer,
+# Layer classes, built as cls(options, batch, h, w, c, inputs), plus net= and index= for those
+# with needs_network: constructors Layer.__init__'s signature does not describe.
+LAYER_TYPES: dict[str, type[Any]] = {
+    "[conv]": ConvolutionalLayer,
+    "[convolutional]": ConvolutionalLayer,
+    "[max]": MaxpoolLayer,
+    "[maxpool]": MaxpoolLayer,
+    "[conn]": ConnectedLayer,
+    "[connected]": ConnectedLayer,
     "[dropout]": DropoutLayer,
-    "[soft]": SoftmaxLayer, "[softmax]": SoftmaxLayer,
+    "[soft]": SoftmaxLayer,
+    "[softmax]": SoftmaxLayer,
     "[cost]": CostLayer,
     "[route]": RouteLayer,
     "[upsample]": UpsampleLayer,
@@ -28,10 +37,29 @@ LAYER_TYPES = {
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
-    "[shortcut]", "[crop]", "[detection]", "[region]", "[iseg]",
-    "[local]", "[deconv]", "[deconvolutional]", "[activation]", "[logistic]", "[l2norm]", "[crnn]",
-    "[gru]", "[lstm]", "[rnn]", "[reorg]", "[avg]", "[avgpool]", "[lrn]", "[normalization]",
-    "[batchnorm]", "[net]", "[network]",
+    "[shortcut]",
+    "[crop]",
+    "[detection]",
+    "[region]",
+    "[iseg]",
+    "[local]",
+    "[deconv]",
+    "[deconvolutional]",
+    "[activation]",
+    "[logistic]",
+    "[l2norm]",
+    "[crnn]",
+    "[gru]",
+    "[lstm]",
+    "[rnn]",
+    "[reorg]",
+    "[avg]",
+    "[avgpool]",
+    "[lrn]",
+    "[normalization]",
+    "[batchnorm]",
+    "[net]",
+    "[network]",
 )
 POLICIES = ("constant", "step", "exp", "poly", "steps", "sigmoid", "random")
 
@@ -41,19 +69,19 @@ class Network:
 
     def __init__(self, cfg_path: str):
         self.cfg_path = cfg_path
-        self.layers = []
+        self.layers: list[Layer] = []
         self.seen = 0
         self.seen_high = 0  # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, spec §3.1)
 
     def parse_net_options(self, options: Options) -> None:
         """[net] options in Darknet's lookup order (so default messages come out the same)."""
         self.batch = options.find_int("batch", 1)
-        self.learning_rate = options.find_float("learning_rate", .001)
-        self.momentum = options.find_float("momentum", .9)
-        self.decay = options.find_float("decay", .0001)
+        self.learning_rate = options.find_float("learning_rate", 0.001)
+        self.momentum = options.find_float("momentum", 0.9)
+        self.decay = options.find_float("decay", 0.0001)
         subdivisions = options.find_int("subdivisions", 1)
         self.time_steps = options.find_int("time_steps", 1, quiet=True)
-        options.find_int("notruth", 0, quiet=True)   # read, not applied (so not reported unused)
+        options.find_int("notruth", 0, quiet=True)  # read, not applied (so not reported unused)
         where = f"{options.path}:{options.line}"
         if self.batch < 1 or subdivisions < 1 or self.time_steps < 1:
             raise DLServerError(f"{where}: batch, subdivisions and time_steps must be at least 1")
@@ -63,18 +91,22 @@ class Network:
         self.subdivisions = subdivisions
         self.random = options.find_int("random", 0, quiet=True)
         self.adam = options.find_int("adam", 0, quiet=True)
-        if self.adam:                                # adam's options: read, not applied
-            options.find_float("B1", .9)
-            options.find_float("B2", .999)
-            options.find_float("eps", .0000001)
+        if self.adam:  # adam's options: read, not applied
+            options.find_float("B1", 0.9)
+            options.find_float("B2", 0.999)
+            options.find_float("eps", 0.0000001)
         self.h = options.find_int("height", 0, quiet=True)
         self.w = options.find_int("width", 0, quiet=True)
         self.c = options.find_int("channels", 0, quiet=True)
         self.inputs = options.find_int("inputs", self.h * self.w * self.c, quiet=True)
         self.max_crop = options.find_int("max_crop", self.w * 2, quiet=True)
         self.min_crop = options.find_int("min_crop", self.w, quiet=True)
-        self.max_ratio = options.find_float("max_ratio", self.max_crop / self.w if self.w else 0.0, quiet=True)
-        self.min_ratio = options.find_float("min_ratio", self.min_crop / self.w if self.w else 0.0, quiet=True)
+        self.max_ratio = options.find_float(
+            "max_ratio", self.max_crop / self.w if self.w else 0.0, quiet=True
+        )
+        self.min_ratio = options.find_float(
+            "min_ratio", self.min_crop / self.w if self.w else 0.0, quiet=True
+        )
         # Darknet's augmentation options: read, not applied (the Veracruz loader augments nothing)
         options.find_int("center", 0, quiet=True)
         options.find_float("clip", 0, quiet=True)
@@ -89,8 +121,9 @@ class Network:
             raise DLServerError(f"{where}: height, width, channels and inputs must not be negative")
         self.policy = options.find_str("policy", "constant")
         if self.policy not in POLICIES:
-            raise DLServerError(f"{where}: unknown learning-rate policy '{self.policy}'"
-                                f" (one of {', '.join(POLICIES)})")
+            raise DLServerError(
+                f"{where}: unknown learning-rate policy '{self.policy}' (one of {', '.join(POLICIES)})"
+            )
         self.burn_in = options.find_int("burn_in", 0, quiet=True)
         self.power = options.find_float("power", 4, quiet=True)
         if self.policy == "step":
@@ -102,8 +135,9 @@ class Network:
             if self.steps is None or self.scales is None:
                 raise DLServerError(f"{where}: policy=steps needs both steps= and scales=")
             if len(self.steps) != len(self.scales):
-                raise DLServerError(f"{where}: steps= has {len(self.steps)} values but scales= has"
-                                    f" {len(self.scales)}")
+                raise DLServerError(
+                    f"{where}: steps= has {len(self.steps)} values but scales= has {len(self.scales)}"
+                )
         elif self.policy == "exp":
             self.gamma = options.find_float("gamma", 1)
         elif self.policy == "sigmoid":
@@ -178,7 +212,9 @@ class Network:
     def forward(self, input_buf, train: bool = False):
         """Run every layer in order; returns the output buffer of the output layer."""
         if len(input_buf) < self.batch * self.inputs:
-            raise DLServerError(f"network input holds {len(input_buf)} values, {self.batch * self.inputs} needed")
+            raise DLServerError(
+                f"network input holds {len(input_buf)} values, {self.batch * self.inputs} needed"
+            )
         current = input_buf
         for layer in self.layers:
             layer.forward(self, current, train)
@@ -198,8 +234,9 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
     sections = read_cfg(cfg_path)
     first = sections[0]
     if first.name not in ("[net]", "[network]"):
-        raise DLServerError(f"{cfg_path}:{first.line}: first section must be [net] or [network],"
-                            f" not {first.name}")
+        raise DLServerError(
+            f"{cfg_path}:{first.line}: first section must be [net] or [network], not {first.name}"
+        )
     net = Network(cfg_path)
     net.parse_net_options(first)
     if len(sections) < 2:
@@ -211,8 +248,9 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
         layer_type = LAYER_TYPES.get(options.name)
         if layer_type is None:
             if options.name in OTHER_DARKNET_SECTIONS:
-                raise DLServerError(f"{cfg_path}:{options.line}: layer {options.name} is not supported"
-                                    " by dl-server yet")
+                raise DLServerError(
+                    f"{cfg_path}:{options.line}: layer {options.name} is not supported by dl-server yet"
+                )
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:
@@ -234,7 +272,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
 
 
 def _parse_common_options(layer, options: Options) -> None:
-    options.find_int("truth", 0, quiet=True)          # truth, onlyforward, smooth: read, not applied
+    options.find_int("truth", 0, quiet=True)  # truth, onlyforward, smooth: read, not applied
     options.find_int("onlyforward", 0, quiet=True)
     layer.stopbackward = options.find_int("stopbackward", 0, quiet=True)
     layer.dontsave = options.find_int("dontsave", 0, quiet=True)

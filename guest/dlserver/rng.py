@@ -1,5 +1,6 @@
 """musl/wasi-libc's rand() and Darknet's draws built on it (spec §10.2), so a run
 consumes and produces the same random numbers as the original wasm build."""
+
 import math
 import struct
 
@@ -21,7 +22,7 @@ class Random:
 
     def __init__(self, seed: int | None = None):
         self.state = 0
-        self.spare: float | None = None
+        self.spare: tuple[float, float] | None = None  # Box-Muller's (r1, r2)
         if seed is not None:
             self.srand(seed)
 

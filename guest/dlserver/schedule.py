@@ -1,4 +1,5 @@
 """Darknet's learning-rate policies (get_current_rate, spec §4.13), float32 like the original."""
+
 import math
 
 from .rng import f32

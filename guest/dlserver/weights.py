@@ -6,6 +6,7 @@ size_t) and carries the upper 4 bytes through to a later save, so load + save is
 byte-identical. Unlike Darknet, a file of the wrong length is an error, not a silent
 partial load.
 """
+
 import struct
 import sys
 
@@ -16,7 +17,9 @@ _HEADER = struct.Struct("<iii")
 
 
 def _count_floats(net, skip_attr: str) -> int:
-    return sum(len(a) for layer in net.layers if not getattr(layer, skip_attr) for a in layer.parameter_arrays())
+    return sum(
+        len(a) for layer in net.layers if not getattr(layer, skip_attr) for a in layer.parameter_arrays()
+    )
 
 
 def load_weights(net, path: str) -> None:
@@ -38,14 +41,16 @@ def load_weights(net, path: str) -> None:
     have = len(data) - offset
     if have != need:
         problem = "truncated" if have < need else "too long"
-        raise DLServerError(f"{path}: {problem}: {have} bytes of parameters after the header, but"
-                            f" {net.cfg_path} needs {need} ({need // 4} floats)")
+        raise DLServerError(
+            f"{path}: {problem}: {have} bytes of parameters after the header, but"
+            f" {net.cfg_path} needs {need} ({need // 4} floats)"
+        )
     for layer in net.layers:
         if layer.dontload:
             continue
         for array in layer.parameter_arrays():
             n = 4 * len(array)
-            memoryview(array).cast("B")[:] = data[offset:offset + n]
+            memoryview(array).cast("B")[:] = data[offset : offset + n]
             offset += n
         if transpose:
             layer.transpose_weights()

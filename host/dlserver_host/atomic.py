@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 TEMP_SUFFIX = ".dl-server-tmp"
 
@@ -62,7 +63,9 @@ def atomic_file(dest: str | os.PathLike, *, private: bool = False) -> Iterator[B
         raise
 
 
-def write_atomically(dest: str | os.PathLike, data: bytes | str, *, private: bool = False) -> None:
+def write_atomically(
+    dest: str | os.PathLike, data: bytes | bytearray | str, *, private: bool = False
+) -> None:
     """Replace ``dest`` by ``data`` (``str`` is written as UTF-8) through :func:`atomic_file`."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")

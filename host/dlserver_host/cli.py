@@ -100,34 +100,93 @@ def parse_env(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-r", "--program", "--pipeline", "-p", dest="program", required=True,
-                        metavar="WASM", help="the component to run (a path to the .wasm)")
-    parser.add_argument("-i", "--input-source", dest="inputs", nargs="*", action="extend",
-                        default=[], metavar="PATH", help="files or directories the guest may read")
-    parser.add_argument("-o", "--output-source", dest="outputs", nargs="*", action="extend",
-                        default=[], metavar="PATH", help="directories the guest may write")
-    parser.add_argument("-d", "--dump-stdout", action="store_true",
-                        help="print the guest's stdout at the end, between dump markers")
-    parser.add_argument("-e", "--dump-stderr", action="store_true",
-                        help="print the guest's stderr at the end, between dump markers")
-    parser.add_argument("-c", "--enable-clock", action="store_true",
-                        help="let the guest report real times (else it prints 0.000000 seconds, "
-                             "as under the FEE): sets DL_SERVER_CLOCK=1 instead of 0")
-    parser.add_argument("--env", dest="env", action="append", type=parse_env, default=[],
-                        metavar="VAR=VAL", help="environment variable for the guest (repeatable)")
-    parser.add_argument("--max-memory", type=parse_size, metavar="SIZE",
-                        help="limit of the guest's linear memory, e.g. 512M (units K, M, G)")
-    parser.add_argument("--timeout", type=parse_seconds, metavar="SECONDS",
-                        help="stop the guest after this many seconds (counts as a failure)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="compile the program afresh; do not read or write the compile cache "
-                             "($XDG_CACHE_HOME/dl-server, default ~/.cache/dl-server)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no live status line, even when stderr is a terminal")
-    parser.add_argument("--manifest", metavar="FILE",
-                        help="write a JSON provenance record of the run to FILE (see below)")
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-r",
+        "--program",
+        "--pipeline",
+        "-p",
+        dest="program",
+        required=True,
+        metavar="WASM",
+        help="the component to run (a path to the .wasm)",
+    )
+    parser.add_argument(
+        "-i",
+        "--input-source",
+        dest="inputs",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="files or directories the guest may read",
+    )
+    parser.add_argument(
+        "-o",
+        "--output-source",
+        dest="outputs",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="directories the guest may write",
+    )
+    parser.add_argument(
+        "-d",
+        "--dump-stdout",
+        action="store_true",
+        help="print the guest's stdout at the end, between dump markers",
+    )
+    parser.add_argument(
+        "-e",
+        "--dump-stderr",
+        action="store_true",
+        help="print the guest's stderr at the end, between dump markers",
+    )
+    parser.add_argument(
+        "-c",
+        "--enable-clock",
+        action="store_true",
+        help="let the guest report real times (else it prints 0.000000 seconds, "
+        "as under the FEE): sets DL_SERVER_CLOCK=1 instead of 0",
+    )
+    parser.add_argument(
+        "--env",
+        dest="env",
+        action="append",
+        type=parse_env,
+        default=[],
+        metavar="VAR=VAL",
+        help="environment variable for the guest (repeatable)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=parse_size,
+        metavar="SIZE",
+        help="limit of the guest's linear memory, e.g. 512M (units K, M, G)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=parse_seconds,
+        metavar="SECONDS",
+        help="stop the guest after this many seconds (counts as a failure)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile the program afresh; do not read or write the compile cache "
+        "($XDG_CACHE_HOME/dl-server, default ~/.cache/dl-server)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no live status line, even when stderr is a terminal"
+    )
+    parser.add_argument(
+        "--manifest", metavar="FILE", help="write a JSON provenance record of the run to FILE (see below)"
+    )
     return parser
 
 
@@ -158,7 +217,7 @@ class LiveStatus:
         if not self.at_line_start:
             return
         elapsed = int(time.monotonic() - self._started)
-        text = f"[{PROG} {elapsed // 60}:{elapsed % 60:02d}] {self.message}"[:self._width]
+        text = f"[{PROG} {elapsed // 60}:{elapsed % 60:02d}] {self.message}"[: self._width]
         if text != self._shown:
             self._terminal.write("\r\x1b[K" + text)
             self._terminal.flush()
@@ -181,7 +240,7 @@ class GuestOutput:
         self._partial_line = b""
         self._lock = threading.Lock()
         self._stdout_on_terminal = status is not None and _isatty(sys.stdout)
-        self._broken: set[str] = set()    # names of host streams that failed (closed pipe)
+        self._broken: set[str] = set()  # names of host streams that failed (closed pipe)
 
     def stdout(self, data: bytes) -> None:
         with self._lock:
@@ -207,6 +266,7 @@ class GuestOutput:
         return self._status is not None
 
     def tick(self) -> None:
+        assert self._status is not None  # called only when has_status
         with self._lock:
             self._status.draw()
 
@@ -231,6 +291,7 @@ class GuestOutput:
         if name in self._broken:
             return
         if on_terminal:
+            assert self._status is not None  # on a terminal only with a status line
             self._status.erase()
             if data:
                 self._status.at_line_start = data.endswith(b"\n")
@@ -238,10 +299,11 @@ class GuestOutput:
             stream.flush()
             stream.buffer.write(data)
             stream.buffer.flush()
-        except OSError:             # e.g. a closed pipe: keep the guest running, drop its output
+        except OSError:  # e.g. a closed pipe: keep the guest running, drop its output
             self._broken.add(name)
 
     def _note_stdout_line(self, data: bytes) -> None:
+        assert self._status is not None  # called only with a status line
         lines = (self._partial_line + data).split(b"\n")
         self._partial_line = lines.pop()[-1000:]
         complete = [line for line in lines if line.strip()]
@@ -281,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except OSError:     # e.g. stdout piped into `head`
+            except OSError:  # e.g. stdout piped into `head`
                 pass
         os._exit(status)
     return status
@@ -291,9 +353,11 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .runtime import HostError
     from .sources import SourceError
+
     recorder = None
     if args.manifest is not None:
         from .manifest import ManifestError, Recorder, check_destination, command_line
+
         recorder = Recorder(args.manifest, command_line(argv, PROG), Path.cwd())
         try:
             check_destination(recorder.path)
@@ -317,11 +381,14 @@ def _main(argv: list[str] | None) -> int:
 def _write_manifest(recorder, status: int, outcome: str, message: str | None) -> int:
     """Finish and write the record; a manifest that cannot be written fails the run."""
     from .manifest import ManifestError
+
     try:
         recorder.finish(outcome, status, message)
         if recorder.relative(recorder.path) in recorder.record["outputs"]["files"]:
-            raise ManifestError(f"--manifest {recorder.path}: the guest wrote that file too "
-                                "(written back); the manifest is not written over it")
+            raise ManifestError(
+                f"--manifest {recorder.path}: the guest wrote that file too "
+                "(written back); the manifest is not written over it"
+            )
         recorder.write()
     except ManifestError as e:
         error(str(e))
@@ -334,7 +401,15 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None) ->
 
 def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
-    from .runtime import GuestRun, HostError, Outcome, _wasm_digest, default_cache_dir, load_component, make_engine
+    from .runtime import (
+        GuestRun,
+        HostError,
+        Outcome,
+        _wasm_digest,
+        default_cache_dir,
+        load_component,
+        make_engine,
+    )
     from .sources import source_relpath, stage_sources
 
     if not os.path.isfile(args.program):
@@ -349,42 +424,51 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
     with stage_sources(args.inputs, args.outputs) as staged:
         if recorder is not None:
             cwd = Path.cwd()
-            recorder.sources(args.program, [source_relpath(p, cwd) for p in args.inputs],
-                             [source_relpath(p, cwd) for p in args.outputs])
+            recorder.sources(
+                args.program,
+                [source_relpath(p, cwd) for p in args.inputs],
+                [source_relpath(p, cwd) for p in args.outputs],
+            )
             try:
                 digest = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
             except OSError as e:
                 raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
             recorder.program(args.program, digest)
         engine = make_engine(interruptible=args.timeout is not None)
-        output.set_status(f"loading {os.path.basename(args.program)} "
-                          "(compiled once, then cached)")
-        component = load_component(engine, args.program,
-                                   None if args.no_cache else default_cache_dir())
+        output.set_status(f"loading {os.path.basename(args.program)} (compiled once, then cached)")
+        component = load_component(engine, args.program, None if args.no_cache else default_cache_dir())
         output.set_status("running")
-        run = GuestRun(engine, component, argv=[os.path.basename(args.program)],
-                       env=env.items(), mounts=staged.mounts,
-                       stdout=output.stdout, stderr=output.stderr,
-                       max_memory=args.max_memory, timeout=args.timeout).start()
+        run = GuestRun(
+            engine,
+            component,
+            argv=[os.path.basename(args.program)],
+            env=env.items(),
+            mounts=staged.mounts,
+            stdout=output.stdout,
+            stderr=output.stderr,
+            max_memory=args.max_memory,
+            timeout=args.timeout,
+        ).start()
         try:
             result = _wait(run, output)
         finally:
             output.finish()
         if result.outcome is Outcome.SUCCEEDED:
             if recorder is not None:
-                recorder.inputs_hashed()    # before write-back: an output may land in an input dir
+                recorder.inputs_hashed()  # before write-back: an output may land in an input dir
             written = staged.write_back()
             if recorder is not None:
                 recorder.outputs(written)
             return EXIT_OK, result.outcome.value, None
     message = _report_failure(result, args)
-    status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
-    return status, result.outcome.value, message
+    exit_status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+    return exit_status, result.outcome.value, message
 
 
 def _wait(run, output: GuestOutput):
     """Wait for the guest, refreshing the status line; Ctrl-C or SIGTERM stops the guest."""
     import signal
+
     from .runtime import Outcome
 
     def stop_on_sigterm(signum, frame):
@@ -392,7 +476,7 @@ def _wait(run, output: GuestOutput):
 
     try:
         previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
-    except ValueError:      # not the main thread: leave SIGTERM alone
+    except ValueError:  # not the main thread: leave SIGTERM alone
         previous = None
     try:
         while True:
@@ -413,6 +497,7 @@ def _wait(run, output: GuestOutput):
 def _report_failure(result, args: argparse.Namespace) -> str | None:
     """Print why the run failed (when the guest has not said it); return that message."""
     from .runtime import Outcome
+
     message = None
     if result.outcome is Outcome.TIMED_OUT:
         message = f"guest exceeded --timeout {args.timeout:g}s"

@@ -16,41 +16,42 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_FLOAT = r"-?(?:\d+\.\d{6}|nan|inf)"    # %f; Python prints nan and inf for the special values
+_FLOAT = r"-?(?:\d+\.\d{6}|nan|inf)"  # %f; Python prints nan and inf for the special values
 
 #: Darknet's per-batch training line; groups in print order (batch, epoch, loss, avg, rate, seconds, images).
 TRAIN_LINE = re.compile(
     rf"^(?P<batch>\d+), (?P<epoch>\d+\.\d{{3}}): (?P<loss>{_FLOAT}), (?P<avg>{_FLOAT}) avg, "
-    rf"(?P<rate>\d+\.\d{{6}}) rate, (?P<seconds>\d+\.\d{{6}}) seconds, (?P<images>\d+) images$")
+    rf"(?P<rate>\d+\.\d{{6}}) rate, (?P<seconds>\d+\.\d{{6}}) seconds, (?P<images>\d+) images$"
+)
 TOP_LINE = re.compile(r"^(?P<index>\d+): top 1: (?P<top1>\d+\.\d{6}), top (?P<k>\d+): (?P<topk>\d+\.\d{6})$")
 PREDICTED_LINE = re.compile(r"^(?P<filename>.*): Predicted in (?P<seconds>\d+\.\d{6}) seconds\.$")
 ONNX_VALUE_LINE = re.compile(rf"^n_float_data\[(?P<index>\d+)\] = (?P<value>{_FLOAT})$")
 
 
 class TrainLine(NamedTuple):
-    batch: int          # batches done, 1-based
-    epoch: float        # images seen / training images
-    loss: float         # this batch's loss
-    avg: float          # running average of the loss
-    rate: float         # learning rate used for this batch
-    seconds: float      # time of this batch (0 when the clock is off)
-    images: int         # images seen so far
+    batch: int  # batches done, 1-based
+    epoch: float  # images seen / training images
+    loss: float  # this batch's loss
+    avg: float  # running average of the loss
+    rate: float  # learning rate used for this batch
+    seconds: float  # time of this batch (0 when the clock is off)
+    images: int  # images seen so far
 
 
 class TopLine(NamedTuple):
-    index: int          # 0-based index of the image just validated
-    top1: float         # running top-1 accuracy
-    k: int              # the dataset's top (5 for MNIST)
-    topk: float         # running top-k accuracy
+    index: int  # type: ignore[assignment]  # 0-based index of the image just validated (hides tuple.index)
+    top1: float  # running top-1 accuracy
+    k: int  # the dataset's top (5 for MNIST)
+    topk: float  # running top-k accuracy
 
 
 class PredictedLine(NamedTuple):
     filename: str
-    seconds: float      # the forward pass
+    seconds: float  # the forward pass
 
 
 class OnnxValue(NamedTuple):
-    index: int          # position in the model's output
+    index: int  # type: ignore[assignment]  # position in the model's output (hides tuple.index)
     value: float
 
 
@@ -63,8 +64,15 @@ def train_line(line: str) -> TrainLine | None:
     if m is None:
         return None
     g = m.groupdict()
-    return TrainLine(int(g["batch"]), float(g["epoch"]), float(g["loss"]), float(g["avg"]),
-                     float(g["rate"]), float(g["seconds"]), int(g["images"]))
+    return TrainLine(
+        int(g["batch"]),
+        float(g["epoch"]),
+        float(g["loss"]),
+        float(g["avg"]),
+        float(g["rate"]),
+        float(g["seconds"]),
+        int(g["images"]),
+    )
 
 
 def train_lines(stdout: str) -> list[TrainLine]:

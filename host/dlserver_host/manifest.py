@@ -52,7 +52,7 @@ import stat
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_atomically
@@ -112,7 +112,7 @@ class InputHasher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="manifest-hash", daemon=True)
 
-    def start(self) -> "InputHasher":
+    def start(self) -> InputHasher:
         self._thread.start()
         return self
 
@@ -208,11 +208,11 @@ def guest_args(cwd: Path, inputs: list[PurePosixPath]) -> tuple[str | None, list
     lines = data.decode("utf-8", "replace").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return ARGS_FILE, [line[:-1] if line.endswith("\r") else line for line in lines]
+    return ARGS_FILE, [line.removesuffix("\r") for line in lines]
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def check_destination(path: Path) -> None:
@@ -248,8 +248,7 @@ class Recorder:
             "duration_seconds": None,
             "command_line": list(command_line),
             "cwd": str(cwd),
-            "host": {"dl_server_host": HOST_VERSION, "wasmtime": None,
-                     "python": platform.python_version()},
+            "host": {"dl_server_host": HOST_VERSION, "wasmtime": None, "python": platform.python_version()},
             "program": None,
             "guest_argv": None,
             "args_file": None,
@@ -275,8 +274,9 @@ class Recorder:
         self.record["program"] = {"path": self.relative(program), "sha256": sha256}
         try:
             from .runtime import wasmtime_version
+
             self.record["host"]["wasmtime"] = wasmtime_version()
-        except Exception:           # version unknown: keep null rather than fail the run
+        except Exception:  # version unknown: keep null rather than fail the run
             pass
 
     def sources(self, program: str, inputs: list[PurePosixPath], outputs: list[PurePosixPath]) -> None:
@@ -304,11 +304,15 @@ class Recorder:
             if outcome == "interrupted":
                 self.hasher.stop()
             waited = self._waited + self.hasher.wait()
-            self.record["inputs"] = {"sources": self.hasher.summaries,
-                                     "files": dict(sorted(self.hasher.files.items()))}
+            self.record["inputs"] = {
+                "sources": self.hasher.summaries,
+                "files": dict(sorted(self.hasher.files.items())),
+            }
             self.record["hashing"] = {
-                "files": len(self.hasher.files), "bytes": self.hasher.bytes,
-                "seconds": round(self.hasher.seconds, 3), "seconds_added": round(waited, 3),
+                "files": len(self.hasher.files),
+                "bytes": self.hasher.bytes,
+                "seconds": round(self.hasher.seconds, 3),
+                "seconds_added": round(waited, 3),
                 "complete": self.hasher.complete,
             }
             if self.hasher.error and error is None:

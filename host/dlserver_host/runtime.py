@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 from .atomic import write_atomically
 from .sources import Mount
@@ -26,7 +27,7 @@ from .sources import Mount
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
 ENGINE_SETTINGS = {True: "epoch-interruption", False: "plain"}
-CACHE_ENTRIES_KEPT = 4     # compiled components are ~35 MB; older ones are removed
+CACHE_ENTRIES_KEPT = 4  # compiled components are ~35 MB; older ones are removed
 
 OutputCallback = Callable[[bytes], None]
 
@@ -37,8 +38,8 @@ class HostError(Exception):
 
 class Outcome(enum.Enum):
     SUCCEEDED = "succeeded"
-    FAILED = "failed"            # the guest returned an error or exited non-zero
-    TRAPPED = "trapped"          # the guest crashed (wasm trap)
+    FAILED = "failed"  # the guest returned an error or exited non-zero
+    TRAPPED = "trapped"  # the guest crashed (wasm trap)
     TIMED_OUT = "timed out"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM on the host
     OUT_OF_MEMORY = "out of memory"
@@ -46,17 +47,19 @@ class Outcome(enum.Enum):
 
 class RunResult(NamedTuple):
     outcome: Outcome
-    detail: str = ""             # e.g. the trap message's last line
+    detail: str = ""  # e.g. the trap message's last line
 
 
 def wasmtime_version() -> str:
     """Version of the installed wasmtime-py (from its dist-info; importlib.metadata is slow)."""
     import wasmtime
+
     site = Path(wasmtime.__file__).resolve().parent.parent
     for entry in os.listdir(site):
         if entry.startswith("wasmtime-") and entry.endswith(".dist-info"):
-            return entry[len("wasmtime-"):-len(".dist-info")]
+            return entry[len("wasmtime-") : -len(".dist-info")]
     from importlib.metadata import version
+
     return version("wasmtime")
 
 
@@ -69,10 +72,11 @@ def default_cache_dir() -> Path:
 def make_engine(interruptible: bool = True):
     """A wasmtime Engine, with epoch interruption when it must be stoppable (ENGINE_SETTINGS)."""
     from wasmtime import Config, Engine
+
     config = Config()
     config.epoch_interruption = interruptible
     engine = Engine(config)
-    engine.dl_server_interruptible = interruptible
+    engine.dl_server_interruptible = interruptible  # type: ignore[attr-defined]  # our mark on wasmtime's Engine
     return engine
 
 
@@ -89,6 +93,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
     """
     from wasmtime import WasmtimeError
     from wasmtime.component import Component
+
     try:
         digest = _wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
@@ -101,7 +106,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
             try:
                 component = Component.deserialize_file(engine, str(cached))
             except WasmtimeError:
-                pass    # incompatible or corrupt: compile again and overwrite
+                pass  # incompatible or corrupt: compile again and overwrite
             else:
                 _touch(cached)
                 return component
@@ -159,7 +164,7 @@ def _touch(path: Path) -> None:
         pass
 
 
-def _write_private(path: Path, data: bytes) -> bool:
+def _write_private(path: Path, data: bytes | bytearray) -> bool:
     """Write ``data`` to ``path`` atomically, readable by us only; False if that failed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,7 +174,7 @@ def _write_private(path: Path, data: bytes) -> bool:
     return True
 
 
-def _write_cache(path: Path, data: bytes) -> None:
+def _write_cache(path: Path, data: bytes | bytearray) -> None:
     """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
     if not _write_private(path, data):
         return
@@ -197,7 +202,7 @@ def pin_thread_to_its_cpu() -> None:
     try:
         with open("/proc/thread-self/stat", "rb") as f:
             after_name = f.read().rpartition(b")")[2].split()
-        cpu = int(after_name[36])    # field 39, "processor": the CPU it last ran on
+        cpu = int(after_name[36])  # field 39, "processor": the CPU it last ran on
         os.sched_setaffinity(0, {cpu})
     except (OSError, ValueError, IndexError):
         pass
@@ -211,9 +216,19 @@ class GuestRun:
     traps at its next epoch check) and records why.
     """
 
-    def __init__(self, engine, component, *, argv: list[str], env: Iterable[tuple[str, str]],
-                 mounts: Iterable[Mount], stdout: OutputCallback, stderr: OutputCallback,
-                 max_memory: int | None = None, timeout: float | None = None):
+    def __init__(
+        self,
+        engine,
+        component,
+        *,
+        argv: list[str],
+        env: Iterable[tuple[str, str]],
+        mounts: Iterable[Mount],
+        stdout: OutputCallback,
+        stderr: OutputCallback,
+        max_memory: int | None = None,
+        timeout: float | None = None,
+    ):
         self._engine = engine
         self._component = component
         self._argv = list(argv)
@@ -233,7 +248,7 @@ class GuestRun:
         self._thread = threading.Thread(target=self._run_in_thread, name="guest", daemon=True)
         self._timer: threading.Timer | None = None
 
-    def start(self) -> "GuestRun":
+    def start(self) -> GuestRun:
         if self._timeout is not None:
             self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
             self._timer.daemon = True
@@ -260,6 +275,7 @@ class GuestRun:
         self._thread.join(poll)
         if self._thread.is_alive():
             if self._abandoned:
+                assert self._stop_reason is not None  # stop() sets it before abandoning
                 shutil.rmtree(self._stream_dir, ignore_errors=True)
                 return RunResult(self._stop_reason, "abandoned: the guest cannot be interrupted")
             return None
@@ -315,8 +331,10 @@ class GuestRun:
         try:
             wasi.stdout_file = os.path.join(stream_dir, "stdout")
             wasi.stderr_file = os.path.join(stream_dir, "stderr")
-            with _FileTail(os.path.join(stream_dir, "stdout"), self._stdout), \
-                    _FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr):
+            with (
+                _FileTail(os.path.join(stream_dir, "stdout"), self._stdout),
+                _FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr),
+            ):
                 # The Store (and with it the WASI context) is closed explicitly: one still
                 # alive when the interpreter exits makes wasmtime's tokio threads print
                 # "panic in a function that cannot unwind" (seen with wasmtime-py 50).
@@ -350,6 +368,7 @@ class GuestRun:
         if func_index is None:
             raise HostError(f"the component does not export {RUN_INTERFACE}")
         run = instance.get_func(store, func_index)
+        assert run is not None  # the run export of wasi:cli/run is a function
         try:
             result = run(store)
         except ExitTrap as e:
@@ -375,12 +394,12 @@ class _FileTail:
     CHUNK = 1 << 16
 
     def __init__(self, path: str, callback: OutputCallback):
-        self._file = open(path, "rb")
+        self._file = open(path, "rb")  # noqa: SIM115 (kept open until __exit__ closes it)
         self._callback = callback
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._forward, name="guest-output", daemon=True)
 
-    def __enter__(self) -> "_FileTail":
+    def __enter__(self) -> _FileTail:
         self._thread.start()
         return self
 
@@ -391,7 +410,7 @@ class _FileTail:
 
     def _forward(self) -> None:
         while True:
-            finishing = self._done.is_set()     # read after this: everything written is seen
+            finishing = self._done.is_set()  # read after this: everything written is seen
             data = self._file.read(self.CHUNK)
             if data:
                 self._callback(data)

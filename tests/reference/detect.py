@@ -1,5 +1,6 @@
 """Detection in pure Python (float32 step by step): the references for kernels.yolo_candidates
 and kernels.nms_sort, with musl's qsort (smoothsort) emulated."""
+
 import math
 
 from dlserver.boxes import Detection, correct_yolo_boxes

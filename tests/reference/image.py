@@ -1,4 +1,5 @@
 """Image kernels in pure Python (float32 step by step)."""
+
 from dlserver.rng import f32
 
 

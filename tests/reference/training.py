@@ -1,6 +1,7 @@
 """The training path before its fused kernels: im2col + gemm convolution, gemm connected
 backward, axpy/scal SGD, the general maxpool, Python weight init and draws, and the Python
 file reader and PNG decoder (the C reader and fast PNG path refuse everything)."""
+
 from array import array
 
 import _dlk
@@ -17,7 +18,9 @@ def conv_forward(x, batch, c, h, w, weights, n, size, pad, biases, act, out):
     _dlk.activate(out, batch * n * spatial, act)
 
 
-def conv_backward(x, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, prev_delta):
+def conv_backward(
+    x, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, prev_delta
+):
     """Darknet's backward_convolutional_layer (stride 1): im2col, two gemms, col2im per image."""
     spatial = (h + 2 * pad - size + 1) * (w + 2 * pad - size + 1)
     K, inputs, outputs = c * size * size, c * h * w, n * spatial

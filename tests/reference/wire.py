@@ -1,4 +1,5 @@
 """Protobuf encoding helpers that only tests need."""
+
 from dlserver.onnx.wire import LEN, encode_varint
 
 

@@ -52,6 +52,7 @@ an initializer; the original takes graph.input[0] whatever it is) with the
 interpreter of dlserver.onnx.interpreter and prints the original's lines, then every value of
 the LAST node's first output when it is FLOAT: `n_float_data[%d] = %f`.
 """
+
 import sys
 
 from ..averaging import Combiner, parse_method
@@ -62,15 +63,19 @@ from ..onnx import model as om
 from ..onnx.wire import ProtoError
 from . import aggregation_darknet
 
-USAGE_ONNX = ("usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
-              " [-weights w1,w2,...] [-method mean|median|trimmed:F]")
+USAGE_ONNX = (
+    "usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
+    " [-weights w1,w2,...] [-method mean|median|trimmed:F]"
+)
 USAGE_PREDICT = "usage: {prog} aggregation onnx_predict [model.onnx] [input.pb]"
 
 
 def run(argv) -> None:
     """`aggregation darknet|onnx|onnx_predict ...`."""
     if argv.argc < 4:
-        raise DLServerError(f"usage: {argv[0]} {argv[1]} [weights_format] [cfg]/NONE [weights_1/weights_2/...]")
+        raise DLServerError(
+            f"usage: {argv[0]} {argv[1]} [weights_format] [cfg]/NONE [weights_1/weights_2/...]"
+        )
     if argv[2] == "darknet":
         aggregation_darknet.run(argv)
     elif argv[2] == "onnx":
@@ -83,7 +88,9 @@ def run(argv) -> None:
 
 # Loading ----------------------------------------------------------------------------------
 
-READ = Wording("{path}: {what} not found", "{path}: is a directory, not {what}", "{path}: cannot read {what}: {reason}")
+READ = Wording(
+    "{path}: {what} not found", "{path}: is a directory, not {what}", "{path}: cannot read {what}: {reason}"
+)
 
 
 class LoadedModel:
@@ -123,8 +130,10 @@ def _check_same(first: LoadedModel, other: LoadedModel) -> None:
             if na != nb:
                 what = f"is named '{nb}', {first.path} has '{na}'"
             elif ta.data_type != tb.data_type:
-                what = (f"has data type {om.dtype_name(tb.data_type)}, {first.path} has"
-                        f" {om.dtype_name(ta.data_type)}")
+                what = (
+                    f"has data type {om.dtype_name(tb.data_type)}, {first.path} has"
+                    f" {om.dtype_name(ta.data_type)}"
+                )
             elif ta.dims != tb.dims:
                 what = f"has dims {tb.dims}, {first.path} has {ta.dims}"
         except ProtoError as e:
@@ -134,10 +143,14 @@ def _check_same(first: LoadedModel, other: LoadedModel) -> None:
     if len(a) != len(b):
         j = min(len(a), len(b))
         if len(b) < len(a):
-            raise DLServerError(f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
-                                f" (initializer {j} '{_tensor_name(a[j])}' is missing)")
-        raise DLServerError(f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
-                            f" (initializer {j} '{_tensor_name(b[j])}' is extra)")
+            raise DLServerError(
+                f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
+                f" (initializer {j} '{_tensor_name(a[j])}' is missing)"
+            )
+        raise DLServerError(
+            f"{other.path}: {len(b)} initializers, {first.path} has {len(a)}"
+            f" (initializer {j} '{_tensor_name(b[j])}' is extra)"
+        )
 
 
 def _check_supported_graph(m: LoadedModel) -> None:
@@ -151,17 +164,20 @@ def _check_supported_graph(m: LoadedModel) -> None:
 
 # aggregation onnx ---------------------------------------------------------------------------
 
-def aggregate_onnx(out_path: str, paths: list[str], method: str | None = None, weights: str | None = None) -> None:
+
+def aggregate_onnx(
+    out_path: str, paths: list[str], method: str | None = None, weights: str | None = None
+) -> None:
     """Combine the initializers of the models in `paths` into a copy of the first one;
     `method` and `weights` are the -method and -weights flags (dlserver.averaging)."""
     if not paths:
         raise DLServerError("aggregation onnx: no models to aggregate")
-    method = parse_method(method, weights, len(paths))
+    combination = parse_method(method, weights, len(paths))
     first = LoadedModel(paths[0])
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
     datas = [first.tensor_data(t) for t in first.initializers]
-    combiners = [Combiner(method, d.kind) for d in datas]
+    combiners = [Combiner(combination, d.kind) for d in datas]
     for c, d in zip(combiners, datas):
         c.add(d.values)
     for i, path in enumerate(paths[1:]):
@@ -192,6 +208,7 @@ def run_onnx(argv) -> None:
 
 # aggregation onnx_predict -------------------------------------------------------------------
 
+
 def _check_input(path: str, model_path: str, info: om.ValueInfo, value: oi.Value) -> None:
     try:
         declared = info.tensor_type()
@@ -201,14 +218,19 @@ def _check_input(path: str, model_path: str, info: om.ValueInfo, value: oi.Value
         return
     elem, dims = declared
     if elem and elem != value.dtype:
-        raise DLServerError(f"{path}: the input is {om.dtype_name(value.dtype)}, the model's input"
-                            f" '{info.name}' is {om.dtype_name(elem)}")
+        raise DLServerError(
+            f"{path}: the input is {om.dtype_name(value.dtype)}, the model's input"
+            f" '{info.name}' is {om.dtype_name(elem)}"
+        )
     if dims is not None:
-        ok = len(dims) == len(value.shape) and all(d is None or d <= 0 or d == s for d, s in zip(dims, value.shape))
+        ok = len(dims) == len(value.shape) and all(
+            d is None or d <= 0 or d == s for d, s in zip(dims, value.shape)
+        )
         if not ok:
             shown = ["?" if d is None else d for d in dims]
-            raise DLServerError(f"{path}: the input has dims {list(value.shape)}, the model's input"
-                                f" '{info.name}' has {shown}")
+            raise DLServerError(
+                f"{path}: the input has dims {list(value.shape)}, the model's input '{info.name}' has {shown}"
+            )
 
 
 def onnx_predict(model_path: str, input_path: str) -> None:
@@ -248,8 +270,9 @@ def onnx_predict(model_path: str, input_path: str) -> None:
     except ProtoError as e:
         raise DLServerError(f"{model_path}: {e}") from None
     if not free:
-        raise DLServerError(f"{model_path}: every graph input is an initializer; nothing to bind"
-                            f" {input_path} to")
+        raise DLServerError(
+            f"{model_path}: every graph input is an initializer; nothing to bind {input_path} to"
+        )
     _check_input(input_path, model_path, free[0], value)
     env[free[0].name] = value
     for node in nodes:

@@ -5,6 +5,7 @@ Byte-identical to the original for the plain mean: every array of the weights fi
 and variance; connected biases and weights) is summed in file order in float32, then
 multiplied by f32(1/T); the header and `seen` (all 8 bytes) come from the first file.
 """
+
 from array import array
 
 from ..averaging import DARKNET, Combiner, parse_method
@@ -20,7 +21,9 @@ def run(argv) -> None:
     cfg, out = argv[3], argv[4]
     inputs = [argv[i] for i in range(5, argv.argc) if argv[i] is not None]
     if out is None:
-        raise DLServerError(f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]")
+        raise DLServerError(
+            f"usage: {argv[0]} aggregation darknet [cfg] [output] [weights_1] [weights_2 ...]"
+        )
     aggregate_darknet(cfg, out, inputs, method, weights)
 
 
@@ -40,7 +43,7 @@ def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None,
     combiners = [Combiner(combination, rule=DARKNET) for _ in targets]
     for combiner, target in zip(combiners, targets):
         combiner.add(target)
-    keeps = combination.kind != "mean"       # median, trimmed: every model's values until the end
+    keeps = combination.kind != "mean"  # median, trimmed: every model's values until the end
     for path in inputs[1:]:
         load_weights(net, path)
         sources = [a for layer in net.layers for a in layer.parameter_arrays()]

@@ -1,4 +1,5 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, spec §5-6)."""
+
 import os
 import sys
 import time
@@ -58,8 +59,10 @@ def top_k(values, k: int) -> list[int]:
 
 def _check_input_geometry(net, what: str) -> None:
     if net.w < 1 or net.h < 1 or net.c != 3:
-        raise DLServerError(f"{net.cfg_path}: {what} needs an image network (width, height, channels=3),"
-                            f" got {net.w}x{net.h}x{net.c}")
+        raise DLServerError(
+            f"{net.cfg_path}: {what} needs an image network (width, height, channels=3),"
+            f" got {net.w}x{net.h}x{net.c}"
+        )
 
 
 def _label_of(path: str, labels: list[str]) -> int:
@@ -134,7 +137,7 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
     class_labels = labels[:classes]
     out = sys.stdout
     for start in range(0, len(paths), batch):
-        chunk = paths[start:start + batch]
+        chunk = paths[start : start + batch]
         if len(chunk) < batch:
             batch = len(chunk)
             net.set_batch(batch)
@@ -144,15 +147,17 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
         lines = []
         for r, path in enumerate(chunk):
             i = start + r
-            row = pred[r * outputs:r * outputs + classes]
+            row = pred[r * outputs : r * outputs + classes]
             klass = _label_of(path, class_labels)
             indexes = top_k(row, topk)
             if indexes[0] == klass:
                 avg_acc += 1
             if klass in indexes:
                 avg_topk += 1
-            lines.append(VALID_LINES % (path, klass, row[0], row[1], i, f32(avg_acc / (i + 1)), topk,
-                                        f32(avg_topk / (i + 1))))
+            lines.append(
+                VALID_LINES
+                % (path, klass, row[0], row[1], i, f32(avg_acc / (i + 1)), topk, f32(avg_topk / (i + 1)))
+            )
         out.write("".join(lines))
 
 
@@ -166,7 +171,9 @@ def clock_enabled() -> bool:
     return os.environ.get("DL_SERVER_CLOCK", "1") != "0"
 
 
-def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None) -> None:
+def train_classifier(
+    datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None
+) -> None:
     """Darknet's train_classifier with the Veracruz loader (spec §5)."""
     out = sys.stdout
     base = base_name(cfg)
@@ -174,13 +181,15 @@ def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, s
     rng = Random(seed)
     net = parse_network_cfg(cfg, init_rng=None if weights else rng)
     if weights:
-        for layer in net.layers:      # rand() advances as the weight initialisation would have
+        for layer in net.layers:  # rand() advances as the weight initialisation would have
             layer.skip_init_weights(rng)
         load_weights(net, weights)
     if clear:
         net.seen = 0
-    out.write("Learning Rate: %g, Momentum: %g, Decay: %g\n" % (f32(net.learning_rate), f32(net.momentum),
-                                                                f32(net.decay)))
+    out.write(
+        "Learning Rate: %g, Momentum: %g, Decay: %g\n"
+        % (f32(net.learning_rate), f32(net.momentum), f32(net.decay))
+    )
     options = read_data_cfg(datacfg)
     backup = options.find_str("backup", "/backup/")
     if options.find_int("tag", 0, quiet=True):
@@ -192,12 +201,16 @@ def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, s
     classes = options.find_int("classes", 2)
     _check_input_geometry(net, "train")
     if net.max_batches < 1:
-        raise DLServerError(f"{cfg}: max_batches={net.max_batches}: training needs max_batches >= 1"
-                            " (Darknet would train forever)")
+        raise DLServerError(
+            f"{cfg}: max_batches={net.max_batches}: training needs max_batches >= 1"
+            " (Darknet would train forever)"
+        )
     if net.random:
         raise DLServerError(f"{cfg}: random=1 (multi-scale training) is not supported")
     if classes < 1 or net.outputs != classes:
-        raise DLServerError(f"{cfg}: the network has {net.outputs} outputs but {datacfg} says classes={classes}")
+        raise DLServerError(
+            f"{cfg}: the network has {net.outputs} outputs but {datacfg} says classes={classes}"
+        )
     labels = read_list(label_list, "labels list")
     if len(labels) < classes:
         raise DLServerError(f"{label_list}: {len(labels)} labels, but {datacfg} says classes={classes}")
@@ -226,12 +239,14 @@ def train_classifier(datacfg: str, cfg: str, weights: str | None, clear: bool, s
             loss = train_network(net, *train)
             if avg_loss == -1.0:
                 avg_loss = loss
-            avg_loss = f32(avg_loss * .9 + loss * .1)
+            avg_loss = f32(avg_loss * 0.9 + loss * 0.1)
             rate = learning_rate(net)
             seconds = time.perf_counter() - start if use_clock else 0.0
             batch_number = net.current_batch
-            out.write("%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images\n"
-                      % (batch_number, f32(f32(net.seen) / n_paths), loss, avg_loss, rate, seconds, net.seen))
+            out.write(
+                "%d, %.3f: %f, %f avg, %f rate, %f seconds, %d images\n"
+                % (batch_number, f32(f32(net.seen) / n_paths), loss, avg_loss, rate, seconds, net.seen)
+            )
             loss_log.add(batch_number, loss, avg_loss, rate)
             if net.seen // n_paths > epoch:
                 epoch = net.seen // n_paths
@@ -251,8 +266,12 @@ def train_network(net, x, y) -> float:
     inputs, outputs = net.inputs, net.outputs
     for i in range(chunks):
         r = i * net.batch
-        total = f32(total + net.train_step(view(x, r * inputs, net.batch * inputs),
-                                           view(y, r * outputs, net.batch * outputs)))
+        total = f32(
+            total
+            + net.train_step(
+                view(x, r * inputs, net.batch * inputs), view(y, r * outputs, net.batch * outputs)
+            )
+        )
     return f32(total / (chunks * net.batch))
 
 

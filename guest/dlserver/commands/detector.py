@@ -10,6 +10,7 @@
 4. the image saved as `<outfile or predictions>.jpg`.
 Unlike Darknet, no `data/labels/*.png` glyph files are read: the label font is built in.
 """
+
 import sys
 import time
 
@@ -25,10 +26,11 @@ from ..rng import f32
 from ..weights import load_weights
 from .classifier import clock_enabled
 
-NMS = .45
+NMS = 0.45
 
 
 # ---------------------------------------------------------------- drawing (image.c)
+
 
 def draw_detections(im, dets: list, thresh: float, names: list, classes: int, out) -> None:
     """Print each box's classes above thresh (`name: NN%`) and draw its box and label."""
@@ -43,30 +45,31 @@ def draw_detections(im, dets: list, thresh: float, names: list, classes: int, ou
                 out.write("%s: %.0f%%\n" % (names[j], f32(d.prob[j] * 100)))
         if klass < 0:
             continue
-        width = int(im.h * .006)
+        width = int(im.h * 0.006)
         offset = klass * 123457 % classes
         red = get_color(2, offset, classes)
         green = get_color(1, offset, classes)
         blue = get_color(0, offset, classes)
-        left = int((d.x - d.w / 2.) * im.w)
-        right = int((d.x + d.w / 2.) * im.w)
-        top = int((d.y - d.h / 2.) * im.h)
-        bot = int((d.y + d.h / 2.) * im.h)
+        left = int((d.x - d.w / 2.0) * im.w)
+        right = int((d.x + d.w / 2.0) * im.w)
+        top = int((d.y - d.h / 2.0) * im.h)
+        bot = int((d.y + d.h / 2.0) * im.h)
         left = max(left, 0)
         right = min(right, im.w - 1)
         top = max(top, 0)
         bot = min(bot, im.h - 1)
         draw_box_width(im, left, top, right, bot, width, red, green, blue)
-        label = get_label(", ".join(labels), int(im.h * .03))
+        label = get_label(", ".join(labels), int(im.h * 0.03))
         draw_label(im, top + width, left, label, (red, green, blue))
 
 
 # ---------------------------------------------------------------- the command
 
+
 def run(argv) -> None:
     """`detect [cfg] [weights] [image] [-thresh T] [-out NAME]`: thresh and filename are read
     before -out is removed, as in Darknet (spec §1.4)."""
-    thresh = argv.find_float("-thresh", .5)
+    thresh = argv.find_float("-thresh", 0.5)
     filename = argv[4] if argv.argc > 4 else None
     outfile = argv.find_str("-out", None)
     if argv[2] is None:
@@ -74,14 +77,21 @@ def run(argv) -> None:
     test_detector("cfg/coco.data", argv[2], argv[3], filename, thresh, outfile)
 
 
-def test_detector(datacfg: str, cfg: str, weights: str | None, filename: str | None, thresh: float,
-                  outfile: str | None = None) -> None:
+def test_detector(
+    datacfg: str,
+    cfg: str,
+    weights: str | None,
+    filename: str | None,
+    thresh: float,
+    outfile: str | None = None,
+) -> None:
     options = read_data_cfg(datacfg)
     name_list = options.find_str("names", "data/names.list")
     names = read_list(name_list, "names list")
     if not weights:
-        raise DLServerError("detect: no weights file given (usage: detect [cfg] [weights] [image]"
-                            " [-thresh T] [-out NAME])")
+        raise DLServerError(
+            "detect: no weights file given (usage: detect [cfg] [weights] [image] [-thresh T] [-out NAME])"
+        )
     net = parse_network_cfg(cfg)
     load_weights(net, weights)
     net.set_batch(1)
@@ -89,17 +99,21 @@ def test_detector(datacfg: str, cfg: str, weights: str | None, filename: str | N
     if not yolo_layers or not isinstance(net.layers[-1], YoloLayer):
         raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo]")
     if net.w < 1 or net.h < 1 or net.c != 3:
-        raise DLServerError(f"{cfg}: detect needs an image network (width, height, channels=3),"
-                            f" got {net.w}x{net.h}x{net.c}")
+        raise DLServerError(
+            f"{cfg}: detect needs an image network (width, height, channels=3), got {net.w}x{net.h}x{net.c}"
+        )
     classes = net.layers[-1].classes
     for layer in yolo_layers:
         if layer.classes != classes:
-            raise DLServerError(f"{cfg}: the [yolo] layers disagree on classes ({layer.classes} and {classes})")
+            raise DLServerError(
+                f"{cfg}: the [yolo] layers disagree on classes ({layer.classes} and {classes})"
+            )
     if len(names) < classes:
         raise DLServerError(f"{name_list}: {len(names)} names, but {cfg} detects {classes} classes")
     if filename is None:
-        raise DLServerError("image file not defined (usage: detect [cfg] [weights] [image]"
-                            " [-thresh T] [-out NAME])")
+        raise DLServerError(
+            "image file not defined (usage: detect [cfg] [weights] [image] [-thresh T] [-out NAME])"
+        )
     thresh = f32(thresh)
     im = load_image_color(filename)
     sized = letterbox_image(im, net.w, net.h)

@@ -11,12 +11,13 @@ draw_label:            at row r - label.h when that is >= 0 (above the box), els
                        pixel = rgb[k] * label
 save_image:            (unsigned char)(255*v), interleaved, stb_image_write JPEG quality 80
 """
+
 import math
 
 from .. import kernels
 from ..buffers import filled
-from ..rng import f32
 from ..files import write_file_atomic
+from ..rng import f32
 from .font import glyph
 from .jpeg import encode_jpeg
 from .ops import Image
@@ -33,7 +34,9 @@ def get_color(c: int, x: int, max_value: int) -> float:
     return f32(f32(f32(1 - ratio) * COLORS[i][c]) + f32(ratio * COLORS[j][c]))
 
 
-def draw_box_width(im: Image, x1: int, y1: int, x2: int, y2: int, width: int, r: float, g: float, b: float) -> None:
+def draw_box_width(
+    im: Image, x1: int, y1: int, x2: int, y2: int, width: int, r: float, g: float, b: float
+) -> None:
     kernels.draw_box_width(im.data, im.w, im.h, x1, y1, x2, y2, width, r, g, b)
 
 
@@ -67,7 +70,7 @@ def get_label(text: str, size: int) -> Image:
         label = _tile(label, Image(w, h, 1, pixels), -size - 1 + (size + 1) // 2)
     if label is None:
         label = Image(0, 0, 1, filled(0, 1.0))
-    return _border(label, int(label.h * .25))
+    return _border(label, int(label.h * 0.25))
 
 
 def draw_label(im: Image, row: int, col: int, label: Image, rgb) -> None:

@@ -11,6 +11,7 @@ Like a glyph image loaded by Darknet, a glyph is one plane of values k/255, 0 = 
 GLYPHS holds, for each of chars 32..126, 20 rows of 10 pixels as 3 hex digits a row
 (bit 9 = leftmost pixel, 1 = ink).
 """
+
 from array import array
 
 FIRST, LAST = 32, 126
@@ -144,7 +145,7 @@ def _bits(code: int) -> list:
     text = GLYPHS[code - FIRST]
     rows = []
     for y in range(CELL_H):
-        v = int(text[3 * y:3 * y + 3], 16)
+        v = int(text[3 * y : 3 * y + 3], 16)
         rows.append([(v >> (CELL_W - 1 - x)) & 1 for x in range(CELL_W)])
     return rows
 

@@ -47,13 +47,14 @@ two quantisation tables scaled by quality as stb does, 4:4:4 YCbCr, stb's float 
 DCT and rounding, the standard Huffman tables; the bytes equal stb's for the same
 pixel bytes.
 """
+
 from array import array
 
 from .. import kernels
-from ..kernels import JpegColour
 from ..errors import DLServerError
+from ..kernels import JpegColour
 
-MAX_PIXELS = 1 << 26          # width * height above this is refused before allocating
+MAX_PIXELS = 1 << 26  # width * height above this is refused before allocating
 
 
 class JPEGError(DLServerError):
@@ -61,19 +62,98 @@ class JPEGError(DLServerError):
 
 
 # zigzag index -> natural (row-major) position
-_DEZIGZAG = (0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5,
-             12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21, 28,
-             35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
-             58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63)
+_DEZIGZAG = (
+    0,
+    1,
+    8,
+    16,
+    9,
+    2,
+    3,
+    10,
+    17,
+    24,
+    32,
+    25,
+    18,
+    11,
+    4,
+    5,
+    12,
+    19,
+    26,
+    33,
+    40,
+    48,
+    41,
+    34,
+    27,
+    20,
+    13,
+    6,
+    7,
+    14,
+    21,
+    28,
+    35,
+    42,
+    49,
+    56,
+    57,
+    50,
+    43,
+    36,
+    29,
+    22,
+    15,
+    23,
+    30,
+    37,
+    44,
+    51,
+    58,
+    59,
+    52,
+    45,
+    38,
+    31,
+    39,
+    46,
+    53,
+    60,
+    61,
+    54,
+    47,
+    55,
+    62,
+    63,
+)
 
-_NAMES = {0xC0: "SOF0", 0xC1: "SOF1", 0xC2: "SOF2", 0xC4: "DHT", 0xCC: "DAC", 0xD8: "SOI",
-          0xD9: "EOI", 0xDA: "SOS", 0xDB: "DQT", 0xDC: "DNL", 0xDD: "DRI", 0xFE: "COM"}
+_NAMES = {
+    0xC0: "SOF0",
+    0xC1: "SOF1",
+    0xC2: "SOF2",
+    0xC4: "DHT",
+    0xCC: "DAC",
+    0xD8: "SOI",
+    0xD9: "EOI",
+    0xDA: "SOS",
+    0xDB: "DQT",
+    0xDC: "DNL",
+    0xDD: "DRI",
+    0xFE: "COM",
+}
 _UNSUPPORTED_SOF = {
     0xC3: "lossless (SOF3)",
-    0xC5: "hierarchical (SOF5)", 0xC6: "hierarchical (SOF6)", 0xC7: "hierarchical (SOF7)",
-    0xC9: "arithmetic coding (SOF9)", 0xCA: "arithmetic coding (SOF10)",
-    0xCB: "arithmetic coding (SOF11)", 0xCD: "arithmetic coding (SOF13)",
-    0xCE: "arithmetic coding (SOF14)", 0xCF: "arithmetic coding (SOF15)",
+    0xC5: "hierarchical (SOF5)",
+    0xC6: "hierarchical (SOF6)",
+    0xC7: "hierarchical (SOF7)",
+    0xC9: "arithmetic coding (SOF9)",
+    0xCA: "arithmetic coding (SOF10)",
+    0xCB: "arithmetic coding (SOF11)",
+    0xCD: "arithmetic coding (SOF13)",
+    0xCE: "arithmetic coding (SOF14)",
+    0xCF: "arithmetic coding (SOF15)",
 }
 _SCAN_ERRORS = {
     -1: "corrupt entropy-coded data (bad Huffman code)",
@@ -98,6 +178,19 @@ def _name(code: int) -> str:
 
 class _Component:
     __slots__ = ("id", "h", "v", "tq", "x", "y", "cw", "ch", "bw", "bh", "coff", "quant", "scanned")
+    id: int
+    h: int
+    v: int
+    tq: int
+    x: int
+    y: int
+    cw: int
+    ch: int
+    bw: int
+    bh: int
+    coff: int
+    quant: array | None
+    scanned: bool
 
 
 def decode_jpeg(data) -> tuple:
@@ -113,13 +206,13 @@ def decode_jpeg(data) -> tuple:
             raise JPEGError("truncated (in the SOI marker)")
         raise JPEGError("not a JPEG file (no SOI marker)")
 
-    qt = [None] * 4                  # array('H') of 64 in natural order
-    tables = bytearray(8 * 272)      # DC 0-3, AC 0-3: 16 counts + 256 values
+    qt: list[array | None] = [None] * 4  # array('H') of 64 in natural order
+    tables = bytearray(8 * 272)  # DC 0-3, AC 0-3: 16 counts + 256 values
     defined = [False] * 8
     restart = 0
     jfif = False
-    adobe = -1                       # Adobe APP14 colour transform, -1 without APP14
-    frame = None                     # (progressive, width, height, comps, hmax, vmax, mcu_x, mcu_y)
+    adobe = -1  # Adobe APP14 colour transform, -1 without APP14
+    frame = None  # (progressive, width, height, comps, hmax, vmax, mcu_x, mcu_y)
     comps = []
     coeffs = None
     scans = 0
@@ -133,7 +226,7 @@ def decode_jpeg(data) -> tuple:
                 raise JPEGError("truncated (no SOS marker)")
             raise JPEGError("truncated (no EOI marker)")
         if data[pos] != 0xFF:
-            if frame is None:        # stb skips stray bytes between header segments
+            if frame is None:  # stb skips stray bytes between header segments
                 pos = data.find(b"\xff", pos)
                 if pos < 0:
                     pos = n
@@ -145,9 +238,9 @@ def decode_jpeg(data) -> tuple:
             raise JPEGError("truncated (in a marker)")
         code = data[pos]
         pos += 1
-        if code == 0xD9:                                        # EOI
+        if code == 0xD9:  # EOI
             break
-        if 0xD0 <= code <= 0xD7 or code == 0x01:                # stray RSTn, TEM: no segment
+        if 0xD0 <= code <= 0xD7 or code == 0x01:  # stray RSTn, TEM: no segment
             continue
         if code == 0xD8:
             raise JPEGError("unexpected SOI marker")
@@ -162,7 +255,7 @@ def decode_jpeg(data) -> tuple:
         end = pos + length
         if end > n:
             raise JPEGError(f"truncated ({_name(code)} segment runs past the end of the file)")
-        body = data[pos + 2:end]
+        body = data[pos + 2 : end]
         pos = end
         if code == 0xDB:
             _parse_dqt(body, qt)
@@ -220,7 +313,9 @@ def decode_jpeg(data) -> tuple:
     planes = bytearray(sum(c.cw * c.ch * 64 for c in comps))
     params = array("i")
     poff = 0
+    assert coeffs is not None  # allocated by the first SOS, and there was one
     for c in comps:
+        assert c.quant is not None  # every component was scanned: checked above or by _scan
         kernels.jpeg_idct(coeffs, c.coff, c.cw, c.ch, c.quant.tobytes(), planes, poff)
         params.extend((poff, c.cw * 8, c.y, hmax // c.h, vmax // c.v))
         poff += c.cw * c.ch * 64
@@ -249,10 +344,11 @@ def _parse_dqt(body: bytes, qt: list) -> None:
         size = 128 if pq else 64
         if i + 1 + size > n:
             raise JPEGError("bad DQT (segment too short)")
-        if pq:                               # big-endian 16-bit values
+        vals: list[int] | bytes
+        if pq:  # big-endian 16-bit values
             vals = [body[j] << 8 | body[j + 1] for j in range(i + 1, i + 129, 2)]
         else:
-            vals = body[i + 1:i + 65]
+            vals = body[i + 1 : i + 65]
         natural = array("H", bytes(128))
         for k in range(64):
             natural[_DEZIGZAG[k]] = vals[k]
@@ -268,7 +364,7 @@ def _parse_dht(body: bytes, tables: bytearray, defined: list) -> None:
             raise JPEGError(f"bad DHT (table class {tc}, id {th})")
         if i + 17 > n:
             raise JPEGError("bad DHT (segment too short)")
-        counts = body[i + 1:i + 17]
+        counts = body[i + 1 : i + 17]
         total = sum(counts)
         if total > 256:
             raise JPEGError(f"bad DHT (too many codes: {total})")
@@ -281,7 +377,7 @@ def _parse_dht(body: bytes, tables: bytearray, defined: list) -> None:
                 raise JPEGError(f"bad DHT (too many codes of {length} bits or fewer)")
             code <<= 1
         slot = (tc * 4 + th) * 272
-        tables[slot:slot + 272] = counts + body[i + 17:i + 17 + total] + bytes(256 - total)
+        tables[slot : slot + 272] = counts + body[i + 17 : i + 17 + total] + bytes(256 - total)
         defined[tc * 4 + th] = True
         i += 17 + total
 
@@ -309,9 +405,9 @@ def _parse_sof(code: int, body: bytes):
         raise JPEGError(f"bad SOF (length {len(body) + 2} for {nf} components)")
     if width * height > MAX_PIXELS:
         raise JPEGError(f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels)")
-    comps = []
+    comps: list[_Component] = []
     for k in range(nf):
-        cid, hv, tq = body[6 + 3 * k:9 + 3 * k]
+        cid, hv, tq = body[6 + 3 * k : 9 + 3 * k]
         c = _Component()
         c.id, c.h, c.v, c.tq = cid, hv >> 4, hv & 15, tq
         if not 1 <= c.h <= 4 or not 1 <= c.v <= 4:
@@ -331,7 +427,7 @@ def _parse_sof(code: int, body: bytes):
     mcu_y = -(-height // (8 * vmax))
     coff = 0
     for c in comps:
-        c.x = -(-width * c.h // hmax)       # samples of the component (stb's comp.x, comp.y)
+        c.x = -(-width * c.h // hmax)  # samples of the component (stb's comp.x, comp.y)
         c.y = -(-height * c.v // vmax)
         c.cw, c.ch = mcu_x * c.h, mcu_y * c.v
         c.bw, c.bh = -(-c.x // 8), -(-c.y // 8)
@@ -361,8 +457,9 @@ def _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs) -
         if ss > 0 and ns != 1:
             raise JPEGError(f"bad SOS (progressive AC scan with {ns} components)")
     elif ss != 0 or ah or al:
-        raise JPEGError(f"bad SOS (spectral selection {ss}-{se}, approximation {ah}/{al} "
-                        "in a sequential scan)")
+        raise JPEGError(
+            f"bad SOS (spectral selection {ss}-{se}, approximation {ah}/{al} in a sequential scan)"
+        )
     need_dc = not progressive or (ss == 0 and ah == 0)
     need_ac = not progressive or ss > 0
     chosen, scanned = [], []
@@ -387,9 +484,21 @@ def _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs) -
             c.quant = qt[c.tq]
         c.scanned = True
         scanned.append((c.coff, c.cw, c.ch, c.h, c.v, c.bw, c.bh, td | ta << 4))
-    end = kernels.jpeg_decode_scan(data, pos, progressive=progressive, spectral_start=ss, spectral_end=se,
-                                   approx_high=ah, approx_low=al, restart_interval=restart, mcus_x=mcu_x,
-                                   mcus_y=mcu_y, components=scanned, tables=tables, coeffs=coeffs)
+    end = kernels.jpeg_decode_scan(
+        data,
+        pos,
+        progressive=progressive,
+        spectral_start=ss,
+        spectral_end=se,
+        approx_high=ah,
+        approx_low=al,
+        restart_interval=restart,
+        mcus_x=mcu_x,
+        mcus_y=mcu_y,
+        components=scanned,
+        tables=tables,
+        coeffs=coeffs,
+    )
     if end < 0:
         raise JPEGError(_SCAN_ERRORS.get(end, "corrupt entropy-coded data"))
     return end
@@ -397,50 +506,524 @@ def _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs) -
 
 # ------------------------------------------------------------------------- encoder
 
-_ZIGZAG = (0, 1, 5, 6, 14, 15, 27, 28, 2, 4, 7, 13, 16, 26, 29, 42, 3, 8, 12, 17, 25, 30, 41, 43,
-           9, 11, 18, 24, 31, 40, 44, 53, 10, 19, 23, 32, 39, 45, 52, 54, 20, 22, 33, 38, 46, 51,
-           55, 60, 21, 34, 37, 47, 50, 56, 59, 61, 35, 36, 48, 49, 57, 58, 62, 63)
+_ZIGZAG = (
+    0,
+    1,
+    5,
+    6,
+    14,
+    15,
+    27,
+    28,
+    2,
+    4,
+    7,
+    13,
+    16,
+    26,
+    29,
+    42,
+    3,
+    8,
+    12,
+    17,
+    25,
+    30,
+    41,
+    43,
+    9,
+    11,
+    18,
+    24,
+    31,
+    40,
+    44,
+    53,
+    10,
+    19,
+    23,
+    32,
+    39,
+    45,
+    52,
+    54,
+    20,
+    22,
+    33,
+    38,
+    46,
+    51,
+    55,
+    60,
+    21,
+    34,
+    37,
+    47,
+    50,
+    56,
+    59,
+    61,
+    35,
+    36,
+    48,
+    49,
+    57,
+    58,
+    62,
+    63,
+)
 # JPEG Annex K tables as stb_image_write v1.09 writes them (natural order for the quantisers)
-_YQT = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,
-        56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81,
-        104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
-_UVQT = (17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99,
-         99, 47, 66, 99, 99, 99, 99, 99, 99) + (99,) * 32
+_YQT = (
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+)
+_UVQT = (
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+) + (99,) * 32
 _DC_LUM = (bytes((0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0)), bytes(range(12)))
-_AC_LUM = (bytes((0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D)), bytes((
-    0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07,
-    0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xA1, 0x08, 0x23, 0x42, 0xB1, 0xC1, 0x15, 0x52, 0xD1, 0xF0,
-    0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0A, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x25, 0x26, 0x27, 0x28,
-    0x29, 0x2A, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49,
-    0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69,
-    0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89,
-    0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7,
-    0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3, 0xC4, 0xC5,
-    0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA, 0xE1, 0xE2,
-    0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
-    0xF9, 0xFA)))
+_AC_LUM = (
+    bytes((0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7D)),
+    bytes(
+        (
+            0x01,
+            0x02,
+            0x03,
+            0x00,
+            0x04,
+            0x11,
+            0x05,
+            0x12,
+            0x21,
+            0x31,
+            0x41,
+            0x06,
+            0x13,
+            0x51,
+            0x61,
+            0x07,
+            0x22,
+            0x71,
+            0x14,
+            0x32,
+            0x81,
+            0x91,
+            0xA1,
+            0x08,
+            0x23,
+            0x42,
+            0xB1,
+            0xC1,
+            0x15,
+            0x52,
+            0xD1,
+            0xF0,
+            0x24,
+            0x33,
+            0x62,
+            0x72,
+            0x82,
+            0x09,
+            0x0A,
+            0x16,
+            0x17,
+            0x18,
+            0x19,
+            0x1A,
+            0x25,
+            0x26,
+            0x27,
+            0x28,
+            0x29,
+            0x2A,
+            0x34,
+            0x35,
+            0x36,
+            0x37,
+            0x38,
+            0x39,
+            0x3A,
+            0x43,
+            0x44,
+            0x45,
+            0x46,
+            0x47,
+            0x48,
+            0x49,
+            0x4A,
+            0x53,
+            0x54,
+            0x55,
+            0x56,
+            0x57,
+            0x58,
+            0x59,
+            0x5A,
+            0x63,
+            0x64,
+            0x65,
+            0x66,
+            0x67,
+            0x68,
+            0x69,
+            0x6A,
+            0x73,
+            0x74,
+            0x75,
+            0x76,
+            0x77,
+            0x78,
+            0x79,
+            0x7A,
+            0x83,
+            0x84,
+            0x85,
+            0x86,
+            0x87,
+            0x88,
+            0x89,
+            0x8A,
+            0x92,
+            0x93,
+            0x94,
+            0x95,
+            0x96,
+            0x97,
+            0x98,
+            0x99,
+            0x9A,
+            0xA2,
+            0xA3,
+            0xA4,
+            0xA5,
+            0xA6,
+            0xA7,
+            0xA8,
+            0xA9,
+            0xAA,
+            0xB2,
+            0xB3,
+            0xB4,
+            0xB5,
+            0xB6,
+            0xB7,
+            0xB8,
+            0xB9,
+            0xBA,
+            0xC2,
+            0xC3,
+            0xC4,
+            0xC5,
+            0xC6,
+            0xC7,
+            0xC8,
+            0xC9,
+            0xCA,
+            0xD2,
+            0xD3,
+            0xD4,
+            0xD5,
+            0xD6,
+            0xD7,
+            0xD8,
+            0xD9,
+            0xDA,
+            0xE1,
+            0xE2,
+            0xE3,
+            0xE4,
+            0xE5,
+            0xE6,
+            0xE7,
+            0xE8,
+            0xE9,
+            0xEA,
+            0xF1,
+            0xF2,
+            0xF3,
+            0xF4,
+            0xF5,
+            0xF6,
+            0xF7,
+            0xF8,
+            0xF9,
+            0xFA,
+        )
+    ),
+)
 _DC_CHROMA = (bytes((0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0)), bytes(range(12)))
-_AC_CHROMA = (bytes((0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77)), bytes((
-    0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71,
-    0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xA1, 0xB1, 0xC1, 0x09, 0x23, 0x33, 0x52, 0xF0,
-    0x15, 0x62, 0x72, 0xD1, 0x0A, 0x16, 0x24, 0x34, 0xE1, 0x25, 0xF1, 0x17, 0x18, 0x19, 0x1A, 0x26,
-    0x27, 0x28, 0x29, 0x2A, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48,
-    0x49, 0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68,
-    0x69, 0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
-    0x88, 0x89, 0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5,
-    0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3,
-    0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA,
-    0xE2, 0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
-    0xF9, 0xFA)))
-_HUFFMAN = b"".join(counts + values + bytes(256 - len(values))
-                    for counts, values in (_DC_LUM, _AC_LUM, _DC_CHROMA, _AC_CHROMA))
+_AC_CHROMA = (
+    bytes((0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77)),
+    bytes(
+        (
+            0x00,
+            0x01,
+            0x02,
+            0x03,
+            0x11,
+            0x04,
+            0x05,
+            0x21,
+            0x31,
+            0x06,
+            0x12,
+            0x41,
+            0x51,
+            0x07,
+            0x61,
+            0x71,
+            0x13,
+            0x22,
+            0x32,
+            0x81,
+            0x08,
+            0x14,
+            0x42,
+            0x91,
+            0xA1,
+            0xB1,
+            0xC1,
+            0x09,
+            0x23,
+            0x33,
+            0x52,
+            0xF0,
+            0x15,
+            0x62,
+            0x72,
+            0xD1,
+            0x0A,
+            0x16,
+            0x24,
+            0x34,
+            0xE1,
+            0x25,
+            0xF1,
+            0x17,
+            0x18,
+            0x19,
+            0x1A,
+            0x26,
+            0x27,
+            0x28,
+            0x29,
+            0x2A,
+            0x35,
+            0x36,
+            0x37,
+            0x38,
+            0x39,
+            0x3A,
+            0x43,
+            0x44,
+            0x45,
+            0x46,
+            0x47,
+            0x48,
+            0x49,
+            0x4A,
+            0x53,
+            0x54,
+            0x55,
+            0x56,
+            0x57,
+            0x58,
+            0x59,
+            0x5A,
+            0x63,
+            0x64,
+            0x65,
+            0x66,
+            0x67,
+            0x68,
+            0x69,
+            0x6A,
+            0x73,
+            0x74,
+            0x75,
+            0x76,
+            0x77,
+            0x78,
+            0x79,
+            0x7A,
+            0x82,
+            0x83,
+            0x84,
+            0x85,
+            0x86,
+            0x87,
+            0x88,
+            0x89,
+            0x8A,
+            0x92,
+            0x93,
+            0x94,
+            0x95,
+            0x96,
+            0x97,
+            0x98,
+            0x99,
+            0x9A,
+            0xA2,
+            0xA3,
+            0xA4,
+            0xA5,
+            0xA6,
+            0xA7,
+            0xA8,
+            0xA9,
+            0xAA,
+            0xB2,
+            0xB3,
+            0xB4,
+            0xB5,
+            0xB6,
+            0xB7,
+            0xB8,
+            0xB9,
+            0xBA,
+            0xC2,
+            0xC3,
+            0xC4,
+            0xC5,
+            0xC6,
+            0xC7,
+            0xC8,
+            0xC9,
+            0xCA,
+            0xD2,
+            0xD3,
+            0xD4,
+            0xD5,
+            0xD6,
+            0xD7,
+            0xD8,
+            0xD9,
+            0xDA,
+            0xE2,
+            0xE3,
+            0xE4,
+            0xE5,
+            0xE6,
+            0xE7,
+            0xE8,
+            0xE9,
+            0xEA,
+            0xF2,
+            0xF3,
+            0xF4,
+            0xF5,
+            0xF6,
+            0xF7,
+            0xF8,
+            0xF9,
+            0xFA,
+        )
+    ),
+)
+_HUFFMAN = b"".join(
+    counts + values + bytes(256 - len(values))
+    for counts, values in (_DC_LUM, _AC_LUM, _DC_CHROMA, _AC_CHROMA)
+)
 
 
 def jpeg_quant_tables(quality: int = 80) -> tuple:
     """stb_image_write v1.09's luma and chroma quantisers for `quality` (0 means 90,
     then clamped to 1..100), each 64 bytes in zigzag order as written in DQT."""
     quality = quality or 90
-    quality = 1 if quality < 1 else 100 if quality > 100 else quality
+    quality = 1 if quality < 1 else min(quality, 100)
     scale = 5000 // quality if quality < 50 else 200 - quality * 2
     y = bytearray(64)
     uv = bytearray(64)
@@ -461,14 +1044,42 @@ def encode_jpeg(width: int, height: int, pixels_rgb, quality: int = 80, comps: i
     if len(pixels_rgb) != width * height * comps:
         raise ValueError(f"{len(pixels_rgb)} pixel bytes for a {width} x {height} x {comps} image")
     ytable, uvtable = jpeg_quant_tables(quality)
-    head = bytearray(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-                     b"\xff\xdb\x00\x84\x00")
+    head = bytearray(
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xdb\x00\x84\x00"
+    )
     head += ytable
     head.append(1)
     head += uvtable
-    head += bytes((0xFF, 0xC0, 0, 0x11, 8, height >> 8, height & 255, width >> 8, width & 255,
-                   3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1, 0xFF, 0xC4, 0x01, 0xA2))
-    for table_id, (counts, values) in zip((0x00, 0x10, 0x01, 0x11), (_DC_LUM, _AC_LUM, _DC_CHROMA, _AC_CHROMA)):
+    head += bytes(
+        (
+            0xFF,
+            0xC0,
+            0,
+            0x11,
+            8,
+            height >> 8,
+            height & 255,
+            width >> 8,
+            width & 255,
+            3,
+            1,
+            0x11,
+            0,
+            2,
+            0x11,
+            1,
+            3,
+            0x11,
+            1,
+            0xFF,
+            0xC4,
+            0x01,
+            0xA2,
+        )
+    )
+    for table_id, (counts, values) in zip(
+        (0x00, 0x10, 0x01, 0x11), (_DC_LUM, _AC_LUM, _DC_CHROMA, _AC_CHROMA)
+    ):
         head.append(table_id)
         head += counts
         head += values

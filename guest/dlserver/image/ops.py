@@ -1,6 +1,7 @@
 """Image operations of Darknet's image.c on planar float32 CHW images."""
-from dataclasses import dataclass
+
 from array import array
+from dataclasses import dataclass
 
 from .. import kernels
 from ..buffers import filled, zeros
@@ -10,6 +11,7 @@ from ..rng import f32
 @dataclass
 class Image:
     """w x h pixels of c planes, data[(ch*h + y)*w + x], values in [0, 1]."""
+
     w: int
     h: int
     c: int
@@ -40,7 +42,9 @@ def letterbox_image(im: Image, w: int, h: int) -> Image:
         return resize_image(im, w, h)
     resized = resize_image(im, new_w, new_h)
     canvas = filled(w * h * im.c, 0.5)
-    kernels.image_paste(resized.data, new_w, new_h, im.c, canvas, w, h, (w - new_w) // 2, (h - new_h) // 2, False)
+    kernels.image_paste(
+        resized.data, new_w, new_h, im.c, canvas, w, h, (w - new_w) // 2, (h - new_h) // 2, False
+    )
     return Image(w, h, im.c, canvas)
 
 
@@ -55,7 +59,7 @@ def center_crop_image(im: Image, w: int, h: int) -> Image:
         for y in range(m):
             src = (k * im.h + y + dy) * im.w + dx
             dst = (k * m + y) * m
-            cropped[dst:dst + m] = im.data[src:src + m]
+            cropped[dst : dst + m] = im.data[src : src + m]
     return resize_image(Image(m, m, im.c, cropped), w, h)
 
 

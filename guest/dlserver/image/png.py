@@ -29,6 +29,7 @@ Decompression output is capped at the size IHDR implies, so a decompression
 bomb costs at most that much memory. Error texts carry no file name: callers
 prefix `<path>: `.
 """
+
 import zlib
 from struct import unpack_from
 
@@ -36,16 +37,15 @@ from .. import kernels
 from ..errors import DLServerError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_PIXELS = 1 << 26          # width * height above this is refused before allocating
-MAX_SIDE = 1 << 24            # stb's limit on each side
+MAX_PIXELS = 1 << 26  # width * height above this is refused before allocating
+MAX_SIDE = 1 << 24  # stb's limit on each side
 
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _GRAY_SCALE = {1: 255, 2: 85, 4: 17}
 # Adam7 passes: x origin, y origin, x step, y step
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
-          (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_BIT_TABLES = {}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_BIT_TABLES: dict[tuple[int, int], list[bytes]] = {}
 
 
 class PNGError(DLServerError):
@@ -74,7 +74,7 @@ def decode_png(data) -> tuple:
         ihdr = None
         pos = 8
     else:
-        length, = unpack_from(">I", data, 8)
+        (length,) = unpack_from(">I", data, 8)
         if length != 13:
             raise PNGError(f"bad IHDR (length {length}, 13 expected)")
         if crc32(data[12:29]) != unpack_from(">I", data, 29)[0]:
@@ -82,9 +82,9 @@ def decode_png(data) -> tuple:
         ihdr = unpack_from(">IIBBBBB", data, 16)
         _check_ihdr(*ihdr)
         pos = 33
-    palette = None
+    palette: bytes | bytearray | None = None
     trns = None
-    idat = []
+    idat: list[bytes] = []
     while True:
         if pos + 8 > n:
             if pos == n:
@@ -97,7 +97,7 @@ def decode_png(data) -> tuple:
             if length > 0x7FFFFFFF:
                 raise PNGError(f"bad length {length} of chunk {_name(ctype)}")
             raise PNGError(f"truncated (chunk {_name(ctype)} runs past the end of the file)")
-        if crc32(data[pos + 4:end]) != unpack_from(">I", data, end)[0]:
+        if crc32(data[pos + 4 : end]) != unpack_from(">I", data, end)[0]:
             raise PNGError(f"CRC mismatch in chunk {_name(ctype)}")
         pos = end + 4
         if ctype == b"IDAT":
@@ -109,7 +109,7 @@ def decode_png(data) -> tuple:
         elif ctype == b"IEND":
             break
         elif ihdr is None:
-            if ctype == b"IHDR":    # only reached when the IHDR length is wrong
+            if ctype == b"IHDR":  # only reached when the IHDR length is wrong
                 raise PNGError(f"bad IHDR (length {length}, 13 expected)")
             raise PNGError(f"missing IHDR (first chunk is {_name(ctype)})")
         elif ctype == b"IHDR":
@@ -130,8 +130,7 @@ def decode_png(data) -> tuple:
                 if palette is None:
                     raise PNGError("tRNS before PLTE")
                 if length > len(palette) // 3:
-                    raise PNGError(f"bad tRNS length {length} for a "
-                                   f"{len(palette) // 3}-entry palette")
+                    raise PNGError(f"bad tRNS length {length} for a {len(palette) // 3}-entry palette")
                 trns = data[start:end]
             elif colour in (4, 6):
                 raise PNGError(f"tRNS in an image with alpha (colour type {colour})")
@@ -172,7 +171,8 @@ def decode_png(data) -> tuple:
     raw = _inflate(stream, expected)
 
     bpp = max(1, bits >> 3)
-    if colour == 3:                       # IDAT checked that PLTE came first
+    if colour == 3:  # IDAT checked that PLTE came first
+        assert palette is not None
         if trns is not None:
             comps = 4
             pal = bytearray(len(palette) // 3 * 4)
@@ -184,7 +184,7 @@ def decode_png(data) -> tuple:
         else:
             comps = 3
     else:
-        palette = None                    # a suggested palette of a true-colour image
+        palette = None  # a suggested palette of a true-colour image
         comps = channels
 
     if not interlace:
@@ -198,20 +198,21 @@ def decode_png(data) -> tuple:
     rawv = memoryview(raw)
     for number, x0, y0, dx, dy, pw, ph, rowbytes, off in passes:
         buf = bytearray(ph * rowbytes)
-        _unfilter(rawv[off:off + ph * (rowbytes + 1)], ph, rowbytes, bpp, buf,
-                  f" of interlace pass {number}")
+        _unfilter(
+            rawv[off : off + ph * (rowbytes + 1)], ph, rowbytes, bpp, buf, f" of interlace pass {number}"
+        )
         sub = _samples(buf, pw, ph, rowbytes, depth, colour, palette, comps)
         step = dx * comps
         rowlen = pw * comps
-        span = (pw - 1) * step + 1        # slice length covering pw pixels
+        span = (pw - 1) * step + 1  # slice length covering pw pixels
         for r in range(ph):
             base = (y0 + r * dy) * stride + x0 * comps
-            srow = sub[r * rowlen:(r + 1) * rowlen]
+            srow = sub[r * rowlen : (r + 1) * rowlen]
             if comps == 1:
-                out[base:base + span:step] = srow
+                out[base : base + span : step] = srow
             else:
                 for k in range(comps):
-                    out[base + k:base + k + span:step] = srow[k::comps]
+                    out[base + k : base + k + span : step] = srow[k::comps]
     return width, height, comps, bytes(out)
 
 
@@ -229,8 +230,9 @@ def _check_ihdr(width, height, depth, colour, compression, filtering, interlace)
     if not width or not height:
         raise PNGError(f"bad IHDR (image size {width} x {height})")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise PNGError(f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels "
-                       f"and {MAX_SIDE} per side)")
+        raise PNGError(
+            f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels and {MAX_SIDE} per side)"
+        )
 
 
 def _inflate(stream, expected: int) -> bytes:
@@ -272,8 +274,10 @@ def _bit_tables(depth: int, scale: int) -> list:
     tables = _BIT_TABLES.get(key)
     if tables is None:
         mask = (1 << depth) - 1
-        tables = [bytes(((b >> (8 - depth * (j + 1))) & mask) * scale for b in range(256))
-                  for j in range(8 // depth)]
+        tables = [
+            bytes(((b >> (8 - depth * (j + 1))) & mask) * scale for b in range(256))
+            for j in range(8 // depth)
+        ]
         _BIT_TABLES[key] = tables
     return tables
 
@@ -281,9 +285,9 @@ def _bit_tables(depth: int, scale: int) -> list:
 def _samples(buf, width, height, rowbytes, depth, colour, palette, comps):
     """Unfiltered scanlines -> width x height pixels of `comps` bytes."""
     if depth == 8:
-        pix = buf                          # rowbytes == width * channels: no padding
+        pix = buf  # rowbytes == width * channels: no padding
     elif depth == 16:
-        pix = buf[0::2]                    # big-endian: keep the high byte
+        pix = buf[0::2]  # big-endian: keep the high byte
     else:
         per = 8 // depth
         pix = bytearray(len(buf) * per)
@@ -293,7 +297,7 @@ def _samples(buf, width, height, rowbytes, depth, colour, palette, comps):
         padded = rowbytes * per
         if padded != width:
             v = memoryview(pix)
-            pix = b"".join([v[y * padded:y * padded + width] for y in range(height)])
+            pix = b"".join([v[y * padded : y * padded + width] for y in range(height)])
     if palette is None:
         return pix
     out = bytearray(width * height * comps)

@@ -1,12 +1,19 @@
 """What every layer has: geometry, its output buffer, and its cfg options."""
+
+from array import array
+
 from .. import kernels
-from ..kernels import Activation
 from ..buffers import zeros
 from ..errors import DLServerError
+from ..kernels import Activation
 from ..rng import f32
 
-ACTIVATIONS = {"linear": Activation.LINEAR, "relu": Activation.RELU, "leaky": Activation.LEAKY,
-               "logistic": Activation.LOGISTIC}
+ACTIVATIONS = {
+    "linear": Activation.LINEAR,
+    "relu": Activation.RELU,
+    "leaky": Activation.LEAKY,
+    "logistic": Activation.LOGISTIC,
+}
 # Darknet knows these too; dl-server does not implement them yet.
 KNOWN_ACTIVATIONS = ("loggy", "elu", "selu", "relie", "plse", "hardtan", "lhtan", "ramp", "tanh", "stair")
 
@@ -17,17 +24,22 @@ def parse_activation(options, default: str = "logistic") -> int:
     if name in ACTIVATIONS:
         return ACTIVATIONS[name]
     known = "not supported by dl-server yet" if name in KNOWN_ACTIVATIONS else "unknown"
-    raise DLServerError(f"{options.path}:{options.line}: activation '{name}' is {known}"
-                        f" (use one of {', '.join(ACTIVATIONS)})")
+    raise DLServerError(
+        f"{options.path}:{options.line}: activation '{name}' is {known} (use one of {', '.join(ACTIVATIONS)})"
+    )
 
 
 class Layer:
     """Geometry (input h, w, c -> output out_h, out_w, out_c) and a batch of outputs."""
 
     kind = "layer"
-    has_cost = False       # has a cost to report (network cost = mean of these)
-    is_cost = False        # a cost layer: not the network's output layer
+    has_cost = False  # has a cost to report (network cost = mean of these)
+    is_cost = False  # a cost layer: not the network's output layer
     needs_network = False  # built with the network so far (route reads earlier layers)
+    cost: float  # of the last forward pass, in layers with has_cost
+    # set by network._parse_common_options after the layer is built
+    learning_rate_scale: float
+    stopbackward: int
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch
@@ -35,8 +47,8 @@ class Layer:
         self.inputs = inputs
         self.out_h = self.out_w = self.out_c = 0
         self.outputs = 0
-        self.output = None
-        self.delta = None
+        self.output: array | None = None
+        self.delta: array | None = None
         self.dontsave = self.dontload = 0
 
     def allocate(self) -> None:
@@ -96,5 +108,12 @@ def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_
     W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
     lr = f32(learning_rate)
     batch = net.batch * net.subdivisions
-    kernels.sgd_update(biases, bias_updates, weights, weight_updates, f32(lr / batch), net.momentum,
-                       f32(-f32(net.decay) * batch))
+    kernels.sgd_update(
+        biases,
+        bias_updates,
+        weights,
+        weight_updates,
+        f32(lr / batch),
+        net.momentum,
+        f32(-f32(net.decay) * batch),
+    )

@@ -3,6 +3,7 @@
 forward:  out[b][o] = sum_k in[b][k] * W[o][k] + bias[o], then the activation
           (gemm NT: M = batch, N = outputs, K = inputs).
 """
+
 import math
 
 from .. import kernels
@@ -49,13 +50,28 @@ class ConnectedLayer(Layer):
     def transpose_weights(self) -> None:
         values = self.weights.tolist()
         rows, cols = self.inputs, self.outputs
-        self.weights[:] = type(self.weights)("f", [values[r * cols + c] for c in range(cols) for r in range(rows)])
+        self.weights[:] = type(self.weights)(
+            "f", [values[r * cols + c] for c in range(cols) for r in range(rows)]
+        )
 
     def forward(self, net, input_buf, train):
         out = self.output
         kernels.fill(len(out), 0.0, out)
-        kernels.gemm(0, 1, self.batch, self.outputs, self.inputs, 1.0, input_buf, self.inputs,
-                     self.weights, self.inputs, 1.0, out, self.outputs)
+        kernels.gemm(
+            0,
+            1,
+            self.batch,
+            self.outputs,
+            self.inputs,
+            1.0,
+            input_buf,
+            self.inputs,
+            self.weights,
+            self.inputs,
+            1.0,
+            out,
+            self.outputs,
+        )
         kernels.add_bias(out, self.biases, self.batch, self.outputs, 1)
         kernels.activate(out, len(out), self.activation)
 
@@ -69,13 +85,29 @@ class ConnectedLayer(Layer):
     #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (Darknet: gemm NN)
     # in one call, term by term in gemm's order, skipping the zero deltas (dropout, relu).
     def backward(self, net, input_buf, prev_delta):
-        kernels.connected_backward(input_buf, self.batch, self.inputs, self.output, self.delta, self.outputs,
-                                   self.activation, self.weights, self.bias_updates, self.weight_updates,
-                                   prev_delta)
+        kernels.connected_backward(
+            input_buf,
+            self.batch,
+            self.inputs,
+            self.output,
+            self.delta,
+            self.outputs,
+            self.activation,
+            self.weights,
+            self.bias_updates,
+            self.weight_updates,
+            prev_delta,
+        )
 
     def update(self, net, rate: float) -> None:
-        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                   self.weights, self.weight_updates)
+        sgd_update(
+            net,
+            rate * self.learning_rate_scale,
+            self.biases,
+            self.bias_updates,
+            self.weights,
+            self.weight_updates,
+        )
 
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"

@@ -7,6 +7,7 @@ Stride-1 layers with few input channels and a kernel of at most 8x8 (LeNet's) ru
 forward and backward in one `_dlk` call each (conv_train.c): the same floats as the
 im2col + gemm loops, without im2col and without the Python loop over the batch.
 """
+
 import math
 
 from .. import kernels
@@ -15,8 +16,8 @@ from ..errors import DLServerError
 from ..rng import f32
 from .base import Layer, parse_activation, sgd_update
 
-DIRECT_MAX_CHANNELS = 8   # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
-TRAIN_KERNEL_MAX_SIZE = 8     # conv_forward / conv_backward: size <= 8, pad < size, stride 1
+DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
+TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
 class ConvolutionalLayer(Layer):
@@ -36,7 +37,9 @@ class ConvolutionalLayer(Layer):
         self.batch_normalize = options.find_int("batch_normalize", 0, quiet=True)
         for flag in ("binary", "xnor", "flipped", "dot"):
             if options.find_int(flag, 0, quiet=True):
-                raise DLServerError(f"{options.path}:{options.line}: convolutional '{flag}=1' is not supported")
+                raise DLServerError(
+                    f"{options.path}:{options.line}: convolutional '{flag}=1' is not supported"
+                )
         where = self.where = f"{options.path}:{options.line}"
         if self.groups != 1:
             raise DLServerError(f"{where}: convolutional groups={self.groups} is not supported (only 1)")
@@ -47,8 +50,9 @@ class ConvolutionalLayer(Layer):
         self.out_h = (h + 2 * self.pad - self.size) // self.stride + 1
         self.out_w = (w + 2 * self.pad - self.size) // self.stride + 1
         if self.out_h < 1 or self.out_w < 1:
-            raise DLServerError(f"{where}: convolutional kernel {self.size}x{self.size} does not fit"
-                                f" a {w}x{h} input")
+            raise DLServerError(
+                f"{where}: convolutional kernel {self.size}x{self.size} does not fit a {w}x{h} input"
+            )
         self.out_c = self.n
         self.outputs = self.out_h * self.out_w * self.out_c
         self.kernel_inputs = c * self.size * self.size
@@ -62,8 +66,12 @@ class ConvolutionalLayer(Layer):
         # Few input channels, stride 1: direct convolution (no im2col matrix); else im2col + gemm.
         self.direct = self.stride == 1 and self.size > 1 and self.c <= DIRECT_MAX_CHANNELS
         # ... and of those, kernels up to 8x8 with pad < size: conv_forward / conv_backward.
-        self.fused = (self.direct and self.size <= TRAIN_KERNEL_MAX_SIZE and self.pad < self.size
-                      and not self.batch_normalize)
+        self.fused = (
+            self.direct
+            and self.size <= TRAIN_KERNEL_MAX_SIZE
+            and self.pad < self.size
+            and not self.batch_normalize
+        )
         if self.fused:
             self.workspace = None
         elif self.direct:
@@ -92,17 +100,48 @@ class ConvolutionalLayer(Layer):
         spatial = self.out_h * self.out_w
         out = self.output
         if self.fused:  # conv + bias + activation in one call
-            kernels.conv_forward(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
-                                 self.pad, self.biases, self.activation, out)
+            kernels.conv_forward(
+                input_buf,
+                self.batch,
+                self.c,
+                self.h,
+                self.w,
+                self.weights,
+                self.n,
+                self.size,
+                self.pad,
+                self.biases,
+                self.activation,
+                out,
+            )
             return
         if self.direct:
-            kernels.conv2d_direct(input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.size,
-                                  self.pad, out, self.workspace)
+            kernels.conv2d_direct(
+                input_buf,
+                self.batch,
+                self.c,
+                self.h,
+                self.w,
+                self.weights,
+                self.n,
+                self.size,
+                self.pad,
+                out,
+                self.workspace,
+            )
         else:
             self._forward_gemm(input_buf, out, spatial)
         if self.batch_normalize:
-            kernels.batchnorm_infer(out, self.rolling_mean, self.rolling_variance, self.scales, self.biases,
-                                    self.batch, self.n, spatial)
+            kernels.batchnorm_infer(
+                out,
+                self.rolling_mean,
+                self.rolling_variance,
+                self.scales,
+                self.biases,
+                self.batch,
+                self.n,
+                spatial,
+            )
         else:
             kernels.add_bias(out, self.biases, self.batch, self.n, spatial)
         kernels.activate(out, len(out), self.activation)
@@ -115,10 +154,25 @@ class ConvolutionalLayer(Layer):
             if self.size == 1:
                 col = image
             else:
-                kernels.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace)
+                kernels.im2col(
+                    image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace
+                )
                 col = self.workspace
-            kernels.gemm(0, 0, self.n, spatial, self.kernel_inputs, 1.0, self.weights, self.kernel_inputs,
-                         col, spatial, 1.0, view(out, b * self.outputs, self.outputs), spatial)
+            kernels.gemm(
+                0,
+                0,
+                self.n,
+                spatial,
+                self.kernel_inputs,
+                1.0,
+                self.weights,
+                self.kernel_inputs,
+                col,
+                spatial,
+                1.0,
+                view(out, b * self.outputs, self.outputs),
+                spatial,
+            )
 
     def prepare_training(self) -> None:
         """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns."""
@@ -136,9 +190,23 @@ class ConvolutionalLayer(Layer):
     # conv_backward does all of this for the whole batch (nonzero deltas only, same floats).
     def backward(self, net, input_buf, prev_delta):
         if self.fused:
-            kernels.conv_backward(input_buf, self.batch, self.c, self.h, self.w, self.output, self.delta, self.n,
-                                  self.size, self.pad, self.activation, self.weights, self.bias_updates,
-                                  self.weight_updates, prev_delta)
+            kernels.conv_backward(
+                input_buf,
+                self.batch,
+                self.c,
+                self.h,
+                self.w,
+                self.output,
+                self.delta,
+                self.n,
+                self.size,
+                self.pad,
+                self.activation,
+                self.weights,
+                self.bias_updates,
+                self.weight_updates,
+                prev_delta,
+            )
             return
         spatial = self.out_h * self.out_w
         K = self.kernel_inputs
@@ -152,21 +220,35 @@ class ConvolutionalLayer(Layer):
             else:
                 kernels.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
                 col = self.columns
-            kernels.gemm(0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K)
+            kernels.gemm(
+                0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K
+            )
             if prev_delta is not None:
                 image_delta = view(prev_delta, b * self.inputs, self.inputs)
                 target = image_delta if self.size == 1 else self.columns
-                kernels.gemm(1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial)
+                kernels.gemm(
+                    1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial
+                )
                 if self.size != 1:
-                    kernels.col2im(self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta)
+                    kernels.col2im(
+                        self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta
+                    )
 
     def update(self, net, rate: float) -> None:
         """SGD with momentum and decay (Darknet update_convolutional_layer)."""
-        sgd_update(net, rate * self.learning_rate_scale, self.biases, self.bias_updates,
-                   self.weights, self.weight_updates)
+        sgd_update(
+            net,
+            rate * self.learning_rate_scale,
+            self.biases,
+            self.bias_updates,
+            self.weights,
+            self.weight_updates,
+        )
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
-        return (f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
-                f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
-                f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}  {bflops:5.3f} BFLOPs")
+        return (
+            f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
+            f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
+            f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}  {bflops:5.3f} BFLOPs"
+        )

@@ -1,4 +1,5 @@
 """Cost layer (Darknet cost_layer.c), type sse: only active with a truth (training)."""
+
 from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
@@ -18,7 +19,7 @@ class CostLayer(Layer):
             known = "not supported yet" if self.cost_type in COST_TYPES else "unknown"
             raise DLServerError(f"{options.path}:{options.line}: cost type '{self.cost_type}' is {known}")
         self.scale = options.find_float("scale", 1, quiet=True)
-        options.find_float("ratio", 0, quiet=True)    # ratio, noobj, thresh: read, not applied
+        options.find_float("ratio", 0, quiet=True)  # ratio, noobj, thresh: read, not applied
         options.find_float("noobj", 1, quiet=True)
         options.find_float("thresh", 0, quiet=True)
         self.outputs = inputs

@@ -3,6 +3,7 @@
 out = (in + padding - size)/stride + 1 with padding = size - 1 by default; windows start
 at -(padding/2); positions outside the image count as -inf; argmax kept for backward.
 """
+
 from .. import kernels
 from ..buffers import int_zeros
 from ..errors import DLServerError
@@ -25,7 +26,9 @@ class MaxpoolLayer(Layer):
         self.out_w = (w + self.pad - self.size) // self.stride + 1
         self.out_h = (h + self.pad - self.size) // self.stride + 1
         if self.out_h < 1 or self.out_w < 1:
-            raise DLServerError(f"{where}: maxpool window {self.size}x{self.size} does not fit a {w}x{h} input")
+            raise DLServerError(
+                f"{where}: maxpool window {self.size}x{self.size} does not fit a {w}x{h} input"
+            )
         self.out_c = c
         self.outputs = self.out_h * self.out_w * c
         self.allocate()
@@ -37,16 +40,32 @@ class MaxpoolLayer(Layer):
     def forward(self, net, input_buf, train):
         if self.size == 2 and self.stride == 2 and self.pad == 1 and self.h % 2 == 0 and self.w % 2 == 0:
             # every window inside the image (LeNet's): the same results without bounds checks
-            kernels.maxpool_forward_2x2(input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes)
+            kernels.maxpool_forward_2x2(
+                input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes
+            )
             return
-        kernels.maxpool_forward(input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad,
-                                self.output, self.indexes)
+        kernels.maxpool_forward(
+            input_buf,
+            self.batch,
+            self.c,
+            self.h,
+            self.w,
+            self.size,
+            self.stride,
+            self.pad,
+            self.output,
+            self.indexes,
+        )
 
     def backward(self, net, input_buf, prev_delta):
         """prev_delta[argmax] += delta."""
         if prev_delta is not None:
-            kernels.maxpool_backward(self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs)
+            kernels.maxpool_backward(
+                self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs
+            )
 
     def describe(self):
-        return (f"max          {self.size} x {self.size} / {self.stride}  "
-                f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  {self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}")
+        return (
+            f"max          {self.size} x {self.size} / {self.stride}  "
+            f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  {self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}"
+        )

@@ -6,6 +6,7 @@ out_w, out_h of the first source; out_c = sum of out_c when every source has the
 w and h, else 0 x 0 x 0 (as Darknet; a following convolutional layer then refuses it).
 backward: each slice of delta is added into its source's delta.
 """
+
 from .. import kernels
 from ..buffers import view
 from ..errors import DLServerError
@@ -31,8 +32,9 @@ class RouteLayer(Layer):
             if source < 0:
                 source += index
             if not 0 <= source < index:
-                raise DLServerError(f"{where}: layers={text}: layer {source} is not an earlier layer"
-                                    f" (this is layer {index})")
+                raise DLServerError(
+                    f"{where}: layers={text}: layer {source} is not an earlier layer (this is layer {index})"
+                )
             self.input_layers.append(source)
         sources = [net.layers[i] for i in self.input_layers]
         self.input_sizes = [layer.outputs for layer in sources]
@@ -54,7 +56,7 @@ class RouteLayer(Layer):
             src = memoryview(net.layers[source].output)
             for b in range(self.batch):
                 start = b * self.outputs + offset
-                out[start:start + size] = src[b * size:(b + 1) * size]
+                out[start : start + size] = src[b * size : (b + 1) * size]
             offset += size
 
     def backward(self, net, input_buf, prev_delta):
@@ -64,8 +66,12 @@ class RouteLayer(Layer):
             target = net.layers[source].delta
             if target is not None:
                 for b in range(self.batch):
-                    kernels.axpy(size, 1.0, view(self.delta, b * self.outputs + offset, size),
-                                 view(target, b * size, size))
+                    kernels.axpy(
+                        size,
+                        1.0,
+                        view(self.delta, b * self.outputs + offset, size),
+                        view(target, b * size, size),
+                    )
             offset += size
 
     def describe(self):

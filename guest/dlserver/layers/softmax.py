@@ -1,5 +1,6 @@
 """Softmax layer (Darknet softmax_layer.c), groups = 1:
 y_i = f32(exp(x_i/T - max/T)) / sum_j f32(exp(x_j/T - max/T)), per batch row."""
+
 from .. import kernels
 from ..errors import DLServerError
 from .base import Layer

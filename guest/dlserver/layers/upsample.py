@@ -5,6 +5,7 @@ s > 0:  out[c][y][x] = scale * in[c][y/s][x/s]          (nearest neighbour, s ti
 s < 0:  "downsample" by |s|: out[c][y/|s|][x/|s|] = sum of scale * in over each |s| x |s| block
         backward: in_delta[c][y][x] = scale * delta[c][y/|s|][x/|s|]
 """
+
 from .. import kernels
 from ..errors import DLServerError
 from ..rng import f32
@@ -27,8 +28,10 @@ class UpsampleLayer(Layer):
         self.stride = abs(stride)
         if self.reverse:
             if h % self.stride or w % self.stride:
-                raise DLServerError(f"{where}: downsample stride={stride}: the input {w}x{h} is not a multiple"
-                                    f" of {self.stride}")
+                raise DLServerError(
+                    f"{where}: downsample stride={stride}: the input {w}x{h} is not a multiple"
+                    f" of {self.stride}"
+                )
             self.out_w, self.out_h = w // self.stride, h // self.stride
         else:
             self.out_w, self.out_h = w * self.stride, h * self.stride
@@ -40,21 +43,45 @@ class UpsampleLayer(Layer):
     def forward(self, net, input_buf, train):
         if self.reverse:
             kernels.fill(len(self.output), 0.0, self.output)
-            kernels.upsample(self.output, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
-                             input_buf, False)
+            kernels.upsample(
+                self.output,
+                self.batch,
+                self.c,
+                self.out_h,
+                self.out_w,
+                self.stride,
+                self.scale,
+                input_buf,
+                False,
+            )
         else:
-            kernels.upsample(input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True)
+            kernels.upsample(
+                input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True
+            )
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is None:
             return
         if self.reverse:
-            kernels.upsample(self.delta, self.batch, self.c, self.out_h, self.out_w, self.stride, self.scale,
-                             prev_delta, True)
+            kernels.upsample(
+                self.delta,
+                self.batch,
+                self.c,
+                self.out_h,
+                self.out_w,
+                self.stride,
+                self.scale,
+                prev_delta,
+                True,
+            )
         else:
-            kernels.upsample(prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False)
+            kernels.upsample(
+                prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False
+            )
 
     def describe(self):
         name = "downsample" if self.reverse else "upsample  "
-        return (f"{name}         {self.stride:2d}x  {self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
-                f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}")
+        return (
+            f"{name}         {self.stride:2d}x  {self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
+            f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}"
+        )

@@ -8,6 +8,7 @@ Box decode (detector): bx = (i + x)/w, by = (j + y)/h, bw = exp(tw)*anchor_w/net
 bh = exp(th)*anchor_h/net_h, anchor = biases[2*mask[a]], biases[2*mask[a]+1].
 Building the layer calls srand(0) in Darknet (spec §10.2): Network applies it.
 """
+
 from .. import kernels
 from ..buffers import from_values, view
 from ..errors import DLServerError
@@ -37,23 +38,27 @@ class YoloLayer(Layer):
         self.out_c = self.n * (self.classes + 5)
         self.outputs = h * w * self.out_c
         if self.outputs != inputs:
-            raise DLServerError(f"{where}: yolo layer with {self.n} anchors x ({self.classes} classes + 5) needs"
-                                f" {self.out_c} input channels, the layer before gives {c}")
+            raise DLServerError(
+                f"{where}: yolo layer with {self.n} anchors x ({self.classes} classes + 5) needs"
+                f" {self.out_c} input channels, the layer before gives {c}"
+            )
         self.inputs = inputs
-        options.find_int("max", 90, quiet=True)       # training options: read, not applied
-        options.find_float("jitter", .2)
-        options.find_float("ignore_thresh", .5)
+        options.find_int("max", 90, quiet=True)  # training options: read, not applied
+        options.find_float("jitter", 0.2)
+        options.find_float("ignore_thresh", 0.5)
         options.find_float("truth_thresh", 1)
         self.random = options.find_int("random", 0, quiet=True)
         if options.find_str("map", None, quiet=True) is not None:
             raise DLServerError(f"{where}: yolo map= (class maps) is not supported")
         anchors = options.find_list("anchors", float)
-        biases = [.5] * (2 * self.total)
+        biases = [0.5] * (2 * self.total)
         if anchors is not None:
             if len(anchors) > 2 * self.total:
-                raise DLServerError(f"{where}: {len(anchors)} anchor values, but num={self.total} has room"
-                                    f" for {2 * self.total}")
-            biases[:len(anchors)] = anchors
+                raise DLServerError(
+                    f"{where}: {len(anchors)} anchor values, but num={self.total} has room"
+                    f" for {2 * self.total}"
+                )
+            biases[: len(anchors)] = anchors
         self.biases = from_values(biases)
         self.allocate()
 
@@ -67,7 +72,7 @@ class YoloLayer(Layer):
         if train:
             raise DLServerError(f"{self.where}: training yolo is not supported")
         out = self.output
-        memoryview(out)[:] = memoryview(input_buf)[:len(out)]
+        memoryview(out)[:] = memoryview(input_buf)[: len(out)]
         hw = self.w * self.h
         scores = (1 + self.classes) * hw
         for b in range(self.batch):

@@ -16,6 +16,7 @@ float32 result for + - * /; the heavy loops use `_dlk`:
 Supported operators: see OPS at the end. Anything else is an `OpError` naming the operator;
 the caller adds the file and the node.
 """
+
 import math
 from array import array
 from itertools import product, repeat
@@ -25,8 +26,19 @@ from .. import kernels
 from ..kernels import Activation
 from . import model as om
 
-TYPECODES = {om.FLOAT: "f", om.DOUBLE: "d", om.INT64: "q", om.INT32: "i", om.INT16: "h", om.INT8: "b",
-             om.UINT8: "B", om.UINT16: "H", om.UINT32: "I", om.UINT64: "Q", om.BOOL: "B"}
+TYPECODES = {
+    om.FLOAT: "f",
+    om.DOUBLE: "d",
+    om.INT64: "q",
+    om.INT32: "i",
+    om.INT16: "h",
+    om.INT8: "b",
+    om.UINT8: "B",
+    om.UINT16: "H",
+    om.UINT32: "I",
+    om.UINT64: "Q",
+    om.BOOL: "B",
+}
 FLOAT_TYPES = (om.FLOAT, om.DOUBLE)
 
 
@@ -111,6 +123,7 @@ class Node:
 
 # Broadcasting and element-wise operators ---------------------------------------------------
 
+
 def broadcast_shape(a, b) -> tuple:
     r = max(len(a), len(b))
     a = (1,) * (r - len(a)) + tuple(a)
@@ -136,7 +149,7 @@ def expand(data: array, shape, target) -> array:
     for d in range(len(target) - 1, -1, -1):
         if shape[d] == target[d]:
             continue
-        inner = numel(target[d + 1:])
+        inner = numel(target[d + 1 :])
         outer = numel(shape[:d])
         reps = target[d]
         if inner == 1:
@@ -148,7 +161,7 @@ def expand(data: array, shape, target) -> array:
         else:
             nxt = array(cur.typecode)
             for o in range(outer):
-                nxt += cur[o * inner:(o + 1) * inner] * reps
+                nxt += cur[o * inner : (o + 1) * inner] * reps
         cur = nxt
     return cur
 
@@ -170,10 +183,10 @@ def _per_channel(full_shape, other_shape):
     axes = [d for d in range(r) if o[d] != 1]
     if len(axes) > 1 or any(o[d] != full_shape[d] for d in axes):
         return None
-    if not axes:                     # a single value added everywhere
+    if not axes:  # a single value added everywhere
         return 1, 1, numel(full_shape)
     d = axes[0]
-    return numel(full_shape[:d]), full_shape[d], numel(full_shape[d + 1:])
+    return numel(full_shape[:d]), full_shape[d], numel(full_shape[d + 1 :])
 
 
 def _binary(op_name, fn, int_fn=None):
@@ -202,6 +215,7 @@ def _binary(op_name, fn, int_fn=None):
         else:
             data = array(a.typecode, map(int_fn or fn, a, b))
         return [Value(x.dtype, shape, data)]
+
     return run
 
 
@@ -237,12 +251,13 @@ def op_leaky_relu(node, x):
 
 def op_identity(node, x, *rest):
     outs = [x]
-    if len(node.outputs) > 1 and node.outputs[1]:      # Dropout's mask: all kept
+    if len(node.outputs) > 1 and node.outputs[1]:  # Dropout's mask: all kept
         outs.append(Value(om.BOOL, x.shape, array("B", bytes([1])) * numel(x.shape)))
     return outs
 
 
 # Convolution and pooling -------------------------------------------------------------------
+
 
 def _pads_2d(node, h, w, kh, kw, sh, sw, dh, dw, ceil_mode=False):
     """Output size and (top, left, bottom, right) padding from pads / auto_pad."""
@@ -294,8 +309,9 @@ def _window_attrs(node, kernel_default=None):
     return kernel, strides, dilations
 
 
-def _pad_planes(x: array, planes: int, h: int, w: int, top: int, left: int, out_h: int, out_w: int,
-                fill: float) -> array:
+def _pad_planes(
+    x: array, planes: int, h: int, w: int, top: int, left: int, out_h: int, out_w: int, fill: float
+) -> array:
     """Each h x w plane placed at (top, left) in an out_h x out_w plane filled with `fill`;
     parts falling outside are cut (top/left may be 0 only; bottom/right follow from out_h/out_w)."""
     out = array("f", [fill]) * (planes * out_h * out_w)
@@ -307,7 +323,7 @@ def _pad_planes(x: array, planes: int, h: int, w: int, top: int, left: int, out_
         for y in range(rows):
             src = (p * h + y) * w
             dst = (p * out_h + y + top) * out_w + left
-            out[dst:dst + cols] = x[src:src + cols]
+            out[dst : dst + cols] = x[src : src + cols]
     return out
 
 
@@ -339,9 +355,9 @@ def op_conv(node, x, wt, b=None):
     col = None
     for bi in range(n):
         for g in range(group):
-            src = memoryview(xd)[(bi * c + g * cg) * h * w:(bi * c + (g + 1) * cg) * h * w]
-            wg = wv[g * mg * kdim:(g + 1) * mg * kdim]
-            dst = outv[(bi * m + g * mg) * ohw:(bi * m + (g + 1) * mg) * ohw]
+            src = memoryview(xd)[(bi * c + g * cg) * h * w : (bi * c + (g + 1) * cg) * h * w]
+            wg = wv[g * mg * kdim : (g + 1) * mg * kdim]
+            dst = outv[(bi * m + g * mg) * ohw : (bi * m + (g + 1) * mg) * ohw]
             if direct:
                 kernels.conv2d_direct(src, 1, cg, h, w, wg, mg, kh, pt, dst, ws)
                 continue
@@ -350,8 +366,9 @@ def op_conv(node, x, wt, b=None):
                     col = array("f", bytes(4 * kdim * ohw))
                 kernels.im2col(src, cg, h, w, kh, sh, pt, col)
             else:
-                col = _im2col_general(array("f", src), cg, h, w, kh, kw, sh, sw, dh, dw, oh, ow,
-                                      (pt, pl, pb, pr))
+                col = _im2col_general(
+                    array("f", src), cg, h, w, kh, kw, sh, sw, dh, dw, oh, ow, (pt, pl, pb, pr)
+                )
             kernels.gemm(0, 0, mg, ohw, kdim, 1.0, wg, kdim, col, ohw, 1.0, dst, ohw)
     if b is not None:
         bd = _f32(b, "B")
@@ -372,7 +389,7 @@ def _im2col_general(x, c, h, w, kh, kw, sh, sw, dh, dw, oh, ow, pads) -> array:
             for kx in range(kw):
                 for oy in range(oh):
                     start = (ch * hp + oy * sh + ky * dh) * wp + kx * dw
-                    col += xp[start:start + span:sw]
+                    col += xp[start : start + span : sw]
     return col
 
 
@@ -405,7 +422,7 @@ def op_maxpool(node, x):
             for ky in range(kh):
                 row = (p * hp + oy * sh + ky * dh) * wp
                 for kx in range(kw):
-                    seg = xp[row + kx * dw:row + kx * dw + span:sw]
+                    seg = xp[row + kx * dw : row + kx * dw + span : sw]
                     best = seg if best is None else array("f", map(max, best, seg))
             out += best
     return [Value(om.FLOAT, (n, c, oh, ow), out)]
@@ -417,7 +434,7 @@ def op_global_average_pool(node, x):
         raise OpError(f"input of rank {len(x.shape)} (at least 3 needed)")
     size = numel(x.shape[2:])
     planes = numel(x.shape[:2])
-    out = array("f", [math.fsum(xd[p * size:(p + 1) * size]) / size for p in range(planes)])
+    out = array("f", [math.fsum(xd[p * size : (p + 1) * size]) / size for p in range(planes)])
     return [Value(om.FLOAT, x.shape[:2] + (1,) * (len(x.shape) - 2), out)]
 
 
@@ -430,7 +447,9 @@ def op_batchnorm(node, x, scale, bias, mean, var, *rest):
         raise OpError(f"input of rank {len(x.shape)} (at least 2 needed)")
     n, c = x.shape[0], x.shape[1]
     size = numel(x.shape[2:])
-    sc, bi, mu, va = (_f32(v, what) for v, what in ((scale, "scale"), (bias, "B"), (mean, "mean"), (var, "var")))
+    sc, bi, mu, va = (
+        _f32(v, what) for v, what in ((scale, "scale"), (bias, "B"), (mean, "mean"), (var, "var"))
+    )
     if not len(sc) == len(bi) == len(mu) == len(va) == c:
         raise OpError(f"scale/B/mean/var must hold {c} values")
     out = array("f")
@@ -439,11 +458,12 @@ def op_batchnorm(node, x, scale, bias, mean, var, *rest):
             a = sc[ch] / math.sqrt(va[ch] + eps)
             m, o = mu[ch], bi[ch]
             start = (b * c + ch) * size
-            out += array("f", [(v - m) * a + o for v in xd[start:start + size]])
+            out += array("f", [(v - m) * a + o for v in xd[start : start + size]])
     return [Value(om.FLOAT, x.shape, out)]
 
 
 # Matrix products ---------------------------------------------------------------------------
+
 
 def op_matmul(node, a, b):
     ad, bd = _f32(a, "A"), _f32(b, "B")
@@ -470,8 +490,21 @@ def op_matmul(node, a, b):
         for d in range(r):
             oa = oa * ba[d] + (idx[d] if ba[d] != 1 else 0)
             ob = ob * bb[d] + (idx[d] if bb[d] != 1 else 0)
-        kernels.gemm(0, 0, m, n, k, 1.0, av[oa * m * k:(oa + 1) * m * k], k, bv[ob * k * n:(ob + 1) * k * n], n,
-                     1.0, ov[i * m * n:(i + 1) * m * n], n)
+        kernels.gemm(
+            0,
+            0,
+            m,
+            n,
+            k,
+            1.0,
+            av[oa * m * k : (oa + 1) * m * k],
+            k,
+            bv[ob * k * n : (ob + 1) * k * n],
+            n,
+            1.0,
+            ov[i * m * n : (i + 1) * m * n],
+            n,
+        )
     shape = batch + ((m,) if not squeeze_m else ()) + ((n,) if not squeeze_n else ())
     return [Value(om.FLOAT, shape, out)]
 
@@ -485,11 +518,13 @@ def op_gemm(node, a, b, c=None):
     m, k = (a.shape[1], a.shape[0]) if ta else a.shape
     k2, n = (b.shape[1], b.shape[0]) if tb else b.shape
     if k != k2:
-        raise OpError(f"shapes {list(a.shape)} (transA={ta}) and {list(b.shape)} (transB={tb}) do not multiply")
+        raise OpError(
+            f"shapes {list(a.shape)} (transA={ta}) and {list(b.shape)} (transB={tb}) do not multiply"
+        )
     if c is not None:
         if broadcast_shape(c.shape, (m, n)) != (m, n):
             raise OpError(f"C {list(c.shape)} does not broadcast to the output ({m}, {n})")
-        out = array("f", expand(_f32(c, "C"), c.shape, (m, n)))    # a copy: gemm writes into it
+        out = array("f", expand(_f32(c, "C"), c.shape, (m, n)))  # a copy: gemm writes into it
     else:
         out = array("f", bytes(4 * m * n))
         beta = 0.0
@@ -498,6 +533,7 @@ def op_gemm(node, a, b, c=None):
 
 
 # Softmax -----------------------------------------------------------------------------------
+
 
 def _rows_op(node, x, row_fn):
     """Apply row_fn(flat array, rows, n) -> array to rows along the softmax axis."""
@@ -510,7 +546,7 @@ def _rows_op(node, x, row_fn):
         rows, n = numel(x.shape[:axis]), numel(x.shape[axis:])
         return [Value(om.FLOAT, x.shape, row_fn(xd, rows, n))]
     axis = _axis(node.attr("axis", -1), rank)
-    outer, n, inner = numel(x.shape[:axis]), x.shape[axis], numel(x.shape[axis + 1:])
+    outer, n, inner = numel(x.shape[:axis]), x.shape[axis], numel(x.shape[axis + 1 :])
     if inner == 1:
         return [Value(om.FLOAT, x.shape, row_fn(xd, outer, n))]
     # Gather each (outer, inner) line into a row, apply, scatter back.
@@ -518,14 +554,14 @@ def _rows_op(node, x, row_fn):
     for o in range(outer):
         for i in range(inner):
             base = o * n * inner + i
-            gathered += xd[base:base + n * inner:inner]
+            gathered += xd[base : base + n * inner : inner]
     res = row_fn(gathered, outer * inner, n)
     out = array("f", bytes(4 * len(xd)))
     for o in range(outer):
         for i in range(inner):
             base = o * n * inner + i
             r = (o * inner + i) * n
-            out[base:base + n * inner:inner] = res[r:r + n]
+            out[base : base + n * inner : inner] = res[r : r + n]
     return [Value(om.FLOAT, x.shape, out)]
 
 
@@ -539,7 +575,7 @@ def _softmax_rows(xd, rows, n):
 def _log_softmax_rows(xd, rows, n):
     out = array("f")
     for r in range(rows):
-        row = xd[r * n:(r + 1) * n]
+        row = xd[r * n : (r + 1) * n]
         top = max(row)
         if math.isinf(top):
             out += array("f", [v - top if v != top else (0.0 if top > 0 else -math.inf) for v in row])
@@ -558,6 +594,7 @@ def op_log_softmax(node, x):
 
 
 # Shapes ------------------------------------------------------------------------------------
+
 
 def _reshaped(x: Value, shape) -> Value:
     return Value(x.dtype, shape, x.data)
@@ -588,7 +625,7 @@ def op_reshape(node, x, shape=None):
         out.append(d)
     total = numel(x.shape)
     if infer is not None:
-        known = numel(out[:infer] + out[infer + 1:])
+        known = numel(out[:infer] + out[infer + 1 :])
         if known == 0 or total % known:
             raise OpError(f"cannot reshape {list(x.shape)} to {target}")
         out[infer] = total // known
@@ -656,7 +693,7 @@ def op_gather(node, data, indices):
         raise OpError("data of rank 0")
     axis = _axis(node.attr("axis", 0), rank)
     size = data.shape[axis]
-    inner = numel(data.shape[axis + 1:])
+    inner = numel(data.shape[axis + 1 :])
     outer = numel(data.shape[:axis])
     norm = []
     for i in idx:
@@ -669,8 +706,8 @@ def op_gather(node, data, indices):
     for o in range(outer):
         for j in norm:
             start = (o * size + j) * inner
-            out += d[start:start + inner]
-    shape = data.shape[:axis] + indices.shape + data.shape[axis + 1:]
+            out += d[start : start + inner]
+    shape = data.shape[:axis] + indices.shape + data.shape[axis + 1 :]
     return [Value(data.dtype, shape, out)]
 
 
@@ -685,16 +722,22 @@ def op_concat(node, *xs):
     axis = _axis(axis_attr, rank)
     for x in xs:
         if x.dtype != xs[0].dtype:
-            raise OpError(f"inputs of different types {om.dtype_name(xs[0].dtype)} and {om.dtype_name(x.dtype)}")
-        if len(x.shape) != rank or x.shape[:axis] != xs[0].shape[:axis] or x.shape[axis + 1:] != xs[0].shape[axis + 1:]:
+            raise OpError(
+                f"inputs of different types {om.dtype_name(xs[0].dtype)} and {om.dtype_name(x.dtype)}"
+            )
+        if (
+            len(x.shape) != rank
+            or x.shape[:axis] != xs[0].shape[:axis]
+            or x.shape[axis + 1 :] != xs[0].shape[axis + 1 :]
+        ):
             raise OpError(f"shapes {[list(v.shape) for v in xs]} do not concatenate on axis {axis}")
     outer = numel(xs[0].shape[:axis])
-    inner = numel(xs[0].shape[axis + 1:])
+    inner = numel(xs[0].shape[axis + 1 :])
     out = array(xs[0].data.typecode)
     for o in range(outer):
         for x in xs:
             chunk = x.shape[axis] * inner
-            out += x.data[o * chunk:(o + 1) * chunk]
+            out += x.data[o * chunk : (o + 1) * chunk]
     shape = list(xs[0].shape)
     shape[axis] = sum(x.shape[axis] for x in xs)
     return [Value(xs[0].dtype, shape, out)]
@@ -801,8 +844,20 @@ OPS = {
 }
 
 # Inputs each operator needs (the rest are optional).
-REQUIRED_INPUTS = {"Add": 2, "Sub": 2, "Mul": 2, "Div": 2, "Conv": 2, "MatMul": 2, "Gemm": 2,
-                   "Reshape": 1, "Gather": 2, "BatchNormalization": 5, "Constant": 0, "Concat": 1}
+REQUIRED_INPUTS = {
+    "Add": 2,
+    "Sub": 2,
+    "Mul": 2,
+    "Div": 2,
+    "Conv": 2,
+    "MatMul": 2,
+    "Gemm": 2,
+    "Reshape": 1,
+    "Gather": 2,
+    "BatchNormalization": 5,
+    "Constant": 0,
+    "Concat": 1,
+}
 
 
 class NodeError(Exception):
@@ -816,17 +871,21 @@ def run_graph(nodes: list[Node], env: dict) -> None:
             raise NodeError(f"{node.label()}: operator domain '{node.domain}' is not supported")
         fn = OPS.get(node.op_type)
         if fn is None:
-            raise NodeError(f"{node.label()}: operator {node.op_type} is not supported by onnx_predict"
-                            f" (supported: {', '.join(sorted(OPS))})")
-        args = []
+            raise NodeError(
+                f"{node.label()}: operator {node.op_type} is not supported by onnx_predict"
+                f" (supported: {', '.join(sorted(OPS))})"
+            )
+        args: list[object] = []
         for name in node.inputs:
             if name == "":
                 args.append(None)
                 continue
             v = env.get(name)
             if v is None:
-                raise NodeError(f"{node.label()}: input '{name}' has no value (not an initializer, the"
-                                " model input or an earlier node's output)")
+                raise NodeError(
+                    f"{node.label()}: input '{name}' has no value (not an initializer, the"
+                    " model input or an earlier node's output)"
+                )
             args.append(v)
         need = REQUIRED_INPUTS.get(node.op_type, 1)
         if len(args) < need or any(a is None for a in args[:need]):

@@ -10,23 +10,77 @@ Tensor values: `read_tensor_data` decodes a TensorProto's values whatever field 
 into exactly the same storage (same field, same packed/unpacked occurrences), so everything but
 the values is re-emitted byte for byte.
 """
+
 import struct
 import sys
 from array import array
 
-from .wire import (FIXED32, FIXED64, LEN, VARINT, WIRE_NAMES, Message, ProtoError,
-                   decode_packed_varints, encode_packed_varints, encode_varint, to_signed32,
-                   to_signed64)
+from .wire import (
+    FIXED32,
+    FIXED64,
+    LEN,
+    VARINT,
+    WIRE_NAMES,
+    Message,
+    ProtoError,
+    decode_packed_varints,
+    encode_packed_varints,
+    encode_varint,
+    to_signed32,
+    to_signed64,
+)
 
 # TensorProto.DataType
-UNDEFINED, FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, STRING, BOOL, FLOAT16, DOUBLE, UINT32, \
-    UINT64, COMPLEX64, COMPLEX128, BFLOAT16 = range(17)
-DTYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
-               7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32",
-               13: "UINT64", 14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16", 17: "FLOAT8E4M3FN",
-               18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4",
-               23: "FLOAT4E2M1", 24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2", 27: "FLOAT6E2M3",
-               28: "FLOAT6E3M2"}
+(
+    UNDEFINED,
+    FLOAT,
+    UINT8,
+    INT8,
+    UINT16,
+    INT16,
+    INT32,
+    INT64,
+    STRING,
+    BOOL,
+    FLOAT16,
+    DOUBLE,
+    UINT32,
+    UINT64,
+    COMPLEX64,
+    COMPLEX128,
+    BFLOAT16,
+) = range(17)
+DTYPE_NAMES = {
+    0: "UNDEFINED",
+    1: "FLOAT",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "STRING",
+    9: "BOOL",
+    10: "FLOAT16",
+    11: "DOUBLE",
+    12: "UINT32",
+    13: "UINT64",
+    14: "COMPLEX64",
+    15: "COMPLEX128",
+    16: "BFLOAT16",
+    17: "FLOAT8E4M3FN",
+    18: "FLOAT8E4M3FNUZ",
+    19: "FLOAT8E5M2",
+    20: "FLOAT8E5M2FNUZ",
+    21: "UINT4",
+    22: "INT4",
+    23: "FLOAT4E2M1",
+    24: "FLOAT8E8M0",
+    25: "UINT2",
+    26: "INT2",
+    27: "FLOAT6E2M3",
+    28: "FLOAT6E3M2",
+}
 
 
 def dtype_name(dt: int) -> str:
@@ -34,13 +88,24 @@ def dtype_name(dt: int) -> str:
 
 
 # kind -> wire types allowed
-_ALLOWED = {"int": (VARINT,), "int*": (VARINT, LEN), "float": (FIXED32,), "float*": (FIXED32, LEN),
-            "double*": (FIXED64, LEN), "str": (LEN,), "str*": (LEN,), "bytes": (LEN,),
-            "bytes*": (LEN,), "msg": (LEN,), "msg*": (LEN,)}
+_ALLOWED = {
+    "int": (VARINT,),
+    "int*": (VARINT, LEN),
+    "float": (FIXED32,),
+    "float*": (FIXED32, LEN),
+    "double*": (FIXED64, LEN),
+    "str": (LEN,),
+    "str*": (LEN,),
+    "bytes": (LEN,),
+    "bytes*": (LEN,),
+    "msg": (LEN,),
+    "msg*": (LEN,),
+}
 
 
 class View:
     """A typed view of one message; `SCHEMA` maps field number -> (name, kind)."""
+
     SCHEMA: dict = {}
     _NUMBERS: dict = {}
 
@@ -55,8 +120,10 @@ class View:
             if spec is not None and f.wire_type not in _ALLOWED[spec[1]]:
                 allowed = " or ".join(WIRE_NAMES[w] for w in _ALLOWED[spec[1]])
                 prefix = f"{where}: " if where else ""
-                raise ProtoError(f"{prefix}field {f.number} ({spec[0]}) has wire type"
-                                 f" {WIRE_NAMES.get(f.wire_type, f.wire_type)}, expected {allowed}")
+                raise ProtoError(
+                    f"{prefix}field {f.number} ({spec[0]}) has wire type"
+                    f" {WIRE_NAMES.get(f.wire_type, f.wire_type)}, expected {allowed}"
+                )
 
     def fields(self, name: str):
         return self.msg.all(self._NUMBERS[name])
@@ -91,7 +158,9 @@ class View:
             else:
                 data = self.msg.payload(f)
                 if len(data) % 4:
-                    raise ProtoError(f"{self.where}: packed {name} of {len(data)} bytes (not a multiple of 4)")
+                    raise ProtoError(
+                        f"{self.where}: packed {name} of {len(data)} bytes (not a multiple of 4)"
+                    )
                 out.extend(struct.unpack(f"<{len(data) // 4}f", data))
         return out
 
@@ -138,7 +207,9 @@ class TensorShape(View):
 
     def dims(self) -> list:
         """Each dimension's value, or None when it is symbolic or unknown."""
-        return [d.get_int("dim_value") if d.has("dim_value") else None for d in self.messages("dim", Dimension)]
+        return [
+            d.get_int("dim_value") if d.has("dim_value") else None for d in self.messages("dim", Dimension)
+        ]
 
 
 class TensorType(View):
@@ -146,9 +217,15 @@ class TensorType(View):
 
 
 class TypeInfo(View):
-    SCHEMA = {1: ("tensor_type", "msg"), 4: ("sequence_type", "msg"), 5: ("map_type", "msg"),
-              6: ("denotation", "str"), 7: ("opaque_type", "msg"), 8: ("sparse_tensor_type", "msg"),
-              9: ("optional_type", "msg")}
+    SCHEMA = {
+        1: ("tensor_type", "msg"),
+        4: ("sequence_type", "msg"),
+        5: ("map_type", "msg"),
+        6: ("denotation", "str"),
+        7: ("opaque_type", "msg"),
+        8: ("sparse_tensor_type", "msg"),
+        9: ("optional_type", "msg"),
+    }
 
 
 class ValueInfo(View):
@@ -169,11 +246,23 @@ class ValueInfo(View):
 
 
 class Tensor(View):
-    SCHEMA = {1: ("dims", "int*"), 2: ("data_type", "int"), 3: ("segment", "msg"), 4: ("float_data", "float*"),
-              5: ("int32_data", "int*"), 6: ("string_data", "bytes*"), 7: ("int64_data", "int*"),
-              8: ("name", "str"), 9: ("raw_data", "bytes"), 10: ("double_data", "double*"),
-              11: ("uint64_data", "int*"), 12: ("doc_string", "str"), 13: ("external_data", "msg*"),
-              14: ("data_location", "int"), 16: ("metadata_props", "msg*")}
+    SCHEMA = {
+        1: ("dims", "int*"),
+        2: ("data_type", "int"),
+        3: ("segment", "msg"),
+        4: ("float_data", "float*"),
+        5: ("int32_data", "int*"),
+        6: ("string_data", "bytes*"),
+        7: ("int64_data", "int*"),
+        8: ("name", "str"),
+        9: ("raw_data", "bytes"),
+        10: ("double_data", "double*"),
+        11: ("uint64_data", "int*"),
+        12: ("doc_string", "str"),
+        13: ("external_data", "msg*"),
+        14: ("data_location", "int"),
+        16: ("metadata_props", "msg*"),
+    }
 
     @property
     def name(self) -> str:
@@ -193,16 +282,44 @@ class Tensor(View):
 
 
 class Attribute(View):
-    SCHEMA = {1: ("name", "str"), 2: ("f", "float"), 3: ("i", "int"), 4: ("s", "bytes"), 5: ("t", "msg"),
-              6: ("g", "msg"), 7: ("floats", "float*"), 8: ("ints", "int*"), 9: ("strings", "bytes*"),
-              10: ("tensors", "msg*"), 11: ("graphs", "msg*"), 13: ("doc_string", "str"),
-              14: ("tp", "msg"), 15: ("type_protos", "msg*"), 20: ("type", "int"),
-              21: ("ref_attr_name", "str"), 22: ("sparse_tensor", "msg"), 23: ("sparse_tensors", "msg*")}
+    SCHEMA = {
+        1: ("name", "str"),
+        2: ("f", "float"),
+        3: ("i", "int"),
+        4: ("s", "bytes"),
+        5: ("t", "msg"),
+        6: ("g", "msg"),
+        7: ("floats", "float*"),
+        8: ("ints", "int*"),
+        9: ("strings", "bytes*"),
+        10: ("tensors", "msg*"),
+        11: ("graphs", "msg*"),
+        13: ("doc_string", "str"),
+        14: ("tp", "msg"),
+        15: ("type_protos", "msg*"),
+        20: ("type", "int"),
+        21: ("ref_attr_name", "str"),
+        22: ("sparse_tensor", "msg"),
+        23: ("sparse_tensors", "msg*"),
+    }
 
     # AttributeProto.AttributeType -> the field holding the value
-    TYPE_FIELDS = {1: "f", 2: "i", 3: "s", 4: "t", 5: "g", 6: "floats", 7: "ints", 8: "strings",
-                   9: "tensors", 10: "graphs", 11: "sparse_tensor", 12: "sparse_tensors", 13: "tp",
-                   14: "type_protos"}
+    TYPE_FIELDS = {
+        1: "f",
+        2: "i",
+        3: "s",
+        4: "t",
+        5: "g",
+        6: "floats",
+        7: "ints",
+        8: "strings",
+        9: "tensors",
+        10: "graphs",
+        11: "sparse_tensor",
+        12: "sparse_tensors",
+        13: "tp",
+        14: "type_protos",
+    }
 
     def value(self):
         """The attribute's value: int, float, bytes, Tensor view, or a list of those.
@@ -212,7 +329,9 @@ class Attribute(View):
         if field is None:
             present = [name for name in self.TYPE_FIELDS.values() if self.has(name)]
             if len(present) != 1:
-                raise ProtoError(f"{self.where} ('{self.get_str('name')}'): attribute type {kind} is not known")
+                raise ProtoError(
+                    f"{self.where} ('{self.get_str('name')}'): attribute type {kind} is not known"
+                )
             field = present[0]
         if field == "f":
             return self.get_float("f")
@@ -230,30 +349,59 @@ class Attribute(View):
             return [bytes(self.msg.payload(f)) for f in self.fields("strings")]
         if field == "tensors":
             return self.messages("tensors", Tensor)
-        raise ProtoError(f"{self.where} ('{self.get_str('name')}'): attribute of type {field} is not supported")
+        raise ProtoError(
+            f"{self.where} ('{self.get_str('name')}'): attribute of type {field} is not supported"
+        )
 
 
 class Node(View):
-    SCHEMA = {1: ("input", "str*"), 2: ("output", "str*"), 3: ("name", "str"), 4: ("op_type", "str"),
-              5: ("attribute", "msg*"), 6: ("doc_string", "str"), 7: ("domain", "str"), 8: ("overload", "str"),
-              9: ("metadata_props", "msg*"), 10: ("device_configurations", "msg*")}
+    SCHEMA = {
+        1: ("input", "str*"),
+        2: ("output", "str*"),
+        3: ("name", "str"),
+        4: ("op_type", "str"),
+        5: ("attribute", "msg*"),
+        6: ("doc_string", "str"),
+        7: ("domain", "str"),
+        8: ("overload", "str"),
+        9: ("metadata_props", "msg*"),
+        10: ("device_configurations", "msg*"),
+    }
 
 
 class Graph(View):
-    SCHEMA = {1: ("node", "msg*"), 2: ("name", "str"), 5: ("initializer", "msg*"), 10: ("doc_string", "str"),
-              11: ("input", "msg*"), 12: ("output", "msg*"), 13: ("value_info", "msg*"),
-              14: ("quantization_annotation", "msg*"), 15: ("sparse_initializer", "msg*"),
-              16: ("metadata_props", "msg*")}
+    SCHEMA = {
+        1: ("node", "msg*"),
+        2: ("name", "str"),
+        5: ("initializer", "msg*"),
+        10: ("doc_string", "str"),
+        11: ("input", "msg*"),
+        12: ("output", "msg*"),
+        13: ("value_info", "msg*"),
+        14: ("quantization_annotation", "msg*"),
+        15: ("sparse_initializer", "msg*"),
+        16: ("metadata_props", "msg*"),
+    }
 
     def initializers(self) -> list[Tensor]:
         return self.messages("initializer", Tensor)
 
 
 class Model(View):
-    SCHEMA = {1: ("ir_version", "int"), 2: ("producer_name", "str"), 3: ("producer_version", "str"),
-              4: ("domain", "str"), 5: ("model_version", "int"), 6: ("doc_string", "str"), 7: ("graph", "msg"),
-              8: ("opset_import", "msg*"), 14: ("metadata_props", "msg*"), 20: ("training_info", "msg*"),
-              25: ("functions", "msg*"), 26: ("configuration", "msg*")}
+    SCHEMA = {
+        1: ("ir_version", "int"),
+        2: ("producer_name", "str"),
+        3: ("producer_version", "str"),
+        4: ("domain", "str"),
+        5: ("model_version", "int"),
+        6: ("doc_string", "str"),
+        7: ("graph", "msg"),
+        8: ("opset_import", "msg*"),
+        14: ("metadata_props", "msg*"),
+        20: ("training_info", "msg*"),
+        25: ("functions", "msg*"),
+        26: ("configuration", "msg*"),
+    }
 
     def graph(self) -> Graph:
         g = self.message("graph", Graph)
@@ -284,12 +432,33 @@ _F32_TYPES = (FLOAT, COMPLEX64)
 _F64_TYPES = (DOUBLE, COMPLEX128)
 _INT32_FIELD_TYPES = (UINT8, INT8, UINT16, INT16, INT32, BOOL)
 # raw_data element formats (array typecodes; '?' marks the 16-bit floats handled apart)
-_RAW_TYPECODE = {FLOAT: "f", COMPLEX64: "f", DOUBLE: "d", COMPLEX128: "d", UINT8: "B", INT8: "b",
-                 UINT16: "H", INT16: "h", INT32: "i", INT64: "q", BOOL: "B", UINT32: "I", UINT64: "Q"}
-_TYPED_FIELD = {FLOAT: "float_data", COMPLEX64: "float_data", DOUBLE: "double_data",
-                COMPLEX128: "double_data", INT64: "int64_data", UINT32: "uint64_data",
-                UINT64: "uint64_data", STRING: "string_data", FLOAT16: "int32_data",
-                BFLOAT16: "int32_data"}
+_RAW_TYPECODE = {
+    FLOAT: "f",
+    COMPLEX64: "f",
+    DOUBLE: "d",
+    COMPLEX128: "d",
+    UINT8: "B",
+    INT8: "b",
+    UINT16: "H",
+    INT16: "h",
+    INT32: "i",
+    INT64: "q",
+    BOOL: "B",
+    UINT32: "I",
+    UINT64: "Q",
+}
+_TYPED_FIELD = {
+    FLOAT: "float_data",
+    COMPLEX64: "float_data",
+    DOUBLE: "double_data",
+    COMPLEX128: "double_data",
+    INT64: "int64_data",
+    UINT32: "uint64_data",
+    UINT64: "uint64_data",
+    STRING: "string_data",
+    FLOAT16: "int32_data",
+    BFLOAT16: "int32_data",
+}
 for _t in _INT32_FIELD_TYPES:
     _TYPED_FIELD[_t] = "int32_data"
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -320,7 +489,7 @@ def f32_to_f16(values) -> bytes:
     """Round to nearest even (struct's 'e' format); values too large become +-inf."""
     out = bytearray()
     for i in range(0, len(values), 65536):
-        chunk = values[i:i + 65536]
+        chunk = values[i : i + 65536]
         try:
             out += struct.pack(f"<{len(chunk)}e", *chunk)
         except OverflowError:
@@ -347,8 +516,9 @@ def f32_to_bf16(values: array) -> bytes:
     """Round to nearest even on the upper 16 bits of each float32; NaN becomes 0x7FC0
     (as onnx.helper.float32_to_bfloat16 does)."""
     bits = le_array("I", le_bytes(array("f", values)))
-    out = array("H", [0x7FC0 if (u & 0x7FFFFFFF) > 0x7F800000 else (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-                      for u in bits])
+    out = array(
+        "H", [0x7FC0 if (u & 0x7FFFFFFF) > 0x7F800000 else (u + 0x7FFF + ((u >> 16) & 1)) >> 16 for u in bits]
+    )
     return le_bytes(out)
 
 
@@ -360,6 +530,7 @@ class TensorData:
     with the type's signedness), 'string' (list of bytes).
     storage: 'raw_data' or the typed field's name; segments: the occurrences of that field with
     the number of values each holds."""
+
     __slots__ = ("kind", "dtype", "storage", "segments", "values", "count")
 
     def __init__(self, kind, dtype, storage, segments, values, count):
@@ -410,6 +581,7 @@ def read_tensor_data(t: Tensor) -> TensorData:
     typed_name = _TYPED_FIELD[dt]
     raw = t.fields("raw_data")
     typed = t.fields(typed_name)
+    values: array | list  # as TensorData.values for `kind`
     if raw and (len(raw) > 1 or raw[0].end > raw[0].value_start):
         if len(raw) > 1:
             raise ProtoError(f"{t.label()}: raw_data appears {len(raw)} times")
@@ -420,8 +592,10 @@ def read_tensor_data(t: Tensor) -> TensorData:
         data = t.msg.payload(raw[0])
         size = 2 if kind in ("f16", "bf16") else array(_RAW_TYPECODE[dt]).itemsize
         if len(data) != count * size:
-            raise ProtoError(f"{t.label()}: raw_data holds {len(data)} bytes, dims {t.dims} of"
-                             f" {dtype_name(dt)} need {count * size}")
+            raise ProtoError(
+                f"{t.label()}: raw_data holds {len(data)} bytes, dims {t.dims} of"
+                f" {dtype_name(dt)} need {count * size}"
+            )
         if kind == "f16":
             values = f16_to_f32(data)
         elif kind == "bf16":
@@ -439,10 +613,11 @@ def read_tensor_data(t: Tensor) -> TensorData:
             if f.wire_type == LEN:
                 data = t.msg.payload(f)
                 if len(data) % size:
-                    raise ProtoError(f"{t.label()}: packed {typed_name} of {len(data)} bytes"
-                                     f" (not a multiple of {size})")
+                    raise ProtoError(
+                        f"{t.label()}: packed {typed_name} of {len(data)} bytes (not a multiple of {size})"
+                    )
             else:
-                data = t.msg.buf[f.value_start:f.end]
+                data = t.msg.buf[f.value_start : f.end]
             chunks.append(data)
             segments.append((f, len(data) // size))
         values = le_array(tc, b"".join(chunks))
@@ -467,8 +642,10 @@ def read_tensor_data(t: Tensor) -> TensorData:
         elif kind == "bf16":
             values = bf16_to_f32(struct.pack(f"<{len(values)}H", *[v & 0xFFFF for v in values]))
     if len(values) != count:
-        raise ProtoError(f"{t.label()}: {typed_name} holds {len(values)} values, dims {t.dims}"
-                         f" of {dtype_name(dt)} need {count}")
+        raise ProtoError(
+            f"{t.label()}: {typed_name} holds {len(values)} values, dims {t.dims}"
+            f" of {dtype_name(dt)} need {count}"
+        )
     return TensorData(kind, dt, typed_name, segments, values, count)
 
 
@@ -488,17 +665,17 @@ def write_tensor_data(t: Tensor, data: TensorData, values) -> None:
         else:
             new = le_bytes(array(_RAW_TYPECODE[data.dtype], values))
         if new != msg.payload(field):
-            msg.replace(field, bytes(msg.buf[field.start:field.value_start]) + new)
+            msg.replace(field, bytes(msg.buf[field.start : field.value_start]) + new)
         return
     if kind in ("f32", "f64"):
         size = 4 if kind == "f32" else 8
         new = le_bytes(array("f" if kind == "f32" else "d", values))
         pos = 0
         for field, n in data.segments:
-            chunk = new[pos:pos + n * size]
+            chunk = new[pos : pos + n * size]
             pos += n * size
-            if chunk != msg.buf[field.value_start:field.end]:
-                msg.replace(field, bytes(msg.buf[field.start:field.value_start]) + chunk)
+            if chunk != msg.buf[field.value_start : field.end]:
+                msg.replace(field, bytes(msg.buf[field.start : field.value_start]) + chunk)
         return
     if kind == "f16":
         values = list(struct.unpack(f"<{len(values)}H", f32_to_f16(values)))
@@ -506,18 +683,20 @@ def write_tensor_data(t: Tensor, data: TensorData, values) -> None:
         values = list(struct.unpack(f"<{len(values)}H", f32_to_bf16(values)))
     pos = 0
     for field, n in data.segments:
-        part = values[pos:pos + n]
+        part = values[pos : pos + n]
         pos += n
         if field.wire_type == LEN:
             old = decode_packed_varints(msg.buf, field.value_start, field.end)
             if _same_ints(old, part, data.storage):
                 continue
             payload = encode_packed_varints(part)
-            msg.replace(field, bytes(msg.buf[field.start:field.tag_end]) + encode_varint(len(payload)) + payload)
+            msg.replace(
+                field, bytes(msg.buf[field.start : field.tag_end]) + encode_varint(len(payload)) + payload
+            )
         else:
             if _same_ints([field.value], part, data.storage):
                 continue
-            msg.replace(field, bytes(msg.buf[field.start:field.tag_end]) + encode_varint(part[0]))
+            msg.replace(field, bytes(msg.buf[field.start : field.tag_end]) + encode_varint(part[0]))
 
 
 def _same_ints(old: list[int], new: list[int], storage: str) -> bool:

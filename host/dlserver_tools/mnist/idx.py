@@ -9,7 +9,6 @@ import numpy as np
 from .dataset import COLS, ROWS, Dataset
 from .errors import PrepError
 
-
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 
@@ -27,9 +26,7 @@ def parse_idx(data: bytes, name: str, kind: str) -> np.ndarray:
         raise PrepError(f"{name}: truncated IDX file ({len(data)} bytes, header needs {hdr_len})")
     got_magic = struct.unpack(">I", data[:4])[0]
     if got_magic != magic:
-        raise PrepError(
-            f"{name}: bad IDX magic 0x{got_magic:08x} (expected 0x{magic:08x} for {kind})"
-        )
+        raise PrepError(f"{name}: bad IDX magic 0x{got_magic:08x} (expected 0x{magic:08x} for {kind})")
     if kind == "images":
         n, rows, cols = struct.unpack(">III", data[4:16])
         if (rows, cols) != (ROWS, COLS):
@@ -67,9 +64,12 @@ def from_idx_bytes(blobs: dict, source: str, detail: dict) -> Dataset:
                 f"{blobs[split + '_images'][0]} has {nx} images"
             )
     ds = Dataset(
-        arrays["train_images"], arrays["train_labels"],
-        arrays["test_images"], arrays["test_labels"],
-        source, detail,
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        source,
+        detail,
     )
     ds.check()
     return ds

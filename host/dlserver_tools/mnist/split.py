@@ -38,7 +38,6 @@ import numpy as np
 from .dataset import CLASSES
 from .errors import UsageError
 
-
 DEFAULT_ALPHA = 0.5
 DEFAULT_SEED = 0
 NON_IID_ATTEMPTS = 1000
@@ -46,9 +45,9 @@ NON_IID_ATTEMPTS = 1000
 SPLIT_DESCRIPTION = {
     "iid": "numpy.array_split(arange(n), num_clients), contiguous, client k = piece k-1",
     "non-iid": "label skew: rng = numpy.random.default_rng(seed); P = rng.dirichlet([alpha] * "
-               "num_clients, size=10); per class c, rng.permutation of its indices cut at "
-               "round(cumsum(P[c]) * count), client k = piece k-1; test cut with the same P; "
-               "redrawn while a client has no train or no test image",
+    "num_clients, size=10); per class c, rng.permutation of its indices cut at "
+    "round(cumsum(P[c]) * count), client k = piece k-1; test cut with the same P; "
+    "redrawn while a client has no train or no test image",
 }
 
 
@@ -80,8 +79,9 @@ def _cut_by_class(labels: np.ndarray, shares: np.ndarray, rng) -> list[np.ndarra
     return [np.sort(np.concatenate(p)) for p in pieces]
 
 
-def non_iid_split(train_y: np.ndarray, test_y: np.ndarray, num_clients: int,
-                  alpha: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def non_iid_split(
+    train_y: np.ndarray, test_y: np.ndarray, num_clients: int, alpha: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Label-skewed split: per class, Dirichlet(alpha) shares over the clients (module doc)."""
     rng = np.random.default_rng(seed)
     for _ in range(NON_IID_ATTEMPTS):

@@ -17,7 +17,6 @@ from .errors import Progress, UsageError, log
 from .png import encode_png_rows
 from .split import SPLIT_DESCRIPTION, dist_params, iid_split, non_iid_split, split_digest
 
-
 FORMAT_VERSION = 1
 
 
@@ -53,7 +52,7 @@ def scan_generated(mnist_out: Path) -> dict:
     return found
 
 
-def remove_leftovers(mnist_out: Path, keep_dirs: set, keep_files: set) -> int:
+def remove_leftovers(mnist_out: Path, keep_dirs: set[str], keep_files: dict[str, set[str]]) -> int:
     """Delete generated dirs not in keep_dirs and files in kept dirs not in keep_files."""
     removed = 0
     for d in sorted(os.scandir(mnist_out), key=lambda e: e.name):
@@ -154,7 +153,7 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
     rel_mnist = "data/mnist"
     train_paths: list[str] = [""] * n_train
     test_paths: list[str] = [""] * n_test
-    keep_files: dict = {}
+    keep_files: dict[str, set[str]] = {}  # dir name -> names of the files kept in it
     clients = []
     total = n_train + n_test
     verb = "checking/writing" if existing else "writing"
@@ -207,7 +206,7 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
             "".join(test_paths[i] + "\n" for i in te_parts[k - 1].tolist()),
         )
         entry = {"client": k, "dir": rel_dir}
-        if data_dist == "iid":      # contiguous ranges, as format-1 manifests have them
+        if data_dist == "iid":  # contiguous ranges, as format-1 manifests have them
             entry["train"] = [int(tr_parts[k - 1][0]), int(tr_parts[k - 1][-1]) + 1]
             entry["test"] = [int(te_parts[k - 1][0]), int(te_parts[k - 1][-1]) + 1]
         entry["n_train"] = len(tr_parts[k - 1])
@@ -219,8 +218,10 @@ def build(root: Path, ds: Dataset, num_clients: int, data_dist: str, alpha: floa
     prog.close()
     removed = remove_leftovers(mnist_out, set(keep_files), keep_files)
     if existing:
-        log(f"{written} PNGs written, {total - written} reused ({moved} moved), "
-            f"{removed} stale entries removed")
+        log(
+            f"{written} PNGs written, {total - written} reused ({moved} moved), "
+            f"{removed} stale entries removed"
+        )
 
     write_atomically(mnist_out / "mnist.train.list", "".join(p + "\n" for p in train_paths))
     write_atomically(mnist_out / "mnist.valid.list", "".join(p + "\n" for p in test_paths))
