@@ -1,5 +1,5 @@
-"""aggregation darknet (spec §8.1): the original's arithmetic byte for byte, plus weighted,
-median and trimmed means."""
+"""aggregation darknet (docs/darknet-contract.md §8.1): the original's arithmetic byte for byte,
+plus weighted, median and trimmed means."""
 
 import shutil
 

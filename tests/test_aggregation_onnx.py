@@ -1,4 +1,4 @@
-"""`aggregation onnx` (spec §8.2): averaging ONNX initializers whatever their storage."""
+"""`aggregation onnx` (docs/darknet-contract.md §8.2): averaging ONNX initializers whatever their storage."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Darknet's cfg/data/list grammar (spec §2) and its errors."""
+"""Darknet's cfg/data/list grammar (docs/darknet-contract.md §2) and its errors."""
 
 import pytest
 

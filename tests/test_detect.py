@@ -1,5 +1,5 @@
-"""`detect` (spec §7): YOLO layers, boxes, NMS with musl's qsort order, drawing, errors, and
-the official YOLOv3-tiny on dog.jpg (those tests skip without `make yolo_detection`)."""
+"""`detect` (docs/darknet-contract.md §7): YOLO layers, boxes, NMS with musl's qsort order, drawing,
+errors, and the official YOLOv3-tiny on dog.jpg (those tests skip without `make yolo_detection`)."""
 
 import copy
 import io

@@ -1,4 +1,5 @@
-"""`aggregation onnx_predict` (spec §8.3): the interpreter against onnx.reference.ReferenceEvaluator.
+"""`aggregation onnx_predict` (docs/darknet-contract.md §8.3): the interpreter against
+onnx.reference.ReferenceEvaluator.
 
 Tolerance: float32 results summed in a different order than numpy's differ by a few ulps of
 the largest terms, so values are compared with rtol 1e-5 and atol 1e-5 * max(1, max |ref|)

@@ -1,4 +1,4 @@
-"""classifier train (spec §5) on a small synthetic set: loss, saves, resume, errors."""
+"""classifier train (docs/darknet-contract.md §5) on a small synthetic set: loss, saves, resume, errors."""
 
 from array import array
 

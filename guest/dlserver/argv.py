@@ -19,7 +19,7 @@ ARGS_FILE_WORDING = Wording(
 
 class Argv:
     """Darknet's argv after flag removal: entries shift left, the tail becomes None, and
-    argc keeps its original value (spec §1.3)."""
+    argc keeps its original value (docs/darknet-contract.md §1.3)."""
 
     def __init__(self, args: list[str]):
         self.args: list[str | None] = list(args)

@@ -1,6 +1,6 @@
 """Darknet's text formats: network `.cfg`, data `.data`/`.dataset` files and list files.
 
-Lines keep Darknet's grammar (spec §2): every space and tab is removed, `[` starts a
+Lines keep Darknet's grammar (docs/darknet-contract.md §2): every space and tab is removed, `[` starts a
 section, `#`/`;`/blank lines are skipped, the first `=` splits key from value and the
 first occurrence of a key wins. Defaults and unused keys are reported on stderr with
 Darknet's wording. Unlike Darknet, malformed input is an error naming file and line.

@@ -1,4 +1,4 @@
-"""Training data for `classifier train` (spec §5.2, the Veracruz loader: no augmentation).
+"""Training data for `classifier train` (docs/darknet-contract.md §5.2, the Veracruz loader: no augmentation).
 
 Each batch draws batch*subdivisions paths with rand() % N (with replacement), loads each
 image as 3 planes of byte/255 (resized only if its size differs from the network's) and

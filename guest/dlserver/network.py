@@ -71,7 +71,8 @@ class Network:
         self.cfg_path = cfg_path
         self.layers: list[Layer] = []
         self.seen = 0
-        self.seen_high = 0  # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, spec §3.1)
+        # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, docs/darknet-contract.md §3.1)
+        self.seen_high = 0
 
     def parse_net_options(self, options: Options) -> None:
         """[net] options in Darknet's lookup order (so default messages come out the same)."""

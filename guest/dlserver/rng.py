@@ -1,4 +1,4 @@
-"""musl/wasi-libc's rand() and Darknet's draws built on it (spec §10.2), so a run
+"""musl/wasi-libc's rand() and Darknet's draws built on it (docs/darknet-contract.md §10.2), so a run
 consumes and produces the same random numbers as the original wasm build."""
 
 import math

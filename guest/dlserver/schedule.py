@@ -1,4 +1,5 @@
-"""Darknet's learning-rate policies (get_current_rate, spec §4.13), float32 like the original."""
+"""Darknet's learning-rate policies (get_current_rate), float32 like the original
+(docs/darknet-contract.md §4.13)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Darknet `.weights` files (spec §3): a 20-byte header, then each layer's float32 arrays.
+"""Darknet `.weights` files (docs/darknet-contract.md §3): a 20-byte header, then each layer's float32 arrays.
 
 Header: int32 major, minor, revision; then `seen` as 8 bytes when major*10+minor >= 2 and
 both are < 1000, else as 4 bytes. dl-server keeps the low 32 bits as `seen` (wasm32's

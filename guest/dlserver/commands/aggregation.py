@@ -1,6 +1,6 @@
-"""`aggregation onnx` and `aggregation onnx_predict` (spec §8.2, §8.3).
+"""`aggregation onnx` and `aggregation onnx_predict` (docs/darknet-contract.md §8.2, §8.3).
 
-`aggregation darknet` (§8.1) is in aggregation_darknet.py.
+`aggregation darknet` (docs/darknet-contract.md §8.1) is in aggregation_darknet.py.
 
 aggregation onnx <out.onnx> <m1.onnx> [m2.onnx ...] [-weights w1,w2,...] [-method M]
 ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`aggregation darknet <cfg> <out> <w1> <w2> ...` (spec §8.1): average Darknet weights files.
+"""`aggregation darknet <cfg> <out> <w1> <w2> ...`: average Darknet weights files
+(docs/darknet-contract.md §8.1).
 
 Byte-identical to the original for the plain mean: every array of the weights file
 (layer.parameter_arrays(): convolutional biases, weights, batch-norm scales, rolling mean

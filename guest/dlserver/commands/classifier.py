@@ -1,4 +1,4 @@
-"""`classifier predict|valid|train` (Darknet examples/classifier.c, spec §5-6)."""
+"""`classifier predict|valid|train` (Darknet examples/classifier.c, docs/darknet-contract.md §5-6)."""
 
 import os
 import sys
@@ -102,7 +102,7 @@ def predict_classifier(datacfg: str, cfg: str, weights: str | None, filename: st
 
 
 def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
-    """Top-1/top-k accuracy over the valid list, one report line per image (spec §6.1).
+    """Top-1/top-k accuracy over the valid list, one report line per image (docs/darknet-contract.md §6.1).
 
     Darknet runs one image at a time; images are independent, so batches of 100 give
     the same per-image results faster."""
@@ -174,7 +174,7 @@ def clock_enabled() -> bool:
 def train_classifier(
     datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None
 ) -> None:
-    """Darknet's train_classifier with the Veracruz loader (spec §5)."""
+    """Darknet's train_classifier with the Veracruz loader (docs/darknet-contract.md §5)."""
     out = sys.stdout
     base = base_name(cfg)
     out.write(f"{base}\n")

@@ -1,4 +1,4 @@
-"""`detect` (Darknet examples/detector.c test_detector, spec §7): YOLO boxes on one image.
+"""`detect` (Darknet examples/detector.c test_detector, docs/darknet-contract.md §7): YOLO boxes on one image.
 
 1. names from the data cfg (`cfg/coco.data`), the network and its weights;
 2. the image, letterboxed to the network size, one forward pass;
@@ -68,7 +68,7 @@ def draw_detections(im, dets: list, thresh: float, names: list, classes: int, ou
 
 def run(argv) -> None:
     """`detect [cfg] [weights] [image] [-thresh T] [-out NAME]`: thresh and filename are read
-    before -out is removed, as in Darknet (spec §1.4)."""
+    before -out is removed, as in Darknet (docs/darknet-contract.md §1.4)."""
     thresh = argv.find_float("-thresh", 0.5)
     filename = argv[4] if argv.argc > 4 else None
     outfile = argv.find_str("-out", None)

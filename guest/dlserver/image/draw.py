@@ -1,4 +1,5 @@
-"""Boxes and labels drawn on a detection image (Darknet image.c, spec §7.4), and saving it.
+"""Boxes and labels drawn on a detection image, and saving it (Darknet image.c,
+docs/darknet-contract.md §7.4).
 
 get_color(c, x, max):  ratio = f32(x/max)*5, i = floor, j = ceil, ratio -= i,
                        (1-ratio)*colors[i][c] + ratio*colors[j][c]   (all float32)

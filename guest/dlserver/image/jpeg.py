@@ -1,5 +1,5 @@
 """JPEG decoder giving the pixels stb_image v2.19 gives Darknet, and stb_image_write
-v1.09's JPEG encoder (Darknet's `save_image`, spec §7.2 and §7.5).
+v1.09's JPEG encoder (Darknet's `save_image`, docs/darknet-contract.md §7.2 and §7.5).
 
 `decode_jpeg(data)` returns `(width, height, comps, pixels)` like `decode_png`:
 `pixels` holds height x width pixels of `comps` interleaved bytes, 1 for a grayscale

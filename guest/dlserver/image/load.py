@@ -1,4 +1,4 @@
-"""load_image_color: read an image file into a 3-channel float image (spec §5.2, §7.2)."""
+"""load_image_color: read an image file into a 3-channel float image (docs/darknet-contract.md §5.2, §7.2)."""
 
 from ..errors import DLServerError
 from ..files import read_input_file

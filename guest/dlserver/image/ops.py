@@ -19,7 +19,8 @@ class Image:
 
 
 def resize_image(im: Image, w: int, h: int) -> Image:
-    """Darknet's separable bilinear resize (spec §7.2); same size returns the image itself.
+    """Darknet's separable bilinear resize (docs/darknet-contract.md §7.2); same size returns the
+    image itself.
     The loops run in `kernels.resize_image` (tests/reference/image.py: the same in Python)."""
     if im.w == w and im.h == h:
         return im

@@ -6,7 +6,7 @@ e = 0 x, 1 y, 2 w, 3 h, 4 objectness, 5.. class scores.
 forward: copy, then logistic on x, y and on objectness + classes (w, h stay raw).
 Box decode (detector): bx = (i + x)/w, by = (j + y)/h, bw = exp(tw)*anchor_w/net_w,
 bh = exp(th)*anchor_h/net_h, anchor = biases[2*mask[a]], biases[2*mask[a]+1].
-Building the layer calls srand(0) in Darknet (spec §10.2): Network applies it.
+Building the layer calls srand(0) in Darknet (docs/darknet-contract.md §10.2): Network applies it.
 """
 
 from .. import kernels
@@ -83,7 +83,7 @@ class YoloLayer(Layer):
                 kernels.activate(view(out, index, scores), scores, Activation.LOGISTIC)
 
     def init_weights(self, rng) -> None:
-        """make_yolo_layer calls srand(0) (spec §10.2)."""
+        """make_yolo_layer calls srand(0) (docs/darknet-contract.md §10.2)."""
         rng.srand(0)
 
     def prepare_training(self) -> None:
