@@ -98,16 +98,10 @@ def baseline_tree(rev: str) -> Path:
     base.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit, "guest"], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-    dlk = base / "guest" / "kernels" / "dlk.c"
     wasm_so.parent.mkdir()
     native_so.parent.mkdir()
-    bk.zig("cc", "--target=wasm32-wasi", "-msimd128", *bk.COMMON_FLAGS, f"-I{bk.wasm_include_dir()}",
-           "-c", str(dlk), "-o", str(base / "wasm" / "dlk.o"))
-    bk.zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
-           str(base / "wasm" / "dlk.o"), "-o", str(wasm_so))
-    import sysconfig
-    bk.zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *bk.COMMON_FLAGS, "-shared",
-           f"-I{sysconfig.get_paths()['include']}", str(dlk), "-o", str(native_so))
+    bk.compile_wasm(base / "guest" / "kernels", wasm_so)
+    bk.compile_native(base / "guest" / "kernels", native_so, test_hooks=False)
     return base
 
 
