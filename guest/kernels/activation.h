@@ -61,9 +61,10 @@ static inline void act_array(float *x, ptrdiff_t n, int a)
 }
 #undef DLK_ACT_LOOP
 
-/* linear: no loop (delta * 1 would only quieten signalling NaNs) */
+/* linear: no loop (delta * 1 would only quieten signalling NaNs). Not inlined: in the large
+ * backward kernels an inlined copy costs the wasm build more than the call. */
 #define DLK_GRAD_LOOP(A) for (ptrdiff_t i = 0; i < n; ++i) delta[i] *= grad(y[i], A)
-static inline void grad_array(const float *y, float *delta, ptrdiff_t n, int a)
+static __attribute__((noinline)) void grad_array(const float *y, float *delta, ptrdiff_t n, int a)
 {
     switch (a) {
     case ACT_RELU: DLK_GRAD_LOOP(ACT_RELU); break;

@@ -324,7 +324,7 @@ static void ct_pad_image(const dlk_conv_geom *g, const float *src, float *pin)
 int dlk_conv_forward(const dlk_conv_geom *geom, int batch, const float *in, const float *weights, const float *biases,
                      int act, float *out)
 {
-    const dlk_conv_geom g = *geom;
+    const dlk_conv_geom g = *geom;           /* a local copy: the wasm loops keep its fields in registers */
     const int c = g.c, h = g.h, w = g.w, n = g.n, size = g.size;
     int status = 0;
     float *pin = NULL, *wpack = NULL;
@@ -609,25 +609,24 @@ static void ct_dx_nhwc_any(int size, const float *Wq, const int *fl, const float
     }
 }
 /* prev: the input delta, or NULL. */
-int dlk_conv_backward(const dlk_conv_geom *geom, int batch, const float *in, const float *out, float *delta, int act,
+int dlk_conv_backward(const dlk_conv_geom *g, int batch, const float *in, const float *out, float *delta, int act,
                       const float *weights, float *bias_upd, float *weight_upd, float *prev)
 {
-    const dlk_conv_geom g = *geom;
-    const int c = g.c, h = g.h, w = g.w, n = g.n, size = g.size, pad = g.pad;
+    const int c = g->c, h = g->h, w = g->w, n = g->n, size = g->size, pad = g->pad;
     int have_prev = prev != NULL;
     int status = 0;
     float *pin = NULL, *val = NULL, *work = NULL, *Wp = NULL, *dval = NULL, *inn = NULL;
     int *off = NULL, *fl = NULL, *fmask = NULL;
-    long long in_size = (long long)c * h * w, ohw = (long long)g.oh * g.ow, out_size = n * ohw;
+    long long in_size = (long long)c * h * w, ohw = (long long)g->oh * g->ow, out_size = n * ohw;
     /* dW reads in_pad[ch][y + ky][x .. x + 7]: lanes past the row (size < 8) are discarded; the last
      * row's run past the planes needs the 16 spare floats */
-    size_t plane_floats = (size_t)c * g.PH * g.PW + 16;
+    size_t plane_floats = (size_t)c * g->PH * g->PW + 16;
     pin = calloc(plane_floats, sizeof(float));
     off = malloc(sizeof(int) * (size_t)(ohw + 4));
     val = malloc(sizeof(float) * (size_t)(ohw + 4));
     int WH = h + 2 * pad, WW = w + 2 * pad + 8;        /* work planes for the input gradient */
     int nhwc = c > 1 && size * c <= CT_NHWC_LANES && n <= 31;
-    if (nhwc) inn = calloc((size_t)g.PH * g.PW * c + CT_NHWC_LANES, sizeof(float));
+    if (nhwc) inn = calloc((size_t)g->PH * g->PW * c + CT_NHWC_LANES, sizeof(float));
     if (have_prev) {
         work = calloc((size_t)c * WH * WW + 2 * CT_NHWC_LANES, sizeof(float));
         Wp = calloc((size_t)n * (nhwc ? size * CT_NHWC_LANES : c * size * 8), sizeof(float));
@@ -647,40 +646,40 @@ int dlk_conv_backward(const dlk_conv_geom *geom, int batch, const float *in, con
             for (int ch = 0; ch < c; ++ch)
                 for (int ky = 0; ky < size; ++ky)
                     for (int kx = 0; kx < size; ++kx)
-                        Wp[((ptrdiff_t)f * size + ky) * CT_NHWC_LANES + kx * c + ch] = W[(ptrdiff_t)f * g.K + (ch * size + ky) * size + kx];
+                        Wp[((ptrdiff_t)f * size + ky) * CT_NHWC_LANES + kx * c + ch] = W[(ptrdiff_t)f * g->K + (ch * size + ky) * size + kx];
     else if (have_prev)                                 /* Wp[f][ch][ky][0..7] = W[f][ch][ky][kx], 0 past size */
         for (int f = 0; f < n; ++f)
             for (int ch = 0; ch < c; ++ch)
                 for (int ky = 0; ky < size; ++ky)
-                    memcpy(Wp + (((ptrdiff_t)f * c + ch) * size + ky) * 8, W + (ptrdiff_t)f * g.K + (ch * size + ky) * size,
+                    memcpy(Wp + (((ptrdiff_t)f * c + ch) * size + ky) * 8, W + (ptrdiff_t)f * g->K + (ch * size + ky) * size,
                            sizeof(float) * size);
     float sums[CT_MAX_SIZE * CT_NHWC_LANES] __attribute__((aligned(16)));
-    long long plane = (long long)g.PH * g.PW;
+    long long plane = (long long)g->PH * g->PW;
     for (int b = 0; b < batch; ++b) {
         const float *src = in + b * in_size;
         int same = c > 1;                               /* all channel planes bit-identical? */
         for (int ch = 1; ch < c && same; ++ch) same = ct_same(src, src + ch * (long long)h * w, (long long)h * w);
         int use_nhwc = nhwc && !same;
-        if (!use_nhwc) ct_pad_image(&g, src, pin);
+        if (!use_nhwc) ct_pad_image(g, src, pin);
         else                                            /* inn[y + pad][x + pad][ch] = in[ch][y][x] */
             for (int ch = 0; ch < c; ++ch)
                 for (int y = 0; y < h; ++y) {
                     const float *srow = src + ((ptrdiff_t)ch * h + y) * w;
-                    float *drow = inn + ((ptrdiff_t)(y + pad) * g.PW + pad) * c + ch;
+                    float *drow = inn + ((ptrdiff_t)(y + pad) * g->PW + pad) * c + ch;
                     for (int x = 0; x < w; ++x) drow[(ptrdiff_t)x * c] = srow[x];
                 }
         const float *db = D + b * out_size;
         for (int f = 0; f < n; ++f) {
             int cnt = ct_compact(D + b * out_size + f * ohw, out + b * out_size + f * ohw, fuse_relu,
-                                 g.oh, g.ow, g.PW, off, val);
+                                 g->oh, g->ow, g->PW, off, val);
             float bsum = 0;
             for (int j = 0; j < cnt; ++j) bsum += val[j];   /* Darknet's sum, without its zero terms */
             bu[f] += bsum;
             if (!cnt) continue;
-            float *wf = wu + (ptrdiff_t)f * g.K;
+            float *wf = wu + (ptrdiff_t)f * g->K;
             if (use_nhwc) {
-                if (size == 5) ct_dw_nhwc(5, size, inn, g.PW, c, off, val, cnt, sums);
-                else ct_dw_nhwc(0, size, inn, g.PW, c, off, val, cnt, sums);
+                if (size == 5) ct_dw_nhwc(5, size, inn, g->PW, c, off, val, cnt, sums);
+                else ct_dw_nhwc(0, size, inn, g->PW, c, off, val, cnt, sums);
                 for (int ch = 0; ch < c; ++ch)
                     for (int ky = 0; ky < size; ++ky)
                         for (int kx = 0; kx < size; ++kx)
@@ -688,7 +687,7 @@ int dlk_conv_backward(const dlk_conv_geom *geom, int batch, const float *in, con
                 continue;
             }
             for (int ch = 0; ch < c; ++ch) {
-                if (!same || ch == 0) ct_dw_sums_any(size, pin + ch * plane, g.PW, off, val, cnt, sums);
+                if (!same || ch == 0) ct_dw_sums_any(size, pin + ch * plane, g->PW, off, val, cnt, sums);
                 float *wk = wf + ch * size * size;
                 for (int ky = 0; ky < size; ++ky)
                     for (int kx = 0; kx < size; ++kx) wk[ky * size + kx] += sums[8 * ky + kx];
@@ -729,7 +728,7 @@ int dlk_conv_backward(const dlk_conv_geom *geom, int batch, const float *in, con
                     fl[cnt] = f;
                     dval[cnt++] = db[f * ohw + p];
                 }
-                int Y = (int)(p / g.ow), X = (int)(p % g.ow);
+                int Y = (int)(p / g->ow), X = (int)(p % g->ow);
                 ct_dx_nhwc_any(size, Wp, fl, dval, cnt, work + ((ptrdiff_t)Y * WW + X) * c, WW, c);
             }
             for (int ch = 0; ch < c; ++ch)
@@ -753,7 +752,7 @@ int dlk_conv_backward(const dlk_conv_geom *geom, int batch, const float *in, con
                 cnt += v != 0.f;
             }
             if (!cnt) continue;
-            int Y = (int)(p / g.ow), X = (int)(p % g.ow);
+            int Y = (int)(p / g->ow), X = (int)(p % g->ow);
             float *at = work + (ptrdiff_t)Y * WW + X;
             ct_dx_scatter_any(size, c, Wp, fl, dval, cnt, at, WH, WW);
         }

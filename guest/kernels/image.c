@@ -1,8 +1,6 @@
 /* Planar float32 images, data[(ch*h + y)*w + x] (Darknet image.c, blas.c upsample_cpu; stb_image):
  *
- *   pixels_to_chw  src: height x width pixels of `comps` interleaved bytes (1 gray, 2 gray+alpha,
- *                  3 RGB, 4 RGBA) -> out[ch][y][x] = f32(byte/255.0) for ch in 0..2; gray is
- *                  replicated, alpha dropped (stb_image with req_comp = 3, then load_image_color)
+ *   pixels_to_chw  bytes of `comps` per pixel -> out[ch][y][x] = f32(byte/255.0) (pixels.h)
  *   chw_to_pixels  interleaved bytes (unsigned char)(255*v), truncated (Darknet save_image)
  *   resize_image   separable bilinear, "align corners" (spec §7.2), in float32:
  *                  w_scale = f32((sw-1)/(dw-1)), h_scale likewise (0 when the side is 1)
@@ -15,34 +13,11 @@
  *   upsample       forward: out[c][y][x] = scale*in[c][y/s][x/s]  (nearest neighbour)
  *                  backward (or downsample forward): in[c][y/s][x/s] += scale*out[c][y][x] */
 #include "kernels.h"
-
-/* lut[b] = f32(b/255.0), built on first use */
-static const float *byte_to_unit(void)
-{
-    static float lut[256];
-    if (lut[255] == 0.f)
-        for (int i = 0; i < 256; ++i) lut[i] = (float)(i / 255.0);
-    return lut;
-}
+#include "pixels.h"
 
 void dlk_pixels_to_chw(const uint8_t *src, int width, int height, int comps, float *out)
 {
-    const float *lut = byte_to_unit();
-    ptrdiff_t plane = (ptrdiff_t)width * height;
-    const unsigned char *p = src;
-    float *o = out;
-    if (comps <= 2) {
-        for (ptrdiff_t i = 0; i < plane; ++i) {
-            float v = lut[p[i * comps]];
-            o[i] = v; o[plane + i] = v; o[2 * plane + i] = v;
-        }
-    } else {
-        for (ptrdiff_t i = 0; i < plane; ++i) {
-            o[i] = lut[p[i * comps]];
-            o[plane + i] = lut[p[i * comps + 1]];
-            o[2 * plane + i] = lut[p[i * comps + 2]];
-        }
-    }
+    bytes_to_chw(src, width, height, comps, out);
 }
 
 void dlk_chw_to_pixels(const float *im, int w, int h, int c, uint8_t *out)

@@ -29,6 +29,7 @@
  *   - filter types 0..4 per row (PNG spec 9), anything else 0. */
 #include <stdlib.h>
 #include "kernels.h"
+#include "pixels.h"
 
 /* Reconstruct `height` rows (each: filter byte + rowbytes bytes) into o; returns -1, or the
  * index of the first row whose filter type is past 4. */
@@ -448,7 +449,7 @@ int dlk_png_load_chw(const uint8_t *d, size_t n, int want_w, int want_h, float *
         pix = malloc((size_t)height * rowbytes);
         if (!raw || !pix) ok = DLK_ERR_NOMEM;
         else if (pf_inflate(z + 2, idat_total - 2, raw, want) && dlk_png_unfilter(raw, (int)height, rowbytes, comps, pix) < 0) {
-            dlk_pixels_to_chw(pix, (int)width, (int)height, comps, out);
+            bytes_to_chw(pix, (int)width, (int)height, comps, out);
             ok = 1;
         }
     }
