@@ -14,7 +14,8 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-/* Fails with ValueError unless `buf` holds at least `count` items of `itemsize` bytes. */
+/* Fails with ValueError unless `buf` holds at least `count` items of `itemsize` bytes (count in
+ * 64 bits: a product of int sizes is never cut to a 32-bit Py_ssize_t on wasm32). */
 static int need(const Py_buffer *buf, long long count, Py_ssize_t itemsize, const char *what)
 {
     if (count < 0) {
@@ -49,7 +50,7 @@ static int fail(const char *message)
     return 0;
 }
 
-/* 1 when a kernel's status is 0, else 0 with its exception set. */
+/* 0 with the exception set for DLK_ERR_NOMEM and DLK_ERR_BAD_TABLE; 1 for any other status. */
 static int kernel_ok(int status)
 {
     if (status == DLK_ERR_NOMEM) { PyErr_NoMemory(); return 0; }
@@ -115,7 +116,8 @@ static int conv_check(const char *name, Py_buffer *im, Py_buffer *col, int c, in
     }
     int oh = dlk_conv_out_size(h, ksize, stride, pad), ow = dlk_conv_out_size(w, ksize, stride, pad);
     if (oh <= 0 || ow <= 0) { PyErr_Format(PyExc_ValueError, "_dlk.%s: kernel larger than image", name); return 0; }
-    return NEED_F(*im, (long long)c * h * w, "image") && NEED_F(*col, (long long)c * ksize * ksize * oh * ow, "columns");
+    return NEED_F(*im, (long long)c * h * w, "image") &&
+           NEED_F(*col, (long long)c * ksize * ksize * oh * ow, "columns");
 }
 
 static PyObject *py_im2col(PyObject *self, PyObject *args)
@@ -154,7 +156,8 @@ static PyObject *py_conv2d_direct(PyObject *self, PyObject *args)
         ok = fail("_dlk.conv2d_direct: kernel larger than image");
     } else {
         long long in_size = (long long)c * h * w, out_size = (long long)n * oh * ow;
-        ok = NEED_F(in, batch * in_size, "conv input") && NEED_F(weights, (long long)n * c * size * size, "conv weights") &&
+        ok = NEED_F(in, batch * in_size, "conv input") &&
+             NEED_F(weights, (long long)n * c * size * size, "conv weights") &&
              NEED_F(out, batch * out_size, "conv output") &&
              NEED_F(ws, dlk_conv2d_direct_workspace(c, h, w, size, pad), "conv workspace");
         if (ok) dlk_conv2d_direct(F32(in), batch, c, h, w, F32(weights), n, size, pad, F32(out), F32(ws));
@@ -590,7 +593,8 @@ static PyObject *py_resize_image(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*iiiw*iiw*", &src, &sw, &sh, &c, &dst, &dw, &dh, &part)) return NULL;
     int ok = (sw > 0 && sh > 0 && c > 0 && dw >= 0 && dh >= 0) || fail("_dlk.resize_image: bad geometry");
     ok = ok && NEED_F(src, (long long)sw * sh * c, "resize source") &&
-         NEED_F(dst, (long long)dw * dh * c, "resize output") && NEED_F(part, (long long)dw * sh * c, "resize workspace");
+         NEED_F(dst, (long long)dw * dh * c, "resize output") &&
+         NEED_F(part, (long long)dw * sh * c, "resize workspace");
     if (ok) dlk_resize_image(F32(src), sw, sh, c, F32(dst), dw, dh, F32(part));
     RELEASE(&src, &dst, &part);
     return none_if(ok);
@@ -602,7 +606,8 @@ static PyObject *py_image_paste(PyObject *self, PyObject *args)
     int sw, sh, c, dw, dh, dx, dy, multiply;
     if (!PyArg_ParseTuple(args, "y*iiiw*iiiip", &src, &sw, &sh, &c, &dst, &dw, &dh, &dx, &dy, &multiply)) return NULL;
     int ok = (sw >= 0 && sh >= 0 && c >= 0 && dw >= 0 && dh >= 0) || fail("_dlk.image_paste: bad geometry");
-    ok = ok && NEED_F(src, (long long)sw * sh * c, "paste source") && NEED_F(dst, (long long)dw * dh * c, "paste target");
+    ok = ok && NEED_F(src, (long long)sw * sh * c, "paste source") &&
+         NEED_F(dst, (long long)dw * dh * c, "paste target");
     if (ok) dlk_image_paste(F32(src), sw, sh, c, F32(dst), dw, dh, dx, dy, multiply);
     RELEASE(&src, &dst);
     return none_if(ok);
@@ -668,8 +673,8 @@ static PyObject *py_yolo_candidates(PyObject *self, PyObject *args)
          NEED_F(boxes, 4 * most, "boxes") && NEED_F(objectness, most, "objectness") &&
          NEED_F(probs, most * classes, "probs");
     if (ok)
-        result = PyLong_FromLongLong(dlk_yolo_candidates(F32(output), w, h, n, classes, F32(anchors), netw, neth, thresh,
-                                                         F32(boxes), F32(objectness), F32(probs)));
+        result = PyLong_FromLongLong(dlk_yolo_candidates(F32(output), w, h, n, classes, F32(anchors), netw, neth,
+                                                         thresh, F32(boxes), F32(objectness), F32(probs)));
     RELEASE(&output, &anchors, &boxes, &objectness, &probs);
     return result;
 }
@@ -723,7 +728,8 @@ static PyObject *py_png_unfilter(PyObject *self, PyObject *args)
     if (ok) {
         int bad = dlk_png_unfilter(U8(src), height, rowbytes, bpp, U8(out));
         if (bad >= 0) {
-            PyErr_Format(PyExc_ValueError, "bad filter type %d in row %d", U8(src)[(long long)bad * (rowbytes + 1)], bad);
+            PyErr_Format(PyExc_ValueError, "bad filter type %d in row %d", U8(src)[(long long)bad * (rowbytes + 1)],
+                         bad);
             ok = 0;
         }
     }
@@ -1030,7 +1036,8 @@ static PyMethodDef dlk_methods[] = {
     {"conv_forward", py_conv_forward, METH_VARARGS,
      "conv_forward(in, batch, c, h, w, weights, n, size, pad, biases, act, out): stride-1 conv + bias + act"},
     {"conv_backward", py_conv_backward, METH_VARARGS,
-     "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, prev_delta|None)"},
+     "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, "
+     "prev_delta|None)"},
     {"maxpool_forward_2x2", py_maxpool_forward_2x2, METH_VARARGS,
      "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
     {"connected_backward", py_connected_backward, METH_VARARGS,

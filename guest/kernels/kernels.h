@@ -44,7 +44,10 @@ int dlk_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
 /* ------------------------------------------------------------------ conv.c */
 
 /* output side of a convolution (im2col) */
-static inline int dlk_conv_out_size(int n, int ksize, int stride, int pad) { return (n + 2 * pad - ksize) / stride + 1; }
+static inline int dlk_conv_out_size(int n, int ksize, int stride, int pad)
+{
+    return (n + 2 * pad - ksize) / stride + 1;
+}
 
 void dlk_im2col(const float *im, int c, int h, int w, int ksize, int stride, int pad, float *col);
 void dlk_col2im(const float *col, int c, int h, int w, int ksize, int stride, int pad, float *im);
