@@ -3,12 +3,18 @@ component by componentize-py) and natively (for tests of the guest package).
 
     python scripts/build_kernels.py wasm   -> build/wasm/_dlk.abi3.so
     python scripts/build_kernels.py native -> build/native/_dlk.abi3.so
+
+Every .c file of guest/kernels is a translation unit (bindings.c and the kernels it calls);
+symbols are hidden but for PyInit__dlk. The native build also has the test hooks
+(-DDLK_TEST_HOOKS: `_dlk.musl_sort_desc`), which the component leaves out.
 """
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +61,8 @@ WASM_PYCONFIG = """\
 """
 
 SOURCES = sorted(KERNELS.glob("*.c")) + sorted(KERNELS.glob("*.h"))
-COMMON_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wno-unused-function"]
+COMMON_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden", "-Wall",
+                "-Wno-unused-function"]
 
 
 def zig(*args: str) -> None:
@@ -80,16 +87,43 @@ def wasm_include_dir() -> Path:
     return inc
 
 
+def translation_units(kernels: Path) -> list[Path]:
+    """The .c files to compile: all of them (a tree from before bindings.c: its unity dlk.c)."""
+    unity = kernels / "dlk.c"
+    return [unity] if unity.exists() else sorted(kernels.glob("*.c"))
+
+
+def compile_wasm(kernels: Path, target: Path) -> None:
+    """guest/kernels-like directory -> a wasm32-wasi shared library (each unit compiled apart, 2 at a time)."""
+    objs = target.parent / "obj"
+    objs.mkdir(parents=True, exist_ok=True)
+    include = wasm_include_dir()
+    units = translation_units(kernels)
+    def compile_one(src: Path) -> Path:
+        obj = objs / (src.stem + ".o")
+        zig("cc", "--target=wasm32-wasi", "-msimd128", *COMMON_FLAGS, f"-I{include}", "-c", str(src), "-o", str(obj))
+        return obj
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        built = list(pool.map(compile_one, units))
+    zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
+        *map(str, built), "-o", str(target))
+
+
+def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None:
+    """guest/kernels-like directory -> a native shared library, with the test hooks unless told not to."""
+    include = sysconfig.get_paths()["include"]
+    hooks = ["-DDLK_TEST_HOOKS"] if test_hooks else []
+    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
+    zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, *hooks, "-shared", f"-I{include}",
+        *map(str, translation_units(kernels)), "-o", str(target))
+
+
 def build_wasm() -> Path:
     target = BUILD / "wasm" / "_dlk.abi3.so"
     if up_to_date(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    obj = BUILD / "wasm" / "dlk.o"
-    zig("cc", "--target=wasm32-wasi", "-msimd128", *COMMON_FLAGS, f"-I{wasm_include_dir()}",
-        "-c", str(KERNELS / "dlk.c"), "-o", str(obj))
-    zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
-        str(obj), "-o", str(target))
+    compile_wasm(KERNELS, target)
     return target
 
 
@@ -98,10 +132,7 @@ def build_native() -> Path:
     if up_to_date(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    include = sysconfig.get_paths()["include"]
-    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
-    zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, "-shared", f"-I{include}",
-        str(KERNELS / "dlk.c"), "-o", str(target))
+    compile_native(KERNELS, target)
     return target
 
 

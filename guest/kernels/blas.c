@@ -1,52 +1,92 @@
-/* Level-1 vector operations (Darknet blas.c):
- *   axpy: y[i] += a*x[i];   scal: x[i] *= a;   fill: x[i] = a */
-#include "dlk_common.h"
+/* Vector arithmetic (Darknet blas.c, activations.c, convolutional_layer.c), in float32, each
+ * element with its own float operations in this order:
+ *
+ *   axpy:            y[i] += a*x[i]
+ *   scal:            x[i] *= a
+ *   fill:            x[i] = a
+ *   activate:        x[i] = act(x[i])                 (activation.h)
+ *   gradient:        delta[i] *= act'(y[i])           (y: the activated output)
+ *   add_bias:        out[b][f][p] += bias[f]
+ *   backward_bias:   bias_upd[f] += sum_p delta[b][f][p]   (per b, a sequential float sum first)
+ *   batchnorm_infer: x = f32(x - mean[f]) / (sqrt(var[f]) + .000001f), divided in double, stored
+ *                    as float; then x = x*scales[f] + biases[f] (two float steps)
+ *                    (Darknet normalize_cpu, scale_bias, add_bias)
+ *   sgd_update:      bias += step * bias_upd;  bias_upd *= momentum
+ *                    W_upd += decay * W;  W += step * W_upd;  W_upd *= momentum
+ *                    (Darknet update_convolutional_layer / update_connected_layer, per element,
+ *                    with step = f32(lr / B) and decay = f32(-decay * B) given by the caller: the
+ *                    same float operations as its five axpy/scal passes) */
+#include <math.h>
+#include "kernels.h"
+#include "activation.h"
 
-static PyObject *dlk_axpy(PyObject *self, PyObject *args)
+void dlk_axpy(ptrdiff_t n, float a, const float *x, float *y)
 {
-    Py_buffer x, y;
-    Py_ssize_t n;
-    float a;
-    if (!PyArg_ParseTuple(args, "nfy*w*", &n, &a, &x, &y)) return NULL;
-    PyObject *result = NULL;
-    if (!NEED_F(x, n, "axpy x") || !NEED_F(y, n, "axpy y")) goto done;
-    const float *xs = F32(x);
-    float *ys = F32(y);
-    for (Py_ssize_t i = 0; i < n; ++i) ys[i] += a * xs[i];
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&x); PyBuffer_Release(&y);
-    return result;
+    for (ptrdiff_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-static PyObject *dlk_scal(PyObject *self, PyObject *args)
+void dlk_scal(ptrdiff_t n, float a, float *x)
 {
-    Py_buffer x;
-    Py_ssize_t n;
-    float a;
-    if (!PyArg_ParseTuple(args, "nfw*", &n, &a, &x)) return NULL;
-    PyObject *result = NULL;
-    if (!NEED_F(x, n, "scal x")) goto done;
-    float *xs = F32(x);
-    for (Py_ssize_t i = 0; i < n; ++i) xs[i] *= a;
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&x);
-    return result;
+    for (ptrdiff_t i = 0; i < n; ++i) x[i] *= a;
 }
 
-static PyObject *dlk_fill(PyObject *self, PyObject *args)
+void dlk_fill(ptrdiff_t n, float a, float *x)
 {
-    Py_buffer x;
-    Py_ssize_t n;
-    float a;
-    if (!PyArg_ParseTuple(args, "nfw*", &n, &a, &x)) return NULL;
-    PyObject *result = NULL;
-    if (!NEED_F(x, n, "fill x")) goto done;
-    float *xs = F32(x);
-    for (Py_ssize_t i = 0; i < n; ++i) xs[i] = a;
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&x);
-    return result;
+    for (ptrdiff_t i = 0; i < n; ++i) x[i] = a;
+}
+
+void dlk_activate(float *x, ptrdiff_t n, int act) { act_array(x, n, act); }
+
+void dlk_gradient(const float *y, ptrdiff_t n, int act, float *delta) { grad_array(y, delta, n, act); }
+
+void dlk_add_bias(float *out, const float *biases, int batch, int n, int size)
+{
+    for (int b = 0; b < batch; ++b)
+        for (int f = 0; f < n; ++f) {
+            float *row = out + ((long long)b * n + f) * size;
+            float v = biases[f];
+            for (int p = 0; p < size; ++p) row[p] += v;
+        }
+}
+
+void dlk_backward_bias(float *bias_upd, const float *delta, int batch, int n, int size)
+{
+    for (int b = 0; b < batch; ++b)
+        for (int f = 0; f < n; ++f) {
+            const float *row = delta + ((long long)b * n + f) * size;
+            float sum = 0;
+            for (int p = 0; p < size; ++p) sum += row[p];
+            bias_upd[f] += sum;
+        }
+}
+
+void dlk_batchnorm_infer(float *x, const float *mean, const float *var, const float *scales, const float *biases,
+                         int batch, int n, int size)
+{
+    for (int b = 0; b < batch; ++b)
+        for (int f = 0; f < n; ++f) {
+            float *row = x + ((long long)b * n + f) * size;
+            float m = mean[f];
+            double den = sqrt((double)var[f]) + .000001f;
+            float s = scales[f], bias = biases[f];
+            for (int p = 0; p < size; ++p) {
+                float diff = row[p] - m;
+                float t = (float)(diff / den);
+                t *= s;
+                row[p] = t + bias;
+            }
+        }
+}
+
+void dlk_sgd_update(float *biases, float *bias_upd, ptrdiff_t nb, float *weights, float *weight_upd, ptrdiff_t nw,
+                    float step, float momentum, float decay)
+{
+    float *b = biases, *bu = bias_upd, *x = weights, *xu = weight_upd;
+    for (ptrdiff_t i = 0; i < nb; ++i) b[i] += step * bu[i];
+    for (ptrdiff_t i = 0; i < nb; ++i) bu[i] *= momentum;
+    for (ptrdiff_t i = 0; i < nw; ++i) {
+        float u = xu[i] + decay * x[i];
+        x[i] += step * u;
+        xu[i] = u * momentum;
+    }
 }

@@ -44,7 +44,9 @@
  *
  * The pack buffers are static: the extension holds the GIL for the whole call (and the
  * guest is single-threaded), so gemm is never re-entered while they are in use. */
-#include "dlk_common.h"
+#include <stdlib.h>
+#include "kernels.h"
+#include "simd.h"
 
 #ifndef GEMM_KC
 #define GEMM_KC 256                 /* depth of a K block */
@@ -457,37 +459,15 @@ static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const 
     return 0;
 }
 
-static PyObject *dlk_gemm(PyObject *self, PyObject *args)
+int dlk_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+             float beta, float *C, int ldc)
 {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    Py_buffer A, B, C;
-    if (!PyArg_ParseTuple(args, "iiiiify*iy*ifw*i", &ta, &tb, &M, &N, &K, &alpha,
-                          &A, &lda, &B, &ldb, &beta, &C, &ldc))
-        return NULL;
-    PyObject *result = NULL;
-    ta = ta != 0; tb = tb != 0;
-    if (M < 0 || N < 0 || K < 0) { PyErr_SetString(PyExc_ValueError, "_dlk.gemm: negative size"); goto done; }
-    if (M == 0 || N == 0) { result = Py_None; Py_INCREF(result); goto done; }
-    if ((ta ? lda < M : lda < K) || (tb ? ldb < K : ldb < N) || ldc < N) {
-        PyErr_SetString(PyExc_ValueError, "_dlk.gemm: leading dimension too small"); goto done;
-    }
-    /* elements touched: op(A) is M x K, stored K x M (ta) or M x K; op(B) likewise */
-    long long a_need = K == 0 ? 0 : (ta ? (long long)(K - 1) * lda + M : (long long)(M - 1) * lda + K);
-    long long b_need = K == 0 ? 0 : (tb ? (long long)(N - 1) * ldb + K : (long long)(K - 1) * ldb + N);
-    if (!NEED_F(A, a_need, "gemm A") || !NEED_F(B, b_need, "gemm B") ||
-        !NEED_F(C, (long long)(M - 1) * ldc + N, "gemm C"))
-        goto done;
-    float *c = F32(C);
-    if (K == 0) {
+    if (M == 0 || N == 0) return 0;
+    if (K == 0) {                                /* C *= BETA */
         if (beta != 1.f)
             for (int i = 0; i < M; ++i)
-                for (int j = 0; j < N; ++j) c[(ptrdiff_t)i * ldc + j] *= beta;
-    } else if (gemm_blocked(ta, tb, M, N, K, alpha, F32(A), lda, F32(B), ldb, beta, c, ldc) < 0) {
-        PyErr_NoMemory(); goto done;
+                for (int j = 0; j < N; ++j) C[(ptrdiff_t)i * ldc + j] *= beta;
+        return 0;
     }
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&A); PyBuffer_Release(&B); PyBuffer_Release(&C);
-    return result;
+    return gemm_blocked(ta != 0, tb != 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) < 0 ? DLK_ERR_NOMEM : 0;
 }

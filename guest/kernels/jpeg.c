@@ -22,29 +22,11 @@
  * the rest of the scan), a DC magnitude category over 15 (stb indexes past its tables),
  * a Huffman table using the all-ones code (libjpeg refuses it too). Arithmetic wraps
  * where stb's int arithmetic would overflow, so garbage coefficients are harmless. */
-#include "dlk_common.h"
+#include <stdlib.h>
+#include "kernels.h"
 
 #define JPG_FAST_BITS 9
 #define JPG_NOT_FAST 0xFFFF
-
-/* Error codes of jpeg_decode_scan (jpeg.py turns them into messages). */
-#define JPG_ERR_HUFFMAN   (-1)   /* a bit pattern no code of the table matches */
-#define JPG_ERR_EOF       (-2)   /* the file ends inside the entropy-coded data */
-#define JPG_ERR_SHORT     (-3)   /* a marker arrives before the scan's last block */
-#define JPG_ERR_RESTART   (-4)   /* a marker other than RSTn where a restart is due */
-#define JPG_ERR_DC        (-5)   /* DC magnitude category above 15 */
-#define JPG_ERR_REFINE    (-6)   /* AC refinement symbol with a magnitude other than 1 */
-#define JPG_ERR_TRAILING  (-7)   /* entropy-coded bytes after the scan's last block */
-
-/* dlk_need with the count computed in 64 bits (Py_ssize_t is 32-bit on wasm32). */
-static int jpg_need(const Py_buffer *buf, long long count, Py_ssize_t itemsize, const char *what)
-{
-    if (count > (long long)PY_SSIZE_T_MAX) {
-        PyErr_Format(PyExc_ValueError, "_dlk: %s: size too large", what);
-        return 0;
-    }
-    return dlk_need(buf, (Py_ssize_t)count, itemsize, what);
-}
 
 typedef struct {
     uint16_t fast[1 << JPG_FAST_BITS];   /* symbol index for codes of <= 9 bits */
@@ -115,12 +97,12 @@ static int jpg_build_huffman(jpg_huff *h, const uint8_t *counts, const uint8_t *
  * stb does). Any phantom bit consumed means the data ran out: bits < phantom. */
 typedef struct {
     const uint8_t *data;
-    Py_ssize_t pos, end;
+    ptrdiff_t pos, end;
     uint32_t buf;
     int bits;
     int phantom;
     int nomore, eof, marker;
-    Py_ssize_t marker_pos;
+    ptrdiff_t marker_pos;
 } jpg_reader;
 
 static void jpg_fill(jpg_reader *j)
@@ -133,7 +115,7 @@ static void jpg_fill(jpg_reader *j)
             } else if (j->data[j->pos] != 0xFF) {
                 b = j->data[j->pos++];
             } else {
-                Py_ssize_t q = j->pos + 1;
+                ptrdiff_t q = j->pos + 1;
                 while (q < j->end && j->data[q] == 0xFF) ++q;   /* fill bytes */
                 if (q >= j->end) {
                     j->nomore = 1; j->eof = 1; j->marker_pos = j->pos;
@@ -241,8 +223,8 @@ static int jpg_block_baseline(jpg_reader *j, jpg_scan_state *st, int16_t *data, 
     int t, k, diff;
     if (j->bits < 16) jpg_fill(j);
     t = jpg_huff_decode(j, hdc);
-    if (t < 0) return JPG_ERR_HUFFMAN;
-    if (t > 15) return JPG_ERR_DC;
+    if (t < 0) return JPEG_ERR_HUFFMAN;
+    if (t > 15) return JPEG_ERR_DC;
     memset(data, 0, 64 * sizeof(int16_t));
     diff = t ? jpg_extend_receive(j, t) : 0;
     st->dc_pred[ci] += (uint32_t)diff;
@@ -261,7 +243,7 @@ static int jpg_block_baseline(jpg_reader *j, jpg_scan_state *st, int16_t *data, 
             data[jpg_dezigzag[k++]] = (int16_t)(r >> 8);
         } else {
             int rs = jpg_huff_decode(j, hac);
-            if (rs < 0) return JPG_ERR_HUFFMAN;
+            if (rs < 0) return JPEG_ERR_HUFFMAN;
             s = rs & 15;
             r = rs >> 4;
             if (s == 0) {
@@ -283,8 +265,8 @@ static int jpg_block_prog_dc(jpg_reader *j, jpg_scan_state *st, int16_t *data, c
         int t, diff;
         memset(data, 0, 64 * sizeof(int16_t));
         t = jpg_huff_decode(j, hdc);
-        if (t < 0) return JPG_ERR_HUFFMAN;   /* stb reads values[-1] here; an error is kinder */
-        if (t > 15) return JPG_ERR_DC;
+        if (t < 0) return JPEG_ERR_HUFFMAN;   /* stb reads values[-1] here; an error is kinder */
+        if (t > 15) return JPEG_ERR_DC;
         diff = t ? jpg_extend_receive(j, t) : 0;
         st->dc_pred[ci] += (uint32_t)diff;
         data[0] = JPG_S16(st->dc_pred[ci] << st->al);
@@ -314,7 +296,7 @@ static int jpg_block_prog_ac(jpg_reader *j, jpg_scan_state *st, int16_t *data, c
                 data[jpg_dezigzag[k++]] = JPG_S16((uint32_t)(r >> 8) << shift);
             } else {
                 int rs = jpg_huff_decode(j, hac);
-                if (rs < 0) return JPG_ERR_HUFFMAN;
+                if (rs < 0) return JPEG_ERR_HUFFMAN;
                 s = rs & 15;
                 r = rs >> 4;
                 if (s == 0) {
@@ -345,7 +327,7 @@ static int jpg_block_prog_ac(jpg_reader *j, jpg_scan_state *st, int16_t *data, c
             do {
                 int r, s;
                 int rs = jpg_huff_decode(j, hac);
-                if (rs < 0) return JPG_ERR_HUFFMAN;
+                if (rs < 0) return JPEG_ERR_HUFFMAN;
                 s = rs & 15;
                 r = rs >> 4;
                 if (s == 0) {
@@ -356,7 +338,7 @@ static int jpg_block_prog_ac(jpg_reader *j, jpg_scan_state *st, int16_t *data, c
                     }
                     /* r == 15, s == 0: a run of 16 zeros; nothing written */
                 } else {
-                    if (s != 1) return JPG_ERR_REFINE;
+                    if (s != 1) return JPEG_ERR_REFINE;
                     s = jpg_get_bit(j) ? bit : -bit;
                 }
                 while (k <= st->se) {
@@ -384,11 +366,11 @@ static void jpg_reset(jpg_reader *j, jpg_scan_state *st)
 
 /* Position of the next marker's first 0xFF at or after `pos` (stuffed 0xFF00 skipped),
  * or `end` when there is none; *code gets the marker byte (-1 at the end). */
-static Py_ssize_t jpg_find_marker(const uint8_t *d, Py_ssize_t pos, Py_ssize_t end, int *code)
+static ptrdiff_t jpg_find_marker(const uint8_t *d, ptrdiff_t pos, ptrdiff_t end, int *code)
 {
     while (pos < end) {
         const uint8_t *p = memchr(d + pos, 0xFF, (size_t)(end - pos));
-        Py_ssize_t q;
+        ptrdiff_t q;
         if (!p) break;
         pos = p - d;
         q = pos + 1;
@@ -405,90 +387,48 @@ static Py_ssize_t jpg_find_marker(const uint8_t *d, Py_ssize_t pos, Py_ssize_t e
 static inline int jpg_starved(const jpg_reader *j) { return j->bits < j->phantom; }
 
 typedef struct {
-    Py_ssize_t off;   /* first coefficient (int16 units) */
+    ptrdiff_t off;   /* first coefficient (int16 units) */
     int cw, ch, h, v, bw, bh, td, ta;
 } jpg_scomp;
 
-#define JPG_HEAD 9
-#define JPG_PER_COMP 8
-
-/* jpeg_decode_scan(data, start, params, tables, coeffs) -> end or error code
- *
- * Decodes the entropy-coded data of one scan, starting at data[start], into the int16
- * coefficient blocks (64 per block, natural order, not dequantised) of `coeffs`.
- * params (int32): progressive, Ss, Se, Ah, Al, restart interval, MCUs across, MCUs down,
- * Ns; then per scan component: first coefficient, blocks per row and per column of its
- * coefficient array, H, V, blocks across and down of a non-interleaved scan, DC table
- * | AC table << 4. tables: 8 x (16 counts + 256 values), DC 0-3 then AC 0-3.
- * Returns the offset of the marker ending the scan (len(data) when none), or a negative
- * JPG_ERR_* code. */
-static PyObject *dlk_jpeg_decode_scan(PyObject *self, PyObject *args)
+/* jpeg_decode_scan: decodes the entropy-coded data of one scan, starting at bytes[start], into
+ * the int16 coefficient blocks (64 per block, natural order, not dequantised) of `coeffs`, the
+ * scan described by `scan` (kernels.h; checked by the caller: every block it names lies inside
+ * coeffs). tables: 8 x (16 counts + 256 values), DC 0-3 then AC 0-3; those the scan uses are
+ * built here. Returns 0 with *end = the offset of the marker ending the scan (len when none),
+ * a negative JPEG_ERR_* code for bad data, or DLK_ERR_BAD_TABLE / DLK_ERR_NOMEM. */
+int dlk_jpeg_decode_scan(const uint8_t *bytes, ptrdiff_t len, ptrdiff_t start, const dlk_jpeg_scan *scan,
+                         const uint8_t *tables, int16_t *coeffs, ptrdiff_t *end)
 {
-    Py_buffer src, par, tab, coef;
-    Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "y*ny*y*w*", &src, &start, &par, &tab, &coef)) return NULL;
-    PyObject *result = NULL;
-    jpg_huff *huff = NULL;
     jpg_scomp sc[4];
-    int32_t P[JPG_HEAD + 4 * JPG_PER_COMP];
-    int ns, i, status = 0;
-    Py_ssize_t ncoef = coef.len / 2;
-
-    if (start < 0 || start > src.len) { PyErr_SetString(PyExc_ValueError, "_dlk: scan start outside the data"); goto done; }
-    if (!dlk_need(&par, JPG_HEAD, 4, "scan params")) goto done;
-    memcpy(P, par.buf, JPG_HEAD * 4);
-    ns = P[8];
-    if (ns < 1 || ns > 4) { PyErr_SetString(PyExc_ValueError, "_dlk: bad scan component count"); goto done; }
-    if (!dlk_need(&par, JPG_HEAD + ns * JPG_PER_COMP, 4, "scan params")) goto done;
-    memcpy(P, par.buf, (JPG_HEAD + ns * JPG_PER_COMP) * 4);
-    if (!dlk_need(&tab, 8 * 272, 1, "huffman tables")) goto done;
-    if ((uintptr_t)coef.buf % 2) { PyErr_SetString(PyExc_ValueError, "_dlk: misaligned coefficients"); goto done; }
-
+    int ns = scan->ncomps, i, status = 0;
     jpg_scan_state st;
-    st.progressive = P[0] != 0; st.ss = P[1]; st.se = P[2]; st.ah = P[3]; st.al = P[4];
-    int restart = P[5], mcu_x = P[6], mcu_y = P[7];
-    if (!st.progressive) { st.ss = 0; st.se = 63; st.ah = st.al = 0; }   /* stb ignores Se here */
-    if (st.ss < 0 || st.se > 63 || st.ss > st.se || st.ah < 0 || st.ah > 13 || st.al < 0 || st.al > 13
-        || restart < 0 || mcu_x < 1 || mcu_y < 1) {
-        PyErr_SetString(PyExc_ValueError, "_dlk: bad scan parameters"); goto done;
-    }
-    if (st.progressive && ((st.ss == 0) != (st.se == 0) || (st.ss > 0 && ns != 1))) {
-        PyErr_SetString(PyExc_ValueError, "_dlk: progressive scan mixes DC and AC"); goto done;
-    }
-    huff = (jpg_huff *)PyMem_Malloc(8 * sizeof(jpg_huff));
-    if (!huff) { PyErr_NoMemory(); goto done; }
+    st.progressive = scan->progressive; st.ss = scan->ss; st.se = scan->se; st.ah = scan->ah; st.al = scan->al;
+    int restart = scan->restart, mcu_x = scan->mcus_x, mcu_y = scan->mcus_y;
+    jpg_huff *huff = (jpg_huff *)malloc(8 * sizeof(jpg_huff));
+    if (!huff) return DLK_ERR_NOMEM;
     int built[8] = {0};
-    const uint8_t *tb = (const uint8_t *)tab.buf;
+    const uint8_t *tb = tables;
     for (i = 0; i < ns; ++i) {
-        const int32_t *q = P + JPG_HEAD + i * JPG_PER_COMP;
+        const dlk_jpeg_scan_comp *q = &scan->comp[i];
         jpg_scomp *c = &sc[i];
-        c->off = q[0]; c->cw = q[1]; c->ch = q[2]; c->h = q[3]; c->v = q[4];
-        c->bw = q[5]; c->bh = q[6]; c->td = q[7] & 15; c->ta = (q[7] >> 4) & 15;
-        if (c->off < 0 || c->cw < 1 || c->ch < 1 || c->h < 1 || c->h > 4 || c->v < 1 || c->v > 4
-            || c->bw < 1 || c->bh < 1 || c->bw > c->cw || c->bh > c->ch || c->td > 3 || c->ta > 3
-            || (ns > 1 && ((long long)mcu_x * c->h > c->cw || (long long)mcu_y * c->v > c->ch))) {
-            PyErr_SetString(PyExc_ValueError, "_dlk: bad scan component geometry"); goto done;
-        }
-        if ((long long)c->cw * c->ch * 64 > ncoef - c->off) {
-            PyErr_Format(PyExc_ValueError, "_dlk: coefficients hold %zd items, %lld needed",
-                         ncoef, (long long)c->off + (long long)c->cw * c->ch * 64);
-            goto done;
-        }
+        c->off = q->first; c->cw = q->coef_w; c->ch = q->coef_h; c->h = q->h; c->v = q->v;
+        c->bw = q->scan_w; c->bh = q->scan_h; c->td = q->dc_table; c->ta = q->ac_table;
         int need_dc = !st.progressive || st.ss == 0, need_ac = !st.progressive || st.ss > 0;
         int tl[2] = {need_dc ? c->td : -1, need_ac ? 4 + c->ta : -1};
         for (int t = 0; t < 2; ++t) {
             int idx = tl[t];
             if (idx < 0 || built[idx]) continue;
             if (!jpg_build_huffman(&huff[idx], tb + idx * 272, tb + idx * 272 + 16, idx >= 4)) {
-                PyErr_SetString(PyExc_ValueError, "_dlk: bad Huffman table"); goto done;
+                status = DLK_ERR_BAD_TABLE; goto done;
             }
             built[idx] = 1;
         }
     }
 
-    int16_t *co = (int16_t *)coef.buf;
+    int16_t *co = coeffs;
     jpg_reader j;
-    j.data = (const uint8_t *)src.buf; j.pos = start; j.end = src.len; j.eof = 0; j.marker_pos = 0;
+    j.data = bytes; j.pos = start; j.end = len; j.eof = 0; j.marker_pos = 0;
     jpg_reset(&j, &st);
     int todo = restart ? restart : 0x7fffffff;
     long long units, unit;
@@ -503,7 +443,7 @@ static PyObject *dlk_jpeg_decode_scan(PyObject *self, PyObject *args)
             for (int y = 0; y < ny && !status; ++y)
                 for (int x = 0; x < nx && !status; ++x) {
                     int bx = single ? ux : ux * c->h + x, by = single ? uy : uy * c->v + y;
-                    int16_t *data = co + c->off + 64 * ((Py_ssize_t)by * c->cw + bx);
+                    int16_t *data = co + c->off + 64 * ((ptrdiff_t)by * c->cw + bx);
                     const jpg_huff *hdc = &huff[c->td], *hac = &huff[4 + c->ta];
                     if (!st.progressive) status = jpg_block_baseline(&j, &st, data, hdc, hac, i);
                     else if (st.ss == 0) status = jpg_block_prog_dc(&j, &st, data, hdc, i);
@@ -511,22 +451,22 @@ static PyObject *dlk_jpeg_decode_scan(PyObject *self, PyObject *args)
                 }
         }
         /* data exhausted: that is the error, also when the zero padding made a code invalid */
-        if (jpg_starved(&j)) { status = j.eof ? JPG_ERR_EOF : JPG_ERR_SHORT; break; }
+        if (jpg_starved(&j)) { status = j.eof ? JPEG_ERR_EOF : JPEG_ERR_SHORT; break; }
         if (status) break;
         if (--todo <= 0 && unit + 1 < units) {
             /* restart interval done: RSTn must follow within stb's refill window (stb
              * abandons the scan otherwise; libjpeg would skip the junk) */
             if (j.bits < 24) jpg_fill(&j);
-            if (j.eof) { status = JPG_ERR_EOF; break; }
-            if (!j.nomore || j.marker < 0xD0 || j.marker > 0xD7) { status = JPG_ERR_RESTART; break; }
-            Py_ssize_t at = j.marker_pos;
+            if (j.eof) { status = JPEG_ERR_EOF; break; }
+            if (!j.nomore || j.marker < 0xD0 || j.marker > 0xD7) { status = JPEG_ERR_RESTART; break; }
+            ptrdiff_t at = j.marker_pos;
             while (j.data[at] == 0xFF) ++at;   /* fill bytes, then the RST byte */
             j.pos = at + 1;
             jpg_reset(&j, &st);
             todo = restart;
         }
     }
-    Py_ssize_t endpos = 0;
+    ptrdiff_t endpos = 0;
     if (!status) {
         /* the scan ends at the next marker; bytes before it are ignored as by stb, unless
          * they hold a stuffed 0xFF00 (stb takes its 0x00 for a marker and fails) */
@@ -535,14 +475,13 @@ static PyObject *dlk_jpeg_decode_scan(PyObject *self, PyObject *args)
         else {
             endpos = jpg_find_marker(j.data, j.pos, j.end, &code);
             const uint8_t *ff = memchr(j.data + j.pos, 0xFF, (size_t)(endpos - j.pos));
-            if (ff) status = JPG_ERR_TRAILING;
+            if (ff) status = JPEG_ERR_TRAILING;
         }
     }
-    result = status ? PyLong_FromLong(status) : PyLong_FromSsize_t(endpos);
+    *end = endpos;
 done:
-    PyMem_Free(huff);
-    PyBuffer_Release(&src); PyBuffer_Release(&par); PyBuffer_Release(&tab); PyBuffer_Release(&coef);
-    return result;
+    free(huff);
+    return status;
 }
 
 /* ------------------------------------------------------------------ IDCT (stbi__idct_block) */
@@ -637,41 +576,24 @@ static void jpg_idct_block(uint8_t *out, int out_stride, const int16_t data[64])
     }
 }
 
-/* jpeg_idct(coeffs, first, blocks_w, blocks_h, quant, plane, plane_first)
- *
- * Dequantises (int16 product, as stb) and inverse-transforms blocks_w x blocks_h blocks
- * of int16 coefficients from coeffs[first:] into 8-bit samples: plane[plane_first:] is
- * a (blocks_h*8) x (blocks_w*8) array. quant: 64 uint16 in natural order. */
-static PyObject *dlk_jpeg_idct(PyObject *self, PyObject *args)
+/* jpeg_idct: dequantises (int16 product, as stb) and inverse-transforms blocks_w x blocks_h
+ * blocks of int16 coefficients into 8-bit samples: plane is a (blocks_h*8) x (blocks_w*8) array.
+ * quant: 64 values in natural order. */
+void dlk_jpeg_idct(const int16_t *coeffs, int blocks_w, int blocks_h, const uint16_t quant[64], uint8_t *plane)
 {
-    Py_buffer coef, qt, plane;
-    Py_ssize_t first, pfirst;
-    int bw, bh;
-    if (!PyArg_ParseTuple(args, "y*niiy*w*n", &coef, &first, &bw, &bh, &qt, &plane, &pfirst)) return NULL;
-    PyObject *result = NULL;
-    if (bw < 1 || bh < 1 || first < 0 || pfirst < 0) {
-        PyErr_SetString(PyExc_ValueError, "_dlk: bad block geometry"); goto done;
-    }
-    if ((uintptr_t)coef.buf % 2) { PyErr_SetString(PyExc_ValueError, "_dlk: misaligned coefficients"); goto done; }
-    long long nblocks = (long long)bw * bh;
-    if (!jpg_need(&coef, first + nblocks * 64, 2, "coefficients") || !dlk_need(&qt, 64, 2, "quant table")
-        || !jpg_need(&plane, pfirst + nblocks * 64, 1, "sample plane")) goto done;
+    const int bw = blocks_w, bh = blocks_h;
     uint16_t q[64];
-    memcpy(q, qt.buf, sizeof q);
-    const int16_t *c = (const int16_t *)coef.buf + first;
-    uint8_t *p = (uint8_t *)plane.buf + pfirst;
+    memcpy(q, quant, sizeof q);
+    const int16_t *c = coeffs;
+    uint8_t *p = plane;
     int stride = bw * 8;
     int16_t blk[64];
     for (int by = 0; by < bh; ++by)
         for (int bx = 0; bx < bw; ++bx) {
-            const int16_t *src = c + 64 * ((Py_ssize_t)by * bw + bx);
+            const int16_t *src = c + 64 * ((ptrdiff_t)by * bw + bx);
             for (int i = 0; i < 64; ++i) blk[i] = JPG_S16((int)src[i] * q[i]);
-            jpg_idct_block(p + (Py_ssize_t)by * 8 * stride + bx * 8, stride, blk);
+            jpg_idct_block(p + (ptrdiff_t)by * 8 * stride + bx * 8, stride, blk);
         }
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&coef); PyBuffer_Release(&qt); PyBuffer_Release(&plane);
-    return result;
 }
 
 /* ------------------------------------------------------- upsampling and colour conversion */
@@ -759,52 +681,26 @@ static inline uint8_t jpg_blinn_8x8(uint8_t x, uint8_t y)
     return (uint8_t)((t + (t >> 8)) >> 8);
 }
 
-#define JPG_MODE_GRAY 0
-#define JPG_MODE_YCBCR 1
-#define JPG_MODE_RGB 2
-#define JPG_MODE_CMYK 3
-#define JPG_MODE_YCCK 4
-
-/* jpeg_color(planes, params, width, height, mode, out)
- *
- * Upsamples the component planes to width x height (stb's per-row state machine: each
- * output row takes a "near" and a "far" source row, the far one above or below by turns)
- * and converts them to 8-bit pixels in `out`: mode 0 gray (1 component -> 1 byte),
- * 1 YCbCr (3 or 4 components, a 4th ignored), 2 RGB, 3 CMYK, 4 YCCK (4 components),
- * all -> 3 bytes RGB. params (int32) per component: first byte in planes, row stride,
- * rows holding samples (comp.y), hs = Hmax/H, vs = Vmax/V. */
-static PyObject *dlk_jpeg_color(PyObject *self, PyObject *args)
+/* jpeg_color: upsamples the n component planes (kernels.h: dlk_jpeg_plane, checked by the
+ * caller) to width x height (stb's per-row state machine: each output row takes a "near" and a
+ * "far" source row, the far one above or below by turns) and converts them to 8-bit pixels in
+ * `out`: mode JPEG_GRAY (1 component -> 1 byte), JPEG_YCBCR (3 or 4 components, a 4th ignored),
+ * JPEG_RGB, JPEG_CMYK, JPEG_YCCK (4 components), all -> 3 bytes RGB. Returns 0 or DLK_ERR_NOMEM. */
+int dlk_jpeg_color(const uint8_t *planes, const dlk_jpeg_plane *comps, int n, int width, int height, int mode,
+                   uint8_t *out)
 {
-    Py_buffer planes, par, out;
-    int width, height, mode;
-    if (!PyArg_ParseTuple(args, "y*y*iiiw*", &planes, &par, &width, &height, &mode, &out)) return NULL;
-    PyObject *result = NULL;
-    uint8_t *linebufs = NULL;
-    int n = (int)(par.len / (5 * 4)), k;
-    int want = mode == JPG_MODE_GRAY ? 1 : (mode == JPG_MODE_CMYK || mode == JPG_MODE_YCCK) ? 4 : 3;
-    if (mode < 0 || mode > 4 || !(n == want || (mode == JPG_MODE_YCBCR && n == 4)) || width < 1 || height < 1
-        || (size_t)width + 3 > SIZE_MAX / 4) {   /* line buffers below: 4 x (width + 3) */
-        PyErr_SetString(PyExc_ValueError, "_dlk: bad colour conversion parameters"); goto done;
-    }
-    int oc = mode == JPG_MODE_GRAY ? 1 : 3;
-    if (!jpg_need(&out, (long long)width * height * oc, 1, "pixel output")) goto done;
-    int32_t P[20];
-    memcpy(P, par.buf, (size_t)n * 5 * 4);
+    int k;
+    int oc = mode == JPEG_GRAY ? 1 : 3;
     struct {
         const uint8_t *line0, *line1, *base;
         jpg_resample_fn resample;
         int stride, rows, hs, vs, w_lores, ystep, ypos;
     } rc[4];
-    const uint8_t *pl = (const uint8_t *)planes.buf;
+    const uint8_t *pl = planes;
     for (k = 0; k < n; ++k) {
-        Py_ssize_t first = P[k * 5];
-        int stride = P[k * 5 + 1], rows = P[k * 5 + 2], hs = P[k * 5 + 3], vs = P[k * 5 + 4];
-        if (first < 0 || stride < 1 || rows < 1 || hs < 1 || hs > 4 || vs < 1 || vs > 4) {
-            PyErr_SetString(PyExc_ValueError, "_dlk: bad component plane geometry"); goto done;
-        }
+        ptrdiff_t first = comps[k].first;
+        int stride = comps[k].stride, rows = comps[k].rows, hs = comps[k].hs, vs = comps[k].vs;
         int w_lores = (int)(((long long)width + hs - 1) / hs);
-        if (w_lores > stride) { PyErr_SetString(PyExc_ValueError, "_dlk: plane rows too short"); goto done; }
-        if (!jpg_need(&planes, first + (long long)(rows - 1) * stride + w_lores, 1, "component planes")) goto done;
         rc[k].base = pl + first;
         rc[k].stride = stride; rc[k].rows = rows; rc[k].hs = hs; rc[k].vs = vs;
         rc[k].w_lores = w_lores;
@@ -817,12 +713,12 @@ static PyObject *dlk_jpeg_color(PyObject *self, PyObject *args)
         else if (hs == 2 && vs == 2) rc[k].resample = jpg_resample_hv_2;
         else rc[k].resample = jpg_resample_generic;
     }
-    linebufs = (uint8_t *)PyMem_Malloc((size_t)n * (width + 3));
-    if (!linebufs) { PyErr_NoMemory(); goto done; }
-    uint8_t *o = (uint8_t *)out.buf;
+    uint8_t *linebufs = (uint8_t *)malloc((size_t)n * (width + 3));
+    if (!linebufs) return DLK_ERR_NOMEM;
+    uint8_t *o = out;
     const uint8_t *cout[4];
     for (int y = 0; y < height; ++y) {
-        uint8_t *row = o + (Py_ssize_t)y * width * oc;
+        uint8_t *row = o + (ptrdiff_t)y * width * oc;
         for (k = 0; k < n; ++k) {
             int y_bot = rc[k].ystep >= (rc[k].vs >> 1);
             cout[k] = rc[k].resample(linebufs + (size_t)k * (width + 3), y_bot ? rc[k].line1 : rc[k].line0,
@@ -835,18 +731,18 @@ static PyObject *dlk_jpeg_color(PyObject *self, PyObject *args)
         }
         int i;
         switch (mode) {
-        case JPG_MODE_GRAY:
+        case JPEG_GRAY:
             memcpy(row, cout[0], width);
             break;
-        case JPG_MODE_YCBCR:
+        case JPEG_YCBCR:
             jpg_ycbcr_to_rgb_row(row, cout[0], cout[1], cout[2], width, 3);
             break;
-        case JPG_MODE_RGB:
+        case JPEG_RGB:
             for (i = 0; i < width; ++i) {
                 row[3 * i] = cout[0][i]; row[3 * i + 1] = cout[1][i]; row[3 * i + 2] = cout[2][i];
             }
             break;
-        case JPG_MODE_CMYK:
+        case JPEG_CMYK:
             for (i = 0; i < width; ++i) {
                 uint8_t m = cout[3][i];
                 row[3 * i] = jpg_blinn_8x8(cout[0][i], m);
@@ -854,7 +750,7 @@ static PyObject *dlk_jpeg_color(PyObject *self, PyObject *args)
                 row[3 * i + 2] = jpg_blinn_8x8(cout[2][i], m);
             }
             break;
-        case JPG_MODE_YCCK:
+        case JPEG_YCCK:
             jpg_ycbcr_to_rgb_row(row, cout[0], cout[1], cout[2], width, 3);
             for (i = 0; i < width; ++i) {
                 uint8_t m = cout[3][i];
@@ -865,11 +761,8 @@ static PyObject *dlk_jpeg_color(PyObject *self, PyObject *args)
             break;
         }
     }
-    result = Py_None; Py_INCREF(result);
-done:
-    PyMem_Free(linebufs);
-    PyBuffer_Release(&planes); PyBuffer_Release(&par); PyBuffer_Release(&out);
-    return result;
+    free(linebufs);
+    return 0;
 }
 
 /* ------------------------------------------------------------- encoder (stb_image_write) */
@@ -891,7 +784,7 @@ static void jpg_putc(jpg_writer *w, uint8_t c)
 {
     if (w->len == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 65536;
-        uint8_t *nb = (uint8_t *)PyMem_Realloc(w->buf, cap);
+        uint8_t *nb = (uint8_t *)realloc(w->buf, cap);
         if (!nb) { w->failed = 1; return; }
         w->buf = nb; w->cap = cap;
     }
@@ -1016,44 +909,33 @@ static int jpg_encoder_table(unsigned short ht[256][2], const uint8_t *spec)
     return 1;
 }
 
-/* jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> bytes
- *
- * The entropy-coded data of stbi_write_jpg (v1.09), fill bits included, EOI excluded:
- * 8x8 blocks in raster order (edge pixels repeated past the right and bottom edges),
+/* jpeg_encode_scan: the entropy-coded data of stbi_write_jpg (v1.09), fill bits included, EOI
+ * excluded: 8x8 blocks in raster order (edge pixels repeated past the right and bottom edges),
  * Y, Cb, Cr one block each (4:4:4). pixels: height x width x comp bytes (comp 1 gray,
  * 2 gray+alpha, 3 RGB, 4 RGBA; alpha ignored). ytable/uvtable: the 64 quantiser values
  * in zigzag order as in the DQT segment. huffman: 4 x (16 counts + 256 values), in the
- * order Y DC, Y AC, chroma DC, chroma AC. */
-static PyObject *dlk_jpeg_encode_scan(PyObject *self, PyObject *args)
+ * order Y DC, Y AC, chroma DC, chroma AC. Returns 0 with the bytes in *data (malloc'd, the
+ * caller frees them) and *len, or DLK_ERR_BAD_TABLE / DLK_ERR_NOMEM. */
+int dlk_jpeg_encode_scan(const uint8_t *pixels, int width, int height, int comp, const uint8_t ytable[64],
+                         const uint8_t uvtable[64], const uint8_t *huffman, uint8_t **data, size_t *len)
 {
-    Py_buffer pix, yt, uvt, hs;
-    int width, height, comp;
-    if (!PyArg_ParseTuple(args, "y*iiiy*y*y*", &pix, &width, &height, &comp, &yt, &uvt, &hs)) return NULL;
-    PyObject *result = NULL;
+    int status = 0;
     jpg_writer w = {NULL, 0, 0, 0, 0, 0};
-    unsigned short (*ht)[256][2] = NULL;
-    if (width < 1 || height < 1 || comp < 1 || comp > 4 || width > 65535 || height > 65535) {
-        PyErr_SetString(PyExc_ValueError, "_dlk: bad image geometry for JPEG"); goto done;
-    }
-    if (!jpg_need(&pix, (long long)width * height * comp, 1, "pixels") || !dlk_need(&yt, 64, 1, "Y table")
-        || !dlk_need(&uvt, 64, 1, "UV table") || !dlk_need(&hs, 4 * 272, 1, "huffman tables")) goto done;
-    ht = (unsigned short (*)[256][2])PyMem_Malloc(4 * sizeof *ht);
-    if (!ht) { PyErr_NoMemory(); goto done; }
+    unsigned short (*ht)[256][2] = (unsigned short (*)[256][2])malloc(4 * sizeof *ht);
+    if (!ht) return DLK_ERR_NOMEM;
     for (int t = 0; t < 4; ++t)
-        if (!jpg_encoder_table(ht[t], (const uint8_t *)hs.buf + 272 * t)) {
-            PyErr_SetString(PyExc_ValueError, "_dlk: bad Huffman table"); goto done;
-        }
+        if (!jpg_encoder_table(ht[t], huffman + 272 * t)) { status = DLK_ERR_BAD_TABLE; goto done; }
     static const float aasf[] = {1.0f * 2.828427125f, 1.387039845f * 2.828427125f, 1.306562965f * 2.828427125f,
                                  1.175875602f * 2.828427125f, 1.0f * 2.828427125f, 0.785694958f * 2.828427125f,
                                  0.541196100f * 2.828427125f, 0.275899379f * 2.828427125f};
-    const uint8_t *YTable = (const uint8_t *)yt.buf, *UVTable = (const uint8_t *)uvt.buf;
+    const uint8_t *YTable = ytable, *UVTable = uvtable;
     float fdtbl_Y[64], fdtbl_UV[64];
     for (int row = 0, k = 0; row < 8; ++row)
         for (int col = 0; col < 8; ++col, ++k) {
             fdtbl_Y[k] = 1 / (YTable[jpg_zigzag[k]] * aasf[row] * aasf[col]);
             fdtbl_UV[k] = 1 / (UVTable[jpg_zigzag[k]] * aasf[row] * aasf[col]);
         }
-    const uint8_t *img = (const uint8_t *)pix.buf;
+    const uint8_t *img = pixels;
     int DCY = 0, DCU = 0, DCV = 0;
     int ofsG = comp > 2 ? 1 : 0, ofsB = comp > 2 ? 2 : 0;
     for (int y = 0; y < height; y += 8)
@@ -1077,12 +959,12 @@ static PyObject *dlk_jpeg_encode_scan(PyObject *self, PyObject *args)
             DCV = jpg_process_du(&w, VDU, fdtbl_UV, DCV, ht[2], ht[3]);
         }
     static const unsigned short fill_bits[] = {0x7F, 7};
-    jpg_write_bits(&w, fill_bits);
-    if (w.failed) { PyErr_NoMemory(); goto done; }
-    result = PyBytes_FromStringAndSize((const char *)w.buf, (Py_ssize_t)w.len);
+    jpg_write_bits(&w, fill_bits);    if (w.failed) { status = DLK_ERR_NOMEM; goto done; }
+    *data = w.buf;
+    *len = w.len;
+    w.buf = NULL;
 done:
-    PyMem_Free(w.buf);
-    PyMem_Free(ht);
-    PyBuffer_Release(&pix); PyBuffer_Release(&yt); PyBuffer_Release(&uvt); PyBuffer_Release(&hs);
-    return result;
+    free(w.buf);
+    free(ht);
+    return status;
 }

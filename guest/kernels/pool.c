@@ -6,28 +6,24 @@
  * positions outside the image count as -FLT_MAX; the first strict maximum wins and
  * its flat input index is kept for the backward pass: in_delta[idx] += out_delta.
  * A window with no value above -FLT_MAX (all -inf or NaN) keeps index -1 and output
- * -FLT_MAX, as in Darknet; the backward pass skips it (Darknet would write in_delta[-1]). */
-#include "dlk_common.h"
+ * -FLT_MAX, as in Darknet; the backward pass skips it (Darknet would write in_delta[-1]).
+ *
+ * maxpool_forward_2x2 (size 2, stride 2, h and w even: every window inside the image):
+ *   out[bc][oy][ox] = first strict maximum of -FLT_MAX, in[bc][2oy][2ox], [2oy][2ox+1], [2oy+1][2ox],
+ *   [2oy+1][2ox+1]; indexes[...] = its flat input index bc*h*w + y*w + x (-1 if none is above
+ *   -FLT_MAX), as the general forward pass gives for these windows. */
+#include <float.h>
+#include "kernels.h"
+#include "simd.h"
 
-static PyObject *dlk_maxpool_forward(PyObject *self, PyObject *args)
+void dlk_maxpool_forward(const float *in, int batch, int c, int h, int w, int size, int stride, int pad, float *out,
+                         int32_t *indexes)
 {
-    Py_buffer in, out, idx;
-    int batch, c, h, w, size, stride, pad;
-    if (!PyArg_ParseTuple(args, "y*iiiiiiiw*w*", &in, &batch, &c, &h, &w, &size, &stride, &pad, &out, &idx))
-        return NULL;
-    PyObject *result = NULL;
-    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || size <= 0 || stride <= 0 || pad < 0) {
-        PyErr_SetString(PyExc_ValueError, "_dlk.maxpool_forward: bad geometry"); goto done;
-    }
-    int oh = (h + pad - size) / stride + 1, ow = (w + pad - size) / stride + 1;
+    int oh = dlk_pool_out_size(h, size, stride, pad), ow = dlk_pool_out_size(w, size, stride, pad);
     int off = -(pad / 2);
-    if (oh <= 0 || ow <= 0) { PyErr_SetString(PyExc_ValueError, "_dlk.maxpool_forward: window larger than image"); goto done; }
-    long long n_out = (long long)batch * c * oh * ow;
-    if (!NEED_F(in, (long long)batch * c * h * w, "maxpool input") || !NEED_F(out, n_out, "maxpool output") ||
-        !dlk_need(&idx, n_out, 4, "maxpool indexes")) goto done;
-    const float *src = F32(in);
-    float *dst = F32(out);
-    int32_t *ix = (int32_t *)idx.buf;
+    const float *src = in;
+    float *dst = out;
+    int32_t *ix = indexes;
     for (int bc = 0; bc < batch * c; ++bc) {
         const float *plane = src + (long long)bc * h * w;
         for (int oy = 0; oy < oh; ++oy)
@@ -46,33 +42,66 @@ static PyObject *dlk_maxpool_forward(PyObject *self, PyObject *args)
                 ix[o] = best_i;
             }
     }
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&in); PyBuffer_Release(&out); PyBuffer_Release(&idx);
-    return result;
 }
 
-static PyObject *dlk_maxpool_backward(PyObject *self, PyObject *args)
+/* -1, or the position of the first index outside -1 .. n_in-1 (then nothing is written). */
+ptrdiff_t dlk_maxpool_backward(const float *out_delta, const int32_t *indexes, ptrdiff_t n, float *in_delta,
+                               ptrdiff_t n_in)
 {
-    Py_buffer out_delta, idx, in_delta;
-    Py_ssize_t n, n_in;
-    if (!PyArg_ParseTuple(args, "y*y*nw*n", &out_delta, &idx, &n, &in_delta, &n_in)) return NULL;
-    PyObject *result = NULL;
-    if (!NEED_F(out_delta, n, "maxpool delta") || !dlk_need(&idx, n, 4, "maxpool indexes") ||
-        !NEED_F(in_delta, n_in, "maxpool input delta")) goto done;
-    const float *d = F32(out_delta);
-    const int32_t *ix = (const int32_t *)idx.buf;
-    float *id = F32(in_delta);
+    const float *d = out_delta;
+    const int32_t *ix = indexes;
+    float *id = in_delta;
     /* all indexes are checked before anything is written */
-    for (Py_ssize_t i = 0; i < n; ++i)
-        if (ix[i] < -1 || ix[i] >= n_in) {
-            PyErr_Format(PyExc_ValueError, "_dlk.maxpool_backward: index %d out of range", (int)ix[i]);
-            goto done;
-        }
-    for (Py_ssize_t i = 0; i < n; ++i)
+    for (ptrdiff_t i = 0; i < n; ++i)
+        if (ix[i] < -1 || ix[i] >= n_in) return i;
+    for (ptrdiff_t i = 0; i < n; ++i)
         if (ix[i] >= 0) id[ix[i]] += d[i];
-    result = Py_None; Py_INCREF(result);
-done:
-    PyBuffer_Release(&out_delta); PyBuffer_Release(&idx); PyBuffer_Release(&in_delta);
-    return result;
+    return -1;
+}
+
+/* best, bi := v, i in the lanes where v > best (strict: the first maximum wins) */
+#define POOL_TAKE(v, i) do { v4i m_ = (v) > best; best = (v4f)(((v4i)(v) & m_) | ((v4i)best & ~m_)); \
+                           bi = ((i) & m_) | (bi & ~m_); } while (0)
+
+void dlk_maxpool_forward_2x2(const float *in, int planes, int h, int w, float *out, int32_t *indexes)
+{
+    int oh = h / 2, ow = w / 2;
+    const float *src = in;
+    float *dst = out;
+    int32_t *ix = indexes;
+    const v4i lane2 = {0, 2, 4, 6};
+    for (int bc = 0; bc < planes; ++bc) {
+        const float *plane = src + (long long)bc * h * w;
+        int base = bc * h * w;
+        for (int oy = 0; oy < oh; ++oy) {
+            const float *r0 = plane + 2 * oy * w, *r1 = r0 + w;
+            float *o = dst + ((long long)bc * oh + oy) * ow;
+            int32_t *oi = ix + ((long long)bc * oh + oy) * ow;
+            int i0 = base + 2 * oy * w;
+            int ox = 0;
+            for (; ox + 4 <= ow; ox += 4) {
+                v4f a0 = v4f_load(r0 + 2 * ox), a1 = v4f_load(r0 + 2 * ox + 4);
+                v4f b0 = v4f_load(r1 + 2 * ox), b1 = v4f_load(r1 + 2 * ox + 4);
+                v4f e0 = __builtin_shufflevector(a0, a1, 0, 2, 4, 6), o0 = __builtin_shufflevector(a0, a1, 1, 3, 5, 7);
+                v4f e1 = __builtin_shufflevector(b0, b1, 0, 2, 4, 6), o1 = __builtin_shufflevector(b0, b1, 1, 3, 5, 7);
+                v4i at = lane2 + (i0 + 2 * ox);
+                v4f best = v4f_splat(-FLT_MAX);
+                v4i bi = {-1, -1, -1, -1};
+                POOL_TAKE(e0, at); POOL_TAKE(o0, at + 1); POOL_TAKE(e1, at + w); POOL_TAKE(o1, at + w + 1);
+                v4f_store(o + ox, best);
+                memcpy(oi + ox, &bi, 16);
+            }
+            for (; ox < ow; ++ox) {
+                int x = 2 * ox;
+                float best = -FLT_MAX;
+                int bi = -1;
+                if (r0[x] > best) { best = r0[x]; bi = i0 + x; }
+                if (r0[x + 1] > best) { best = r0[x + 1]; bi = i0 + x + 1; }
+                if (r1[x] > best) { best = r1[x]; bi = i0 + w + x; }
+                if (r1[x + 1] > best) { best = r1[x + 1]; bi = i0 + w + x + 1; }
+                o[ox] = best;
+                oi[ox] = bi;
+            }
+        }
+    }
 }

@@ -1,0 +1,1077 @@
+/* _dlk: the Python face of the kernels (stable ABI, one source for wasm32 and native).
+ *
+ * The only file here that knows Python. Each function parses its arguments, acquires the
+ * buffers (float32 arrays through the buffer protocol: numpy arrays, array('f'), bytearray),
+ * checks that every buffer holds what the kernel will touch before any loop runs, calls the
+ * kernel (kernels.h), releases the buffers and turns the kernel's result or error code into
+ * a Python value or exception. Shapes and wiring stay in Python; the math is in the kernels'
+ * files. _dlk.pyi describes every function and constant. */
+#define Py_LIMITED_API 0x030B0000
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include "kernels.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Fails with ValueError unless `buf` holds at least `count` items of `itemsize` bytes (count in
+ * 64 bits: a product of int sizes is never cut to a 32-bit Py_ssize_t on wasm32). */
+static int need(const Py_buffer *buf, long long count, Py_ssize_t itemsize, const char *what)
+{
+    if (count < 0) {
+        PyErr_Format(PyExc_ValueError, "_dlk: negative size for %s", what);
+        return 0;
+    }
+    if (buf->len / itemsize < count) {
+        PyErr_Format(PyExc_ValueError, "_dlk: %s holds %zd items, %lld needed", what, buf->len / itemsize, count);
+        return 0;
+    }
+    return 1;
+}
+
+#define NEED_F(buf, count, what) need(&(buf), (long long)(count), 4, what)
+#define F32(view) ((float *)(view).buf)
+#define U8(view) ((uint8_t *)(view).buf)
+
+/* need() for the JPEG kernels, which say so when a count passes Py_ssize_t (32 bits on wasm32). */
+static int jpg_need(const Py_buffer *buf, long long count, Py_ssize_t itemsize, const char *what)
+{
+    if (count > (long long)PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_ValueError, "_dlk: %s: size too large", what);
+        return 0;
+    }
+    return need(buf, count, itemsize, what);
+}
+
+/* ValueError(message); 0 */
+static int fail(const char *message)
+{
+    PyErr_SetString(PyExc_ValueError, message);
+    return 0;
+}
+
+/* 0 with the exception set for DLK_ERR_NOMEM and DLK_ERR_BAD_TABLE; 1 for any other status. */
+static int kernel_ok(int status)
+{
+    if (status == DLK_ERR_NOMEM) { PyErr_NoMemory(); return 0; }
+    if (status == DLK_ERR_BAD_TABLE) return fail("_dlk: bad Huffman table");
+    return 1;
+}
+
+/* None when ok, else NULL (the exception is set). */
+static PyObject *none_if(int ok)
+{
+    if (!ok) return NULL;
+    Py_INCREF(Py_None);
+    return Py_None;
+}
+
+static void release_all(Py_buffer *const *bufs, size_t n)
+{
+    for (size_t i = 0; i < n; ++i) PyBuffer_Release(bufs[i]);
+}
+#define RELEASE(...) release_all((Py_buffer *const[]){__VA_ARGS__}, \
+                                 sizeof((Py_buffer *const[]){__VA_ARGS__}) / sizeof(Py_buffer *))
+
+/* An activation code of activation.h? */
+static int valid_act(int act) { return act >= 0 && act < ACT_COUNT; }
+
+/* ------------------------------------------------------------------ gemm.c */
+
+static PyObject *py_gemm(PyObject *self, PyObject *args)
+{
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    Py_buffer A, B, C;
+    if (!PyArg_ParseTuple(args, "iiiiify*iy*ifw*i", &ta, &tb, &M, &N, &K, &alpha, &A, &lda, &B, &ldb, &beta, &C,
+                          &ldc))
+        return NULL;
+    int ok = 1;
+    ta = ta != 0; tb = tb != 0;
+    if (M < 0 || N < 0 || K < 0) {
+        ok = fail("_dlk.gemm: negative size");
+    } else if (M > 0 && N > 0) {
+        if ((ta ? lda < M : lda < K) || (tb ? ldb < K : ldb < N) || ldc < N) {
+            ok = fail("_dlk.gemm: leading dimension too small");
+        } else {
+            /* elements touched: op(A) is M x K, stored K x M (ta) or M x K; op(B) likewise */
+            long long a_need = K == 0 ? 0 : (ta ? (long long)(K - 1) * lda + M : (long long)(M - 1) * lda + K);
+            long long b_need = K == 0 ? 0 : (tb ? (long long)(N - 1) * ldb + K : (long long)(K - 1) * ldb + N);
+            ok = NEED_F(A, a_need, "gemm A") && NEED_F(B, b_need, "gemm B") &&
+                 NEED_F(C, (long long)(M - 1) * ldc + N, "gemm C") &&
+                 kernel_ok(dlk_gemm(ta, tb, M, N, K, alpha, F32(A), lda, F32(B), ldb, beta, F32(C), ldc));
+        }
+    }
+    RELEASE(&A, &B, &C);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ conv.c */
+
+static int conv_check(const char *name, Py_buffer *im, Py_buffer *col, int c, int h, int w, int ksize,
+                      int stride, int pad)
+{
+    if (c <= 0 || h <= 0 || w <= 0 || ksize <= 0 || stride <= 0 || pad < 0) {
+        PyErr_Format(PyExc_ValueError, "_dlk.%s: bad geometry", name); return 0;
+    }
+    int oh = dlk_conv_out_size(h, ksize, stride, pad), ow = dlk_conv_out_size(w, ksize, stride, pad);
+    if (oh <= 0 || ow <= 0) { PyErr_Format(PyExc_ValueError, "_dlk.%s: kernel larger than image", name); return 0; }
+    return NEED_F(*im, (long long)c * h * w, "image") &&
+           NEED_F(*col, (long long)c * ksize * ksize * oh * ow, "columns");
+}
+
+static PyObject *py_im2col(PyObject *self, PyObject *args)
+{
+    Py_buffer im, col;
+    int c, h, w, ksize, stride, pad;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &im, &c, &h, &w, &ksize, &stride, &pad, &col)) return NULL;
+    int ok = conv_check("im2col", &im, &col, c, h, w, ksize, stride, pad);
+    if (ok) dlk_im2col(F32(im), c, h, w, ksize, stride, pad, F32(col));
+    RELEASE(&im, &col);
+    return none_if(ok);
+}
+
+static PyObject *py_col2im(PyObject *self, PyObject *args)
+{
+    Py_buffer col, im;
+    int c, h, w, ksize, stride, pad;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &col, &c, &h, &w, &ksize, &stride, &pad, &im)) return NULL;
+    int ok = conv_check("col2im", &im, &col, c, h, w, ksize, stride, pad);
+    if (ok) dlk_col2im(F32(col), c, h, w, ksize, stride, pad, F32(im));
+    RELEASE(&col, &im);
+    return none_if(ok);
+}
+
+static PyObject *py_conv2d_direct(PyObject *self, PyObject *args)
+{
+    Py_buffer in, weights, out, ws;
+    int batch, c, h, w, n, size, pad;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiw*w*", &in, &batch, &c, &h, &w, &weights, &n, &size, &pad, &out, &ws))
+        return NULL;
+    int ok;
+    int oh = h + 2 * pad - size + 1, ow = w + 2 * pad - size + 1;
+    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || n <= 0 || size <= 0 || pad < 0) {
+        ok = fail("_dlk.conv2d_direct: bad geometry");
+    } else if (oh <= 0 || ow <= 0) {
+        ok = fail("_dlk.conv2d_direct: kernel larger than image");
+    } else {
+        long long in_size = (long long)c * h * w, out_size = (long long)n * oh * ow;
+        ok = NEED_F(in, batch * in_size, "conv input") &&
+             NEED_F(weights, (long long)n * c * size * size, "conv weights") &&
+             NEED_F(out, batch * out_size, "conv output") &&
+             NEED_F(ws, dlk_conv2d_direct_workspace(c, h, w, size, pad), "conv workspace");
+        if (ok) dlk_conv2d_direct(F32(in), batch, c, h, w, F32(weights), n, size, pad, F32(out), F32(ws));
+    }
+    RELEASE(&in, &weights, &out, &ws);
+    return none_if(ok);
+}
+
+static PyObject *py_conv2d_direct_workspace(PyObject *self, PyObject *args)
+{
+    int c, h, w, size, pad;
+    if (!PyArg_ParseTuple(args, "iiiii", &c, &h, &w, &size, &pad)) return NULL;
+    return PyLong_FromLongLong(dlk_conv2d_direct_workspace(c, h, w, size, pad));
+}
+
+/* The training convolution's geometry into g, or 0 with ValueError naming `who`. */
+static int conv_geometry(dlk_conv_geom *g, int c, int h, int w, int n, int size, int pad, const char *who)
+{
+    switch (dlk_conv_geometry(g, c, h, w, n, size, pad)) {
+    case 0: return 1;
+    case DLK_CONV_BAD_GEOMETRY:
+        PyErr_Format(PyExc_ValueError, "_dlk.%s: bad geometry (size 1..%d, 0 <= pad < size)", who, DLK_CONV_MAX_SIZE);
+        return 0;
+    case DLK_CONV_KERNEL_TOO_LARGE:
+        PyErr_Format(PyExc_ValueError, "_dlk.%s: kernel larger than image", who);
+        return 0;
+    default:
+        PyErr_Format(PyExc_ValueError, "_dlk.%s: layer too large", who);
+        return 0;
+    }
+}
+
+static PyObject *py_conv_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, weights, biases, out;
+    int batch, c, h, w, n, size, pad, act;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiy*iw*", &in, &batch, &c, &h, &w, &weights, &n, &size, &pad, &biases, &act,
+                          &out))
+        return NULL;
+    dlk_conv_geom g;
+    int ok = (batch >= 0 && valid_act(act)) || fail("_dlk.conv_forward: bad batch or activation");
+    ok = ok && conv_geometry(&g, c, h, w, n, size, pad, "conv_forward");
+    if (ok) {
+        long long in_size = (long long)c * h * w, out_size = (long long)n * g.oh * g.ow;
+        ok = NEED_F(in, batch * in_size, "conv input") && NEED_F(weights, (long long)n * g.K, "conv weights") &&
+             NEED_F(biases, n, "conv biases") && NEED_F(out, batch * out_size, "conv output") &&
+             kernel_ok(dlk_conv_forward(&g, batch, F32(in), F32(weights), F32(biases), act, F32(out)));
+    }
+    RELEASE(&in, &weights, &biases, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_conv_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, delta, weights, bupd, wupd, prev = {0};
+    PyObject *prev_obj;
+    int batch, c, h, w, n, size, pad, act;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*w*iiiiy*w*w*O", &in, &batch, &c, &h, &w, &out, &delta, &n, &size, &pad,
+                          &act, &weights, &bupd, &wupd, &prev_obj))
+        return NULL;
+    int have_prev = prev_obj != Py_None;
+    int ok = !have_prev || PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) == 0;
+    dlk_conv_geom g;
+    ok = ok && ((batch >= 0 && valid_act(act)) || fail("_dlk.conv_backward: bad batch or activation"));
+    ok = ok && conv_geometry(&g, c, h, w, n, size, pad, "conv_backward");
+    if (ok) {
+        long long in_size = (long long)c * h * w, out_size = n * ((long long)g.oh * g.ow);
+        ok = NEED_F(in, batch * in_size, "conv input") && NEED_F(out, batch * out_size, "conv output") &&
+             NEED_F(delta, batch * out_size, "conv delta") && NEED_F(weights, (long long)n * g.K, "conv weights") &&
+             NEED_F(bupd, n, "conv bias updates") && NEED_F(wupd, (long long)n * g.K, "conv weight updates") &&
+             (!have_prev || NEED_F(prev, batch * in_size, "conv input delta")) &&
+             kernel_ok(dlk_conv_backward(&g, batch, F32(in), F32(out), F32(delta), act, F32(weights), F32(bupd),
+                                         F32(wupd), have_prev ? F32(prev) : NULL));
+    }
+    RELEASE(&in, &out, &delta, &weights, &bupd, &wupd, &prev);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ connected.c */
+
+static PyObject *py_connected_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, delta, weights, bupd, wupd, prev = {0};
+    PyObject *prev_obj;
+    int batch, inputs, outputs, act;
+    if (!PyArg_ParseTuple(args, "y*iiy*w*iiy*w*w*O", &in, &batch, &inputs, &out, &delta, &outputs, &act, &weights,
+                          &bupd, &wupd, &prev_obj))
+        return NULL;
+    int have_prev = prev_obj != Py_None;
+    int ok = !have_prev || PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) == 0;
+    ok = ok && ((batch >= 0 && inputs > 0 && outputs > 0 && valid_act(act)) ||
+                fail("_dlk.connected_backward: bad size or activation"));
+    if (ok) {
+        long long nd = (long long)batch * outputs, nw = (long long)outputs * inputs;
+        ok = NEED_F(in, (long long)batch * inputs, "connected input") && NEED_F(out, nd, "connected output") &&
+             NEED_F(delta, nd, "connected delta") && NEED_F(weights, nw, "connected weights") &&
+             NEED_F(bupd, outputs, "connected bias updates") && NEED_F(wupd, nw, "connected weight updates") &&
+             (!have_prev || NEED_F(prev, (long long)batch * inputs, "connected input delta")) &&
+             kernel_ok(dlk_connected_backward(F32(in), batch, inputs, F32(out), F32(delta), outputs, act, F32(weights),
+                                              F32(bupd), F32(wupd), have_prev ? F32(prev) : NULL));
+    }
+    RELEASE(&in, &out, &delta, &weights, &bupd, &wupd, &prev);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ pool.c */
+
+static PyObject *py_maxpool_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, idx;
+    int batch, c, h, w, size, stride, pad;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiiw*w*", &in, &batch, &c, &h, &w, &size, &stride, &pad, &out, &idx))
+        return NULL;
+    int ok;
+    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || size <= 0 || stride <= 0 || pad < 0) {
+        ok = fail("_dlk.maxpool_forward: bad geometry");
+    } else {
+        int oh = dlk_pool_out_size(h, size, stride, pad), ow = dlk_pool_out_size(w, size, stride, pad);
+        long long n_out = (long long)batch * c * oh * ow;
+        ok = (oh > 0 && ow > 0) || fail("_dlk.maxpool_forward: window larger than image");
+        ok = ok && NEED_F(in, (long long)batch * c * h * w, "maxpool input") && NEED_F(out, n_out, "maxpool output") &&
+             need(&idx, n_out, 4, "maxpool indexes");
+        if (ok) dlk_maxpool_forward(F32(in), batch, c, h, w, size, stride, pad, F32(out), (int32_t *)idx.buf);
+    }
+    RELEASE(&in, &out, &idx);
+    return none_if(ok);
+}
+
+static PyObject *py_maxpool_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer out_delta, idx, in_delta;
+    Py_ssize_t n, n_in;
+    if (!PyArg_ParseTuple(args, "y*y*nw*n", &out_delta, &idx, &n, &in_delta, &n_in)) return NULL;
+    int ok = NEED_F(out_delta, n, "maxpool delta") && need(&idx, n, 4, "maxpool indexes") &&
+             NEED_F(in_delta, n_in, "maxpool input delta");
+    if (ok) {
+        const int32_t *ix = (const int32_t *)idx.buf;
+        ptrdiff_t bad = dlk_maxpool_backward(F32(out_delta), ix, n, F32(in_delta), n_in);
+        if (bad >= 0) {
+            PyErr_Format(PyExc_ValueError, "_dlk.maxpool_backward: index %d out of range", (int)ix[bad]);
+            ok = 0;
+        }
+    }
+    RELEASE(&out_delta, &idx, &in_delta);
+    return none_if(ok);
+}
+
+static PyObject *py_maxpool_forward_2x2(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out, idx;
+    int planes, h, w;
+    if (!PyArg_ParseTuple(args, "y*iiiw*w*", &in, &planes, &h, &w, &out, &idx)) return NULL;
+    long long n_out = (long long)planes * (h / 2) * (w / 2);
+    int ok = (planes >= 0 && h > 0 && w > 0 && !(h % 2) && !(w % 2) && (long long)planes * h * w <= 0x7FFFFFFF) ||
+             fail("_dlk.maxpool_forward_2x2: bad geometry (h and w must be even)");
+    ok = ok && NEED_F(in, (long long)planes * h * w, "maxpool input") && NEED_F(out, n_out, "maxpool output") &&
+         need(&idx, n_out, 4, "maxpool indexes");
+    if (ok) dlk_maxpool_forward_2x2(F32(in), planes, h, w, F32(out), (int32_t *)idx.buf);
+    RELEASE(&in, &out, &idx);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ blas.c */
+
+static PyObject *py_axpy(PyObject *self, PyObject *args)
+{
+    Py_buffer x, y;
+    Py_ssize_t n;
+    float a;
+    if (!PyArg_ParseTuple(args, "nfy*w*", &n, &a, &x, &y)) return NULL;
+    int ok = NEED_F(x, n, "axpy x") && NEED_F(y, n, "axpy y");
+    if (ok) dlk_axpy(n, a, F32(x), F32(y));
+    RELEASE(&x, &y);
+    return none_if(ok);
+}
+
+/* scal and fill: (n, a, x), x written in place */
+static PyObject *scalar_op(PyObject *args, void (*op)(ptrdiff_t, float, float *), const char *what)
+{
+    Py_buffer x;
+    Py_ssize_t n;
+    float a;
+    if (!PyArg_ParseTuple(args, "nfw*", &n, &a, &x)) return NULL;
+    int ok = NEED_F(x, n, what);
+    if (ok) op(n, a, F32(x));
+    RELEASE(&x);
+    return none_if(ok);
+}
+
+static PyObject *py_scal(PyObject *self, PyObject *args) { return scalar_op(args, dlk_scal, "scal x"); }
+static PyObject *py_fill(PyObject *self, PyObject *args) { return scalar_op(args, dlk_fill, "fill x"); }
+
+static PyObject *py_activate(PyObject *self, PyObject *args)
+{
+    Py_buffer x;
+    Py_ssize_t n;
+    int act;
+    if (!PyArg_ParseTuple(args, "w*ni", &x, &n, &act)) return NULL;
+    int ok = NEED_F(x, n, "activate buffer");
+    if (ok && !valid_act(act)) {
+        PyErr_Format(PyExc_ValueError, "_dlk.activate: unknown activation %d", act);
+        ok = 0;
+    }
+    if (ok) dlk_activate(F32(x), n, act);
+    RELEASE(&x);
+    return none_if(ok);
+}
+
+static PyObject *py_gradient(PyObject *self, PyObject *args)
+{
+    Py_buffer y, delta;
+    Py_ssize_t n;
+    int act;
+    if (!PyArg_ParseTuple(args, "y*niw*", &y, &n, &act, &delta)) return NULL;
+    int ok = NEED_F(y, n, "gradient output") && NEED_F(delta, n, "gradient delta");
+    if (ok && !valid_act(act)) {
+        PyErr_Format(PyExc_ValueError, "_dlk.gradient: unknown activation %d", act);
+        ok = 0;
+    }
+    if (ok) dlk_gradient(F32(y), n, act, F32(delta));
+    RELEASE(&y, &delta);
+    return none_if(ok);
+}
+
+static PyObject *py_add_bias(PyObject *self, PyObject *args)
+{
+    Py_buffer out, bias;
+    int batch, n, size;
+    if (!PyArg_ParseTuple(args, "w*y*iii", &out, &bias, &batch, &n, &size)) return NULL;
+    int ok = (batch >= 0 && n >= 0 && size >= 0) || fail("_dlk.add_bias: negative size");
+    ok = ok && NEED_F(out, (long long)batch * n * size, "add_bias output") && NEED_F(bias, n, "add_bias biases");
+    if (ok) dlk_add_bias(F32(out), F32(bias), batch, n, size);
+    RELEASE(&out, &bias);
+    return none_if(ok);
+}
+
+static PyObject *py_backward_bias(PyObject *self, PyObject *args)
+{
+    Py_buffer upd, delta;
+    int batch, n, size;
+    if (!PyArg_ParseTuple(args, "w*y*iii", &upd, &delta, &batch, &n, &size)) return NULL;
+    int ok = (batch >= 0 && n >= 0 && size >= 0) || fail("_dlk.backward_bias: negative size");
+    ok = ok && NEED_F(upd, n, "bias updates") && NEED_F(delta, (long long)batch * n * size, "delta");
+    if (ok) dlk_backward_bias(F32(upd), F32(delta), batch, n, size);
+    RELEASE(&upd, &delta);
+    return none_if(ok);
+}
+
+static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args)
+{
+    Py_buffer x, mean, var, scales, biases;
+    int batch, n, size;
+    if (!PyArg_ParseTuple(args, "w*y*y*y*y*iii", &x, &mean, &var, &scales, &biases, &batch, &n, &size)) return NULL;
+    int ok = (batch >= 0 && n >= 0 && size >= 0) || fail("_dlk.batchnorm_infer: negative size");
+    ok = ok && NEED_F(x, (long long)batch * n * size, "batchnorm buffer") && NEED_F(mean, n, "batchnorm mean") &&
+         NEED_F(var, n, "batchnorm variance") && NEED_F(scales, n, "batchnorm scales") &&
+         NEED_F(biases, n, "batchnorm biases");
+    if (ok) dlk_batchnorm_infer(F32(x), F32(mean), F32(var), F32(scales), F32(biases), batch, n, size);
+    RELEASE(&x, &mean, &var, &scales, &biases);
+    return none_if(ok);
+}
+
+static PyObject *py_sgd_update(PyObject *self, PyObject *args)
+{
+    Py_buffer bias, bupd, w, wupd;
+    float step, momentum, decay;
+    if (!PyArg_ParseTuple(args, "w*w*w*w*fff", &bias, &bupd, &w, &wupd, &step, &momentum, &decay)) return NULL;
+    Py_ssize_t nb = bias.len / 4, nw = w.len / 4;
+    int ok = NEED_F(bupd, nb, "bias updates") && NEED_F(wupd, nw, "weight updates");
+    if (ok) dlk_sgd_update(F32(bias), F32(bupd), nb, F32(w), F32(wupd), nw, step, momentum, decay);
+    RELEASE(&bias, &bupd, &w, &wupd);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ loss.c */
+
+static PyObject *py_softmax(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int batch, n;
+    float temp;
+    if (!PyArg_ParseTuple(args, "y*iifw*", &in, &batch, &n, &temp, &out)) return NULL;
+    int ok = (batch >= 0 && n > 0) || fail("_dlk.softmax: bad size");
+    ok = ok && NEED_F(in, (long long)batch * n, "softmax input") && NEED_F(out, (long long)batch * n, "softmax output");
+    if (ok) dlk_softmax(F32(in), batch, n, temp, F32(out));
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+/* softmax_cost and sse_cost: (x, truth, delta, n) -> the cost; what_x, what_delta name the buffers */
+static PyObject *cost_op(PyObject *args, float (*cost)(const float *, const float *, float *, ptrdiff_t),
+                         const char *what_x, const char *what_delta)
+{
+    Py_buffer x, truth, delta;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*y*w*n", &x, &truth, &delta, &n)) return NULL;
+    PyObject *result = NULL;
+    if (NEED_F(x, n, what_x) && NEED_F(truth, n, "truth") && NEED_F(delta, n, what_delta))
+        result = PyFloat_FromDouble(cost(F32(x), F32(truth), F32(delta), n));
+    RELEASE(&x, &truth, &delta);
+    return result;
+}
+
+static PyObject *py_softmax_cost(PyObject *self, PyObject *args)
+{
+    return cost_op(args, dlk_softmax_cost, "softmax output", "softmax delta");
+}
+
+static PyObject *py_sse_cost(PyObject *self, PyObject *args)
+{
+    return cost_op(args, dlk_sse_cost, "cost input", "cost delta");
+}
+
+/* ------------------------------------------------------------------ dropout.c, random.c */
+
+static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer x, rnd;
+    Py_ssize_t n;
+    float prob, scale;
+    unsigned long long state;
+    if (!PyArg_ParseTuple(args, "w*nffw*K", &x, &n, &prob, &scale, &rnd, &state)) return NULL;
+    PyObject *result = NULL;
+    if (NEED_F(x, n, "dropout buffer") && NEED_F(rnd, n, "dropout rand"))
+        result = PyLong_FromUnsignedLongLong(dlk_dropout_forward(F32(x), n, prob, scale, F32(rnd), state));
+    RELEASE(&x, &rnd);
+    return result;
+}
+
+static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer delta, rnd;
+    Py_ssize_t n;
+    float prob, scale;
+    if (!PyArg_ParseTuple(args, "w*nffy*", &delta, &n, &prob, &scale, &rnd)) return NULL;
+    int ok = NEED_F(delta, n, "dropout delta") && NEED_F(rnd, n, "dropout rand");
+    if (ok) dlk_dropout_backward(F32(delta), n, prob, scale, F32(rnd));
+    RELEASE(&delta, &rnd);
+    return none_if(ok);
+}
+
+static PyObject *py_rand_uniform_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer out;
+    Py_ssize_t n;
+    double a, b, scale;
+    unsigned long long state;
+    if (!PyArg_ParseTuple(args, "w*ndddK", &out, &n, &a, &b, &scale, &state)) return NULL;
+    PyObject *result = NULL;
+    if (NEED_F(out, n, "uniform output"))
+        result = PyLong_FromUnsignedLongLong(dlk_rand_uniform_fill(F32(out), n, a, b, scale, state));
+    RELEASE(&out);
+    return result;
+}
+
+static PyObject *py_rand_normal_fill(PyObject *self, PyObject *args)
+{
+    Py_buffer out;
+    Py_ssize_t n;
+    double scale;
+    unsigned long long state;
+    PyObject *spare_obj;
+    if (!PyArg_ParseTuple(args, "w*ndKO", &out, &n, &scale, &state, &spare_obj)) return NULL;
+    PyObject *result = NULL;
+    dlk_normal_spare spare = {0, 0, 0};
+    int ok = NEED_F(out, n, "normal output");
+    if (ok && spare_obj != Py_None) {
+        ok = PyArg_ParseTuple(spare_obj, "dd", &spare.r1, &spare.r2);
+        spare.have = 1;
+    }
+    if (ok) {
+        uint64_t s = dlk_rand_normal_fill(F32(out), n, scale, state, &spare);
+        result = spare.have ? Py_BuildValue("K(dd)", (unsigned long long)s, spare.r1, spare.r2)
+                            : Py_BuildValue("KO", (unsigned long long)s, Py_None);
+    }
+    RELEASE(&out);
+    return result;
+}
+
+static PyObject *py_rand_below(PyObject *self, PyObject *args)
+{
+    Py_ssize_t n;
+    long long m;
+    unsigned long long state;
+    if (!PyArg_ParseTuple(args, "nLK", &n, &m, &state)) return NULL;
+    if (n < 0 || m <= 0) { fail("_dlk.rand_below: need n >= 0 and m > 0"); return NULL; }
+    long long *draws = PyMem_Malloc(sizeof(long long) * (size_t)(n ? n : 1));
+    if (!draws) return PyErr_NoMemory();
+    uint64_t s = dlk_rand_below(n, m, state, draws);
+    PyObject *list = PyList_New(n), *result = NULL;
+    for (Py_ssize_t i = 0; list && i < n; ++i) {
+        PyObject *v = PyLong_FromLongLong(draws[i]);
+        if (!v) { Py_CLEAR(list); break; }
+        PyList_SetItem(list, i, v);
+    }
+    PyMem_Free(draws);
+    if (list) result = Py_BuildValue("KN", (unsigned long long)s, list);
+    return result;
+}
+
+/* ------------------------------------------------------------------ image.c, draw.c */
+
+static PyObject *py_pixels_to_chw(PyObject *self, PyObject *args)
+{
+    Py_buffer src, out;
+    int width, height, comps;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &src, &width, &height, &comps, &out)) return NULL;
+    long long plane = (long long)width * height;
+    int ok = (width > 0 && height > 0 && comps >= 1 && comps <= 4) || fail("_dlk.pixels_to_chw: bad geometry");
+    ok = ok && need(&src, plane * comps, 1, "pixels") && NEED_F(out, 3 * plane, "image");
+    if (ok) dlk_pixels_to_chw(U8(src), width, height, comps, F32(out));
+    RELEASE(&src, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_chw_to_pixels(PyObject *self, PyObject *args)
+{
+    Py_buffer im, out;
+    int w, h, c;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &im, &w, &h, &c, &out)) return NULL;
+    long long plane = (long long)w * h;
+    int ok = (w > 0 && h > 0 && c > 0) || fail("_dlk.chw_to_pixels: bad geometry");
+    ok = ok && NEED_F(im, plane * c, "image") && need(&out, plane * c, 1, "pixels");
+    if (ok) dlk_chw_to_pixels(F32(im), w, h, c, U8(out));
+    RELEASE(&im, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_resize_image(PyObject *self, PyObject *args)
+{
+    Py_buffer src, dst, part;
+    int sw, sh, c, dw, dh;
+    if (!PyArg_ParseTuple(args, "y*iiiw*iiw*", &src, &sw, &sh, &c, &dst, &dw, &dh, &part)) return NULL;
+    int ok = (sw > 0 && sh > 0 && c > 0 && dw >= 0 && dh >= 0) || fail("_dlk.resize_image: bad geometry");
+    ok = ok && NEED_F(src, (long long)sw * sh * c, "resize source") &&
+         NEED_F(dst, (long long)dw * dh * c, "resize output") &&
+         NEED_F(part, (long long)dw * sh * c, "resize workspace");
+    if (ok) dlk_resize_image(F32(src), sw, sh, c, F32(dst), dw, dh, F32(part));
+    RELEASE(&src, &dst, &part);
+    return none_if(ok);
+}
+
+static PyObject *py_image_paste(PyObject *self, PyObject *args)
+{
+    Py_buffer src, dst;
+    int sw, sh, c, dw, dh, dx, dy, multiply;
+    if (!PyArg_ParseTuple(args, "y*iiiw*iiiip", &src, &sw, &sh, &c, &dst, &dw, &dh, &dx, &dy, &multiply)) return NULL;
+    int ok = (sw >= 0 && sh >= 0 && c >= 0 && dw >= 0 && dh >= 0) || fail("_dlk.image_paste: bad geometry");
+    ok = ok && NEED_F(src, (long long)sw * sh * c, "paste source") &&
+         NEED_F(dst, (long long)dw * dh * c, "paste target");
+    if (ok) dlk_image_paste(F32(src), sw, sh, c, F32(dst), dw, dh, dx, dy, multiply);
+    RELEASE(&src, &dst);
+    return none_if(ok);
+}
+
+static PyObject *py_upsample(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int batch, c, h, w, stride, forward;
+    float scale;
+    if (!PyArg_ParseTuple(args, "w*iiiiifw*p", &in, &batch, &c, &h, &w, &stride, &scale, &out, &forward)) return NULL;
+    long long n_in = (long long)batch * c * h * w;
+    int ok = (batch >= 0 && c >= 0 && h >= 0 && w >= 0 && stride > 0) || fail("_dlk.upsample: bad geometry");
+    ok = ok && NEED_F(in, n_in, "upsample input") && NEED_F(out, n_in * stride * stride, "upsample output");
+    if (ok) dlk_upsample(F32(in), batch, c, h, w, stride, scale, F32(out), forward);
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_draw_box_width(PyObject *self, PyObject *args)
+{
+    Py_buffer im;
+    int w, h, x1, y1, x2, y2, width;
+    float rgb[3];
+    if (!PyArg_ParseTuple(args, "w*iiiiiiifff", &im, &w, &h, &x1, &y1, &x2, &y2, &width, &rgb[0], &rgb[1], &rgb[2]))
+        return NULL;
+    int ok = (w > 0 && h > 0) || fail("_dlk.draw_box_width: bad geometry");
+    ok = ok && NEED_F(im, 3LL * w * h, "image");
+    if (ok) dlk_draw_box_width(F32(im), w, h, x1, y1, x2, y2, width, rgb);
+    RELEASE(&im);
+    return none_if(ok);
+}
+
+static PyObject *py_draw_label(PyObject *self, PyObject *args)
+{
+    Py_buffer im, label;
+    int w, h, lw, lh, r, c;
+    float rgb[3];
+    if (!PyArg_ParseTuple(args, "w*iiy*iiiifff", &im, &w, &h, &label, &lw, &lh, &r, &c, &rgb[0], &rgb[1], &rgb[2]))
+        return NULL;
+    int ok = (w > 0 && h > 0 && lw >= 0 && lh >= 0) || fail("_dlk.draw_label: bad geometry");
+    ok = ok && NEED_F(im, 3LL * w * h, "image") && NEED_F(label, (long long)lw * lh, "label");
+    if (ok) dlk_draw_label(F32(im), w, h, F32(label), lw, lh, r, c, rgb);
+    RELEASE(&im, &label);
+    return none_if(ok);
+}
+
+/* ------------------------------------------------------------------ yolo.c */
+
+static PyObject *py_yolo_candidates(PyObject *self, PyObject *args)
+{
+    Py_buffer output, anchors, boxes, objectness, probs;
+    int w, h, n, classes, netw, neth;
+    float thresh;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iifw*w*w*", &output, &w, &h, &n, &classes, &anchors, &netw, &neth, &thresh,
+                          &boxes, &objectness, &probs))
+        return NULL;
+    PyObject *result = NULL;
+    long long most = (long long)w * h * n;
+    int ok = (w > 0 && h > 0 && n >= 0 && classes >= 0 && netw > 0 && neth > 0) ||
+             fail("_dlk.yolo_candidates: bad geometry");
+    ok = ok && NEED_F(output, most * (classes + 5), "yolo output") && NEED_F(anchors, 2LL * n, "anchors") &&
+         NEED_F(boxes, 4 * most, "boxes") && NEED_F(objectness, most, "objectness") &&
+         NEED_F(probs, most * classes, "probs");
+    if (ok)
+        result = PyLong_FromLongLong(dlk_yolo_candidates(F32(output), w, h, n, classes, F32(anchors), netw, neth,
+                                                         thresh, F32(boxes), F32(objectness), F32(probs)));
+    RELEASE(&output, &anchors, &boxes, &objectness, &probs);
+    return result;
+}
+
+static PyObject *py_nms_sort(PyObject *self, PyObject *args)
+{
+    Py_buffer boxes, objectness, probs, order;
+    int n, classes;
+    float thresh;
+    if (!PyArg_ParseTuple(args, "y*y*w*iifw*", &boxes, &objectness, &probs, &n, &classes, &thresh, &order))
+        return NULL;
+    PyObject *result = NULL;
+    int ok = (n >= 0 && classes >= 0) || fail("_dlk.nms_sort: negative size");
+    ok = ok && NEED_F(boxes, 4LL * n, "boxes") && NEED_F(objectness, n, "objectness") &&
+         NEED_F(probs, (long long)n * classes, "probs") && need(&order, n, 4, "order");
+    if (ok)
+        result = PyLong_FromLong(dlk_nms_sort(F32(boxes), F32(objectness), F32(probs), n, classes, thresh,
+                                              (int *)order.buf));
+    RELEASE(&boxes, &objectness, &probs, &order);
+    return result;
+}
+
+#ifdef DLK_TEST_HOOKS
+static PyObject *py_musl_sort_desc(PyObject *self, PyObject *args)
+{
+    Py_buffer keys, order;
+    int n;
+    if (!PyArg_ParseTuple(args, "y*iw*", &keys, &n, &order)) return NULL;
+    int ok = n >= 0 || fail("_dlk.musl_sort_desc: negative size");
+    ok = ok && NEED_F(keys, n, "keys") && need(&order, n, 4, "order");
+    if (ok) dlk_musl_sort_desc(F32(keys), n, (int *)order.buf);
+    RELEASE(&keys, &order);
+    return none_if(ok);
+}
+#endif
+
+/* ------------------------------------------------------------------ png.c */
+
+static PyObject *py_png_unfilter(PyObject *self, PyObject *args)
+{
+    Py_buffer src, out;
+    int height, rowbytes, bpp;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &src, &height, &rowbytes, &bpp, &out)) return NULL;
+    int ok = (height >= 0 && rowbytes >= 0 && bpp >= 1 && bpp <= 8) || fail("bad scanline geometry");
+    if (ok && src.len < (Py_ssize_t)height * (rowbytes + 1)) {
+        PyErr_Format(PyExc_ValueError, "image data too short: %zd bytes, %lld needed", src.len,
+                     (long long)height * (rowbytes + 1));
+        ok = 0;
+    }
+    ok = ok && need(&out, (long long)height * rowbytes, 1, "png output");
+    if (ok) {
+        int bad = dlk_png_unfilter(U8(src), height, rowbytes, bpp, U8(out));
+        if (bad >= 0) {
+            PyErr_Format(PyExc_ValueError, "bad filter type %d in row %d", U8(src)[(long long)bad * (rowbytes + 1)],
+                         bad);
+            ok = 0;
+        }
+    }
+    RELEASE(&src, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_png_expand_palette(PyObject *self, PyObject *args)
+{
+    Py_buffer idx, pal, out;
+    Py_ssize_t n;
+    int comps;
+    if (!PyArg_ParseTuple(args, "y*y*niw*", &idx, &pal, &n, &comps, &out)) return NULL;
+    int ok = (comps >= 1 && comps <= 4) || fail("bad palette entry size");
+    ok = ok && need(&idx, n, 1, "palette indexes") && need(&out, (long long)n * comps, 1, "palette output");
+    if (ok) {
+        Py_ssize_t entries = pal.len / comps;
+        ptrdiff_t bad = dlk_png_expand_palette(U8(idx), U8(pal), entries, n, comps, U8(out));
+        if (bad >= 0) {
+            PyErr_Format(PyExc_ValueError, "palette index %d past the %zd-entry palette", U8(idx)[bad], entries);
+            ok = 0;
+        }
+    }
+    RELEASE(&idx, &pal, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_png_load_chw(PyObject *self, PyObject *args)
+{
+    Py_buffer data, out;
+    int width, height;
+    if (!PyArg_ParseTuple(args, "y*iiw*", &data, &width, &height, &out)) return NULL;
+    PyObject *result = NULL;
+    int ok = (width > 0 && height > 0 && (long long)width * height <= (1 << 26)) || fail("_dlk.png_load_chw: bad size");
+    if (ok && NEED_F(out, 3LL * width * height, "image")) {
+        int r = dlk_png_load_chw(U8(data), (size_t)data.len, width, height, F32(out));
+        if (r < 0) PyErr_NoMemory();
+        else result = PyBool_FromLong(r);
+    }
+    RELEASE(&data, &out);
+    return result;
+}
+
+static PyObject *py_png_load_rows(PyObject *self, PyObject *args)
+{
+    PyObject *files, *result = NULL, *left = NULL;
+    Py_buffer out;
+    int width, height;
+    if (!PyArg_ParseTuple(args, "O!iiw*", &PyList_Type, &files, &width, &height, &out)) return NULL;
+    if (width <= 0 || height <= 0 || (long long)width * height > (1 << 26)) {
+        fail("_dlk.png_load_rows: bad size"); goto done;
+    }
+    Py_ssize_t n = PyList_Size(files);
+    long long row = 3LL * width * height;
+    if (!NEED_F(out, n * row, "batch")) goto done;
+    left = PyList_New(0);
+    if (!left) goto done;
+    for (Py_ssize_t r = 0; r < n; ++r) {
+        Py_buffer data;
+        if (PyObject_GetBuffer(PyList_GetItem(files, r), &data, PyBUF_SIMPLE) < 0) goto done;
+        int ok = dlk_png_load_chw(U8(data), (size_t)data.len, width, height, F32(out) + r * row);
+        PyBuffer_Release(&data);
+        if (ok < 0) { PyErr_NoMemory(); goto done; }
+        if (!ok) {
+            PyObject *v = PyLong_FromSsize_t(r);
+            if (!v || PyList_Append(left, v) < 0) { Py_XDECREF(v); goto done; }
+            Py_DECREF(v);
+        }
+    }
+    result = left;
+    left = NULL;
+done:
+    Py_XDECREF(left);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* ------------------------------------------------------------------ jpeg.c */
+
+/* jpeg_decode_scan's params: 9 int32 for the scan, then 8 per component (order in _dlk.pyi) */
+#define JPEG_SCAN_HEAD 9
+#define JPEG_SCAN_PER_COMP 8
+
+static PyObject *py_jpeg_decode_scan(PyObject *self, PyObject *args)
+{
+    Py_buffer src, par, tab, coef;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*ny*y*w*", &src, &start, &par, &tab, &coef)) return NULL;
+    PyObject *result = NULL;
+    int32_t P[JPEG_SCAN_HEAD + 4 * JPEG_SCAN_PER_COMP];
+    dlk_jpeg_scan scan;
+    Py_ssize_t ncoef = coef.len / 2;
+
+    if (start < 0 || start > src.len) { fail("_dlk: scan start outside the data"); goto done; }
+    if (!need(&par, JPEG_SCAN_HEAD, 4, "scan params")) goto done;
+    memcpy(P, par.buf, JPEG_SCAN_HEAD * 4);
+    int ns = P[8];
+    if (ns < 1 || ns > 4) { fail("_dlk: bad scan component count"); goto done; }
+    if (!need(&par, JPEG_SCAN_HEAD + ns * JPEG_SCAN_PER_COMP, 4, "scan params")) goto done;
+    memcpy(P, par.buf, (JPEG_SCAN_HEAD + ns * JPEG_SCAN_PER_COMP) * 4);
+    if (!need(&tab, 8 * 272, 1, "huffman tables")) goto done;
+    if ((uintptr_t)coef.buf % 2) { fail("_dlk: misaligned coefficients"); goto done; }
+
+    scan.progressive = P[0] != 0; scan.ss = P[1]; scan.se = P[2]; scan.ah = P[3]; scan.al = P[4];
+    scan.restart = P[5]; scan.mcus_x = P[6]; scan.mcus_y = P[7]; scan.ncomps = ns;
+    if (!scan.progressive) { scan.ss = 0; scan.se = 63; scan.ah = scan.al = 0; }   /* stb ignores Se here */
+    if (scan.ss < 0 || scan.se > 63 || scan.ss > scan.se || scan.ah < 0 || scan.ah > 13 || scan.al < 0 || scan.al > 13
+        || scan.restart < 0 || scan.mcus_x < 1 || scan.mcus_y < 1) {
+        fail("_dlk: bad scan parameters"); goto done;
+    }
+    if (scan.progressive && ((scan.ss == 0) != (scan.se == 0) || (scan.ss > 0 && ns != 1))) {
+        fail("_dlk: progressive scan mixes DC and AC"); goto done;
+    }
+    for (int i = 0; i < ns; ++i) {
+        const int32_t *q = P + JPEG_SCAN_HEAD + i * JPEG_SCAN_PER_COMP;
+        dlk_jpeg_scan_comp *c = &scan.comp[i];
+        c->first = q[0]; c->coef_w = q[1]; c->coef_h = q[2]; c->h = q[3]; c->v = q[4];
+        c->scan_w = q[5]; c->scan_h = q[6]; c->dc_table = q[7] & 15; c->ac_table = (q[7] >> 4) & 15;
+        if (c->first < 0 || c->coef_w < 1 || c->coef_h < 1 || c->h < 1 || c->h > 4 || c->v < 1 || c->v > 4
+            || c->scan_w < 1 || c->scan_h < 1 || c->scan_w > c->coef_w || c->scan_h > c->coef_h
+            || c->dc_table > 3 || c->ac_table > 3
+            || (ns > 1 && ((long long)scan.mcus_x * c->h > c->coef_w || (long long)scan.mcus_y * c->v > c->coef_h))) {
+            fail("_dlk: bad scan component geometry"); goto done;
+        }
+        if ((long long)c->coef_w * c->coef_h * 64 > ncoef - c->first) {
+            PyErr_Format(PyExc_ValueError, "_dlk: coefficients hold %zd items, %lld needed",
+                         ncoef, (long long)c->first + (long long)c->coef_w * c->coef_h * 64);
+            goto done;
+        }
+    }
+    ptrdiff_t end = 0;
+    int status = dlk_jpeg_decode_scan(U8(src), src.len, start, &scan, U8(tab), (int16_t *)coef.buf, &end);
+    if (kernel_ok(status)) result = status ? PyLong_FromLong(status) : PyLong_FromSsize_t(end);
+done:
+    RELEASE(&src, &par, &tab, &coef);
+    return result;
+}
+
+static PyObject *py_jpeg_idct(PyObject *self, PyObject *args)
+{
+    Py_buffer coef, qt, plane;
+    Py_ssize_t first, pfirst;
+    int bw, bh;
+    if (!PyArg_ParseTuple(args, "y*niiy*w*n", &coef, &first, &bw, &bh, &qt, &plane, &pfirst)) return NULL;
+    long long nblocks = (long long)bw * bh;
+    int ok = (bw >= 1 && bh >= 1 && first >= 0 && pfirst >= 0) || fail("_dlk: bad block geometry");
+    ok = ok && (!((uintptr_t)coef.buf % 2) || fail("_dlk: misaligned coefficients"));
+    ok = ok && jpg_need(&coef, first + nblocks * 64, 2, "coefficients") && need(&qt, 64, 2, "quant table") &&
+         jpg_need(&plane, pfirst + nblocks * 64, 1, "sample plane");
+    if (ok) {
+        uint16_t q[64];
+        memcpy(q, qt.buf, sizeof q);
+        dlk_jpeg_idct((const int16_t *)coef.buf + first, bw, bh, q, U8(plane) + pfirst);
+    }
+    RELEASE(&coef, &qt, &plane);
+    return none_if(ok);
+}
+
+static PyObject *py_jpeg_color(PyObject *self, PyObject *args)
+{
+    Py_buffer planes, par, out;
+    int width, height, mode;
+    if (!PyArg_ParseTuple(args, "y*y*iiiw*", &planes, &par, &width, &height, &mode, &out)) return NULL;
+    int ok;
+    int n = (int)(par.len / (5 * 4));
+    int want = mode == JPEG_GRAY ? 1 : (mode == JPEG_CMYK || mode == JPEG_YCCK) ? 4 : 3;
+    if (mode < 0 || mode > 4 || !(n == want || (mode == JPEG_YCBCR && n == 4)) || width < 1 || height < 1
+        || (size_t)width + 3 > SIZE_MAX / 4) {   /* line buffers: 4 x (width + 3) */
+        ok = fail("_dlk: bad colour conversion parameters");
+    } else {
+        int oc = mode == JPEG_GRAY ? 1 : 3;
+        ok = jpg_need(&out, (long long)width * height * oc, 1, "pixel output");
+    }
+    dlk_jpeg_plane comps[4];
+    if (ok) {
+        int32_t P[20];
+        memcpy(P, par.buf, (size_t)n * 5 * 4);
+        for (int k = 0; ok && k < n; ++k) {
+            dlk_jpeg_plane *c = &comps[k];
+            c->first = P[k * 5]; c->stride = P[k * 5 + 1]; c->rows = P[k * 5 + 2];
+            c->hs = P[k * 5 + 3]; c->vs = P[k * 5 + 4];
+            if (c->first < 0 || c->stride < 1 || c->rows < 1 || c->hs < 1 || c->hs > 4 || c->vs < 1 || c->vs > 4) {
+                ok = fail("_dlk: bad component plane geometry");
+                break;
+            }
+            int w_lores = (int)(((long long)width + c->hs - 1) / c->hs);
+            ok = (w_lores <= c->stride || fail("_dlk: plane rows too short")) &&
+                 jpg_need(&planes, c->first + (long long)(c->rows - 1) * c->stride + w_lores, 1, "component planes");
+        }
+    }
+    ok = ok && kernel_ok(dlk_jpeg_color(U8(planes), comps, n, width, height, mode, U8(out)));
+    RELEASE(&planes, &par, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_jpeg_encode_scan(PyObject *self, PyObject *args)
+{
+    Py_buffer pix, yt, uvt, hs;
+    int width, height, comp;
+    if (!PyArg_ParseTuple(args, "y*iiiy*y*y*", &pix, &width, &height, &comp, &yt, &uvt, &hs)) return NULL;
+    PyObject *result = NULL;
+    int ok = (width >= 1 && height >= 1 && comp >= 1 && comp <= 4 && width <= 65535 && height <= 65535) ||
+             fail("_dlk: bad image geometry for JPEG");
+    ok = ok && jpg_need(&pix, (long long)width * height * comp, 1, "pixels") && need(&yt, 64, 1, "Y table") &&
+         need(&uvt, 64, 1, "UV table") && need(&hs, 4 * 272, 1, "huffman tables");
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (ok && kernel_ok(dlk_jpeg_encode_scan(U8(pix), width, height, comp, U8(yt), U8(uvt), U8(hs), &data, &len)))
+        result = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+    free(data);
+    RELEASE(&pix, &yt, &uvt, &hs);
+    return result;
+}
+
+/* ------------------------------------------------------------------ io.c */
+
+static PyObject *py_read_files(PyObject *self, PyObject *args)
+{
+    PyObject *paths;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
+    Py_ssize_t n = PyList_Size(paths);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    size_t cap = DLK_READ_STEP;
+    char *buf = malloc(cap);
+    if (!buf) { Py_DECREF(out); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject *item = NULL;
+        Py_ssize_t len;
+        const char *path = PyUnicode_Check(PyList_GetItem(paths, i))
+                               ? PyUnicode_AsUTF8AndSize(PyList_GetItem(paths, i), &len) : NULL;
+        if (!path) PyErr_Clear();
+        size_t got;
+        if (path && (size_t)len == strlen(path) && dlk_read_file(path, &buf, &cap, &got)) {
+            item = PyBytes_FromStringAndSize(buf, (Py_ssize_t)got);
+            if (!item) { free(buf); Py_DECREF(out); return NULL; }
+        }
+        if (!item) { item = Py_None; Py_INCREF(item); }
+        PyList_SetItem(out, i, item);
+    }
+    free(buf);
+    return out;
+}
+
+/* ------------------------------------------------------------------ the module */
+
+static PyMethodDef dlk_methods[] = {
+    {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
+    {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
+    {"col2im", py_col2im, METH_VARARGS, "col2im(col, c, h, w, ksize, stride, pad, im)"},
+    {"add_bias", py_add_bias, METH_VARARGS, "add_bias(out, biases, batch, n, size)"},
+    {"activate", py_activate, METH_VARARGS, "activate(x, n, act)"},
+    {"gradient", py_gradient, METH_VARARGS, "gradient(y, n, act, delta)"},
+    {"batchnorm_infer", py_batchnorm_infer, METH_VARARGS,
+     "batchnorm_infer(x, mean, var, scales, biases, batch, n, size)"},
+    {"maxpool_forward", py_maxpool_forward, METH_VARARGS,
+     "maxpool_forward(in, batch, c, h, w, size, stride, pad, out, indexes)"},
+    {"maxpool_backward", py_maxpool_backward, METH_VARARGS,
+     "maxpool_backward(out_delta, indexes, n, in_delta, n_in)"},
+    {"softmax", py_softmax, METH_VARARGS, "softmax(in, batch, n, temperature, out)"},
+    {"axpy", py_axpy, METH_VARARGS, "axpy(n, a, x, y): y += a*x"},
+    {"scal", py_scal, METH_VARARGS, "scal(n, a, x): x *= a"},
+    {"fill", py_fill, METH_VARARGS, "fill(n, a, x): x = a"},
+    {"pixels_to_chw", py_pixels_to_chw, METH_VARARGS, "pixels_to_chw(src, width, height, comps, out)"},
+    {"png_unfilter", py_png_unfilter, METH_VARARGS, "png_unfilter(src, height, rowbytes, bpp, out)"},
+    {"png_expand_palette", py_png_expand_palette, METH_VARARGS,
+     "png_expand_palette(indexes, palette, n, comps, out)"},
+    {"conv2d_direct", py_conv2d_direct, METH_VARARGS,
+     "conv2d_direct(in, batch, c, h, w, weights, n, size, pad, out, workspace): stride-1 convolution"},
+    {"conv2d_direct_workspace", py_conv2d_direct_workspace, METH_VARARGS,
+     "conv2d_direct_workspace(c, h, w, size, pad) -> floats of workspace conv2d_direct needs"},
+    {"backward_bias", py_backward_bias, METH_VARARGS, "backward_bias(bias_updates, delta, batch, n, size)"},
+    {"dropout_forward", py_dropout_forward, METH_VARARGS,
+     "dropout_forward(x, n, probability, scale, rand, state) -> new rand() state"},
+    {"dropout_backward", py_dropout_backward, METH_VARARGS, "dropout_backward(delta, n, probability, scale, rand)"},
+    {"softmax_cost", py_softmax_cost, METH_VARARGS, "softmax_cost(y, truth, delta, n) -> cross-entropy sum"},
+    {"sse_cost", py_sse_cost, METH_VARARGS, "sse_cost(x, truth, delta, n) -> sum of squares"},
+    {"jpeg_decode_scan", py_jpeg_decode_scan, METH_VARARGS,
+     "jpeg_decode_scan(data, start, params, tables, coeffs) -> end offset or negative error code"},
+    {"jpeg_idct", py_jpeg_idct, METH_VARARGS,
+     "jpeg_idct(coeffs, first, blocks_w, blocks_h, quant, plane, plane_first): dequantise + stb IDCT"},
+    {"jpeg_color", py_jpeg_color, METH_VARARGS,
+     "jpeg_color(planes, params, width, height, mode, out): stb upsampling + colour conversion"},
+    {"jpeg_encode_scan", py_jpeg_encode_scan, METH_VARARGS,
+     "jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> entropy-coded bytes"},
+    {"resize_image", py_resize_image, METH_VARARGS,
+     "resize_image(src, sw, sh, c, dst, dw, dh, part): Darknet's bilinear resize (part: dw*sh*c floats)"},
+    {"image_paste", py_image_paste, METH_VARARGS,
+     "image_paste(src, sw, sh, c, dst, dw, dh, dx, dy, multiply): embed_image / composite_image"},
+    {"upsample", py_upsample, METH_VARARGS,
+     "upsample(in, batch, c, h, w, stride, scale, out, forward): nearest-neighbour up (or sum back)"},
+    {"draw_box_width", py_draw_box_width, METH_VARARGS,
+     "draw_box_width(im, w, h, x1, y1, x2, y2, width, r, g, b)"},
+    {"draw_label", py_draw_label, METH_VARARGS, "draw_label(im, w, h, label, lw, lh, row, col, r, g, b)"},
+    {"chw_to_pixels", py_chw_to_pixels, METH_VARARGS, "chw_to_pixels(im, w, h, c, out): bytes (uchar)(255*v)"},
+    {"nms_sort", py_nms_sort, METH_VARARGS,
+     "nms_sort(boxes, objectness, probs, n, classes, thresh, order) -> boxes taking part: do_nms_sort"},
+#ifdef DLK_TEST_HOOKS
+    {"musl_sort_desc", py_musl_sort_desc, METH_VARARGS,
+     "musl_sort_desc(keys, n, order): musl qsort (smoothsort) order of keys, descending (native test build only)"},
+#endif
+    {"yolo_candidates", py_yolo_candidates, METH_VARARGS,
+     "yolo_candidates(output, w, h, n, classes, anchors, netw, neth, thresh, boxes, objectness, probs) -> count"},
+    {"conv_forward", py_conv_forward, METH_VARARGS,
+     "conv_forward(in, batch, c, h, w, weights, n, size, pad, biases, act, out): stride-1 conv + bias + act"},
+    {"conv_backward", py_conv_backward, METH_VARARGS,
+     "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, "
+     "prev_delta|None)"},
+    {"maxpool_forward_2x2", py_maxpool_forward_2x2, METH_VARARGS,
+     "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
+    {"connected_backward", py_connected_backward, METH_VARARGS,
+     "connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd, prev_delta|None)"},
+    {"sgd_update", py_sgd_update, METH_VARARGS,
+     "sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay)"},
+    {"rand_uniform_fill", py_rand_uniform_fill, METH_VARARGS,
+     "rand_uniform_fill(out, n, a, b, scale, state) -> state"},
+    {"rand_normal_fill", py_rand_normal_fill, METH_VARARGS,
+     "rand_normal_fill(out, n, scale, state, spare) -> (state, spare)"},
+    {"rand_below", py_rand_below, METH_VARARGS, "rand_below(n, m, state) -> (state, [rand() % m, ...])"},
+    {"png_load_chw", py_png_load_chw, METH_VARARGS,
+     "png_load_chw(data, width, height, out) -> True, or False: not a plain 8-bit PNG of that size"},
+    {"png_load_rows", py_png_load_rows, METH_VARARGS,
+     "png_load_rows(files, width, height, out) -> [rows png_load_chw did not take]"},
+    {"read_files", py_read_files, METH_VARARGS, "read_files(paths) -> [bytes, or None where open/pread failed]"},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef dlk_module = {PyModuleDef_HEAD_INIT, "_dlk", "dl-server kernels", -1, dlk_methods};
+
+PyMODINIT_FUNC PyInit__dlk(void)
+{
+    PyObject *m = PyModule_Create(&dlk_module);
+    if (m == NULL) return NULL;
+    static const struct { const char *name; long value; } constants[] = {
+        {"ACT_LINEAR", ACT_LINEAR}, {"ACT_RELU", ACT_RELU}, {"ACT_LEAKY", ACT_LEAKY}, {"ACT_LOGISTIC", ACT_LOGISTIC},
+        {"JPEG_GRAY", JPEG_GRAY}, {"JPEG_YCBCR", JPEG_YCBCR}, {"JPEG_RGB", JPEG_RGB},
+        {"JPEG_CMYK", JPEG_CMYK}, {"JPEG_YCCK", JPEG_YCCK},
+        {"JPEG_ERR_HUFFMAN", JPEG_ERR_HUFFMAN}, {"JPEG_ERR_EOF", JPEG_ERR_EOF}, {"JPEG_ERR_SHORT", JPEG_ERR_SHORT},
+        {"JPEG_ERR_RESTART", JPEG_ERR_RESTART}, {"JPEG_ERR_DC", JPEG_ERR_DC}, {"JPEG_ERR_REFINE", JPEG_ERR_REFINE},
+        {"JPEG_ERR_TRAILING", JPEG_ERR_TRAILING},
+    };
+    for (size_t i = 0; i < sizeof constants / sizeof constants[0]; ++i)
+        if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}
