@@ -8,6 +8,7 @@ Every .c file of guest/kernels is a translation unit (bindings.c and the kernels
 symbols are hidden but for PyInit__dlk. The native build also has the test hooks
 (-DDLK_TEST_HOOKS: `_dlk.musl_sort_desc`), which the component leaves out.
 """
+
 import argparse
 import os
 import shutil
@@ -61,8 +62,15 @@ WASM_PYCONFIG = """\
 """
 
 SOURCES = sorted(KERNELS.glob("*.c")) + sorted(KERNELS.glob("*.h"))
-COMMON_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden", "-Wall",
-                "-Wno-unused-function"]
+COMMON_FLAGS = [
+    "-O3",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-fvisibility=hidden",
+    "-Wall",
+    "-Wno-unused-function",
+]
 
 
 def zig(*args: str) -> None:
@@ -74,7 +82,9 @@ def zig(*args: str) -> None:
 
 
 def up_to_date(target: Path) -> bool:
-    return target.exists() and all(target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)])
+    return target.exists() and all(
+        target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)]
+    )
 
 
 def wasm_include_dir() -> Path:
@@ -94,19 +104,38 @@ def translation_units(kernels: Path) -> list[Path]:
 
 
 def compile_wasm(kernels: Path, target: Path) -> None:
-    """guest/kernels-like directory -> a wasm32-wasi shared library (each unit compiled apart, 2 at a time)."""
+    """A guest/kernels-like directory -> a wasm32-wasi shared library (units compiled apart, 2 at once)."""
     objs = target.parent / "obj"
     objs.mkdir(parents=True, exist_ok=True)
     include = wasm_include_dir()
     units = translation_units(kernels)
+
     def compile_one(src: Path) -> Path:
         obj = objs / (src.stem + ".o")
-        zig("cc", "--target=wasm32-wasi", "-msimd128", *COMMON_FLAGS, f"-I{include}", "-c", str(src), "-o", str(obj))
+        zig(
+            "cc",
+            "--target=wasm32-wasi",
+            "-msimd128",
+            *COMMON_FLAGS,
+            f"-I{include}",
+            "-c",
+            str(src),
+            "-o",
+            str(obj),
+        )
         return obj
+
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         built = list(pool.map(compile_one, units))
-    zig("wasm-ld", "-shared", "--experimental-pic", "--unresolved-symbols=import-dynamic",
-        *map(str, built), "-o", str(target))
+    zig(
+        "wasm-ld",
+        "-shared",
+        "--experimental-pic",
+        "--unresolved-symbols=import-dynamic",
+        *map(str, built),
+        "-o",
+        str(target),
+    )
 
 
 def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None:
@@ -114,8 +143,19 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     include = sysconfig.get_paths()["include"]
     hooks = ["-DDLK_TEST_HOOKS"] if test_hooks else []
     # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
-    zig("cc", "-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, *hooks, "-shared", f"-I{include}",
-        *map(str, translation_units(kernels)), "-o", str(target))
+    zig(
+        "cc",
+        "-target",
+        "native-native-gnu",
+        "-mcpu=baseline",
+        *COMMON_FLAGS,
+        *hooks,
+        "-shared",
+        f"-I{include}",
+        *map(str, translation_units(kernels)),
+        "-o",
+        str(target),
+    )
 
 
 def build_wasm() -> Path:

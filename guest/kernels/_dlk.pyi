@@ -6,6 +6,7 @@ ones int16, "bytes" ones uint8; "writable" buffers are written in place. Every b
 checked to hold what the kernel touches: ValueError names the one that is too short.
 All functions take their arguments by position only.
 """
+
 from typing import Final
 
 from typing_extensions import Buffer
@@ -24,18 +25,32 @@ JPEG_CMYK: Final[int]
 JPEG_YCCK: Final[int]
 
 # jpeg_decode_scan's negative results (errors in the data)
-JPEG_ERR_HUFFMAN: Final[int]    # a bit pattern no code of the table matches
-JPEG_ERR_EOF: Final[int]        # the file ends inside the entropy-coded data
-JPEG_ERR_SHORT: Final[int]      # a marker arrives before the scan's last block
-JPEG_ERR_RESTART: Final[int]    # a marker other than RSTn where a restart is due
-JPEG_ERR_DC: Final[int]         # DC magnitude category above 15
-JPEG_ERR_REFINE: Final[int]     # AC refinement symbol with a magnitude other than 1
-JPEG_ERR_TRAILING: Final[int]   # entropy-coded bytes after the scan's last block
+JPEG_ERR_HUFFMAN: Final[int]  # a bit pattern no code of the table matches
+JPEG_ERR_EOF: Final[int]  # the file ends inside the entropy-coded data
+JPEG_ERR_SHORT: Final[int]  # a marker arrives before the scan's last block
+JPEG_ERR_RESTART: Final[int]  # a marker other than RSTn where a restart is due
+JPEG_ERR_DC: Final[int]  # DC magnitude category above 15
+JPEG_ERR_REFINE: Final[int]  # AC refinement symbol with a magnitude other than 1
+JPEG_ERR_TRAILING: Final[int]  # entropy-coded bytes after the scan's last block
 
 # ------------------------------------------------------------------ gemm.c
 
-def gemm(ta: int, tb: int, M: int, N: int, K: int, alpha: float, A: Buffer, lda: int, B: Buffer, ldb: int,
-         beta: float, C: Buffer, ldc: int, /) -> None:
+def gemm(
+    ta: int,
+    tb: int,
+    M: int,
+    N: int,
+    K: int,
+    alpha: float,
+    A: Buffer,
+    lda: int,
+    B: Buffer,
+    ldb: int,
+    beta: float,
+    C: Buffer,
+    ldc: int,
+    /,
+) -> None:
     """C = beta*C + alpha*op(A) op(B), row-major; C writable. Darknet's gemm, bit for bit."""
 
 # ------------------------------------------------------------------ conv.c
@@ -43,54 +58,137 @@ def gemm(ta: int, tb: int, M: int, N: int, K: int, alpha: float, A: Buffer, lda:
 def im2col(im: Buffer, c: int, h: int, w: int, ksize: int, stride: int, pad: int, col: Buffer, /) -> None: ...
 def col2im(col: Buffer, c: int, h: int, w: int, ksize: int, stride: int, pad: int, im: Buffer, /) -> None:
     """im += the adjoint of im2col (im writable)."""
-def conv2d_direct(input: Buffer, batch: int, c: int, h: int, w: int, weights: Buffer, n: int, size: int, pad: int,
-                  out: Buffer, workspace: Buffer, /) -> None:
+
+def conv2d_direct(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    weights: Buffer,
+    n: int,
+    size: int,
+    pad: int,
+    out: Buffer,
+    workspace: Buffer,
+    /,
+) -> None:
     """Stride-1 convolution into out (writable); workspace: conv2d_direct_workspace(...) floats."""
+
 def conv2d_direct_workspace(c: int, h: int, w: int, size: int, pad: int, /) -> int: ...
-def conv_forward(input: Buffer, batch: int, c: int, h: int, w: int, weights: Buffer, n: int, size: int, pad: int,
-                 biases: Buffer, act: int, out: Buffer, /) -> None:
+def conv_forward(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    weights: Buffer,
+    n: int,
+    size: int,
+    pad: int,
+    biases: Buffer,
+    act: int,
+    out: Buffer,
+    /,
+) -> None:
     """Stride-1 convolution + bias + activation (size <= 8, pad < size) into out."""
-def conv_backward(input: Buffer, batch: int, c: int, h: int, w: int, out: Buffer, delta: Buffer, n: int, size: int,
-                  pad: int, act: int, weights: Buffer, bias_upd: Buffer, weight_upd: Buffer,
-                  prev_delta: Buffer | None, /) -> None:
+
+def conv_backward(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    out: Buffer,
+    delta: Buffer,
+    n: int,
+    size: int,
+    pad: int,
+    act: int,
+    weights: Buffer,
+    bias_upd: Buffer,
+    weight_upd: Buffer,
+    prev_delta: Buffer | None,
+    /,
+) -> None:
     """delta *= act'(out) (written back); bias_upd, weight_upd and prev_delta (if given) accumulate."""
 
 # ------------------------------------------------------------------ connected.c
 
-def connected_backward(input: Buffer, batch: int, inputs: int, out: Buffer, delta: Buffer, outputs: int, act: int,
-                       weights: Buffer, bias_upd: Buffer, weight_upd: Buffer, prev_delta: Buffer | None, /) -> None: ...
+def connected_backward(
+    src: Buffer,
+    batch: int,
+    inputs: int,
+    out: Buffer,
+    delta: Buffer,
+    outputs: int,
+    act: int,
+    weights: Buffer,
+    bias_upd: Buffer,
+    weight_upd: Buffer,
+    prev_delta: Buffer | None,
+    /,
+) -> None: ...
 
 # ------------------------------------------------------------------ pool.c
 
-def maxpool_forward(input: Buffer, batch: int, c: int, h: int, w: int, size: int, stride: int, pad: int,
-                    out: Buffer, indexes: Buffer, /) -> None:
+def maxpool_forward(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    size: int,
+    stride: int,
+    pad: int,
+    out: Buffer,
+    indexes: Buffer,
+    /,
+) -> None:
     """indexes: int32, the flat input index of each maximum (-1: none)."""
+
 def maxpool_backward(out_delta: Buffer, indexes: Buffer, n: int, in_delta: Buffer, n_in: int, /) -> None: ...
-def maxpool_forward_2x2(input: Buffer, planes: int, h: int, w: int, out: Buffer, indexes: Buffer, /) -> None: ...
+def maxpool_forward_2x2(
+    src: Buffer, planes: int, h: int, w: int, out: Buffer, indexes: Buffer, /
+) -> None: ...
 
 # ------------------------------------------------------------------ blas.c
 
 def axpy(n: int, a: float, x: Buffer, y: Buffer, /) -> None:
     """y += a*x"""
+
 def scal(n: int, a: float, x: Buffer, /) -> None:
     """x *= a"""
+
 def fill(n: int, a: float, x: Buffer, /) -> None:
     """x = a"""
+
 def activate(x: Buffer, n: int, act: int, /) -> None: ...
 def gradient(y: Buffer, n: int, act: int, delta: Buffer, /) -> None:
     """delta *= act'(y), y the activated output."""
+
 def add_bias(out: Buffer, biases: Buffer, batch: int, n: int, size: int, /) -> None: ...
 def backward_bias(bias_updates: Buffer, delta: Buffer, batch: int, n: int, size: int, /) -> None: ...
-def batchnorm_infer(x: Buffer, mean: Buffer, var: Buffer, scales: Buffer, biases: Buffer, batch: int, n: int,
-                    size: int, /) -> None: ...
-def sgd_update(biases: Buffer, bias_upd: Buffer, weights: Buffer, weight_upd: Buffer, step: float, momentum: float,
-               decay: float, /) -> None: ...
+def batchnorm_infer(
+    x: Buffer, mean: Buffer, var: Buffer, scales: Buffer, biases: Buffer, batch: int, n: int, size: int, /
+) -> None: ...
+def sgd_update(
+    biases: Buffer,
+    bias_upd: Buffer,
+    weights: Buffer,
+    weight_upd: Buffer,
+    step: float,
+    momentum: float,
+    decay: float,
+    /,
+) -> None: ...
 
 # ------------------------------------------------------------------ loss.c
 
-def softmax(input: Buffer, batch: int, n: int, temperature: float, out: Buffer, /) -> None: ...
+def softmax(src: Buffer, batch: int, n: int, temperature: float, out: Buffer, /) -> None: ...
 def softmax_cost(y: Buffer, truth: Buffer, delta: Buffer, n: int, /) -> float:
     """delta = truth - y; returns the cross-entropy sum."""
+
 def sse_cost(x: Buffer, truth: Buffer, delta: Buffer, n: int, /) -> float:
     """delta = truth - x; returns the sum of squares."""
 
@@ -98,11 +196,14 @@ def sse_cost(x: Buffer, truth: Buffer, delta: Buffer, n: int, /) -> float:
 
 def dropout_forward(x: Buffer, n: int, probability: float, scale: float, rand: Buffer, state: int, /) -> int:
     """Returns the new rand() state; rand receives the n draws."""
+
 def dropout_backward(delta: Buffer, n: int, probability: float, scale: float, rand: Buffer, /) -> None: ...
 def rand_uniform_fill(out: Buffer, n: int, a: float, b: float, scale: float, state: int, /) -> int: ...
-def rand_normal_fill(out: Buffer, n: int, scale: float, state: int,
-                     spare: tuple[float, float] | None, /) -> tuple[int, tuple[float, float] | None]:
+def rand_normal_fill(
+    out: Buffer, n: int, scale: float, state: int, spare: tuple[float, float] | None, /
+) -> tuple[int, tuple[float, float] | None]:
     """Returns (state, spare): spare is Box-Muller's cached pair (r1, r2), as dlserver.rng.Random.spare."""
+
 def rand_below(n: int, m: int, state: int, /) -> tuple[int, list[int]]:
     """(state, [rand() % m for n draws])"""
 
@@ -110,28 +211,76 @@ def rand_below(n: int, m: int, state: int, /) -> tuple[int, list[int]]:
 
 def pixels_to_chw(src: Buffer, width: int, height: int, comps: int, out: Buffer, /) -> None:
     """src: bytes, comps (1-4) per pixel; out: 3 float planes."""
+
 def chw_to_pixels(im: Buffer, w: int, h: int, c: int, out: Buffer, /) -> None:
     """out: interleaved bytes (unsigned char)(255*v)."""
-def resize_image(src: Buffer, sw: int, sh: int, c: int, dst: Buffer, dw: int, dh: int, part: Buffer, /) -> None:
+
+def resize_image(
+    src: Buffer, sw: int, sh: int, c: int, dst: Buffer, dw: int, dh: int, part: Buffer, /
+) -> None:
     """Darknet's bilinear resize; part: dw*sh*c floats of workspace."""
-def image_paste(src: Buffer, sw: int, sh: int, c: int, dst: Buffer, dw: int, dh: int, dx: int, dy: int,
-                multiply: bool, /) -> None: ...
-def upsample(input: Buffer, batch: int, c: int, h: int, w: int, stride: int, scale: float, out: Buffer,
-             forward: bool, /) -> None:
+
+def image_paste(
+    src: Buffer, sw: int, sh: int, c: int, dst: Buffer, dw: int, dh: int, dx: int, dy: int, multiply: bool, /
+) -> None: ...
+def upsample(
+    src: Buffer, batch: int, c: int, h: int, w: int, stride: int, scale: float, out: Buffer, forward: bool, /
+) -> None:
     """forward: out = scale * nearest(input); else input += scale * (sum of out over each cell)."""
-def draw_box_width(im: Buffer, w: int, h: int, x1: int, y1: int, x2: int, y2: int, width: int, r: float, g: float,
-                   b: float, /) -> None: ...
-def draw_label(im: Buffer, w: int, h: int, label: Buffer, lw: int, lh: int, row: int, col: int, r: float, g: float,
-               b: float, /) -> None: ...
+
+def draw_box_width(
+    im: Buffer,
+    w: int,
+    h: int,
+    x1: int,
+    y1: int,
+    x2: int,
+    y2: int,
+    width: int,
+    r: float,
+    g: float,
+    b: float,
+    /,
+) -> None: ...
+def draw_label(
+    im: Buffer,
+    w: int,
+    h: int,
+    label: Buffer,
+    lw: int,
+    lh: int,
+    row: int,
+    col: int,
+    r: float,
+    g: float,
+    b: float,
+    /,
+) -> None: ...
 
 # ------------------------------------------------------------------ yolo.c
 
-def yolo_candidates(output: Buffer, w: int, h: int, n: int, classes: int, anchors: Buffer, netw: int, neth: int,
-                    thresh: float, boxes: Buffer, objectness: Buffer, probs: Buffer, /) -> int:
+def yolo_candidates(
+    output: Buffer,
+    w: int,
+    h: int,
+    n: int,
+    classes: int,
+    anchors: Buffer,
+    netw: int,
+    neth: int,
+    thresh: float,
+    boxes: Buffer,
+    objectness: Buffer,
+    probs: Buffer,
+    /,
+) -> int:
     """Returns the number of candidates written."""
-def nms_sort(boxes: Buffer, objectness: Buffer, probs: Buffer, n: int, classes: int, thresh: float,
-             order: Buffer, /) -> int:
+
+def nms_sort(
+    boxes: Buffer, objectness: Buffer, probs: Buffer, n: int, classes: int, thresh: float, order: Buffer, /
+) -> int:
     """Darknet's do_nms_sort; order: int32. Returns how many boxes take part."""
+
 def musl_sort_desc(keys: Buffer, n: int, order: Buffer, /) -> None:
     """musl qsort (smoothsort) order of keys, descending. Only in the native build (tests)."""
 
@@ -141,6 +290,7 @@ def png_unfilter(src: Buffer, height: int, rowbytes: int, bpp: int, out: Buffer,
 def png_expand_palette(indexes: Buffer, palette: Buffer, n: int, comps: int, out: Buffer, /) -> None: ...
 def png_load_chw(data: Buffer, width: int, height: int, out: Buffer, /) -> bool:
     """True, or False: not a plain 8-bit PNG of that size (the Python decoder decides)."""
+
 def png_load_rows(files: list[Buffer], width: int, height: int, out: Buffer, /) -> list[int]:
     """png_load_chw of each file into row r of out; returns the rows it did not take."""
 
@@ -159,17 +309,30 @@ def jpeg_decode_scan(data: Buffer, start: int, params: Buffer, tables: Buffer, c
     Returns the offset of the marker ending the scan (len(data) when none), or a
     negative JPEG_ERR_* code.
     """
-def jpeg_idct(coeffs: Buffer, first: int, blocks_w: int, blocks_h: int, quant: Buffer, plane: Buffer,
-              plane_first: int, /) -> None:
-    """Dequantise (quant: 64 uint16, natural order) and IDCT blocks from coeffs[first:] into plane[plane_first:]."""
+
+def jpeg_idct(
+    coeffs: Buffer,
+    first: int,
+    blocks_w: int,
+    blocks_h: int,
+    quant: Buffer,
+    plane: Buffer,
+    plane_first: int,
+    /,
+) -> None:
+    """Dequantise (quant: 64 uint16, natural order) and IDCT blocks from coeffs[first:] into
+    plane[plane_first:]."""
+
 def jpeg_color(planes: Buffer, params: Buffer, width: int, height: int, mode: int, out: Buffer, /) -> None:
     """Upsample and colour-convert the component planes into out (1 or 3 bytes per pixel).
 
     params (int32), 5 per component: [0] first byte in planes, [1] row stride, [2] rows
     holding samples, [3] Hmax/H, [4] Vmax/V. mode: JPEG_*.
     """
-def jpeg_encode_scan(pixels: Buffer, width: int, height: int, comp: int, ytable: Buffer, uvtable: Buffer,
-                     huffman: Buffer, /) -> bytes:
+
+def jpeg_encode_scan(
+    pixels: Buffer, width: int, height: int, comp: int, ytable: Buffer, uvtable: Buffer, huffman: Buffer, /
+) -> bytes:
     """stbi_write_jpg's entropy-coded data; huffman: 4 x (16 counts + 256 values)."""
 
 # ------------------------------------------------------------------ io.c

@@ -1,4 +1,4 @@
-/* Connected layer backward, in Darknet's float order (spec §4.6).
+/* Connected layer backward, in Darknet's float order (docs/darknet-contract.md §4.6).
  *
  * connected_backward (delta: batch x outputs, input: batch x inputs, W: outputs x inputs):
  *   delta[i] *= act'(out[i])

@@ -18,7 +18,7 @@
  * conv_forward / conv_backward: convolution for training (stride 1, groups 1, size <= 8,
  * 0 <= pad < size), bias and activation fused.
  *
- * These give the same floats as Darknet's im2col + gemm loops (spec §4.2, §4.5), but for the
+ * These give the same floats as Darknet's im2col + gemm loops (docs/darknet-contract.md §4.2, §4.5), but for the
  * sign of a zero result: terms that are exactly zero are skipped, and adding a zero to a float
  * sum never changes it (x + (+-0) == x for x != 0; a sum that starts at +0 stays +0).
  * [A skipped term 0 * inf or 0 * NaN would have made Darknet's sum NaN: only weights that are

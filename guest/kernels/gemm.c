@@ -16,7 +16,7 @@
  * Nothing is reassociated, NT included: vector lanes hold different (i, j) elements, never
  * parts of one sum. (An earlier NT summed k in 4 interleaved lanes; Darknet's own wasm was
  * built with -Ofast, which may reassociate its NT dot products, so trained weights can
- * still differ from that build in the last bits, see spec 10.1.)
+ * still differ from that build in the last bits, see docs/darknet-contract.md §10.1.)
  *
  * Layout of the computation (GotoBLAS-style, tuned for wasm SIMD128 under Cranelift, which
  * has 16 xmm registers and does not reschedule):

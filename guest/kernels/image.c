@@ -2,7 +2,7 @@
  *
  *   pixels_to_chw  bytes of `comps` per pixel -> out[ch][y][x] = f32(byte/255.0) (pixels.h)
  *   chw_to_pixels  interleaved bytes (unsigned char)(255*v), truncated (Darknet save_image)
- *   resize_image   separable bilinear, "align corners" (spec §7.2), in float32:
+ *   resize_image   separable bilinear, "align corners" (docs/darknet-contract.md §7.2), in float32:
  *                  w_scale = f32((sw-1)/(dw-1)), h_scale likewise (0 when the side is 1)
  *                  pass 1 (into part, dw x sh): col == dw-1 or sw == 1 -> p[sw-1], else
  *                    sx = col*w_scale, ix = (int)sx, dx = sx-ix, (1-dx)*p[ix] + dx*p[ix+1]

@@ -1,4 +1,4 @@
-/* musl's rand() (wasi-libc links musl's), the one generator of Darknet's randomness (spec §10.2):
+/* musl's rand() (wasi-libc links musl's), the one generator of Darknet's randomness (docs/darknet-contract.md §10.2):
  *
  *   s = s*6364136223846793005 + 1 (mod 2^64);  rand() = s >> 33   (31 bits)
  *
