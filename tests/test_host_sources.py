@@ -266,7 +266,7 @@ class FakeGuestRun:
 
     outcome = runtime.Outcome.SUCCEEDED
 
-    def __init__(self, engine, component, *, mounts, stdout, stderr, **kwargs):
+    def __init__(self, *, mounts, stdout, stderr, **kwargs):
         self._mounts = mounts
         self._stdout = stdout
 
@@ -287,14 +287,19 @@ class FakeGuestRun:
 
 @pytest.fixture
 def fake_guest(monkeypatch, workspace, tmp_path):
-    monkeypatch.setattr(runtime, "GuestRun", FakeGuestRun)
-    monkeypatch.setattr(runtime, "make_engine", lambda interruptible=True: None)
-    monkeypatch.setattr(runtime, "load_component", lambda engine, path, cache: None)
+    class Fake(FakeGuestRun):
+        """A class of this test's own: a test sets its ``outcome``."""
+
+    class FakeProgram:
+        def start(self, **settings):
+            return Fake(**settings).start()
+
+    monkeypatch.setattr(runtime, "load_program", lambda path, **kwargs: FakeProgram())
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     (workspace / "dl-server.wasm").write_bytes(b"\0asm")
-    return FakeGuestRun
+    return Fake
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -318,7 +323,7 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 def test_nothing_is_written_back_when_the_guest_does_not_succeed(
     fake_guest, monkeypatch, workspace, outcome, capfd, tmp_path
 ):
-    monkeypatch.setattr(FakeGuestRun, "outcome", outcome)
+    fake_guest.outcome = outcome
     before = snapshot(workspace / "model")
     status = cli.main(
         ["--program", "dl-server.wasm", "-i", "model", "-o", "model", "--timeout", "2", "--max-memory", "64M"]

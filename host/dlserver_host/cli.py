@@ -401,15 +401,7 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None) ->
 
 def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
-    from .runtime import (
-        GuestRun,
-        HostError,
-        Outcome,
-        _wasm_digest,
-        default_cache_dir,
-        load_component,
-        make_engine,
-    )
+    from .runtime import HostError, Outcome, _wasm_digest, default_cache_dir, load_program
     from .sources import source_relpath, stage_sources
 
     if not os.path.isfile(args.program):
@@ -434,13 +426,14 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
             except OSError as e:
                 raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
             recorder.program(args.program, digest)
-        engine = make_engine(interruptible=args.timeout is not None)
         output.set_status(f"loading {os.path.basename(args.program)} (compiled once, then cached)")
-        component = load_component(engine, args.program, None if args.no_cache else default_cache_dir())
+        program = load_program(
+            args.program,
+            interruptible=args.timeout is not None,
+            cache_dir=None if args.no_cache else default_cache_dir(),
+        )
         output.set_status("running")
-        run = GuestRun(
-            engine,
-            component,
+        run = program.start(
             argv=[os.path.basename(args.program)],
             env=env.items(),
             mounts=staged.mounts,
@@ -448,7 +441,7 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
             stderr=output.stderr,
             max_memory=args.max_memory,
             timeout=args.timeout,
-        ).start()
+        )
         try:
             result = _wait(run, output)
         finally:

@@ -19,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .atomic import write_atomically
 from .sources import Mount
@@ -121,6 +121,23 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
     if cached is not None:
         _write_cache(cached, component.serialize())
     return component
+
+
+class LoadedProgram(NamedTuple):
+    """A compiled component and the engine it runs on: what the CLI starts guests from."""
+
+    engine: Any
+    component: Any
+
+    def start(self, **settings: Any) -> GuestRun:
+        """A GuestRun of this program (settings: GuestRun's keyword arguments), started."""
+        return GuestRun(self.engine, self.component, **settings).start()
+
+
+def load_program(path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None) -> LoadedProgram:
+    """The engine (epoch checks only when it must be stoppable) and the component at ``path``."""
+    engine = make_engine(interruptible=interruptible)
+    return LoadedProgram(engine, load_component(engine, path, cache_dir))
 
 
 def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
