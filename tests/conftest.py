@@ -14,6 +14,15 @@ EXPECTED = SEED.parent / "expected"
 WASM = ROOT / "dl-server.wasm"
 NATIVE_KERNEL = ROOT / "build" / "native" / "_dlk.abi3.so"
 MNIST_IMAGE = ROOT / "data" / "mnist" / "images_client1" / "t_00000_c5.png"
+# args_files/prediction_one.cfg: predict MNIST_IMAGE with the seed's LeNet
+PREDICT_ARGS = [
+    "classifier",
+    "predict",
+    "cfg/mnist.dataset",
+    "cfg/mnist_lenet.cfg",
+    "model/mnist_lenet.weights",
+    "data/mnist/images_client1/t_00000_c5.png",
+]
 
 # Rebuilds only when a kernel source is newer than the library (a stale one would test old code).
 subprocess.run(
@@ -55,6 +64,26 @@ def lenet_weights(workdir):
     dst = workdir / "model" / "mnist_lenet.weights"
     shutil.copy(src, dst)
     return dst
+
+
+def mnist_images(workdir: Path, names: list[str]) -> list[str]:
+    """Copy these prepared MNIST images into workdir (skip the test without them); their paths."""
+    if not MNIST_IMAGE.exists():
+        pytest.skip("MNIST not prepared (make mnist_training)")
+    src = MNIST_IMAGE.parent
+    dst = workdir / "data" / "mnist" / "images_client1"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(src / name, dst / name)
+    return [f"data/mnist/images_client1/{name}" for name in names]
+
+
+@pytest.fixture
+def prediction_one(workdir, lenet_weights):
+    """workdir ready for args_files/prediction_one.cfg (PREDICT_ARGS) as args.cfg."""
+    mnist_images(workdir, [MNIST_IMAGE.name])
+    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
+    return workdir
 
 
 def wasmtime_cli() -> str:
