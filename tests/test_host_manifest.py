@@ -151,18 +151,9 @@ def test_directory_digest_matches_sha256sum(program, ws, tmp_path):
 def test_a_failing_guest_is_recorded_and_writes_nothing_back(program, ws, tmp_path, capfd):
     before = (ws / "model").iterdir()
     before = sorted(p.name for p in before)
-    status = run_host(
-        program,
-        lenet_aggregation("model/sum.weights", "model/a.weights", "model/missing.weights"),
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model",
-        "-o",
-        "model",
-        "--manifest",
-        str(tmp_path / "m.json"),
-    )
+    args = lenet_aggregation("model/sum.weights", "model/a.weights", "model/missing.weights")
+    flags = ["-i", "args.cfg", "cfg", "model", "-o", "model"]
+    status = run_host(program, args, *flags, "--manifest", str(tmp_path / "m.json"))
     assert status == 1
     assert "missing.weights" in capfd.readouterr().err
     assert sorted(p.name for p in (ws / "model").iterdir()) == before

@@ -136,16 +136,8 @@ def test_siblings_of_a_single_file_input_stay_hidden(program, workspace, capfd):
 
 def test_a_failing_guest_leaves_outputs_untouched(program, workspace, capfd):
     before = snapshot(workspace / "model")
-    status = run_host(
-        program,
-        lenet_aggregation("model/sum.weights", "model/zero.weights", "model/missing.weights"),
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model",
-        "-o",
-        "model",
-    )
+    args = lenet_aggregation("model/sum.weights", "model/zero.weights", "model/missing.weights")
+    status = run_host(program, args, "-i", "args.cfg", "cfg", "model", "-o", "model")
     capfd.readouterr()
     assert status == 1
     assert snapshot(workspace / "model") == before
