@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_common import ROOT, VENV_BIN, baseline_component, native_run, wasmtime_run
@@ -60,6 +61,19 @@ def taking_turns(
             seconds, last[tag] = timed(cmds[tag], cwd, env)
             times[tag].append(seconds)
     return {tag: statistics.median(ts) for tag, ts in times.items()}, last
+
+
+def alternating(
+    wasms: dict[str, Path], runs: int, measure: Callable[[str, Path], tuple[float, ...]]
+) -> list[dict[str, float]]:
+    """measure(tag, wasm) `runs` times for each component, the components taking turns: for
+    each of the values measure returns, its median for each component."""
+    samples: dict[str, list[tuple[float, ...]]] = {tag: [] for tag in wasms}
+    for _ in range(runs):
+        for tag, wasm in wasms.items():
+            samples[tag].append(measure(tag, wasm))
+    values = len(next(iter(samples.values()))[0])
+    return [{tag: statistics.median(s[i] for s in ss) for tag, ss in samples.items()} for i in range(values)]
 
 
 def seed_weights() -> str:
@@ -109,27 +123,18 @@ def bench_detect(wasms: dict[str, Path], runs: int) -> list[Row]:
         "data/cache/bench",
     ]
     (ROOT / "data" / "cache").mkdir(exist_ok=True)
-    forwards: dict[str, list[float]] = {tag: [] for tag in wasms}
-    wholes: dict[str, list[float]] = {tag: [] for tag in wasms}
-    for _ in range(runs):
-        for tag, wasm in wasms.items():
-            seconds, result = timed(wasmtime_run(wasm) + args, ROOT)
-            predicted = [p for p in map(predicted_line, result.stdout.splitlines()) if p]
-            if result.returncode != 0 or not predicted:
-                sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
-            wholes[tag].append(seconds)
-            forwards[tag].append(predicted[0].seconds)
+
+    def detect(tag: str, wasm: Path) -> tuple[float, float]:
+        seconds, result = timed(wasmtime_run(wasm) + args, ROOT)
+        predicted = [p for p in map(predicted_line, result.stdout.splitlines()) if p]
+        if result.returncode != 0 or not predicted:
+            sys.exit(f"bench: detect failed:\n{result.stderr[-2000:]}")
+        return predicted[0].seconds, seconds
+
+    forward, whole = alternating(wasms, runs, detect)
     return [
-        (
-            "detect dog.jpg: forward in the component (s)",
-            {t: statistics.median(v) for t, v in forwards.items()},
-            "target <= 0.40",
-        ),
-        (
-            "detect dog.jpg: component, whole run (s)",
-            {t: statistics.median(v) for t, v in wholes.items()},
-            "target <= 1.5",
-        ),
+        ("detect dog.jpg: forward in the component (s)", forward, "target <= 0.40"),
+        ("detect dog.jpg: component, whole run (s)", whole, "target <= 1.5"),
     ]
 
 
@@ -158,18 +163,17 @@ def bench_aggregation(wasms: dict[str, Path], runs: int) -> list[Row]:
         args = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "out.weights", *names]
         # The aggregation is ~10x shorter than the start-up, and the machine is noisy: time
         # start-up-only and aggregation runs in pairs and take the median of the differences.
-        wholes: dict[str, list[float]] = {tag: [] for tag in wasms}
-        inside: dict[str, list[float]] = {tag: [] for tag in wasms}
-        outputs = {}
-        for _ in range(max(runs, 9)):
-            for tag, wasm in wasms.items():
-                startup, _ = timed(wasmtime_run(wasm) + ["frobnicate"], work)
-                whole, result = timed(wasmtime_run(wasm) + args, work)
-                if result.returncode != 0:
-                    sys.exit(f"bench: aggregation failed:\n{result.stderr[-2000:]}")
-                wholes[tag].append(whole)
-                inside[tag].append(whole - startup)
-                outputs[tag] = (work / "out.weights").read_bytes()
+        outputs: dict[str, bytes] = {}
+
+        def aggregate(tag: str, wasm: Path) -> tuple[float, float]:
+            startup, _ = timed(wasmtime_run(wasm) + ["frobnicate"], work)
+            whole, result = timed(wasmtime_run(wasm) + args, work)
+            if result.returncode != 0:
+                sys.exit(f"bench: aggregation failed:\n{result.stderr[-2000:]}")
+            outputs[tag] = (work / "out.weights").read_bytes()
+            return whole, whole - startup
+
+        wholes, inside = alternating(wasms, max(runs, 9), aggregate)
         native_cmd, env = native_run(args)
         native, _ = taking_turns({NOW: native_cmd}, max(runs, 5), work, env)
         same = all(out == (work / "out.weights").read_bytes() for out in outputs.values())
@@ -182,12 +186,12 @@ def bench_aggregation(wasms: dict[str, Path], runs: int) -> list[Row]:
     return [
         (
             "aggregation darknet, 10 LeNet files: whole (s)",
-            {t: statistics.median(v) for t, v in wholes.items()},
+            wholes,
             "component, wasmtime CLI",
         ),
         (
             "aggregation darknet, 10 LeNet files: inside (s)",
-            {t: statistics.median(v) for t, v in inside.items()},
+            inside,
             "in the component; target <= 0.3 (median of paired differences)",
         ),
         (

@@ -158,21 +158,13 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     )
 
 
-def build_wasm() -> Path:
-    target = BUILD / "wasm" / "_dlk.abi3.so"
+def build(kind: str) -> Path:
+    """build/<kind>/_dlk.abi3.so ('wasm' or 'native'), compiled unless up to date."""
+    target = BUILD / kind / "_dlk.abi3.so"
     if up_to_date(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    compile_wasm(KERNELS, target)
-    return target
-
-
-def build_native() -> Path:
-    target = BUILD / "native" / "_dlk.abi3.so"
-    if up_to_date(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    compile_native(KERNELS, target)
+    (compile_wasm if kind == "wasm" else compile_native)(KERNELS, target)
     return target
 
 
@@ -180,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", choices=["wasm", "native"])
     for name in parser.parse_args().targets:
-        print((build_wasm if name == "wasm" else build_native)())
+        print(build(name))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Shared fixtures: the guest package imported natively, the seed files, the component."""
+"""Shared fixtures: the guest package imported natively, the seed files, the component, and
+what the host's component tests (test_host_*) build their workspaces from."""
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,15 @@ EXPECTED = SEED.parent / "expected"
 WASM = ROOT / "dl-server.wasm"
 NATIVE_KERNEL = ROOT / "build" / "native" / "_dlk.abi3.so"
 MNIST_IMAGE = ROOT / "data" / "mnist" / "images_client1" / "t_00000_c5.png"
+# args_files/prediction_one.cfg: predict MNIST_IMAGE with the seed's LeNet
+PREDICT_ARGS = [
+    "classifier",
+    "predict",
+    "cfg/mnist.dataset",
+    "cfg/mnist_lenet.cfg",
+    "model/mnist_lenet.weights",
+    "data/mnist/images_client1/t_00000_c5.png",
+]
 
 # Rebuilds only when a kernel source is newer than the library (a stale one would test old code).
 subprocess.run(
@@ -57,6 +69,26 @@ def lenet_weights(workdir):
     return dst
 
 
+def mnist_images(workdir: Path, names: list[str]) -> list[str]:
+    """Copy these prepared MNIST images into workdir (skip the test without them); their paths."""
+    if not MNIST_IMAGE.exists():
+        pytest.skip("MNIST not prepared (make mnist_training)")
+    src = MNIST_IMAGE.parent
+    dst = workdir / "data" / "mnist" / "images_client1"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(src / name, dst / name)
+    return [f"data/mnist/images_client1/{name}" for name in names]
+
+
+@pytest.fixture
+def prediction_one(workdir, lenet_weights):
+    """workdir ready for args_files/prediction_one.cfg (PREDICT_ARGS) as args.cfg."""
+    mnist_images(workdir, [MNIST_IMAGE.name])
+    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
+    return workdir
+
+
 def wasmtime_cli() -> str:
     exe = Path(sys.executable).parent / "wasmtime"
     return str(exe) if exe.exists() else shutil.which("wasmtime") or "wasmtime"
@@ -79,3 +111,58 @@ def run_wasmtime(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+# The host's component tests: DL_SERVER_WASM runs them against another build.
+HOST_WASM = Path(os.environ.get("DL_SERVER_WASM", WASM))
+NEEDS_HOST_WASM = [
+    pytest.mark.component,
+    pytest.mark.skipif(not HOST_WASM.is_file(), reason=f"{HOST_WASM} is not built (run `make`)"),
+]
+LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850  # conv1, conv2, fc 294-120, 120-84, 84-10
+
+
+def lenet_aggregation(output: str, *inputs: str) -> list[str]:
+    """The guest's args for `aggregation darknet` of LeNet weights files into output."""
+    return ["aggregation", "darknet", "cfg/mnist_lenet.cfg", output, *inputs]
+
+
+def flat_lenet_weights(value: float = 0.0) -> bytes:
+    """A LeNet weights file (major 0, minor 2, revision 0, seen 0) with every parameter = value."""
+    return struct.pack("<iiiQ", 0, 2, 0, 0) + struct.pack("<f", value) * LENET_PARAMETERS
+
+
+def gray_png(width: int = 28, height: int = 28) -> bytes:
+    """An 8-bit grayscale PNG with a diagonal stroke."""
+    rows = b"".join(
+        b"\x00" + bytes(255 if abs(x - y) < 2 else 0 for x in range(width)) for y in range(height)
+    )
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def program() -> str:
+    """HOST_WASM, compiled once into the shared compile cache for the whole session."""
+    from dlserver_host import runtime
+
+    runtime.load_component(runtime.make_engine(interruptible=False), HOST_WASM, runtime.default_cache_dir())
+    return str(HOST_WASM)
+
+
+def run_host(program: str, args_cfg: list[str] | None, *flags: str) -> int:
+    """Write args.cfg (unless None) and run the `dl-server` host in-process; its exit status."""
+    from dlserver_host import cli
+
+    if args_cfg is not None:
+        Path("args.cfg").write_text("".join(a + "\n" for a in args_cfg))
+    return cli.main(["--program", program, *flags])

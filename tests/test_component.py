@@ -1,38 +1,14 @@
 """dl-server.wasm under the plain wasmtime CLI, as the README runs it."""
 
-import shutil
-
 import pytest
 
-from conftest import EXPECTED, MNIST_IMAGE, run_wasmtime
+from conftest import EXPECTED, MNIST_IMAGE, PREDICT_ARGS, mnist_images, run_wasmtime
 from dlserver.main import main
 
 pytestmark = pytest.mark.component
 
-PREDICT_ARGS = [
-    "classifier",
-    "predict",
-    "cfg/mnist.dataset",
-    "cfg/mnist_lenet.cfg",
-    "model/mnist_lenet.weights",
-    "data/mnist/images_client1/t_00000_c5.png",
-]
 
-
-def mnist_images(workdir, names):
-    if not MNIST_IMAGE.exists():
-        pytest.skip("MNIST not prepared (make mnist_training)")
-    src = MNIST_IMAGE.parent
-    dst = workdir / "data" / "mnist" / "images_client1"
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        shutil.copy(src / name, dst / name)
-    return [f"data/mnist/images_client1/{name}" for name in names]
-
-
-def test_predict_from_args_cfg_prints_the_originals_output(component, lenet_weights, workdir):
-    mnist_images(workdir, ["t_00000_c5.png"])
-    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
+def test_predict_from_args_cfg_prints_the_originals_output(component, prediction_one, workdir):
     result = run_wasmtime(workdir)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines(keepends=True)
@@ -73,14 +49,12 @@ def test_detect_without_weights_fails(component, workdir):
     )
 
 
-def test_predict_through_the_host_with_the_seeds_fee_flags(component, lenet_weights, workdir):
+def test_predict_through_the_host_with_the_seeds_fee_flags(component, prediction_one, workdir):
     """The seed README's FEE command, with dl-server in place of the engine."""
     import subprocess
     import sys
     from pathlib import Path
 
-    mnist_images(workdir, ["t_00000_c5.png"])
-    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
     host = Path(sys.executable).parent / "dl-server"
     result = subprocess.run(
         [

@@ -8,32 +8,18 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from dlserver_host import cli, manifest, runtime
+from conftest import HOST_WASM, NEEDS_HOST_WASM, ROOT, flat_lenet_weights, lenet_aggregation, run_host
+from dlserver_host import manifest, runtime
 
-REPO = Path(__file__).resolve().parent.parent
-WASM = Path(os.environ.get("DL_SERVER_WASM", REPO / "dl-server.wasm"))
+pytestmark = NEEDS_HOST_WASM
 
-pytestmark = [
-    pytest.mark.component,
-    pytest.mark.skipif(not WASM.is_file(), reason=f"{WASM} is not built (run `make`)"),
-]
-
-LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850
-AGGREGATE = [
-    "aggregation",
-    "darknet",
-    "cfg/mnist_lenet.cfg",
-    "model/sum.weights",
-    "model/a.weights",
-    "model/b.weights",
-]
+AGGREGATE = lenet_aggregation("model/sum.weights", "model/a.weights", "model/b.weights")
 KEYS = [
     "format",
     "started_utc",
@@ -53,40 +39,23 @@ KEYS = [
 ]
 
 
-def weights(value: float) -> bytes:
-    """A LeNet weights file (major 0, minor 2, seen 0) with every parameter = value."""
-    return struct.pack("<iiiQ", 0, 2, 0, 0) + struct.pack("<f", value) * LENET_PARAMETERS
-
-
 def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def program() -> str:
-    runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
-    return str(WASM)
 
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch) -> Path:
     ws = tmp_path / "ws"
     (ws / "cfg").mkdir(parents=True)
-    shutil.copy(REPO / "cfg" / "mnist_lenet.cfg", ws / "cfg" / "mnist_lenet.cfg")
+    shutil.copy(ROOT / "cfg" / "mnist_lenet.cfg", ws / "cfg" / "mnist_lenet.cfg")
     (ws / "cfg" / "sub").mkdir()
     (ws / "cfg" / "sub" / "note.txt").write_text("nested\n")
     (ws / "model").mkdir()
-    (ws / "model" / "a.weights").write_bytes(weights(1.0))
-    (ws / "model" / "b.weights").write_bytes(weights(3.0))
+    (ws / "model" / "a.weights").write_bytes(flat_lenet_weights(1.0))
+    (ws / "model" / "b.weights").write_bytes(flat_lenet_weights(3.0))
     (ws / "out").mkdir()
     monkeypatch.chdir(ws)
     return ws
-
-
-def run(program: str, args_cfg, *flags: str) -> int:
-    if args_cfg is not None:
-        Path("args.cfg").write_text("".join(a + "\n" for a in args_cfg))
-    return cli.main(["--program", program, *flags])
 
 
 def load(path) -> dict:
@@ -95,19 +64,8 @@ def load(path) -> dict:
 
 def test_a_successful_run_is_recorded(program, ws, tmp_path):
     record_path = tmp_path / "records" / "run.json"  # parent created
-    status = run(
-        program,
-        AGGREGATE,
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model/a.weights",
-        "model/b.weights",
-        "-o",
-        "model",
-        "--manifest",
-        str(record_path),
-    )
+    flags = ["-i", "args.cfg", "cfg", "model/a.weights", "model/b.weights", "-o", "model"]
+    status = run_host(program, AGGREGATE, *flags, "--manifest", str(record_path))
     assert status == 0
     m = load(record_path)
     assert list(m) == KEYS
@@ -115,24 +73,11 @@ def test_a_successful_run_is_recorded(program, ws, tmp_path):
     assert datetime.fromisoformat(m["started_utc"]).tzinfo is not None
     assert m["started_utc"].endswith("Z")
     assert m["duration_seconds"] > 0
-    assert m["command_line"] == [
-        "dl-server",
-        "--program",
-        program,
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model/a.weights",
-        "model/b.weights",
-        "-o",
-        "model",
-        "--manifest",
-        str(record_path),
-    ]
+    assert m["command_line"] == ["dl-server", "--program", program, *flags, "--manifest", str(record_path)]
     assert m["cwd"] == str(ws)
     assert m["host"]["wasmtime"] == runtime.wasmtime_version()
-    assert m["program"] == {"path": program, "sha256": sha(WASM)}
-    assert m["guest_argv"] == [WASM.name, *AGGREGATE]
+    assert m["program"] == {"path": program, "sha256": sha(HOST_WASM)}
+    assert m["guest_argv"] == [HOST_WASM.name, *AGGREGATE]
     assert m["args_file"] == "args.cfg"
     # every input file, hashed; a directory's digest is the sha256sum listing's
     files = m["inputs"]["files"]
@@ -166,7 +111,7 @@ def test_a_successful_run_is_recorded(program, ws, tmp_path):
         "sources": ["model"],
         "files": {"model/sum.weights": sha(ws / "model/sum.weights")},
     }
-    assert (ws / "model/sum.weights").read_bytes() == weights(2.0)
+    assert (ws / "model/sum.weights").read_bytes() == flat_lenet_weights(2.0)
     assert (m["outcome"], m["exit_status"], m["error"]) == ("succeeded", 0, None)
     assert m["hashing"]["files"] == 5 and m["hashing"]["complete"] is True
     assert m["hashing"]["seconds"] >= 0 and m["hashing"]["seconds_added"] >= 0
@@ -176,16 +121,9 @@ def test_a_successful_run_is_recorded(program, ws, tmp_path):
 def test_directory_digest_matches_sha256sum(program, ws, tmp_path):
     if not shutil.which("sha256sum"):
         pytest.skip("no sha256sum")
-    args = [
-        "aggregation",
-        "darknet",
-        "cfg/mnist_lenet.cfg",
-        "out/sum.weights",
-        "model/a.weights",
-        "model/b.weights",
-    ]
+    args = lenet_aggregation("out/sum.weights", "model/a.weights", "model/b.weights")
     assert (
-        run(
+        run_host(
             program,
             args,
             "-i",
@@ -213,25 +151,9 @@ def test_directory_digest_matches_sha256sum(program, ws, tmp_path):
 def test_a_failing_guest_is_recorded_and_writes_nothing_back(program, ws, tmp_path, capfd):
     before = (ws / "model").iterdir()
     before = sorted(p.name for p in before)
-    status = run(
-        program,
-        [
-            "aggregation",
-            "darknet",
-            "cfg/mnist_lenet.cfg",
-            "model/sum.weights",
-            "model/a.weights",
-            "model/missing.weights",
-        ],
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model",
-        "-o",
-        "model",
-        "--manifest",
-        str(tmp_path / "m.json"),
-    )
+    args = lenet_aggregation("model/sum.weights", "model/a.weights", "model/missing.weights")
+    flags = ["-i", "args.cfg", "cfg", "model", "-o", "model"]
+    status = run_host(program, args, *flags, "--manifest", str(tmp_path / "m.json"))
     assert status == 1
     assert "missing.weights" in capfd.readouterr().err
     assert sorted(p.name for p in (ws / "model").iterdir()) == before
@@ -242,7 +164,7 @@ def test_a_failing_guest_is_recorded_and_writes_nothing_back(program, ws, tmp_pa
 
 
 def test_a_host_error_is_recorded(program, ws, tmp_path, capfd):
-    status = run(program, AGGREGATE, "-i", "args.cfg", "nowhere", "--manifest", str(tmp_path / "m.json"))
+    status = run_host(program, AGGREGATE, "-i", "args.cfg", "nowhere", "--manifest", str(tmp_path / "m.json"))
     assert status == 1
     m = load(tmp_path / "m.json")
     assert (m["outcome"], m["exit_status"]) == ("host error", 1)
@@ -251,14 +173,14 @@ def test_a_host_error_is_recorded(program, ws, tmp_path, capfd):
 
 
 def test_without_args_cfg_the_guest_argv_is_its_name(program, ws, tmp_path):
-    status = run(program, None, "-i", "cfg", "--manifest", str(tmp_path / "m.json"))
+    status = run_host(program, None, "-i", "cfg", "--manifest", str(tmp_path / "m.json"))
     assert status == 1  # no args.cfg visible: the guest says so
     m = load(tmp_path / "m.json")
-    assert m["args_file"] is None and m["guest_argv"] == [WASM.name]
+    assert m["args_file"] is None and m["guest_argv"] == [HOST_WASM.name]
 
 
 def test_args_cfg_seen_through_the_whole_tree(program, ws, tmp_path):
-    status = run(program, AGGREGATE, "-i", "./", "-o", "out", "--manifest", str(tmp_path / "m.json"))
+    status = run_host(program, AGGREGATE, "-i", "./", "-o", "out", "--manifest", str(tmp_path / "m.json"))
     m = load(tmp_path / "m.json")
     assert status == 1  # the output goes to model/, not an output source
     assert m["args_file"] == "args.cfg" and m["guest_argv"][1:] == AGGREGATE
@@ -266,14 +188,16 @@ def test_args_cfg_seen_through_the_whole_tree(program, ws, tmp_path):
 
 
 def test_manifest_path_that_is_a_directory_is_refused_before_running(program, ws, capfd):
-    status = run(program, AGGREGATE, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "out")
+    status = run_host(
+        program, AGGREGATE, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "out"
+    )
     assert status == 1
     assert "--manifest" in capfd.readouterr().err
     assert not (ws / "model/sum.weights").exists()
 
 
 def test_manifest_inside_an_output_source_only_where_asked(program, ws):
-    status = run(
+    status = run_host(
         program, AGGREGATE, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "model/run.json"
     )
     assert status == 0
@@ -288,20 +212,13 @@ def test_manifest_inside_an_output_source_only_where_asked(program, ws):
 
 
 def test_manifest_never_overwrites_a_file_the_guest_wrote(program, ws, capfd):
-    args = [
-        "aggregation",
-        "darknet",
-        "cfg/mnist_lenet.cfg",
-        "model/run.json",
-        "model/a.weights",
-        "model/b.weights",
-    ]
-    status = run(
+    args = lenet_aggregation("model/run.json", "model/a.weights", "model/b.weights")
+    status = run_host(
         program, args, "-i", "args.cfg", "cfg", "model", "-o", "model", "--manifest", "model/run.json"
     )
     assert status == 1
     assert "the guest wrote that file too" in capfd.readouterr().err
-    assert (ws / "model/run.json").read_bytes() == weights(2.0)
+    assert (ws / "model/run.json").read_bytes() == flat_lenet_weights(2.0)
 
 
 def test_hashing_is_streaming_and_counts_bytes(tmp_path):

@@ -12,57 +12,18 @@ out-of-memory guest leaves the output sources on the host untouched.
 Set DL_SERVER_WASM to run these against another build of the component.
 """
 
-import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
-from dlserver_host import cli, runtime, sources
+from conftest import NEEDS_HOST_WASM, ROOT, flat_lenet_weights, gray_png, lenet_aggregation, run_host
+from dlserver_host import sources
 
-REPO = Path(__file__).resolve().parent.parent
-WASM = Path(os.environ.get("DL_SERVER_WASM", REPO / "dl-server.wasm"))
+pytestmark = NEEDS_HOST_WASM
 
-pytestmark = [
-    pytest.mark.component,
-    pytest.mark.skipif(not WASM.is_file(), reason=f"{WASM} is not built (run `make`)"),
-]
-
-LENET_PARAMETERS = 456 + 906 + 35400 + 10164 + 850  # conv1, conv2, fc 294-120, 120-84, 84-10
 IMAGE = "data/mnist/images_client1/t_00000_c5.png"
 PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg"]
-
-
-def zero_weights() -> bytes:
-    """A Darknet weights file for lenet: header (major 0, minor 2, revision 0, seen 0), all zeros."""
-    return struct.pack("<iiiQ", 0, 2, 0, 0) + bytes(4 * LENET_PARAMETERS)
-
-
-def gray_png(width: int = 28, height: int = 28) -> bytes:
-    """An 8-bit grayscale PNG with a diagonal stroke."""
-    rows = b"".join(
-        b"\x00" + bytes(255 if abs(x - y) < 2 else 0 for x in range(width)) for y in range(height)
-    )
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
-@pytest.fixture(scope="session")
-def program() -> str:
-    """The component, compiled once into the shared compile cache for the whole session."""
-    runtime.load_component(runtime.make_engine(interruptible=False), WASM, runtime.default_cache_dir())
-    return str(WASM)
 
 
 @pytest.fixture
@@ -71,23 +32,17 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
     ws = tmp_path / "ws"
     (ws / "cfg").mkdir(parents=True)
     for name in ("mnist.dataset", "mnist_lenet.cfg"):
-        shutil.copy(REPO / "cfg" / name, ws / "cfg" / name)
+        shutil.copy(ROOT / "cfg" / name, ws / "cfg" / name)
     (ws / "data/mnist/images_client1").mkdir(parents=True)
-    shutil.copy(REPO / "data/mnist/mnist.names.list", ws / "data/mnist/mnist.names.list")
+    shutil.copy(ROOT / "data/mnist/mnist.names.list", ws / "data/mnist/mnist.names.list")
     (ws / IMAGE).write_bytes(gray_png())
     (ws / "model").mkdir()
-    (ws / "model/zero.weights").write_bytes(zero_weights())
-    (tmp_path / "x").write_bytes(zero_weights())  # reachable only as ../x
+    (ws / "model/zero.weights").write_bytes(flat_lenet_weights())
+    (tmp_path / "x").write_bytes(flat_lenet_weights())  # reachable only as ../x
     (tmp_path / "outside").mkdir()
-    (tmp_path / "outside/zero.weights").write_bytes(zero_weights())
+    (tmp_path / "outside/zero.weights").write_bytes(flat_lenet_weights())
     monkeypatch.chdir(ws)
     return ws
-
-
-def run_dl_server(program: str, args_cfg: list[str], *flags: str) -> int:
-    """Write args.cfg and run the host in-process; returns the exit status."""
-    Path("args.cfg").write_text("\n".join(args_cfg) + "\n")
-    return cli.main(["--program", program, *flags])
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -99,7 +54,7 @@ def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def test_control_a_readable_weights_file_gives_a_prediction(program, workspace, capfd):
-    status = run_dl_server(
+    status = run_host(
         program,
         [*PREDICT, "model/zero.weights", IMAGE],
         "--input-source",
@@ -127,7 +82,7 @@ def test_guest_cannot_read_etc_passwd(program, workspace, capfd):
     dataset = (workspace / "cfg/mnist.dataset").read_text()
     (workspace / "cfg/leak.dataset").write_text(dataset.replace("data/mnist/mnist.names.list", "/etc/passwd"))
     assert "/etc/passwd" in (workspace / "cfg/leak.dataset").read_text()
-    status = run_dl_server(
+    status = run_host(
         program,
         ["classifier", "predict", "cfg/leak.dataset", "cfg/mnist_lenet.cfg", "model/zero.weights", IMAGE],
         "-i",
@@ -143,13 +98,13 @@ def test_guest_cannot_read_etc_passwd(program, workspace, capfd):
 
 def test_guest_cannot_read_an_absolute_host_path(program, workspace, capfd):
     outside = workspace.parent / "outside/zero.weights"
-    status = run_dl_server(program, [*PREDICT, str(outside), IMAGE], "-i", "args.cfg", "cfg", "data", "model")
+    status = run_host(program, [*PREDICT, str(outside), IMAGE], "-i", "args.cfg", "cfg", "data", "model")
     assert_refused(status, capfd)
 
 
 def test_guest_cannot_read_dotdot(program, workspace, capfd):
     assert (workspace / "../x").is_file()
-    status = run_dl_server(program, [*PREDICT, "../x", IMAGE], "-i", "args.cfg", "cfg", "data", "model")
+    status = run_host(program, [*PREDICT, "../x", IMAGE], "-i", "args.cfg", "cfg", "data", "model")
     assert_refused(status, capfd)
 
 
@@ -158,16 +113,16 @@ def test_guest_cannot_follow_a_symlink_out_of_an_input(program, workspace, capfd
     outside = workspace.parent / "outside/zero.weights"
     link_target = outside if target == "absolute" else Path("../../outside/zero.weights")
     (workspace / "model/link.weights").symlink_to(link_target)
-    assert (workspace / "model/link.weights").read_bytes() == zero_weights()
-    status = run_dl_server(
+    assert (workspace / "model/link.weights").read_bytes() == flat_lenet_weights()
+    status = run_host(
         program, [*PREDICT, "model/link.weights", IMAGE], "-i", "args.cfg", "cfg", "data", "model"
     )
     assert_refused(status, capfd)
 
 
 def test_siblings_of_a_single_file_input_stay_hidden(program, workspace, capfd):
-    (workspace / "data/mnist/images_client1/sibling.weights").write_bytes(zero_weights())
-    status = run_dl_server(
+    (workspace / "data/mnist/images_client1/sibling.weights").write_bytes(flat_lenet_weights())
+    status = run_host(
         program,
         [*PREDICT, "data/mnist/images_client1/sibling.weights", IMAGE],
         "-i",
@@ -181,23 +136,8 @@ def test_siblings_of_a_single_file_input_stay_hidden(program, workspace, capfd):
 
 def test_a_failing_guest_leaves_outputs_untouched(program, workspace, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(
-        program,
-        [
-            "aggregation",
-            "darknet",
-            "cfg/mnist_lenet.cfg",
-            "model/sum.weights",
-            "model/zero.weights",
-            "model/missing.weights",
-        ],
-        "-i",
-        "args.cfg",
-        "cfg",
-        "model",
-        "-o",
-        "model",
-    )
+    args = lenet_aggregation("model/sum.weights", "model/zero.weights", "model/missing.weights")
+    status = run_host(program, args, "-i", "args.cfg", "cfg", "model", "-o", "model")
     capfd.readouterr()
     assert status == 1
     assert snapshot(workspace / "model") == before
@@ -206,7 +146,7 @@ def test_a_failing_guest_leaves_outputs_untouched(program, workspace, capfd):
 @pytest.fixture
 def long_validation(workspace: Path) -> list[str]:
     """args for `classifier valid` over 200000 copies of one image: runs for minutes."""
-    shutil.copy(REPO / "data/mnist/mnist.labels.list", workspace / "data/mnist/mnist.labels.list")
+    shutil.copy(ROOT / "data/mnist/mnist.labels.list", workspace / "data/mnist/mnist.labels.list")
     (workspace / "data/long.list").write_text((IMAGE + "\n") * 200_000)
     (workspace / "cfg/long.dataset").write_text(
         "classes=10\nvalid=data/long.list\nlabels=data/mnist/mnist.labels.list\n"
@@ -245,7 +185,7 @@ def private_writes(monkeypatch) -> list:
 
 def test_a_timed_out_guest_leaves_outputs_untouched(program, workspace, long_validation, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(
+    status = run_host(
         program, long_validation, "-i", "args.cfg", "cfg", "data", "model", "-o", "model", "--timeout", "2"
     )
     out, err = capfd.readouterr()
@@ -257,7 +197,7 @@ def test_a_timed_out_guest_leaves_outputs_untouched(program, workspace, long_val
 
 def test_a_timed_out_guest_discards_what_it_wrote(program, workspace, tiny_training, private_writes, capfd):
     before = snapshot(workspace / "model")
-    status = run_dl_server(
+    status = run_host(
         program, tiny_training, "-i", "args.cfg", "cfg", "data", "model", "-o", "model", "--timeout", "3"
     )
     err = capfd.readouterr().err
@@ -273,7 +213,7 @@ def test_a_guest_out_of_memory_leaves_outputs_untouched(program, workspace, capf
     cfg = (workspace / "cfg/mnist_lenet.cfg").read_text().replace("output= 120", "output= 1000000")
     (workspace / "cfg/huge.cfg").write_text(cfg)  # a 294 x 1e6 connected layer: 1.2 GB of weights
     before = snapshot(workspace / "model")
-    status = run_dl_server(
+    status = run_host(
         program,
         [*PREDICT[:3], "cfg/huge.cfg", "model/zero.weights", IMAGE],
         "-i",

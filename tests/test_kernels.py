@@ -2,29 +2,15 @@
 
 Float results are compared bit for bit: each reference performs the same float32 (or,
 where Darknet does, double) operations in the same order as the C code is documented to.
-Run: PYTHONPATH=guest:build/native .venv/bin/python -m pytest tests/test_kernels.py -q
+Run: .venv/bin/python -m pytest tests/test_kernels.py -q (conftest.py builds build/native first)
 """
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# Rebuild when a kernel source changed (a no-op when build/native is up to date).
-subprocess.run(
-    [sys.executable, str(ROOT / "scripts" / "build_kernels.py"), "native"],
-    check=True,
-    stdout=subprocess.DEVNULL,
-)
-for path in (ROOT / "build" / "native", ROOT / "guest"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import _dlk  # noqa: E402
+import _dlk  # built and put on sys.path by conftest.py
 
 f32, f64 = np.float32, np.float64
 ACT_LINEAR, ACT_RELU, ACT_LEAKY, ACT_LOGISTIC = 0, 1, 2, 3

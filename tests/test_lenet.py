@@ -1,12 +1,11 @@
 """LeNet from the seed: layer table, weights round trip, forward against numpy, predict."""
 
-import shutil
 from array import array
 
 import numpy as np
 import pytest
 
-from conftest import EXPECTED, MNIST_IMAGE, ROOT, seed_file
+from conftest import EXPECTED, PREDICT_ARGS, ROOT, seed_file
 from dlserver.commands.classifier import load_network, top_k
 from dlserver.errors import DLServerError
 from dlserver.main import main
@@ -119,33 +118,14 @@ def test_top_k_is_stable_descending():
     assert top_k([3.0, 1.0, 2.0], 1) == [0]
 
 
-def test_predict_prints_the_originals_output(lenet_weights, workdir, capsys):
-    if not MNIST_IMAGE.exists():
-        pytest.skip("MNIST not prepared (make mnist_training)")
+def test_predict_prints_the_originals_output(prediction_one, capsys):
     expected = EXPECTED / "predict_t_00000_c5.stdout"
     if not expected.exists():
         pytest.skip("seed expected output absent")
-    image_dir = workdir / "data" / "mnist" / "images_client1"
-    image_dir.mkdir(parents=True)
-    shutil.copy(MNIST_IMAGE, image_dir / MNIST_IMAGE.name)
-    shutil.copy(workdir / "args_files" / "prediction_one.cfg", workdir / "args.cfg")
     assert main(["dl-server"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines(keepends=True)
-    assert lines[:6] == [
-        f"argv[{i}] = '{a}'\n"
-        for i, a in enumerate(
-            [
-                "classifier",
-                "predict",
-                "cfg/mnist.dataset",
-                "cfg/mnist_lenet.cfg",
-                "model/mnist_lenet.weights",
-                "data/mnist/images_client1/t_00000_c5.png",
-            ],
-            1,
-        )
-    ]
+    assert lines[:6] == [f"argv[{i}] = '{a}'\n" for i, a in enumerate(PREDICT_ARGS, 1)]
     assert "".join(lines[6:]) == expected.read_text()
     assert err.endswith(
         "Loading weights from model/mnist_lenet.weights...Done!\n"

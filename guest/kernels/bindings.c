@@ -120,27 +120,21 @@ static int conv_check(const char *name, Py_buffer *im, Py_buffer *col, int c, in
            NEED_F(*col, (long long)c * ksize * ksize * oh * ow, "columns");
 }
 
-static PyObject *py_im2col(PyObject *self, PyObject *args)
+/* im2col (image -> columns) and col2im (columns -> image, accumulating): (src, c, h, w, ksize, stride, pad, dst). */
+static PyObject *conv_transfer(PyObject *args, const char *name, int to_columns)
 {
-    Py_buffer im, col;
+    Py_buffer src, dst;
     int c, h, w, ksize, stride, pad;
-    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &im, &c, &h, &w, &ksize, &stride, &pad, &col)) return NULL;
-    int ok = conv_check("im2col", &im, &col, c, h, w, ksize, stride, pad);
-    if (ok) dlk_im2col(F32(im), c, h, w, ksize, stride, pad, F32(col));
-    RELEASE(&im, &col);
+    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &src, &c, &h, &w, &ksize, &stride, &pad, &dst)) return NULL;
+    int ok = to_columns ? conv_check(name, &src, &dst, c, h, w, ksize, stride, pad)
+                        : conv_check(name, &dst, &src, c, h, w, ksize, stride, pad);
+    if (ok) (to_columns ? dlk_im2col : dlk_col2im)(F32(src), c, h, w, ksize, stride, pad, F32(dst));
+    RELEASE(&src, &dst);
     return none_if(ok);
 }
 
-static PyObject *py_col2im(PyObject *self, PyObject *args)
-{
-    Py_buffer col, im;
-    int c, h, w, ksize, stride, pad;
-    if (!PyArg_ParseTuple(args, "y*iiiiiiw*", &col, &c, &h, &w, &ksize, &stride, &pad, &im)) return NULL;
-    int ok = conv_check("col2im", &im, &col, c, h, w, ksize, stride, pad);
-    if (ok) dlk_col2im(F32(col), c, h, w, ksize, stride, pad, F32(im));
-    RELEASE(&col, &im);
-    return none_if(ok);
-}
+static PyObject *py_im2col(PyObject *self, PyObject *args) { return conv_transfer(args, "im2col", 1); }
+static PyObject *py_col2im(PyObject *self, PyObject *args) { return conv_transfer(args, "col2im", 0); }
 
 static PyObject *py_conv2d_direct(PyObject *self, PyObject *args)
 {

@@ -115,26 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WASM",
         help="the component to run (a path to the .wasm)",
     )
-    parser.add_argument(
-        "-i",
-        "--input-source",
-        dest="inputs",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="PATH",
-        help="files or directories the guest may read",
-    )
-    parser.add_argument(
-        "-o",
-        "--output-source",
-        dest="outputs",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="PATH",
-        help="directories the guest may write",
-    )
+    for short, long, dest, text in (
+        ("-i", "--input-source", "inputs", "files or directories the guest may read"),
+        ("-o", "--output-source", "outputs", "directories the guest may write"),
+    ):  # the FEE's two lists of sources, each repeatable
+        parser.add_argument(
+            short, long, dest=dest, nargs="*", action="extend", default=[], metavar="PATH", help=text
+        )
     parser.add_argument(
         "-d",
         "--dump-stdout",

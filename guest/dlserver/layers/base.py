@@ -102,18 +102,33 @@ class Layer:
         raise NotImplementedError
 
 
-def sgd_update(net, learning_rate: float, biases, bias_updates, weights, weight_updates) -> None:
-    """Darknet's SGD step in one pass (kernels.sgd_update), B = batch * subdivisions and
-    lr = f32(rate * layer scale): bias += f32(lr/B)*bias_upd; bias_upd *= m;
-    W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd; W_upd *= m."""
-    lr = f32(learning_rate)
-    batch = net.batch * net.subdivisions
-    kernels.sgd_update(
-        biases,
-        bias_updates,
-        weights,
-        weight_updates,
-        f32(lr / batch),
-        net.momentum,
-        f32(-f32(net.decay) * batch),
-    )
+class WeightedLayer(Layer):
+    """A layer with biases and weights trained by SGD (connected, convolutional)."""
+
+    biases: array
+    weights: array
+    bias_updates: array
+    weight_updates: array
+
+    def prepare_training(self) -> None:
+        """delta, and the gradients of biases and weights (momentum-carried across batches)."""
+        self.delta = zeros(self.batch * self.outputs)
+        self.weight_updates = zeros(len(self.weights))
+        self.bias_updates = zeros(len(self.biases))
+
+    def update(self, net, rate: float) -> None:
+        """Darknet's SGD step (update_connected_layer, update_convolutional_layer) in one pass
+        (kernels.sgd_update), B = batch * subdivisions and lr = f32(rate * layer scale):
+        bias += f32(lr/B)*bias_upd; bias_upd *= m; W_upd += f32(-decay*B)*W; W += f32(lr/B)*W_upd;
+        W_upd *= m."""
+        lr = f32(rate * self.learning_rate_scale)
+        batch = net.batch * net.subdivisions
+        kernels.sgd_update(
+            self.biases,
+            self.bias_updates,
+            self.weights,
+            self.weight_updates,
+            f32(lr / batch),
+            net.momentum,
+            f32(-f32(net.decay) * batch),
+        )

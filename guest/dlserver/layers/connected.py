@@ -10,10 +10,10 @@ from .. import kernels
 from ..buffers import zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation, sgd_update
+from .base import WeightedLayer, parse_activation
 
 
-class ConnectedLayer(Layer):
+class ConnectedLayer(WeightedLayer):
     kind = "connected"
 
     def __init__(self, options, batch, h, w, c, inputs):
@@ -75,11 +75,6 @@ class ConnectedLayer(Layer):
         kernels.add_bias(out, self.biases, self.batch, self.outputs, 1)
         kernels.activate(out, len(out), self.activation)
 
-    def prepare_training(self) -> None:
-        self.delta = zeros(self.batch * self.outputs)
-        self.weight_updates = zeros(len(self.weights))
-        self.bias_updates = zeros(self.outputs)
-
     # backward: delta *= act'(output); bias_upd[o] += sum_b delta[b][o];
     #   W_upd[o][k] += sum_b delta[b][o] * in[b][k]      (Darknet: gemm TN)
     #   prev_delta[b][k] += sum_o delta[b][o] * W[o][k]  (Darknet: gemm NN)
@@ -97,16 +92,6 @@ class ConnectedLayer(Layer):
             self.bias_updates,
             self.weight_updates,
             prev_delta,
-        )
-
-    def update(self, net, rate: float) -> None:
-        sgd_update(
-            net,
-            rate * self.learning_rate_scale,
-            self.biases,
-            self.bias_updates,
-            self.weights,
-            self.weight_updates,
         )
 
     def describe(self):

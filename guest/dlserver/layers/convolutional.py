@@ -14,13 +14,13 @@ from .. import kernels
 from ..buffers import filled, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation, sgd_update
+from .base import WeightedLayer, parse_activation
 
 DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
-class ConvolutionalLayer(Layer):
+class ConvolutionalLayer(WeightedLayer):
     kind = "convolutional"
 
     def __init__(self, options, batch, h, w, c, inputs):
@@ -178,9 +178,7 @@ class ConvolutionalLayer(Layer):
         """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns."""
         if self.batch_normalize:
             raise DLServerError(f"{self.where}: training with batch_normalize=1 is not supported yet")
-        self.delta = zeros(self.batch * self.outputs)
-        self.weight_updates = zeros(self.nweights)
-        self.bias_updates = zeros(self.n)
+        super().prepare_training()
         self.columns = None if self.fused else zeros(self.kernel_inputs * self.out_h * self.out_w)
 
     # backward (delta is Darknet's negative gradient, target - output):
@@ -233,17 +231,6 @@ class ConvolutionalLayer(Layer):
                     kernels.col2im(
                         self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta
                     )
-
-    def update(self, net, rate: float) -> None:
-        """SGD with momentum and decay (Darknet update_convolutional_layer)."""
-        sgd_update(
-            net,
-            rate * self.learning_rate_scale,
-            self.biases,
-            self.bias_updates,
-            self.weights,
-            self.weight_updates,
-        )
 
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9

@@ -40,44 +40,27 @@ class UpsampleLayer(Layer):
         self.inputs = w * h * c
         self.allocate()
 
+    # Both directions are one kernel between the small image (h x w, or out_h x out_w when
+    # reverse) and the big one: to_big writes big = scale * small repeated stride x stride;
+    # else small += scale * the sum of each stride x stride block of big.
+    def _upsample(self, small, big, to_big: bool) -> None:
+        h, w = (self.out_h, self.out_w) if self.reverse else (self.h, self.w)
+        kernels.upsample(small, self.batch, self.c, h, w, self.stride, self.scale, big, to_big)
+
     def forward(self, net, input_buf, train):
         if self.reverse:
             kernels.fill(len(self.output), 0.0, self.output)
-            kernels.upsample(
-                self.output,
-                self.batch,
-                self.c,
-                self.out_h,
-                self.out_w,
-                self.stride,
-                self.scale,
-                input_buf,
-                False,
-            )
+            self._upsample(self.output, input_buf, False)
         else:
-            kernels.upsample(
-                input_buf, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.output, True
-            )
+            self._upsample(input_buf, self.output, True)
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is None:
             return
         if self.reverse:
-            kernels.upsample(
-                self.delta,
-                self.batch,
-                self.c,
-                self.out_h,
-                self.out_w,
-                self.stride,
-                self.scale,
-                prev_delta,
-                True,
-            )
+            self._upsample(self.delta, prev_delta, True)
         else:
-            kernels.upsample(
-                prev_delta, self.batch, self.c, self.h, self.w, self.stride, self.scale, self.delta, False
-            )
+            self._upsample(prev_delta, self.delta, False)
 
     def describe(self):
         name = "downsample" if self.reverse else "upsample  "
