@@ -157,14 +157,17 @@ def long_validation(workspace: Path) -> list[str]:
 
 @pytest.fixture
 def tiny_training(workspace: Path) -> list[str]:
-    """args for `classifier train` on one image, batch 10: a checkpoint after the first batch."""
+    """args for `classifier train` on one image, batch 10, for a million batches: a checkpoint after
+    the first batch, and no end before any timeout."""
     (workspace / "data/train.list").write_text(IMAGE + "\n")
     (workspace / "data/labels.list").write_text("".join(f"c{i}\n" for i in range(10)))
     (workspace / "cfg/tiny.dataset").write_text(
         "classes=10\ntrain=data/train.list\nlabels=data/labels.list\n"
         "names=data/mnist/mnist.names.list\nbackup=model\n"
     )
+    # Far more batches than 3 s allow on any machine: the run must still be going at the timeout.
     cfg = (workspace / "cfg/mnist_lenet.cfg").read_text().replace("batch=100", "batch=10")
+    cfg = cfg.replace("max_batches=2000", "max_batches=1000000")
     (workspace / "cfg/tiny_lenet.cfg").write_text(cfg)
     return ["classifier", "train", "cfg/tiny.dataset", "cfg/tiny_lenet.cfg"]
 
