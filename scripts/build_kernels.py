@@ -132,6 +132,7 @@ def compile_wasm(kernels: Path, target: Path) -> None:
         "-shared",
         "--experimental-pic",
         "--unresolved-symbols=import-dynamic",
+        "--strip-debug",  # ~0.5 MB of DWARF the component has no use for
         *map(str, built),
         "-o",
         str(target),
