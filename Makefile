@@ -93,7 +93,7 @@ help:
 	@echo '  test-fast       the tests that are neither slow nor component tests'
 	@echo '  lint            ruff check, ruff format --check, mypy (changes nothing)'
 	@echo '  format          ruff check --fix, then ruff format (rewrites files)'
-	@echo '  bench           the speed table of README.md'
+	@echo '  bench           the speed table of README.md [BASELINE=<commit>: that commit side by side]'
 	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
