@@ -1,4 +1,4 @@
-"""Training kernels (conv_train.c, connected_train.c, random.c) against the loops they replace.
+"""Training kernels (conv.c, connected.c, random.c) against the loops they replace.
 
 Each new kernel must give the floats of the im2col + gemm / axpy / Python code it replaces
 (Darknet's order), bit for bit; `==` on float arrays also equates +0 and -0, the one

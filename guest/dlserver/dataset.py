@@ -10,7 +10,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
   - `kernels.decode_png_rows` decodes the plain 8-bit PNGs of the network's size straight into
-    the batch (png_fast.c); any other file -- and any file it refuses -- goes through the
+    the batch (png.c); any other file -- and any file it refuses -- goes through the
     Python decoders, which give the same pixels or the error message;
   - the batch buffers are reused: two pairs, used in turn (the caller trains on one batch
     while the next one is loaded).
@@ -136,7 +136,7 @@ class TrainingData:
     def _decode_rows(self, picks, datas, x) -> None:
         """Rows 0.. of x from the files `datas` (of images `picks`)."""
         inputs = self.w * self.h * 3
-        for row in kernels.decode_png_rows(datas, self.w, self.h, x):  # the rows png_fast.c did not take
+        for row in kernels.decode_png_rows(datas, self.w, self.h, x):  # the rows png.c did not take
             self._decode_slow(picks[row], datas[row], view(x, row * inputs, inputs))
 
 

@@ -27,7 +27,7 @@ Bytes = bytes | bytearray | memoryview  # bytes, or array('H') and the like wher
 
 
 class Activation(IntEnum):
-    """Darknet activations the kernels implement (codes of activation.c)."""
+    """Darknet activations the kernels implement (codes of activation.h)."""
 
     LINEAR = _dlk.ACT_LINEAR
     RELU = _dlk.ACT_RELU

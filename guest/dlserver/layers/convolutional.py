@@ -4,7 +4,7 @@ forward:  out[b] = W (n x c*k*k) . im2col(in[b]) (c*k*k x out_h*out_w), then bia
           normalisation) and the activation.
 
 Stride-1 layers with few input channels and a kernel of at most 8x8 (LeNet's) run
-forward and backward in one `_dlk` call each (conv_train.c): the same floats as the
+forward and backward in one `_dlk` call each (conv.c): the same floats as the
 im2col + gemm loops, without im2col and without the Python loop over the batch.
 """
 
