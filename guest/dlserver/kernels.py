@@ -100,6 +100,11 @@ maxpool_forward: Callable[[Floats, int, int, int, int, int, int, int, Floats, In
 maxpool_forward_2x2: Callable[[Floats, int, int, int, Floats, Ints], None] = _dlk.maxpool_forward_2x2
 # maxpool_backward(out_delta, indexes, n, in_delta, n_in)
 maxpool_backward: Callable[[Floats, Ints, int, Floats, int], None] = _dlk.maxpool_backward
+# avgpool_forward(in, planes, n, out): mean of each plane; avgpool_backward(out_delta, planes, n, in_delta)
+avgpool_forward: Callable[[Floats, int, int, Floats], None] = _dlk.avgpool_forward
+avgpool_backward: Callable[[Floats, int, int, Floats], None] = _dlk.avgpool_backward
+# shortcut(batch, w1, h1, c1, add, w2, h2, c2, s1, s2, out): out = s1*out + s2*add (Darknet shortcut_cpu)
+shortcut: Callable[[int, int, int, int, Floats, int, int, int, float, float, Floats], None] = _dlk.shortcut
 # dropout_forward(x, n, probability, scale, rand, state) -> state; dropout_backward(delta, n, p, scale, rand)
 dropout_forward: Callable[[Floats, int, float, float, Floats, int], int] = _dlk.dropout_forward
 dropout_backward: Callable[[Floats, int, float, float, Floats], None] = _dlk.dropout_backward

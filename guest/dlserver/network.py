@@ -5,6 +5,7 @@ from typing import Any
 
 from .config import Options, read_cfg
 from .errors import DLServerError
+from .layers.avgpool import AvgpoolLayer
 from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
@@ -12,6 +13,7 @@ from .layers.cost import CostLayer
 from .layers.dropout import DropoutLayer
 from .layers.maxpool import MaxpoolLayer
 from .layers.route import RouteLayer
+from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
@@ -34,10 +36,12 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[route]": RouteLayer,
     "[upsample]": UpsampleLayer,
     "[yolo]": YoloLayer,
+    "[avg]": AvgpoolLayer,
+    "[avgpool]": AvgpoolLayer,
+    "[shortcut]": ShortcutLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
-    "[shortcut]",
     "[crop]",
     "[detection]",
     "[region]",
@@ -53,8 +57,6 @@ OTHER_DARKNET_SECTIONS = (
     "[lstm]",
     "[rnn]",
     "[reorg]",
-    "[avg]",
-    "[avgpool]",
     "[lrn]",
     "[normalization]",
     "[batchnorm]",
@@ -263,6 +265,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
             err.write("\n")
             raise
         err.write(layer.describe() + "\n")
+        layer.parse_late_options(options)
         _parse_common_options(layer, options)
         options.report_unused()
         if init_rng is not None:

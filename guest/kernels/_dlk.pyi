@@ -151,6 +151,11 @@ def maxpool_backward(out_delta: Buffer, indexes: Buffer, n: int, in_delta: Buffe
 def maxpool_forward_2x2(
     src: Buffer, planes: int, h: int, w: int, out: Buffer, indexes: Buffer, /
 ) -> None: ...
+def avgpool_forward(src: Buffer, planes: int, n: int, out: Buffer, /) -> None:
+    """out[p] = (sequential float sum of src[p][0 .. n-1]) / n"""
+
+def avgpool_backward(out_delta: Buffer, planes: int, n: int, in_delta: Buffer, /) -> None:
+    """in_delta[p][i] += out_delta[p] / n"""
 
 # ------------------------------------------------------------------ blas.c
 
@@ -168,6 +173,21 @@ def gradient(y: Buffer, n: int, act: int, delta: Buffer, /) -> None:
     """delta *= act'(y), y the activated output."""
 
 def add_bias(out: Buffer, biases: Buffer, batch: int, n: int, size: int, /) -> None: ...
+def shortcut(
+    batch: int,
+    w1: int,
+    h1: int,
+    c1: int,
+    add: Buffer,
+    w2: int,
+    h2: int,
+    c2: int,
+    s1: float,
+    s2: float,
+    out: Buffer,
+    /,
+) -> None:
+    """out = s1*out + s2*add over the common part, strided or sampled (Darknet shortcut_cpu)."""
 def backward_bias(bias_updates: Buffer, delta: Buffer, batch: int, n: int, size: int, /) -> None: ...
 def batchnorm_infer(
     x: Buffer, mean: Buffer, var: Buffer, scales: Buffer, biases: Buffer, batch: int, n: int, size: int, /

@@ -299,6 +299,31 @@ static PyObject *py_maxpool_backward(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+static PyObject *py_avgpool_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int planes, n;
+    if (!PyArg_ParseTuple(args, "y*iiw*", &in, &planes, &n, &out)) return NULL;
+    int ok = (planes >= 0 && n > 0) || fail("_dlk.avgpool_forward: bad geometry");
+    ok = ok && NEED_F(in, (long long)planes * n, "avgpool input") && NEED_F(out, planes, "avgpool output");
+    if (ok) dlk_avgpool_forward(F32(in), planes, n, F32(out));
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer out_delta, in_delta;
+    int planes, n;
+    if (!PyArg_ParseTuple(args, "y*iiw*", &out_delta, &planes, &n, &in_delta)) return NULL;
+    int ok = (planes >= 0 && n > 0) || fail("_dlk.avgpool_backward: bad geometry");
+    ok = ok && NEED_F(out_delta, planes, "avgpool delta") &&
+         NEED_F(in_delta, (long long)planes * n, "avgpool input delta");
+    if (ok) dlk_avgpool_backward(F32(out_delta), planes, n, F32(in_delta));
+    RELEASE(&out_delta, &in_delta);
+    return none_if(ok);
+}
+
 static PyObject *py_maxpool_forward_2x2(PyObject *self, PyObject *args)
 {
     Py_buffer in, out, idx;
@@ -618,6 +643,22 @@ static PyObject *py_upsample(PyObject *self, PyObject *args)
     ok = ok && NEED_F(in, n_in, "upsample input") && NEED_F(out, n_in * stride * stride, "upsample output");
     if (ok) dlk_upsample(F32(in), batch, c, h, w, stride, scale, F32(out), forward);
     RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_shortcut(PyObject *self, PyObject *args)
+{
+    Py_buffer add, out;
+    int batch, w1, h1, c1, w2, h2, c2;
+    float s1, s2;
+    if (!PyArg_ParseTuple(args, "iiiiy*iiiffw*", &batch, &w1, &h1, &c1, &add, &w2, &h2, &c2, &s1, &s2, &out))
+        return NULL;
+    int ok = (batch >= 0 && w1 > 0 && h1 > 0 && c1 > 0 && w2 > 0 && h2 > 0 && c2 > 0) ||
+             fail("_dlk.shortcut: bad geometry");
+    ok = ok && NEED_F(add, (long long)batch * w1 * h1 * c1, "shortcut source") &&
+         NEED_F(out, (long long)batch * w2 * h2 * c2, "shortcut output");
+    if (ok) dlk_shortcut(batch, w1, h1, c1, F32(add), w2, h2, c2, s1, s2, F32(out));
+    RELEASE(&add, &out);
     return none_if(ok);
 }
 
@@ -983,6 +1024,12 @@ static PyMethodDef dlk_methods[] = {
      "maxpool_forward(in, batch, c, h, w, size, stride, pad, out, indexes)"},
     {"maxpool_backward", py_maxpool_backward, METH_VARARGS,
      "maxpool_backward(out_delta, indexes, n, in_delta, n_in)"},
+    {"avgpool_forward", py_avgpool_forward, METH_VARARGS,
+     "avgpool_forward(in, planes, n, out): out[p] = mean of in[p][0 .. n-1]"},
+    {"avgpool_backward", py_avgpool_backward, METH_VARARGS,
+     "avgpool_backward(out_delta, planes, n, in_delta): in_delta[p][i] += out_delta[p] / n"},
+    {"shortcut", py_shortcut, METH_VARARGS,
+     "shortcut(batch, w1, h1, c1, add, w2, h2, c2, s1, s2, out): out = s1*out + s2*add (Darknet shortcut_cpu)"},
     {"softmax", py_softmax, METH_VARARGS, "softmax(in, batch, n, temperature, out)"},
     {"axpy", py_axpy, METH_VARARGS, "axpy(n, a, x, y): y += a*x"},
     {"scal", py_scal, METH_VARARGS, "scal(n, a, x): x *= a"},

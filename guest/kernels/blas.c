@@ -90,3 +90,28 @@ void dlk_sgd_update(float *biases, float *bias_upd, ptrdiff_t nb, float *weights
         xu[i] = u * momentum;
     }
 }
+
+/* Darknet's shortcut_cpu: `add` (batch x c1 x h1 x w1) into `out` (batch x c2 x h2 x w2),
+ *
+ *   stride = max(1, w1/w2), sample = max(1, w2/w1) (the caller checks h1/h2 and h2/h1 agree)
+ *   for b, k < min(c1,c2), j < min(h1,h2), i < min(w1,w2) (in that nesting):
+ *     o = i*sample + w2*(j*sample + h2*(k + c2*b)),  a = i*stride + w1*(j*stride + h1*(k + c1*b))
+ *     out[o] = s1*out[o] + s2*add[a]                 (two float products, then their float sum)
+ *
+ * Elements of `out` not hit keep their value. */
+void dlk_shortcut(int batch, int w1, int h1, int c1, const float *add, int w2, int h2, int c2, float s1, float s2,
+                  float *out)
+{
+    int stride = w1 / w2, sample = w2 / w1;
+    if (stride < 1) stride = 1;
+    if (sample < 1) sample = 1;
+    int minw = w1 < w2 ? w1 : w2, minh = h1 < h2 ? h1 : h2, minc = c1 < c2 ? c1 : c2;
+    for (int b = 0; b < batch; ++b)
+        for (int k = 0; k < minc; ++k)
+            for (int j = 0; j < minh; ++j)
+                for (int i = 0; i < minw; ++i) {
+                    long long o = i * sample + w2 * (j * sample + (long long)h2 * (k + (long long)c2 * b));
+                    long long a = i * stride + w1 * (j * stride + (long long)h1 * (k + (long long)c1 * b));
+                    out[o] = s1 * out[o] + s2 * add[a];
+                }
+}

@@ -5,9 +5,9 @@
  *   gemm.c       gemm
  *   conv.c       im2col, col2im; conv2d_direct; conv_forward, conv_backward (training, fused)
  *   connected.c  connected_backward
- *   pool.c       maxpool_forward, maxpool_backward, maxpool_forward_2x2
+ *   pool.c       maxpool_forward, maxpool_backward, maxpool_forward_2x2, avgpool_forward, avgpool_backward
  *   blas.c       axpy, scal, fill, activate, gradient, add_bias, backward_bias, batchnorm_infer,
- *                sgd_update
+ *                sgd_update, shortcut
  *   loss.c       softmax, softmax_cost, sse_cost
  *   dropout.c    dropout_forward, dropout_backward
  *   random.c     rand_uniform_fill, rand_normal_fill, rand_below
@@ -89,6 +89,8 @@ void dlk_maxpool_forward(const float *in, int batch, int c, int h, int w, int si
 ptrdiff_t dlk_maxpool_backward(const float *out_delta, const int32_t *indexes, ptrdiff_t n, float *in_delta,
                                ptrdiff_t n_in);
 void dlk_maxpool_forward_2x2(const float *in, int planes, int h, int w, float *out, int32_t *indexes);
+void dlk_avgpool_forward(const float *in, int planes, int n, float *out);
+void dlk_avgpool_backward(const float *out_delta, int planes, int n, float *in_delta);
 
 /* ------------------------------------------------------------------ blas.c */
 
@@ -103,6 +105,8 @@ void dlk_batchnorm_infer(float *x, const float *mean, const float *var, const fl
                          int batch, int n, int size);
 void dlk_sgd_update(float *biases, float *bias_upd, ptrdiff_t nb, float *weights, float *weight_upd, ptrdiff_t nw,
                     float step, float momentum, float decay);
+void dlk_shortcut(int batch, int w1, int h1, int c1, const float *add, int w2, int h2, int c2, float s1, float s2,
+                  float *out);
 
 /* ------------------------------------------------------------------ loss.c */
 

@@ -105,3 +105,28 @@ void dlk_maxpool_forward_2x2(const float *in, int planes, int h, int w, float *o
         }
     }
 }
+
+/* Global average pooling (Darknet avgpool_layer.c), n = h*w values per channel plane:
+ *
+ *   forward:  out[bc] = 0; out[bc] += in[bc][i] for i = 0 .. n-1 (a sequential float sum);
+ *             out[bc] /= (float)n
+ *   backward: in_delta[bc][i] += out_delta[bc] / (float)n   (the quotient once per i, as Darknet)
+ *
+ * for bc = b*c + k over batch*c planes. */
+void dlk_avgpool_forward(const float *in, int planes, int n, float *out)
+{
+    for (int bc = 0; bc < planes; ++bc) {
+        const float *plane = in + (long long)bc * n;
+        float sum = 0;
+        for (int i = 0; i < n; ++i) sum += plane[i];
+        out[bc] = sum / (float)n;
+    }
+}
+
+void dlk_avgpool_backward(const float *out_delta, int planes, int n, float *in_delta)
+{
+    for (int bc = 0; bc < planes; ++bc) {
+        float *plane = in_delta + (long long)bc * n;
+        for (int i = 0; i < n; ++i) plane[i] += out_delta[bc] / (float)n;
+    }
+}

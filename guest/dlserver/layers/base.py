@@ -101,6 +101,10 @@ class Layer:
         """The rest of Darknet's layer-table line after the `%5d ` index."""
         raise NotImplementedError
 
+    def parse_late_options(self, options) -> None:
+        """Options Darknet's parser reads after the layer's line is printed (their default
+        messages come after it)."""
+
 
 class WeightedLayer(Layer):
     """A layer with biases and weights trained by SGD (connected, convolutional)."""
