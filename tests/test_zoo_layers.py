@@ -156,7 +156,9 @@ activation=linear
 
 def residual_cfg(path: Path, batch=2, max_batches=10, classes=3, last_shortcut="activation=linear") -> str:
     path.write_text(
-        RESIDUAL_CFG.format(batch=batch, max_batches=max_batches, classes=classes, last_shortcut=last_shortcut)
+        RESIDUAL_CFG.format(
+            batch=batch, max_batches=max_batches, classes=classes, last_shortcut=last_shortcut
+        )
     )
     return str(path)
 
@@ -218,7 +220,9 @@ def test_bad_shortcut_sources_are_clear_errors(tmp_path):
 
     text = Path(residual_cfg(tmp_path / "r.cfg")).read_text()
     for bad, message in [("from=5", "not an earlier layer"), ("from=x", "not a layer index"), ("", "from=")]:
-        (tmp_path / "bad.cfg").write_text(text.replace("from=-2\nactivation=leaky", bad + "\nactivation=leaky", 1))
+        (tmp_path / "bad.cfg").write_text(
+            text.replace("from=-2\nactivation=leaky", bad + "\nactivation=leaky", 1)
+        )
         with pytest.raises(DLServerError, match=message):
             parse_network_cfg(str(tmp_path / "bad.cfg"))
 

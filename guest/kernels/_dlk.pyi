@@ -188,6 +188,7 @@ def shortcut(
     /,
 ) -> None:
     """out = s1*out + s2*add over the common part, strided or sampled (Darknet shortcut_cpu)."""
+
 def backward_bias(bias_updates: Buffer, delta: Buffer, batch: int, n: int, size: int, /) -> None: ...
 def batchnorm_infer(
     x: Buffer, mean: Buffer, var: Buffer, scales: Buffer, biases: Buffer, batch: int, n: int, size: int, /

@@ -16,7 +16,9 @@ class AvgpoolLayer(Layer):
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
         if h < 1 or w < 1 or c < 1:
-            raise DLServerError(f"{options.path}:{options.line}: layer before avgpool layer must output an image")
+            raise DLServerError(
+                f"{options.path}:{options.line}: layer before avgpool layer must output an image"
+            )
         self.out_w = self.out_h = 1
         self.out_c = c
         self.outputs = c

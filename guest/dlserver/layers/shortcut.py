@@ -34,7 +34,9 @@ class ShortcutLayer(Layer):
         if source < 0:
             source += index
         if not 0 <= source < index:
-            raise DLServerError(f"{where}: from={text}: layer {source} is not an earlier layer (this is layer {index})")
+            raise DLServerError(
+                f"{where}: from={text}: layer {source} is not an earlier layer (this is layer {index})"
+            )
         if h < 1 or w < 1 or c < 1:
             raise DLServerError(f"{where}: layer before shortcut layer must output an image")
         src = net.layers[source]
