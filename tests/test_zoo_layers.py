@@ -2,6 +2,7 @@
 against numpy, a small residual classifier that trains and predicts, and Debian's Darknet as
 the oracle (skipped where libdarknet.so or gcc is missing)."""
 
+import re
 import shutil
 import subprocess
 from array import array
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_wasmtime
 from dlserver import kernels
 from dlserver.main import main
 from dlserver.network import parse_network_cfg
@@ -265,6 +267,22 @@ def test_residual_classifier_trains_and_predicts(patterns, capsys, monkeypatch):
     out, err = capsys.readouterr()
     top = [line for line in out.splitlines() if "%:" in line]
     assert len(top) == 2, out
+
+
+@pytest.mark.component
+def test_residual_training_in_component_equals_native(component, patterns, capsys, monkeypatch):
+    """The same seeded training run in dl-server.wasm writes the same weights and lines."""
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    args = ["classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]
+    assert main(["dl-server", *args]) == 0
+    native_out = capsys.readouterr().out
+    native = (patterns / "model" / "p.weights").read_bytes()
+    (patterns / "model" / "p.weights").unlink()
+    run = run_wasmtime(patterns, *args)
+    assert run.returncode == 0, run.stderr
+    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
+    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
+    assert (patterns / "model" / "p.weights").read_bytes() == native
 
 
 # ---------------------------------------------------------------- Debian's Darknet as the oracle
