@@ -288,27 +288,29 @@ def test_residual_training_in_component_equals_native(component, patterns, capsy
 # ---------------------------------------------------------------- Debian's Darknet as the oracle
 
 
-def _oracle_cfg(tmp_path: Path) -> Path:
-    """resnet18.cfg (shortcuts of equal and of different sizes, avgpool) at 64x64 to stay fast."""
-    text = (DARKNET_CFGS / "resnet18.cfg").read_text()
-    text = text.replace("height=256", "height=64").replace("width=256", "width=64")
-    path = tmp_path / "resnet18_64.cfg"
+def _oracle_cfg(tmp_path: Path, name: str) -> Path:
+    """A Debian cfg at 64x64 to stay fast."""
+    text = (DARKNET_CFGS / f"{name}.cfg").read_text()
+    text = re.sub(r"(?m)^(height|width)=\d+", r"\1=64", text)
+    path = tmp_path / f"{name}_64.cfg"
     path.write_text(text)
     return path
 
 
 @pytest.mark.skipif(not LIBDARKNET.exists(), reason="Debian's darknet package is not installed")
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the oracle harness")
-def test_resnet18_layers_match_debians_darknet(tmp_path, capsys):
+# resnet18: shortcuts of equal and of different sizes, leaky; darknet53: from=-3, linear
+@pytest.mark.parametrize("name", ["resnet18", "darknet53"])
+def test_layers_match_debians_darknet(tmp_path, capsys, name):
     exe = tmp_path / "darknet_layers"
     subprocess.run(
         ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
          "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
         check=True,
     )  # fmt: skip
-    cfg = _oracle_cfg(tmp_path)
+    cfg = _oracle_cfg(tmp_path, name)
     assert "[shortcut]" in cfg.read_text() and "[avgpool]" in cfg.read_text()
-    weights = tmp_path / "r18.weights"
+    weights = tmp_path / f"{name}.weights"
     rng = np.random.default_rng(5)
     x = rng.random(64 * 64 * 3).astype(f32)
     (tmp_path / "x.f32").write_bytes(x.tobytes())
