@@ -136,3 +136,17 @@ class WeightedLayer(Layer):
             net.momentum,
             f32(-f32(net.decay) * batch),
         )
+
+
+def earlier_layer(item: str, index: int, context: str, not_index: str) -> int:
+    """The index of the layer that `item` names for layer `index` (negative: counted back from it),
+    which must be an earlier layer; errors start with `context` ("cfg:line: key=value")."""
+    try:
+        source = int(item)
+    except ValueError:
+        raise DLServerError(f"{context}: {not_index}") from None
+    if source < 0:
+        source += index
+    if not 0 <= source < index:
+        raise DLServerError(f"{context}: layer {source} is not an earlier layer (this is layer {index})")
+    return source

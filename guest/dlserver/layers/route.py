@@ -10,7 +10,7 @@ backward: each slice of delta is added into its source's delta.
 from .. import kernels
 from ..buffers import view
 from ..errors import DLServerError
-from .base import Layer
+from .base import Layer, earlier_layer
 
 
 class RouteLayer(Layer):
@@ -25,17 +25,8 @@ class RouteLayer(Layer):
             raise DLServerError(f"{where}: route layer must specify input layers (layers=...)")
         self.input_layers = []
         for item in text.split(","):
-            try:
-                source = int(item)
-            except ValueError:
-                raise DLServerError(f"{where}: layers={text}: '{item}' is not a layer index") from None
-            if source < 0:
-                source += index
-            if not 0 <= source < index:
-                raise DLServerError(
-                    f"{where}: layers={text}: layer {source} is not an earlier layer (this is layer {index})"
-                )
-            self.input_layers.append(source)
+            context = f"{where}: layers={text}"
+            self.input_layers.append(earlier_layer(item, index, context, f"'{item}' is not a layer index"))
         sources = [net.layers[i] for i in self.input_layers]
         self.input_sizes = [layer.outputs for layer in sources]
         first = sources[0]

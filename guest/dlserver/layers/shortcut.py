@@ -14,7 +14,7 @@ Nothing to update.
 from .. import kernels
 from ..errors import DLServerError
 from ..rng import f32
-from .base import Layer, parse_activation
+from .base import Layer, earlier_layer, parse_activation
 
 
 class ShortcutLayer(Layer):
@@ -27,16 +27,7 @@ class ShortcutLayer(Layer):
         text = options.find_str("from", None, quiet=True)
         if text is None:
             raise DLServerError(f"{where}: shortcut layer must specify its source layer (from=...)")
-        try:
-            source = int(text)
-        except ValueError:
-            raise DLServerError(f"{where}: from={text}: not a layer index") from None
-        if source < 0:
-            source += index
-        if not 0 <= source < index:
-            raise DLServerError(
-                f"{where}: from={text}: layer {source} is not an earlier layer (this is layer {index})"
-            )
+        source = earlier_layer(text, index, f"{where}: from={text}", "not a layer index")
         if h < 1 or w < 1 or c < 1:
             raise DLServerError(f"{where}: layer before shortcut layer must output an image")
         src = net.layers[source]
