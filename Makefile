@@ -10,7 +10,7 @@ NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench mnist_training yolo_detection demo clean federated
+.PHONY: all setup kernels test test-fast bench bench-zoo mnist_training yolo_detection demo clean federated
 
 all: dl-server.wasm
 
@@ -64,6 +64,10 @@ federated: dl-server.wasm
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))
 
+# only the model-zoo rows: resnet50, darknet53, yolov3 forward vs Debian's native darknet
+bench-zoo: dl-server.wasm $(NATIVE_KERNEL)
+	$(PY) scripts/bench_zoo.py
+
 clean:
 	rm -rf build dl-server.wasm
 
@@ -94,6 +98,7 @@ help:
 	@echo '  lint            ruff check, ruff format --check, mypy (changes nothing)'
 	@echo '  format          ruff check --fix, then ruff format (rewrites files)'
 	@echo '  bench           the speed table of README.md [BASELINE=<commit>: that commit side by side]'
+	@echo '  bench-zoo       model-zoo rows only: resnet50, darknet53, yolov3 vs native Darknet (Debian)'
 	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'

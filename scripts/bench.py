@@ -308,7 +308,7 @@ def main() -> None:
     print_rows(host_rows, [NOW])
     sys.stdout.flush()
     baseline = ["--baseline", opts.baseline] if opts.baseline else []
-    for script, extra in (("bench_gemm.py", []), ("bench_train.py", baseline)):
+    for script, extra in (("bench_gemm.py", []), ("bench_train.py", baseline), ("bench_zoo.py", [])):
         print(flush=True)
         subprocess.run([sys.executable, str(ROOT / "scripts" / script), *extra], cwd=ROOT, check=True)
 

@@ -1,16 +1,60 @@
-"""float32 buffers shared with `_dlk` through the buffer protocol."""
+"""float32 buffers shared with `_dlk` through the buffer protocol, and the ledger that keeps
+their live total under LIMIT_BYTES (the component has 4 GiB of linear memory, and Python,
+the weights file and images need the rest): a cfg that asks for more gets an error before
+the allocation, not an out-of-memory trap after it."""
 
+import weakref
 from array import array
+
+from .errors import DLServerError
+
+LIMIT_BYTES = 3 * 2**30
+_live_bytes = 0
+
+
+class BufferLimitError(DLServerError):
+    """A buffer that would take the live total past LIMIT_BYTES (or a negative size)."""
+
+
+def live_bytes() -> int:
+    """Bytes held by the buffers of this module that are still alive."""
+    return _live_bytes
+
+
+def _release(nbytes: int) -> None:
+    global _live_bytes
+    _live_bytes -= nbytes
+
+
+def _reserve(n: int, itemsize: int) -> int:
+    global _live_bytes
+    if n < 0:
+        raise BufferLimitError(f"a buffer of {n} values (negative size)")
+    nbytes = n * itemsize
+    if _live_bytes + nbytes > LIMIT_BYTES:
+        raise BufferLimitError(
+            f"needs a buffer of {n} values ({nbytes / 2**30:.2f} GiB) on top of "
+            f"{_live_bytes / 2**30:.2f} GiB, more than the {LIMIT_BYTES / 2**30:g} GiB dl-server allows"
+        )
+    _live_bytes += nbytes
+    return nbytes
+
+
+def _tracked(buf: array, nbytes: int) -> array:
+    weakref.finalize(buf, _release, nbytes)
+    return buf
 
 
 def zeros(n: int) -> array:
     """A float32 array of n zeros."""
-    return array("f", bytes(4 * n))
+    nbytes = _reserve(n, 4)
+    return _tracked(array("f", [0.0]) * n, nbytes)
 
 
 def int_zeros(n: int) -> array:
     """An int32 array of n zeros."""
-    return array("i", bytes(4 * n))
+    nbytes = _reserve(n, 4)
+    return _tracked(array("i", [0]) * n, nbytes)
 
 
 def view(buf: array, start: int, length: int) -> memoryview:
@@ -20,7 +64,8 @@ def view(buf: array, start: int, length: int) -> memoryview:
 
 def filled(n: int, value: float) -> array:
     """A float32 array of n copies of value."""
-    return array("f", [value]) * n
+    nbytes = _reserve(n, 4)
+    return _tracked(array("f", [value]) * n, nbytes)
 
 
 def from_values(values) -> array:

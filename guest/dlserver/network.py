@@ -3,6 +3,7 @@
 import sys
 from typing import Any
 
+from .buffers import BufferLimitError
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.avgpool import AvgpoolLayer
@@ -151,8 +152,11 @@ class Network:
     def set_batch(self, batch: int) -> None:
         """Darknet's set_batch_network, reallocating every layer's buffers."""
         self.batch = batch
-        for layer in self.layers:
-            layer.set_batch(batch)
+        try:
+            for layer in self.layers:
+                layer.set_batch(batch)
+        except BufferLimitError as e:
+            raise DLServerError(f"{self.cfg_path}: at batch {batch}, the network {e}") from None
         self._link_in_place_layers()
 
     def _link_in_place_layers(self) -> None:
@@ -163,8 +167,11 @@ class Network:
     def prepare_training(self, rng) -> None:
         """Allocate deltas and gradient buffers; `rng` feeds dropout (musl rand state)."""
         self.rng = rng
-        for layer in self.layers:
-            layer.prepare_training()
+        try:
+            for layer in self.layers:
+                layer.prepare_training()
+        except BufferLimitError as e:
+            raise DLServerError(f"{self.cfg_path}: training the network {e}") from None
         self._link_in_place_layers()
         self.truth = None
 
@@ -261,6 +268,9 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
                 layer = layer_type(options, net.batch, h, w, c, inputs, net=net, index=index)
             else:
                 layer = layer_type(options, net.batch, h, w, c, inputs)
+        except BufferLimitError as e:
+            err.write("\n")
+            raise DLServerError(f"{cfg_path}:{options.line}: layer {index} {options.name} {e}") from None
         except DLServerError:
             err.write("\n")
             raise

@@ -3,10 +3,12 @@
  * Builds CFG with Darknet's random init after srand(0) (musl's rand, below), batch 1, sets every
  * batch-norm rolling variance to 1 (0 would divide by ~0), saves the weights, runs
  * network_predict on the raw float32 input file and prints each layer's output, one line per
- * layer: "index outputs v0 v1 ..." with %.9g (float32 round-trips). */
+ * layer: "index outputs v0 v1 ..." with %.9g (float32 round-trips). An INPUT_F32 of "-" only
+ * saves the weights (scripts/bench_zoo.py makes its random weights this way). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "darknet.h"
 
 /* musl's rand and srand, so Darknet draws what the guest's rng draws */
@@ -30,6 +32,10 @@ int main(int argc, char **argv)
             for (int j = 0; j < l->out_c; ++j) l->rolling_variance[j] = 1;
     }
     save_weights(net, argv[2]);
+    if (strcmp(argv[3], "-") == 0) {
+        free_network(net);
+        return 0;
+    }
     float *x = calloc(net->inputs, sizeof(float));
     FILE *f = fopen(argv[3], "rb");
     if (!f || fread(x, sizeof(float), net->inputs, f) != (size_t)net->inputs) return 3;
