@@ -236,11 +236,13 @@ class Network:
         return self.forward(input_buf, train=False)
 
 
-def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
+def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int | None = None) -> Network:
     """Build a network from a cfg file, printing Darknet's layer table on stderr.
 
     With `init_rng`, weights get Darknet's random initialisation (needed only when no
-    weights file will overwrite them)."""
+    weights file will overwrite them). With `batch`, buffers are sized for that batch and
+    not the cfg's training batch (what set_batch(batch) would leave, without allocating
+    the cfg's batch first: Darknet parses at batch/subdivisions*time_steps and then sets 1)."""
     sections = read_cfg(cfg_path)
     first = sections[0]
     if first.name not in ("[net]", "[network]"):
@@ -249,6 +251,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
         )
     net = Network(cfg_path)
     net.parse_net_options(first)
+    if batch is not None:
+        net.batch = batch
     if len(sections) < 2:
         raise DLServerError(f"{cfg_path}: network has no layers")
     err = sys.stderr

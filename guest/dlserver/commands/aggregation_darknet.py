@@ -35,8 +35,8 @@ def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None,
     if out in inputs:
         raise DLServerError(f"{out}: the output would overwrite one of the input weights files")
     combination = parse_method(method, weights, len(inputs))
-    total = parse_network_cfg(cfg)
-    net = parse_network_cfg(cfg)
+    total = parse_network_cfg(cfg, batch=1)
+    net = parse_network_cfg(cfg, batch=1)
     load_weights(total, inputs[0])
     # Streaming: one extra model in memory for the mean, whatever T is. The first model's
     # arrays accumulate the mean in place (Darknet's rule: sum, then * f32(1/T)).

@@ -41,9 +41,10 @@ def run(argv) -> None:
         raise DLServerError(f"Not an option under classifier: {command}")
 
 
-def load_network(cfg: str, weights: str | None, clear: bool = False):
-    """Parse a cfg and load weights when a path is given (Darknet load_network)."""
-    net = parse_network_cfg(cfg, init_rng=None if weights else Random())
+def load_network(cfg: str, weights: str | None, clear: bool = False, batch: int | None = None):
+    """Parse a cfg and load weights when a path is given (Darknet load_network); `batch` as
+    parse_network_cfg's."""
+    net = parse_network_cfg(cfg, init_rng=None if weights else Random(), batch=batch)
     if weights:
         load_weights(net, weights)
     if clear:
@@ -74,7 +75,7 @@ def _label_of(path: str, labels: list[str]) -> int:
 
 def predict_classifier(datacfg: str, cfg: str, weights: str | None, filename: str | None, top: int) -> None:
     """Classify one image: stderr `<file>: Predicted.`, stdout `%5.2f%%: name` for the top k."""
-    net = load_network(cfg, weights)
+    net = load_network(cfg, weights, batch=1)
     net.set_batch(1)
     _check_input_geometry(net, "predict")
     options = read_data_cfg(datacfg)
@@ -106,7 +107,7 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
 
     Darknet runs one image at a time; images are independent, so batches of 100 give
     the same per-image results faster."""
-    net = load_network(cfg, weights)
+    net = load_network(cfg, weights, batch=1)
     _check_input_geometry(net, "valid")
     options = read_data_cfg(datacfg)
     label_list = options.find_str("labels", "data_labels.list")

@@ -106,7 +106,7 @@ def test_detector(
         raise DLServerError(
             "detect: no weights file given (usage: detect [cfg] [weights] [image] [-thresh T] [-out NAME])"
         )
-    net = parse_network_cfg(cfg)
+    net = parse_network_cfg(cfg, batch=1)
     load_weights(net, weights)
     net.set_batch(1)
     yolo_layers = [layer for layer in net.layers if isinstance(layer, YoloLayer)]
