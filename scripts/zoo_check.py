@@ -1,0 +1,226 @@
+"""`make zoo-check`: every network cfg of Debian's darknet package (pjreddie's Darknet, 45 cfgs in
+/usr/share/darknet/cfg) in the component against the native `darknet` binary, same weights, same
+PNG image (issue 15's acceptance):
+
+- each cfg builds in dl-server.wasm;
+- where it has an output layer, `classifier predict` (softmax) or `detect` (yolo, region,
+  detection) prints what native `darknet classifier predict` / `detector test` prints.
+
+Weights are Darknet's own random initialisation (tests/oracle/darknet_layers.c, musl's rand,
+batch-norm rolling variance 1), then calibrated so outputs are not degenerate: the last weighted
+layer before the output is scaled (its weights and biases, or its batch-norm scales and biases)
+so the output layer's input has a standard deviation of TARGET_STD. That layer's activation is
+linear, leaky or relu, so scaling it by a > 0 scales what it feeds by a.
+
+    .venv/bin/python scripts/zoo_check.py [--only NAME,NAME] [--size N] [--thresh T]
+
+Prints one line per cfg (ok / DIFFERENT / FAILED: reason) and exits 1 when any is not ok.
+"""
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_common import BENCH, ROOT, wasmtime_run
+from PIL import Image
+
+for _path in (ROOT / "guest", ROOT / "build" / "native"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from dlserver.buffers import from_values  # noqa: E402
+from dlserver.errors import DLServerError  # noqa: E402
+from dlserver.network import parse_network_cfg  # noqa: E402
+from dlserver.weights import load_weights, save_weights  # noqa: E402
+
+DARKNET = Path("/usr/bin/darknet")
+LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
+DEBIAN = Path("/usr/share/darknet")
+HARNESS = ROOT / "tests" / "oracle" / "darknet_layers.c"
+WORK = BENCH / "zoo-check"
+TARGET_STD = 2.0
+DETECTOR_KINDS = ("yolo", "region", "detection")
+TOP_LINE = re.compile(r"^\s*[0-9.]+%: ")
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # "ok", "built" (no output layer to compare), "DIFFERENT", "FAILED"
+    detail: str = ""
+
+
+def harness() -> Path:
+    exe = WORK / "darknet_layers"
+    if not exe.exists() or exe.stat().st_mtime < HARNESS.stat().st_mtime:
+        WORK.mkdir(parents=True, exist_ok=True)
+        lib = LIBDARKNET.parent
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{lib / 'include'}", f"-L{lib}", "-ldarknet",
+             f"-Wl,-rpath,{lib}", "-lm"],
+            check=True,
+        )  # fmt: skip
+    return exe
+
+
+def quiet_parse(cfg: Path):
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        return parse_network_cfg(str(cfg), batch=1)
+
+
+def output_kind(net) -> str | None:
+    """'classifier' (softmax output), 'detector' (yolo/region/detection) or None."""
+    kind = net.output_layer.kind
+    if kind in DETECTOR_KINDS:
+        return "detector"
+    if kind == "softmax":
+        return "classifier"
+    return None
+
+
+def letterboxed_input(net, png: Path):
+    from dlserver.image.load import load_image_color
+    from dlserver.image.ops import letterbox_image
+
+    return letterbox_image(load_image_color(str(png)), net.w, net.h).data
+
+
+def calibrate(cfg: Path, weights: Path, png: Path) -> None:
+    """Scale the last weighted layer before the output layer so the output layer's input has
+    standard deviation TARGET_STD on this image (see the module docstring)."""
+    net = quiet_parse(cfg)
+    load_weights(net, str(weights))
+    net.set_batch(1)
+    out_index = net.layers.index(net.output_layer)
+    weighted = [
+        i
+        for i in range(out_index)
+        if hasattr(net.layers[i], "biases") and getattr(net.layers[i], "activation", None) in (0, 1, 3, 7)
+    ]
+    if not weighted:
+        return
+    x = letterboxed_input(net, png) if net.w and net.h else from_values([0.5] * net.inputs)
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        net.predict(x)
+    feed = net.layers[out_index - 1].output
+    values = list(feed[: net.layers[out_index - 1].outputs])
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
+    if std == 0:
+        return
+    a = TARGET_STD / std
+    layer = net.layers[weighted[-1]]
+    arrays = [layer.scales, layer.biases] if getattr(layer, "batch_normalize", 0) else [layer.weights, layer.biases]
+    for arr in arrays:
+        arr[:] = from_values([v * a for v in arr])
+    save_weights(net, str(weights))
+
+
+def names_file(work: Path, classes: int) -> str:
+    if classes == 1000:
+        shutil.copy(DEBIAN / "data" / "imagenet.shortnames.list", work / "names.list")
+    elif classes == 80:
+        shutil.copy(DEBIAN / "data" / "coco.names", work / "names.list")
+    elif classes == 20:
+        shutil.copy(DEBIAN / "data" / "voc.names", work / "names.list")
+    else:
+        (work / "names.list").write_text("".join(f"class{i}\n" for i in range(classes)))
+    return "names.list"
+
+
+def top_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if TOP_LINE.match(line) or re.match(r"^[^:]+: \d+%$", line)]
+
+
+def check(name: str, size: int | None, thresh: float) -> Outcome:
+    src = DEBIAN / "cfg" / f"{name}.cfg"
+    work = WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    text = src.read_text()
+    if size:
+        text = re.sub(r"(?m)^(height|width)=\d+", rf"\g<1>={size}", text)
+    cfg = work / f"{name}.cfg"
+    cfg.write_text(text)
+    try:
+        net = quiet_parse(cfg)
+    except DLServerError as e:
+        return Outcome(name, "FAILED", f"does not build: {e}")
+    kind = output_kind(net)
+    weights = work / f"{name}.weights"
+    png = work / "dog.png"
+    if not png.exists():
+        Image.open(DEBIAN / "data" / "dog.jpg").convert("RGB").save(png)
+    if not weights.exists():
+        run = subprocess.run([str(harness()), str(cfg), str(weights), "-"], capture_output=True, text=True)
+        if run.returncode != 0:
+            return Outcome(name, "FAILED", f"darknet could not make weights: {run.stderr[-300:]}")
+        calibrate(cfg, weights, png)
+    classes = net.output_layer.outputs if kind == "classifier" else getattr(net.output_layer, "classes", 0)
+    names = names_file(work, classes) if kind else None
+    if kind == "classifier":
+        (work / "in.data").write_text(f"classes={classes}\nnames={names}\ntop=5\n")
+        (work / "native.data").write_text(f"classes={classes}\nnames={work / names}\ntop=5\n")
+        ours = ["classifier", "predict", "in.data", cfg.name, weights.name, png.name]
+        theirs = [str(DARKNET), "classifier", "predict", "native.data", cfg.name, weights.name, png.name]
+    elif kind == "detector":
+        (work / "cfg").mkdir(exist_ok=True)
+        (work / "cfg" / "coco.data").write_text(f"classes={classes}\nnames={names}\n")
+        (work / "native.data").write_text(f"classes={classes}\nnames={work / names}\n")
+        tail = [cfg.name, weights.name, png.name, "-thresh", str(thresh), "-out", "pred"]
+        ours = ["detect", *tail]
+        theirs = [str(DARKNET), "detector", "test", "native.data", *tail]
+    else:  # builds; nothing to compare: run the component on an aggregation of the weights
+        run = subprocess.run(
+            wasmtime_run(ROOT / "dl-server.wasm") + ["aggregation", "darknet", cfg.name, "avg.weights",
+                                                     weights.name, weights.name],
+            cwd=work, capture_output=True, text=True,
+        )  # fmt: skip
+        if run.returncode != 0:
+            return Outcome(name, "FAILED", f"component: {run.stderr.strip().splitlines()[-1:]}")
+        return Outcome(name, "built", "no output layer: built in the component, weights averaged")
+    mine = subprocess.run(wasmtime_run(ROOT / "dl-server.wasm") + ours, cwd=work, capture_output=True, text=True)
+    if mine.returncode != 0:
+        return Outcome(name, "FAILED", f"component: {mine.stderr.strip().splitlines()[-1:]}")
+    native = subprocess.run(theirs, cwd=work, capture_output=True, text=True)
+    if native.returncode != 0:
+        return Outcome(name, "FAILED", f"native darknet: {native.stderr.strip().splitlines()[-1:]}")
+    a, b = top_lines(mine.stdout), top_lines(native.stdout)
+    if a == b:
+        return Outcome(name, "ok", f"{kind}: {len(a)} lines, first {a[0].strip() if a else '-'}")
+    diff = next(i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i])
+    return Outcome(
+        name, "DIFFERENT", f"line {diff}: ours {a[diff : diff + 2]} darknet {b[diff : diff + 2]} ({len(a)}/{len(b)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated cfg names (default: all 45)")
+    parser.add_argument("--size", type=int, help="override height and width")
+    parser.add_argument("--thresh", type=float, default=0.5)
+    opts = parser.parse_args()
+    if not (DARKNET.exists() and LIBDARKNET.exists() and shutil.which("gcc")):
+        sys.exit("zoo-check needs Debian's darknet package and gcc (apt-get install darknet)")
+    names = opts.only.split(",") if opts.only else sorted(p.stem for p in (DEBIAN / "cfg").glob("*.cfg"))
+    outcomes = []
+    for name in names:
+        outcome = check(name, opts.size, opts.thresh)
+        print(f"{outcome.name:20s} {outcome.status:10s} {outcome.detail}", flush=True)
+        outcomes.append(outcome)
+    bad = [o for o in outcomes if o.status in ("DIFFERENT", "FAILED")]
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} cfgs ok or built")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
