@@ -27,12 +27,22 @@ Bytes = bytes | bytearray | memoryview  # bytes, or array('H') and the like wher
 
 
 class Activation(IntEnum):
-    """Darknet activations the kernels implement (codes of activation.h)."""
+    """Darknet's activations (every one of activations.h; codes of our activation.h)."""
 
     LINEAR = _dlk.ACT_LINEAR
     RELU = _dlk.ACT_RELU
     LEAKY = _dlk.ACT_LEAKY
     LOGISTIC = _dlk.ACT_LOGISTIC
+    RELIE = _dlk.ACT_RELIE
+    RAMP = _dlk.ACT_RAMP
+    TANH = _dlk.ACT_TANH
+    PLSE = _dlk.ACT_PLSE
+    ELU = _dlk.ACT_ELU
+    LOGGY = _dlk.ACT_LOGGY
+    STAIR = _dlk.ACT_STAIR
+    HARDTAN = _dlk.ACT_HARDTAN
+    LHTAN = _dlk.ACT_LHTAN
+    SELU = _dlk.ACT_SELU
 
 
 class JpegColour(IntEnum):

@@ -1,0 +1,213 @@
+"""Issue 15, the rest of Darknet's layers: every activation, [deconvolutional], [l2norm],
+[normalization], [logistic], [activation], every [cost] type, [maxpool]'s forms and [iseg]
+(docs/darknet-contract.md §4). Kernels against numpy references of Darknet's formulas,
+backward passes against finite differences, bad cfgs as clear errors, and Debian's Darknet as
+the oracle on hand-made cfgs (skipped where libdarknet.so or gcc is missing)."""
+
+import shutil
+import subprocess
+from array import array
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlserver import kernels
+from dlserver.errors import DLServerError
+from dlserver.kernels import Activation
+from dlserver.layers.base import ACTIVATIONS
+from dlserver.network import parse_network_cfg
+from dlserver.rng import Random
+from dlserver.weights import load_weights, save_weights
+
+f32 = np.float32
+f64 = np.float64
+LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
+DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
+DARKNET_CFGS = Path("/usr/share/darknet/cfg")
+ORACLE = Path(__file__).parent / "oracle"
+needs_darknet = [
+    pytest.mark.skipif(not LIBDARKNET.exists(), reason="Debian's darknet package is not installed"),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the oracle harness"),
+]
+
+
+def floats(values) -> array:
+    return array("f", np.asarray(values, dtype=f32).ravel().tolist())
+
+
+def as_np(buf, n=None) -> np.ndarray:
+    out = np.frombuffer(buf, dtype=f32).copy()
+    return out if n is None else out[:n]
+
+
+# ---------------------------------------------------------------- activations: Darknet's formulas
+# x is float32; `d(...)` marks where Darknet's expression is double (a double constant or exp);
+# every function returns float32 as the C inline function does.
+
+
+def _b(v):  # a C comparison: 0 or 1
+    return v.astype(f32)
+
+
+def ref_act(name: str, x: np.ndarray) -> np.ndarray:
+    x = x.astype(f32)
+    xd = x.astype(f64)
+    with np.errstate(all="ignore"):
+        if name == "linear":
+            return x
+        if name == "relu":
+            return (x * _b(x > 0)).astype(f32)
+        if name == "leaky":
+            return np.where(x > 0, x, (0.1 * xd).astype(f32))
+        if name == "logistic":
+            return (1.0 / (1.0 + np.exp(-xd))).astype(f32)
+        if name == "relie":
+            return np.where(x > 0, x, (0.01 * xd).astype(f32))
+        if name == "ramp":
+            return ((x * _b(x > 0)).astype(f64) + 0.1 * xd).astype(f32)
+        if name == "tanh":
+            x2 = (f32(2) * x).astype(f64)
+            return ((np.exp(x2) - 1) / (np.exp(x2) + 1)).astype(f32)
+        if name == "plse":
+            lo = (0.01 * (x + f32(4)).astype(f64)).astype(f32)
+            hi = (0.01 * (x - f32(4)).astype(f64) + 1).astype(f32)
+            mid = (0.125 * xd + 0.5).astype(f32)
+            return np.where(x < -4, lo, np.where(x > 4, hi, mid))
+        if name == "elu":
+            return ((x * _b(x >= 0)).astype(f64) + (x < 0) * (np.exp(xd) - 1)).astype(f32)
+        if name == "loggy":
+            return (2.0 / (1.0 + np.exp(-xd)) - 1).astype(f32)
+        if name == "stair":
+            fl = np.floor(xd)
+            n = np.where((fl >= -(2.0**31)) & (fl < 2.0**31), np.nan_to_num(fl), -(2.0**31)).astype(np.int64)
+            even = (np.fmod(n, 2) == 0)
+            odd_val = ((x - n.astype(f32)).astype(f64) + np.floor(xd / 2.0)).astype(f32)
+            return np.where(even, np.floor(xd / 2.0).astype(f32), odd_val)
+        if name == "hardtan":
+            return np.where(x < -1, f32(-1), np.where(x > 1, f32(1), x))
+        if name == "lhtan":
+            lo = (0.001 * xd).astype(f32)
+            hi = (0.001 * (x - f32(1)).astype(f64) + 1).astype(f32)
+            return np.where(x < 0, lo, np.where(x > 1, hi, x))
+        if name == "selu":
+            pos = (x >= 0) * 1.0507 * xd
+            neg = (x < 0) * 1.0507 * 1.6732 * (np.exp(xd) - 1)
+            return (pos + neg).astype(f32)
+    raise AssertionError(name)
+
+
+def ref_grad(name: str, y: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return _ref_grad(name, y)
+
+
+def _ref_grad(name: str, y: np.ndarray) -> np.ndarray:
+    y = y.astype(f32)
+    yd = y.astype(f64)
+    if name == "linear":
+        return np.ones_like(y)
+    if name == "relu":
+        return _b(y > 0)
+    if name == "leaky":
+        return np.where(y > 0, f32(1), f32(0.1))
+    if name == "logistic":
+        return ((f32(1) - y) * y).astype(f32)
+    if name == "relie":
+        return np.where(y > 0, f32(1), f32(0.01))
+    if name == "ramp":
+        return ((y > 0) + 0.1).astype(f32)
+    if name == "tanh":
+        return (f32(1) - y * y).astype(f32)
+    if name == "plse":
+        return np.where((y < 0) | (y > 1), f32(0.01), f32(0.125))
+    if name == "elu":
+        return (_b(y >= 0) + _b(y < 0) * (y + f32(1))).astype(f32)
+    if name == "loggy":
+        t = ((yd + 1.0) / 2.0).astype(f32)
+        return (f32(2) * (f32(1) - t) * t).astype(f32)
+    if name == "stair":
+        return np.where(np.floor(yd) == yd, f32(0), f32(1))
+    if name == "hardtan":
+        return np.where((y > -1) & (y < 1), f32(1), f32(0))
+    if name == "lhtan":
+        return np.where((y > 0) & (y < 1), f32(1), f32(0.001))
+    if name == "selu":
+        return ((y >= 0) * 1.0507 + (y < 0) * (yd + 1.0507 * 1.6732)).astype(f32)
+    raise AssertionError(name)
+
+
+EXP_ACTS = {"logistic", "tanh", "elu", "loggy", "selu"}  # libm exp vs numpy's: 1 ulp allowed
+BREAKPOINTS = [-4.0, -1.0, 0.0, -0.0, 1.0, 4.0, 0.5, -0.5, 2.0, 3.0, -3.0, 2.5, -2.5, 1e-30, -1e-30]
+
+
+def _activation_inputs() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    return np.concatenate(
+        [
+            np.array(BREAKPOINTS, f32),
+            np.nextafter(np.array(BREAKPOINTS, f32), f32(np.inf)),
+            np.nextafter(np.array(BREAKPOINTS, f32), f32(-np.inf)),
+            (rng.standard_normal(400) * 3).astype(f32),
+            (rng.standard_normal(100) * 40).astype(f32),
+            np.array([100.0, -100.0, 400.0, -400.0, 1e20, -1e20, 3e9, -3e9], f32),
+        ]
+    ).astype(f32)
+
+
+def test_every_darknet_activation_is_known():
+    darknet = "logistic loggy relu elu selu relie plse hardtan lhtan linear ramp leaky tanh stair".split()
+    assert sorted(ACTIVATIONS) == sorted(darknet)
+    assert len(set(ACTIVATIONS.values())) == 14 == len(Activation)
+    # the codes the existing kernels know stay what they were
+    assert (Activation.LINEAR, Activation.RELU, Activation.LEAKY, Activation.LOGISTIC) == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_and_gradient_match_darknets_formulas(name):
+    x = _activation_inputs()
+    buf = floats(x)
+    kernels.activate(buf, len(x), ACTIVATIONS[name])
+    ours, want = as_np(buf), ref_act(name, x)
+    if name in EXP_ACTS:
+        np.testing.assert_array_max_ulp(ours, want, maxulp=1)
+        assert np.array_equal(np.isnan(ours), np.isnan(want))
+    else:
+        assert ours.tobytes() == want.tobytes(), name
+    # the gradient on the activated outputs and on the breakpoints themselves
+    for y in (want, x):
+        rng = np.random.default_rng(12)
+        d0 = rng.standard_normal(len(y)).astype(f32)
+        delta = floats(d0)
+        kernels.gradient(floats(y), len(y), ACTIVATIONS[name], delta)
+        expect = (d0 * ref_grad(name, y)).astype(f32)
+        assert as_np(delta).tobytes() == expect.tobytes(), name
+
+
+def test_activation_breakpoint_gradients_are_darknets():
+    """Darknet's own choices at the kinks (its *_gradient functions, on the output)."""
+
+    def g(name, y):
+        d = floats([1.0])
+        kernels.gradient(floats([y]), 1, ACTIVATIONS[name], d)
+        return d[0]
+
+    assert g("relu", 0.0) == 0.0 and g("leaky", 0.0) == f32(0.1) and g("relie", 0.0) == f32(0.01)
+    assert g("elu", 0.0) == 1.0 and g("ramp", 0.0) == f32(0.1) and g("ramp", 1e-9) == f32(1.1)
+    assert g("hardtan", 1.0) == 0.0 and g("hardtan", -1.0) == 0.0 and g("hardtan", 0.999) == 1.0
+    assert g("lhtan", 0.0) == f32(0.001) and g("lhtan", 1.0) == f32(0.001) and g("lhtan", 0.5) == 1.0
+    assert g("plse", 0.0) == 0.125 and g("plse", 1.0) == 0.125 and g("plse", 1.01) == f32(0.01)
+    assert g("stair", 2.0) == 0.0 and g("stair", 2.5) == 1.0
+    assert g("selu", 0.0) == f32(1.0507)
+
+
+def test_activation_values_darknet_would_give():
+    def a(name, x):
+        b = floats([x])
+        kernels.activate(b, 1, ACTIVATIONS[name])
+        return b[0]
+
+    assert a("stair", 2.5) == 1.0 and a("stair", 3.5) == 1.5 and a("stair", -1.5) == -1.0
+    assert a("hardtan", 7.0) == 1.0 and a("plse", -8.0) == f32(-0.04) and a("ramp", -1.0) == f32(-0.1)
+    assert np.isnan(a("tanh", 400.0))  # (exp(800) - 1)/(exp(800) + 1) = inf/inf, as Darknet
+    assert a("tanh", 300.0) == 1.0 and a("tanh", -400.0) == -1.0
