@@ -211,3 +211,107 @@ def test_activation_values_darknet_would_give():
     assert a("hardtan", 7.0) == 1.0 and a("plse", -8.0) == f32(-0.04) and a("ramp", -1.0) == f32(-0.1)
     assert np.isnan(a("tanh", 400.0))  # (exp(800) - 1)/(exp(800) + 1) = inf/inf, as Darknet
     assert a("tanh", 300.0) == 1.0 and a("tanh", -400.0) == -1.0
+
+
+# ---------------------------------------------------------------- Debian's Darknet as the oracle
+
+
+@pytest.fixture(scope="module")
+def oracle_exe(tmp_path_factory):
+    """tests/oracle/darknet_train.c built against libdarknet.so."""
+    for mark in needs_darknet:
+        if mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
+    exe = tmp_path_factory.mktemp("oracle") / "darknet_train"
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(exe), str(ORACLE / "darknet_train.c"), f"-I{DARKNET_INCLUDE}",
+         f"-L{LIBDARKNET.parent}", "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
+        check=True,
+    )  # fmt: skip
+    return exe
+
+
+def run_oracle(exe: Path, tmp_path: Path, cfg: Path, x: np.ndarray, truth, train: bool):
+    """Darknet's per-layer results: {tag: {layer index: values}}, its COST, and its weights file."""
+    weights = tmp_path / (cfg.stem + ".weights")
+    (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
+    truth_path = "-"
+    if truth is not None:
+        truth_path = str(tmp_path / "t.f32")
+        Path(truth_path).write_bytes(np.asarray(truth, f32).tobytes())
+    # a subprocess: libdarknet sets flush-to-zero for the whole process that loads it
+    run = subprocess.run(
+        [str(exe), str(cfg), str(weights), str(tmp_path / "x.f32"), truth_path, "1" if train else "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    theirs: dict = {}
+    cost = None
+    for line in run.stdout.splitlines():
+        tag, *rest = line.split()
+        if tag == "COST":
+            cost = f32(rest[0])
+            continue
+        index, count, *values = rest
+        assert len(values) == int(count)
+        theirs.setdefault(tag, {})[int(index)] = np.array(values, dtype=f32)
+    return theirs, cost, weights, run.stderr
+
+
+def guest_step(cfg: Path, weights: Path, x: np.ndarray, truth, train: bool):
+    """The guest on the same cfg and weights: the same tags as run_oracle."""
+    from dlserver.schedule import learning_rate
+
+    net = parse_network_cfg(str(cfg))
+    load_weights(net, str(weights))
+    ours: dict = {}
+    cost = None
+    if not train:
+        net.predict(floats(x))
+    else:
+        net.prepare_training(Random(0))
+        net.seen += net.batch
+        net.truth = floats(truth)
+        current = floats(x)
+        for layer in net.layers:
+            layer.clear_delta()
+            layer.forward(net, current, True)
+            current = layer.output
+        for i in range(len(net.layers) - 1, -1, -1):
+            layer = net.layers[i]
+            prev = net.layers[i - 1] if i else None
+            layer.backward(net, prev.output if prev else floats(x), prev.delta if prev else None)
+        costs = [layer.cost for layer in net.layers if layer.has_cost]
+        cost = f32(sum(costs) / len(costs)) if costs else None
+    for i, layer in enumerate(net.layers):
+        n = layer.batch * layer.outputs
+        ours.setdefault("O", {})[i] = as_np(layer.output, n)
+        if train:
+            ours.setdefault("D", {})[i] = as_np(layer.delta, n)
+            if hasattr(layer, "weight_updates"):
+                ours.setdefault("WU", {})[i] = as_np(layer.weight_updates)
+                ours.setdefault("BU", {})[i] = as_np(layer.bias_updates)
+    if train:
+        rate = learning_rate(net)
+        for layer in net.layers:
+            layer.update(net, rate)
+        for i, layer in enumerate(net.layers):
+            if hasattr(layer, "weight_updates"):
+                ours.setdefault("W", {})[i] = as_np(layer.weights)
+                ours.setdefault("B", {})[i] = as_np(layer.biases)
+    return ours, cost, net
+
+
+def compare(theirs, ours, exact: set, rtol=1e-5, atol=1e-6):
+    """Every tag and layer of Darknet's output in ours: bit for bit for (tag, index) in exact
+    (or tag in exact), else within rtol (Darknet's -Ofast build reassociates sums and vectorises
+    exp/log/pow)."""
+    for tag, layers in theirs.items():
+        for i, want in layers.items():
+            got = ours[tag][i]
+            assert got.shape == want.shape, (tag, i)
+            if tag in exact or (tag, i) in exact:
+                bad = np.flatnonzero(got.view(np.int32) != want.view(np.int32))
+                assert not len(bad), f"{tag} {i}: {len(bad)} differ, first {bad[:5]} {got[bad[:3]]} {want[bad[:3]]}"
+            else:
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{tag} {i}")

@@ -15,6 +15,11 @@ from .layers.maxpool import MaxpoolLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
+from .layers.activation import ActivationLayer
+from .layers.deconvolutional import DeconvolutionalLayer
+from .layers.l2norm import L2normLayer
+from .layers.logistic import LogisticLayer
+from .layers.normalization import NormalizationLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
 from .rng import Random, f32
@@ -39,30 +44,35 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avg]": AvgpoolLayer,
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
+    "[deconv]": DeconvolutionalLayer,
+    "[deconvolutional]": DeconvolutionalLayer,
+    "[activation]": ActivationLayer,
+    "[logistic]": LogisticLayer,
+    "[l2norm]": L2normLayer,
+    "[lrn]": NormalizationLayer,
+    "[normalization]": NormalizationLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
     "[crop]",
     "[detection]",
     "[region]",
-    "[iseg]",
     "[local]",
-    "[deconv]",
-    "[deconvolutional]",
-    "[activation]",
-    "[logistic]",
-    "[l2norm]",
     "[crnn]",
     "[gru]",
     "[lstm]",
     "[rnn]",
     "[reorg]",
-    "[lrn]",
-    "[normalization]",
     "[batchnorm]",
     "[net]",
     "[network]",
 )
+# Sections Darknet knows that dl-server refuses for good, with the reason.
+REFUSED_SECTIONS = {
+    "[iseg]": "layer [iseg] is not supported: Darknet's instance-segmentation layer reads a truth of"
+    " 90 instance masks per image (a data format dl-server does not load) in every forward pass,"
+    " at inference too (where Darknet's truth is NULL), and its constructor calls srand(0)",
+}
 POLICIES = ("constant", "step", "exp", "poly", "steps", "sigmoid", "random")
 
 
@@ -250,6 +260,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None) -> Network:
     for index, options in enumerate(sections[1:]):
         layer_type = LAYER_TYPES.get(options.name)
         if layer_type is None:
+            if options.name in REFUSED_SECTIONS:
+                raise DLServerError(f"{cfg_path}:{options.line}: {REFUSED_SECTIONS[options.name]}")
             if options.name in OTHER_DARKNET_SECTIONS:
                 raise DLServerError(
                     f"{cfg_path}:{options.line}: layer {options.name} is not supported by dl-server yet"
