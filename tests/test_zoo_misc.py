@@ -315,3 +315,294 @@ def compare(theirs, ours, exact: set, rtol=1e-5, atol=1e-6):
                 assert not len(bad), f"{tag} {i}: {len(bad)} differ, first {bad[:5]} {got[bad[:3]]} {want[bad[:3]]}"
             else:
                 np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{tag} {i}")
+
+
+def _acts_cfg() -> str:
+    """A convolution with each of Darknet's 14 activations (the fused stride-1 kernels), a strided
+    one (im2col + gemm), then [activation] and [logistic] (no connected layer: its reassociated
+    dot products would blur the deltas of everything below it)."""
+    names = "logistic loggy relu elu selu relie plse hardtan lhtan linear ramp leaky tanh stair".split()
+    text = "[net]\nbatch=2\nheight=5\nwidth=4\nchannels=3\nlearning_rate=0.1\nmomentum=0.9\ndecay=0.001\n\n"
+    for name in names:
+        text += f"[convolutional]\nfilters=3\nsize=3\nstride=1\npad=1\nactivation={name}\n\n"
+    text += "[convolutional]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=selu\n\n"
+    text += "[activation]\nactivation=loggy\n\n[logistic]\n"
+    return text
+
+
+MISC_CFG = """[net]
+batch=2
+height=6
+width=5
+channels=3
+learning_rate=0.05
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=ramp
+
+[deconvolutional]
+filters=3
+size=4
+stride=2
+padding=1
+activation=tanh
+
+[lrn]
+size=3
+alpha=0.1
+beta=0.75
+kappa=2
+
+[l2norm]
+
+[maxpool]
+size=3
+stride=2
+
+[activation]
+activation=selu
+
+[connected]
+output=7
+activation=elu
+
+[logistic]
+
+[cost]
+type=smooth
+"""
+
+DECONV_CFG = """[net]
+batch={batch}
+height=5
+width=6
+channels=2
+learning_rate=0.1
+momentum=0.9
+decay=0.0005
+
+[deconv]
+filters=3
+size=3
+stride=1
+pad=1
+{bn}
+activation=leaky
+
+[deconvolutional]
+filters=2
+size=2
+stride=3
+activation=linear
+
+[deconvolutional]
+filters=4
+size=5
+stride=2
+padding=3
+{bn}
+activation=relu
+
+[deconvolutional]
+filters=1
+size=1
+stride=1
+activation=logistic
+"""
+
+# every maxpool form: stride 1 with sizes 5/9/13 (yolov3-spp), default padding size-1 on odd
+# and even inputs, explicit padding 0 and odd, a window larger than the input by less than a
+# stride (C's division gives one output), stride larger than size; first a convolution (Darknet's
+# maxpool backward writes into the network's delta, which the first layer does not have)
+POOL_CFG = """[net]
+batch=2
+height=13
+width=11
+channels=2
+
+[convolutional]
+filters=2
+size=1
+stride=1
+activation=linear
+
+[maxpool]
+size=5
+stride=1
+
+[maxpool]
+size=9
+stride=1
+
+[maxpool]
+size=13
+stride=1
+
+[maxpool]
+size=3
+stride=2
+
+[maxpool]
+size=2
+stride=2
+
+[maxpool]
+size=3
+stride=1
+padding=0
+
+[maxpool]
+stride=2
+
+{extra}[maxpool]
+size=2
+stride=3
+padding=1
+
+[softmax]
+"""
+# windows wholly outside the image (index -1: Darknet's backward would write delta[-1]): inference only
+POOL_EXTRA = "[maxpool]\nsize=1\nstride=1\npadding=3\n\n[maxpool]\nsize=3\nstride=2\npadding=0\n\n"
+
+COST_CFG = """[net]
+batch=2
+height=3
+width=4
+channels=2
+learning_rate=0.1
+
+[convolutional]
+filters=3
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[cost]
+type={type}
+scale=0.5
+"""
+
+# (tag, layer) pairs Darknet's -Ofast build computes in another order: within tolerance
+LOOSE = {"WU", "COST"}
+
+
+def _oracle_case(oracle_exe, tmp_path, text, train, seed=1, truth_fn=None, exact=frozenset()):
+    cfg = tmp_path / "case.cfg"
+    cfg.write_text(text)
+    net = parse_network_cfg(str(cfg))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    truth = None
+    if train:
+        n = net.batch * net.outputs
+        truth = truth_fn(rng, n) if truth_fn else rng.random(n).astype(f32)
+    theirs, their_cost, weights, err = run_oracle(oracle_exe, tmp_path, cfg, x, truth, train)
+    ours, our_cost, _ = guest_step(cfg, weights, x, truth, train)
+    return theirs, ours, their_cost, our_cost, err
+
+
+def _table(stderr: str) -> list[str]:
+    """The layer table of a parse's stderr (Darknet's ends where it saves the weights)."""
+    lines = stderr.splitlines()
+    start = lines.index("layer     filters    size              input                output")
+    table = []
+    for line in lines[start:]:
+        if line.startswith(("Saving weights", "Loading weights")):
+            break
+        table.append(line)
+    return table
+
+
+def _assert_same_table(text: str, tmp_path, capsys, darknet_stderr: str) -> None:
+    """Our layer table (and default-value messages) equals Darknet's, line for line."""
+    capsys.readouterr()
+    (tmp_path / "table.cfg").write_text(text)
+    parse_network_cfg(str(tmp_path / "table.cfg"))
+    assert _table(capsys.readouterr().err) == _table(darknet_stderr)
+
+
+def _equal(got, want):
+    """The same values (NaN equal NaN; -0 equals 0: -Ofast does not keep the sign of zeros)."""
+    return got.shape == want.shape and bool(np.all((got == want) | (np.isnan(got) & np.isnan(want))))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_activations_match_debians_darknet(oracle_exe, tmp_path, capsys, train):
+    theirs, ours, tc, oc, err = _oracle_case(oracle_exe, tmp_path, _acts_cfg(), train)
+    _assert_same_table(_acts_cfg(), tmp_path, capsys, err)
+    for tag, layers in theirs.items():
+        for i, want in layers.items():
+            got = ours[tag][i]
+            if tag in ("O", "D"):  # every activation and its gradient: Darknet's floats exactly
+                assert _equal(got, want), f"{tag} {i}"
+            else:  # -Ofast: the gradient sums (gemm NT, backward_bias) are reassociated
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{tag} {i}")
+    if train:
+        assert oc == pytest.approx(tc, rel=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_new_layers_match_debians_darknet(oracle_exe, tmp_path, capsys, train):
+    """conv (ramp), deconv, lrn, l2norm, maxpool, activation, connected, logistic, cost smooth."""
+    theirs, ours, tc, oc, err = _oracle_case(oracle_exe, tmp_path, MISC_CFG, train)
+    _assert_same_table(MISC_CFG, tmp_path, capsys, err)
+    for tag, layers in theirs.items():
+        for i, want in layers.items():
+            got = ours[tag][i]
+            if tag == "O" and i <= 2:  # conv, deconv (gemm TN + col2im), lrn: exact
+                assert _equal(got, want), f"{tag} {i}"
+            else:  # l2norm's x/sum is a reciprocal product under -Ofast; sums reassociated
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{tag} {i}")
+    if train:
+        assert oc == pytest.approx(tc, rel=1e-5)
+
+
+@pytest.mark.parametrize("bn", [0, 1])
+def test_deconvolutional_matches_debians_darknet(oracle_exe, tmp_path, capsys, bn):
+    """Inference with and without batch norm (the harness perturbs scales and rolling statistics)
+    and, without, one training step (gradients and the SGD update): the same floats."""
+    text = DECONV_CFG.format(batch=1 if bn else 2, bn="batch_normalize=1" if bn else "")
+    for train in (False,) if bn else (False, True):
+        theirs, ours, _, _, err = _oracle_case(oracle_exe, tmp_path, text, train)
+        for tag, layers in theirs.items():
+            for i, want in layers.items():
+                assert _equal(ours[tag][i], want), f"train={train} {tag} {i}"
+    _assert_same_table(text, tmp_path, capsys, err)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_maxpool_forms_match_debians_darknet(oracle_exe, tmp_path, capsys, train):
+    text = POOL_CFG.format(extra="" if train else POOL_EXTRA)
+    theirs, ours, _, _, err = _oracle_case(oracle_exe, tmp_path, text, train)
+    _assert_same_table(text, tmp_path, capsys, err)
+    last = max(theirs["O"])
+    for tag, layers in theirs.items():
+        for i, want in layers.items():
+            if tag == "O" and i == last:  # softmax: libmvec expf
+                np.testing.assert_allclose(ours[tag][i], want, rtol=1e-5)
+            elif tag != "WU":
+                assert _equal(ours[tag][i], want), f"{tag} {i}"
+
+
+def _cost_truth(rng, n):
+    t = (rng.standard_normal(n) * 2).astype(f32)
+    t[::5] = -1234  # masked: SECRET_NUM
+    return t
+
+
+@pytest.mark.parametrize("kind", ["sse", "masked", "smooth", "L1", "seg", "wgan"])
+def test_cost_types_match_debians_darknet(oracle_exe, tmp_path, capsys, kind):
+    theirs, ours, tc, oc, err = _oracle_case(
+        oracle_exe, tmp_path, COST_CFG.format(type=kind), True, truth_fn=_cost_truth
+    )
+    _assert_same_table(COST_CFG.format(type=kind), tmp_path, capsys, err)
+    for i in (0, 1):  # masked changes the conv output in place, as Darknet
+        assert _equal(ours["O"][i], theirs["O"][i]) and _equal(ours["D"][i], theirs["D"][i]), i
+    np.testing.assert_allclose(ours["WU"][0], theirs["WU"][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours["W"][0], theirs["W"][0], rtol=1e-4, atol=1e-6)
+    assert oc == pytest.approx(tc, rel=1e-5)  # sum_array: reassociated by -Ofast
