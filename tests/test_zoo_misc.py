@@ -606,3 +606,355 @@ def test_cost_types_match_debians_darknet(oracle_exe, tmp_path, capsys, kind):
     np.testing.assert_allclose(ours["WU"][0], theirs["WU"][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ours["W"][0], theirs["W"][0], rtol=1e-4, atol=1e-6)
     assert oc == pytest.approx(tc, rel=1e-5)  # sum_array: reassociated by -Ofast
+
+
+# ---------------------------------------------------------------- backward: finite differences
+
+
+def _one_layer_net(tmp_path, section: str, h=4, w=5, c=3, batch=2, seed=0):
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text(f"[net]\nbatch={batch}\nheight={h}\nwidth={w}\nchannels={c}\n\n{section}\n")
+    net = parse_network_cfg(str(cfg), init_rng=Random(seed))
+    net.prepare_training(Random(0))
+    return net, net.layers[0]
+
+
+def _fd_input_gradient(net, layer, x, g, eps=1e-2, picks=None):
+    """(analytic, numeric): prev_delta from backward with delta = g, and the central differences
+    of f(x) = g . forward(x) (in float64 over the float32 outputs)."""
+
+    def f(values):
+        layer.forward(net, floats(values), True)
+        return float(np.dot(g.astype(f64), as_np(layer.output, len(g)).astype(f64)))
+
+    layer.clear_delta()
+    layer.forward(net, floats(x), True)
+    layer.delta[:] = floats(g)
+    prev = floats(np.zeros(len(x)))
+    layer.backward(net, floats(x), prev)
+    analytic = as_np(prev)
+    picks = range(len(x)) if picks is None else picks
+    numeric = np.zeros(len(x))
+    for i in picks:
+        up, down = x.copy(), x.copy()
+        up[i] += f32(eps)
+        down[i] -= f32(eps)
+        numeric[i] = (f(up) - f(down)) / (f64(up[i]) - f64(down[i]))
+    return analytic, numeric
+
+
+SMOOTH_ACTS = sorted(set(ACTIVATIONS) - {"stair"})  # stair: Darknet's gradient is 1 where its slope is 0
+
+
+@pytest.mark.parametrize("name", SMOOTH_ACTS)
+def test_activation_layer_backward_is_the_derivative(tmp_path, capsys, name):
+    net, layer = _one_layer_net(tmp_path, f"[activation]\nactivation={name}")
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(net.batch * net.inputs) * 2.5).astype(f32)
+    # keep away from the kinks (0, +-1, +-4), where a central difference straddles two slopes
+    x = np.where(np.min(np.abs(x[:, None] - np.array([0, 1, -1, 4, -4])), axis=1) < 0.05, f32(0.5), x)
+    g = rng.standard_normal(len(x)).astype(f32)
+    analytic, numeric = _fd_input_gradient(net, layer, x, g, eps=1e-3)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=2e-3)
+    capsys.readouterr()
+
+
+def test_activation_layer_backward_overwrites_as_darknet(tmp_path, capsys):
+    net, layer = _one_layer_net(tmp_path, "[activation]\nactivation=leaky")
+    x = np.linspace(-2, 2, net.batch * net.inputs).astype(f32)
+    layer.forward(net, floats(x), True)
+    layer.delta[:] = floats(np.ones(len(x)))
+    prev = floats(np.full(len(x), 5.0))  # Darknet copies delta into it: the 5s are gone
+    layer.backward(net, floats(x), prev)
+    assert as_np(prev).tobytes() == np.where(x > 0, f32(1), f32(0.1)).astype(f32).tobytes()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        "[deconvolutional]\nfilters=2\nsize=3\nstride=2\npad=1\nactivation=tanh",
+        "[deconv]\nfilters=3\nsize=2\nstride=1\nactivation=logistic",
+        "[deconv]\nfilters=2\nsize=4\nstride=3\npadding=2\nactivation=elu",
+    ],
+)
+def test_deconvolutional_backward_is_the_gradient(tmp_path, capsys, section):
+    net, layer = _one_layer_net(tmp_path, section)
+    rng = np.random.default_rng(4)
+    layer.weights[:] = floats(rng.standard_normal(len(layer.weights)) * 0.5)
+    layer.biases[:] = floats(rng.standard_normal(len(layer.biases)) * 0.1)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    g = rng.standard_normal(net.batch * layer.outputs).astype(f32)
+    analytic, numeric = _fd_input_gradient(net, layer, x, g, eps=1e-2)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=2e-3)
+    # weights and biases: d(g . out)/dW is what backward accumulated in weight_updates
+    W = as_np(layer.weights)
+    want_w = as_np(layer.weight_updates)
+    want_b = as_np(layer.bias_updates)
+
+    def f():
+        layer.forward(net, floats(x), True)
+        return float(np.dot(g.astype(f64), as_np(layer.output, len(g)).astype(f64)))
+
+    for i in rng.choice(len(W), 12, replace=False):
+        for sign, store in ((1, "up"), (-1, "down")):
+            layer.weights[i] = float(W[i] + sign * f32(1e-2))
+            if store == "up":
+                up = f()
+            else:
+                down = f()
+        layer.weights[i] = float(W[i])
+        assert want_w[i] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), i
+    for i in range(len(want_b)):
+        b = layer.biases[i]
+        layer.biases[i] = b + 1e-2
+        up = f()
+        layer.biases[i] = b - 1e-2
+        down = f()
+        layer.biases[i] = b
+        assert want_b[i] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), i
+    capsys.readouterr()
+
+
+def _cost_of(net, layer, x, t):
+    net.truth = floats(t)
+    layer.forward(net, floats(x), True)
+    return layer.cost
+
+
+def _fd_cost(net, layer, x, t, eps=1e-3):
+    out = np.zeros(len(x))
+    for i in range(len(x)):
+        up, down = x.copy(), x.copy()
+        up[i] += f32(eps)
+        down[i] -= f32(eps)
+        out[i] = (_cost_of(net, layer, up, t) - _cost_of(net, layer, down, t)) / (f64(up[i]) - f64(down[i]))
+    return out
+
+
+def test_logistic_layer_delta_is_minus_the_cost_gradient(tmp_path, capsys):
+    net, layer = _one_layer_net(tmp_path, "[logistic]", h=1, w=1, c=6)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    t = rng.random(len(x)).astype(f32)
+    numeric = _fd_cost(net, layer, x, t)
+    _cost_of(net, layer, x, t)
+    # d/dx of -t log p - (1-t) log(1-p), p = logistic(x), is p - t; Darknet's delta is t - p
+    np.testing.assert_allclose(as_np(layer.delta), -numeric, rtol=1e-2, atol=1e-3)
+    p = 1 / (1 + np.exp(-x.astype(f64)))
+    want = np.sum(-t * np.log(p) - (1 - t) * np.log(1 - p))
+    assert layer.cost == pytest.approx(want, rel=1e-5)
+    prev = floats(np.ones(len(x)))
+    layer.backward(net, floats(x), prev)
+    assert as_np(prev).tobytes() == (f32(1) + as_np(layer.delta)).astype(f32).tobytes()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind, factor", [("sse", 0.5), ("seg", 0.5), ("wgan", 0.5), ("L1", 1.0), ("smooth", 0.5)])
+def test_cost_delta_is_minus_the_cost_gradient(tmp_path, capsys, kind, factor):
+    """delta = -factor * d cost / dx (Darknet's delta for sse is t - x, the cost sum (t - x)^2);
+    for smooth inside |t - x| < 1, where it is sse."""
+    net, layer = _one_layer_net(tmp_path, f"[cost]\ntype={kind}\nscale=0.25", h=2, w=2, c=3)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    t = (x + rng.uniform(0.1, 0.9, len(x)) * rng.choice([-1, 1], len(x))).astype(f32)
+    numeric = _fd_cost(net, layer, x, t)
+    _cost_of(net, layer, x, t)
+    np.testing.assert_allclose(as_np(layer.delta), -factor * numeric, rtol=1e-2, atol=1e-3)
+    prev = floats(np.zeros(len(x)))
+    layer.backward(net, floats(x), prev)
+    assert as_np(prev).tobytes() == (f32(0.25) * as_np(layer.delta)).astype(f32).tobytes()
+    capsys.readouterr()
+
+
+def test_cost_smooth_outside_is_darknets_sign_and_masked_masks(tmp_path, capsys):
+    net, layer = _one_layer_net(tmp_path, "[cost]\ntype=smooth", h=1, w=1, c=4, batch=1)
+    x = np.array([0.0, 0.0, 5.0, 0.0], f32)
+    t = np.array([3.0, -3.0, 1.0, 0.5], f32)
+    cost = _cost_of(net, layer, x, t)
+    # |d| >= 1: err 2|d| - 1 and delta = (d < 0) ? 1 : -1 (Darknet's, pointing away from t)
+    assert as_np(layer.output).tolist() == [5.0, 5.0, 7.0, 0.25] and cost == 17.25
+    assert as_np(layer.delta).tolist() == [-1.0, 1.0, 1.0, 0.5]
+    net, layer = _one_layer_net(tmp_path, "[cost]\ntype=masked", h=1, w=1, c=3, batch=1)
+    xs = floats([1.0, 2.0, 3.0])
+    net.truth = floats([0.0, -1234.0, 1.0])
+    layer.forward(net, xs, True)
+    assert list(xs) == [1.0, -1234.0, 3.0]  # the input itself is masked, as Darknet
+    assert as_np(layer.delta).tolist() == [-1.0, 0.0, -2.0] and layer.cost == 5.0
+    capsys.readouterr()
+
+
+def test_l2norm_and_lrn_backward_are_darknets(tmp_path, capsys):
+    """Darknet's own backward passes, not the derivative: l2norm adds delta through unchanged,
+    lrn sets prev_delta = norms^-beta * delta (its "approximate" backward)."""
+    rng = np.random.default_rng(7)
+    net, layer = _one_layer_net(tmp_path, "[l2norm]", c=4)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    layer.forward(net, floats(x), True)
+    xs = x.reshape(net.batch, 4, -1)
+    norm = np.sqrt(np.sum((xs * xs).astype(f32), axis=1, dtype=f32)).astype(f32)
+    np.testing.assert_allclose(as_np(layer.output), (xs / norm[:, None, :]).ravel(), rtol=1e-6)
+    d = rng.standard_normal(len(x)).astype(f32)
+    layer.delta[:] = floats(d)
+    prev = floats(np.ones(len(x)))
+    layer.backward(net, floats(x), prev)
+    assert as_np(prev).tobytes() == (f32(1) + d).astype(f32).tobytes()
+
+    net, layer = _one_layer_net(tmp_path, "[lrn]\nsize=3\nalpha=0.05\nbeta=0.75\nkappa=1.5", c=5)
+    x = rng.standard_normal(net.batch * net.inputs).astype(f32)
+    layer.forward(net, floats(x), True)
+    sq = (x * x).astype(f32).reshape(net.batch, 5, -1)
+    a = f32(0.05)
+    norms = np.zeros_like(sq)
+    for b in range(net.batch):  # Darknet's running window, written out
+        row = np.full(sq.shape[2], f32(1.5), f32)
+        row = (row + (a * sq[b, 0]).astype(f32)).astype(f32)  # k < size/2 = 1: channel 0 only
+        norms[b, 0] = row
+        for k in range(1, 5):
+            row = row.copy()
+            if k - 2 >= 0:
+                row = (row + (-a * sq[b, k - 2]).astype(f32)).astype(f32)
+            if k + 1 < 5:
+                row = (row + (a * sq[b, k + 1]).astype(f32)).astype(f32)
+            norms[b, k] = row
+    scale = np.power(norms.astype(f64), -0.75).astype(f32).ravel()
+    assert as_np(layer.norms).tobytes() == norms.ravel().tobytes()
+    # in closed form: every channel's window sum, less channel size/2 (=1), which Darknet's first
+    # window leaves out and its running sum later subtracts anyway
+    padded = np.pad(sq.astype(f64), ((0, 0), (1, 1), (0, 0)))
+    window = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    closed = 1.5 + 0.05 * (window - sq[:, 1:2].astype(f64))
+    np.testing.assert_allclose(norms, closed, rtol=1e-5)
+    assert as_np(layer.output).tobytes() == (scale * x).astype(f32).tobytes()
+    d = rng.standard_normal(len(x)).astype(f32)
+    layer.delta[:] = floats(d)
+    prev = floats(np.full(len(x), 9.0))
+    layer.backward(net, floats(x), prev)
+    assert as_np(prev).tobytes() == (scale * d).astype(f32).tobytes()
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------- bad cfgs, refusals
+
+IMAGE_NET = "[net]\nheight=8\nwidth=8\nchannels=4\n"
+VECTOR_NET = "[net]\ninputs=12\n"  # no height, width, channels: not an image
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        (VECTOR_NET + "[l2norm]\n", 3, "layer before l2norm layer must output an image"),
+        (VECTOR_NET + "[lrn]\n", 3, "layer before normalization layer must output an image"),
+        (IMAGE_NET + "[lrn]\nsize=4\n", 5, "normalization size=4: must be odd and at least 1"),
+        (IMAGE_NET + "[normalization]\nsize=0\n", 5, "normalization size=0: must be odd"),
+        (IMAGE_NET + "[normalization]\nsize=-3\n", 5, "normalization size=-3"),
+        (IMAGE_NET + "[lrn]\nsize=11\n", 5, "normalization size=11: the window is wider than the 4 channels"),
+        (IMAGE_NET + "[deconv]\nstride=0\n", 5, "deconvolutional needs filters, size, stride >= 1"),
+        (IMAGE_NET + "[deconvolutional]\nfilters=0\n", 5, "deconvolutional needs filters"),
+        (IMAGE_NET + "[deconv]\nsize=-2\n", 5, "deconvolutional needs filters, size"),
+        (IMAGE_NET + "[deconv]\nsize=2\npadding=-1\n", 5, "padding >= 0"),
+        (IMAGE_NET + "[deconv]\nsize=1\npadding=5\n", 5, "deconvolutional padding=5 leaves no output"),
+        (VECTOR_NET + "[deconv]\n", 3, "layer before deconvolutional layer must output an image"),
+        (IMAGE_NET + "[deconv]\nactivation=swish\n", 5, "activation 'swish' is unknown"),
+        (IMAGE_NET + "[activation]\nactivation=gelu\n", 5, "activation 'gelu' is unknown"),
+        (IMAGE_NET + "[cost]\ntype=hinge\n", 5, "cost type 'hinge' is unknown"),
+        (IMAGE_NET + "[cost]\ntype=l1\n", 5, "cost type 'l1' is unknown"),  # Darknet's name is L1
+        (IMAGE_NET + "[maxpool]\nsize=0\n", 5, "maxpool needs size, stride >= 1"),
+        (IMAGE_NET + "[maxpool]\nsize=12\nstride=1\npadding=0\n", 5, "does not fit"),
+        (IMAGE_NET + "[iseg]\n", 5, "layer [iseg] is not supported"),
+    ],
+)
+def test_bad_cfgs_are_one_clear_error(tmp_path, capsys, text, line, message):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text(text)
+    with pytest.raises(DLServerError) as info:
+        parse_network_cfg(str(cfg))
+    assert str(info.value).startswith(f"{cfg}:{line}: ") and message in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+    capsys.readouterr()
+
+
+def test_maxpool_window_beyond_input_by_less_than_a_stride_gives_one_output(tmp_path, capsys):
+    """make_maxpool_layer divides in C: (2 + 0 - 3)/2 + 1 = 1 (Python's // would give 0)."""
+    cfg = tmp_path / "p.cfg"
+    cfg.write_text("[net]\nheight=2\nwidth=2\nchannels=1\n[maxpool]\nsize=3\nstride=2\npadding=0\n")
+    net = parse_network_cfg(str(cfg))
+    assert (net.layers[0].out_w, net.layers[0].out_h) == (1, 1)
+    assert list(net.predict(floats([1, 4, 3, 2]))) == [4.0]
+    capsys.readouterr()
+
+
+def test_deconvolutional_training_with_batch_norm_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text(IMAGE_NET + "[deconv]\nfilters=2\nbatch_normalize=1\n")
+    net = parse_network_cfg(str(cfg))
+    with pytest.raises(DLServerError, match=rf"^{cfg}:5: training a deconvolutional layer with batch_normalize=1"):
+        net.prepare_training(Random(0))
+    capsys.readouterr()
+
+
+def _strided_without_crop(tmp_path) -> Path:
+    """Debian's strided.cfg (20 convolutions and 2 connected layers with activation=ramp) at batch 1, 64x64, without its
+    leading [crop] (another part of issue 15 builds that layer)."""
+    import re
+
+    text = (DARKNET_CFGS / "strided.cfg").read_text()
+    text = re.sub(r"\[crop\][^\[]*", "", text, count=1)
+    text = re.sub(r"(?m)^(height|width)=\d+", r"\1=64", text)
+    text = re.sub(r"(?m)^(batch|subdivisions)=\d+", r"\1=1", text)
+    path = tmp_path / "strided_nocrop.cfg"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.skipif(not (DARKNET_CFGS / "strided.cfg").exists(), reason="Debian's cfgs are not installed")
+def test_strided_gets_past_its_ramp_activation(tmp_path, capsys):
+    """What stops strided.cfg now (if anything) is its [crop], not activation=ramp; without the
+    crop it builds and predicts."""
+    try:
+        parse_network_cfg(str(DARKNET_CFGS / "strided.cfg"))
+    except DLServerError as error:
+        assert "activation" not in str(error) and "[crop]" in str(error), str(error)
+    net = parse_network_cfg(str(_strided_without_crop(tmp_path)), init_rng=Random(0))
+    assert sum(getattr(layer, "activation", None) == Activation.RAMP for layer in net.layers) == 22
+    out = net.predict(floats(np.random.default_rng(8).random(net.inputs)))
+    assert np.all(np.isfinite(as_np(out, net.outputs)))
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not (DARKNET_CFGS / "strided.cfg").exists(), reason="Debian's cfgs are not installed")
+def test_strided_matches_debians_darknet(oracle_exe, tmp_path, capsys):
+    cfg = _strided_without_crop(tmp_path)
+    x = np.random.default_rng(9).random(64 * 64 * 3).astype(f32)
+    theirs, _, weights, _ = run_oracle(oracle_exe, tmp_path, cfg, x, None, False)
+    ours, _, net = guest_step(cfg, weights, x, None, False)
+    for i, layer in enumerate(net.layers):
+        if layer.kind in ("convolutional", "maxpool"):  # im2col + gemm NN, ramp: the same floats
+            assert _equal(ours["O"][i], theirs["O"][i]), i
+        else:  # connected (gemm NT) and softmax: -Ofast
+            np.testing.assert_allclose(ours["O"][i], theirs["O"][i], rtol=1e-4, atol=1e-5, err_msg=str(i))
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------- weights files
+
+
+@needs_darknet[0]
+@needs_darknet[1]
+@pytest.mark.parametrize("bn", [0, 1])
+def test_deconvolutional_weights_files_are_darknets(oracle_exe, tmp_path, capsys, bn):
+    """Our .weights equals Darknet's byte for byte (load theirs, save ours), and our random init
+    draws Darknet's weights (f32(.02) * rand_normal(), scaled by out_w*out_h/(w*h))."""
+    text = DECONV_CFG.format(batch=1, bn="batch_normalize=1" if bn else "")
+    cfg = tmp_path / "d.cfg"
+    cfg.write_text(text)
+    x = np.zeros(5 * 6 * 2, f32)
+    _, _, weights, _ = run_oracle(oracle_exe, tmp_path, cfg, x, None, False)
+    net = parse_network_cfg(str(cfg))
+    load_weights(net, str(weights))
+    save_weights(net, str(tmp_path / "ours.weights"))
+    assert (tmp_path / "ours.weights").read_bytes() == weights.read_bytes()
+    fresh = parse_network_cfg(str(cfg), init_rng=Random(0))
+    for theirs, ours in zip(net.layers, fresh.layers, strict=True):
+        assert as_np(ours.weights).tobytes() == as_np(theirs.weights).tobytes()
+    capsys.readouterr()
