@@ -5,21 +5,21 @@ from typing import Any
 
 from .config import Options, read_cfg
 from .errors import DLServerError
+from .layers.activation import ActivationLayer
 from .layers.avgpool import AvgpoolLayer
 from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
+from .layers.deconvolutional import DeconvolutionalLayer
 from .layers.dropout import DropoutLayer
+from .layers.l2norm import L2normLayer
+from .layers.logistic import LogisticLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.normalization import NormalizationLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
-from .layers.activation import ActivationLayer
-from .layers.deconvolutional import DeconvolutionalLayer
-from .layers.l2norm import L2normLayer
-from .layers.logistic import LogisticLayer
-from .layers.normalization import NormalizationLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
 from .rng import Random, f32

@@ -379,7 +379,7 @@ def read_files(paths: list[str], /) -> list[bytes | None]:
 
 # ------------------------------------------------------------------ loss.c, normalize.c (issue 15)
 
-def cost_forward(type: int, x: Buffer, truth: Buffer, delta: Buffer, err: Buffer, n: int, /) -> float:
+def cost_forward(cost_type: int, x: Buffer, truth: Buffer, delta: Buffer, err: Buffer, n: int, /) -> float:
     """Darknet's CPU cost layer (COST_*): err, delta = t - x (or its L1/smooth form); the sum of err.
     COST_MASKED first sets x[i] = -1234 where truth[i] == -1234."""
 

@@ -15,7 +15,6 @@ ratio, noobj, thresh (and the common smooth=) only change Darknet's GPU forward:
 """
 
 from .. import kernels
-from ..buffers import zeros
 from ..errors import DLServerError
 from ..kernels import CostType
 from ..rng import f32
