@@ -864,6 +864,7 @@ VECTOR_NET = "[net]\ninputs=12\n"  # no height, width, channels: not an image
         (IMAGE_NET + "[deconv]\nsize=-2\n", 5, "deconvolutional needs filters, size"),
         (IMAGE_NET + "[deconv]\nsize=2\npadding=-1\n", 5, "padding >= 0"),
         (IMAGE_NET + "[deconv]\nsize=1\npadding=5\n", 5, "deconvolutional padding=5 leaves no output"),
+        (IMAGE_NET + "[deconv]\nstride=1000000000\nfilters=9\n", 5, "deconvolutional layer too large"),
         (VECTOR_NET + "[deconv]\n", 3, "layer before deconvolutional layer must output an image"),
         (IMAGE_NET + "[deconv]\nactivation=swish\n", 5, "activation 'swish' is unknown"),
         (IMAGE_NET + "[activation]\nactivation=gelu\n", 5, "activation 'gelu' is unknown"),
@@ -969,3 +970,124 @@ def test_deconvolutional_weights_files_are_darknets(oracle_exe, tmp_path, capsys
     for theirs, ours in zip(net.layers, fresh.layers, strict=True):
         assert as_np(ours.weights).tobytes() == as_np(theirs.weights).tobytes()
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------- training a classifier, native and in wasm
+
+TRAIN_CFG = """[net]
+batch=4
+subdivisions=1
+height=8
+width=8
+channels=3
+learning_rate=0.05
+momentum=0.9
+decay=0.0005
+max_batches=8
+policy=constant
+
+[convolutional]
+filters=4
+size=3
+stride=2
+pad=1
+activation=elu
+
+[deconvolutional]
+filters=3
+size=4
+stride=2
+padding=1
+activation=tanh
+
+[lrn]
+size=3
+alpha=0.01
+
+[maxpool]
+size=3
+stride=2
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=selu
+
+[l2norm]
+
+[activation]
+activation=loggy
+
+[connected]
+output=3
+activation=ramp
+
+[softmax]
+
+[cost]
+type=L1
+scale=0.1
+"""
+
+
+@pytest.fixture
+def patterns(workdir):
+    """24 8x8 RGB images of 3 classes (a bright band per class), a dataset file and TRAIN_CFG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (workdir / "data" / "p").mkdir(parents=True)
+    paths = []
+    for i in range(24):
+        label = i % 3
+        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
+        pixels[:, label * 2 : label * 2 + 3] = 220
+        path = f"data/p/p_{i:03d}_c{label}.png"
+        Image.fromarray(pixels, "RGB").save(workdir / path)
+        paths.append(path)
+    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
+    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
+    (workdir / "cfg" / "p.dataset").write_text(
+        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
+        "names=data/labels.list\ntop=2\n"
+    )
+    (workdir / "cfg" / "p.cfg").write_text(TRAIN_CFG)
+    return workdir
+
+
+def test_classifier_with_the_new_layers_trains_and_predicts(patterns, capsys, monkeypatch):
+    from dlserver.main import main
+    from dlserver_host.darknet_output import TRAIN_LINE
+
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    assert main(["dl-server", "classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "deconv" in err and "Local Response Normalization Layer" in err and "Activation Layer" in err
+    losses = [float(m.group(3)) for m in map(TRAIN_LINE.match, out.splitlines()) if m]
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    args = ["classifier", "predict", "cfg/p.dataset", "cfg/p.cfg", "model/p.weights", "data/p/p_000_c0.png"]
+    assert main(["dl-server", *args]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if "%:" in line]) == 2
+
+
+@pytest.mark.component
+def test_new_layers_training_in_component_equals_native(component, patterns, capsys, monkeypatch):
+    """The same seeded training run in dl-server.wasm writes the same weights and lines."""
+    import re
+
+    from conftest import run_wasmtime
+    from dlserver.main import main
+
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    args = ["classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]
+    assert main(["dl-server", *args]) == 0
+    native_out = capsys.readouterr().out
+    native = (patterns / "model" / "p.weights").read_bytes()
+    (patterns / "model" / "p.weights").unlink()
+    run = run_wasmtime(patterns, *args)
+    assert run.returncode == 0, run.stderr
+    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
+    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
+    assert (patterns / "model" / "p.weights").read_bytes() == native

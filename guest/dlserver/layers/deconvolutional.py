@@ -25,6 +25,8 @@ from ..errors import DLServerError
 from ..rng import f32
 from .base import WeightedLayer, parse_activation
 
+INT_MAX = 2**31 - 1
+
 
 class DeconvolutionalLayer(WeightedLayer):
     kind = "deconvolutional"
@@ -58,6 +60,8 @@ class DeconvolutionalLayer(WeightedLayer):
         self.out_c = self.n
         self.outputs = self.out_h * self.out_w * self.out_c
         self.kernel_outputs = self.n * self.size * self.size  # rows of the column matrix
+        if max(self.outputs, self.kernel_outputs * h * w, self.kernel_outputs * c) > INT_MAX:
+            raise DLServerError(f"{where}: deconvolutional layer too large (Darknet's sizes are ints)")
         self.nweights = c * self.kernel_outputs
         self.weights = zeros(self.nweights)
         self.biases = zeros(self.n)
