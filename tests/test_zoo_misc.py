@@ -310,21 +310,6 @@ def guest_step(cfg: Path, weights: Path, x: np.ndarray, truth, train: bool):
     return ours, cost, net
 
 
-def compare(theirs, ours, exact: set, rtol=1e-5, atol=1e-6):
-    """Every tag and layer of Darknet's output in ours: bit for bit for (tag, index) in exact
-    (or tag in exact), else within rtol (Darknet's -Ofast build reassociates sums and vectorises
-    exp/log/pow)."""
-    for tag, layers in theirs.items():
-        for i, want in layers.items():
-            got = ours[tag][i]
-            assert got.shape == want.shape, (tag, i)
-            if tag in exact or (tag, i) in exact:
-                bad = np.flatnonzero(got.view(np.int32) != want.view(np.int32))
-                assert not len(bad), f"{tag} {i}: {len(bad)} differ, first {bad[:5]}"
-            else:
-                np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{tag} {i}")
-
-
 def _acts_cfg() -> str:
     """A convolution with each of Darknet's 14 activations (the fused stride-1 kernels), a strided
     one (im2col + gemm), then [activation] and [logistic] (no connected layer: its reassociated
@@ -494,9 +479,6 @@ activation=leaky
 type={type}
 scale=0.5
 """
-
-# (tag, layer) pairs Darknet's -Ofast build computes in another order: within tolerance
-LOOSE = {"WU", "COST"}
 
 
 def _oracle_case(oracle_exe, tmp_path, text, train, seed=1, truth_fn=None, exact=frozenset()):
