@@ -161,7 +161,7 @@ def test_conv_kernels_check_sizes():
     with pytest.raises(ValueError, match="bad geometry"):
         _dlk.conv_forward(x, 1, 3, 28, 28, W, 6, 9, 2, b, 1, out)
     with pytest.raises(ValueError, match="activation"):
-        _dlk.conv_forward(x, 1, 3, 28, 28, W, 6, 5, 2, b, 7, out)
+        _dlk.conv_forward(x, 1, 3, 28, 28, W, 6, 5, 2, b, 14, out)  # 14 = ACT_COUNT
     with pytest.raises(ValueError, match="conv weight updates"):
         _dlk.conv_backward(x, 1, 3, 28, 28, out, zeros(len(out)), 6, 5, 2, 1, W, b, zeros(5), None)
     with pytest.raises(ValueError, match="conv input delta"):

@@ -27,12 +27,31 @@ Bytes = bytes | bytearray | memoryview  # bytes, or array('H') and the like wher
 
 
 class Activation(IntEnum):
-    """Darknet activations the kernels implement (codes of activation.h)."""
+    """Darknet's activations (every one of activations.h; codes of our activation.h)."""
 
     LINEAR = _dlk.ACT_LINEAR
     RELU = _dlk.ACT_RELU
     LEAKY = _dlk.ACT_LEAKY
     LOGISTIC = _dlk.ACT_LOGISTIC
+    RELIE = _dlk.ACT_RELIE
+    RAMP = _dlk.ACT_RAMP
+    TANH = _dlk.ACT_TANH
+    PLSE = _dlk.ACT_PLSE
+    ELU = _dlk.ACT_ELU
+    LOGGY = _dlk.ACT_LOGGY
+    STAIR = _dlk.ACT_STAIR
+    HARDTAN = _dlk.ACT_HARDTAN
+    LHTAN = _dlk.ACT_LHTAN
+    SELU = _dlk.ACT_SELU
+
+
+class CostType(IntEnum):
+    """What cost_forward computes (loss.c): Darknet's CPU cost types."""
+
+    L2 = _dlk.COST_L2
+    MASKED = _dlk.COST_MASKED
+    SMOOTH = _dlk.COST_SMOOTH
+    L1 = _dlk.COST_L1
 
 
 class JpegColour(IntEnum):
@@ -113,6 +132,18 @@ softmax: Callable[[Floats, int, int, float, Floats], None] = _dlk.softmax
 softmax_cost: Callable[[Floats, Floats, Floats, int], float] = _dlk.softmax_cost
 # sse_cost(x, truth, delta, n) -> sum of squares
 sse_cost: Callable[[Floats, Floats, Floats, int], float] = _dlk.sse_cost
+# cost_forward(type, x, truth, delta, err, n) -> sum of err (Darknet's CPU [cost]: CostType)
+cost_forward: Callable[[int, Floats, Floats, Floats, Floats, int], float] = _dlk.cost_forward
+# logistic_x_ent(p, truth, delta, err, n) -> sum of err (logistic cross-entropy)
+logistic_x_ent: Callable[[Floats, Floats, Floats, Floats, int], float] = _dlk.logistic_x_ent
+# l2norm_forward(in, batch, c, spatial, out): each pixel's channel vector divided by its L2 norm
+l2norm_forward: Callable[[Floats, int, int, int, Floats], None] = _dlk.l2norm_forward
+# lrn_forward(in, batch, c, spatial, size, alpha, beta, kappa, squared, norms, out)
+lrn_forward: Callable[[Floats, int, int, int, int, float, float, float, Floats, Floats, Floats], None] = (
+    _dlk.lrn_forward
+)
+# lrn_backward(norms, delta, n, beta, prev_delta): prev_delta = norms^-beta * delta
+lrn_backward: Callable[[Floats, Floats, int, float, Floats], None] = _dlk.lrn_backward
 # upsample(in, batch, c, h, w, stride, scale, out, forward): nearest neighbour up (or summed back)
 upsample: Callable[[Floats, int, int, int, int, int, float, Floats, bool], None] = _dlk.upsample
 # yolo_candidates(output, w, h, n, classes, anchors, netw, neth, thresh, boxes, objectness, probs) -> count

@@ -6,13 +6,18 @@ from typing import Any
 from .buffers import BufferLimitError
 from .config import Options, read_cfg
 from .errors import DLServerError
+from .layers.activation import ActivationLayer
 from .layers.avgpool import AvgpoolLayer
 from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
+from .layers.deconvolutional import DeconvolutionalLayer
 from .layers.dropout import DropoutLayer
+from .layers.l2norm import L2normLayer
+from .layers.logistic import LogisticLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.normalization import NormalizationLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
@@ -40,30 +45,35 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avg]": AvgpoolLayer,
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
+    "[deconv]": DeconvolutionalLayer,
+    "[deconvolutional]": DeconvolutionalLayer,
+    "[activation]": ActivationLayer,
+    "[logistic]": LogisticLayer,
+    "[l2norm]": L2normLayer,
+    "[lrn]": NormalizationLayer,
+    "[normalization]": NormalizationLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
     "[crop]",
     "[detection]",
     "[region]",
-    "[iseg]",
     "[local]",
-    "[deconv]",
-    "[deconvolutional]",
-    "[activation]",
-    "[logistic]",
-    "[l2norm]",
     "[crnn]",
     "[gru]",
     "[lstm]",
     "[rnn]",
     "[reorg]",
-    "[lrn]",
-    "[normalization]",
     "[batchnorm]",
     "[net]",
     "[network]",
 )
+# Sections Darknet knows that dl-server refuses for good, with the reason.
+REFUSED_SECTIONS = {
+    "[iseg]": "layer [iseg] is not supported: Darknet's instance-segmentation layer reads a truth of"
+    " 90 instance masks per image (a data format dl-server does not load) in every forward pass,"
+    " at inference too (where Darknet's truth is NULL), and its constructor calls srand(0)",
+}
 POLICIES = ("constant", "step", "exp", "poly", "steps", "sigmoid", "random")
 
 
@@ -261,6 +271,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
     for index, options in enumerate(sections[1:]):
         layer_type = LAYER_TYPES.get(options.name)
         if layer_type is None:
+            if options.name in REFUSED_SECTIONS:
+                raise DLServerError(f"{cfg_path}:{options.line}: {REFUSED_SECTIONS[options.name]}")
             if options.name in OTHER_DARKNET_SECTIONS:
                 raise DLServerError(
                     f"{cfg_path}:{options.line}: layer {options.name} is not supported by dl-server yet"

@@ -16,6 +16,22 @@ ACT_LINEAR: Final[int]
 ACT_RELU: Final[int]
 ACT_LEAKY: Final[int]
 ACT_LOGISTIC: Final[int]
+ACT_RELIE: Final[int]
+ACT_RAMP: Final[int]
+ACT_TANH: Final[int]
+ACT_PLSE: Final[int]
+ACT_ELU: Final[int]
+ACT_LOGGY: Final[int]
+ACT_STAIR: Final[int]
+ACT_HARDTAN: Final[int]
+ACT_LHTAN: Final[int]
+ACT_SELU: Final[int]
+
+# cost_forward types
+COST_L2: Final[int]
+COST_MASKED: Final[int]
+COST_SMOOTH: Final[int]
+COST_L1: Final[int]
 
 # jpeg_color modes
 JPEG_GRAY: Final[int]
@@ -360,3 +376,34 @@ def jpeg_encode_scan(
 
 def read_files(paths: list[str], /) -> list[bytes | None]:
     """Each file's bytes, or None where open/pread failed."""
+
+# ------------------------------------------------------------------ loss.c, normalize.c (issue 15)
+
+def cost_forward(cost_type: int, x: Buffer, truth: Buffer, delta: Buffer, err: Buffer, n: int, /) -> float:
+    """Darknet's CPU cost layer (COST_*): err, delta = t - x (or its L1/smooth form); the sum of err.
+    COST_MASKED first sets x[i] = -1234 where truth[i] == -1234."""
+
+def logistic_x_ent(p: Buffer, truth: Buffer, delta: Buffer, err: Buffer, n: int, /) -> float:
+    """err = -t log p - (1-t) log(1-p); delta = t - p; the sum of err."""
+
+def l2norm_forward(in_: Buffer, batch: int, c: int, spatial: int, out: Buffer, /) -> None:
+    """out = in divided by the L2 norm over channels of each pixel."""
+
+def lrn_forward(
+    in_: Buffer,
+    batch: int,
+    c: int,
+    spatial: int,
+    size: int,
+    alpha: float,
+    beta: float,
+    kappa: float,
+    squared: Buffer,
+    norms: Buffer,
+    out: Buffer,
+    /,
+) -> None:
+    """Darknet's local response normalisation across channels (norms kept for backward)."""
+
+def lrn_backward(norms: Buffer, delta: Buffer, n: int, beta: float, prev_delta: Buffer, /) -> None:
+    """prev_delta = norms^-beta * delta (Darknet's approximate backward, overwriting)."""

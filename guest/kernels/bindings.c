@@ -490,6 +490,79 @@ static PyObject *py_sse_cost(PyObject *self, PyObject *args)
     return cost_op(args, dlk_sse_cost, "cost input", "cost delta");
 }
 
+static PyObject *py_cost_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer x, truth, delta, err;
+    int type;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "iw*y*w*w*n", &type, &x, &truth, &delta, &err, &n)) return NULL;
+    PyObject *result = NULL;
+    int ok = (type >= COST_L2 && type <= COST_L1) || fail("_dlk.cost_forward: unknown cost type");
+    if (ok && NEED_F(x, n, "cost input") && NEED_F(truth, n, "truth") && NEED_F(delta, n, "cost delta") &&
+        NEED_F(err, n, "cost errors"))
+        result = PyFloat_FromDouble(dlk_cost_forward(type, F32(x), F32(truth), F32(delta), F32(err), n));
+    RELEASE(&x, &truth, &delta, &err);
+    return result;
+}
+
+static PyObject *py_logistic_x_ent(PyObject *self, PyObject *args)
+{
+    Py_buffer p, truth, delta, err;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*n", &p, &truth, &delta, &err, &n)) return NULL;
+    PyObject *result = NULL;
+    if (NEED_F(p, n, "logistic output") && NEED_F(truth, n, "truth") && NEED_F(delta, n, "logistic delta") &&
+        NEED_F(err, n, "logistic errors"))
+        result = PyFloat_FromDouble(dlk_logistic_x_ent(F32(p), F32(truth), F32(delta), F32(err), n));
+    RELEASE(&p, &truth, &delta, &err);
+    return result;
+}
+
+/* ------------------------------------------------------------------ normalize.c */
+
+static PyObject *py_l2norm_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int batch, c, spatial;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &in, &batch, &c, &spatial, &out)) return NULL;
+    int ok = (batch >= 0 && c > 0 && spatial > 0) || fail("_dlk.l2norm_forward: bad size");
+    long long n = (long long)batch * c * spatial;
+    ok = ok && NEED_F(in, n, "l2norm input") && NEED_F(out, n, "l2norm output");
+    if (ok) dlk_l2norm_forward(F32(in), batch, c, spatial, F32(out));
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_lrn_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, squared, norms, out;
+    int batch, c, spatial, size;
+    float alpha, beta, kappa;
+    if (!PyArg_ParseTuple(args, "y*iiiifffw*w*w*", &in, &batch, &c, &spatial, &size, &alpha, &beta, &kappa, &squared,
+                          &norms, &out))
+        return NULL;
+    /* the first window reads channels 0 .. size/2 - 1 */
+    int ok = (batch >= 0 && c > 0 && spatial > 0 && size >= 1 && size / 2 <= c) || fail("_dlk.lrn_forward: bad size");
+    long long n = (long long)batch * c * spatial;
+    ok = ok && NEED_F(in, n, "lrn input") && NEED_F(squared, n, "lrn squares") && NEED_F(norms, n, "lrn norms") &&
+         NEED_F(out, n, "lrn output");
+    if (ok) dlk_lrn_forward(F32(in), batch, c, spatial, size, alpha, beta, kappa, F32(squared), F32(norms), F32(out));
+    RELEASE(&in, &squared, &norms, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_lrn_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer norms, delta, prev;
+    Py_ssize_t n;
+    float beta;
+    if (!PyArg_ParseTuple(args, "y*y*nfw*", &norms, &delta, &n, &beta, &prev)) return NULL;
+    int ok = NEED_F(norms, n, "lrn norms") && NEED_F(delta, n, "lrn delta") && NEED_F(prev, n, "lrn previous delta");
+    if (ok) dlk_lrn_backward(F32(norms), F32(delta), n, beta, F32(prev));
+    RELEASE(&norms, &delta, &prev);
+    return none_if(ok);
+}
+
 /* ------------------------------------------------------------------ dropout.c, random.c */
 
 static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
@@ -1095,6 +1168,12 @@ static PyMethodDef dlk_methods[] = {
     {"png_load_rows", py_png_load_rows, METH_VARARGS,
      "png_load_rows(files, width, height, out) -> [rows png_load_chw did not take]"},
     {"read_files", py_read_files, METH_VARARGS, "read_files(paths) -> [bytes, or None where open/pread failed]"},
+    {"cost_forward", py_cost_forward, METH_VARARGS, "cost_forward(type, x, truth, delta, err, n) -> cost"},
+    {"logistic_x_ent", py_logistic_x_ent, METH_VARARGS, "logistic_x_ent(p, truth, delta, err, n) -> cost"},
+    {"l2norm_forward", py_l2norm_forward, METH_VARARGS, "l2norm_forward(in, batch, c, spatial, out)"},
+    {"lrn_forward", py_lrn_forward, METH_VARARGS,
+     "lrn_forward(in, batch, c, spatial, size, alpha, beta, kappa, squared, norms, out)"},
+    {"lrn_backward", py_lrn_backward, METH_VARARGS, "lrn_backward(norms, delta, n, beta, prev_delta)"},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1106,6 +1185,8 @@ PyMODINIT_FUNC PyInit__dlk(void)
     if (m == NULL) return NULL;
     static const struct { const char *name; long value; } constants[] = {
         {"ACT_LINEAR", ACT_LINEAR}, {"ACT_RELU", ACT_RELU}, {"ACT_LEAKY", ACT_LEAKY}, {"ACT_LOGISTIC", ACT_LOGISTIC},
+        {"ACT_RELIE", ACT_RELIE}, {"ACT_RAMP", ACT_RAMP}, {"ACT_TANH", ACT_TANH}, {"ACT_PLSE", ACT_PLSE}, {"ACT_ELU", ACT_ELU}, {"ACT_LOGGY", ACT_LOGGY}, {"ACT_STAIR", ACT_STAIR}, {"ACT_HARDTAN", ACT_HARDTAN}, {"ACT_LHTAN", ACT_LHTAN}, {"ACT_SELU", ACT_SELU},
+        {"COST_L2", COST_L2}, {"COST_MASKED", COST_MASKED}, {"COST_SMOOTH", COST_SMOOTH}, {"COST_L1", COST_L1},
         {"JPEG_GRAY", JPEG_GRAY}, {"JPEG_YCBCR", JPEG_YCBCR}, {"JPEG_RGB", JPEG_RGB},
         {"JPEG_CMYK", JPEG_CMYK}, {"JPEG_YCCK", JPEG_YCCK},
         {"JPEG_ERR_HUFFMAN", JPEG_ERR_HUFFMAN}, {"JPEG_ERR_EOF", JPEG_ERR_EOF}, {"JPEG_ERR_SHORT", JPEG_ERR_SHORT},

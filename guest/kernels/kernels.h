@@ -8,7 +8,8 @@
  *   pool.c       maxpool_forward, maxpool_backward, maxpool_forward_2x2, avgpool_forward, avgpool_backward
  *   blas.c       axpy, scal, fill, activate, gradient, add_bias, backward_bias, batchnorm_infer,
  *                sgd_update, shortcut
- *   loss.c       softmax, softmax_cost, sse_cost
+ *   loss.c       softmax, softmax_cost, sse_cost, cost_forward, logistic_x_ent
+ *   normalize.c  l2norm_forward, lrn_forward, lrn_backward
  *   dropout.c    dropout_forward, dropout_backward
  *   random.c     rand_uniform_fill, rand_normal_fill, rand_below
  *   image.c      pixels_to_chw, chw_to_pixels, resize_image, image_paste, upsample
@@ -113,6 +114,16 @@ void dlk_shortcut(int batch, int w1, int h1, int c1, const float *add, int w2, i
 void dlk_softmax(const float *in, int batch, int n, float temp, float *out);
 float dlk_softmax_cost(const float *y, const float *truth, float *delta, ptrdiff_t n);
 float dlk_sse_cost(const float *x, const float *truth, float *delta, ptrdiff_t n);
+enum dlk_cost_type { COST_L2 = 0, COST_MASKED = 1, COST_SMOOTH = 2, COST_L1 = 3 };
+float dlk_cost_forward(int type, float *x, const float *truth, float *delta, float *err, ptrdiff_t n);
+float dlk_logistic_x_ent(const float *p, const float *truth, float *delta, float *err, ptrdiff_t n);
+
+/* ------------------------------------------------------------------ normalize.c */
+
+void dlk_l2norm_forward(const float *in, int batch, int c, int spatial, float *out);
+void dlk_lrn_forward(const float *in, int batch, int c, int spatial, int size, float alpha, float beta, float kappa,
+                     float *squared, float *norms, float *out);
+void dlk_lrn_backward(const float *norms, const float *delta, ptrdiff_t n, float beta, float *prev_delta);
 
 /* ------------------------------------------------------------------ dropout.c, random.c */
 

@@ -48,3 +48,51 @@ float dlk_sse_cost(const float *x, const float *truth, float *delta, ptrdiff_t n
     }
     return cost;
 }
+
+/* Darknet's [cost] layer on the CPU (cost_layer.c forward_cost_layer, blas.c l2/l1/smooth_l1),
+ * over n = batch*inputs values, with d = t - x:
+ *   COST_L2 (sse; also seg and wgan, which the CPU build computes as sse):
+ *            err = d*d;  delta = d
+ *   COST_MASKED: first x[i] = -1234 where t[i] == -1234 (SECRET_NUM; x is the previous
+ *            layer's output, changed in place as Darknet does), then as L2
+ *   COST_SMOOTH: |d| < 1: err = d*d, delta = d;  else err = 2|d| - 1, delta = d < 0 ? 1 : -1
+ *            (Darknet's sign: away from the truth outside the quadratic zone)
+ *   COST_L1: err = |d|;  delta = d > 0 ? 1 : -1
+ * cost = sum of err (sequential float sum, as sum_array). err is Darknet's l.output. */
+float dlk_cost_forward(int type, float *x, const float *truth, float *delta, float *err, ptrdiff_t n)
+{
+    if (type == COST_MASKED)
+        for (ptrdiff_t i = 0; i < n; ++i)
+            if (truth[i] == -1234.f) x[i] = -1234.f;
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        float d = truth[i] - x[i];
+        if (type == COST_SMOOTH) {
+            float a = fabsf(d);
+            if (a < 1) { err[i] = d * d; delta[i] = d; }
+            else { err[i] = 2 * a - 1; delta[i] = d < 0 ? 1.f : -1.f; }
+        } else if (type == COST_L1) {
+            err[i] = fabsf(d);
+            delta[i] = d > 0 ? 1.f : -1.f;
+        } else {
+            err[i] = d * d;
+            delta[i] = d;
+        }
+    }
+    float cost = 0;
+    for (ptrdiff_t i = 0; i < n; ++i) cost += err[i];
+    return cost;
+}
+
+/* [logistic] (logistic_layer.c, blas.c logistic_x_ent_cpu), p the layer's logistic output:
+ *   err = f32(-t*log(p) - (1-t)*log(1-p))  (logs in double);  delta = t - p;  cost = sum err */
+float dlk_logistic_x_ent(const float *p, const float *truth, float *delta, float *err, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        float t = truth[i], q = p[i];
+        err[i] = (float)(-t * log((double)q) - (1 - t) * log((double)(1 - q)));
+        delta[i] = t - q;
+    }
+    float cost = 0;
+    for (ptrdiff_t i = 0; i < n; ++i) cost += err[i];
+    return cost;
+}

@@ -23,8 +23,10 @@ class MaxpoolLayer(Layer):
             raise DLServerError(f"{where}: maxpool needs size, stride >= 1 and padding >= 0")
         if h < 1 or w < 1 or c < 1:
             raise DLServerError(f"{where}: layer before maxpool layer must output an image")
-        self.out_w = (w + self.pad - self.size) // self.stride + 1
-        self.out_h = (h + self.pad - self.size) // self.stride + 1
+        # C's int division (towards 0), as make_maxpool_layer: a window larger than the padded
+        # input by less than a stride still gives one output
+        self.out_w = int((w + self.pad - self.size) / self.stride) + 1
+        self.out_h = int((h + self.pad - self.size) / self.stride) + 1
         if self.out_h < 1 or self.out_w < 1:
             raise DLServerError(
                 f"{where}: maxpool window {self.size}x{self.size} does not fit a {w}x{h} input"
