@@ -7,6 +7,7 @@ from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.avgpool import AvgpoolLayer
 from .layers.base import Layer
+from .layers.batchnorm import BatchnormLayer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
@@ -39,6 +40,7 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avg]": AvgpoolLayer,
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
+    "[batchnorm]": BatchnormLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
@@ -59,7 +61,6 @@ OTHER_DARKNET_SECTIONS = (
     "[reorg]",
     "[lrn]",
     "[normalization]",
-    "[batchnorm]",
     "[net]",
     "[network]",
 )

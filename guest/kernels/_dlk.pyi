@@ -124,11 +124,12 @@ def connected_backward(
     outputs: int,
     act: int,
     weights: Buffer,
-    bias_upd: Buffer,
+    bias_upd: Buffer | None,
     weight_upd: Buffer,
     prev_delta: Buffer | None,
     /,
-) -> None: ...
+) -> None:
+    """bias_upd None: not accumulated (a batch-normalised layer's batchnorm_backward does it)."""
 
 # ------------------------------------------------------------------ pool.c
 
@@ -360,3 +361,41 @@ def jpeg_encode_scan(
 
 def read_files(paths: list[str], /) -> list[bytes | None]:
     """Each file's bytes, or None where open/pread failed."""
+
+# ------------------------------------------------------------------ batchnorm.c
+
+def batchnorm_forward_train(
+    out: Buffer,
+    x: Buffer,
+    x_norm: Buffer,
+    mean: Buffer,
+    var: Buffer,
+    rolling_mean: Buffer,
+    rolling_var: Buffer,
+    scales: Buffer,
+    biases: Buffer,
+    batch: int,
+    n: int,
+    size: int,
+    /,
+) -> None:
+    """Batch statistics into mean/var, rolling averages updated, out normalised, scaled and biased
+    in place (x: out before, x_norm: out normalised)."""
+
+def batchnorm_backward(
+    x: Buffer,
+    x_norm: Buffer,
+    delta: Buffer,
+    mean: Buffer,
+    var: Buffer,
+    scales: Buffer,
+    scale_upd: Buffer,
+    bias_upd: Buffer,
+    mean_delta: Buffer,
+    var_delta: Buffer,
+    batch: int,
+    n: int,
+    size: int,
+    /,
+) -> None:
+    """scale_upd and bias_upd accumulate; delta becomes the delta of the layer's pre-BN output."""
