@@ -2,10 +2,13 @@
  * usage: darknet_train_step CFG BEFORE_WEIGHTS AFTER_WEIGHTS INPUT_F32 TRUTH_F32 STEPS
  * Builds CFG (the cfg's own batch) with Darknet's random init after srand(0) (musl's rand, below),
  * sets every batch-norm rolling variance to 1 (and allocates the x, x_norm, mean_delta and
- * variance_delta buffers make_batchnorm_layer forgets, without which [batchnorm] crashes), saves BEFORE_WEIGHTS, then calls train_network
+ * variance_delta buffers that make_batchnorm_layer forgets: without them [batchnorm] crashes),
+ * saves BEFORE_WEIGHTS, then calls train_network
  * STEPS times on the same batch (INPUT_F32: batch x inputs floats, TRUTH_F32: batch x truths
  * floats), printing "loss %.9g" after each, saves AFTER_WEIGHTS, and prints each layer's output of
- * the last forward pass: "index outputs v0 v1 ..." with %.9g. */
+ * the last forward pass: "index outputs v0 v1 ..." with %.9g (batch x outputs values).
+ * STEPS -k: k steps, then network_predict on the batch (inference: rolling statistics), whose
+ * outputs are printed. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +62,8 @@ int main(int argc, char **argv)
         d.X.vals[b] = x + (size_t)b * net->inputs;
         d.y.vals[b] = y + (size_t)b * net->truths;
     }
-    for (int s = 0; s < steps; ++s) printf("loss %.9g\n", train_network(net, d));
+    for (int s = 0; s < abs(steps); ++s) printf("loss %.9g\n", train_network(net, d));
+    if (steps < 0) network_predict(net, x);
     save_weights(net, argv[3]);
     for (int i = 0; i < net->n; ++i) {
         layer l = net->layers[i];
