@@ -7,7 +7,6 @@ hand-made cfg, a BN net that learns, reloads and predicts the same, and bad cfgs
 import re
 import shutil
 import subprocess
-import struct
 from array import array
 from pathlib import Path
 
@@ -129,7 +128,9 @@ def train_batch(net, seed=0):
 
 
 def parameter_arrays(net) -> list:
-    return [(i, k, as_np(a)) for i, layer in enumerate(net.layers) for k, a in enumerate(layer.parameter_arrays())]
+    return [
+        (i, k, as_np(a)) for i, layer in enumerate(net.layers) for k, a in enumerate(layer.parameter_arrays())
+    ]
 
 
 def read_weights(net, path: Path) -> list:
@@ -223,21 +224,31 @@ def test_batchnorm_kernels_match_darknets_loops(batch, n, size):
     scales, biases = (rng.random(n) + 0.5).astype(f32), rng.standard_normal(n).astype(f32)
     out, x, xn = floats(out0), floats(np.zeros_like(out0)), floats(np.zeros_like(out0))
     mean, var, rmean, rvar = floats(np.zeros(n)), floats(np.zeros(n)), floats(rmean0), floats(rvar0)
-    kernels.batchnorm_forward_train(out, x, xn, mean, var, rmean, rvar, floats(scales), floats(biases), batch, n, size)
+    kernels.batchnorm_forward_train(
+        out, x, xn, mean, var, rmean, rvar, floats(scales), floats(biases), batch, n, size
+    )
     want = ref_forward_train(out0, rmean0, rvar0, scales, biases, batch, n, size)
-    for got, w, name in zip((out, x, xn, mean, var, rmean, rvar), want, "y x x_norm mean var rmean rvar".split()):
+    for got, w, name in zip(
+        (out, x, xn, mean, var, rmean, rvar), want, ["y", "x", "x_norm", "mean", "var", "rmean", "rvar"]
+    ):
         assert as_np(got).tobytes() == w.tobytes(), name
     delta0 = rng.standard_normal(batch * n * size).astype(f32)
     delta = floats(delta0)
     supd, bupd, md, vd = (floats(np.zeros(n)) for _ in range(4))
     kernels.batchnorm_backward(x, xn, delta, mean, var, floats(scales), supd, bupd, md, vd, batch, n, size)
     want = ref_backward(as_np(x), as_np(xn), delta0, as_np(mean), as_np(var), scales, batch, n, size)
-    for got, w, name in zip((delta, supd, bupd, md, vd), want, "delta scale_upd bias_upd mean_delta var_delta".split()):
+    for got, w, name in zip(
+        (delta, supd, bupd, md, vd), want, ["delta", "scale_upd", "bias_upd", "mean_delta", "var_delta"]
+    ):
         assert as_np(got).tobytes() == w.tobytes(), name
     with pytest.raises(ValueError):
-        kernels.batchnorm_backward(x, xn, floats(delta0[:-1]), mean, var, floats(scales), supd, bupd, md, vd, batch, n, size)
+        kernels.batchnorm_backward(
+            x, xn, floats(delta0[:-1]), mean, var, floats(scales), supd, bupd, md, vd, batch, n, size
+        )
     with pytest.raises(ValueError):
-        kernels.batchnorm_forward_train(out, x, xn, mean, var, rmean, rvar, floats(scales), floats(biases), batch, n + 1, size)
+        kernels.batchnorm_forward_train(
+            out, x, xn, mean, var, rmean, rvar, floats(scales), floats(biases), batch, n + 1, size
+        )
 
 
 def test_batchnorm_backward_is_the_gradient_of_darknets_normalisation():
@@ -278,8 +289,19 @@ def test_batchnorm_backward_is_the_gradient_of_darknets_normalisation():
         grad[i] = (loss(x64 + e) - loss(x64 - e)) / (2 * h)
     np.testing.assert_allclose(as_np(delta).reshape(grad.shape), grad, rtol=2e-3, atol=2e-4)
     # x_norm here is (x - mean)/(sqrt(var_{M-1}) + 1e-6): the scale gradient Darknet accumulates
-    gs = np.array([(loss(x64, scales + h * np.eye(n)[f]) - loss(x64, scales - h * np.eye(n)[f])) / (2 * h) for f in range(n)])
-    gb = np.array([(loss(x64, scales, biases + h * np.eye(n)[f]) - loss(x64, scales, biases - h * np.eye(n)[f])) / (2 * h) for f in range(n)])
+    gs = np.array(
+        [
+            (loss(x64, scales + h * np.eye(n)[f]) - loss(x64, scales - h * np.eye(n)[f])) / (2 * h)
+            for f in range(n)
+        ]
+    )
+    gb = np.array(
+        [
+            (loss(x64, scales, biases + h * np.eye(n)[f]) - loss(x64, scales, biases - h * np.eye(n)[f]))
+            / (2 * h)
+            for f in range(n)
+        ]
+    )
     np.testing.assert_allclose(as_np(bupd), gb, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(as_np(supd), gs, rtol=1e-1)  # x_norm uses var_{M-1}: M/(M-1) off
     np.testing.assert_allclose(as_np(supd), gs * np.sqrt((M - 1) / M), rtol=1e-3)
@@ -326,9 +348,11 @@ def test_training_steps_match_debians_darknet(tmp_path, capsys, steps):
     # the outputs of the last forward pass (training mode)
     outputs = parse_layer_lines(run.stdout)
     for i, layer in enumerate(net.layers):
-        np.testing.assert_allclose(as_np(layer.output), outputs[i], rtol=1e-5, atol=1e-6, err_msg=f"layer {i}")
+        np.testing.assert_allclose(
+            as_np(layer.output), outputs[i], rtol=1e-5, atol=1e-6, err_msg=f"layer {i}"
+        )
     # the rolling statistics moved from (0, 1) as Darknet's: .99*old + .01*batch statistic
-    for i, layer in enumerate(net.layers):
+    for layer in net.layers:
         if getattr(layer, "rolling_mean", None) is not None:
             assert np.any(as_np(layer.rolling_mean) != 0) and np.any(as_np(layer.rolling_variance) != 1)
 
@@ -348,7 +372,7 @@ def test_trained_bn_net_predicts_as_debians_darknet(tmp_path, capsys):
     (tmp_path / "x.f32").write_bytes(x.tobytes())
     (tmp_path / "t.f32").write_bytes(t.tobytes())
     after = tmp_path / "after.weights"
-    run = subprocess.run([str(exe), cfg, str(tmp_path / "before.weights"), str(after), str(tmp_path / "x.f32"),
+    run = subprocess.run([str(exe), cfg, str(tmp_path / "b.weights"), str(after), str(tmp_path / "x.f32"),
                           str(tmp_path / "t.f32"), "-3"],
                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
     theirs = parse_layer_lines(run.stdout)
@@ -483,8 +507,16 @@ def test_connected_make_builds_what_the_cfg_builds(tmp_path, capsys):
 @pytest.mark.parametrize(
     "old,new,message",
     [
-        ("groups=2\nactivation=leaky", "groups=3\nactivation=leaky", "groups=3 does not divide the 4 input channels and 6 filters"),
-        ("filters=6\nsize=3\nstride=2\npad=1\ngroups=2", "filters=5\nsize=3\nstride=2\npad=1\ngroups=2", "groups=2 does not divide the 4 input channels and 5 filters"),
+        (
+            "groups=2\nactivation=leaky",
+            "groups=3\nactivation=leaky",
+            "groups=3 does not divide the 4 input channels and 6 filters",
+        ),
+        (
+            "filters=6\nsize=3\nstride=2\npad=1\ngroups=2",
+            "filters=5\nsize=3\nstride=2\npad=1\ngroups=2",
+            "groups=2 does not divide the 4 input channels and 5 filters",
+        ),
         ("groups=2\nactivation=leaky", "groups=0\nactivation=leaky", "groups=0: must be at least 1"),
         ("groups=2\nactivation=leaky", "groups=-2\nactivation=leaky", "groups=-2: must be at least 1"),
     ],

@@ -157,4 +157,3 @@ class BatchnormLayer(Layer):
 
     def describe(self):
         return f"Batch Normalization Layer: {self.w} x {self.h} x {self.c} image"
-
