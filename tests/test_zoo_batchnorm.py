@@ -538,3 +538,70 @@ def test_batchnorm_after_a_flat_layer_is_fine_and_its_input_must_exist(tmp_path,
     net = parse_network_cfg(str(tmp_path / "a.cfg"))
     assert [len(a) for a in net.layers[5].parameter_arrays()] == [5, 5, 5]
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------- the component
+
+
+@pytest.fixture
+def bn_patterns(workdir):
+    """24 8x8 RGB images of 3 classes (a bright band per class), a dataset file and a BN cfg
+    with [batchnorm], groups and a connected BN layer."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (workdir / "data" / "p").mkdir(parents=True)
+    paths = []
+    for i in range(24):
+        label = i % 3
+        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
+        pixels[:, label * 2 : label * 2 + 3] = 220
+        path = f"data/p/p_{i:03d}_c{label}.png"
+        Image.fromarray(pixels, "RGB").save(workdir / path)
+        paths.append(path)
+    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
+    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
+    (workdir / "cfg" / "p.dataset").write_text(
+        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
+        "names=data/labels.list\ntop=2\n"
+    )
+    text = TRAIN_CFG.format(batch=4).replace("max_batches=100", "max_batches=12")
+    text = text.replace("height=6\nwidth=6\nchannels=2", "height=8\nwidth=8\nchannels=3")
+    (workdir / "cfg" / "p.cfg").write_text(text.replace("output=5", "output=3"))
+    return workdir
+
+
+def test_bn_classifier_trains_and_predicts(bn_patterns, capsys, monkeypatch):
+    from dlserver.main import main
+    from dlserver_host.darknet_output import TRAIN_LINE
+
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    assert main(["dl-server", "classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "Batch Normalization Layer" in err
+    losses = [float(m.group(3)) for m in map(TRAIN_LINE.match, out.splitlines()) if m]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    args = ["classifier", "predict", "cfg/p.dataset", "cfg/p.cfg", "model/p.weights", "data/p/p_000_c0.png"]
+    assert main(["dl-server", *args]) == 0
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if "%:" in line]) == 2, out
+
+
+@pytest.mark.component
+def test_bn_training_in_component_equals_native(component, bn_patterns, capsys, monkeypatch):
+    """The same seeded training of the BN cfg in dl-server.wasm writes the same weights and lines
+    (batch statistics, sqrt and pow of wasi-libc against the native build's libm)."""
+    from conftest import run_wasmtime
+    from dlserver.main import main
+
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    args = ["classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]
+    assert main(["dl-server", *args]) == 0
+    native_out = capsys.readouterr().out
+    native = (bn_patterns / "model" / "p.weights").read_bytes()
+    (bn_patterns / "model" / "p.weights").unlink()
+    run = run_wasmtime(bn_patterns, *args)
+    assert run.returncode == 0, run.stderr
+    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
+    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
+    assert (bn_patterns / "model" / "p.weights").read_bytes() == native
