@@ -307,6 +307,66 @@ def test_batchnorm_backward_is_the_gradient_of_darknets_normalisation():
     np.testing.assert_allclose(as_np(supd), gs * np.sqrt((M - 1) / M), rtol=1e-3)
 
 
+GROUPS_CFG = """[net]
+batch=2
+subdivisions=1
+height=5
+width=4
+channels=4
+
+[convolutional]
+filters=6
+size={size}
+stride={stride}
+pad=1
+groups=2
+activation=linear
+"""
+
+
+@pytest.mark.parametrize("size,stride", [(3, 1), (3, 2), (1, 1)])
+def test_grouped_convolution_backward_is_its_gradient(tmp_path, capsys, size, stride):
+    """L = sum(w * out) of a groups=2 convolution is linear in the input and in the weights, so
+    central differences of the guest's own float32 forward give the gradients: backward's input
+    delta and weight updates must match them; and each group sees only its own channels."""
+    (tmp_path / "g.cfg").write_text(GROUPS_CFG.format(size=size, stride=stride))
+    net = parse_network_cfg(str(tmp_path / "g.cfg"), init_rng=Random(3))
+    capsys.readouterr()
+    layer = net.layers[0]
+    assert len(layer.weights) == 6 * 2 * size * size
+    net.prepare_training(Random(0))
+    rng = np.random.default_rng(size + stride)
+    x0 = rng.standard_normal(2 * net.inputs).astype(f32)
+    w = rng.standard_normal(2 * layer.outputs)
+
+    def loss(x, weights=None):
+        if weights is not None:
+            layer.weights[:] = floats(weights)
+        layer.forward(net, floats(x), False)
+        return float(np.dot(as_np(layer.output).astype(np.float64), w))
+
+    W0 = as_np(layer.weights)
+    loss(x0, W0)
+    layer.delta[:] = floats(w)
+    prev = floats(np.zeros(len(x0)))
+    layer.backward(net, floats(x0), prev)
+    h = 0.5  # exact up to rounding: L is linear
+    gx = np.array([(loss(x0 + h * e) - loss(x0 - h * e)) / (2 * h) for e in np.eye(len(x0), dtype=f32)])
+    np.testing.assert_allclose(as_np(prev), gx, rtol=1e-4, atol=1e-4)
+    gw = np.array([(loss(x0, W0 + h * e) - loss(x0, W0 - h * e)) / (2 * h) for e in np.eye(len(W0), dtype=f32)])
+    np.testing.assert_allclose(as_np(layer.weight_updates), gw, rtol=1e-4, atol=1e-4)
+    # group 0's filters (outputs 0-2) do not see channels 2-3, nor group 1's see channels 0-1
+    layer.weights[:] = floats(W0)
+    x1 = x0.copy().reshape(2, 4, -1)
+    x1[:, 2:] = 0
+    layer.forward(net, floats(x1), False)
+    before = as_np(layer.output).reshape(2, 6, -1)
+    x1[:, 2:] = 7
+    layer.forward(net, floats(x1), False)
+    after = as_np(layer.output).reshape(2, 6, -1)
+    assert np.array_equal(before[:, :3], after[:, :3]) and not np.array_equal(before[:, 3:], after[:, 3:])
+
+
 # ---------------------------------------------------------------- Debian's Darknet: one training step
 
 
