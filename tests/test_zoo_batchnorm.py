@@ -353,7 +353,8 @@ def test_grouped_convolution_backward_is_its_gradient(tmp_path, capsys, size, st
     h = 0.5  # exact up to rounding: L is linear
     gx = np.array([(loss(x0 + h * e) - loss(x0 - h * e)) / (2 * h) for e in np.eye(len(x0), dtype=f32)])
     np.testing.assert_allclose(as_np(prev), gx, rtol=1e-4, atol=1e-4)
-    gw = np.array([(loss(x0, W0 + h * e) - loss(x0, W0 - h * e)) / (2 * h) for e in np.eye(len(W0), dtype=f32)])
+    eye = np.eye(len(W0), dtype=f32)
+    gw = np.array([(loss(x0, W0 + h * e) - loss(x0, W0 - h * e)) / (2 * h) for e in eye])
     np.testing.assert_allclose(as_np(layer.weight_updates), gw, rtol=1e-4, atol=1e-4)
     # group 0's filters (outputs 0-2) do not see channels 2-3, nor group 1's see channels 0-1
     layer.weights[:] = floats(W0)
