@@ -10,7 +10,7 @@ NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench bench-zoo mnist_training yolo_detection demo clean federated
+.PHONY: all setup kernels test test-fast bench bench-zoo mnist_training yolo_detection demo clean federated demo-bn
 
 all: dl-server.wasm
 
@@ -52,6 +52,11 @@ yolo_detection: | $(VENV)/.setup-done
 demo: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
 	$(PY) scripts/demo.py
+
+# the same with cfg/mnist_resnet.cfg: a small batch-normalised residual CNN (conv+BN+leaky, shortcut, avgpool)
+demo-bn: dl-server.wasm
+	$(MAKE) mnist_training num-clients=10
+	$(PY) scripts/demo.py mnist_resnet
 
 # FedAvg of LeNet over num-clients MNIST shards (default 4), each step a sandboxed dl-server run;
 # rounds=R (default 3), batches=B per client and round (default 100), data-dist=non-iid (alpha=, seed=)
@@ -102,6 +107,7 @@ help:
 	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
+	@echo '  demo-bn         the same with cfg/mnist_resnet.cfg (batch norm, shortcut, avgpool)'
 	@echo '  federated       FedAvg over MNIST shards: num-clients= rounds= batches= data-dist= [alpha= seed=]'
 	@echo '  clean           remove build/ and dl-server.wasm'
 	@echo '  help            this list'

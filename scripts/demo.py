@@ -1,7 +1,12 @@
 """`make demo`: the README's main job. Train LeNet on MNIST inside the sandbox through the
 `dl-server` host (inputs args.cfg, cfg, data; output model), then validate on the 10000
-test images, and report accuracy, training time and where the results are."""
+test images, and report accuracy, training time and where the results are.
 
+`make demo-bn` (`demo.py mnist_resnet`): the same with cfg/mnist_resnet.cfg, a small
+batch-normalised residual CNN (args_files/classifier_mnist_resnet.cfg, prediction_mnist_resnet.cfg).
+"""
+
+import re
 import shutil
 import subprocess
 import sys
@@ -34,14 +39,21 @@ def run_sandboxed(args_file: str, inputs: list[str], outputs: list[str]) -> str:
     return "".join(lines)
 
 
-def main() -> None:
+def main(name: str = "mnist_lenet") -> None:
+    if name == "mnist_lenet":
+        train_args, valid_args = "classifier.cfg", "prediction_multi.cfg"
+    else:
+        train_args, valid_args = f"classifier_{name}.cfg", f"prediction_{name}.cfg"
+    cfg = (ROOT / "cfg" / f"{name}.cfg").read_text()
+    batches = int(re.search(r"(?m)^max_batches=(\d+)", cfg).group(1))  # type: ignore[union-attr]
+    batch = int(re.search(r"(?m)^batch=(\d+)", cfg).group(1))  # type: ignore[union-attr]
     (ROOT / "model").mkdir(exist_ok=True)
-    for stale in ("mnist_lenet.backup", "mnist_lenet.loss.csv"):
+    for stale in (f"{name}.backup", f"{name}.loss.csv"):
         (ROOT / "model" / stale).unlink(missing_ok=True)
     start = time.perf_counter()
-    run_sandboxed("classifier.cfg", ["cfg", "data"], ["model"])
+    run_sandboxed(train_args, ["cfg", "data"], ["model"])
     trained = time.perf_counter() - start
-    out = run_sandboxed("prediction_multi.cfg", ["cfg", "model", "data"], [])
+    out = run_sandboxed(valid_args, ["cfg", "model", "data"], [])
     last = out.strip().splitlines()[-1]
     top = top_line(last)
     if not top or top.k != 5:
@@ -50,8 +62,8 @@ def main() -> None:
         [
             sys.executable,
             str(ROOT / "scripts" / "plot_loss.py"),
-            "model/mnist_lenet.loss.csv",
-            "model/mnist_lenet.loss.png",
+            f"model/{name}.loss.csv",
+            f"model/{name}.loss.png",
         ],
         cwd=ROOT,
         check=True,
@@ -60,12 +72,12 @@ def main() -> None:
     print()
     print(f"top-1 {top.top1:f}, top-5 {top.topk:f} on the 10000 MNIST test images")
     print(
-        f"training: 2000 batches of 100 in {trained:.1f} s inside the sandbox "
-        f"({trained / 2000 * 1000:.1f} ms/batch)"
+        f"training: {batches} batches of {batch} in {trained:.1f} s inside the sandbox "
+        f"({trained / batches * 1000:.1f} ms/batch)"
     )
-    print(f"weights: {ROOT / 'model' / 'mnist_lenet.weights'}")
-    print(f"loss curve: {ROOT / 'model' / 'mnist_lenet.loss.png'} (data: model/mnist_lenet.loss.csv)")
+    print(f"weights: {ROOT / 'model' / f'{name}.weights'}")
+    print(f"loss curve: {ROOT / 'model' / f'{name}.loss.png'} (data: model/{name}.loss.csv)")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:2])

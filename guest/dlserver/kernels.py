@@ -104,10 +104,10 @@ conv_backward: Callable[
     [Floats, int, int, int, int, Floats, Floats, int, int, int, int, Floats, Floats, Floats, Floats | None],
     None,
 ] = _dlk.conv_backward
-# connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd,
+# connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd | None, weight_upd,
 #                    prev_delta | None)
 connected_backward: Callable[
-    [Floats, int, int, Floats, Floats, int, int, Floats, Floats, Floats, Floats | None], None
+    [Floats, int, int, Floats, Floats, int, int, Floats, Floats | None, Floats, Floats | None], None
 ] = _dlk.connected_backward
 # sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay): Darknet's SGD step
 sgd_update: Callable[[Floats, Floats, Floats, Floats, float, float, float], None] = _dlk.sgd_update
@@ -152,6 +152,17 @@ yolo_candidates: Callable[
 ] = _dlk.yolo_candidates
 # nms_sort(boxes, objectness, probs, n, classes, thresh, order) -> boxes taking part (do_nms_sort)
 nms_sort: Callable[[Floats, Floats, Floats, int, int, float, Ints], int] = _dlk.nms_sort
+
+# batchnorm_forward_train(out, x, x_norm, mean, var, rolling_mean, rolling_var, scales, biases, batch, n,
+#                         size): Darknet's forward_batchnorm_layer with net.train (in place on out)
+batchnorm_forward_train: Callable[
+    [Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, int, int, int], None
+] = _dlk.batchnorm_forward_train
+# batchnorm_backward(x, x_norm, delta, mean, var, scales, scale_upd, bias_upd, mean_delta, var_delta,
+#                    batch, n, size): Darknet's backward_batchnorm_layer (in place on delta)
+batchnorm_backward: Callable[
+    [Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, int, int, int], None
+] = _dlk.batchnorm_backward
 
 # ------------------------------------------------------------------ random (musl rand)
 # rand_uniform_fill(out, n, a, b, scale, state) -> state

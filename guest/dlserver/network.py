@@ -9,6 +9,7 @@ from .errors import DLServerError
 from .layers.activation import ActivationLayer
 from .layers.avgpool import AvgpoolLayer
 from .layers.base import Layer
+from .layers.batchnorm import BatchnormLayer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
@@ -52,6 +53,7 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[l2norm]": L2normLayer,
     "[lrn]": NormalizationLayer,
     "[normalization]": NormalizationLayer,
+    "[batchnorm]": BatchnormLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
@@ -64,7 +66,6 @@ OTHER_DARKNET_SECTIONS = (
     "[lstm]",
     "[rnn]",
     "[reorg]",
-    "[batchnorm]",
     "[net]",
     "[network]",
 )

@@ -140,11 +140,12 @@ def connected_backward(
     outputs: int,
     act: int,
     weights: Buffer,
-    bias_upd: Buffer,
+    bias_upd: Buffer | None,
     weight_upd: Buffer,
     prev_delta: Buffer | None,
     /,
-) -> None: ...
+) -> None:
+    """bias_upd None: not accumulated (a batch-normalised layer's batchnorm_backward does it)."""
 
 # ------------------------------------------------------------------ pool.c
 
@@ -407,3 +408,40 @@ def lrn_forward(
 
 def lrn_backward(norms: Buffer, delta: Buffer, n: int, beta: float, prev_delta: Buffer, /) -> None:
     """prev_delta = norms^-beta * delta (Darknet's approximate backward, overwriting)."""
+# ------------------------------------------------------------------ batchnorm.c
+
+def batchnorm_forward_train(
+    out: Buffer,
+    x: Buffer,
+    x_norm: Buffer,
+    mean: Buffer,
+    var: Buffer,
+    rolling_mean: Buffer,
+    rolling_var: Buffer,
+    scales: Buffer,
+    biases: Buffer,
+    batch: int,
+    n: int,
+    size: int,
+    /,
+) -> None:
+    """Batch statistics into mean/var, rolling averages updated, out normalised, scaled and biased
+    in place (x: out before, x_norm: out normalised)."""
+
+def batchnorm_backward(
+    x: Buffer,
+    x_norm: Buffer,
+    delta: Buffer,
+    mean: Buffer,
+    var: Buffer,
+    scales: Buffer,
+    scale_upd: Buffer,
+    bias_upd: Buffer,
+    mean_delta: Buffer,
+    var_delta: Buffer,
+    batch: int,
+    n: int,
+    size: int,
+    /,
+) -> None:
+    """scale_upd and bias_upd accumulate; delta becomes the delta of the layer's pre-BN output."""

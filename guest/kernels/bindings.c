@@ -234,24 +234,26 @@ static PyObject *py_conv_backward(PyObject *self, PyObject *args)
 
 static PyObject *py_connected_backward(PyObject *self, PyObject *args)
 {
-    Py_buffer in, out, delta, weights, bupd, wupd, prev = {0};
-    PyObject *prev_obj;
+    Py_buffer in, out, delta, weights, bupd = {0}, wupd, prev = {0};
+    PyObject *bupd_obj, *prev_obj;
     int batch, inputs, outputs, act;
-    if (!PyArg_ParseTuple(args, "y*iiy*w*iiy*w*w*O", &in, &batch, &inputs, &out, &delta, &outputs, &act, &weights,
-                          &bupd, &wupd, &prev_obj))
+    if (!PyArg_ParseTuple(args, "y*iiy*w*iiy*Ow*O", &in, &batch, &inputs, &out, &delta, &outputs, &act, &weights,
+                          &bupd_obj, &wupd, &prev_obj))
         return NULL;
-    int have_prev = prev_obj != Py_None;
+    int have_prev = prev_obj != Py_None, have_bupd = bupd_obj != Py_None; /* None: batch-normalised */
     int ok = !have_prev || PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) == 0;
+    ok = ok && (!have_bupd || PyObject_GetBuffer(bupd_obj, &bupd, PyBUF_WRITABLE) == 0);
     ok = ok && ((batch >= 0 && inputs > 0 && outputs > 0 && valid_act(act)) ||
                 fail("_dlk.connected_backward: bad size or activation"));
     if (ok) {
         long long nd = (long long)batch * outputs, nw = (long long)outputs * inputs;
         ok = NEED_F(in, (long long)batch * inputs, "connected input") && NEED_F(out, nd, "connected output") &&
              NEED_F(delta, nd, "connected delta") && NEED_F(weights, nw, "connected weights") &&
-             NEED_F(bupd, outputs, "connected bias updates") && NEED_F(wupd, nw, "connected weight updates") &&
+             (!have_bupd || NEED_F(bupd, outputs, "connected bias updates")) &&
+             NEED_F(wupd, nw, "connected weight updates") &&
              (!have_prev || NEED_F(prev, (long long)batch * inputs, "connected input delta")) &&
              kernel_ok(dlk_connected_backward(F32(in), batch, inputs, F32(out), F32(delta), outputs, act, F32(weights),
-                                              F32(bupd), F32(wupd), have_prev ? F32(prev) : NULL));
+                                              have_bupd ? F32(bupd) : NULL, F32(wupd), have_prev ? F32(prev) : NULL));
     }
     RELEASE(&in, &out, &delta, &weights, &bupd, &wupd, &prev);
     return none_if(ok);
@@ -1084,6 +1086,50 @@ static PyObject *py_read_files(PyObject *self, PyObject *args)
 
 /* ------------------------------------------------------------------ the module */
 
+/* ------------------------------------------------------------------ batchnorm.c */
+
+static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args)
+{
+    Py_buffer out, x, xn, mean, var, rmean, rvar, scales, biases;
+    int batch, n, size;
+    if (!PyArg_ParseTuple(args, "w*w*w*w*w*w*w*y*y*iii", &out, &x, &xn, &mean, &var, &rmean, &rvar, &scales,
+                          &biases, &batch, &n, &size))
+        return NULL;
+    int ok = (batch > 0 && n > 0 && size > 0) || fail("_dlk.batchnorm_forward_train: bad size");
+    long long total = (long long)batch * n * size;
+    ok = ok && NEED_F(out, total, "batchnorm output") && NEED_F(x, total, "batchnorm x") &&
+         NEED_F(xn, total, "batchnorm x_norm") && NEED_F(mean, n, "batchnorm mean") &&
+         NEED_F(var, n, "batchnorm variance") && NEED_F(rmean, n, "batchnorm rolling mean") &&
+         NEED_F(rvar, n, "batchnorm rolling variance") && NEED_F(scales, n, "batchnorm scales") &&
+         NEED_F(biases, n, "batchnorm biases");
+    if (ok)
+        dlk_batchnorm_forward_train(F32(out), F32(x), F32(xn), F32(mean), F32(var), F32(rmean), F32(rvar),
+                                    F32(scales), F32(biases), batch, n, size);
+    RELEASE(&out, &x, &xn, &mean, &var, &rmean, &rvar, &scales, &biases);
+    return none_if(ok);
+}
+
+static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer x, xn, delta, mean, var, scales, supd, bupd, md, vd;
+    int batch, n, size;
+    if (!PyArg_ParseTuple(args, "y*y*w*y*y*y*w*w*w*w*iii", &x, &xn, &delta, &mean, &var, &scales, &supd, &bupd,
+                          &md, &vd, &batch, &n, &size))
+        return NULL;
+    int ok = (batch > 0 && n > 0 && size > 0) || fail("_dlk.batchnorm_backward: bad size");
+    long long total = (long long)batch * n * size;
+    ok = ok && NEED_F(x, total, "batchnorm x") && NEED_F(xn, total, "batchnorm x_norm") &&
+         NEED_F(delta, total, "batchnorm delta") && NEED_F(mean, n, "batchnorm mean") &&
+         NEED_F(var, n, "batchnorm variance") && NEED_F(scales, n, "batchnorm scales") &&
+         NEED_F(supd, n, "batchnorm scale updates") && NEED_F(bupd, n, "batchnorm bias updates") &&
+         NEED_F(md, n, "batchnorm mean delta") && NEED_F(vd, n, "batchnorm variance delta");
+    if (ok)
+        dlk_batchnorm_backward(F32(x), F32(xn), F32(delta), F32(mean), F32(var), F32(scales), F32(supd), F32(bupd),
+                               F32(md), F32(vd), batch, n, size);
+    RELEASE(&x, &xn, &delta, &mean, &var, &scales, &supd, &bupd, &md, &vd);
+    return none_if(ok);
+}
+
 static PyMethodDef dlk_methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
@@ -1155,7 +1201,8 @@ static PyMethodDef dlk_methods[] = {
     {"maxpool_forward_2x2", py_maxpool_forward_2x2, METH_VARARGS,
      "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
     {"connected_backward", py_connected_backward, METH_VARARGS,
-     "connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd, weight_upd, prev_delta|None)"},
+     "connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd|None, weight_upd, "
+     "prev_delta|None)"},
     {"sgd_update", py_sgd_update, METH_VARARGS,
      "sgd_update(biases, bias_upd, weights, weight_upd, step, momentum, decay)"},
     {"rand_uniform_fill", py_rand_uniform_fill, METH_VARARGS,
@@ -1174,6 +1221,11 @@ static PyMethodDef dlk_methods[] = {
     {"lrn_forward", py_lrn_forward, METH_VARARGS,
      "lrn_forward(in, batch, c, spatial, size, alpha, beta, kappa, squared, norms, out)"},
     {"lrn_backward", py_lrn_backward, METH_VARARGS, "lrn_backward(norms, delta, n, beta, prev_delta)"},
+    {"batchnorm_forward_train", py_batchnorm_forward_train, METH_VARARGS,
+     "batchnorm_forward_train(out, x, x_norm, mean, var, rolling_mean, rolling_var, scales, biases, batch, n, size)"},
+    {"batchnorm_backward", py_batchnorm_backward, METH_VARARGS,
+     "batchnorm_backward(x, x_norm, delta, mean, var, scales, scale_upd, bias_upd, mean_delta, var_delta, batch, n, "
+     "size)"},
     {NULL, NULL, 0, NULL}
 };
 

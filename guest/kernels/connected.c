@@ -34,7 +34,7 @@ static void fc_rows_axpy(float *row, int len, const float *const *src, const flo
     }
 }
 
-/* prev: the input delta, or NULL. */
+/* prev: the input delta, or NULL; bias_upd: NULL for a batch-normalised layer. */
 int dlk_connected_backward(const float *in, int batch, int inputs, const float *out, float *delta, int outputs,
                            int act, const float *weights, float *bias_upd, float *weight_upd, float *prev)
 {
@@ -49,8 +49,9 @@ int dlk_connected_backward(const float *in, int batch, int inputs, const float *
     float *D = delta, *bu = bias_upd, *wu = weight_upd;
     const float *X = in, *W = weights;
     grad_array(out, D, nd, act);
-    for (int b = 0; b < batch; ++b)
-        for (int o = 0; o < outputs; ++o) bu[o] += D[(long long)b * outputs + o];
+    if (bu) /* NULL: batch-normalised, batchnorm_backward did the biases */
+        for (int b = 0; b < batch; ++b)
+            for (int o = 0; o < outputs; ++o) bu[o] += D[(long long)b * outputs + o];
     for (int o = 0; o < outputs; ++o) {
         int cnt = 0;
         for (int b = 0; b < batch; ++b) {                 /* branch-free: most deltas are zero */

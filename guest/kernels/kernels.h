@@ -18,6 +18,7 @@
  *   png.c        png_unfilter, png_expand_palette, png_load_chw (inflate, CRC)
  *   jpeg.c       jpeg_decode_scan, jpeg_idct, jpeg_color, jpeg_encode_scan
  *   io.c         read_file
+ *   batchnorm.c  batchnorm_forward_train, batchnorm_backward (training statistics and deltas)
  *   activation.h the activations and their derivatives (one enum, act, grad)
  *   rand.h       musl's rand() step
  *   simd.h       4-lane vectors
@@ -213,6 +214,15 @@ int dlk_jpeg_color(const uint8_t *planes, const dlk_jpeg_plane *comps, int n, in
                    uint8_t *out);
 int dlk_jpeg_encode_scan(const uint8_t *pixels, int width, int height, int comp, const uint8_t ytable[64],
                          const uint8_t uvtable[64], const uint8_t *huffman, uint8_t **data, size_t *len);
+
+/* ------------------------------------------------------------------ batchnorm.c */
+
+void dlk_batchnorm_forward_train(float *out, float *x, float *x_norm, float *mean, float *var, float *rolling_mean,
+                                 float *rolling_var, const float *scales, const float *biases, int batch, int n,
+                                 int size);
+void dlk_batchnorm_backward(const float *x, const float *x_norm, float *delta, const float *mean, const float *var,
+                            const float *scales, float *scale_upd, float *bias_upd, float *mean_delta,
+                            float *var_delta, int batch, int n, int size);
 
 /* ------------------------------------------------------------------ io.c */
 

@@ -1,7 +1,11 @@
-"""Convolutional layer (Darknet convolutional_layer.c), groups = 1.
+"""Convolutional layer (Darknet convolutional_layer.c).
 
 forward:  out[b] = W (n x c*k*k) . im2col(in[b]) (c*k*k x out_h*out_w), then bias (or batch
-          normalisation) and the activation.
+          normalisation, layers/batchnorm.py: batch statistics in training) and the activation.
+groups:   g > 1 splits channels and filters into g groups (c and n divisible by g): group j's
+          n/g filters (W rows j*n/g.., each (c/g)*k*k weights) see only input channels
+          j*c/g..(j+1)*c/g; one gemm per image and group, as Darknet. The weights file holds
+          n*(c/g)*k*k weights.
 
 Stride-1 layers with few input channels and a kernel of at most 8x8 (LeNet's) run
 forward and backward in one `_dlk` call each (conv.c): the same floats as the
@@ -11,10 +15,18 @@ im2col + gemm loops, without im2col and without the Python loop over the batch.
 import math
 
 from .. import kernels
-from ..buffers import filled, view, zeros
+from ..buffers import view, zeros
 from ..errors import DLServerError
 from ..rng import f32
 from .base import WeightedLayer, parse_activation
+from .batchnorm import (
+    add_batchnorm,
+    allocate_batchnorm,
+    backward_batchnorm,
+    forward_batchnorm,
+    prepare_batchnorm_training,
+    update_scales,
+)
 
 DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
@@ -41,12 +53,17 @@ class ConvolutionalLayer(WeightedLayer):
                     f"{options.path}:{options.line}: convolutional '{flag}=1' is not supported"
                 )
         where = self.where = f"{options.path}:{options.line}"
-        if self.groups != 1:
-            raise DLServerError(f"{where}: convolutional groups={self.groups} is not supported (only 1)")
+        if self.groups < 1:
+            raise DLServerError(f"{where}: convolutional groups={self.groups}: must be at least 1")
         if self.n < 1 or self.size < 1 or self.stride < 1 or self.pad < 0:
             raise DLServerError(f"{where}: convolutional needs filters, size, stride >= 1 and padding >= 0")
         if h < 1 or w < 1 or c < 1:
             raise DLServerError(f"{where}: layer before convolutional layer must output an image")
+        if c % self.groups or self.n % self.groups:
+            raise DLServerError(
+                f"{where}: convolutional groups={self.groups} does not divide"
+                f" the {c} input channels and {self.n} filters"
+            )
         self.out_h = (h + 2 * self.pad - self.size) // self.stride + 1
         self.out_w = (w + 2 * self.pad - self.size) // self.stride + 1
         if self.out_h < 1 or self.out_w < 1:
@@ -55,16 +72,16 @@ class ConvolutionalLayer(WeightedLayer):
             )
         self.out_c = self.n
         self.outputs = self.out_h * self.out_w * self.out_c
-        self.kernel_inputs = c * self.size * self.size
+        self.kernel_inputs = c // self.groups * self.size * self.size  # per group
         self.nweights = self.n * self.kernel_inputs
         self.weights = zeros(self.nweights)
         self.biases = zeros(self.n)
         if self.batch_normalize:
-            self.scales = filled(self.n, 1.0)
-            self.rolling_mean = zeros(self.n)
-            self.rolling_variance = zeros(self.n)
+            add_batchnorm(self, self.n)
         # Few input channels, stride 1: direct convolution (no im2col matrix); else im2col + gemm.
-        self.direct = self.stride == 1 and self.size > 1 and self.c <= DIRECT_MAX_CHANNELS
+        self.direct = (
+            self.stride == 1 and self.size > 1 and self.c <= DIRECT_MAX_CHANNELS and self.groups == 1
+        )
         # ... and of those, kernels up to 8x8 with pad < size: conv_forward / conv_backward.
         self.fused = (
             self.direct
@@ -82,9 +99,14 @@ class ConvolutionalLayer(WeightedLayer):
             self.workspace = None
         self.allocate()
 
+    def allocate(self) -> None:
+        super().allocate()
+        if self.batch_normalize:
+            allocate_batchnorm(self)
+
     def init_weights(self, rng) -> None:
-        """w = f32(sqrt(2/(size*size*c))) * rand_normal(), in index order."""
-        scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c)))
+        """w = f32(sqrt(2/(size*size*c/groups))) * rand_normal(), in index order."""
+        scale = f32(math.sqrt(2.0 / (self.size * self.size * self.c // self.groups)))
         rng.normal_fill(self.weights, scale)
 
     def skip_init_weights(self, rng) -> None:
@@ -132,57 +154,59 @@ class ConvolutionalLayer(WeightedLayer):
         else:
             self._forward_gemm(input_buf, out, spatial)
         if self.batch_normalize:
-            kernels.batchnorm_infer(
-                out,
-                self.rolling_mean,
-                self.rolling_variance,
-                self.scales,
-                self.biases,
-                self.batch,
-                self.n,
-                spatial,
-            )
+            forward_batchnorm(self, train)
         else:
             kernels.add_bias(out, self.biases, self.batch, self.n, spatial)
         kernels.activate(out, len(out), self.activation)
 
     def _forward_gemm(self, input_buf, out, spatial):
-        """out[b] = W . im2col(in[b]), one gemm per image."""
+        """out[b] = W . im2col(in[b]), one gemm per image (and group)."""
         kernels.fill(len(out), 0.0, out)
+        g = self.groups
+        m, c, K = self.n // g, self.c // g, self.kernel_inputs
+        group_inputs = c * self.h * self.w
         for b in range(self.batch):
-            image = view(input_buf, b * self.inputs, self.inputs)
-            if self.size == 1:
-                col = image
-            else:
-                kernels.im2col(
-                    image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.workspace
+            for j in range(g):
+                image = view(input_buf, (b * g + j) * group_inputs, group_inputs)
+                if self.size == 1:
+                    col = image
+                else:
+                    kernels.im2col(image, c, self.h, self.w, self.size, self.stride, self.pad, self.workspace)
+                    col = self.workspace
+                weights = self.weights if g == 1 else view(self.weights, j * m * K, m * K)
+                kernels.gemm(
+                    0,
+                    0,
+                    m,
+                    spatial,
+                    K,
+                    1.0,
+                    weights,
+                    K,
+                    col,
+                    spatial,
+                    1.0,
+                    view(out, (b * g + j) * m * spatial, m * spatial),
+                    spatial,
                 )
-                col = self.workspace
-            kernels.gemm(
-                0,
-                0,
-                self.n,
-                spatial,
-                self.kernel_inputs,
-                1.0,
-                self.weights,
-                self.kernel_inputs,
-                col,
-                spatial,
-                1.0,
-                view(out, b * self.outputs, self.outputs),
-                spatial,
-            )
 
     def prepare_training(self) -> None:
-        """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns."""
-        if self.batch_normalize:
-            raise DLServerError(f"{self.where}: training with batch_normalize=1 is not supported yet")
+        """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns,
+        and the batch-normalisation buffers."""
         super().prepare_training()
         self.columns = None if self.fused else zeros(self.kernel_inputs * self.out_h * self.out_w)
+        if self.batch_normalize:
+            prepare_batchnorm_training(self)
+
+    def update(self, net, rate: float) -> None:
+        """WeightedLayer's SGD step, and the scales of batch normalisation with the biases' step."""
+        super().update(net, rate)
+        if self.batch_normalize:
+            lr = f32(rate * self.learning_rate_scale)
+            update_scales(self, f32(lr / (net.batch * net.subdivisions)), net.momentum)
 
     # backward (delta is Darknet's negative gradient, target - output):
-    #   delta *= act'(output);  bias_upd[f] += sum_p delta[b][f][p]
+    #   delta *= act'(output);  bias_upd[f] += sum_p delta[b][f][p]  (or batchnorm backward)
     #   W_upd += delta[b] . cols(in[b])^T          (n x K, gemm NT over out_h*out_w)
     #   prev_delta[b] += col2im(W^T . delta[b])    (gemm TN, then scatter)
     # conv_backward does all of this for the whole batch (nonzero deltas only, same floats).
@@ -209,31 +233,38 @@ class ConvolutionalLayer(WeightedLayer):
         spatial = self.out_h * self.out_w
         K = self.kernel_inputs
         kernels.gradient(self.output, len(self.output), self.activation, self.delta)
-        kernels.backward_bias(self.bias_updates, self.delta, self.batch, self.n, spatial)
+        if self.batch_normalize:
+            backward_batchnorm(self)
+        else:
+            kernels.backward_bias(self.bias_updates, self.delta, self.batch, self.n, spatial)
+        g = self.groups
+        m, c = self.n // g, self.c // g
+        group_inputs = c * self.h * self.w
         for b in range(self.batch):
-            image = view(input_buf, b * self.inputs, self.inputs)
-            delta = view(self.delta, b * self.outputs, self.outputs)
-            if self.size == 1:
-                col = image
-            else:
-                kernels.im2col(image, self.c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
-                col = self.columns
-            kernels.gemm(
-                0, 1, self.n, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, self.weight_updates, K
-            )
-            if prev_delta is not None:
-                image_delta = view(prev_delta, b * self.inputs, self.inputs)
-                target = image_delta if self.size == 1 else self.columns
-                kernels.gemm(
-                    1, 0, K, spatial, self.n, 1.0, self.weights, K, delta, spatial, 0.0, target, spatial
-                )
-                if self.size != 1:
-                    kernels.col2im(
-                        self.columns, self.c, self.h, self.w, self.size, self.stride, self.pad, image_delta
-                    )
+            for j in range(g):
+                image = view(input_buf, (b * g + j) * group_inputs, group_inputs)
+                delta = view(self.delta, (b * g + j) * m * spatial, m * spatial)
+                if self.size == 1:
+                    col = image
+                else:
+                    kernels.im2col(image, c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
+                    col = self.columns
+                weights, weight_updates = self.weights, self.weight_updates
+                if g != 1:
+                    weights = view(self.weights, j * m * K, m * K)
+                    weight_updates = view(self.weight_updates, j * m * K, m * K)
+                kernels.gemm(0, 1, m, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, weight_updates, K)
+                if prev_delta is not None:
+                    image_delta = view(prev_delta, (b * g + j) * group_inputs, group_inputs)
+                    target = image_delta if self.size == 1 else self.columns
+                    kernels.gemm(1, 0, K, spatial, m, 1.0, weights, K, delta, spatial, 0.0, target, spatial)
+                    if self.size != 1:
+                        kernels.col2im(
+                            self.columns, c, self.h, self.w, self.size, self.stride, self.pad, image_delta
+                        )
 
     def describe(self):
-        bflops = 2.0 * self.n * self.size * self.size * self.c * self.out_h * self.out_w / 1e9
+        bflops = 2.0 * self.n * self.size * self.size * self.c / self.groups * self.out_h * self.out_w / 1e9
         return (
             f"conv  {self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "
             f"{self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
