@@ -12,6 +12,7 @@ from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
 from .layers.dropout import DropoutLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.rnn import RnnLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
@@ -39,6 +40,7 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avg]": AvgpoolLayer,
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
+    "[rnn]": RnnLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
@@ -55,7 +57,6 @@ OTHER_DARKNET_SECTIONS = (
     "[crnn]",
     "[gru]",
     "[lstm]",
-    "[rnn]",
     "[reorg]",
     "[lrn]",
     "[normalization]",
