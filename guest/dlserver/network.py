@@ -12,6 +12,9 @@ from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
 from .layers.dropout import DropoutLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.crnn import CrnnLayer
+from .layers.gru import GruLayer
+from .layers.lstm import LstmLayer
 from .layers.rnn import RnnLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
@@ -41,6 +44,9 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
     "[rnn]": RnnLayer,
+    "[gru]": GruLayer,
+    "[lstm]": LstmLayer,
+    "[crnn]": CrnnLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
@@ -54,9 +60,6 @@ OTHER_DARKNET_SECTIONS = (
     "[activation]",
     "[logistic]",
     "[l2norm]",
-    "[crnn]",
-    "[gru]",
-    "[lstm]",
     "[reorg]",
     "[lrn]",
     "[normalization]",

@@ -7,8 +7,9 @@ batch B = N / T (Darknet's l.batch = batch / steps). Its sublayers are ordinary 
 for crnn, convolutional) layers built for B*T rows, so their output and delta buffers hold every
 step, and then set to batch B: Darknet's increment_layer moves their output, delta (and
 batch-norm x, x_norm) pointers one step on; here `at_step` points those attributes at views of
-one step. The sublayers' learning_rate_scale is 1 (Darknet reads `learning_rate` into the
-recurrent layer itself, which update never uses).
+one step. The connected sublayers' learning_rate_scale is 1 (Darknet reads `learning_rate` into
+the recurrent layer itself, which update never uses); the convolutional ones' (crnn) is 0, as
+make_convolutional_layer leaves it, so Darknet's crnn never changes its weights in training.
 
 Weights file: each sublayer's record (connected: biases, weights; convolutional: biases,
 weights), in the order of parse.c's save_weights_upto / load_weights_upto, which differs from
@@ -101,7 +102,11 @@ class RecurrentLayer(Layer):
             c,
             h * w * c,
         )
-        return self._adopt(sub)
+        self._adopt(sub)
+        # make_convolutional_layer leaves learning_rate_scale 0 (only parse_network_cfg sets it),
+        # so Darknet's update_crnn_layer moves nothing: no step, no decay. As Darknet.
+        sub.learning_rate_scale = 0.0
+        return sub
 
     def _adopt(self, sub):
         sub.learning_rate_scale = 1.0

@@ -41,7 +41,7 @@ class RnnLayer(RecurrentLayer):
             raise DLServerError(f"{self.where}: rnn layer has no inputs")
         rows = self.batch * self.steps
         self.check_size(inputs * outputs + 2 * outputs * outputs + 9 * rows * outputs, "rnn layer")
-        self.outputs = outputs
+        self.outputs = self.hidden = outputs
         act = activation_name(self.activation)
         self.input_layer = self.connected(options, inputs, outputs, act)
         self.self_layer = self.connected(options, outputs, outputs, act)
@@ -55,7 +55,7 @@ class RnnLayer(RecurrentLayer):
 
     def allocate(self) -> None:
         self.output = self.output_layer.full["output"]
-        self.state = zeros((self.steps + 1) * self.batch * self.outputs)
+        self.state = zeros((self.steps + 1) * self.batch * self.hidden)
         if self.delta is not None:
             self.delta = self.output_layer.full["delta"]
 
@@ -64,7 +64,7 @@ class RnnLayer(RecurrentLayer):
 
     def forward(self, net, input_buf, train):
         self.check_input(input_buf)
-        n = self.outputs * self.batch
+        n = self.hidden * self.batch
         self.clear_sub_deltas()
         if train:
             kernels.fill(n, 0.0, self.state)
@@ -87,7 +87,7 @@ class RnnLayer(RecurrentLayer):
             self.at_step(self.output_layer, t).forward(net, state, train)
 
     def backward(self, net, input_buf, prev_delta):
-        n = self.outputs * self.batch
+        n = self.hidden * self.batch
         self_delta = self.self_layer.full["delta"]
         for t in range(self.steps - 1, -1, -1):
             inp = self.at_step(self.input_layer, t)
