@@ -1,8 +1,9 @@
 /* Oracle for tests/test_zoo_recurrent.py: Debian's libdarknet.so (pjreddie's Darknet, CPU build)
  * on recurrent layers, whose input is time_steps x batch rows (so no set_batch_network).
- * usage: darknet_recurrent CFG WEIGHTS INPUT_F32 [TRUTH_F32 SAVE_WEIGHTS]
- * Builds CFG, loads WEIGHTS, reads net->batch * net->inputs floats of input. Without TRUTH:
- * network_predict. With TRUTH (net->batch * net->truths floats): one train_network_datum
+ * usage: darknet_recurrent CFG WEIGHTS INPUT_F32 [SAVE_WEIGHTS | TRUTH_F32 SAVE_WEIGHTS]
+ * Builds CFG after srand(0) (musl's rand, below), loads WEIGHTS ("": Darknet's random init),
+ * reads net->batch * net->inputs floats of input. Without TRUTH: saves the weights if asked,
+ * then network_predict. With TRUTH (net->batch * net->truths floats): one train_network_datum
  * step, then saves the weights. Prints each layer's output for the whole batch, one line per
  * layer, "index count v0 v1 ..." (%.9g: float32 round-trips), and "cost c".
  * Darknet's CPU rnn layer allocates one state slot but writes time_steps+1 of them in
@@ -33,7 +34,7 @@ static int read_floats(const char *path, float *x, size_t n)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && argc != 6) return 2;
+    if (argc < 4 || argc > 6) return 2;
     srand(0);
     network *net = load_network(argv[1], argv[2], 0);
     for (int i = 0; i < net->n; ++i) {
@@ -53,6 +54,7 @@ int main(int argc, char **argv)
         printf("cost %.9g\n", cost);
         save_weights(net, argv[5]);
     } else {
+        if (argc == 5) save_weights(net, argv[4]);
         network_predict(net, x);
     }
     for (int i = 0; i < net->n; ++i) {

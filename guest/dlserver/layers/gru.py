@@ -66,19 +66,19 @@ class GruLayer(RecurrentLayer):
         self.forgot_delta = zeros(n)
         self.r = zeros(n)
         self.z = zeros(n)
-        self.h = zeros(n)
+        self.h_cpu = zeros(n)
 
     def update_order(self) -> list:
         return [self.ur, self.uz, self.uh, self.wr, self.wz, self.wh]
 
     def _candidate(self, n: int) -> None:
         """h = f(uh.output + wh.output)."""
-        copy(n, self.uh.output, self.h)
-        kernels.axpy(n, 1.0, self.wh.output, self.h)
+        copy(n, self.uh.output, self.h_cpu)
+        kernels.axpy(n, 1.0, self.wh.output, self.h_cpu)
         if self.tanh:
-            kernels.rnn_tanh(self.h, n)
+            kernels.rnn_tanh(self.h_cpu, n)
         else:
-            kernels.activate(self.h, n, Activation.LOGISTIC)
+            kernels.activate(self.h_cpu, n, Activation.LOGISTIC)
 
     def _gates(self, n: int) -> None:
         """z = logistic(uz + wz), r = logistic(ur + wr) from the sublayers' outputs."""
@@ -111,7 +111,7 @@ class GruLayer(RecurrentLayer):
             self.wh.forward(net, self.forgot_state, train)
             self._candidate(n)
             out = view(self.output, t * n, n)
-            kernels.rnn_weighted_sum(n, self.state, self.h, self.z, out)
+            kernels.rnn_weighted_sum(n, self.state, self.h_cpu, self.z, out)
             copy(n, out, self.state)
 
     def backward(self, net, input_buf, prev_delta):
@@ -125,11 +125,11 @@ class GruLayer(RecurrentLayer):
             self._gates(n)
             self._candidate(n)
             delta = view(self.delta, t * n, n)
-            kernels.rnn_weighted_delta(n, state, self.h, self.z, earlier, self.uh.delta, self.uz.delta, delta)
+            kernels.rnn_weighted_delta(n, state, self.h_cpu, self.z, earlier, self.uh.delta, self.uz.delta, delta)
             if self.tanh:
-                kernels.rnn_tanh_gradient(self.h, n, self.uh.delta)
+                kernels.rnn_tanh_gradient(self.h_cpu, n, self.uh.delta)
             else:
-                kernels.gradient(self.h, n, Activation.LOGISTIC, self.uh.delta)
+                kernels.gradient(self.h_cpu, n, Activation.LOGISTIC, self.uh.delta)
             copy(n, self.uh.delta, self.wh.delta)
             copy(n, state, self.forgot_state)
             kernels.rnn_mul(n, self.r, self.forgot_state)

@@ -63,7 +63,7 @@ class LstmLayer(RecurrentLayer):
         self.cell = zeros(n * self.steps)
         if self.delta is not None:
             self.delta = zeros(n * self.steps)
-        for name in ("f", "i", "g", "o", "c", "h", "temp", "temp2", "temp3", "dc", "h0", "c0"):
+        for name in ("f", "i", "g", "o", "c_cpu", "h_cpu", "temp", "temp2", "temp3", "dc", "h0", "c0"):
             setattr(self, name, zeros(n))
 
     def update_order(self) -> list:
@@ -89,30 +89,30 @@ class LstmLayer(RecurrentLayer):
         self.clear_sub_deltas()
         if train:
             kernels.fill(len(self.delta), 0.0, self.delta)
-            copy(n, self.h, self.h0)
-            copy(n, self.c, self.c0)
+            copy(n, self.h_cpu, self.h0)
+            copy(n, self.c_cpu, self.c0)
         for t in range(self.steps):
             for sub in self.subs:
                 self.at_step(sub, t)
             for w in (self.wf, self.wi, self.wg, self.wo):
-                w.forward(net, self.h, train)
+                w.forward(net, self.h_cpu, train)
             x = self.input_at(input_buf, t)
             for u in (self.uf, self.ui, self.ug, self.uo):
                 u.forward(net, x, train)
             self._gates(n)
             copy(n, self.i, self.temp)
             kernels.rnn_mul(n, self.g, self.temp)
-            kernels.rnn_mul(n, self.f, self.c)
-            kernels.axpy(n, 1.0, self.temp, self.c)
-            copy(n, self.c, self.h)
-            kernels.rnn_tanh(self.h, n)
-            kernels.rnn_mul(n, self.o, self.h)
-            copy(n, self.c, view(self.cell, t * n, n))
-            copy(n, self.h, view(self.output, t * n, n))
+            kernels.rnn_mul(n, self.f, self.c_cpu)
+            kernels.axpy(n, 1.0, self.temp, self.c_cpu)
+            copy(n, self.c_cpu, self.h_cpu)
+            kernels.rnn_tanh(self.h_cpu, n)
+            kernels.rnn_mul(n, self.o, self.h_cpu)
+            copy(n, self.c_cpu, view(self.cell, t * n, n))
+            copy(n, self.h_cpu, view(self.output, t * n, n))
 
     def backward(self, net, input_buf, prev_delta):
         n = self.outputs * self.batch
-        c, h, temp, temp2, temp3, dc = self.c, self.h, self.temp, self.temp2, self.temp3, self.dc
+        c, h, temp, temp2, temp3, dc = self.c_cpu, self.h_cpu, self.temp, self.temp2, self.temp3, self.dc
         c_end, h_end = zeros(n), zeros(n)  # Darknet's backward leaves c, h at step 0's values
         copy(n, c, c_end)
         copy(n, h, h_end)
