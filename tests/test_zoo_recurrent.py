@@ -322,3 +322,126 @@ def test_backward_matches_finite_differences(tmp_path, capsys, kind):
     for j, sub in enumerate(layer.subs):
         close(as_np(sub.weight_updates), numeric(sub.weights, len(sub.weights)), f"sublayer {j} weights")
         close(as_np(sub.bias_updates), numeric(sub.biases, len(sub.biases)), f"sublayer {j} biases")
+
+
+# ---------------------------------------------------------------- bad cfgs
+
+
+@pytest.mark.parametrize(
+    "kind,section,message",
+    [
+        ("rnn", "[rnn]\noutput=0\n", r"b\.cfg:11: rnn output=0: must be at least 1"),
+        ("gru", "[gru]\noutput=-2\n", r"b\.cfg:11: gru output=-2: must be at least 1"),
+        ("lstm", "[lstm]\noutput=0\n", r"b\.cfg:11: lstm output=0: must be at least 1"),
+        ("crnn", "[crnn]\noutput_filters=2\nhidden_filters=0\n", r"b\.cfg:13: crnn .*hidden_filters=0"),
+        ("crnn", "[crnn]\noutput_filters=0\n", r"b\.cfg:13: crnn output_filters=0"),
+        ("rnn", "[rnn]\noutput=4\nbatch_normalize=1\n", r"b\.cfg:11: \[rnn\] batch_normalize=1 is not supported yet"),
+        ("gru", "[gru]\noutput=100000000\n", r"b\.cfg:11: gru layer would need \d+ floats"),
+        ("lstm", "[lstm]\noutput=4\nactivation=tanh\n", r"Unused field|b\.cfg:11"),
+    ],
+)
+def test_bad_recurrent_sections_are_clear_errors(tmp_path, capsys, kind, section, message):
+    size = "height=3\nwidth=3\nchannels=2" if kind == "crnn" else "inputs=3"
+    (tmp_path / "b.cfg").write_text(NET.format(batch=2, size=size, steps=2) + "\n" + section)
+    if "Unused" in message:  # lstm has no activation option: Darknet reports it unused
+        parse_network_cfg(str(tmp_path / "b.cfg"))
+        assert "Unused field: 'activation = tanh'" in capsys.readouterr().err
+        return
+    with pytest.raises(DLServerError, match=message):
+        parse_network_cfg(str(tmp_path / "b.cfg"))
+
+
+def test_time_steps_zero_and_uneven_batches_are_clear_errors(tmp_path):
+    (tmp_path / "b.cfg").write_text(NET.format(batch=2, size="inputs=3", steps=0) + "\n[rnn]\noutput=4\n")
+    with pytest.raises(DLServerError, match=r"b\.cfg:1: .*time_steps must be at least 1"):
+        parse_network_cfg(str(tmp_path / "b.cfg"))
+    from dlserver.layers.rnn import RnnLayer
+
+    options = Options(str(tmp_path / "b.cfg"), "[rnn]", 7)
+    options.add("output", "4", 8)
+    with pytest.raises(DLServerError, match=r"b\.cfg:7: \[rnn\]: batch 5 is not a whole number of time_steps=2"):
+        RnnLayer(options, 5, 0, 0, 0, 3, net=SimpleNamespace(time_steps=2))
+    with pytest.raises(DLServerError, match=r"b\.cfg:7: \[rnn\] needs time_steps >= 1"):
+        RnnLayer(options, 4, 0, 0, 0, 3, net=SimpleNamespace(time_steps=0))
+
+
+def test_short_input_is_a_clear_error(tmp_path, capsys):
+    net = parse_network_cfg(net_cfg(tmp_path / "r.cfg", "rnn", batch=2, steps=3))
+    net.set_batch(1)  # as Darknet's set_batch_network: 1 row per step, still 3 steps
+    with pytest.raises(DLServerError, match=r"r\.cfg:11: input holds 5 values, 3 time steps of 1 x 5 need 15"):
+        net.predict(floats(np.zeros(5)))
+
+
+# ---------------------------------------------------------------- weights files and training
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm", "crnn"])
+def test_weights_reload_and_predict_identically(tmp_path, capsys, kind):
+    cfg = net_cfg(tmp_path / f"{kind}.cfg", kind, batch=1, steps=2)
+    net = parse_network_cfg(cfg, init_rng=Random(3))
+    perturb(net, seed=7)
+    x = floats(np.random.default_rng(8).random(net.batch * net.inputs))
+    want = as_np(net.predict(x))
+    save_weights(net, str(tmp_path / "w.weights"))
+    again = parse_network_cfg(cfg)
+    load_weights(again, str(tmp_path / "w.weights"))
+    assert weights_bytes(again) == weights_bytes(net)
+    assert as_np(again.predict(x)).tobytes() == want.tobytes()
+    sizes = {"rnn": 5 * 4 + 4 + 2 * (4 * 4 + 4), "gru": 3 * (5 * 4 + 4) + 3 * (4 * 4 + 4)}
+    if kind in sizes:  # the first recurrent layer's record: its sublayers' biases and weights
+        assert sum(len(a) for a in net.layers[0].parameter_arrays()) == sizes[kind]
+
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 4
+CHAR_CFG = """[net]
+batch=4
+subdivisions=1
+inputs={chars}
+time_steps=8
+learning_rate={rate}
+momentum=0.9
+decay=0.0001
+max_batches=100
+
+{layer}
+
+[connected]
+output={chars}
+activation=linear
+
+[softmax]
+
+[cost]
+type=sse
+"""
+
+
+def char_batches(net, chars, rng):
+    """Darknet's get_rnn_data: `batch` streams at random offsets, `steps` characters each,
+    truth = the next character; row of step t, stream b is t*batch + b."""
+    steps = net.layers[0].steps
+    streams = net.batch // steps
+    x = np.zeros((steps, streams, len(chars)), f32)
+    y = np.zeros((steps, streams, len(chars)), f32)
+    for b in range(streams):
+        start = rng.integers(0, len(TEXT) - steps - 1)
+        for t in range(steps):
+            x[t, b, chars.index(TEXT[start + t])] = 1
+            y[t, b, chars.index(TEXT[start + t + 1])] = 1
+    return floats(x), floats(y)
+
+
+@pytest.mark.parametrize(
+    "layer,rate",
+    [("[rnn]\noutput=32\nactivation=leaky", 0.1), ("[gru]\noutput=32", 0.5), ("[lstm]\noutput=32", 0.5)],
+)
+def test_char_level_recurrent_net_learns(tmp_path, capsys, layer, rate):
+    chars = sorted(set(TEXT))
+    (tmp_path / "c.cfg").write_text(CHAR_CFG.format(chars=len(chars), layer=layer, rate=rate))
+    net = parse_network_cfg(str(tmp_path / "c.cfg"), init_rng=Random(0))
+    net.prepare_training(Random(0))
+    rng = np.random.default_rng(0)
+    losses = [net.train_step(*char_batches(net, chars, rng)) for _ in range(150)]
+    first, last = np.mean(losses[:15]), np.mean(losses[-15:])
+    assert np.all(np.isfinite(losses))
+    assert last < 0.6 * first, (first, last)
