@@ -10,11 +10,11 @@ from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
-from .layers.dropout import DropoutLayer
-from .layers.maxpool import MaxpoolLayer
 from .layers.crnn import CrnnLayer
+from .layers.dropout import DropoutLayer
 from .layers.gru import GruLayer
 from .layers.lstm import LstmLayer
+from .layers.maxpool import MaxpoolLayer
 from .layers.rnn import RnnLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer

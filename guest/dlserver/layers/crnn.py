@@ -36,7 +36,8 @@ class CrnnLayer(RnnLayer):
         h, w = w, h  # make_crnn_layer(batch, w, h, ...) in parse_crnn
         rows = self.batch * self.steps
         k, m = hidden_filters, output_filters
-        self.check_size(9 * (c * k + k * k + k * m) + rows * h * w * (4 * k + 2 * m + 9 * max(c, k)), "crnn layer")
+        weights = 9 * (c * k + k * k + k * m)
+        self.check_size(weights + rows * h * w * (4 * k + 2 * m + 9 * max(c, k)), "crnn layer")
         self.h, self.w, self.c = h, w, c
         self.out_h, self.out_w, self.out_c = h, w, m
         self.inputs = h * w * c

@@ -125,7 +125,8 @@ class GruLayer(RecurrentLayer):
             self._gates(n)
             self._candidate(n)
             delta = view(self.delta, t * n, n)
-            kernels.rnn_weighted_delta(n, state, self.h_cpu, self.z, earlier, self.uh.delta, self.uz.delta, delta)
+            uh, uz = self.uh.delta, self.uz.delta
+            kernels.rnn_weighted_delta(n, state, self.h_cpu, self.z, earlier, uh, uz, delta)
             if self.tanh:
                 kernels.rnn_tanh_gradient(self.h_cpu, n, self.uh.delta)
             else:

@@ -63,18 +63,19 @@ class LstmLayer(RecurrentLayer):
         self.cell = zeros(n * self.steps)
         if self.delta is not None:
             self.delta = zeros(n * self.steps)
-        for name in ("f", "i", "g", "o", "c_cpu", "h_cpu", "temp", "temp2", "temp3", "dc", "h0", "c0"):
-            setattr(self, name, zeros(n))
+        self.f, self.i, self.g, self.o = zeros(n), zeros(n), zeros(n), zeros(n)
+        self.c_cpu, self.h_cpu, self.c0, self.h0 = zeros(n), zeros(n), zeros(n), zeros(n)
+        self.temp, self.temp2, self.temp3, self.dc = zeros(n), zeros(n), zeros(n), zeros(n)
 
     def update_order(self) -> list:
         return [self.wf, self.wi, self.wg, self.wo, self.uf, self.ui, self.ug, self.uo]
 
     def _gates(self, n: int) -> None:
-        for gate, w, u, act in (
-            (self.f, self.wf, self.uf, LOGISTIC),
-            (self.i, self.wi, self.ui, LOGISTIC),
-            (self.g, self.wg, self.ug, None),
-            (self.o, self.wo, self.uo, LOGISTIC),
+        for gate, w, u in (
+            (self.f, self.wf, self.uf),
+            (self.i, self.wi, self.ui),
+            (self.g, self.wg, self.ug),
+            (self.o, self.wo, self.uo),
         ):
             copy(n, w.output, gate)
             kernels.axpy(n, 1.0, u.output, gate)

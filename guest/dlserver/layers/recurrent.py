@@ -72,7 +72,11 @@ class RecurrentLayer(Layer):
         ->batch = batch."""
         sub = ConnectedLayer(
             sub_options(
-                options, "[connected]", output=outputs, activation=activation, batch_normalize=self.batch_normalize
+                options,
+                "[connected]",
+                output=outputs,
+                activation=activation,
+                batch_normalize=self.batch_normalize,
             ),
             self.batch * self.steps,
             1,
