@@ -461,12 +461,14 @@ def test_char_level_recurrent_net_learns(tmp_path, capsys, layer, rate):
     chars = sorted(set(TEXT))
     (tmp_path / "c.cfg").write_text(CHAR_CFG.format(chars=len(chars), layer=layer, rate=rate))
     net = parse_network_cfg(str(tmp_path / "c.cfg"), init_rng=Random(0))
-    net.prepare_training(Random(0))
     rng = np.random.default_rng(0)
+    before = as_np(net.predict(char_batches(net, chars, rng)[0]))  # sublayers left on a step
+    net.prepare_training(Random(0))
     losses = [net.train_step(*char_batches(net, chars, rng)) for _ in range(150)]
     first, last = np.mean(losses[:15]), np.mean(losses[-15:])
     assert np.all(np.isfinite(losses))
     assert last < 0.6 * first, (first, last)
+    assert len(as_np(net.layers[0].output)) == len(before) // len(chars) * 32  # every step's rows
 
 
 # ---------------------------------------------------------------- classifier commands, component

@@ -152,17 +152,26 @@ class RecurrentLayer(Layer):
         the batch per step of the layer and of its sublayers (their buffers: b * steps rows)."""
         self.batch = batch
         for sub in self.subs:
+            self._whole(sub)
             sub.set_batch(batch * self.steps)
             self._refresh(sub)
         self.allocate()
 
+    def _whole(self, sub) -> None:
+        """Point the sublayer back at its whole buffers, for B * steps rows (before it
+        reallocates or adds buffers)."""
+        for name, buf in sub.full.items():
+            setattr(sub, name, buf)
+        sub.batch = self.batch * self.steps
+
     def _refresh(self, sub) -> None:
+        """Take the sublayer's (new) whole buffers; then it runs B rows at a time."""
         sub.full = {name: getattr(sub, name) for name in STEP_BUFFERS if getattr(sub, name, None) is not None}
         sub.batch = self.batch
 
     def prepare_training(self) -> None:
         for sub in self.subs:
-            sub.batch = self.batch * self.steps
+            self._whole(sub)
             sub.prepare_training()
             self._refresh(sub)
         self.allocate_training()
