@@ -126,15 +126,9 @@ class RecurrentLayer(Layer):
             setattr(sub, name, view(buf, step * n, n))
         return sub
 
-    def full(self, sub, name: str):
-        return sub.full[name]
-
     def input_at(self, buf, step: int):
+        """The rows of step `step` of the layer's input (or of its delta)."""
         n = self.inputs * self.batch
-        return view(buf, step * n, n)
-
-    def step_view(self, buf, step: int, size: int):
-        n = size * self.batch
         return view(buf, step * n, n)
 
     def check_input(self, input_buf) -> None:
