@@ -30,8 +30,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import BENCH, ROOT, wasmtime_run
 from PIL import Image
+
+from bench_common import BENCH, ROOT, wasmtime_run
 
 for _path in (ROOT / "guest", ROOT / "build" / "native"):
     if str(_path) not in sys.path:

@@ -163,6 +163,19 @@ batchnorm_forward_train: Callable[
 batchnorm_backward: Callable[
     [Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, Floats, int, int, int], None
 ] = _dlk.batchnorm_backward
+# ------------------------------------------------------------------ recurrent layers (recurrent.c)
+# rnn_mul(n, x, y): y *= x;  rnn_weighted_sum(n, a, b, s, c): c = s*a + (1-s)*b
+rnn_mul: Callable[[int, Floats, Floats], None] = _dlk.rnn_mul
+rnn_weighted_sum: Callable[[int, Floats, Floats, Floats, Floats], None] = _dlk.rnn_weighted_sum
+# rnn_weighted_delta(n, a, b, s, da|None, db|None, ds, dc): da += dc*s; db += dc*(1-s); ds += dc*(a-b)
+rnn_weighted_delta: Callable[
+    [int, Floats, Floats, Floats, Floats | None, Floats | None, Floats, Floats], None
+] = _dlk.rnn_weighted_delta
+# rnn_mult_add(n, a, b, c): c += a*b
+rnn_mult_add: Callable[[int, Floats, Floats, Floats], None] = _dlk.rnn_mult_add
+# rnn_tanh(x, n): Darknet's tanh; rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y
+rnn_tanh: Callable[[Floats, int], None] = _dlk.rnn_tanh
+rnn_tanh_gradient: Callable[[Floats, int, Floats], None] = _dlk.rnn_tanh_gradient
 
 # ------------------------------------------------------------------ random (musl rand)
 # rand_uniform_fill(out, n, a, b, scale, state) -> state

@@ -13,12 +13,16 @@ from .layers.batchnorm import BatchnormLayer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
+from .layers.crnn import CrnnLayer
 from .layers.deconvolutional import DeconvolutionalLayer
 from .layers.dropout import DropoutLayer
+from .layers.gru import GruLayer
 from .layers.l2norm import L2normLayer
 from .layers.logistic import LogisticLayer
+from .layers.lstm import LstmLayer
 from .layers.maxpool import MaxpoolLayer
 from .layers.normalization import NormalizationLayer
+from .layers.rnn import RnnLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
@@ -54,6 +58,10 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[lrn]": NormalizationLayer,
     "[normalization]": NormalizationLayer,
     "[batchnorm]": BatchnormLayer,
+    "[rnn]": RnnLayer,
+    "[gru]": GruLayer,
+    "[lstm]": LstmLayer,
+    "[crnn]": CrnnLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
@@ -61,10 +69,6 @@ OTHER_DARKNET_SECTIONS = (
     "[detection]",
     "[region]",
     "[local]",
-    "[crnn]",
-    "[gru]",
-    "[lstm]",
-    "[rnn]",
     "[reorg]",
     "[net]",
     "[network]",
@@ -251,9 +255,9 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
     """Build a network from a cfg file, printing Darknet's layer table on stderr.
 
     With `init_rng`, weights get Darknet's random initialisation (needed only when no
-    weights file will overwrite them). With `batch`, buffers are sized for that batch and
-    not the cfg's training batch (what set_batch(batch) would leave, without allocating
-    the cfg's batch first: Darknet parses at batch/subdivisions*time_steps and then sets 1)."""
+    weights file will overwrite them). With `batch`, buffers are sized for batch*time_steps and
+    not the cfg's training batch/subdivisions*time_steps (inference commands then set the
+    batch they use, without allocating the cfg's batch first, as Darknet does)."""
     sections = read_cfg(cfg_path)
     first = sections[0]
     if first.name not in ("[net]", "[network]"):
@@ -263,7 +267,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
     net = Network(cfg_path)
     net.parse_net_options(first)
     if batch is not None:
-        net.batch = batch
+        net.batch = batch * net.time_steps
     if len(sections) < 2:
         raise DLServerError(f"{cfg_path}: network has no layers")
     err = sys.stderr

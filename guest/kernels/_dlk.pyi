@@ -445,3 +445,24 @@ def batchnorm_backward(
     /,
 ) -> None:
     """scale_upd and bias_upd accumulate; delta becomes the delta of the layer's pre-BN output."""
+# ------------------------------------------------------------------ recurrent.c
+
+def rnn_mul(n: int, x: Buffer, y: Buffer, /) -> None:
+    """y *= x"""
+
+def rnn_weighted_sum(n: int, a: Buffer, b: Buffer, s: Buffer, c: Buffer, /) -> None:
+    """c = s*a + (1-s)*b"""
+
+def rnn_weighted_delta(
+    n: int, a: Buffer, b: Buffer, s: Buffer, da: Buffer | None, db: Buffer | None, ds: Buffer, dc: Buffer, /
+) -> None:
+    """da += dc*s; db += dc*(1-s); ds += dc*(a-b)"""
+
+def rnn_mult_add(n: int, a: Buffer, b: Buffer, c: Buffer, /) -> None:
+    """c += a*b"""
+
+def rnn_tanh(x: Buffer, n: int, /) -> None:
+    """x = (exp(2x) - 1) / (exp(2x) + 1) (Darknet's tanh)"""
+
+def rnn_tanh_gradient(y: Buffer, n: int, delta: Buffer, /) -> None:
+    """delta *= 1 - y*y"""

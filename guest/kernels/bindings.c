@@ -1130,6 +1130,90 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+/* ------------------------------------------------------------------ recurrent.c */
+
+static PyObject *py_rnn_mul(PyObject *self, PyObject *args)
+{
+    Py_buffer x, y;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "ny*w*", &n, &x, &y)) return NULL;
+    int ok = NEED_F(x, n, "rnn_mul x") && NEED_F(y, n, "rnn_mul y");
+    if (ok) dlk_rnn_mul(n, F32(x), F32(y));
+    RELEASE(&x, &y);
+    return none_if(ok);
+}
+
+static PyObject *py_rnn_weighted_sum(PyObject *self, PyObject *args)
+{
+    Py_buffer a, b, s, c;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "ny*y*y*w*", &n, &a, &b, &s, &c)) return NULL;
+    int ok = NEED_F(a, n, "weighted_sum a") && NEED_F(b, n, "weighted_sum b") && NEED_F(s, n, "weighted_sum s") &&
+             NEED_F(c, n, "weighted_sum c");
+    if (ok) dlk_rnn_weighted_sum(n, F32(a), F32(b), F32(s), F32(c));
+    RELEASE(&a, &b, &s, &c);
+    return none_if(ok);
+}
+
+/* a writable float buffer or None (then buf stays zeroed and *have 0) */
+static int optional_buffer(PyObject *obj, Py_buffer *buf, int *have)
+{
+    *have = obj != Py_None;
+    return !*have || PyObject_GetBuffer(obj, buf, PyBUF_WRITABLE) == 0;
+}
+
+static PyObject *py_rnn_weighted_delta(PyObject *self, PyObject *args)
+{
+    Py_buffer a, b, s, da = {0}, db = {0}, ds, dc;
+    PyObject *da_obj, *db_obj;
+    Py_ssize_t n;
+    int have_da = 0, have_db = 0;
+    if (!PyArg_ParseTuple(args, "ny*y*y*OOw*y*", &n, &a, &b, &s, &da_obj, &db_obj, &ds, &dc)) return NULL;
+    int ok = optional_buffer(da_obj, &da, &have_da) && optional_buffer(db_obj, &db, &have_db);
+    ok = ok && NEED_F(a, n, "weighted_delta a") && NEED_F(b, n, "weighted_delta b") &&
+         NEED_F(s, n, "weighted_delta s") && (!have_da || NEED_F(da, n, "weighted_delta da")) &&
+         (!have_db || NEED_F(db, n, "weighted_delta db")) && NEED_F(ds, n, "weighted_delta ds") &&
+         NEED_F(dc, n, "weighted_delta dc");
+    if (ok)
+        dlk_rnn_weighted_delta(n, F32(a), F32(b), F32(s), have_da ? F32(da) : NULL, have_db ? F32(db) : NULL, F32(ds),
+                               F32(dc));
+    RELEASE(&a, &b, &s, &da, &db, &ds, &dc);
+    return none_if(ok);
+}
+
+static PyObject *py_rnn_mult_add(PyObject *self, PyObject *args)
+{
+    Py_buffer a, b, c;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "ny*y*w*", &n, &a, &b, &c)) return NULL;
+    int ok = NEED_F(a, n, "rnn_mult_add a") && NEED_F(b, n, "rnn_mult_add b") && NEED_F(c, n, "rnn_mult_add c");
+    if (ok) dlk_rnn_mult_add(n, F32(a), F32(b), F32(c));
+    RELEASE(&a, &b, &c);
+    return none_if(ok);
+}
+
+static PyObject *py_rnn_tanh(PyObject *self, PyObject *args)
+{
+    Py_buffer x;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "w*n", &x, &n)) return NULL;
+    int ok = NEED_F(x, n, "rnn_tanh x");
+    if (ok) dlk_rnn_tanh(F32(x), n);
+    RELEASE(&x);
+    return none_if(ok);
+}
+
+static PyObject *py_rnn_tanh_gradient(PyObject *self, PyObject *args)
+{
+    Py_buffer y, delta;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*nw*", &y, &n, &delta)) return NULL;
+    int ok = NEED_F(y, n, "rnn_tanh_gradient y") && NEED_F(delta, n, "rnn_tanh_gradient delta");
+    if (ok) dlk_rnn_tanh_gradient(F32(y), n, F32(delta));
+    RELEASE(&y, &delta);
+    return none_if(ok);
+}
+
 static PyMethodDef dlk_methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
@@ -1226,6 +1310,13 @@ static PyMethodDef dlk_methods[] = {
     {"batchnorm_backward", py_batchnorm_backward, METH_VARARGS,
      "batchnorm_backward(x, x_norm, delta, mean, var, scales, scale_upd, bias_upd, mean_delta, var_delta, batch, n, "
      "size)"},
+    {"rnn_mul", py_rnn_mul, METH_VARARGS, "rnn_mul(n, x, y): y *= x"},
+    {"rnn_weighted_sum", py_rnn_weighted_sum, METH_VARARGS, "rnn_weighted_sum(n, a, b, s, c): c = s*a + (1-s)*b"},
+    {"rnn_weighted_delta", py_rnn_weighted_delta, METH_VARARGS,
+     "rnn_weighted_delta(n, a, b, s, da|None, db|None, ds, dc): the deltas of weighted_sum"},
+    {"rnn_mult_add", py_rnn_mult_add, METH_VARARGS, "rnn_mult_add(n, a, b, c): c += a*b"},
+    {"rnn_tanh", py_rnn_tanh, METH_VARARGS, "rnn_tanh(x, n): Darknet's tanh"},
+    {"rnn_tanh_gradient", py_rnn_tanh_gradient, METH_VARARGS, "rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y"},
     {NULL, NULL, 0, NULL}
 };
 
