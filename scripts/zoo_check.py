@@ -214,7 +214,8 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
         if run.returncode != 0:
             return Outcome(name, "FAILED", f"component: {run.stderr.strip().splitlines()[-1:]}")
         return Outcome(name, "built", "no output layer: built in the component, weights averaged")
-    mine = subprocess.run(wasmtime_run(ROOT / "dl-server.wasm") + ours, cwd=work, capture_output=True, text=True)
+    component = wasmtime_run(ROOT / "dl-server.wasm")
+    mine = subprocess.run(component + ours, cwd=work, capture_output=True, text=True)
     if mine.returncode != 0:
         return Outcome(name, "FAILED", f"component: {mine.stderr.strip().splitlines()[-1:]}")
     native = subprocess.run(theirs, cwd=work, capture_output=True, text=True)
@@ -226,9 +227,8 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
     if a == b:
         return Outcome(name, "ok", f"{kind}: {len(a)} lines, first {a[0].strip() if a else '-'}")
     diff = next(i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i])
-    return Outcome(
-        name, "DIFFERENT", f"line {diff}: ours {a[diff : diff + 2]} darknet {b[diff : diff + 2]} ({len(a)}/{len(b)})"
-    )
+    where = f"line {diff}: ours {a[diff : diff + 2]} darknet {b[diff : diff + 2]}"
+    return Outcome(name, "DIFFERENT", f"{where} ({len(a)}/{len(b)} lines)")
 
 
 def main() -> None:
