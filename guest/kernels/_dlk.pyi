@@ -408,6 +408,7 @@ def lrn_forward(
 
 def lrn_backward(norms: Buffer, delta: Buffer, n: int, beta: float, prev_delta: Buffer, /) -> None:
     """prev_delta = norms^-beta * delta (Darknet's approximate backward, overwriting)."""
+
 # ------------------------------------------------------------------ batchnorm.c
 
 def batchnorm_forward_train(
@@ -445,6 +446,7 @@ def batchnorm_backward(
     /,
 ) -> None:
     """scale_upd and bias_upd accumulate; delta becomes the delta of the layer's pre-BN output."""
+
 # ------------------------------------------------------------------ recurrent.c
 
 def rnn_mul(n: int, x: Buffer, y: Buffer, /) -> None:
