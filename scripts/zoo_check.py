@@ -192,7 +192,7 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
         if run.returncode != 0:
             return Outcome(name, "FAILED", f"darknet could not make weights: {run.stderr[-300:]}")
         calibrate(cfg, weights, png)
-    names = names_file(work, classes) if kind else None
+    names = names_file(work, classes)
     if kind == "classifier":
         (work / "in.data").write_text(f"classes={classes}\nnames={names}\ntop=5\n")
         (work / "native.data").write_text(f"classes={classes}\nnames={work / names}\ntop=5\n")
