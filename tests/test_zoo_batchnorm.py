@@ -5,7 +5,6 @@ loops, finite-difference checks of the backward, one training step against Debia
 hand-made cfg, a BN net that learns, reloads and predicts the same, and bad cfgs."""
 
 import re
-import shutil
 import subprocess
 from array import array
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
 from dlserver.network import parse_network_cfg
@@ -20,14 +20,6 @@ from dlserver.rng import Random
 from dlserver.weights import load_weights, weights_bytes
 
 f32 = np.float32
-LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
-DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
-DARKNET_CFGS = Path("/usr/share/darknet/cfg")
-ORACLE = Path(__file__).parent / "oracle"
-needs_darknet = [
-    pytest.mark.skipif(not LIBDARKNET.exists(), reason="Debian's darknet package is not installed"),
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the oracle harness"),
-]
 
 
 def floats(values) -> array:
@@ -36,16 +28,6 @@ def floats(values) -> array:
 
 def as_np(buf) -> np.ndarray:
     return np.frombuffer(buf, dtype=f32).copy()
-
-
-def build_harness(tmp_path: Path, name: str) -> Path:
-    exe = tmp_path / name
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(exe), str(ORACLE / f"{name}.c"), f"-I{DARKNET_INCLUDE}",
-         f"-L{LIBDARKNET.parent}", "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
-        check=True,
-    )  # fmt: skip
-    return exe
 
 
 def parse_layer_lines(stdout: str) -> dict:
@@ -372,14 +354,13 @@ def test_grouped_convolution_backward_is_its_gradient(tmp_path, capsys, size, st
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-@needs_darknet[0]
-@needs_darknet[1]
+@needs_darknet
 def test_training_steps_match_debians_darknet(tmp_path, capsys, steps):
     """conv BN + [batchnorm] + conv BN groups=2 + conv groups=2 + connected BN + softmax, batch 3:
     Darknet's train_network and ours from the same random init; every parameter array after
     (weights, biases, scales, rolling mean and variance) agrees to rtol 1e-5. Two steps also
     carry the momentum of the scale, bias and weight updates."""
-    exe = build_harness(tmp_path, "darknet_train_step")
+    exe = build_harness("darknet_train_step", tmp_path)
     cfg = train_cfg(tmp_path / "bn.cfg")
     net = parse_network_cfg(cfg, init_rng=Random(0))
     set_rolling_variance(net)
@@ -418,14 +399,13 @@ def test_training_steps_match_debians_darknet(tmp_path, capsys, steps):
             assert np.any(as_np(layer.rolling_mean) != 0) and np.any(as_np(layer.rolling_variance) != 1)
 
 
-@needs_darknet[0]
-@needs_darknet[1]
+@needs_darknet
 def test_trained_bn_net_predicts_as_debians_darknet(tmp_path, capsys):
     """Darknet trains 3 steps (rolling statistics and scales away from 0 and 1) and predicts the
     batch of 3; its weights loaded into our network, our inference (rolling statistics,
     [batchnorm], groups) gives the same floats until the connected layer (whose sums -Ofast
     reassociates), then agrees to rtol 1e-5."""
-    exe = build_harness(tmp_path, "darknet_train_step")
+    exe = build_harness("darknet_train_step", tmp_path)
     cfg = train_cfg(tmp_path / "bn.cfg")
     net = parse_network_cfg(cfg, init_rng=Random(0))
     set_rolling_variance(net)
@@ -459,12 +439,11 @@ def _oracle_cfg(tmp_path: Path, name: str) -> Path:
     return path
 
 
-@needs_darknet[0]
-@needs_darknet[1]
+@needs_darknet
 def test_resnext50_layers_match_debians_darknet(tmp_path, capsys):
     """resnext50 (groups=32, batch-normalised convolutions, shortcuts) at 64x64 with Darknet's
     random init: every layer's output equals Darknet's to the float until the avgpool (-Ofast)."""
-    exe = build_harness(tmp_path, "darknet_layers")
+    exe = build_harness("darknet_layers", tmp_path)
     cfg = _oracle_cfg(tmp_path, "resnext50")
     assert "groups=32" in cfg.read_text()
     weights = tmp_path / "resnext50.weights"

@@ -3,7 +3,6 @@ against numpy, a small residual classifier that trains and predicts, and Debian'
 the oracle (skipped where libdarknet.so or gcc is missing)."""
 
 import re
-import shutil
 import subprocess
 from array import array
 from pathlib import Path
@@ -13,16 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import run_wasmtime
+from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.main import main
 from dlserver.network import parse_network_cfg
 from dlserver.weights import load_weights
 
 f32 = np.float32
-LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
-DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
-DARKNET_CFGS = Path("/usr/share/darknet/cfg")
-HARNESS = Path(__file__).parent / "oracle" / "darknet_layers.c"
 
 
 def floats(values) -> array:
@@ -297,17 +293,11 @@ def _oracle_cfg(tmp_path: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.skipif(not LIBDARKNET.exists(), reason="Debian's darknet package is not installed")
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the oracle harness")
+@needs_darknet
 # resnet18: shortcuts of equal and of different sizes, leaky; darknet53: from=-3, linear
 @pytest.mark.parametrize("name", ["resnet18", "darknet53"])
 def test_layers_match_debians_darknet(tmp_path, capsys, name):
-    exe = tmp_path / "darknet_layers"
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
-         "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
-        check=True,
-    )  # fmt: skip
+    exe = build_harness("darknet_layers", tmp_path)
     cfg = _oracle_cfg(tmp_path, name)
     assert "[shortcut]" in cfg.read_text() and "[avgpool]" in cfg.read_text()
     weights = tmp_path / f"{name}.weights"

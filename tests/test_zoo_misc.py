@@ -4,7 +4,6 @@
 backward passes against finite differences, bad cfgs as clear errors, and Debian's Darknet as
 the oracle on hand-made cfgs (skipped where libdarknet.so or gcc is missing)."""
 
-import shutil
 import subprocess
 from array import array
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
 from dlserver.kernels import Activation
@@ -23,14 +23,6 @@ from dlserver.weights import load_weights, save_weights
 
 f32 = np.float32
 f64 = np.float64
-LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
-DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
-DARKNET_CFGS = Path("/usr/share/darknet/cfg")
-ORACLE = Path(__file__).parent / "oracle"
-needs_darknet = [
-    pytest.mark.skipif(not LIBDARKNET.exists(), reason="Debian's darknet package is not installed"),
-    pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc to build the oracle harness"),
-]
 
 
 # activations.c get_activation's names, in its order
@@ -227,16 +219,7 @@ def test_activation_values_darknet_would_give():
 @pytest.fixture(scope="module")
 def oracle_exe(tmp_path_factory):
     """tests/oracle/darknet_train.c built against libdarknet.so."""
-    for mark in needs_darknet:
-        if mark.args[0]:
-            pytest.skip(mark.kwargs["reason"])
-    exe = tmp_path_factory.mktemp("oracle") / "darknet_train"
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(exe), str(ORACLE / "darknet_train.c"), f"-I{DARKNET_INCLUDE}",
-         f"-L{LIBDARKNET.parent}", "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
-        check=True,
-    )  # fmt: skip
-    return exe
+    return build_harness("darknet_train", tmp_path_factory.mktemp("oracle"))
 
 
 def run_oracle(exe: Path, tmp_path: Path, cfg: Path, x: np.ndarray, truth, train: bool):
@@ -933,8 +916,7 @@ def test_strided_matches_debians_darknet(oracle_exe, tmp_path, capsys):
 # ---------------------------------------------------------------- weights files
 
 
-@needs_darknet[0]
-@needs_darknet[1]
+@needs_darknet
 @pytest.mark.parametrize("bn", [0, 1])
 def test_deconvolutional_weights_files_are_darknets(oracle_exe, tmp_path, capsys, bn):
     """Our .weights equals Darknet's byte for byte (load theirs, save ours), and our random init

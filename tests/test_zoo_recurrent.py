@@ -4,7 +4,6 @@ forward over several time steps, one training step, weights files), bad cfgs, an
 character-level net that learns."""
 
 import re
-import shutil
 import subprocess
 from array import array
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import run_wasmtime
+from darknet_oracle import DARKNET_CFGS, build_harness
 from dlserver import kernels
 from dlserver.config import Options
 from dlserver.errors import DLServerError
@@ -22,10 +22,6 @@ from dlserver.rng import Random
 from dlserver.weights import load_weights, save_weights, weights_bytes
 
 f32 = np.float32
-LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
-DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
-DARKNET_CFGS = Path("/usr/share/darknet/cfg")
-HARNESS = Path(__file__).parent / "oracle" / "darknet_recurrent.c"
 
 
 def floats(values) -> array:
@@ -119,17 +115,7 @@ def perturb(net, seed=1, sigma=0.3):
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     """The oracle harness, built once (skips where libdarknet.so or gcc is missing)."""
-    if not LIBDARKNET.exists():
-        pytest.skip("Debian's darknet package is not installed")
-    if shutil.which("gcc") is None:
-        pytest.skip("no gcc to build the oracle harness")
-    exe = tmp_path_factory.mktemp("oracle") / "darknet_recurrent"
-    subprocess.run(
-        ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
-         "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
-        check=True,
-    )  # fmt: skip
-    return exe
+    return build_harness("darknet_recurrent", tmp_path_factory.mktemp("oracle"))
 
 
 def run_darknet(exe, *args):
