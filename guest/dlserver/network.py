@@ -17,6 +17,11 @@ from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
+from .layers.reorg import ReorgLayer
+from .layers.region import RegionLayer
+from .layers.detection import DetectionLayer
+from .layers.local import LocalLayer
+from .layers.crop import CropLayer
 from .rng import Random, f32
 from .schedule import learning_rate
 
@@ -39,14 +44,15 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[avg]": AvgpoolLayer,
     "[avgpool]": AvgpoolLayer,
     "[shortcut]": ShortcutLayer,
+    "[reorg]": ReorgLayer,
+    "[region]": RegionLayer,
+    "[detection]": DetectionLayer,
+    "[local]": LocalLayer,
+    "[crop]": CropLayer,
 }
 # Sections Darknet knows that dl-server does not build (yet).
 OTHER_DARKNET_SECTIONS = (
-    "[crop]",
-    "[detection]",
-    "[region]",
     "[iseg]",
-    "[local]",
     "[deconv]",
     "[deconvolutional]",
     "[activation]",
@@ -56,7 +62,6 @@ OTHER_DARKNET_SECTIONS = (
     "[gru]",
     "[lstm]",
     "[rnn]",
-    "[reorg]",
     "[lrn]",
     "[normalization]",
     "[batchnorm]",

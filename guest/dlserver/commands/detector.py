@@ -20,6 +20,8 @@ from ..errors import DLServerError
 from ..image.draw import draw_box_width, draw_label, get_color, get_label, save_image
 from ..image.load import load_image_color
 from ..image.ops import letterbox_image
+from ..layers.detection import DetectionLayer
+from ..layers.region import RegionLayer
 from ..layers.yolo import YoloLayer
 from ..network import parse_network_cfg
 from ..rng import f32
@@ -95,9 +97,10 @@ def test_detector(
     net = parse_network_cfg(cfg)
     load_weights(net, weights)
     net.set_batch(1)
-    yolo_layers = [layer for layer in net.layers if isinstance(layer, YoloLayer)]
-    if not yolo_layers or not isinstance(net.layers[-1], YoloLayer):
-        raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo]")
+    heads = (YoloLayer, RegionLayer, DetectionLayer)
+    yolo_layers = [layer for layer in net.layers if isinstance(layer, heads)]
+    if not yolo_layers or not isinstance(net.layers[-1], heads):
+        raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo], [region] or [detection]")
     if net.w < 1 or net.h < 1 or net.c != 3:
         raise DLServerError(
             f"{cfg}: detect needs an image network (width, height, channels=3), got {net.w}x{net.h}x{net.c}"
@@ -106,7 +109,7 @@ def test_detector(
     for layer in yolo_layers:
         if layer.classes != classes:
             raise DLServerError(
-                f"{cfg}: the [yolo] layers disagree on classes ({layer.classes} and {classes})"
+                f"{cfg}: the detection layers disagree on classes ({layer.classes} and {classes})"
             )
     if len(names) < classes:
         raise DLServerError(f"{name_list}: {len(names)} names, but {cfg} detects {classes} classes")

@@ -1,0 +1,582 @@
+"""The detection family (issue 15, docs/darknet-contract.md §4.16-4.21): [reorg], [region], [detection],
+[local], [crop] and softmax groups/tree. Kernels against numpy, gradients by finite differences,
+per-layer outputs and decoded boxes against Debian's libdarknet.so (tests/oracle/darknet_detect.c),
+and `detect` against Debian's `darknet detector test` (skipped where the package or gcc is missing)."""
+
+import re
+import shutil
+import subprocess
+from array import array
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlserver import kernels
+from dlserver.boxes import do_nms_sort, get_network_boxes
+from dlserver.errors import DLServerError
+from dlserver.main import main
+from dlserver.network import parse_network_cfg
+from dlserver.rng import Random
+from dlserver.weights import load_weights, save_weights
+
+f32 = np.float32
+LIBDARKNET = Path("/usr/lib/darknet/libdarknet.so")
+DARKNET_BIN = Path("/usr/bin/darknet")
+DARKNET_INCLUDE = Path("/usr/lib/darknet/include")
+DARKNET_CFGS = Path("/usr/share/darknet/cfg")
+TREE_9K = Path("/usr/share/darknet/data/9k.tree")
+HARNESS = Path(__file__).parent / "oracle" / "darknet_detect.c"
+needs_darknet = pytest.mark.skipif(
+    not LIBDARKNET.exists() or shutil.which("gcc") is None,
+    reason="Debian's darknet package or gcc (to build the oracle harness) is missing",
+)
+
+
+def floats(values) -> array:
+    return array("f", np.asarray(values, dtype=f32).ravel().tolist())
+
+
+def as_np(buf) -> np.ndarray:
+    return np.frombuffer(buf, dtype=f32).copy()
+
+
+# ---------------------------------------------------------------- numpy references (Darknet's loops)
+
+
+def ref_reorg(x, w, h, c, batch, stride, forward):
+    out = np.zeros_like(x)
+    out_c = c // (stride * stride)
+    for b in range(batch):
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    src = i + w * (j + h * (k + c * b))
+                    c2, off = k % out_c, k // out_c
+                    w2, h2 = i * stride + off % stride, j * stride + off // stride
+                    o = w2 + w * stride * (h2 + h * stride * (c2 + out_c * b))
+                    if forward:
+                        out[o] = x[src]
+                    else:
+                        out[src] = x[o]
+    return out
+
+
+def ref_softmax(x, n, batch, batch_offset, groups, group_offset, stride, temp):
+    out = np.zeros_like(x)
+    for b in range(batch):
+        for g in range(groups):
+            idx = b * batch_offset + g * group_offset + np.arange(n) * stride
+            v = x[idx].astype(np.float64) / temp
+            e = np.exp(v - v.max())
+            out[idx] = (e / e.sum()).astype(f32)
+    return out
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("stride,forward", [(2, False), (2, True), (3, False)])
+def test_reorg_kernel_matches_numpy_and_is_a_permutation(stride, forward):
+    rng = np.random.default_rng(1)
+    w, h, c, batch = 6, 6, 36, 2
+    x = rng.standard_normal(batch * w * h * c).astype(f32)
+    out = floats(np.zeros_like(x))
+    kernels.reorg(floats(x), w, h, c, batch, stride, forward, out)
+    want = ref_reorg(x, w, h, c, batch, stride, forward)
+    assert as_np(out).tobytes() == want.tobytes()
+    assert sorted(as_np(out).tolist()) == sorted(x.tolist())
+    back = floats(np.zeros_like(x))
+    kernels.reorg(out, w, h, c, batch, stride, not forward, back)  # the backward pass undoes it
+    assert as_np(back).tobytes() == x.tobytes()
+    with pytest.raises(ValueError):
+        kernels.reorg(floats(x[:-1]), w, h, c, batch, stride, forward, out)
+    with pytest.raises(ValueError):
+        kernels.reorg(floats(x), w, h, 17, batch, stride, forward, out)
+
+
+def test_flatten_kernel_matches_numpy():
+    rng = np.random.default_rng(2)
+    size, layers, batch = 5, 3, 2
+    x = rng.standard_normal(batch * size * layers).astype(f32)
+    out = floats(np.zeros_like(x))
+    kernels.flatten(floats(x), size, layers, batch, True, out)
+    want = x.reshape(batch, layers, size).transpose(0, 2, 1).ravel()
+    assert as_np(out).tobytes() == want.tobytes()
+    back = floats(np.zeros_like(x))
+    kernels.flatten(out, size, layers, batch, False, back)
+    assert as_np(back).tobytes() == x.tobytes()
+
+
+@pytest.mark.parametrize(
+    "n,batch,batch_offset,groups,group_offset,stride,temp",
+    [(4, 2, 12, 3, 4, 1, 1.0), (3, 2, 12, 4, 1, 4, 1.0), (6, 1, 6, 1, 0, 1, 0.5)],
+)
+def test_softmax_strided_matches_numpy(n, batch, batch_offset, groups, group_offset, stride, temp):
+    rng = np.random.default_rng(3)
+    x = (3 * rng.standard_normal(batch * batch_offset)).astype(f32)
+    out = floats(np.zeros_like(x))
+    kernels.softmax_strided(floats(x), n, batch, batch_offset, groups, group_offset, stride, temp, out)
+    want = ref_softmax(x, n, batch, batch_offset, groups, group_offset, stride, temp)
+    np.testing.assert_allclose(as_np(out), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError):
+        kernels.softmax_strided(floats(x[:-1]), n, batch, batch_offset, groups, group_offset, stride, temp, out)
+
+
+def test_crop_kernel_matches_numpy():
+    rng = np.random.default_rng(4)
+    batch, c, h, w, oh, ow = 2, 3, 7, 6, 4, 3
+    x = rng.standard_normal(batch * c * h * w).astype(f32)
+    out = floats(np.zeros(batch * c * oh * ow))
+    im = x.reshape(batch, c, h, w)
+    kernels.crop(floats(x), batch, c, h, w, oh, ow, 2, 1, False, 2.0, -1.0, out)
+    want = im[:, :, 2 : 2 + oh, 1 : 1 + ow] * f32(2) + f32(-1)
+    assert as_np(out).tobytes() == want.astype(f32).ravel().tobytes()
+    kernels.crop(floats(x), batch, c, h, w, oh, ow, 3, 2, True, 1.0, 0.0, out)
+    want = im[:, :, 3 : 3 + oh, :][:, :, :, [w - 2 - j - 1 for j in range(ow)]]
+    assert as_np(out).tobytes() == want.astype(f32).ravel().tobytes()
+    with pytest.raises(ValueError):
+        kernels.crop(floats(x), batch, c, h, w, oh, ow, 4, 0, False, 1.0, 0.0, out)
+
+
+# ---------------------------------------------------------------- layers in small networks
+
+LOCAL_CFG = """[net]
+batch={batch}
+subdivisions=1
+height=7
+width=6
+channels=2
+learning_rate=0.1
+momentum=0.9
+decay=0.0005
+
+[local]
+filters=3
+size=3
+stride=1
+pad=1
+activation={activation}
+
+[local]
+filters=2
+size=2
+stride=2
+pad=0
+activation=linear
+
+[connected]
+output=4
+activation=linear
+
+[softmax]
+groups=2
+"""
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def randomise(net, seed: int, scale: float = 0.5) -> None:
+    """Random parameters everywhere (positive rolling variances), so that nothing is degenerate."""
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        arrays = layer.parameter_arrays()
+        for k, arr in enumerate(arrays):
+            v = rng.standard_normal(len(arr)).astype(f32) * f32(scale)
+            if getattr(layer, "batch_normalize", 0) and k in (1, 3):  # scales, rolling variance
+                v = rng.uniform(0.5, 1.5, len(arr)).astype(f32)
+            arr[:] = floats(v)
+
+
+def test_local_layer_table_and_weights_order(tmp_path, capsys):
+    net = parse_network_cfg(write(tmp_path / "l.cfg", LOCAL_CFG.format(batch=1, activation="leaky")),
+                            init_rng=Random(0))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "    0 Local Layer: 7 x 6 x 2 image, 3 filters -> 7 x 6 x 3 image" in err
+    assert "    1 Local Layer: 7 x 6 x 3 image, 2 filters -> 3 x 3 x 2 image" in err
+    first = net.layers[0]
+    assert len(first.biases) == 7 * 6 * 3 and len(first.weights) == 42 * 3 * 18
+    # Darknet's init quirk: only the first filters*size*size*c weights are drawn
+    w = as_np(first.weights)
+    assert np.count_nonzero(w[: 3 * 18]) == 3 * 18 and not w[3 * 18 :].any()
+    assert [len(a) for a in first.parameter_arrays()] == [len(first.biases), len(first.weights)]
+
+
+def numeric_gradient_check(net, x, truth_fn, eps=1e-2):
+    """Central differences of the scalar loss sum(y * t) of the last layer's output against
+    the guest's backward pass, on the input and on the first layer's weights."""
+    rng = np.random.default_rng(7)
+    t = rng.standard_normal(net.outputs * net.batch).astype(f32)
+
+    def loss(xv):
+        out = net.forward(floats(xv))
+        return float(np.dot(as_np(out)[: len(t)].astype(np.float64), t))
+
+    # analytic: set the last layer's delta to t and propagate
+    net.prepare_training(Random(0))
+    xbuf = floats(x)
+    current = xbuf
+    for layer in net.layers:
+        layer.clear_delta()
+        layer.forward(net, current, False)
+        current = layer.output
+    in_delta = floats(np.zeros_like(x))
+    net.layers[-1].delta[:] = floats(t)
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer = net.layers[i]
+        prev = net.layers[i - 1] if i else None
+        layer.backward(net, prev.output if prev else xbuf, prev.delta if prev else in_delta)
+    analytic = as_np(in_delta)
+    for k in rng.choice(len(x), 12, replace=False):
+        xp, xm = x.copy(), x.copy()
+        xp[k] += eps
+        xm[k] -= eps
+        numeric = (loss(xp) - loss(xm)) / (2 * eps)
+        assert abs(numeric - analytic[k]) < 2e-2 * max(1.0, abs(numeric)), (k, numeric, analytic[k])
+    return net
+
+
+def test_local_layers_gradients_by_finite_differences(tmp_path, capsys):
+    cfg = LOCAL_CFG.format(batch=1, activation="leaky").replace("[connected]\noutput=4\nactivation=linear\n\n[softmax]\ngroups=2\n", "")
+    net = parse_network_cfg(write(tmp_path / "l.cfg", cfg), init_rng=Random(0))
+    randomise(net, 1)
+    x = np.random.default_rng(2).standard_normal(net.inputs).astype(f32)
+    numeric_gradient_check(net, x, None)
+    # weight gradient of the first local layer, one entry at a time
+    first = net.layers[0]
+    t = np.random.default_rng(7).standard_normal(net.outputs).astype(f32)
+    analytic = as_np(first.weight_updates)
+    for k in [0, 17, 100, 1000, len(first.weights) - 1]:
+        saved = first.weights[k]
+        vals = []
+        for sign in (1, -1):
+            first.weights[k] = saved + sign * 1e-2
+            vals.append(float(np.dot(as_np(net.forward(floats(x))).astype(np.float64), t)))
+        first.weights[k] = saved
+        numeric = (vals[0] - vals[1]) / 2e-2
+        assert abs(numeric - analytic[k]) < 2e-2 * max(1.0, abs(numeric)), (k, numeric, analytic[k])
+
+
+def test_local_layers_train(tmp_path, capsys):
+    """Training steps change the weights by Darknet's SGD and lower the loss."""
+    net = parse_network_cfg(write(tmp_path / "l.cfg", LOCAL_CFG.format(batch=2, activation="leaky")),
+                            init_rng=Random(0))  # fmt: skip
+    randomise(net, 3, 0.3)
+    net.prepare_training(Random(0))
+    rng = np.random.default_rng(5)
+    x = floats(rng.standard_normal(2 * net.inputs))
+    truth = floats([1, 0, 0, 1, 0, 1, 1, 0])
+    errors = [net.train_step(x, truth) for _ in range(30)]
+    assert errors[-1] < errors[0]
+
+
+def test_softmax_groups_and_tree(tmp_path, capsys):
+    tree = tmp_path / "t.tree"
+    tree.write_text("a -1\nb -1\nc 0\nd 0\ne 0\nf 1\ng 1\n")
+    cfg = "[net]\nheight=1\nwidth=1\nchannels=7\n[softmax]\ntree={}\n".format(tree)
+    net = parse_network_cfg(write(tmp_path / "s.cfg", cfg))
+    t = net.layers[0].tree
+    assert list(t.group_offset) == [0, 2, 5] and list(t.group_size) == [2, 3, 2]
+    assert list(t.child) == [1, 2, -1, -1, -1, -1, -1] and list(t.parent) == [-1, -1, 0, 0, 0, 1, 1]
+    x = np.random.default_rng(1).standard_normal(7).astype(f32)
+    y = as_np(net.predict(floats(x)))
+    for off, size in [(0, 2), (2, 3), (5, 2)]:
+        np.testing.assert_allclose(y[off : off + size], ref_softmax(x[off : off + size], size, 1, size, 1, 0, 1, 1.0),
+                                   rtol=1e-6)  # fmt: skip
+    cfg = "[net]\nheight=1\nwidth=1\nchannels=6\n[softmax]\ngroups=3\ntemperature=2\n"
+    net = parse_network_cfg(write(tmp_path / "g.cfg", cfg))
+    x = np.random.default_rng(2).standard_normal(6).astype(f32)
+    np.testing.assert_allclose(as_np(net.predict(floats(x))), ref_softmax(x, 2, 1, 6, 3, 2, 1, 2.0), rtol=1e-6)
+
+
+@pytest.mark.skipif(not TREE_9K.exists(), reason="Debian's 9k.tree is not installed")
+def test_debians_9k_tree_reads():
+    from dlserver.layers.softmax import read_tree
+
+    t = read_tree(str(TREE_9K), "x.cfg:1")
+    assert t.n == 9418 and sum(t.group_size) == 9418 and t.groups == len(t.group_size)
+    assert all(p < i for i, p in enumerate(t.parent))
+
+
+def test_detection_training_deltas(tmp_path, capsys):
+    """One cell with an object: class, confidence and box deltas as Darknet's forward_detection_layer."""
+    cfg = "[net]\nheight=1\nwidth=1\nchannels={}\n[detection]\nclasses=2\ncoords=4\nnum=2\nside=2\nrescore=1\nsqrt=1\n"
+    inputs = 2 * 2 * (5 * 2 + 2)
+    net = parse_network_cfg(write(tmp_path / "d.cfg", cfg.format(inputs)))
+    layer = net.layers[0]
+    net.prepare_training(Random(0))
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.1, 0.9, inputs).astype(f32)
+    truth = np.zeros(4 * 7, f32)
+    truth[7 * 3 : 7 * 4] = [1, 0, 1, 0.4, 0.6, 0.25, 0.36]  # cell 3: class 1, box
+    net.truth = floats(truth)
+    layer.forward(net, floats(x), True)
+    d = as_np(layer.delta)
+    conf = x[8:16]
+    # every confidence gets 0 - conf but the responsible one in cell 3
+    changed = [i for i in range(8) if d[8 + i] != f32(-conf[i])]
+    assert changed in ([6], [7])
+    np.testing.assert_array_equal(d[6:8], np.array([0, 1], f32) - x[6:8])
+    best = changed[0] - 6
+    box = x[16 + (3 * 2 + best) * 4 : 16 + (3 * 2 + best) * 4 + 4]
+    np.testing.assert_allclose(
+        d[16 + (3 * 2 + best) * 4 : 16 + (3 * 2 + best) * 4 + 4],
+        [0.4 - box[0], 0.6 - box[1], 0.5 - box[2], 0.6 - box[3]], rtol=1e-6,
+    )  # fmt: skip
+    assert layer.cost == pytest.approx(float(np.sum(d.astype(np.float64) ** 2)), rel=1e-5)
+
+
+# ---------------------------------------------------------------- bad cfgs: one clear line naming file:line
+
+NET = "[net]\nheight={h}\nwidth={w}\nchannels={c}\n"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (NET.format(h=6, w=6, c=32) + "[reorg]\nstride=4\n", "stride=4 does not divide"),
+        (NET.format(h=6, w=6, c=6) + "[reorg]\nstride=2\n", "does not divide the 6 channels"),
+        (NET.format(h=6, w=6, c=8) + "[reorg]\nstride=0\n", "stride=0 must be at least 1"),
+        (NET.format(h=6, w=6, c=3) + "[crop]\ncrop_height=7\ncrop_width=4\n", "does not fit in the 6 x 6 input"),
+        (NET.format(h=2, w=2, c=24) + "[region]\ncoords=4\nclasses=2\nnum=3\n", "needs 21 input channels"),
+        (NET.format(h=1, w=1, c=100) + "[detection]\ncoords=4\nclasses=20\nnum=2\nside=7\n", "needs 1470 inputs"),
+        (NET.format(h=1, w=1, c=7) + "[softmax]\ntree=missing.tree\n", "tree=missing.tree"),
+        (NET.format(h=2, w=2, c=7) + "[region]\ncoords=4\nclasses=2\nnum=1\ntree=missing.tree\n", "missing.tree"),
+        (NET.format(h=5, w=5, c=2) + "[local]\nsize=5\npad=1\n", "im2col"),
+        (NET.format(h=1, w=1, c=6) + "[softmax]\ngroups=4\n", "groups=4"),
+    ],
+)
+def test_bad_cfgs_are_one_clear_error(tmp_path, capsys, text, message):
+    path = write(tmp_path / "bad.cfg", text)
+    with pytest.raises(DLServerError, match=re.escape(message)) as e:
+        parse_network_cfg(path)
+    assert str(e.value).startswith(f"{path}:")
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_tree_file_names_the_file(tmp_path, capsys):
+    tree = tmp_path / "bad.tree"
+    tree.write_text("a -1\nb 5\n")
+    path = write(tmp_path / "s.cfg", NET.format(h=1, w=1, c=2) + f"[softmax]\ntree={tree}\n")
+    with pytest.raises(DLServerError, match=re.escape(f"{tree}:2: tree file: parent 5 is not an earlier line")):
+        parse_network_cfg(path)
+
+
+# ---------------------------------------------------------------- Debian's Darknet as the oracle
+
+
+def small_cfg(tmp_path: Path, name: str, size: int) -> Path:
+    """A Debian cfg at size x size, batch 1."""
+    text = (DARKNET_CFGS / f"{name}.cfg").read_text()
+    text = re.sub(r"(?m)^(height|width)=\d+", rf"\1={size}", text)
+    text = re.sub(r"(?m)^(batch|subdivisions)=\d+", r"\1=1", text)
+    path = tmp_path / f"{name}_{size}.cfg"
+    path.write_text(text)
+    return path
+
+
+HAND_CFG = """[net]
+batch=1
+subdivisions=1
+height=16
+width=14
+channels=3
+
+[crop]
+crop_height=12
+crop_width=10
+flip=1
+
+[convolutional]
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[local]
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[reorg]
+stride=2
+
+[reorg]
+stride=2
+reverse=1
+
+[reorg]
+stride=1
+flatten=1
+
+[local]
+filters=6
+size=2
+stride=2
+activation=linear
+
+[reorg]
+extra=3
+
+[softmax]
+groups=3
+temperature=0.7
+"""
+
+
+def oracle_weights(tmp_path: Path, cfg: Path, seed: int, tweak=None) -> Path:
+    """Random weights written by the guest (Darknet's format): both sides load the same file."""
+    net = parse_network_cfg(str(cfg), init_rng=Random(0))
+    randomise(net, seed, 0.3)
+    if tweak:
+        tweak(net)
+    path = tmp_path / f"{cfg.stem}.weights"
+    save_weights(net, str(path))
+    return path
+
+
+def run_oracle(tmp_path: Path, cfg: Path, weights: Path, x: np.ndarray, boxes=None):
+    exe = tmp_path / "darknet_detect"
+    if not exe.exists():
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
+             "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
+            check=True,
+        )  # fmt: skip
+    (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
+    args = [str(exe), str(cfg), str(weights), str(tmp_path / "x.f32")]
+    if boxes:
+        args += [str(v) for v in boxes]
+    # a subprocess: libdarknet sets flush-to-zero for the whole process that loads it
+    run = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300)
+    layers, dets = {}, []
+    for line in run.stdout.splitlines():
+        if line.startswith("det "):
+            dets.append(np.array(line.split()[1:], dtype=f32))
+            continue
+        index, count, *values = line.split()
+        layers[int(index)] = np.array(values, dtype=f32)
+        assert len(values) == int(count)
+    return layers, dets
+
+
+def last_conv_bias(value: float):
+    """Raise the objectness/confidence logits a little so that some boxes pass a low threshold."""
+
+    def tweak(net):
+        for layer in reversed(net.layers):
+            if layer.kind == "convolutional":
+                layer.biases[:] = floats(as_np(layer.biases) + f32(value))
+                return
+
+    return tweak
+
+
+def compare_layers(net, theirs, exact_kinds=()):
+    assert len(theirs) == len(net.layers)
+    for i, layer in enumerate(net.layers):
+        ours = as_np(layer.output)[: layer.outputs]
+        if layer.kind in exact_kinds:
+            assert np.array_equal(ours, theirs[i]), f"layer {i} ({layer.kind})"
+        else:
+            # -Ofast: Darknet's exp, softmax sums and gemm reductions are vectorised / reassociated
+            np.testing.assert_allclose(ours, theirs[i], rtol=2e-5, atol=2e-6, err_msg=f"layer {i} ({layer.kind})")
+
+
+def compare_dets(ours, theirs, classes):
+    """Boxes as sets (glibc's and musl's qsort order ties differently): x y w h objectness probs."""
+    mine = np.array([[d.x, d.y, d.w, d.h, d.objectness, *d.prob] for d in ours], dtype=f32)
+    other = np.array(theirs, dtype=f32)
+    assert mine.shape == other.shape == (len(ours), 5 + classes)
+    key = lambda a: a[np.lexsort(a[:, :5].T[::-1])]  # noqa: E731
+    np.testing.assert_allclose(key(mine), key(other), rtol=1e-4, atol=1e-5)
+
+
+def predict_ours(cfg: Path, weights: Path, x: np.ndarray):
+    net = parse_network_cfg(str(cfg))
+    net.set_batch(1)
+    load_weights(net, str(weights))
+    net.predict(floats(x))
+    return net
+
+
+@needs_darknet
+def test_hand_cfg_layers_match_debians_darknet(tmp_path, capsys):
+    """crop (centre), local, reorg (plain, reverse, flatten, extra), softmax groups + temperature."""
+    cfg = tmp_path / "hand.cfg"
+    cfg.write_text(HAND_CFG)
+    weights = oracle_weights(tmp_path, cfg, 11)
+    x = np.random.default_rng(5).random(16 * 14 * 3).astype(f32)
+    theirs, _ = run_oracle(tmp_path, cfg, weights, x)
+    net = predict_ours(cfg, weights, x)
+    capsys.readouterr()
+    compare_layers(net, theirs, exact_kinds=("crop", "convolutional", "reorg"))
+
+
+@pytest.mark.parametrize(
+    "name,size,thresh,exact",
+    [
+        ("yolov2-tiny", 96, 0.2, ("convolutional", "maxpool")),  # region, softmax classes, 80 classes
+        ("yolov2-tiny-voc", 96, 0.2, ("convolutional", "maxpool")),
+        ("yolov2", 64, 0.2, ("convolutional", "maxpool", "reorg", "route")),  # reorg + route + region
+        ("yolov1-tiny", 128, 0.1, ("convolutional", "maxpool")),  # connected + detection (softmax=0)
+    ],
+)
+@needs_darknet
+def test_detectors_match_debians_darknet(tmp_path, capsys, name, size, thresh, exact):
+    cfg = small_cfg(tmp_path, name, size)
+    weights = oracle_weights(tmp_path, cfg, 21, last_conv_bias(0.5))
+    x = np.random.default_rng(6).random(size * size * 3).astype(f32)
+    im_w, im_h = 200, 150
+    theirs, their_dets = run_oracle(tmp_path, cfg, weights, x, (im_w, im_h, thresh))
+    net = predict_ours(cfg, weights, x)
+    capsys.readouterr()
+    compare_layers(net, theirs, exact)
+    classes = net.layers[-1].classes
+    dets = do_nms_sort(get_network_boxes(net, im_w, im_h, thresh), classes, 0.45)
+    assert any(max(d.prob) > 0 for d in dets), "no box passes the threshold: the test would prove little"
+    compare_dets(dets, their_dets, classes)
+
+
+# ---------------------------------------------------------------- `detect` against `darknet detector test`
+
+
+def class_lines(text: str) -> list[str]:
+    return sorted(line for line in text.splitlines() if re.fullmatch(r"[\w ]+: \d+%", line))
+
+
+@pytest.mark.skipif(not DARKNET_BIN.exists(), reason="Debian's darknet binary is not installed")
+@pytest.mark.parametrize(
+    "name,size,names,thresh",
+    [("yolov2-tiny-voc", 160, "voc.names", 0.25), ("yolov1-tiny", 192, "voc.names", 0.12)],
+)
+def test_detect_prints_what_darknet_detector_test_prints(workdir, capsys, monkeypatch, name, size, names, thresh):
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    cfg = small_cfg(workdir / "cfg", name, size)
+    weights = oracle_weights(workdir / "model", cfg, 31, last_conv_bias(0.6))
+    shutil.copy(f"/usr/share/darknet/data/{names}", workdir / "data" / names)
+    (workdir / "cfg" / "coco.data").write_text(f"classes=20\nnames=data/{names}\n")
+    rng = np.random.default_rng(8)
+    pixels = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(workdir / "data" / "im.png")
+    run = subprocess.run(
+        [str(DARKNET_BIN), "detector", "test", "cfg/coco.data", str(cfg), str(weights), "data/im.png",
+         "-thresh", str(thresh), "-out", "theirs"],
+        cwd=workdir, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    theirs = class_lines(run.stdout)
+    assert theirs, "no class line: the test would prove little"
+    args = ["dl-server", "detect", str(cfg), str(weights), "data/im.png", "-thresh", str(thresh), "-out", "ours"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "data/im.png: Predicted in 0.000000 seconds."
+    assert class_lines(out) == theirs
+    assert (workdir / "ours.jpg").exists() and (workdir / "theirs.jpg").exists()
