@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_wasmtime
 from dlserver import kernels
 from dlserver.boxes import do_nms_sort, get_network_boxes
 from dlserver.errors import DLServerError
@@ -596,3 +597,67 @@ def test_detect_prints_what_darknet_detector_test_prints(
     assert out.splitlines()[0] == "data/im.png: Predicted in 0.000000 seconds."
     assert class_lines(out) == theirs
     assert (workdir / "ours.jpg").exists() and (workdir / "theirs.jpg").exists()
+
+
+def test_region_tree_forward_and_top_prediction(tmp_path, capsys):
+    """tree=: a softmax per WordTree group over each (anchor, cell)'s classes; the detector
+    multiplies down the tree and takes the top prediction above the hierarchy threshold."""
+    tree = tmp_path / "t.tree"
+    tree.write_text("animal -1\nthing -1\ndog 0\ncat 0\ncar 1\nbus 1\n")
+    cfg = "[net]\nheight=2\nwidth=2\nchannels=22\n[region]\ncoords=4\nclasses=6\nnum=2\ntree={}\n"
+    net = parse_network_cfg(write(tmp_path / "r.cfg", cfg.format(tree)))
+    layer = net.layers[0]
+    x = np.random.default_rng(4).standard_normal(88).astype(f32)
+    y = as_np(net.predict(floats(x)))
+    hw = 4
+    X, Y = x.reshape(2, 11, hw), y.reshape(2, 11, hw)
+    sig = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))  # noqa: E731
+    np.testing.assert_allclose(Y[:, :2], sig(X[:, :2]), rtol=1e-6)
+    np.testing.assert_allclose(Y[:, 2:4], X[:, 2:4])  # w, h raw
+    np.testing.assert_allclose(Y[:, 4], sig(X[:, 4]), rtol=1e-6)
+    for off, size in [(0, 2), (2, 2), (4, 2)]:
+        e = np.exp(X[:, 5 + off : 5 + off + size].astype(np.float64))
+        np.testing.assert_allclose(Y[:, 5 + off : 5 + off + size], e / e.sum(axis=1, keepdims=True), rtol=1e-6)
+    dets = get_network_boxes(net, 2, 2, 0.0, 0.5)  # a square image: no letterbox correction
+    assert len(dets) == 8
+    for d, (a, cell) in zip(dets, [(a, c) for a in range(2) for c in range(hw)]):
+        cls = Y[a, 5:, cell].astype(np.float64)
+        p = cls.copy()
+        for j, parent in enumerate(layer.tree.parent):
+            if parent >= 0:
+                p[j] *= p[parent]
+        top = int(np.argmax(cls[:2]))  # root group; go down while p*max > 0.5
+        if cls[top] > 0.5:
+            child = 2 + 2 * top
+            below = child + int(np.argmax(p[child : child + 2]))
+            if cls[top] * p[below] > 0.5:  # Darknet's p*max, max already multiplied down
+                top = below
+        assert np.nonzero(d.prob)[0].tolist() == [top]
+        assert d.prob[top] == pytest.approx(Y[a, 4, cell], rel=1e-6)
+
+
+@pytest.mark.component
+def test_region_and_detection_detect_in_component_equals_native(component, workdir, capsys, monkeypatch):
+    """`detect` with a [region] head (reorg + route) and a [detection] head: the same lines and image in dl-server.wasm."""
+    monkeypatch.setenv("DL_SERVER_CLOCK", "0")
+    (workdir / "data" / "voc.names").write_text("".join(f"c{i}\n" for i in range(20)))
+    (workdir / "cfg" / "coco.data").write_text("classes=20\nnames=data/voc.names\n")
+    pixels = np.random.default_rng(9).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(workdir / "data" / "im.png")
+    for name, size, thresh, gain, bias in [("yolov2-voc", 64, 0.1, 8, 0.5), ("yolov1-tiny", 128, 0.14, 1, 0.0)]:
+        text = (DARKNET_CFGS / f"{name}.cfg").read_text() if DARKNET_CFGS.exists() else None
+        if text is None:
+            pytest.skip("Debian's cfgs are not installed")
+        cfg = small_cfg(workdir / "cfg", name, size)
+        cfg_rel = f"cfg/{cfg.name}"
+        weights = oracle_weights(workdir / "model", cfg, 21, last_conv_bias(bias, gain))
+        args = ["detect", cfg_rel, f"model/{weights.name}", "data/im.png", "-thresh", str(thresh), "-out", "native"]
+        assert main(["dl-server", *args]) == 0
+        native = capsys.readouterr().out
+        assert re.search(r"^c\d+: \d+%$", native, re.M), native
+        args[-1] = "wasm"
+        run = run_wasmtime(workdir, *args)
+        assert run.returncode == 0, run.stderr
+        seconds = re.compile(r"Predicted in [0-9.]+ seconds")  # the component's clock runs
+        assert seconds.sub("", run.stdout) == seconds.sub("", native)
+        assert (workdir / "wasm.jpg").read_bytes() == (workdir / "native.jpg").read_bytes()
