@@ -661,3 +661,192 @@ def test_region_and_detection_detect_in_component_equals_native(component, workd
         seconds = re.compile(r"Predicted in [0-9.]+ seconds")  # the component's clock runs
         assert seconds.sub("", run.stdout) == seconds.sub("", native)
         assert (workdir / "wasm.jpg").read_bytes() == (workdir / "native.jpg").read_bytes()
+
+
+# ---------------------------------------------------------------- training deltas against Debian's Darknet
+
+REGION_TRAIN_CFG = """[net]
+batch=1
+subdivisions=1
+height=16
+width=16
+channels=3
+
+[convolutional]
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+filters=16
+size=1
+stride=1
+pad=1
+activation=linear
+
+[region]
+anchors=0.6,0.9, 2.0,1.5
+classes=3
+coords=4
+num=2
+softmax={softmax}
+rescore={rescore}
+bias_match={bias_match}
+thresh=.3
+object_scale=5
+noobject_scale=1
+class_scale=1
+coord_scale=1
+"""
+
+DETECTION_TRAIN_CFG = """[net]
+batch=1
+subdivisions=1
+height=16
+width=16
+channels=3
+
+[convolutional]
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[connected]
+output={outputs}
+activation=linear
+
+[detection]
+classes=3
+coords=4
+rescore=1
+side=2
+num=2
+softmax={softmax}
+sqrt=1
+object_scale=1
+noobject_scale=.5
+class_scale=1
+coord_scale=5
+"""
+
+
+def region_truth() -> np.ndarray:
+    t = np.zeros(30 * 5, f32)
+    t[:10] = [0.3, 0.4, 0.2, 0.3, 1, 0.8, 0.7, 0.5, 0.4, 2]
+    return t
+
+
+def detection_truth() -> np.ndarray:
+    t = np.zeros(4 * 8, f32)
+    t[8 * 1 : 8 * 2] = [1, 0, 0, 1, 0.3, 0.6, 0.25, 0.36]
+    t[8 * 2 : 8 * 3] = [1, 1, 0, 0, 0.7, 0.2, 0.5, 0.3]
+    return t
+
+
+def train_forward_ours(cfg: Path, weights: Path, x: np.ndarray, truth: np.ndarray):
+    net = parse_network_cfg(str(cfg))
+    net.set_batch(1)
+    load_weights(net, str(weights))
+    net.prepare_training(Random(0))
+    net.truth = floats(truth)
+    net.forward(floats(x), train=True)
+    deltas = [as_np(layer.delta).copy() if layer.delta is not None else None for layer in net.layers]
+    for i in range(len(net.layers) - 1, -1, -1):
+        prev = net.layers[i - 1] if i else None
+        net.layers[i].backward(net, prev.output if prev else floats(x), prev.delta if prev else None)
+    return net, deltas
+
+
+def run_train_oracle(tmp_path, cfg, weights, x, truth):
+    (tmp_path / "t.f32").write_bytes(truth.astype(f32).tobytes())
+    exe = tmp_path / "darknet_detect"
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
+         "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
+        check=True,
+    )  # fmt: skip
+    (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
+    run = subprocess.run([str(exe), str(cfg), str(weights), str(tmp_path / "x.f32"), str(tmp_path / "t.f32")],
+                         capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    out = {"lines": [], "delta": {}, "back": {}}
+    for line in run.stdout.splitlines():
+        word, *rest = line.split()
+        if word == "cost":
+            out["cost"] = float(rest[0])
+        elif word in ("delta", "back"):
+            out[word][int(rest[0])] = np.array(rest[2:], dtype=f32)
+        else:
+            out["lines"].append(line)
+    return out
+
+
+@needs_darknet
+@pytest.mark.parametrize(
+    "softmax,rescore,bias_match,seen", [(1, 1, 1, 0), (0, 0, 0, 20000), (1, 0, 1, 20000)]
+)
+def test_region_training_deltas_match_debians_darknet(tmp_path, capsys, softmax, rescore, bias_match, seen):
+    cfg = tmp_path / "region.cfg"
+    cfg.write_text(REGION_TRAIN_CFG.format(softmax=softmax, rescore=rescore, bias_match=bias_match))
+
+    def set_seen(net):
+        net.seen = seen
+
+    weights = oracle_weights(tmp_path, cfg, 41, set_seen)
+    x = np.random.default_rng(7).random(16 * 16 * 3).astype(f32)
+    truth = region_truth()
+    theirs = run_train_oracle(tmp_path, cfg, weights, x, truth)
+    capsys.readouterr()
+    net, deltas = train_forward_ours(cfg, weights, x, truth)
+    out = capsys.readouterr().out
+    region = net.layers[-1]
+    np.testing.assert_allclose(as_np(region.output), theirs_output(tmp_path, cfg, weights, x), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(deltas[-1], theirs["delta"][len(net.layers) - 1], rtol=1e-4, atol=1e-5)
+    assert region.cost == pytest.approx(theirs["cost"], rel=1e-4)
+    # the printed line: the same numbers to the printed digits, give or take the last one
+    ours_line = [line for line in out.splitlines() if line.startswith("Region Avg IOU")]
+    theirs_line = [line for line in theirs["lines"] if line.startswith("Region Avg IOU")]
+    assert len(ours_line) == len(theirs_line) == 1
+    num = re.compile(r"-?[0-9.]+|nan")
+    np.testing.assert_allclose([float(v) for v in num.findall(ours_line[0])],
+                               [float(v) for v in num.findall(theirs_line[0])], rtol=1e-4, atol=2e-6)  # fmt: skip
+    # Darknet's CPU backward of [region] sends nothing back
+    for i in range(len(net.layers) - 1):
+        assert not theirs["back"][i].any()
+        assert not as_np(net.layers[i].delta).any()
+
+
+def theirs_output(tmp_path, cfg, weights, x):
+    layers, _ = run_oracle(tmp_path, cfg, weights, x)
+    return layers[max(layers)]
+
+
+@needs_darknet
+@pytest.mark.parametrize("softmax", [0, 1])
+def test_detection_training_deltas_match_debians_darknet(tmp_path, capsys, softmax):
+    cfg = tmp_path / "det.cfg"
+    cfg.write_text(DETECTION_TRAIN_CFG.format(outputs=2 * 2 * (5 * 2 + 3), softmax=softmax))
+    weights = oracle_weights(tmp_path, cfg, 43)
+    x = np.random.default_rng(8).random(16 * 16 * 3).astype(f32)
+    truth = detection_truth()
+    theirs = run_train_oracle(tmp_path, cfg, weights, x, truth)
+    net, deltas = train_forward_ours(cfg, weights, x, truth)
+    capsys.readouterr()
+    last = len(net.layers) - 1
+    np.testing.assert_allclose(deltas[last], theirs["delta"][last], rtol=1e-4, atol=1e-5)
+    assert net.layers[-1].cost == pytest.approx(theirs["cost"], rel=1e-4)
+    # backward: the detection delta into the connected layer, then into the convolution
+    for i in range(last):
+        np.testing.assert_allclose(as_np(net.layers[i].delta), theirs["back"][i], rtol=1e-4, atol=1e-5,
+                                   err_msg=f"layer {i}")  # fmt: skip

@@ -142,6 +142,14 @@ region_boxes: Callable[
 detection_boxes: Callable[[Floats, int, int, int, bool, int, int, float, Floats, Floats, Floats], None] = (
     _dlk.detection_boxes
 )
+# region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore, background,
+#              bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats): Darknet's
+#              forward_region_layer in train mode; scales = noobject, object, coord, class, mask; stats[8]
+region_delta: Callable[
+    [Floats, Floats, int, int, int, int, int, int, Floats, Floats, float, Floats, bool, bool, bool, bool, int,
+     Ints, Ints, Ints, Ints, Ints, Floats],
+    None,
+] = _dlk.region_delta  # fmt: skip
 # local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace): before the activation
 local_forward: Callable[[Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats], None] = (
     _dlk.local_forward

@@ -476,3 +476,32 @@ def local_backward(
     /,
 ) -> None:
     """Gradients of the locally connected layer (delta already times act'(out))."""
+
+def region_delta(
+    output: Buffer,
+    delta: Buffer,
+    batch: int,
+    w: int,
+    h: int,
+    n: int,
+    classes: int,
+    coords: int,
+    biases: Buffer,
+    truth: Buffer,
+    thresh: float,
+    scales: Buffer,
+    rescore: bool,
+    background: bool,
+    bias_match: bool,
+    softmax: bool,
+    seen: int,
+    map: Buffer,
+    parent: Buffer,
+    group: Buffer,
+    group_size: Buffer,
+    group_offset: Buffer,
+    stats: Buffer,
+    /,
+) -> None:
+    """forward_region_layer's training deltas; stats: cost, avg_iou, recall, avg_cat, avg_obj, avg_anyobj, count,
+    class_count (sums)."""

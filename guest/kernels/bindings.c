@@ -906,6 +906,53 @@ static PyObject *py_local_backward(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+static PyObject *py_region_delta(PyObject *self, PyObject *args)
+{
+    Py_buffer output, delta, biases, truth, scales, map, parent, group, gsize, goffset, stats;
+    int batch, w, h, n, classes, coords, rescore, background, bias_match, softmax;
+    long long seen;
+    float thresh;
+    if (!PyArg_ParseTuple(args, "y*w*iiiiiiy*y*fy*ppppLy*y*y*y*y*w*", &output, &delta, &batch, &w, &h, &n, &classes,
+                          &coords, &biases, &truth, &thresh, &scales, &rescore, &background, &bias_match, &softmax,
+                          &seen, &map, &parent, &group, &gsize, &goffset, &stats))
+        return NULL;
+    long long outputs = (long long)w * h * n * ((long long)coords + classes + 1);
+    int ok = (batch >= 0 && w > 0 && h > 0 && n > 0 && classes > 0 && coords >= 4) ||
+             fail("_dlk.region_delta: bad geometry");
+    ok = ok && NEED_F(output, batch * outputs, "region output") && NEED_F(delta, batch * outputs, "region delta") &&
+         NEED_F(biases, 2LL * n, "biases") && NEED_F(truth, batch * 30LL * (coords + 1), "truth") &&
+         NEED_F(scales, 5, "scales") && NEED_F(stats, 8, "stats");
+    int has_map = ok && map.len > 0, tree = ok && parent.len > 0;
+    if (has_map) {
+        const int *m = (const int *)map.buf;
+        long long entries = map.len / 4;
+        /* map[class] for any class in range: every entry must be a class */
+        ok = (entries >= classes) || fail("_dlk.region_delta: map shorter than classes");
+        for (long long i = 0; ok && i < entries; ++i)
+            if (m[i] < 0 || m[i] >= classes) ok = fail("_dlk.region_delta: bad map");
+    }
+    if (ok && tree) {
+        int groups = (int)(gsize.len / 4);
+        ok = (need(&parent, classes, 4, "tree parents") && need(&group, classes, 4, "tree groups") && groups > 0 &&
+              goffset.len / 4 >= groups) ||
+             (PyErr_Occurred() ? 0 : fail("_dlk.region_delta: bad tree"));
+        const int *par = (const int *)parent.buf, *grp = (const int *)group.buf;
+        const int *gs = (const int *)gsize.buf, *go = (const int *)goffset.buf;
+        for (int j = 0; ok && j < classes; ++j)
+            if (par[j] < -1 || par[j] >= j || grp[j] < 0 || grp[j] >= groups) ok = fail("_dlk.region_delta: bad tree");
+        for (int g = 0; ok && g < groups; ++g)
+            if (gs[g] < 0 || go[g] < 0 || (long long)go[g] + gs[g] > classes) ok = fail("_dlk.region_delta: bad tree");
+    }
+    if (ok)
+        dlk_region_delta(F32(output), F32(delta), batch, w, h, n, classes, coords, F32(biases), F32(truth), thresh,
+                         F32(scales), rescore, background, bias_match, softmax, seen,
+                         has_map ? (const int *)map.buf : NULL, tree ? (const int *)parent.buf : NULL,
+                         tree ? (const int *)group.buf : NULL, tree ? (const int *)gsize.buf : NULL,
+                         tree ? (const int *)goffset.buf : NULL, F32(stats));
+    RELEASE(&output, &delta, &biases, &truth, &scales, &map, &parent, &group, &gsize, &goffset, &stats);
+    return none_if(ok);
+}
+
 #ifdef DLK_TEST_HOOKS
 static PyObject *py_musl_sort_desc(PyObject *self, PyObject *args)
 {
@@ -1279,6 +1326,9 @@ static PyMethodDef dlk_methods[] = {
      " child, tree_thresh, boxes, objectness, probs)"},
     {"detection_boxes", py_detection_boxes, METH_VARARGS,
      "detection_boxes(output, side, n, classes, sqrt, w, h, thresh, boxes, objectness, probs)"},
+    {"region_delta", py_region_delta, METH_VARARGS,
+     "region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore, background,"
+     " bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats): forward_region_layer training"},
     {"local_forward", py_local_forward, METH_VARARGS,
      "local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace)"},
     {"local_backward", py_local_backward, METH_VARARGS,

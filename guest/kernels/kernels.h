@@ -14,7 +14,7 @@
  *   image.c      pixels_to_chw, chw_to_pixels, resize_image, image_paste, upsample
  *   draw.c       draw_box_width, draw_label
  *   yolo.c       yolo_candidates, nms_sort (musl's smoothsort)
- *   region.c     reorg, flatten, crop, softmax_strided, region_boxes, detection_boxes
+ *   region.c     reorg, flatten, crop, softmax_strided, region_boxes, detection_boxes, region_delta
  *   local.c      local_forward, local_backward
  *   png.c        png_unfilter, png_expand_palette, png_load_chw (inflate, CRC)
  *   jpeg.c       jpeg_decode_scan, jpeg_idct, jpeg_color, jpeg_encode_scan
@@ -162,6 +162,10 @@ void dlk_region_boxes(float *output, int w, int h, int n, int classes, int coord
                       float *objectness, float *probs);
 void dlk_detection_boxes(const float *output, int side, int n, int classes, int sqrt_wh, int w, int h,
                          float thresh, float *boxes, float *objectness, float *probs);
+void dlk_region_delta(const float *output, float *delta, int batch, int w, int h, int n, int classes, int coords,
+                      const float *biases, const float *truth, float thresh, const float *scales, int rescore,
+                      int background, int bias_match, int softmax, long long seen, const int *map, const int *parent,
+                      const int *group, const int *group_size, const int *group_offset, float *stats);
 void dlk_local_forward(const float *in, int batch, int c, int h, int w, int size, int stride, int pad, int n,
                        const float *weights, const float *biases, float *out, float *workspace);
 void dlk_local_backward(const float *in, int batch, int c, int h, int w, int size, int stride, int pad, int n,

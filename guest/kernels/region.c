@@ -200,3 +200,246 @@ void dlk_detection_boxes(const float *output, int side, int n, int classes, int 
         }
     }
 }
+
+/* region_delta -- forward_region_layer's training part (Darknet's CPU build), for `batch` images
+ * of the region layer's output (already activated), truth: per image 30 boxes of coords + 1
+ * floats (x, y, w, h, [mask ...], class), a box with x == 0 ends the list. delta is zeroed,
+ * then, per image:
+ *   (tree only) a truth with x and y > 100000 is a class-only label: the (anchor, cell) of the
+ *     highest objectness * tree probability of the class gets the class deltas, and every
+ *     objectness the no-object delta; nothing else for that image;
+ *   every (cell, anchor): objectness delta noobject_scale*(0 - p) (background: (1 - p)), 0 when
+ *     its box overlaps a truth by IoU > thresh; while seen < 12800 the box is pulled towards the
+ *     anchor at the cell centre with scale .01;
+ *   every truth: in its cell (i = (int)(x*w), j = (int)(y*h)) the anchor whose shape fits it best
+ *     (IoU of centred boxes; bias_match: of the anchor itself) gets box deltas
+ *     coord_scale*(2 - w*h)*(t - x) with tx = x*w - i, tw = log(w*w_net... / anchor) (delta_region_box),
+ *     mask deltas (coords > 4, scale (int)mask_scale), objectness object_scale*(1 - p) (rescore:
+ *     (iou - p); background: (0 - p)) and class deltas class_scale*(onehot - p) (map: the truth's
+ *     class mapped first; tree: along the path to the root; without softmax a delta already set
+ *     at the class entry's first slot only sets the class's own entry).
+ * Truths whose cell lies outside the grid, or classes outside 0..classes-1, are skipped (Darknet
+ * would write outside its buffers). stats[0..7] = cost (|delta|^2), avg_iou, recall, avg_cat,
+ * avg_obj, avg_anyobj, count, class_count (the sums Darknet prints, not yet divided). */
+typedef struct { float x, y, w, h; } dlk_box;
+
+static float dlk_iou(dlk_box a, dlk_box b)
+{
+    float bx[4] = {b.x, b.y, b.w, b.h}, ax[4] = {a.x, a.y, a.w, a.h};
+    float w = 0, h = 0;
+    {
+        float l1 = ax[0] - ax[2] / 2, l2 = bx[0] - bx[2] / 2;
+        float left = l1 > l2 ? l1 : l2;
+        float r1 = ax[0] + ax[2] / 2, r2 = bx[0] + bx[2] / 2;
+        float right = r1 < r2 ? r1 : r2;
+        w = right - left;
+    }
+    {
+        float l1 = ax[1] - ax[3] / 2, l2 = bx[1] - bx[3] / 2;
+        float left = l1 > l2 ? l1 : l2;
+        float r1 = ax[1] + ax[3] / 2, r2 = bx[1] + bx[3] / 2;
+        float right = r1 < r2 ? r1 : r2;
+        h = right - left;
+    }
+    float inter = (w < 0 || h < 0) ? 0 : w * h;
+    float uni = a.w * a.h + b.w * b.h - inter;
+    return inter / uni;
+}
+
+static dlk_box dlk_region_box(const float *x, const float *biases, int n, long long index, int i, int j, int w, int h,
+                              long long stride)
+{
+    dlk_box b;
+    b.x = (i + x[index + 0 * stride]) / w;
+    b.y = (j + x[index + 1 * stride]) / h;
+    b.w = (float)(exp(x[index + 2 * stride]) * biases[2 * n] / w);
+    b.h = (float)(exp(x[index + 3 * stride]) * biases[2 * n + 1] / h);
+    return b;
+}
+
+static float dlk_region_box_delta(dlk_box truth, const float *x, const float *biases, int n, long long index, int i,
+                                  int j, int w, int h, float *delta, float scale, long long stride)
+{
+    dlk_box pred = dlk_region_box(x, biases, n, index, i, j, w, h, stride);
+    float iou = dlk_iou(pred, truth);
+    float tx = (truth.x * w - i);
+    float ty = (truth.y * h - j);
+    float tw = (float)log(truth.w * w / biases[2 * n]);
+    float th = (float)log(truth.h * h / biases[2 * n + 1]);
+    delta[index + 0 * stride] = scale * (tx - x[index + 0 * stride]);
+    delta[index + 1 * stride] = scale * (ty - x[index + 1 * stride]);
+    delta[index + 2 * stride] = scale * (tw - x[index + 2 * stride]);
+    delta[index + 3 * stride] = scale * (th - x[index + 3 * stride]);
+    return iou;
+}
+
+static void dlk_region_class_delta(const float *output, float *delta, long long index, int class, int classes,
+                                   const int *parent, const int *group, const int *group_size,
+                                   const int *group_offset, float scale, long long stride, float *avg_cat, int tag)
+{
+    if (parent) {
+        float pred = 1;
+        while (class >= 0) {
+            pred *= output[index + stride * class];
+            int g = group[class];
+            int offset = group_offset[g];
+            for (int i = 0; i < group_size[g]; ++i)
+                delta[index + stride * (offset + i)] = scale * (0 - output[index + stride * (offset + i)]);
+            delta[index + stride * class] = scale * (1 - output[index + stride * class]);
+            class = parent[class];
+        }
+        *avg_cat += pred;
+    } else {
+        if (delta[index] && tag) {
+            delta[index + stride * class] = scale * (1 - output[index + stride * class]);
+            return;
+        }
+        for (int n = 0; n < classes; ++n) {
+            delta[index + stride * n] = scale * (((n == class) ? 1 : 0) - output[index + stride * n]);
+            if (n == class) *avg_cat += output[index + stride * n];
+        }
+    }
+}
+
+void dlk_region_delta(const float *output, float *delta, int batch, int w, int h, int n, int classes, int coords,
+                      const float *biases, const float *truth, float thresh, const float *scales, int rescore,
+                      int background, int bias_match, int softmax, long long seen, const int *map, const int *parent,
+                      const int *group, const int *group_size, const int *group_offset, float *stats)
+{
+    float noobject_scale = scales[0], object_scale = scales[1], coord_scale = scales[2], class_scale = scales[3];
+    int mask_scale = (int)scales[4];
+    long long hw = (long long)w * h, outputs = hw * n * (coords + classes + 1);
+    int truths = 30 * (coords + 1);
+    float avg_iou = 0, recall = 0, avg_cat = 0, avg_obj = 0, avg_anyobj = 0;
+    int count = 0, class_count = 0;
+#define ENTRY(b, location, entry) \
+    ((b) * outputs + ((location) / hw) * hw * (coords + classes + 1) + (entry) * hw + ((location) % hw))
+    for (long long i = 0; i < outputs * batch; ++i) delta[i] = 0;
+    for (int b = 0; b < batch; ++b) {
+        const float *tr = truth + (long long)b * truths;
+        if (parent) {
+            int onlyclass = 0;
+            for (int t = 0; t < 30; ++t) {
+                const float *tb = tr + t * (coords + 1);
+                if (!tb[0]) break;
+                int class = (int)tb[coords];
+                if (tb[0] > 100000 && tb[1] > 100000) {
+                    if (class < 0 || class >= classes) break;
+                    float maxp = 0;
+                    long long maxi = 0;
+                    for (long long k = 0; k < n * hw; ++k) {
+                        long long class_index = ENTRY(b, k, coords + 1), obj_index = ENTRY(b, k, coords);
+                        float scale = output[obj_index];
+                        delta[obj_index] = noobject_scale * (0 - output[obj_index]);
+                        float p = 1;
+                        for (int c = class; c >= 0; c = parent[c]) p = p * output[class_index + c * hw];
+                        p = scale * p;
+                        if (p > maxp) {
+                            maxp = p;
+                            maxi = k;
+                        }
+                    }
+                    long long class_index = ENTRY(b, maxi, coords + 1), obj_index = ENTRY(b, maxi, coords);
+                    dlk_region_class_delta(output, delta, class_index, class, classes, parent, group, group_size,
+                                           group_offset, class_scale, hw, &avg_cat, !softmax);
+                    delta[obj_index] = 0;
+                    ++class_count;
+                    onlyclass = 1;
+                    break;
+                }
+            }
+            if (onlyclass) continue;
+        }
+        for (int j = 0; j < h; ++j)
+            for (int i = 0; i < w; ++i)
+                for (int a = 0; a < n; ++a) {
+                    long long box_index = ENTRY(b, a * hw + j * w + i, 0);
+                    dlk_box pred = dlk_region_box(output, biases, a, box_index, i, j, w, h, hw);
+                    float best_iou = 0;
+                    for (int t = 0; t < 30; ++t) {
+                        const float *tb = tr + t * (coords + 1);
+                        dlk_box truth_box = {tb[0], tb[1], tb[2], tb[3]};
+                        if (!truth_box.x) break;
+                        float iou = dlk_iou(pred, truth_box);
+                        if (iou > best_iou) best_iou = iou;
+                    }
+                    long long obj_index = ENTRY(b, a * hw + j * w + i, coords);
+                    avg_anyobj += output[obj_index];
+                    delta[obj_index] = noobject_scale * (0 - output[obj_index]);
+                    if (background) delta[obj_index] = noobject_scale * (1 - output[obj_index]);
+                    if (best_iou > thresh) delta[obj_index] = 0;
+                    if (seen < 12800) {
+                        dlk_box anchor;
+                        anchor.x = (float)((i + .5) / w);
+                        anchor.y = (float)((j + .5) / h);
+                        anchor.w = biases[2 * a] / w;
+                        anchor.h = biases[2 * a + 1] / h;
+                        dlk_region_box_delta(anchor, output, biases, a, box_index, i, j, w, h, delta, .01f, hw);
+                    }
+                }
+        for (int t = 0; t < 30; ++t) {
+            const float *tb = tr + t * (coords + 1);
+            dlk_box truth_box = {tb[0], tb[1], tb[2], tb[3]};
+            if (!truth_box.x) break;
+            float fi = truth_box.x * w, fj = truth_box.y * h;
+            if (!(fi >= 0 && fi < w && fj >= 0 && fj < h)) continue; /* outside the grid */
+            int i = (int)fi, j = (int)fj;
+            float best_iou = 0;
+            int best_n = 0;
+            dlk_box shift = truth_box;
+            shift.x = 0;
+            shift.y = 0;
+            for (int a = 0; a < n; ++a) {
+                long long box_index = ENTRY(b, a * hw + j * w + i, 0);
+                dlk_box pred = dlk_region_box(output, biases, a, box_index, i, j, w, h, hw);
+                if (bias_match) {
+                    pred.w = biases[2 * a] / w;
+                    pred.h = biases[2 * a + 1] / h;
+                }
+                pred.x = 0;
+                pred.y = 0;
+                float iou = dlk_iou(pred, shift);
+                if (iou > best_iou) {
+                    best_iou = iou;
+                    best_n = a;
+                }
+            }
+            long long box_index = ENTRY(b, best_n * hw + j * w + i, 0);
+            float iou = dlk_region_box_delta(truth_box, output, biases, best_n, box_index, i, j, w, h, delta,
+                                             coord_scale * (2 - truth_box.w * truth_box.h), hw);
+            if (coords > 4) {
+                long long mask_index = ENTRY(b, best_n * hw + j * w + i, 4);
+                for (int k = 0; k < coords - 4; ++k)
+                    delta[mask_index + k * hw] = mask_scale * (tb[5 + k] - output[mask_index + k * hw]);
+            }
+            if (iou > .5) recall += 1;
+            avg_iou += iou;
+            long long obj_index = ENTRY(b, best_n * hw + j * w + i, coords);
+            avg_obj += output[obj_index];
+            delta[obj_index] = object_scale * (1 - output[obj_index]);
+            if (rescore) delta[obj_index] = object_scale * (iou - output[obj_index]);
+            if (background) delta[obj_index] = object_scale * (0 - output[obj_index]);
+            int class = (int)tb[coords];
+            if (map && class >= 0 && class < classes) class = map[class];
+            if (class >= 0 && class < classes) {
+                long long class_index = ENTRY(b, best_n * hw + j * w + i, coords + 1);
+                dlk_region_class_delta(output, delta, class_index, class, classes, parent, group, group_size,
+                                       group_offset, class_scale, hw, &avg_cat, !softmax);
+            }
+            ++count;
+            ++class_count;
+        }
+    }
+#undef ENTRY
+    float sum = 0;
+    for (long long i = 0; i < outputs * batch; ++i) sum += delta[i] * delta[i];
+    float mag = (float)sqrt(sum);
+    stats[0] = (float)pow(mag, 2);
+    stats[1] = avg_iou;
+    stats[2] = recall;
+    stats[3] = avg_cat;
+    stats[4] = avg_obj;
+    stats[5] = avg_anyobj;
+    stats[6] = (float)count;
+    stats[7] = (float)class_count;
+}

@@ -16,15 +16,23 @@ Box decode (detector, get_region_detections): bx = (i + x)/w, by = (j + y)/h,
   back through the letterbox by correct_region_boxes (= correct_yolo_boxes).
 Building the layer calls srand(0) in Darknet (as [yolo]).
 
+Training: forward with a truth (per image 30 boxes of coords + 1 floats: x, y, w, h, [mask], class;
+x = 0 ends the list) computes Darknet's deltas and cost (kernels.region_delta, guest/kernels/region.c,
+which states them) and prints its `Region Avg IOU: ...` line; backward does nothing, as Darknet's
+CPU backward_region_layer (whose body is commented out: the CPU build sends no gradient to the
+layers before; its GPU build does).
+
 Differences from Darknet:
   - with tree=, Darknet's CPU forward runs the group softmaxes with stride n*w*h from the wrong
     base and the region's temperature, which nothing sets (0: a division by zero); we use the
     layout of its GPU path (and of get_region_detections): each group over the class entries
     of one (anchor, cell), temperature 1.
-  - training: Darknet's CPU forward_region_layer computes deltas but its backward_region_layer
-    is empty (the CPU build propagates nothing); dl-server refuses to train [region].
+  - in training, truths outside the grid or with a class outside 0..classes-1 are skipped, where
+    Darknet would write outside its buffers.
 """
 
+import math
+import sys
 from array import array
 
 from .. import kernels
@@ -39,6 +47,7 @@ from .softmax import read_tree
 
 class RegionLayer(Layer):
     kind = "region"
+    has_cost = True
 
     def __init__(self, options, batch, h, w, c, inputs):
         super().__init__(batch, h, w, c, inputs)
@@ -110,8 +119,6 @@ class RegionLayer(Layer):
         return b * self.outputs + n * hw * (self.coords + self.classes + 1) + entry * hw + loc
 
     def forward(self, net, input_buf, train):
-        if train:
-            raise DLServerError(f"{self.where}: training [region] is not supported")
         out = self.output
         memoryview(out)[:] = memoryview(input_buf)[: len(out)]
         hw = self.w * self.h
@@ -142,6 +149,9 @@ class RegionLayer(Layer):
                 memoryview(input_buf)[start:], self.classes + self.background, self.batch * self.n, per_anchor,
                 hw, 1, hw, 1.0, memoryview(out)[start:],
             )  # fmt: skip
+        self.cost = 0.0
+        if train and net.truth is not None:
+            self._training_deltas(net)
 
     def init_weights(self, rng) -> None:
         """make_region_layer calls srand(0)."""
@@ -150,11 +160,35 @@ class RegionLayer(Layer):
     def skip_init_weights(self, rng) -> None:
         rng.srand(0)
 
-    def prepare_training(self) -> None:
-        raise DLServerError(f"{self.where}: training [region] is not supported")
+    def _training_deltas(self, net) -> None:
+        """Darknet's forward_region_layer in train mode (kernels.region_delta), its stdout line."""
+        empty = array("i")
+        t = self.tree
+        stats = array("f", bytes(32))
+        scales = array("f", [self.noobject_scale, self.object_scale, self.coord_scale, self.class_scale,
+                             self.mask_scale])  # fmt: skip
+        kernels.region_delta(
+            self.output, self.delta, self.batch, self.w, self.h, self.n, self.classes, self.coords, self.biases,
+            net.truth, self.thresh, scales, bool(self.rescore), bool(self.background), bool(self.bias_match),
+            bool(self.softmax), net.seen, array("i", self.map) if self.map else empty,
+            t.parent if t else empty, t.group if t else empty, t.group_size if t else empty,
+            t.group_offset if t else empty, stats,
+        )  # fmt: skip
+        self.cost = stats[0]
+        count, class_count = int(stats[6]), int(stats[7])
+        cells = self.w * self.h * self.n * self.batch
+
+        def ratio(value: float, by: int) -> float:
+            return f32(value / by) if by else (math.nan if value == 0 else math.copysign(math.inf, value))
+
+        sys.stdout.write(
+            "Region Avg IOU: %f, Class: %f, Obj: %f, No Obj: %f, Avg Recall: %f,  count: %d\n"
+            % (ratio(stats[1], count), ratio(stats[3], class_count), ratio(stats[4], count),
+               ratio(stats[5], cells), ratio(stats[2], count), count)
+        )  # fmt: skip
 
     def backward(self, net, input_buf, prev_delta):
-        raise DLServerError(f"{self.where}: training [region] is not supported")
+        """Nothing, as Darknet's CPU backward_region_layer (its body is commented out)."""
 
     def tree_arrays(self) -> tuple:
         """The WordTree as region_boxes takes it (empty arrays: no tree)."""
