@@ -780,12 +780,12 @@ def run_train_oracle(tmp_path, cfg, weights, x, truth):
     (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
     run = subprocess.run([str(exe), str(cfg), str(weights), str(tmp_path / "x.f32"), str(tmp_path / "t.f32")],
                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
-    out = {"lines": [], "delta": {}, "back": {}}
+    out = {"lines": [], "out": {}, "delta": {}, "back": {}}
     for line in run.stdout.splitlines():
         word, *rest = line.split()
         if word == "cost":
             out["cost"] = float(rest[0])
-        elif word in ("delta", "back"):
+        elif word in ("out", "delta", "back"):
             out[word][int(rest[0])] = np.array(rest[2:], dtype=f32)
         else:
             out["lines"].append(line)
@@ -850,3 +850,104 @@ def test_detection_training_deltas_match_debians_darknet(tmp_path, capsys, softm
     for i in range(last):
         np.testing.assert_allclose(as_np(net.layers[i].delta), theirs["back"][i], rtol=1e-4, atol=1e-5,
                                    err_msg=f"layer {i}")  # fmt: skip
+
+
+CROP_TRAIN_CFG = """[net]
+batch=1
+subdivisions=1
+height=12
+width=10
+channels=3
+
+[crop]
+crop_height=8
+crop_width=6
+flip=1
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[connected]
+output=5
+activation=linear
+
+[softmax]
+"""
+
+
+@needs_darknet
+def test_crop_training_draws_match_debians_darknet(tmp_path, capsys):
+    """In training the crop's flip and offsets come from rand() after the weight initialisation's draws."""
+    cfg = tmp_path / "crop.cfg"
+    cfg.write_text(CROP_TRAIN_CFG)
+    weights = oracle_weights(tmp_path, cfg, 45)
+    x = np.random.default_rng(9).random(12 * 10 * 3).astype(f32)
+    truth = np.array([0, 0, 1, 0, 0], f32)
+    theirs = run_train_oracle(tmp_path, cfg, weights, x, truth)
+    net = parse_network_cfg(str(cfg))
+    net.set_batch(1)
+    rng = Random(0)  # the harness's srand(0), then the draws of Darknet's random init
+    for layer in net.layers:
+        layer.skip_init_weights(rng)
+    load_weights(net, str(weights))
+    net.prepare_training(rng)
+    net.truth = floats(truth)
+    net.forward(floats(x), train=True)
+    capsys.readouterr()
+    crop = as_np(net.layers[0].output)
+    assert np.array_equal(crop, theirs["out"][0])
+    centre = x.reshape(3, 12, 10)[:, 2:10, 2:8].ravel() * f32(2) - f32(1)
+    assert not np.array_equal(crop, centre)  # this seed draws another window (or a flip)
+    np.testing.assert_allclose(as_np(net.layers[-1].output), theirs["out"][3], rtol=2e-5, atol=1e-6)
+    # Darknet's crop layer has no delta: nothing reaches the layers before it
+    assert net.layers[0].delta is None and not theirs["back"][0].any()
+
+
+@needs_darknet
+@pytest.mark.skipif(not TREE_9K.exists(), reason="Debian's 9k.tree is not installed")
+def test_softmax_9k_tree_matches_debians_darknet(tmp_path, capsys):
+    """darknet9000's hierarchical softmax (WordTree of 9418 classes in 3 layers of groups)."""
+    cfg = tmp_path / "tree.cfg"
+    cfg.write_text(f"[net]\nheight=1\nwidth=1\nchannels=9418\n\n[softmax]\ntree={TREE_9K}\n")
+    weights = tmp_path / "tree.weights"
+    weights.write_bytes(np.array([0, 2, 0, 0, 0], np.int32).tobytes())
+    x = (3 * np.random.default_rng(10).standard_normal(9418)).astype(f32)
+    theirs, _ = run_oracle(tmp_path, cfg, weights, x)
+    net = predict_ours(cfg, weights, x)
+    capsys.readouterr()
+    compare_layers(net, theirs)
+
+
+@pytest.mark.slow
+@needs_darknet
+def test_yolo9000_matches_debians_darknet_but_for_its_nan_tree_softmax(tmp_path, capsys):
+    """yolo9000 at 64x64 (tree=9k.tree, map=coco9k.map, 9418 classes): every layer before the region
+    and the region's boxes and objectness are Darknet's floats; Darknet's CPU tree softmax divides by
+    the region's temperature, which is 0 (NaN), where ours gives each WordTree group a softmax.
+    (Some 10 s and 1 GB: marked slow.)"""
+    cfg = small_cfg(tmp_path, "yolo9000", 64)
+    weights = oracle_weights(tmp_path, cfg, 21)
+    x = np.random.default_rng(6).random(64 * 64 * 3).astype(f32)
+    theirs, _ = run_oracle(tmp_path, cfg, weights, x)
+    net = predict_ours(cfg, weights, x)
+    capsys.readouterr()
+    for i, layer in enumerate(net.layers[:-1]):
+        assert np.array_equal(as_np(layer.output)[: layer.outputs], theirs[i]), f"layer {i} ({layer.kind})"
+    r = net.layers[-1]
+    hw, per = r.w * r.h, r.coords + 1 + r.classes
+    ours = as_np(r.output).reshape(r.n, per, hw)
+    other = theirs[len(net.layers) - 1].reshape(r.n, per, hw)
+    # Darknet's tree softmax runs from the wrong base with stride n*w*h: it overwrites (with NaN)
+    # some box entries too; those it leaves are ours
+    kept = np.isfinite(other[:, :5])
+    assert kept.sum() > kept.size // 2
+    np.testing.assert_allclose(ours[:, :5][kept], other[:, :5][kept], rtol=2e-6, atol=1e-7)
+    assert np.isnan(other[:, 5:]).any() and np.isfinite(ours).all()
+    for size, offset in zip(r.tree.group_size, r.tree.group_offset):
+        np.testing.assert_allclose(ours[:, 5 + offset : 5 + offset + size].sum(axis=1), 1, rtol=1e-4)
+    dets = get_network_boxes(net, 64, 64, 0.1)
+    assert len(dets) == r.w * r.h * r.n and all(np.count_nonzero(d.prob) <= 1 for d in dets)

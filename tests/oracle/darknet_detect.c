@@ -8,7 +8,8 @@
  * layer's classes): "det x y w h objectness p0 p1 ...", one line per box in array order.
  * With TRUTH_F32 (net->truths floats) it runs one training forward pass instead (train = 1,
  * forward_network: the layers print their own lines, e.g. "Region Avg IOU: ..."), prints
- * "cost %.9g" (the last layer's cost) and "delta index outputs v0 ..." for every layer, then
+ * "cost %.9g" (the last layer's cost), "out index outputs v0 ..." and "delta index outputs v0 ..."
+ * for every layer, then
  * backward_network and the deltas again ("back index outputs v0 ...").
  * rand() is musl's (below), so anything drawn is what the guest draws. */
 #include <stdint.h>
@@ -45,6 +46,12 @@ int main(int argc, char **argv)
         forward_network(net);
         layer last = net->layers[net->n - 1];
         printf("cost %.9g\n", last.cost ? last.cost[0] : 0.f);
+        for (int i = 0; i < net->n; ++i) {
+            layer l = net->layers[i];
+            printf("out %d %d", i, l.outputs);
+            for (int j = 0; j < l.outputs; ++j) printf(" %.9g", l.output[j]);
+            printf("\n");
+        }
         for (int i = 0; i < net->n; ++i) {
             layer l = net->layers[i];
             printf("delta %d %d", i, l.outputs);
