@@ -72,7 +72,9 @@ def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -
         d.h = f32(d.h * h_scale)
 
 
-def get_region_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float, hier: float) -> list:
+def get_region_detections(
+    layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float, hier: float
+) -> list:
     """All n*w*h boxes of a region layer (batch row 0), index anchor*w*h + cell, mapped back
     through the letterbox (kernels.region_boxes; with a tree it changes the layer's class
     outputs in place, as Darknet's hierarchy_predictions does)."""
@@ -81,9 +83,24 @@ def get_region_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thr
     boxes, objectness, probs = zeros(4 * slots), zeros(slots), zeros(slots * classes)
     parent, group_size, group_offset, child = layer.tree_arrays()
     kernels.region_boxes(
-        layer.output, layer.w, layer.h, layer.n, classes, layer.coords, bool(layer.background),
-        layer.biases, thresh, parent, group_size, group_offset, child, hier, boxes, objectness, probs,
-    )  # fmt: skip
+        layer.output,
+        layer.w,
+        layer.h,
+        layer.n,
+        classes,
+        layer.coords,
+        bool(layer.background),
+        layer.biases,
+        thresh,
+        parent,
+        group_size,
+        group_offset,
+        child,
+        hier,
+        boxes,
+        objectness,
+        probs,
+    )
     dets = _detections(boxes, objectness, probs, slots, classes)
     correct_yolo_boxes(dets, im_w, im_h, netw, neth)
     return dets
@@ -96,7 +113,17 @@ def get_detection_detections(layer, im_w: int, im_h: int, thresh: float) -> list
     classes = layer.classes
     boxes, objectness, probs = zeros(4 * slots), zeros(slots), zeros(slots * classes)
     kernels.detection_boxes(
-        layer.output, layer.side, layer.n, classes, bool(layer.sqrt), im_w, im_h, thresh, boxes, objectness, probs
+        layer.output,
+        layer.side,
+        layer.n,
+        classes,
+        bool(layer.sqrt),
+        im_w,
+        im_h,
+        thresh,
+        boxes,
+        objectness,
+        probs,
     )
     return _detections(boxes, objectness, probs, slots, classes)
 
@@ -104,11 +131,15 @@ def get_detection_detections(layer, im_w: int, im_h: int, thresh: float) -> list
 def _detections(boxes, objectness, probs, count: int, classes: int) -> list:
     return [
         Detection(
-            boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3], objectness[i],
+            boxes[4 * i],
+            boxes[4 * i + 1],
+            boxes[4 * i + 2],
+            boxes[4 * i + 3],
+            objectness[i],
             probs[i * classes : (i + 1) * classes].tolist(),
         )
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def get_network_boxes(net, im_w: int, im_h: int, thresh: float, hier: float = 0.5) -> list:

@@ -123,7 +123,8 @@ yolo_candidates: Callable[
 nms_sort: Callable[[Floats, Floats, Floats, int, int, float, Ints], int] = _dlk.nms_sort
 
 # ------------------------------------------------------------------ detection family (region.c, local.c)
-# reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu (forward: out[o] = x[in], else out[in] = x[o])
+# reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu
+#   (forward: out[o] = x[in], else out[in] = x[o])
 reorg: Callable[[Floats, int, int, int, int, int, bool, Floats], None] = _dlk.reorg
 # flatten(x, size, layers, batch, forward, out): Darknet flatten, out of place
 flatten: Callable[[Floats, int, int, int, bool, Floats], None] = _dlk.flatten
@@ -135,29 +136,74 @@ softmax_strided: Callable[[Floats, int, int, int, int, int, int, float, Floats],
 #              group_offset, child, tree_thresh, boxes, objectness, probs): get_region_detections
 #              (tree arrays empty: no tree; with a tree, output's class entries are changed in place)
 region_boxes: Callable[
-    [Floats, int, int, int, int, int, bool, Floats, float, Ints, Ints, Ints, Ints, float, Floats, Floats, Floats],
+    [
+        Floats,
+        int,
+        int,
+        int,
+        int,
+        int,
+        bool,
+        Floats,
+        float,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        float,
+        Floats,
+        Floats,
+        Floats,
+    ],
     None,
 ] = _dlk.region_boxes
-# detection_boxes(output, side, n, classes, sqrt, w, h, thresh, boxes, objectness, probs): get_detection_detections
+# detection_boxes(output, side, n, classes, sqrt, w, h, thresh, boxes, objectness, probs):
+#   get_detection_detections
 detection_boxes: Callable[[Floats, int, int, int, bool, int, int, float, Floats, Floats, Floats], None] = (
     _dlk.detection_boxes
 )
-# region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore, background,
-#              bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats): Darknet's
-#              forward_region_layer in train mode; scales = noobject, object, coord, class, mask; stats[8]
+# region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore,
+#              background, bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats):
+#              Darknet's forward_region_layer in train mode; scales = noobject, object, coord, class,
+#              mask; stats[8]
 region_delta: Callable[
-    [Floats, Floats, int, int, int, int, int, int, Floats, Floats, float, Floats, bool, bool, bool, bool, int,
-     Ints, Ints, Ints, Ints, Ints, Floats],
+    [
+        Floats,
+        Floats,
+        int,
+        int,
+        int,
+        int,
+        int,
+        int,
+        Floats,
+        Floats,
+        float,
+        Floats,
+        bool,
+        bool,
+        bool,
+        bool,
+        int,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        Floats,
+    ],
     None,
-] = _dlk.region_delta  # fmt: skip
-# local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace): before the activation
-local_forward: Callable[[Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats], None] = (
-    _dlk.local_forward
-)
+] = _dlk.region_delta
+# local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace):
+#   before the activation
+local_forward: Callable[
+    [Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats], None
+] = _dlk.local_forward
 # local_backward(in, batch, c, h, w, size, stride, pad, n, weights, delta, bias_upd, weight_upd, prev | None,
 #                workspace): delta already times act'(out)
 local_backward: Callable[
-    [Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats, Floats | None, Floats], None
+    [Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats, Floats | None, Floats],
+    None,
 ] = _dlk.local_backward
 
 # ------------------------------------------------------------------ random (musl rand)

@@ -10,18 +10,18 @@ from .layers.base import Layer
 from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
+from .layers.crop import CropLayer
+from .layers.detection import DetectionLayer
 from .layers.dropout import DropoutLayer
+from .layers.local import LocalLayer
 from .layers.maxpool import MaxpoolLayer
+from .layers.region import RegionLayer
+from .layers.reorg import ReorgLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
-from .layers.reorg import ReorgLayer
-from .layers.region import RegionLayer
-from .layers.detection import DetectionLayer
-from .layers.local import LocalLayer
-from .layers.crop import CropLayer
 from .rng import Random, f32
 from .schedule import learning_rate
 

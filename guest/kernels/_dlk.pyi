@@ -495,7 +495,7 @@ def region_delta(
     bias_match: bool,
     softmax: bool,
     seen: int,
-    map: Buffer,
+    class_map: Buffer,
     parent: Buffer,
     group: Buffer,
     group_size: Buffer,
@@ -503,5 +503,5 @@ def region_delta(
     stats: Buffer,
     /,
 ) -> None:
-    """forward_region_layer's training deltas; stats: cost, avg_iou, recall, avg_cat, avg_obj, avg_anyobj, count,
-    class_count (sums)."""
+    """forward_region_layer's training deltas; stats: cost, avg_iou, recall, avg_cat, avg_obj,
+    avg_anyobj, count, class_count (sums)."""

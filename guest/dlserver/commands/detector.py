@@ -100,7 +100,9 @@ def test_detector(
     heads = (YoloLayer, RegionLayer, DetectionLayer)
     yolo_layers = [layer for layer in net.layers if isinstance(layer, heads)]
     if not yolo_layers or not isinstance(net.layers[-1], heads):
-        raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo], [region] or [detection]")
+        raise DLServerError(
+            f"{cfg}: detect needs a network whose last layer is [yolo], [region] or [detection]"
+        )
     if net.w < 1 or net.h < 1 or net.c != 3:
         raise DLServerError(
             f"{cfg}: detect needs an image network (width, height, channels=3), got {net.w}x{net.h}x{net.c}"

@@ -61,13 +61,23 @@ class CropLayer(Layer):
             dw = (self.w - self.out_w) // 2
         scale, trans = (1.0, 0.0) if self.noadjust else (2.0, -1.0)
         kernels.crop(
-            input_buf, self.batch, self.c, self.h, self.w, self.out_h, self.out_w, dh, dw, bool(flip),
-            scale, trans, self.output,
-        )  # fmt: skip
+            input_buf,
+            self.batch,
+            self.c,
+            self.h,
+            self.w,
+            self.out_h,
+            self.out_w,
+            dh,
+            dw,
+            bool(flip),
+            scale,
+            trans,
+            self.output,
+        )
 
     def backward(self, net, input_buf, prev_delta):
         """Nothing: Darknet's backward_crop_layer is empty."""
 
     def describe(self):
         return f"Crop Layer: {self.h} x {self.w} -> {self.out_h} x {self.out_w} x {self.c} image"
-

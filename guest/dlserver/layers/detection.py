@@ -45,8 +45,9 @@ class DetectionLayer(Layer):
         if need != inputs:
             raise DLServerError(
                 f"{where}: detection layer with side={self.side}, num={self.n}, coords={self.coords} and"
-                f" classes={self.classes} needs {need} inputs ({self.side}*{self.side}*((1+{self.coords})*{self.n}"
-                f" + {self.classes})), the layer before gives {inputs}"
+                f" classes={self.classes} needs {need} inputs"
+                f" ({self.side}*{self.side}*((1+{self.coords})*{self.n} + {self.classes})),"
+                f" the layer before gives {inputs}"
             )
         self.w = self.h = self.side
         self.outputs = self.inputs = inputs
@@ -76,7 +77,15 @@ class DetectionLayer(Layer):
             locations = self.side * self.side
             # each cell's classes: batch rows of `inputs`, `locations` groups of `classes`
             kernels.softmax_strided(
-                self.output, self.classes, self.batch, self.inputs, locations, self.classes, 1, 1.0, self.output
+                self.output,
+                self.classes,
+                self.batch,
+                self.inputs,
+                locations,
+                self.classes,
+                1,
+                1.0,
+                self.output,
             )
         self.cost = 0.0
         if train and net.truth is not None:
@@ -84,8 +93,8 @@ class DetectionLayer(Layer):
 
     def _training_deltas(self, net) -> None:
         """Darknet's forward_detection_layer in train mode (float32 steps as its C); per cell."""
-        out, truth = self.output, net.truth
-        delta = self.delta
+        out, truth, delta = self.output, net.truth, self.delta
+        assert out is not None and delta is not None
         kernels.fill(len(delta), 0.0, delta)
         side, n, classes = self.side, self.n, self.classes
         locations = side * side
@@ -136,6 +145,7 @@ class DetectionLayer(Layer):
 
     def _out_box(self, bi: int) -> tuple:
         out, side = self.output, self.side
+        assert out is not None
         w, h = out[bi + 2], out[bi + 3]
         if self.sqrt:
             w, h = f32(w * w), f32(h * h)

@@ -80,17 +80,41 @@ class LocalLayer(WeightedLayer):
 
     def forward(self, net, input_buf, train):
         kernels.local_forward(
-            input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad, self.n,
-            self.weights, self.biases, self.output, self.workspace,
-        )  # fmt: skip
+            input_buf,
+            self.batch,
+            self.c,
+            self.h,
+            self.w,
+            self.size,
+            self.stride,
+            self.pad,
+            self.n,
+            self.weights,
+            self.biases,
+            self.output,
+            self.workspace,
+        )
         kernels.activate(self.output, self.batch * self.outputs, self.activation)
 
     def backward(self, net, input_buf, prev_delta):
         kernels.gradient(self.output, self.batch * self.outputs, self.activation, self.delta)
         kernels.local_backward(
-            input_buf, self.batch, self.c, self.h, self.w, self.size, self.stride, self.pad, self.n,
-            self.weights, self.delta, self.bias_updates, self.weight_updates, prev_delta, self.workspace,
-        )  # fmt: skip
+            input_buf,
+            self.batch,
+            self.c,
+            self.h,
+            self.w,
+            self.size,
+            self.stride,
+            self.pad,
+            self.n,
+            self.weights,
+            self.delta,
+            self.bias_updates,
+            self.weight_updates,
+            prev_delta,
+            self.workspace,
+        )
 
     def describe(self):
         return (

@@ -63,8 +63,9 @@ class RegionLayer(Layer):
         self.out_c = self.n * (self.classes + self.coords + 1)
         if self.out_c != c or h * w * self.out_c != inputs:
             raise DLServerError(
-                f"{where}: region layer with num={self.n} x (coords={self.coords} + 1 + classes={self.classes})"
-                f" needs {self.out_c} input channels, the layer before gives {c}"
+                f"{where}: region layer with num={self.n} x"
+                f" (coords={self.coords} + 1 + classes={self.classes}) needs {self.out_c} input channels,"
+                f" the layer before gives {c}"
             )
         self.c = self.out_c
         self.outputs = self.inputs = inputs
@@ -98,7 +99,8 @@ class RegionLayer(Layer):
             self.tree = read_tree(tree_file, where)
             if self.tree.n != self.classes:
                 raise DLServerError(
-                    f"{where}: tree={tree_file} has {self.tree.n} classes, the region layer classes={self.classes}"
+                    f"{where}: tree={tree_file} has {self.tree.n} classes,"
+                    f" the region layer classes={self.classes}"
                 )
         map_file = options.find_str("map", None)
         if map_file is not None:
@@ -140,15 +142,29 @@ class RegionLayer(Layer):
                 if size:
                     start = first + offset * hw
                     kernels.softmax_strided(
-                        memoryview(input_buf)[start:], size, self.batch * self.n, per_anchor, hw, 1, hw, 1.0,
+                        memoryview(input_buf)[start:],
+                        size,
+                        self.batch * self.n,
+                        per_anchor,
+                        hw,
+                        1,
+                        hw,
+                        1.0,
                         memoryview(out)[start:],
-                    )  # fmt: skip
+                    )
         elif self.softmax:
             start = self.entry_index(0, 0, self.coords + (0 if self.background else 1))
             kernels.softmax_strided(
-                memoryview(input_buf)[start:], self.classes + self.background, self.batch * self.n, per_anchor,
-                hw, 1, hw, 1.0, memoryview(out)[start:],
-            )  # fmt: skip
+                memoryview(input_buf)[start:],
+                self.classes + self.background,
+                self.batch * self.n,
+                per_anchor,
+                hw,
+                1,
+                hw,
+                1.0,
+                memoryview(out)[start:],
+            )
         self.cost = 0.0
         if train and net.truth is not None:
             self._training_deltas(net)
@@ -164,16 +180,36 @@ class RegionLayer(Layer):
         """Darknet's forward_region_layer in train mode (kernels.region_delta), its stdout line."""
         empty = array("i")
         t = self.tree
+        assert self.output is not None and self.delta is not None
         stats = array("f", bytes(32))
-        scales = array("f", [self.noobject_scale, self.object_scale, self.coord_scale, self.class_scale,
-                             self.mask_scale])  # fmt: skip
+        scales = array(
+            "f", [self.noobject_scale, self.object_scale, self.coord_scale, self.class_scale, self.mask_scale]
+        )
         kernels.region_delta(
-            self.output, self.delta, self.batch, self.w, self.h, self.n, self.classes, self.coords, self.biases,
-            net.truth, self.thresh, scales, bool(self.rescore), bool(self.background), bool(self.bias_match),
-            bool(self.softmax), net.seen, array("i", self.map) if self.map else empty,
-            t.parent if t else empty, t.group if t else empty, t.group_size if t else empty,
-            t.group_offset if t else empty, stats,
-        )  # fmt: skip
+            self.output,
+            self.delta,
+            self.batch,
+            self.w,
+            self.h,
+            self.n,
+            self.classes,
+            self.coords,
+            self.biases,
+            net.truth,
+            self.thresh,
+            scales,
+            bool(self.rescore),
+            bool(self.background),
+            bool(self.bias_match),
+            bool(self.softmax),
+            net.seen,
+            array("i", self.map) if self.map else empty,
+            t.parent if t else empty,
+            t.group if t else empty,
+            t.group_size if t else empty,
+            t.group_offset if t else empty,
+            stats,
+        )
         self.cost = stats[0]
         count, class_count = int(stats[6]), int(stats[7])
         cells = self.w * self.h * self.n * self.batch
@@ -183,9 +219,15 @@ class RegionLayer(Layer):
 
         sys.stdout.write(
             "Region Avg IOU: %f, Class: %f, Obj: %f, No Obj: %f, Avg Recall: %f,  count: %d\n"
-            % (ratio(stats[1], count), ratio(stats[3], class_count), ratio(stats[4], count),
-               ratio(stats[5], cells), ratio(stats[2], count), count)
-        )  # fmt: skip
+            % (
+                ratio(stats[1], count),
+                ratio(stats[3], class_count),
+                ratio(stats[4], count),
+                ratio(stats[5], cells),
+                ratio(stats[2], count),
+                count,
+            )
+        )
 
     def backward(self, net, input_buf, prev_delta):
         """Nothing, as Darknet's CPU backward_region_layer (its body is commented out)."""
@@ -213,7 +255,9 @@ def read_map(path: str, where: str, classes: int) -> list[int]:
         try:
             value = int(line.strip())
         except ValueError:
-            raise DLServerError(f"{path}:{number}: map file: '{line}' is not a class index (map= at {where})") from None
+            raise DLServerError(
+                f"{path}:{number}: map file: '{line}' is not a class index (map= at {where})"
+            ) from None
         if not 0 <= value < classes:
             raise DLServerError(
                 f"{path}:{number}: map file: class {value} is outside the {classes} classes (map= at {where})"

@@ -40,7 +40,9 @@ class ReorgLayer(Layer):
             self.outputs = self.inputs + self.extra
         else:
             if c % (s * s):
-                raise DLServerError(f"{where}: reorg stride={s}: stride^2 = {s * s} does not divide the {c} channels")
+                raise DLServerError(
+                    f"{where}: reorg stride={s}: stride^2 = {s * s} does not divide the {c} channels"
+                )
             if self.reverse:
                 self.out_w, self.out_h, self.out_c = w * s, h * s, c // (s * s)
             else:
@@ -59,9 +61,13 @@ class ReorgLayer(Layer):
             out = memoryview(self.output)
             for b in range(self.batch):
                 start = b * self.outputs
-                out[start : start + self.inputs] = memoryview(input_buf)[b * self.inputs : (b + 1) * self.inputs]
+                out[start : start + self.inputs] = memoryview(input_buf)[
+                    b * self.inputs : (b + 1) * self.inputs
+                ]
         else:
-            kernels.reorg(input_buf, self.w, self.h, self.c, self.batch, self.stride, bool(self.reverse), self.output)
+            kernels.reorg(
+                input_buf, self.w, self.h, self.c, self.batch, self.stride, bool(self.reverse), self.output
+            )
 
     def backward(self, net, input_buf, prev_delta):
         if prev_delta is None:
@@ -74,7 +80,9 @@ class ReorgLayer(Layer):
             out = memoryview(prev_delta)
             for b in range(self.batch):
                 start = b * self.outputs
-                out[b * self.inputs : (b + 1) * self.inputs] = memoryview(self.delta)[start : start + self.inputs]
+                out[b * self.inputs : (b + 1) * self.inputs] = memoryview(self.delta)[
+                    start : start + self.inputs
+                ]
         else:
             kernels.reorg(self.delta, self.w, self.h, self.c, self.batch, self.stride, True, prev_delta)
 
@@ -85,4 +93,3 @@ class ReorgLayer(Layer):
             f"reorg              /{self.stride:2d}  {self.w:4d} x{self.h:4d} x{self.c:4d}   ->  "
             f"{self.out_w:4d} x{self.out_h:4d} x{self.out_c:4d}"
         )
-

@@ -67,7 +67,8 @@ def read_tree(path: str, where: str) -> Tree:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    names, parents = [], []
+    names: list[str] = []
+    parents: list[int] = []
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
@@ -127,9 +128,16 @@ class SoftmaxLayer(Layer):
             for size in self.tree.group_size:
                 if size:
                     kernels.softmax_strided(
-                        memoryview(input_buf)[count:], size, self.batch, self.inputs, 1, 0, 1,
-                        self.temperature, memoryview(self.output)[count:],
-                    )  # fmt: skip
+                        memoryview(input_buf)[count:],
+                        size,
+                        self.batch,
+                        self.inputs,
+                        1,
+                        0,
+                        1,
+                        self.temperature,
+                        memoryview(self.output)[count:],
+                    )
                 count += size
         elif self.groups == 1:
             kernels.softmax(input_buf, self.batch, self.inputs, self.temperature, self.output)
