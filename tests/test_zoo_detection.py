@@ -1,4 +1,4 @@
-"""The detection family (issue 15, docs/darknet-contract.md §4.16-4.21): [reorg], [region], [detection],
+"""The detection family (issue 15, docs/darknet-contract.md §4.16-4.19): [reorg], [region], [detection],
 [local], [crop] and softmax groups/tree. Kernels against numpy, gradients by finite differences,
 per-layer outputs and decoded boxes against Debian's libdarknet.so (tests/oracle/darknet_detect.c),
 and `detect` against Debian's `darknet detector test` (skipped where the package or gcc is missing)."""
