@@ -480,30 +480,36 @@ def oracle_weights(tmp_path: Path, cfg: Path, seed: int, tweak=None) -> Path:
     return path
 
 
-def run_oracle(tmp_path: Path, cfg: Path, weights: Path, x: np.ndarray, boxes=None):
+def build_harness(tmp_path: Path) -> Path:
     exe = tmp_path / "darknet_detect"
     if not exe.exists():
         subprocess.run(
-            [
-                "gcc",
-                "-O2",
-                "-o",
-                str(exe),
-                str(HARNESS),
-                f"-I{DARKNET_INCLUDE}",
-                f"-L{LIBDARKNET.parent}",
-                "-ldarknet",
-                f"-Wl,-rpath,{LIBDARKNET.parent}",
-                "-lm",
-            ],
+            ["gcc", "-O2", "-o", str(exe), str(HARNESS), f"-I{DARKNET_INCLUDE}", f"-L{LIBDARKNET.parent}",
+             "-ldarknet", f"-Wl,-rpath,{LIBDARKNET.parent}", "-lm"],
             check=True,
-        )
+        )  # fmt: skip
+    return exe
+
+
+def layer_table(stderr: str) -> list[str]:
+    """The layer table and the default messages among it (up to the weights' loading)."""
+    lines = stderr.splitlines()
+    start = lines.index("layer     filters    size              input                output")
+    end = next((i for i, line in enumerate(lines) if line.startswith("Loading weights")), len(lines))
+    return lines[start:end]
+
+
+def run_oracle(tmp_path: Path, cfg: Path, weights: Path, x: np.ndarray, boxes=None, table=None):
+    """Darknet's per-layer outputs (and boxes); `table` (a list) receives its layer table."""
+    exe = build_harness(tmp_path)
     (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
     args = [str(exe), str(cfg), str(weights), str(tmp_path / "x.f32")]
     if boxes:
         args += [str(v) for v in boxes]
     # a subprocess: libdarknet sets flush-to-zero for the whole process that loads it
     run = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300)
+    if table is not None:
+        table.extend(layer_table(run.stderr))
     layers, dets = {}, []
     for line in run.stdout.splitlines():
         if line.startswith("det "):
@@ -568,9 +574,11 @@ def test_hand_cfg_layers_match_debians_darknet(tmp_path, capsys):
     cfg.write_text(HAND_CFG)
     weights = oracle_weights(tmp_path, cfg, 11)
     x = np.random.default_rng(5).random(16 * 14 * 3).astype(f32)
-    theirs, _ = run_oracle(tmp_path, cfg, weights, x)
-    net = predict_ours(cfg, weights, x)
+    table: list[str] = []
+    theirs, _ = run_oracle(tmp_path, cfg, weights, x, table=table)
     capsys.readouterr()
+    net = predict_ours(cfg, weights, x)
+    assert layer_table(capsys.readouterr().err) == table  # lines and default messages, byte for byte
     compare_layers(net, theirs, exact_kinds=("crop", "convolutional", "reorg"))
 
 
@@ -588,6 +596,7 @@ def test_hand_cfg_layers_match_debians_darknet(tmp_path, capsys):
             ("convolutional", "maxpool", "reorg", "route"),
         ),  # reorg + route + region
         ("yolov1-tiny", 128, 0.14, 1, 0.0, ("convolutional", "maxpool")),  # connected + detection
+        ("yolov1", 64, 0.1, 1, 0.0, ("convolutional", "maxpool")),  # local, dropout, connected, detection
     ],
 )
 @needs_darknet
@@ -596,9 +605,11 @@ def test_detectors_match_debians_darknet(tmp_path, capsys, name, size, thresh, g
     weights = oracle_weights(tmp_path, cfg, 21, last_conv_bias(bias, gain))
     x = np.random.default_rng(6).random(size * size * 3).astype(f32)
     im_w, im_h = 200, 150
-    theirs, their_dets = run_oracle(tmp_path, cfg, weights, x, (im_w, im_h, thresh))
-    net = predict_ours(cfg, weights, x)
+    table: list[str] = []
+    theirs, their_dets = run_oracle(tmp_path, cfg, weights, x, (im_w, im_h, thresh), table)
     capsys.readouterr()
+    net = predict_ours(cfg, weights, x)
+    assert layer_table(capsys.readouterr().err) == table
     compare_layers(net, theirs, exact)
     classes = net.layers[-1].classes
     dets = do_nms_sort(get_network_boxes(net, im_w, im_h, thresh), classes, 0.45)
@@ -856,22 +867,7 @@ def train_forward_ours(cfg: Path, weights: Path, x: np.ndarray, truth: np.ndarra
 
 def run_train_oracle(tmp_path, cfg, weights, x, truth):
     (tmp_path / "t.f32").write_bytes(truth.astype(f32).tobytes())
-    exe = tmp_path / "darknet_detect"
-    subprocess.run(
-        [
-            "gcc",
-            "-O2",
-            "-o",
-            str(exe),
-            str(HARNESS),
-            f"-I{DARKNET_INCLUDE}",
-            f"-L{LIBDARKNET.parent}",
-            "-ldarknet",
-            f"-Wl,-rpath,{LIBDARKNET.parent}",
-            "-lm",
-        ],
-        check=True,
-    )
+    exe = build_harness(tmp_path)
     (tmp_path / "x.f32").write_bytes(x.astype(f32).tobytes())
     run = subprocess.run(
         [str(exe), str(cfg), str(weights), str(tmp_path / "x.f32"), str(tmp_path / "t.f32")],
