@@ -1054,3 +1054,24 @@ def test_yolo9000_matches_debians_darknet_but_for_its_nan_tree_softmax(tmp_path,
         np.testing.assert_allclose(ours[:, 5 + offset : 5 + offset + size].sum(axis=1), 1, rtol=1e-4)
     dets = get_network_boxes(net, 64, 64, 0.1)
     assert len(dets) == r.w * r.h * r.n and all(np.count_nonzero(d.prob) <= 1 for d in dets)
+
+
+@needs_darknet
+def test_vgg16_with_its_crop_matches_debians_darknet(tmp_path, capsys):
+    """vgg-16 (crop, 13 convolutions, connected, dropout, softmax) with a 32x32 crop of a 40x40 input."""
+    text = (DARKNET_CFGS / "vgg-16.cfg").read_text()
+    text = re.sub(r"(?m)^(height|width)=\d+", r"\1=40", text)
+    text = re.sub(r"(?m)^(crop_height|crop_width)=\d+", r"\1=32", text)
+    text = re.sub(r"(?m)^(batch|subdivisions)=\d+", r"\1=1", text)
+    text = re.sub(r"(?m)^output=4096", "output=256", text)  # smaller connected layers
+    cfg = tmp_path / "vgg-16_40.cfg"
+    cfg.write_text(text)
+    weights = oracle_weights(tmp_path, cfg, 51)
+    x = np.random.default_rng(11).random(40 * 40 * 3).astype(f32)
+    table: list[str] = []
+    theirs, _ = run_oracle(tmp_path, cfg, weights, x, table=table)
+    capsys.readouterr()
+    net = predict_ours(cfg, weights, x)
+    assert layer_table(capsys.readouterr().err) == table
+    assert net.layers[0].kind == "crop"
+    compare_layers(net, theirs, exact_kinds=("crop", "convolutional", "maxpool"))
