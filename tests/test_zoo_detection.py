@@ -627,7 +627,12 @@ def class_lines(text: str) -> list[str]:
 @pytest.mark.skipif(not DARKNET_BIN.exists(), reason="Debian's darknet binary is not installed")
 @pytest.mark.parametrize(
     "name,size,names,thresh,gain,bias",
-    [("yolov2-tiny-voc", 160, "voc.names", 0.25, 4, 0.6), ("yolov1-tiny", 192, "voc.names", 0.17, 1, 0.0)],
+    [
+        ("yolov2-tiny-voc", 160, "voc.names", 0.25, 4, 0.6),
+        ("yolov1-tiny", 192, "voc.names", 0.17, 1, 0.0),
+        # the full-size YOLOv2 (608x608, 80 classes): some 25 s, most of it Darknet's
+        pytest.param("yolov2", 608, "coco.names", 0.35, 16, 0.5, marks=pytest.mark.slow),
+    ],
 )
 def test_detect_prints_what_darknet_detector_test_prints(
     workdir, capsys, monkeypatch, name, size, names, thresh, gain, bias
@@ -636,7 +641,7 @@ def test_detect_prints_what_darknet_detector_test_prints(
     cfg = small_cfg(workdir / "cfg", name, size)
     weights = oracle_weights(workdir / "model", cfg, 21, last_conv_bias(bias, gain))
     shutil.copy(f"/usr/share/darknet/data/{names}", workdir / "data" / names)
-    (workdir / "cfg" / "coco.data").write_text(f"classes=20\nnames=data/{names}\n")
+    (workdir / "cfg" / "coco.data").write_text(f"names=data/{names}\n")
     rng = np.random.default_rng(8)
     pixels = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
     Image.fromarray(pixels, "RGB").save(workdir / "data" / "im.png")
