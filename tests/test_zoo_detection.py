@@ -384,6 +384,8 @@ NET = "[net]\nheight={h}\nwidth={w}\nchannels={c}\n"
         ),
         (NET.format(h=5, w=5, c=2) + "[local]\nsize=5\npad=1\n", "im2col"),
         (NET.format(h=1, w=1, c=6) + "[softmax]\ngroups=4\n", "groups=4"),
+        (NET.format(h=2, w=2, c=4) + "[reorg]\nextra=2\nreverse=1\n", "cannot be combined"),
+        (NET.format(h=1, w=1, c=9) + "[detection]\ncoords=4\nclasses=4\nnum=1\nside=1\nforced=1\n", "num >="),
     ],
 )
 def test_bad_cfgs_are_one_clear_error(tmp_path, capsys, text, message):
@@ -921,21 +923,22 @@ def test_region_training_deltas_match_debians_darknet(tmp_path, capsys, softmax,
     )
     np.testing.assert_allclose(deltas[-1], theirs["delta"][len(net.layers) - 1], rtol=1e-4, atol=1e-5)
     assert region.cost == pytest.approx(theirs["cost"], rel=1e-4)
-    # the printed line: the same numbers to the printed digits, give or take the last one
-    ours_line = [line for line in out.splitlines() if line.startswith("Region Avg IOU")]
-    theirs_line = [line for line in theirs["lines"] if line.startswith("Region Avg IOU")]
-    assert len(ours_line) == len(theirs_line) == 1
-    num = re.compile(r"-?[0-9.]+|nan")
-    np.testing.assert_allclose(
-        [float(v) for v in num.findall(ours_line[0])],
-        [float(v) for v in num.findall(theirs_line[0])],
-        rtol=1e-4,
-        atol=2e-6,
-    )
+    assert_same_line("Region Avg IOU", out, theirs["lines"])
     # Darknet's CPU backward of [region] sends nothing back
     for i in range(len(net.layers) - 1):
         assert not theirs["back"][i].any()
         assert not as_np(net.layers[i].delta).any()
+
+
+def assert_same_line(start: str, ours: str, theirs: list[str]) -> None:
+    """The layer's printed line: the same numbers to the printed digits, give or take the last one."""
+    mine = [line for line in ours.splitlines() if line.startswith(start)]
+    other = [line for line in theirs if line.startswith(start)]
+    assert len(mine) == len(other) == 1, (mine, other)
+    num = re.compile(r"-?[0-9.]+|nan")
+    assert num.sub("#", mine[0]) == num.sub("#", other[0])
+    values = [[float(v) for v in num.findall(line)] for line in (mine[0], other[0])]
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-4, atol=2e-6)
 
 
 def theirs_output(tmp_path, cfg, weights, x):
@@ -952,8 +955,9 @@ def test_detection_training_deltas_match_debians_darknet(tmp_path, capsys, softm
     x = np.random.default_rng(8).random(16 * 16 * 3).astype(f32)
     truth = detection_truth()
     theirs = run_train_oracle(tmp_path, cfg, weights, x, truth)
-    net, deltas = train_forward_ours(cfg, weights, x, truth)
     capsys.readouterr()
+    net, deltas = train_forward_ours(cfg, weights, x, truth)
+    assert_same_line("Detection Avg IOU", capsys.readouterr().out, theirs["lines"])
     last = len(net.layers) - 1
     np.testing.assert_allclose(deltas[last], theirs["delta"][last], rtol=1e-4, atol=1e-5)
     assert net.layers[-1].cost == pytest.approx(theirs["cost"], rel=1e-4)

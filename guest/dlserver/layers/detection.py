@@ -11,7 +11,9 @@ training (Darknet's forward_detection_layer in train mode; truth per cell: is_ob
   with the truth (or lowest RMSE when no IoU > 0; forced=1: by truth area; random=1 and
   seen < 64000: rand() % num), its confidence delta object_scale*(1 - conf) (or
   object_scale*(iou - conf) with rescore), its coordinate deltas coord_scale*(t - x) (sqrt(t)
-  for w, h with sqrt); cost = |delta|^2.
+  for w, h with sqrt); cost = |delta|^2; stdout `Detection Avg IOU: ...` as Darknet.
+  (Ours: a cell with no box to blame, only possible with NaN outputs, gets no confidence or
+  box delta; Darknet would write before the cell's boxes. forced=1 needs num >= 2.)
 backward: prev_delta += delta.
 Box decode (detector, get_detection_detections): x = (x + col)/side*im_w, y = (y + row)/side*im_h,
   w = w^(sqrt ? 2 : 1)*im_w, h likewise, in pixels (not corrected for the letterbox, as in
@@ -20,6 +22,7 @@ Building the layer calls srand(0) in Darknet (as [yolo]).
 """
 
 import math
+import sys
 
 from .. import kernels
 from ..errors import DLServerError
@@ -63,6 +66,8 @@ class DetectionLayer(Layer):
         options.find_int("max", 90, quiet=True)
         self.coord_scale = f32(options.find_float("coord_scale", 1))
         self.forced = options.find_int("forced", 0)
+        if self.forced and self.n < 2:
+            raise DLServerError(f"{self.where}: detection forced=1 picks box 0 or 1: it needs num >= 2")
         self.object_scale = f32(options.find_float("object_scale", 1))
         self.noobject_scale = f32(options.find_float("noobject_scale", 1))
         self.class_scale = f32(options.find_float("class_scale", 1))
@@ -98,6 +103,8 @@ class DetectionLayer(Layer):
         kernels.fill(len(delta), 0.0, delta)
         side, n, classes = self.side, self.n, self.classes
         locations = side * side
+        avg_iou = avg_cat = avg_allcat = avg_obj = avg_anyobj = 0.0
+        count = 0
         for b in range(self.batch):
             index = b * self.inputs
             for i in range(locations):
@@ -105,11 +112,15 @@ class DetectionLayer(Layer):
                 for j in range(n):
                     p = index + locations * classes + i * n + j
                     delta[p] = f32(self.noobject_scale * f32(0 - out[p]))
+                    avg_anyobj = f32(avg_anyobj + out[p])
                 if not truth[t]:
                     continue
                 ci = index + i * classes
                 for j in range(classes):
                     delta[ci + j] = f32(self.class_scale * f32(truth[t + 1 + j] - out[ci + j]))
+                    if truth[t + 1 + j]:
+                        avg_cat = f32(avg_cat + out[ci + j])
+                    avg_allcat = f32(avg_allcat + out[ci + j])
                 tb = t + 1 + classes
                 tbox = (f32(truth[tb] / side), f32(truth[tb + 1] / side), truth[tb + 2], truth[tb + 3])
                 best_index, best_iou, best_rmse = -1, 0.0, 20.0
@@ -127,9 +138,12 @@ class DetectionLayer(Layer):
                     best_index = 1 if f32(tbox[2] * tbox[3]) < 0.1 else 0
                 if self.random and net.seen < 64000:
                     best_index = net.rng.rand() % n
+                if best_index < 0:  # no box to blame (NaN outputs): Darknet writes before the cell's boxes
+                    continue
                 bi = index + locations * (classes + n) + (i * n + best_index) * self.coords
                 iou = _box_iou(self._out_box(bi), tbox)
                 p = index + locations * classes + i * n + best_index
+                avg_obj = f32(avg_obj + out[p])
                 delta[p] = f32(self.object_scale * (1.0 - out[p]))  # 1. is a double
                 if self.rescore:
                     delta[p] = f32(self.object_scale * f32(iou - out[p]))
@@ -138,10 +152,23 @@ class DetectionLayer(Layer):
                         delta[bi + k] = f32(self.coord_scale * (math.sqrt(truth[tb + k]) - out[bi + k]))
                     else:
                         delta[bi + k] = f32(self.coord_scale * f32(truth[tb + k] - out[bi + k]))
+                avg_iou = f32(avg_iou + iou)
+                count += 1
         total = 0.0
         for d in delta:
             total = f32(total + f32(d * d))
         self.cost = f32(f32(math.sqrt(total)) ** 2)
+        sys.stdout.write(
+            "Detection Avg IOU: %f, Pos Cat: %f, All Cat: %f, Pos Obj: %f, Any Obj: %f, count: %d\n"
+            % (
+                _ratio(avg_iou, count),
+                _ratio(avg_cat, count),
+                _ratio(avg_allcat, count * classes),
+                _ratio(avg_obj, count),
+                _ratio(avg_anyobj, self.batch * locations * n),
+                count,
+            )
+        )
 
     def _out_box(self, bi: int) -> tuple:
         out, side = self.output, self.side
@@ -164,6 +191,13 @@ class DetectionLayer(Layer):
 
     def describe(self):
         return "Detection Layer"
+
+
+def _ratio(value: float, by: int) -> float:
+    """Darknet's float / int for its printed averages (nan or inf when by is 0, as C)."""
+    if by:
+        return f32(value / by)
+    return math.nan if value == 0 or math.isnan(value) else math.copysign(math.inf, value)
 
 
 def _overlap(x1: float, w1: float, x2: float, w2: float) -> float:

@@ -215,7 +215,9 @@ class RegionLayer(Layer):
         cells = self.w * self.h * self.n * self.batch
 
         def ratio(value: float, by: int) -> float:
-            return f32(value / by) if by else (math.nan if value == 0 else math.copysign(math.inf, value))
+            if by:
+                return f32(value / by)
+            return math.nan if value == 0 or math.isnan(value) else math.copysign(math.inf, value)
 
         sys.stdout.write(
             "Region Avg IOU: %f, Class: %f, Obj: %f, No Obj: %f, Avg Recall: %f,  count: %d\n"

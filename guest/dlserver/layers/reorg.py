@@ -34,6 +34,9 @@ class ReorgLayer(Layer):
             raise DLServerError(f"{where}: reorg stride={s} must be at least 1")
         if self.extra < 0:
             raise DLServerError(f"{where}: reorg extra={self.extra} must not be negative")
+        if self.extra and (self.reverse or self.flatten):
+            # Darknet's forward copies, its backward would reorder: they disagree
+            raise DLServerError(f"{where}: reorg extra= cannot be combined with reverse= or flatten=")
         self.inputs = h * w * c
         if self.extra:
             self.out_w = self.out_h = self.out_c = 0
