@@ -1,5 +1,6 @@
-"""YOLO boxes (Darknet yolo_layer.c and box.c): the candidates of a network's YOLO layers,
-mapped back to the image, and non-maximum suppression in the order of musl's qsort."""
+"""YOLO boxes (Darknet yolo_layer.c, region_layer.c, detection_layer.c and box.c): the candidates
+of a network's yolo, region and detection layers, mapped back to the image, and non-maximum
+suppression in the order of musl's qsort."""
 
 from array import array
 
@@ -43,18 +44,7 @@ def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thres
         objectness,
         probs,
     )
-    classes = layer.classes
-    dets = [
-        Detection(
-            boxes[4 * i],
-            boxes[4 * i + 1],
-            boxes[4 * i + 2],
-            boxes[4 * i + 3],
-            objectness[i],
-            probs[i * classes : (i + 1) * classes].tolist(),
-        )
-        for i in range(count)
-    ]
+    dets = _detections(boxes, objectness, probs, count, layer.classes)
     correct_yolo_boxes(dets, im_w, im_h, netw, neth)
     return dets
 
@@ -129,6 +119,7 @@ def get_detection_detections(layer, im_w: int, im_h: int, thresh: float) -> list
 
 
 def _detections(boxes, objectness, probs, count: int, classes: int) -> list:
+    """The first `count` boxes (4 floats each), objectness and class probabilities as Detections."""
     return [
         Detection(
             boxes[4 * i],
