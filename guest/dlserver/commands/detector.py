@@ -6,8 +6,9 @@
 3. boxes of every YOLO layer whose objectness > thresh (correct_yolo_boxes maps them back
    to the original image), and all slots of [region] (YOLOv2, also mapped back) and
    [detection] (YOLOv1, in pixels as Darknet) layers (boxes.get_network_boxes), do_nms_sort
-   (in the order of musl's qsort: the order of equal probabilities decides the print order), then for each box in array order the class
-   lines `name: NN%` on stdout, its box and label drawn;
+   (in the order of musl's qsort: the order of equal probabilities decides the print order),
+   then for each box in array order the class lines `name: NN%` on stdout, its box and label
+   drawn;
 4. the image saved as `<outfile or predictions>.jpg`.
 Unlike Darknet, no `data/labels/*.png` glyph files are read: the label font is built in.
 """
