@@ -10,7 +10,7 @@ NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench bench-zoo mnist_training yolo_detection demo clean federated demo-bn
+.PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn
 
 all: dl-server.wasm
 
@@ -73,6 +73,10 @@ bench: dl-server.wasm $(NATIVE_KERNEL)
 bench-zoo: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench_zoo.py
 
+# every Debian darknet cfg in the component vs native darknet (top-5 / detections); only=a,b size=N
+zoo-check: dl-server.wasm $(NATIVE_KERNEL)
+	$(PY) scripts/zoo_check.py$(if $(only), --only $(only))$(if $(size), --size $(size))
+
 clean:
 	rm -rf build dl-server.wasm
 
@@ -104,6 +108,7 @@ help:
 	@echo '  format          ruff check --fix, then ruff format (rewrites files)'
 	@echo '  bench           the speed table of README.md [BASELINE=<commit>: that commit side by side]'
 	@echo '  bench-zoo       model-zoo rows only: resnet50, darknet53, yolov3 vs native Darknet (Debian)'
+	@echo '  zoo-check       all 45 Debian darknet cfgs: component vs native darknet [only=a,b size=N]'
 	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'

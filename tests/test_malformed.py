@@ -65,7 +65,8 @@ CFG_CASES = [
     ("[conv]\nfilters=3\n", "first section must be [net]"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[convolutional]\nfilters=x\n", "filters=x: not an integer"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[bogus]\n", "unknown section [bogus]"),
-    ("[net]\nheight=28\nwidth=28\nchannels=3\n[reorg]\n", "not supported by dl-server yet"),
+    ("[net]\nheight=28\nwidth=28\nchannels=3\n[iseg]\n", "layer [iseg] is not supported"),
+    ("[net]\nheight=28\nwidth=28\nchannels=3\n[net]\n", "[net] may only be the first section"),
     ("[net]\nbatch=1\n[connected]\noutput=10\n", "no input size"),
     ("[net]\nheight=28\nwidth=28\nchannels=3\n[convolutional]\nsize=40\nactivation=relu\n", "does not fit"),
     (

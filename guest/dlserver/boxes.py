@@ -1,11 +1,14 @@
-"""YOLO boxes (Darknet yolo_layer.c and box.c): the candidates of a network's YOLO layers,
-mapped back to the image, and non-maximum suppression in the order of musl's qsort."""
+"""YOLO boxes (Darknet yolo_layer.c, region_layer.c, detection_layer.c and box.c): the candidates
+of a network's yolo, region and detection layers, mapped back to the image, and non-maximum
+suppression in the order of musl's qsort."""
 
 from array import array
 
 from . import kernels
 from .buffers import zeros
 from .image.ops import letterbox_size
+from .layers.detection import DetectionLayer
+from .layers.region import RegionLayer
 from .layers.yolo import YoloLayer
 from .rng import f32
 
@@ -41,18 +44,7 @@ def get_yolo_detections(layer, im_w: int, im_h: int, netw: int, neth: int, thres
         objectness,
         probs,
     )
-    classes = layer.classes
-    dets = [
-        Detection(
-            boxes[4 * i],
-            boxes[4 * i + 1],
-            boxes[4 * i + 2],
-            boxes[4 * i + 3],
-            objectness[i],
-            probs[i * classes : (i + 1) * classes].tolist(),
-        )
-        for i in range(count)
-    ]
+    dets = _detections(boxes, objectness, probs, count, layer.classes)
     correct_yolo_boxes(dets, im_w, im_h, netw, neth)
     return dets
 
@@ -70,11 +62,87 @@ def correct_yolo_boxes(dets: list, im_w: int, im_h: int, netw: int, neth: int) -
         d.h = f32(d.h * h_scale)
 
 
-def get_network_boxes(net, im_w: int, im_h: int, thresh: float) -> list:
+def get_region_detections(
+    layer, im_w: int, im_h: int, netw: int, neth: int, thresh: float, hier: float
+) -> list:
+    """All n*w*h boxes of a region layer (batch row 0), index anchor*w*h + cell, mapped back
+    through the letterbox (kernels.region_boxes; with a tree it changes the layer's class
+    outputs in place, as Darknet's hierarchy_predictions does)."""
+    slots = layer.w * layer.h * layer.n
+    classes = layer.classes
+    boxes, objectness, probs = zeros(4 * slots), zeros(slots), zeros(slots * classes)
+    parent, group_size, group_offset, child = layer.tree_arrays()
+    kernels.region_boxes(
+        layer.output,
+        layer.w,
+        layer.h,
+        layer.n,
+        classes,
+        layer.coords,
+        bool(layer.background),
+        layer.biases,
+        thresh,
+        parent,
+        group_size,
+        group_offset,
+        child,
+        hier,
+        boxes,
+        objectness,
+        probs,
+    )
+    dets = _detections(boxes, objectness, probs, slots, classes)
+    correct_yolo_boxes(dets, im_w, im_h, netw, neth)
+    return dets
+
+
+def get_detection_detections(layer, im_w: int, im_h: int, thresh: float) -> list:
+    """All side*side*n boxes of a detection layer (YOLOv1), in pixels of the image: Darknet
+    neither makes them relative nor corrects them for the letterbox."""
+    slots = layer.side * layer.side * layer.n
+    classes = layer.classes
+    boxes, objectness, probs = zeros(4 * slots), zeros(slots), zeros(slots * classes)
+    kernels.detection_boxes(
+        layer.output,
+        layer.side,
+        layer.n,
+        classes,
+        bool(layer.sqrt),
+        im_w,
+        im_h,
+        thresh,
+        boxes,
+        objectness,
+        probs,
+    )
+    return _detections(boxes, objectness, probs, slots, classes)
+
+
+def _detections(boxes, objectness, probs, count: int, classes: int) -> list:
+    """The first `count` boxes (4 floats each), objectness and class probabilities as Detections."""
+    return [
+        Detection(
+            boxes[4 * i],
+            boxes[4 * i + 1],
+            boxes[4 * i + 2],
+            boxes[4 * i + 3],
+            objectness[i],
+            probs[i * classes : (i + 1) * classes].tolist(),
+        )
+        for i in range(count)
+    ]
+
+
+def get_network_boxes(net, im_w: int, im_h: int, thresh: float, hier: float = 0.5) -> list:
+    """Darknet fill_network_boxes: the boxes of every yolo, region and detection layer in order."""
     dets = []
     for layer in net.layers:
         if isinstance(layer, YoloLayer):
             dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
+        elif isinstance(layer, RegionLayer):
+            dets.extend(get_region_detections(layer, im_w, im_h, net.w, net.h, thresh, hier))
+        elif isinstance(layer, DetectionLayer):
+            dets.extend(get_detection_detections(layer, im_w, im_h, thresh))
     return dets
 
 

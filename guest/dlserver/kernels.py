@@ -176,6 +176,89 @@ rnn_mult_add: Callable[[int, Floats, Floats, Floats], None] = _dlk.rnn_mult_add
 # rnn_tanh(x, n): Darknet's tanh; rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y
 rnn_tanh: Callable[[Floats, int], None] = _dlk.rnn_tanh
 rnn_tanh_gradient: Callable[[Floats, int, Floats], None] = _dlk.rnn_tanh_gradient
+# ------------------------------------------------------------------ detection family (region.c, local.c)
+# reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu
+#   (forward: out[o] = x[in], else out[in] = x[o])
+reorg: Callable[[Floats, int, int, int, int, int, bool, Floats], None] = _dlk.reorg
+# flatten(x, size, layers, batch, forward, out): Darknet flatten, out of place
+flatten: Callable[[Floats, int, int, int, bool, Floats], None] = _dlk.flatten
+# crop(in, batch, c, h, w, out_h, out_w, dh, dw, flip, scale, trans, out): out = in[window]*scale + trans
+crop: Callable[[Floats, int, int, int, int, int, int, int, int, bool, float, float, Floats], None] = _dlk.crop
+# softmax_strided(in, n, batch, batch_offset, groups, group_offset, stride, temp, out): Darknet softmax_cpu
+softmax_strided: Callable[[Floats, int, int, int, int, int, int, float, Floats], None] = _dlk.softmax_strided
+# region_boxes(output, w, h, n, classes, coords, background, biases, thresh, parent, group_size,
+#              group_offset, child, tree_thresh, boxes, objectness, probs): get_region_detections
+#              (tree arrays empty: no tree; with a tree, output's class entries are changed in place)
+region_boxes: Callable[
+    [
+        Floats,
+        int,
+        int,
+        int,
+        int,
+        int,
+        bool,
+        Floats,
+        float,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        float,
+        Floats,
+        Floats,
+        Floats,
+    ],
+    None,
+] = _dlk.region_boxes
+# detection_boxes(output, side, n, classes, sqrt, w, h, thresh, boxes, objectness, probs):
+#   get_detection_detections
+detection_boxes: Callable[[Floats, int, int, int, bool, int, int, float, Floats, Floats, Floats], None] = (
+    _dlk.detection_boxes
+)
+# region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore,
+#              background, bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats):
+#              Darknet's forward_region_layer in train mode; scales = noobject, object, coord, class,
+#              mask; stats[8]
+region_delta: Callable[
+    [
+        Floats,
+        Floats,
+        int,
+        int,
+        int,
+        int,
+        int,
+        int,
+        Floats,
+        Floats,
+        float,
+        Floats,
+        bool,
+        bool,
+        bool,
+        bool,
+        int,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        Ints,
+        Floats,
+    ],
+    None,
+] = _dlk.region_delta
+# local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace):
+#   before the activation
+local_forward: Callable[
+    [Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats], None
+] = _dlk.local_forward
+# local_backward(in, batch, c, h, w, size, stride, pad, n, weights, delta, bias_upd, weight_upd, prev | None,
+#                workspace): delta already times act'(out)
+local_backward: Callable[
+    [Floats, int, int, int, int, int, int, int, int, Floats, Floats, Floats, Floats, Floats | None, Floats],
+    None,
+] = _dlk.local_backward
 
 # ------------------------------------------------------------------ random (musl rand)
 # rand_uniform_fill(out, n, a, b, scale, state) -> state

@@ -14,14 +14,19 @@ from .layers.connected import ConnectedLayer
 from .layers.convolutional import ConvolutionalLayer
 from .layers.cost import CostLayer
 from .layers.crnn import CrnnLayer
+from .layers.crop import CropLayer
 from .layers.deconvolutional import DeconvolutionalLayer
+from .layers.detection import DetectionLayer
 from .layers.dropout import DropoutLayer
 from .layers.gru import GruLayer
 from .layers.l2norm import L2normLayer
+from .layers.local import LocalLayer
 from .layers.logistic import LogisticLayer
 from .layers.lstm import LstmLayer
 from .layers.maxpool import MaxpoolLayer
 from .layers.normalization import NormalizationLayer
+from .layers.region import RegionLayer
+from .layers.reorg import ReorgLayer
 from .layers.rnn import RnnLayer
 from .layers.route import RouteLayer
 from .layers.shortcut import ShortcutLayer
@@ -62,17 +67,12 @@ LAYER_TYPES: dict[str, type[Any]] = {
     "[gru]": GruLayer,
     "[lstm]": LstmLayer,
     "[crnn]": CrnnLayer,
+    "[reorg]": ReorgLayer,
+    "[region]": RegionLayer,
+    "[detection]": DetectionLayer,
+    "[local]": LocalLayer,
+    "[crop]": CropLayer,
 }
-# Sections Darknet knows that dl-server does not build (yet).
-OTHER_DARKNET_SECTIONS = (
-    "[crop]",
-    "[detection]",
-    "[region]",
-    "[local]",
-    "[reorg]",
-    "[net]",
-    "[network]",
-)
 # Sections Darknet knows that dl-server refuses for good, with the reason.
 REFUSED_SECTIONS = {
     "[iseg]": "layer [iseg] is not supported: Darknet's instance-segmentation layer reads a truth of"
@@ -278,10 +278,8 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
         if layer_type is None:
             if options.name in REFUSED_SECTIONS:
                 raise DLServerError(f"{cfg_path}:{options.line}: {REFUSED_SECTIONS[options.name]}")
-            if options.name in OTHER_DARKNET_SECTIONS:
-                raise DLServerError(
-                    f"{cfg_path}:{options.line}: layer {options.name} is not supported by dl-server yet"
-                )
+            if options.name in ("[net]", "[network]"):
+                raise DLServerError(f"{cfg_path}:{options.line}: {options.name} may only be the first section")
             raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:

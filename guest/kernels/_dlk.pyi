@@ -468,3 +468,147 @@ def rnn_tanh(x: Buffer, n: int, /) -> None:
 
 def rnn_tanh_gradient(y: Buffer, n: int, delta: Buffer, /) -> None:
     """delta *= 1 - y*y"""
+# ------------------------------------------------------------------ region.c, local.c (detection family)
+
+def reorg(x: Buffer, w: int, h: int, c: int, batch: int, stride: int, forward: bool, out: Buffer, /) -> None:
+    """Darknet reorg_cpu over batch*w*h*c values (stride^2 must divide c)."""
+
+def flatten(x: Buffer, size: int, layers: int, batch: int, forward: bool, out: Buffer, /) -> None:
+    """Darknet flatten (planes <-> interleaved), out of place."""
+
+def crop(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    out_h: int,
+    out_w: int,
+    dh: int,
+    dw: int,
+    flip: bool,
+    scale: float,
+    trans: float,
+    out: Buffer,
+    /,
+) -> None:
+    """out = src[window at (dh, dw), mirrored if flip]*scale + trans (forward_crop_layer)."""
+
+def softmax_strided(
+    src: Buffer,
+    n: int,
+    batch: int,
+    batch_offset: int,
+    groups: int,
+    group_offset: int,
+    stride: int,
+    temperature: float,
+    out: Buffer,
+    /,
+) -> None:
+    """Darknet softmax_cpu: a softmax of n values every stride, per batch row and group."""
+
+def region_boxes(
+    output: Buffer,
+    w: int,
+    h: int,
+    n: int,
+    classes: int,
+    coords: int,
+    background: bool,
+    biases: Buffer,
+    thresh: float,
+    parent: Buffer,
+    group_size: Buffer,
+    group_offset: Buffer,
+    child: Buffer,
+    tree_thresh: float,
+    boxes: Buffer,
+    objectness: Buffer,
+    probs: Buffer,
+    /,
+) -> None:
+    """get_region_detections before correct_region_boxes (tree arrays int32, empty: no tree)."""
+
+def detection_boxes(
+    output: Buffer,
+    side: int,
+    n: int,
+    classes: int,
+    sqrt: bool,
+    w: int,
+    h: int,
+    thresh: float,
+    boxes: Buffer,
+    objectness: Buffer,
+    probs: Buffer,
+    /,
+) -> None:
+    """get_detection_detections (YOLOv1): boxes in pixels of a w x h image."""
+
+def local_forward(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    size: int,
+    stride: int,
+    pad: int,
+    n: int,
+    weights: Buffer,
+    biases: Buffer,
+    out: Buffer,
+    workspace: Buffer,
+    /,
+) -> None:
+    """Locally connected layer before its activation: out = biases + W[location] . im2col(src)."""
+
+def local_backward(
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    size: int,
+    stride: int,
+    pad: int,
+    n: int,
+    weights: Buffer,
+    delta: Buffer,
+    bias_updates: Buffer,
+    weight_updates: Buffer,
+    prev_delta: Buffer | None,
+    workspace: Buffer,
+    /,
+) -> None:
+    """Gradients of the locally connected layer (delta already times act'(out))."""
+
+def region_delta(
+    output: Buffer,
+    delta: Buffer,
+    batch: int,
+    w: int,
+    h: int,
+    n: int,
+    classes: int,
+    coords: int,
+    biases: Buffer,
+    truth: Buffer,
+    thresh: float,
+    scales: Buffer,
+    rescore: bool,
+    background: bool,
+    bias_match: bool,
+    softmax: bool,
+    seen: int,
+    class_map: Buffer,
+    parent: Buffer,
+    group: Buffer,
+    group_size: Buffer,
+    group_offset: Buffer,
+    stats: Buffer,
+    /,
+) -> None:
+    """forward_region_layer's training deltas; stats: cost, avg_iou, recall, avg_cat, avg_obj,
+    avg_anyobj, count, class_count (sums)."""

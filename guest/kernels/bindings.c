@@ -807,6 +807,227 @@ static PyObject *py_nms_sort(PyObject *self, PyObject *args)
     return result;
 }
 
+/* ------------------------------------------------------------------ region.c, local.c */
+
+static PyObject *py_reorg(PyObject *self, PyObject *args)
+{
+    Py_buffer x, out;
+    int w, h, c, batch, stride, forward;
+    if (!PyArg_ParseTuple(args, "y*iiiiipw*", &x, &w, &h, &c, &batch, &stride, &forward, &out)) return NULL;
+    int ok = (w > 0 && h > 0 && c > 0 && batch >= 0 && stride > 0 && c % (stride * stride) == 0) ||
+             fail("_dlk.reorg: bad geometry (stride^2 must divide c)");
+    long long n = (long long)batch * w * h * c;
+    ok = ok && NEED_F(x, n, "reorg input") && NEED_F(out, n, "reorg output");
+    if (ok) dlk_reorg(F32(x), w, h, c, batch, stride, forward, F32(out));
+    RELEASE(&x, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_flatten(PyObject *self, PyObject *args)
+{
+    Py_buffer x, out;
+    int size, layers, batch, forward;
+    if (!PyArg_ParseTuple(args, "y*iiipw*", &x, &size, &layers, &batch, &forward, &out)) return NULL;
+    int ok = (size > 0 && layers > 0 && batch >= 0) || fail("_dlk.flatten: bad geometry");
+    long long n = (long long)batch * size * layers;
+    ok = ok && NEED_F(x, n, "flatten input") && NEED_F(out, n, "flatten output");
+    if (ok) dlk_flatten(F32(x), size, layers, batch, forward, F32(out));
+    RELEASE(&x, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_crop(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int batch, c, h, w, oh, ow, dh, dw, flip;
+    float scale, trans;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiiipffw*", &in, &batch, &c, &h, &w, &oh, &ow, &dh, &dw, &flip, &scale, &trans,
+                          &out))
+        return NULL;
+    int ok = (batch >= 0 && c > 0 && h > 0 && w > 0 && oh > 0 && ow > 0 && dh >= 0 && dw >= 0 && dh + oh <= h &&
+              dw + ow <= w) ||
+             fail("_dlk.crop: bad geometry");
+    ok = ok && NEED_F(in, (long long)batch * c * h * w, "crop input") &&
+         NEED_F(out, (long long)batch * c * oh * ow, "crop output");
+    if (ok) dlk_crop(F32(in), batch, c, h, w, oh, ow, dh, dw, flip, scale, trans, F32(out));
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_softmax_strided(PyObject *self, PyObject *args)
+{
+    Py_buffer in, out;
+    int n, batch, batch_offset, groups, group_offset, stride;
+    float temp;
+    if (!PyArg_ParseTuple(args, "y*iiiiiifw*", &in, &n, &batch, &batch_offset, &groups, &group_offset, &stride,
+                          &temp, &out))
+        return NULL;
+    int ok = (n > 0 && batch >= 0 && groups >= 0 && batch_offset >= 0 && group_offset >= 0 && stride > 0) ||
+             fail("_dlk.softmax_strided: bad geometry");
+    /* the last value touched, plus one */
+    long long end = (batch && groups) ? (long long)(batch - 1) * batch_offset + (long long)(groups - 1) * group_offset +
+                                            (long long)(n - 1) * stride + 1
+                                      : 0;
+    ok = ok && NEED_F(in, end, "softmax input") && NEED_F(out, end, "softmax output");
+    if (ok) dlk_softmax_strided(F32(in), n, batch, batch_offset, groups, group_offset, stride, temp, F32(out));
+    RELEASE(&in, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_region_boxes(PyObject *self, PyObject *args)
+{
+    Py_buffer output, biases, parent, gsize, goffset, child, boxes, obj, probs;
+    int w, h, n, classes, coords, background;
+    float thresh, tree_thresh;
+    if (!PyArg_ParseTuple(args, "w*iiiiipy*fy*y*y*y*fw*w*w*", &output, &w, &h, &n, &classes, &coords, &background,
+                          &biases, &thresh, &parent, &gsize, &goffset, &child, &tree_thresh, &boxes, &obj, &probs))
+        return NULL;
+    long long hw = (long long)w * h, slots = hw * (n > 0 ? n : 0);
+    int ok = (w > 0 && h > 0 && n > 0 && classes > 0 && coords >= 4) || fail("_dlk.region_boxes: bad geometry");
+    ok = ok && NEED_F(output, slots * (coords + classes + 1), "region output") && NEED_F(biases, 2LL * n, "biases") &&
+         NEED_F(boxes, 4 * slots, "boxes") && NEED_F(obj, slots, "objectness") &&
+         NEED_F(probs, slots * classes, "probs");
+    /* a tree: parent[classes], child[classes], group_size/offset[groups] that stay inside the classes */
+    int tree = ok && parent.len > 0;
+    if (tree) {
+        int groups = (int)(gsize.len / 4);
+        ok = (need(&parent, classes, 4, "tree parents") && need(&child, classes, 4, "tree children") &&
+              groups > 0 && goffset.len / 4 >= groups) ||
+             (PyErr_Occurred() ? 0 : fail("_dlk.region_boxes: bad tree"));
+        const int *par = (const int *)parent.buf, *chi = (const int *)child.buf;
+        const int *gs = (const int *)gsize.buf, *go = (const int *)goffset.buf;
+        for (int j = 0; ok && j < classes; ++j)
+            if (par[j] < -1 || par[j] >= classes || chi[j] < -1 || chi[j] >= groups) ok = fail("_dlk.region_boxes: bad tree");
+        for (int g = 0; ok && g < groups; ++g)
+            if (gs[g] < 0 || go[g] < 0 || go[g] >= classes || (long long)go[g] + gs[g] > classes)
+                ok = fail("_dlk.region_boxes: bad tree");
+    }
+    if (ok)
+        dlk_region_boxes(F32(output), w, h, n, classes, coords, background, F32(biases), thresh,
+                         tree ? (const int *)parent.buf : NULL, tree ? (const int *)gsize.buf : NULL,
+                         tree ? (const int *)goffset.buf : NULL, tree ? (const int *)child.buf : NULL, tree_thresh,
+                         F32(boxes), F32(obj), F32(probs));
+    RELEASE(&output, &biases, &parent, &gsize, &goffset, &child, &boxes, &obj, &probs);
+    return none_if(ok);
+}
+
+static PyObject *py_detection_boxes(PyObject *self, PyObject *args)
+{
+    Py_buffer output, boxes, obj, probs;
+    int side, n, classes, sqrt_wh, w, h;
+    float thresh;
+    if (!PyArg_ParseTuple(args, "y*iiipiifw*w*w*", &output, &side, &n, &classes, &sqrt_wh, &w, &h, &thresh, &boxes,
+                          &obj, &probs))
+        return NULL;
+    long long slots = (long long)side * side * n;
+    int ok = (side > 0 && n > 0 && classes >= 0 && w > 0 && h > 0) || fail("_dlk.detection_boxes: bad geometry");
+    ok = ok && NEED_F(output, (long long)side * side * (classes + 5LL * n), "detection output") &&
+         NEED_F(boxes, 4 * slots, "boxes") && NEED_F(obj, slots, "objectness") &&
+         NEED_F(probs, slots * classes, "probs");
+    if (ok) dlk_detection_boxes(F32(output), side, n, classes, sqrt_wh, w, h, thresh, F32(boxes), F32(obj), F32(probs));
+    RELEASE(&output, &boxes, &obj, &probs);
+    return none_if(ok);
+}
+
+/* local_forward/local_backward geometry: im2col's output size; ok or ValueError */
+static int local_geometry(int batch, int c, int h, int w, int size, int stride, int pad, int n, long long *L,
+                          long long *K)
+{
+    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || size <= 0 || stride <= 0 || pad < 0 || n <= 0 ||
+        h + 2 * pad < size || w + 2 * pad < size)
+        return fail("_dlk.local: bad geometry");
+    *L = (long long)dlk_conv_out_size(h, size, stride, pad) * dlk_conv_out_size(w, size, stride, pad);
+    *K = (long long)size * size * c;
+    return 1;
+}
+
+static PyObject *py_local_forward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, weights, biases, out, ws;
+    int batch, c, h, w, size, stride, pad, n;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiiiy*y*w*w*", &in, &batch, &c, &h, &w, &size, &stride, &pad, &n, &weights,
+                          &biases, &out, &ws))
+        return NULL;
+    long long L = 0, K = 0;
+    int ok = local_geometry(batch, c, h, w, size, stride, pad, n, &L, &K);
+    ok = ok && NEED_F(in, (long long)batch * c * h * w, "local input") && NEED_F(weights, L * K * n, "local weights") &&
+         NEED_F(biases, L * n, "local biases") && NEED_F(out, batch * L * n, "local output") &&
+         NEED_F(ws, L * K, "local workspace");
+    if (ok) dlk_local_forward(F32(in), batch, c, h, w, size, stride, pad, n, F32(weights), F32(biases), F32(out), F32(ws));
+    RELEASE(&in, &weights, &biases, &out, &ws);
+    return none_if(ok);
+}
+
+static PyObject *py_local_backward(PyObject *self, PyObject *args)
+{
+    Py_buffer in, weights, delta, bupd, wupd, ws, prev = {0};
+    PyObject *prev_obj;
+    int batch, c, h, w, size, stride, pad, n;
+    if (!PyArg_ParseTuple(args, "y*iiiiiiiiy*y*w*w*Ow*", &in, &batch, &c, &h, &w, &size, &stride, &pad, &n, &weights,
+                          &delta, &bupd, &wupd, &prev_obj, &ws))
+        return NULL;
+    int have_prev = prev_obj != Py_None;
+    int ok = !have_prev || PyObject_GetBuffer(prev_obj, &prev, PyBUF_WRITABLE) == 0;
+    long long L = 0, K = 0;
+    ok = ok && local_geometry(batch, c, h, w, size, stride, pad, n, &L, &K);
+    ok = ok && NEED_F(in, (long long)batch * c * h * w, "local input") && NEED_F(weights, L * K * n, "local weights") &&
+         NEED_F(delta, batch * L * n, "local delta") && NEED_F(bupd, L * n, "local bias updates") &&
+         NEED_F(wupd, L * K * n, "local weight updates") && NEED_F(ws, L * K, "local workspace") &&
+         (!have_prev || NEED_F(prev, (long long)batch * c * h * w, "local input delta"));
+    if (ok)
+        dlk_local_backward(F32(in), batch, c, h, w, size, stride, pad, n, F32(weights), F32(delta), F32(bupd),
+                           F32(wupd), have_prev ? F32(prev) : NULL, F32(ws));
+    RELEASE(&in, &weights, &delta, &bupd, &wupd, &ws, &prev);
+    return none_if(ok);
+}
+
+static PyObject *py_region_delta(PyObject *self, PyObject *args)
+{
+    Py_buffer output, delta, biases, truth, scales, map, parent, group, gsize, goffset, stats;
+    int batch, w, h, n, classes, coords, rescore, background, bias_match, softmax;
+    long long seen;
+    float thresh;
+    if (!PyArg_ParseTuple(args, "y*w*iiiiiiy*y*fy*ppppLy*y*y*y*y*w*", &output, &delta, &batch, &w, &h, &n, &classes,
+                          &coords, &biases, &truth, &thresh, &scales, &rescore, &background, &bias_match, &softmax,
+                          &seen, &map, &parent, &group, &gsize, &goffset, &stats))
+        return NULL;
+    long long outputs = (long long)w * h * n * ((long long)coords + classes + 1);
+    int ok = (batch >= 0 && w > 0 && h > 0 && n > 0 && classes > 0 && coords >= 4) ||
+             fail("_dlk.region_delta: bad geometry");
+    ok = ok && NEED_F(output, batch * outputs, "region output") && NEED_F(delta, batch * outputs, "region delta") &&
+         NEED_F(biases, 2LL * n, "biases") && NEED_F(truth, batch * 30LL * (coords + 1), "truth") &&
+         NEED_F(scales, 5, "scales") && NEED_F(stats, 8, "stats");
+    int has_map = ok && map.len > 0, tree = ok && parent.len > 0;
+    if (has_map) {
+        const int *m = (const int *)map.buf;
+        long long entries = map.len / 4;
+        /* map[class] for any class in range: every entry must be a class */
+        ok = (entries >= classes) || fail("_dlk.region_delta: map shorter than classes");
+        for (long long i = 0; ok && i < entries; ++i)
+            if (m[i] < 0 || m[i] >= classes) ok = fail("_dlk.region_delta: bad map");
+    }
+    if (ok && tree) {
+        int groups = (int)(gsize.len / 4);
+        ok = (need(&parent, classes, 4, "tree parents") && need(&group, classes, 4, "tree groups") && groups > 0 &&
+              goffset.len / 4 >= groups) ||
+             (PyErr_Occurred() ? 0 : fail("_dlk.region_delta: bad tree"));
+        const int *par = (const int *)parent.buf, *grp = (const int *)group.buf;
+        const int *gs = (const int *)gsize.buf, *go = (const int *)goffset.buf;
+        for (int j = 0; ok && j < classes; ++j)
+            if (par[j] < -1 || par[j] >= j || grp[j] < 0 || grp[j] >= groups) ok = fail("_dlk.region_delta: bad tree");
+        for (int g = 0; ok && g < groups; ++g)
+            if (gs[g] < 0 || go[g] < 0 || (long long)go[g] + gs[g] > classes) ok = fail("_dlk.region_delta: bad tree");
+    }
+    if (ok)
+        dlk_region_delta(F32(output), F32(delta), batch, w, h, n, classes, coords, F32(biases), F32(truth), thresh,
+                         F32(scales), rescore, background, bias_match, softmax, seen,
+                         has_map ? (const int *)map.buf : NULL, tree ? (const int *)parent.buf : NULL,
+                         tree ? (const int *)group.buf : NULL, tree ? (const int *)gsize.buf : NULL,
+                         tree ? (const int *)goffset.buf : NULL, F32(stats));
+    RELEASE(&output, &delta, &biases, &truth, &scales, &map, &parent, &group, &gsize, &goffset, &stats);
+    return none_if(ok);
+}
+
 #ifdef DLK_TEST_HOOKS
 static PyObject *py_musl_sort_desc(PyObject *self, PyObject *args)
 {
@@ -1317,6 +1538,24 @@ static PyMethodDef dlk_methods[] = {
     {"rnn_mult_add", py_rnn_mult_add, METH_VARARGS, "rnn_mult_add(n, a, b, c): c += a*b"},
     {"rnn_tanh", py_rnn_tanh, METH_VARARGS, "rnn_tanh(x, n): Darknet's tanh"},
     {"rnn_tanh_gradient", py_rnn_tanh_gradient, METH_VARARGS, "rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y"},
+    {"reorg", py_reorg, METH_VARARGS, "reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu"},
+    {"flatten", py_flatten, METH_VARARGS, "flatten(x, size, layers, batch, forward, out): Darknet flatten"},
+    {"crop", py_crop, METH_VARARGS, "crop(in, batch, c, h, w, out_h, out_w, dh, dw, flip, scale, trans, out)"},
+    {"softmax_strided", py_softmax_strided, METH_VARARGS,
+     "softmax_strided(in, n, batch, batch_offset, groups, group_offset, stride, temp, out): Darknet softmax_cpu"},
+    {"region_boxes", py_region_boxes, METH_VARARGS,
+     "region_boxes(output, w, h, n, classes, coords, background, biases, thresh, parent, group_size, group_offset,"
+     " child, tree_thresh, boxes, objectness, probs)"},
+    {"detection_boxes", py_detection_boxes, METH_VARARGS,
+     "detection_boxes(output, side, n, classes, sqrt, w, h, thresh, boxes, objectness, probs)"},
+    {"region_delta", py_region_delta, METH_VARARGS,
+     "region_delta(output, delta, batch, w, h, n, classes, coords, biases, truth, thresh, scales, rescore, background,"
+     " bias_match, softmax, seen, map, parent, group, group_size, group_offset, stats): forward_region_layer training"},
+    {"local_forward", py_local_forward, METH_VARARGS,
+     "local_forward(in, batch, c, h, w, size, stride, pad, n, weights, biases, out, workspace)"},
+    {"local_backward", py_local_backward, METH_VARARGS,
+     "local_backward(in, batch, c, h, w, size, stride, pad, n, weights, delta, bias_upd, weight_upd, prev|None,"
+     " workspace)"},
     {NULL, NULL, 0, NULL}
 };
 

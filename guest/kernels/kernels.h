@@ -15,6 +15,8 @@
  *   image.c      pixels_to_chw, chw_to_pixels, resize_image, image_paste, upsample
  *   draw.c       draw_box_width, draw_label
  *   yolo.c       yolo_candidates, nms_sort (musl's smoothsort)
+ *   region.c     reorg, flatten, crop, softmax_strided, region_boxes, detection_boxes, region_delta
+ *   local.c      local_forward, local_backward
  *   png.c        png_unfilter, png_expand_palette, png_load_chw (inflate, CRC)
  *   jpeg.c       jpeg_decode_scan, jpeg_idct, jpeg_color, jpeg_encode_scan
  *   io.c         read_file
@@ -159,6 +161,30 @@ int dlk_nms_sort(const float *boxes, const float *objectness, float *probs, int 
 #ifdef DLK_TEST_HOOKS
 void dlk_musl_sort_desc(const float *keys, int n, int *order);
 #endif
+
+/* ------------------------------------------------------------------ region.c, local.c */
+
+void dlk_reorg(const float *x, int w, int h, int c, int batch, int stride, int forward, float *out);
+void dlk_flatten(const float *x, int size, int layers, int batch, int forward, float *out);
+void dlk_crop(const float *in, int batch, int c, int h, int w, int out_h, int out_w, int dh, int dw, int flip,
+              float scale, float trans, float *out);
+void dlk_softmax_strided(const float *in, int n, int batch, int batch_offset, int groups, int group_offset,
+                         int stride, float temp, float *out);
+void dlk_region_boxes(float *output, int w, int h, int n, int classes, int coords, int background,
+                      const float *biases, float thresh, const int *parent, const int *group_size,
+                      const int *group_offset, const int *child, float tree_thresh, float *boxes,
+                      float *objectness, float *probs);
+void dlk_detection_boxes(const float *output, int side, int n, int classes, int sqrt_wh, int w, int h,
+                         float thresh, float *boxes, float *objectness, float *probs);
+void dlk_region_delta(const float *output, float *delta, int batch, int w, int h, int n, int classes, int coords,
+                      const float *biases, const float *truth, float thresh, const float *scales, int rescore,
+                      int background, int bias_match, int softmax, long long seen, const int *map, const int *parent,
+                      const int *group, const int *group_size, const int *group_offset, float *stats);
+void dlk_local_forward(const float *in, int batch, int c, int h, int w, int size, int stride, int pad, int n,
+                       const float *weights, const float *biases, float *out, float *workspace);
+void dlk_local_backward(const float *in, int batch, int c, int h, int w, int size, int stride, int pad, int n,
+                        const float *weights, const float *delta, float *bias_upd, float *weight_upd, float *prev,
+                        float *workspace);
 
 /* ------------------------------------------------------------------ png.c */
 

@@ -4,9 +4,11 @@
 2. the image, letterboxed to the network size, one forward pass;
    stdout `<file>: Predicted in <seconds> seconds.`
 3. boxes of every YOLO layer whose objectness > thresh (correct_yolo_boxes maps them back
-   to the original image), do_nms_sort (in the order of musl's qsort: the order of equal
-   probabilities decides the print order), then for each box in array order the class
-   lines `name: NN%` on stdout, its box and label drawn;
+   to the original image), and all slots of [region] (YOLOv2, also mapped back) and
+   [detection] (YOLOv1, in pixels as Darknet) layers (boxes.get_network_boxes), do_nms_sort
+   (in the order of musl's qsort: the order of equal probabilities decides the print order),
+   then for each box in array order the class lines `name: NN%` on stdout, its box and label
+   drawn;
 4. the image saved as `<outfile or predictions>.jpg`.
 Unlike Darknet, no `data/labels/*.png` glyph files are read: the label font is built in.
 """
@@ -20,6 +22,8 @@ from ..errors import DLServerError
 from ..image.draw import draw_box_width, draw_label, get_color, get_label, save_image
 from ..image.load import load_image_color
 from ..image.ops import letterbox_image
+from ..layers.detection import DetectionLayer
+from ..layers.region import RegionLayer
 from ..layers.yolo import YoloLayer
 from ..network import parse_network_cfg
 from ..rng import f32
@@ -109,9 +113,12 @@ def test_detector(
     net = parse_network_cfg(cfg, batch=1)
     load_weights(net, weights)
     net.set_batch(1)
-    yolo_layers = [layer for layer in net.layers if isinstance(layer, YoloLayer)]
-    if not yolo_layers or not isinstance(net.layers[-1], YoloLayer):
-        raise DLServerError(f"{cfg}: detect needs a network whose last layer is [yolo]")
+    heads = (YoloLayer, RegionLayer, DetectionLayer)
+    yolo_layers = [layer for layer in net.layers if isinstance(layer, heads)]
+    if not yolo_layers or not isinstance(net.layers[-1], heads):
+        raise DLServerError(
+            f"{cfg}: detect needs a network whose last layer is [yolo], [region] or [detection]"
+        )
     if net.w < 1 or net.h < 1 or net.c != 3:
         raise DLServerError(
             f"{cfg}: detect needs an image network (width, height, channels=3), got {net.w}x{net.h}x{net.c}"
@@ -120,7 +127,7 @@ def test_detector(
     for layer in yolo_layers:
         if layer.classes != classes:
             raise DLServerError(
-                f"{cfg}: the [yolo] layers disagree on classes ({layer.classes} and {classes})"
+                f"{cfg}: the detection layers disagree on classes ({layer.classes} and {classes})"
             )
     if len(names) < classes:
         raise DLServerError(f"{name_list}: {len(names)} names, but {cfg} detects {classes} classes")
