@@ -276,11 +276,12 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
     for index, options in enumerate(sections[1:]):
         layer_type = LAYER_TYPES.get(options.name)
         if layer_type is None:
+            where = f"{cfg_path}:{options.line}"
             if options.name in REFUSED_SECTIONS:
-                raise DLServerError(f"{cfg_path}:{options.line}: {REFUSED_SECTIONS[options.name]}")
+                raise DLServerError(f"{where}: {REFUSED_SECTIONS[options.name]}")
             if options.name in ("[net]", "[network]"):
-                raise DLServerError(f"{cfg_path}:{options.line}: {options.name} may only be the first section")
-            raise DLServerError(f"{cfg_path}:{options.line}: unknown section {options.name}")
+                raise DLServerError(f"{where}: {options.name} may only be the first section")
+            raise DLServerError(f"{where}: unknown section {options.name}")
         err.write(f"{index:5d} ")
         try:
             if layer_type.needs_network:
