@@ -468,6 +468,7 @@ def rnn_tanh(x: Buffer, n: int, /) -> None:
 
 def rnn_tanh_gradient(y: Buffer, n: int, delta: Buffer, /) -> None:
     """delta *= 1 - y*y"""
+
 # ------------------------------------------------------------------ region.c, local.c (detection family)
 
 def reorg(x: Buffer, w: int, h: int, c: int, batch: int, stride: int, forward: bool, out: Buffer, /) -> None:
