@@ -75,8 +75,9 @@ def harness() -> Path:
 
 
 def quiet_parse(cfg: Path):
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        return parse_network_cfg(str(cfg), batch=1)
+    """The network of cfg at batch 1, parsed in cfg's directory (where its tree= file is)."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.chdir(cfg.parent):
+        return parse_network_cfg(cfg.name, batch=1)
 
 
 def output_kind(net) -> str | None:
@@ -174,13 +175,19 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
     text = src.read_text()
     if size:
         text = re.sub(r"(?m)^(height|width)=\d+", rf"\g<1>={size}", text)
+
+    def local_copy(match: re.Match) -> str:  # tree= and map= files, where the sandbox sees them
+        shutil.copy(match.group(2), work / Path(match.group(2)).name)
+        return f"{match.group(1)}={Path(match.group(2)).name}"
+
+    text = re.sub(r"(?m)^(tree|map)\s*=\s*(/\S+)", local_copy, text)
     cfg = work / f"{name}.cfg"
     cfg.write_text(text)
     try:
         net = quiet_parse(cfg)
     except DLServerError as e:
         return Outcome(name, "FAILED", f"does not build: {e}")
-    kind = output_kind(net)
+    kind = output_kind(net) if net.w and net.h else None  # rnn, gru: text, not images
     classes = net.output_layer.outputs if kind == "classifier" else getattr(net.output_layer, "classes", 0)
     del net  # calibrate builds its own (big nets do not fit twice under the buffer limit)
     weights = work / f"{name}.weights"
@@ -188,10 +195,13 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
     if not png.exists():
         Image.open(DEBIAN / "data" / "dog.jpg").convert("RGB").save(png)
     if not weights.exists():
-        run = subprocess.run([str(harness()), str(cfg), str(weights), "-"], capture_output=True, text=True)
+        run = subprocess.run(
+            [str(harness()), cfg.name, weights.name, "-"], cwd=work, capture_output=True, text=True
+        )
         if run.returncode != 0:
             return Outcome(name, "FAILED", f"darknet could not make weights: {run.stderr[-300:]}")
-        calibrate(cfg, weights, png)
+        if kind:
+            calibrate(cfg, weights, png)
     names = names_file(work, classes)
     if kind == "classifier":
         (work / "in.data").write_text(f"classes={classes}\nnames={names}\ntop=5\n")

@@ -58,12 +58,34 @@ def top_k(values, k: int) -> list[int]:
     return sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
 
 
-def _check_input_geometry(net, what: str) -> None:
-    if net.w < 1 or net.h < 1 or net.c != 3:
+def _check_input_geometry(net, what: str, fewer_channels: bool = False) -> None:
+    """An image network of 3 channels; with fewer_channels also 1 or 2 (they read the first
+    planes of the RGB image, the red one first, as Darknet's network_predict does)."""
+    channels_ok = 1 <= net.c <= 3 if fewer_channels else net.c == 3
+    if net.w < 1 or net.h < 1 or not channels_ok:
+        wanted = "channels 1 to 3" if fewer_channels else "channels=3"
         raise DLServerError(
-            f"{net.cfg_path}: {what} needs an image network (width, height, channels=3),"
+            f"{net.cfg_path}: {what} needs an image network (width, height, {wanted}),"
             f" got {net.w}x{net.h}x{net.c}"
         )
+
+
+def hierarchy_predictions(pred, n: int, tree) -> None:
+    """tree.c hierarchy_predictions with only_leaves: each class times its parent's (parents
+    come first, so a leaf gets the product along its path), then every non-leaf to 0."""
+    parent = tree.parent
+    for j in range(n):
+        if parent[j] >= 0:
+            pred[j] = f32(pred[j] * pred[parent[j]])
+    for j in range(n):
+        if not tree.leaf[j]:
+            pred[j] = 0.0
+
+
+def _hierarchy(net):
+    """Darknet's net->hierarchy: the tree of the last softmax layer (None if it has none)."""
+    softmaxes = [layer for layer in net.layers if layer.kind == "softmax"]
+    return softmaxes[-1].tree if softmaxes else None
 
 
 def _label_of(path: str, labels: list[str]) -> int:
@@ -77,7 +99,7 @@ def predict_classifier(datacfg: str, cfg: str, weights: str | None, filename: st
     """Classify one image: stderr `<file>: Predicted.`, stdout `%5.2f%%: name` for the top k."""
     net = load_network(cfg, weights, batch=1)
     net.set_batch(1)
-    _check_input_geometry(net, "predict")
+    _check_input_geometry(net, "predict", fewer_channels=True)
     options = read_data_cfg(datacfg)
     name_list = options.find_str("names", None, quiet=True)
     if name_list is None:
@@ -95,6 +117,9 @@ def predict_classifier(datacfg: str, cfg: str, weights: str | None, filename: st
     im = load_image_color(filename)
     sized = letterbox_image(im, net.w, net.h)
     pred = net.predict(sized.data)
+    tree = _hierarchy(net)
+    if tree is not None:
+        hierarchy_predictions(pred, min(classes, tree.n), tree)
     indexes = top_k(pred[:classes], top)
     sys.stderr.write(f"{filename}: Predicted.\n")
     out = sys.stdout
