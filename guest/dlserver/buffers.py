@@ -57,6 +57,25 @@ def int_zeros(n: int) -> array:
     return _tracked(array("i", [0]) * n, nbytes)
 
 
+_scratch = array("f")
+
+
+def reserve_scratch(n: int) -> None:
+    """Grow the shared scratch buffer to at least n floats now (so a layer that needs too much
+    fails while its cfg line is known, not in its first forward pass)."""
+    global _scratch
+    if n > len(_scratch):
+        _scratch = array("f")  # the old one goes before the new one is counted
+        _scratch = zeros(n)
+
+
+def scratch(n: int) -> memoryview:
+    """n floats of the one scratch buffer every layer shares (Darknet's net->workspace: each
+    layer's im2col columns live there only during its own forward or backward call)."""
+    reserve_scratch(n)
+    return memoryview(_scratch)[:n]
+
+
 def view(buf: array, start: int, length: int) -> memoryview:
     """Items start..start+length of a float32 array, without a copy."""
     return memoryview(buf)[start : start + length]

@@ -3,7 +3,7 @@
 from array import array
 
 from .. import kernels
-from ..buffers import zeros
+from ..buffers import scratch, zeros
 from ..errors import DLServerError
 from ..kernels import Activation
 from ..rng import f32
@@ -49,6 +49,13 @@ class Layer:
     # set by network._parse_common_options after the layer is built
     learning_rate_scale: float
     stopbackward: int
+
+    workspace_size = 0  # floats of shared scratch the layer uses inside one forward or backward call
+
+    @property
+    def workspace(self):
+        """workspace_size floats of the shared scratch buffer (buffers.scratch), or None."""
+        return scratch(self.workspace_size) if self.workspace_size else None
 
     def __init__(self, batch: int, h: int, w: int, c: int, inputs: int):
         self.batch = batch

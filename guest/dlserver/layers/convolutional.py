@@ -15,7 +15,7 @@ im2col + gemm loops, without im2col and without the Python loop over the batch.
 import math
 
 from .. import kernels
-from ..buffers import view, zeros
+from ..buffers import reserve_scratch, scratch, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
 from .base import WeightedLayer, parse_activation
@@ -89,14 +89,11 @@ class ConvolutionalLayer(WeightedLayer):
             and self.pad < self.size
             and not self.batch_normalize
         )
-        if self.fused:
-            self.workspace = None
-        elif self.direct:
-            self.workspace = zeros(kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad))
-        elif self.size != 1:
-            self.workspace = zeros(self.kernel_inputs * self.out_h * self.out_w)
-        else:
-            self.workspace = None
+        if self.direct and not self.fused:
+            self.workspace_size = kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad)
+        elif not self.direct and self.size != 1:
+            self.workspace_size = self.kernel_inputs * self.out_h * self.out_w
+        reserve_scratch(self.workspace_size)
         self.allocate()
 
     def allocate(self) -> None:
@@ -194,7 +191,8 @@ class ConvolutionalLayer(WeightedLayer):
         """Buffers for backward and update: delta, gradients (momentum-carried), im2col columns,
         and the batch-normalisation buffers."""
         super().prepare_training()
-        self.columns = None if self.fused else zeros(self.kernel_inputs * self.out_h * self.out_w)
+        self.columns_size = 0 if self.fused else self.kernel_inputs * self.out_h * self.out_w
+        reserve_scratch(self.columns_size)
         if self.batch_normalize:
             prepare_batchnorm_training(self)
 
@@ -240,6 +238,7 @@ class ConvolutionalLayer(WeightedLayer):
         g = self.groups
         m, c = self.n // g, self.c // g
         group_inputs = c * self.h * self.w
+        columns = scratch(self.columns_size)
         for b in range(self.batch):
             for j in range(g):
                 image = view(input_buf, (b * g + j) * group_inputs, group_inputs)
@@ -247,8 +246,8 @@ class ConvolutionalLayer(WeightedLayer):
                 if self.size == 1:
                     col = image
                 else:
-                    kernels.im2col(image, c, self.h, self.w, self.size, self.stride, self.pad, self.columns)
-                    col = self.columns
+                    kernels.im2col(image, c, self.h, self.w, self.size, self.stride, self.pad, columns)
+                    col = columns
                 weights, weight_updates = self.weights, self.weight_updates
                 if g != 1:
                     weights = view(self.weights, j * m * K, m * K)
@@ -256,11 +255,11 @@ class ConvolutionalLayer(WeightedLayer):
                 kernels.gemm(0, 1, m, K, spatial, 1.0, delta, spatial, col, spatial, 1.0, weight_updates, K)
                 if prev_delta is not None:
                     image_delta = view(prev_delta, (b * g + j) * group_inputs, group_inputs)
-                    target = image_delta if self.size == 1 else self.columns
+                    target = image_delta if self.size == 1 else columns
                     kernels.gemm(1, 0, K, spatial, m, 1.0, weights, K, delta, spatial, 0.0, target, spatial)
                     if self.size != 1:
                         kernels.col2im(
-                            self.columns, c, self.h, self.w, self.size, self.stride, self.pad, image_delta
+                            columns, c, self.h, self.w, self.size, self.stride, self.pad, image_delta
                         )
 
     def describe(self):

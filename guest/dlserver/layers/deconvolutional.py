@@ -20,7 +20,7 @@ Training with batch_normalize=1 is refused (Darknet's training batch norm is not
 """
 
 from .. import kernels
-from ..buffers import filled, view, zeros
+from ..buffers import filled, reserve_scratch, view, zeros
 from ..errors import DLServerError
 from ..rng import f32
 from .base import WeightedLayer, parse_activation
@@ -69,7 +69,8 @@ class DeconvolutionalLayer(WeightedLayer):
             self.scales = filled(self.n, 1.0)
             self.rolling_mean = zeros(self.n)
             self.rolling_variance = zeros(self.n)
-        self.workspace = zeros(self.kernel_outputs * h * w)
+        self.workspace_size = self.kernel_outputs * h * w
+        reserve_scratch(self.workspace_size)
         self.allocate()
 
     def init_weights(self, rng) -> None:

@@ -19,7 +19,7 @@ where that differs from out_h (Darknet would read past its workspace).
 import math
 
 from .. import kernels
-from ..buffers import zeros
+from ..buffers import reserve_scratch, zeros
 from ..errors import DLServerError
 from ..rng import f32
 from .base import WeightedLayer, parse_activation
@@ -64,7 +64,8 @@ class LocalLayer(WeightedLayer):
             raise DLServerError(f"{where}: local layer has {nweights} weights, more than {MAX_WEIGHTS}")
         self.weights = zeros(nweights)
         self.biases = zeros(self.outputs)
-        self.workspace = zeros(self.ksize * self.locations)
+        self.workspace_size = self.ksize * self.locations
+        reserve_scratch(self.workspace_size)
         self.allocate()
 
     def init_weights(self, rng) -> None:
