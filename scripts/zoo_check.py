@@ -57,7 +57,7 @@ TOP_LINE = re.compile(r"^\s*[0-9.]+%: ")
 @dataclass
 class Outcome:
     name: str
-    status: str  # "ok", "built" (no output layer to compare), "DIFFERENT", "FAILED"
+    status: str  # ok, built (no output layer to compare), known (KNOWN_DIFFERENCES), DIFFERENT, FAILED
     detail: str = ""
 
 
@@ -164,13 +164,38 @@ def names_file(work: Path, classes: int) -> str:
     return "names.list"
 
 
+# Where we differ from Debian's Darknet on purpose (the contract says why), with the reason.
+KNOWN_DIFFERENCES = {
+    "yolo9000": "Darknet's CPU region layer runs the WordTree softmax from the wrong offset with"
+    " temperature 0 and prints no box (NaN); we use its GPU path's layout (contract §4.20)",
+}
+# -thresh per output layer kind: a region head's class probabilities are a softmax over all
+# classes (small), a yolo head's are independent logistics
+THRESH = {"yolo": 0.5, "region": 0.1, "detection": 0.5}
+DETECTION_LINE = re.compile(r"^(.+): (-?\d+)%$")
+
+
+def same_detections(ours: list[str], theirs: list[str]) -> bool:
+    """Equal as multisets of (class, percent), a percent allowed to differ by 1 (a value at a
+    .5 boundary rounds either way when -Ofast reassociated its last bits)."""
+    if len(ours) != len(theirs):
+        return False
+
+    def parsed(lines: list[str]) -> list[tuple[str, int]]:
+        return sorted((m.group(1), int(m.group(2))) for m in map(DETECTION_LINE.match, lines) if m)
+
+    pairs = zip(parsed(ours), parsed(theirs), strict=True)
+    return all(a[0] == b[0] and abs(a[1] - b[1]) <= 1 for a, b in pairs)
+
+
 def top_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if TOP_LINE.match(line) or re.match(r"^[^:]+: \d+%$", line)]
 
 
-def check(name: str, size: int | None, thresh: float) -> Outcome:
+def check(name: str, size: int | None = None, thresh: float | None = None, root: Path = WORK) -> Outcome:
+    """Run cfg `name` (Debian's) in the component and in native darknet under root/name/."""
     src = DEBIAN / "cfg" / f"{name}.cfg"
-    work = WORK / name
+    work = root / name
     work.mkdir(parents=True, exist_ok=True)
     text = src.read_text()
     if size:
@@ -188,6 +213,7 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
     except DLServerError as e:
         return Outcome(name, "FAILED", f"does not build: {e}")
     kind = output_kind(net) if net.w and net.h else None  # rnn, gru: text, not images
+    out_kind = net.output_layer.kind
     classes = net.output_layer.outputs if kind == "classifier" else getattr(net.output_layer, "classes", 0)
     del net  # calibrate builds its own (big nets do not fit twice under the buffer limit)
     weights = work / f"{name}.weights"
@@ -212,7 +238,8 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
         (work / "cfg").mkdir(exist_ok=True)
         (work / "cfg" / "coco.data").write_text(f"classes={classes}\nnames={names}\n")
         (work / "native.data").write_text(f"classes={classes}\nnames={work / names}\n")
-        tail = [cfg.name, weights.name, png.name, "-thresh", str(thresh), "-out", "pred"]
+        threshold = thresh if thresh is not None else THRESH[out_kind]
+        tail = [cfg.name, weights.name, png.name, "-thresh", str(threshold), "-out", "pred"]
         ours = ["detect", *tail]
         theirs = [str(DARKNET), "detector", "test", "native.data", *tail]
     else:  # builds; nothing to compare: run the component on an aggregation of the weights
@@ -234,9 +261,11 @@ def check(name: str, size: int | None, thresh: float) -> Outcome:
     a, b = top_lines(mine.stdout), top_lines(native.stdout)
     if kind == "detector":  # print order: musl's qsort (the original's) vs glibc's, see the docstring
         a, b = sorted(a), sorted(b)
-    if a == b:
+    if a == b or (kind == "detector" and same_detections(a, b)):
         return Outcome(name, "ok", f"{kind}: {len(a)} lines, first {a[0].strip() if a else '-'}")
     diff = next(i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i])
+    if name in KNOWN_DIFFERENCES:
+        return Outcome(name, "known", KNOWN_DIFFERENCES[name])
     where = f"line {diff}: ours {a[diff : diff + 2]} darknet {b[diff : diff + 2]}"
     return Outcome(name, "DIFFERENT", f"{where} ({len(a)}/{len(b)} lines)")
 
@@ -245,7 +274,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated cfg names (default: all 45)")
     parser.add_argument("--size", type=int, help="override height and width")
-    parser.add_argument("--thresh", type=float, default=0.5)
+    parser.add_argument("--thresh", type=float, help="detection threshold (default: by output layer kind)")
     opts = parser.parse_args()
     if not (DARKNET.exists() and LIBDARKNET.exists() and shutil.which("gcc")):
         sys.exit("zoo-check needs Debian's darknet package and gcc (apt-get install darknet)")
@@ -256,7 +285,7 @@ def main() -> None:
         print(f"{outcome.name:20s} {outcome.status:10s} {outcome.detail}", flush=True)
         outcomes.append(outcome)
     bad = [o for o in outcomes if o.status in ("DIFFERENT", "FAILED")]
-    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} cfgs ok or built")
+    print(f"{len(outcomes) - len(bad)} of {len(outcomes)} cfgs ok, built, or different as documented")
     sys.exit(1 if bad else 0)
 
 
