@@ -16,7 +16,7 @@ from dlserver.buffers import live_bytes
 from dlserver.network import parse_network_cfg
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import zoo_check  # noqa: E402
+import zoo_check
 
 ALL_CFGS = sorted(p.stem for p in DARKNET_CFGS.glob("*.cfg")) if DARKNET_CFGS.exists() else []
 
