@@ -166,3 +166,28 @@ def run_host(program: str, args_cfg: list[str] | None, *flags: str) -> int:
     if args_cfg is not None:
         Path("args.cfg").write_text("".join(a + "\n" for a in args_cfg))
     return cli.main(["--program", program, *flags])
+
+
+def write_band_dataset(workdir: Path) -> Path:
+    """24 8x8 RGB PNGs of 3 classes (a bright band per class) under data/p/, their list,
+    labels and cfg/p.dataset (its cfg, cfg/p.cfg, is the caller's); returns workdir."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (workdir / "data" / "p").mkdir(parents=True)
+    paths = []
+    for i in range(24):
+        label = i % 3
+        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
+        pixels[:, label * 2 : label * 2 + 3] = 220
+        path = f"data/p/p_{i:03d}_c{label}.png"
+        Image.fromarray(pixels, "RGB").save(workdir / path)
+        paths.append(path)
+    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
+    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
+    (workdir / "cfg" / "p.dataset").write_text(
+        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
+        "names=data/labels.list\ntop=2\n"
+    )
+    return workdir

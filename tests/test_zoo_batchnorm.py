@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_band_dataset
 from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
@@ -587,24 +588,7 @@ def test_batchnorm_after_a_flat_layer_is_fine_and_its_input_must_exist(tmp_path,
 def bn_patterns(workdir):
     """24 8x8 RGB images of 3 classes (a bright band per class), a dataset file and a BN cfg
     with [batchnorm], groups and a connected BN layer."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (workdir / "data" / "p").mkdir(parents=True)
-    paths = []
-    for i in range(24):
-        label = i % 3
-        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
-        pixels[:, label * 2 : label * 2 + 3] = 220
-        path = f"data/p/p_{i:03d}_c{label}.png"
-        Image.fromarray(pixels, "RGB").save(workdir / path)
-        paths.append(path)
-    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
-    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
-    (workdir / "cfg" / "p.dataset").write_text(
-        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
-        "names=data/labels.list\ntop=2\n"
-    )
+    write_band_dataset(workdir)
     text = TRAIN_CFG.format(batch=4).replace("max_batches=100", "max_batches=12")
     text = text.replace("height=6\nwidth=6\nchannels=2", "height=8\nwidth=8\nchannels=3")
     (workdir / "cfg" / "p.cfg").write_text(text.replace("output=5", "output=3"))

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import run_wasmtime
+from conftest import run_wasmtime, write_band_dataset
 from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.main import main
@@ -228,22 +227,7 @@ def test_bad_shortcut_sources_are_clear_errors(tmp_path):
 @pytest.fixture
 def patterns(workdir):
     """24 8x8 RGB images of 3 classes (a bright band per class), a dataset file and the residual cfg."""
-    rng = np.random.default_rng(0)
-    (workdir / "data" / "p").mkdir(parents=True)
-    paths = []
-    for i in range(24):
-        label = i % 3
-        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
-        pixels[:, label * 2 : label * 2 + 3] = 220
-        path = f"data/p/p_{i:03d}_c{label}.png"
-        Image.fromarray(pixels, "RGB").save(workdir / path)
-        paths.append(path)
-    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
-    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
-    (workdir / "cfg" / "p.dataset").write_text(
-        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
-        "names=data/labels.list\ntop=2\n"
-    )
+    write_band_dataset(workdir)
     text = RESIDUAL_CFG.format(batch=4, max_batches=12, classes=3, last_shortcut="activation=linear")
     (workdir / "cfg" / "p.cfg").write_text(text.replace("channels=2", "channels=3"))
     return workdir

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import write_band_dataset
 from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
@@ -999,24 +1000,7 @@ scale=0.1
 @pytest.fixture
 def patterns(workdir):
     """24 8x8 RGB images of 3 classes (a bright band per class), a dataset file and TRAIN_CFG."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (workdir / "data" / "p").mkdir(parents=True)
-    paths = []
-    for i in range(24):
-        label = i % 3
-        pixels = rng.integers(0, 40, (8, 8, 3), dtype=np.uint8)
-        pixels[:, label * 2 : label * 2 + 3] = 220
-        path = f"data/p/p_{i:03d}_c{label}.png"
-        Image.fromarray(pixels, "RGB").save(workdir / path)
-        paths.append(path)
-    (workdir / "data" / "p.list").write_text("\n".join(paths) + "\n")
-    (workdir / "data" / "labels.list").write_text("c0\nc1\nc2\n")
-    (workdir / "cfg" / "p.dataset").write_text(
-        "classes=3\ntrain=data/p.list\nvalid=data/p.list\nbackup=model\nlabels=data/labels.list\n"
-        "names=data/labels.list\ntop=2\n"
-    )
+    write_band_dataset(workdir)
     (workdir / "cfg" / "p.cfg").write_text(TRAIN_CFG)
     return workdir
 
