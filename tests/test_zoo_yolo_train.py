@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from darknet_oracle import build_harness, needs_darknet
+from dlserver.layers.yolo import YoloLayer
 from dlserver.network import parse_network_cfg
 from dlserver.rng import Random
 from dlserver.weights import load_weights, save_weights
@@ -21,13 +22,13 @@ f32 = np.float32
 BATCH = 2
 TRUTHS = 90 * 5  # floats of truth per image (Darknet's l.truths)
 
-TWO_YOLO_CFG = """[net]
+NET_AND_FIRST_CONV = """[net]
 batch=2
 subdivisions=1
-height=32
-width=32
+height={size}
+width={size}
 channels=3
-learning_rate=0.01
+learning_rate={rate}
 momentum=0.9
 decay=0.0005
 
@@ -38,7 +39,11 @@ size=3
 stride=2
 pad=1
 activation=leaky
+"""
 
+TWO_YOLO_CFG = (
+    NET_AND_FIRST_CONV.format(size=32, rate=0.01)
+    + """
 [maxpool]
 size=2
 stride=2
@@ -88,6 +93,7 @@ max=4
 ignore_thresh=.2
 truth_thresh=1
 """
+)
 
 
 def truth_rows(*images) -> np.ndarray:
@@ -137,7 +143,7 @@ TINY_TRUTH = truth_rows(
 )
 
 
-def run_train_oracle_batch(tmp_path: Path, cfg: Path, weights: Path, x: np.ndarray, truth: np.ndarray) -> dict:
+def run_train_oracle_batch(tmp_path: Path, cfg: Path, weights: Path, x: np.ndarray, truth: np.ndarray):
     """Darknet's training forward + backward on BATCH images: outputs, deltas, costs, printed lines.
     (The cfg must say batch=BATCH: Darknet's set_batch_network does not reallocate the buffers.)"""
     exe = build_harness("darknet_detect", tmp_path)
@@ -175,7 +181,7 @@ def train_step_ours(cfg: Path, weights: Path, x: np.ndarray, truth: np.ndarray, 
     net.prepare_training(Random(0))
     if truth_thresh is not None:
         for layer in net.layers:
-            if layer.kind == "yolo":
+            if isinstance(layer, YoloLayer):
                 layer.truth_thresh = truth_thresh
     cost = net.train_step(floats(x), floats(truth))
     return net, cost
@@ -193,7 +199,8 @@ def compare_with_darknet(tmp_path, cfg, weights, x, truth, capsys) -> dict:
     assert sorted(theirs["lcost"]) == yolo_indexes
     for i in yolo_indexes:
         layer = net.layers[i]
-        np.testing.assert_allclose(as_np(layer.output), theirs["out"][i], rtol=2e-5, atol=2e-6, err_msg=f"out {i}")
+        ours = as_np(layer.output)
+        np.testing.assert_allclose(ours, theirs["out"][i], rtol=2e-5, atol=2e-6, err_msg=f"out {i}")
         np.testing.assert_allclose(
             as_np(layer.delta), theirs["delta"][i], rtol=1e-5, atol=1e-6, err_msg=f"delta {i}"
         )
@@ -250,24 +257,9 @@ def test_yolov3_tiny_trains_as_debians_darknet(tmp_path, capsys, size):
 
 # ---------------------------------------------------------------- ours alone: bad truths, training
 
-SMALL_YOLO_CFG = """[net]
-batch=2
-subdivisions=1
-height=16
-width=16
-channels=3
-learning_rate=0.02
-momentum=0.9
-decay=0.0005
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=2
-pad=1
-activation=leaky
-
+SMALL_YOLO_CFG = (
+    NET_AND_FIRST_CONV.format(size=16, rate=0.02)
+    + """
 [convolutional]
 filters=16
 size=3
@@ -282,6 +274,7 @@ classes=3
 num=3
 ignore_thresh=.5
 """
+)
 
 GOOD_BOXES = [[0.30, 0.40, 0.30, 0.35, 1], [0.70, 0.60, 0.55, 0.50, 2], [0.31, 0.41, 0.28, 0.30, 0]]
 

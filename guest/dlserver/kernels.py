@@ -305,7 +305,8 @@ jpeg_encode_scan: Callable[[Bytes, int, int, int, Bytes, Bytes, bytes], bytes] =
 # yolo_delta(output, delta, batch, w, h, n, classes, mask, total, biases, netw, neth, truth, max_boxes,
 #            ignore_thresh, truth_thresh, stats): Darknet's forward_yolo_layer in train mode; stats[9]
 yolo_delta: Callable[
-    [Floats, Floats, int, int, int, int, int, Ints, int, Floats, int, int, Floats, int, float, float, Floats], None
+    [Floats, Floats, int, int, int, int, int, Ints, int, Floats, int, int, Floats, int, float, float, Floats],
+    None,
 ] = _dlk.yolo_delta
 
 
