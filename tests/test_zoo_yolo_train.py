@@ -6,12 +6,14 @@ net trained through Network.train_step whose weights reload and predict identica
 import math
 import re
 import subprocess
+from array import array
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from darknet_oracle import build_harness, needs_darknet
+from dlserver import kernels
 from dlserver.layers.yolo import YoloLayer
 from dlserver.network import parse_network_cfg
 from dlserver.rng import Random
@@ -331,6 +333,31 @@ def test_bad_truths_are_skipped_and_nothing_is_read_outside(tmp_path, capsys):
     delta, cost = yolo_forward(net, x, full)
     assert math.isfinite(cost)
     capsys.readouterr()
+
+
+def test_yolo_delta_kernel_checks_its_buffers(tmp_path, capsys):
+    """The kernel refuses a mask value outside the anchors and buffers too short for the geometry."""
+    net = small_net(tmp_path)
+    layer = net.layers[-1]
+    stats = floats(np.zeros(9))
+    truth = floats(truth_rows(GOOD_BOXES, []))
+
+    def call(mask=(0, 1), delta=None, biases=None, stats=stats):
+        kernels.yolo_delta(
+            layer.output, layer.delta if delta is None else delta, BATCH, layer.w, layer.h, 2, 3,
+            array("i", mask), 3, layer.biases if biases is None else biases, 16, 16, truth, 90, 0.5, 1.0, stats,
+        )  # fmt: skip
+
+    call()
+    assert stats[7] == 3  # count: the three good boxes all fit anchors 0 and 1
+    with pytest.raises(ValueError, match="mask value"):
+        call(mask=(0, 3))
+    with pytest.raises(ValueError, match="yolo delta"):
+        call(delta=floats(np.zeros(len(layer.delta) - 1)))
+    with pytest.raises(ValueError, match="biases"):
+        call(biases=floats(np.zeros(5)))
+    with pytest.raises(ValueError, match="stats"):
+        call(stats=floats(np.zeros(8)))
 
 
 def test_no_truth_in_the_mask_prints_darknets_nan_line(tmp_path, capsys):

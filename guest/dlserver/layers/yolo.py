@@ -101,10 +101,11 @@ class YoloLayer(Layer):
                 kernels.activate(view(out, index, 2 * hw), 2 * hw, Activation.LOGISTIC)
                 index = self.entry_index(b, a * hw, 4)
                 kernels.activate(view(out, index, scores), scores, Activation.LOGISTIC)
-
         self.cost = 0.0
         if train and net.truth is not None:
-            self._training_deltas(net)
+            self._training_deltas(net)  # zeroes the delta first
+        elif self.delta is not None:
+            kernels.fill(len(self.delta), 0.0, self.delta)  # Darknet's memset, train or not
 
     def init_weights(self, rng) -> None:
         """make_yolo_layer calls srand(0) (docs/darknet-contract.md §10.2)."""
