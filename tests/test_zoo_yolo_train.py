@@ -343,9 +343,11 @@ def test_yolo_delta_kernel_checks_its_buffers(tmp_path, capsys):
     truth = floats(truth_rows(GOOD_BOXES, []))
 
     def call(mask=(0, 1), delta=None, biases=None, stats=stats):
+        delta = layer.delta if delta is None else delta
+        biases = layer.biases if biases is None else biases
         kernels.yolo_delta(
-            layer.output, layer.delta if delta is None else delta, BATCH, layer.w, layer.h, 2, 3,
-            array("i", mask), 3, layer.biases if biases is None else biases, 16, 16, truth, 90, 0.5, 1.0, stats,
+            layer.output, delta, BATCH, layer.w, layer.h, 2, 3, array("i", mask), 3, biases, 16, 16, truth,
+            90, 0.5, 1.0, stats,
         )  # fmt: skip
 
     call()
