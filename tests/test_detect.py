@@ -225,12 +225,21 @@ def test_route_and_upsample_backward(tmp_path, capsys):
     )
 
 
-def test_yolo_cannot_train(tmp_path, capsys):
+def test_yolo_trains(tmp_path, capsys):
+    """The yolo layer trains (its refusal is gone): a cost, Darknet's Region line, and its delta
+    sent back into the convolution (tests/test_zoo_yolo_train.py compares it with Darknet)."""
     cfg = tmp_path / "t.cfg"
     cfg.write_text(TINY_CFG)
-    net = parse_network_cfg(str(cfg))
-    with pytest.raises(Exception, match="training yolo is not supported"):
-        net.prepare_training(Random())
+    net = parse_network_cfg(str(cfg), init_rng=Random(0))
+    net.prepare_training(Random(0))
+    truth = array("f", bytes(4 * 90 * 5))
+    truth[:5] = array("f", [0.3, 0.6, 0.5, 0.5, 0])
+    x = array("f", np.random.default_rng(0).random(8 * 8 * 3).astype(np.float32).tobytes())
+    capsys.readouterr()
+    cost = net.train_step(x, truth)
+    assert math.isfinite(cost) and cost > 0
+    assert capsys.readouterr().out.startswith("Region 1 Avg IOU: ")
+    assert np.frombuffer(net.layers[0].delta, dtype=np.float32).any()
 
 
 @pytest.mark.parametrize(

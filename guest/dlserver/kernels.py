@@ -301,6 +301,14 @@ jpeg_color: Callable[[Bytes, Ints, int, int, int, Bytes], None] = _dlk.jpeg_colo
 # jpeg_encode_scan(pixels, width, height, comp, ytable, uvtable, huffman) -> entropy-coded bytes
 jpeg_encode_scan: Callable[[Bytes, int, int, int, Bytes, Bytes, bytes], bytes] = _dlk.jpeg_encode_scan
 
+# ------------------------------------------------------------------ yolo training (yolo.c)
+# yolo_delta(output, delta, batch, w, h, n, classes, mask, total, biases, netw, neth, truth, max_boxes,
+#            ignore_thresh, truth_thresh, stats): Darknet's forward_yolo_layer in train mode; stats[9]
+yolo_delta: Callable[
+    [Floats, Floats, int, int, int, int, int, Ints, int, Floats, int, int, Floats, int, float, float, Floats],
+    None,
+] = _dlk.yolo_delta
+
 
 def jpeg_decode_scan(
     data: bytes,

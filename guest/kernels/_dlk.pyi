@@ -613,3 +613,28 @@ def region_delta(
 ) -> None:
     """forward_region_layer's training deltas; stats: cost, avg_iou, recall, avg_cat, avg_obj,
     avg_anyobj, count, class_count (sums)."""
+
+# ------------------------------------------------------------------ yolo.c (training)
+
+def yolo_delta(
+    output: Buffer,
+    delta: Buffer,
+    batch: int,
+    w: int,
+    h: int,
+    n: int,
+    classes: int,
+    mask: Buffer,
+    total: int,
+    biases: Buffer,
+    netw: int,
+    neth: int,
+    truth: Buffer,
+    max_boxes: int,
+    ignore_thresh: float,
+    truth_thresh: float,
+    stats: Buffer,
+    /,
+) -> None:
+    """forward_yolo_layer's training deltas (mask: int32); stats: cost, avg_iou, recall, recall75,
+    avg_cat, avg_obj, avg_anyobj, count, class_count (sums)."""

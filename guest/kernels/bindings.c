@@ -789,6 +789,31 @@ static PyObject *py_yolo_candidates(PyObject *self, PyObject *args)
     return result;
 }
 
+static PyObject *py_yolo_delta(PyObject *self, PyObject *args)
+{
+    Py_buffer output, delta, mask, biases, truth, stats;
+    int batch, w, h, n, classes, total, netw, neth, max_boxes;
+    float ignore_thresh, truth_thresh;
+    if (!PyArg_ParseTuple(args, "y*w*iiiiiy*iy*iiy*iffw*", &output, &delta, &batch, &w, &h, &n, &classes, &mask,
+                          &total, &biases, &netw, &neth, &truth, &max_boxes, &ignore_thresh, &truth_thresh, &stats))
+        return NULL;
+    long long outputs = (long long)w * h * n * (classes + 5);
+    int ok = (batch >= 0 && w > 0 && h > 0 && n > 0 && classes >= 0 && total > 0 && netw > 0 && neth > 0) ||
+             fail("_dlk.yolo_delta: bad geometry");
+    ok = ok && NEED_F(output, batch * outputs, "yolo output") && NEED_F(delta, batch * outputs, "yolo delta") &&
+         need(&mask, n, 4, "yolo mask") && NEED_F(biases, 2LL * total, "biases") && NEED_F(stats, 9, "stats");
+    for (int a = 0; ok && a < n; ++a) {
+        int m = ((const int *)mask.buf)[a];
+        if (m < 0 || m >= total) ok = fail("_dlk.yolo_delta: mask value outside the anchors");
+    }
+    if (ok)
+        dlk_yolo_delta(F32(output), F32(delta), batch, w, h, n, classes, (const int *)mask.buf, total, F32(biases),
+                       netw, neth, F32(truth), (long long)(truth.len / 4), max_boxes, ignore_thresh, truth_thresh,
+                       F32(stats));
+    RELEASE(&output, &delta, &mask, &biases, &truth, &stats);
+    return none_if(ok);
+}
+
 static PyObject *py_nms_sort(PyObject *self, PyObject *args)
 {
     Py_buffer boxes, objectness, probs, order;
@@ -1556,6 +1581,9 @@ static PyMethodDef dlk_methods[] = {
     {"local_backward", py_local_backward, METH_VARARGS,
      "local_backward(in, batch, c, h, w, size, stride, pad, n, weights, delta, bias_upd, weight_upd, prev|None,"
      " workspace)"},
+    {"yolo_delta", py_yolo_delta, METH_VARARGS,
+     "yolo_delta(output, delta, batch, w, h, n, classes, mask, total, biases, netw, neth, truth, max_boxes,"
+     " ignore_thresh, truth_thresh, stats): forward_yolo_layer training"},
     {NULL, NULL, 0, NULL}
 };
 

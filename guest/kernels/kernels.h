@@ -14,7 +14,7 @@
  *   random.c     rand_uniform_fill, rand_normal_fill, rand_below
  *   image.c      pixels_to_chw, chw_to_pixels, resize_image, image_paste, upsample
  *   draw.c       draw_box_width, draw_label
- *   yolo.c       yolo_candidates, nms_sort (musl's smoothsort)
+ *   yolo.c       yolo_candidates, nms_sort (musl's smoothsort), yolo_delta
  *   region.c     reorg, flatten, crop, softmax_strided, region_boxes, detection_boxes, region_delta
  *   local.c      local_forward, local_backward
  *   png.c        png_unfilter, png_expand_palette, png_load_chw (inflate, CRC)
@@ -158,6 +158,9 @@ long long dlk_yolo_candidates(const float *output, int w, int h, int n, int clas
                               int neth, float thresh, float *boxes, float *objectness, float *probs);
 int dlk_nms_sort(const float *boxes, const float *objectness, float *probs, int n, int classes, float thresh,
                  int *order);
+void dlk_yolo_delta(const float *output, float *delta, int batch, int w, int h, int n, int classes, const int *mask,
+                    int total, const float *biases, int netw, int neth, const float *truth, long long truth_len,
+                    int max_boxes, float ignore_thresh, float truth_thresh, float *stats);
 #ifdef DLK_TEST_HOOKS
 void dlk_musl_sort_desc(const float *keys, int n, int *order);
 #endif

@@ -11,6 +11,9 @@
  * "cost %.9g" (the last layer's cost), "out index outputs v0 ..." and "delta index outputs v0 ..."
  * for every layer, then
  * backward_network and the deltas again ("back index outputs v0 ...").
+ * With TRUTH_F32 BATCH the training pass runs on BATCH images (INPUT_F32 and TRUTH_F32 hold BATCH
+ * rows; "out", "delta" and "back" lines then hold BATCH*outputs values) and "lcost index cost"
+ * follows "cost" for every layer with a cost.
  * rand() is musl's (below), so anything drawn is what the guest draws. */
 #include <stdint.h>
 #include <stdio.h>
@@ -27,18 +30,21 @@ int rand(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 && argc != 5 && argc != 7) return 2;
+    if (argc < 4 || argc > 7) return 2;
+    int batch = argc == 6 ? atoi(argv[5]) : 1;
+    if (batch < 1) return 2;
     srand(0);
     network *net = load_network(argv[1], argv[2], 0);
-    set_batch_network(net, 1);
-    float *x = calloc(net->inputs, sizeof(float));
+    set_batch_network(net, batch);
+    float *x = calloc((size_t)net->inputs * batch, sizeof(float));
     FILE *f = fopen(argv[3], "rb");
-    if (!f || fread(x, sizeof(float), net->inputs, f) != (size_t)net->inputs) return 3;
+    if (!f || fread(x, sizeof(float), (size_t)net->inputs * batch, f) != (size_t)net->inputs * batch) return 3;
     fclose(f);
-    if (argc == 5) {
-        float *truth = calloc(net->truths, sizeof(float));
+    if (argc == 5 || argc == 6) {
+        float *truth = calloc((size_t)net->truths * batch, sizeof(float));
         f = fopen(argv[4], "rb");
-        if (!f || fread(truth, sizeof(float), net->truths, f) != (size_t)net->truths) return 4;
+        if (!f || fread(truth, sizeof(float), (size_t)net->truths * batch, f) != (size_t)net->truths * batch)
+            return 4;
         fclose(f);
         net->input = x;
         net->truth = truth;
@@ -46,23 +52,26 @@ int main(int argc, char **argv)
         forward_network(net);
         layer last = net->layers[net->n - 1];
         printf("cost %.9g\n", last.cost ? last.cost[0] : 0.f);
+        if (argc == 6)
+            for (int i = 0; i < net->n; ++i)
+                if (net->layers[i].cost) printf("lcost %d %.9g\n", i, net->layers[i].cost[0]);
         for (int i = 0; i < net->n; ++i) {
             layer l = net->layers[i];
-            printf("out %d %d", i, l.outputs);
-            for (int j = 0; j < l.outputs; ++j) printf(" %.9g", l.output[j]);
+            printf("out %d %d", i, l.outputs * batch);
+            for (int j = 0; j < l.outputs * batch; ++j) printf(" %.9g", l.output[j]);
             printf("\n");
         }
         for (int i = 0; i < net->n; ++i) {
             layer l = net->layers[i];
-            printf("delta %d %d", i, l.outputs);
-            for (int j = 0; j < l.outputs; ++j) printf(" %.9g", l.delta ? l.delta[j] : 0.f);
+            printf("delta %d %d", i, l.outputs * batch);
+            for (int j = 0; j < l.outputs * batch; ++j) printf(" %.9g", l.delta ? l.delta[j] : 0.f);
             printf("\n");
         }
         backward_network(net);
         for (int i = 0; i < net->n; ++i) {
             layer l = net->layers[i];
-            printf("back %d %d", i, l.outputs);
-            for (int j = 0; j < l.outputs; ++j) printf(" %.9g", l.delta ? l.delta[j] : 0.f);
+            printf("back %d %d", i, l.outputs * batch);
+            for (int j = 0; j < l.outputs * batch; ++j) printf(" %.9g", l.delta ? l.delta[j] : 0.f);
             printf("\n");
         }
         return 0;
