@@ -139,6 +139,8 @@ def self_signed_certificate(key: Ed25519PrivateKey, name: str, days: int) -> byt
 
 def keygen(stem: str, name: str, days: int) -> list[Path]:
     """Write STEM.key (private, mode 0600), STEM.pub and STEM.crt; refuse to overwrite."""
+    if days < 1:
+        raise KeyFileError(f"keygen: --days must be at least 1, got {days}")
     paths = [Path(stem + suffix) for suffix in (".key", ".pub", ".crt")]
     for path in paths:
         if path.exists():
