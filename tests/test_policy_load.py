@@ -117,7 +117,10 @@ def base_policy() -> dict:
         "identities": [],
         "programs": [
             {
-                "file_rights": [{"file_name": "args.cfg", "rights": 8198}, {"file_name": "model", "rights": 533572}],
+                "file_rights": [
+                    {"file_name": "args.cfg", "rights": 8198},
+                    {"file_name": "model", "rights": 533572},
+                ],
                 "id": 0,
                 "pi_hash": policy.sha256_bytes(Path(PROGRAM).read_bytes()),
                 "program_file_name": PROGRAM,
@@ -166,7 +169,10 @@ MALFORMED = [
     (lambda: edit("programs.0.file_rights.0.rights", True), "rights: expected an integer, got a boolean"),
     (lambda: edit("programs.0.file_rights.0.rights", -1), "must be a 32-bit WASI rights set"),
     (lambda: edit("programs.0.pi_hash", "abc"), "pi_hash: expected 64 lowercase hex digits"),
-    (lambda: edit("programs.0.program_file_name", "other.wasm"), "program prog.wasm is not among its programs"),
+    (
+        lambda: edit("programs.0.program_file_name", "other.wasm"),
+        "program prog.wasm is not among its programs",
+    ),
     (lambda: edit("programs", []), "programs: empty"),
     (lambda: edit("execution_strategy", "AOT"), "expected Interpretation or JIT"),
     (lambda: edit("max_memory_mib", 0), "max_memory_mib: must be a positive"),
@@ -204,8 +210,13 @@ def test_duplicate_ids(ws, capsys):
 
 def test_identity_certificates_are_checked(ws, capsys):
     doc = base_policy()
-    doc["identities"] = [{"certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", "id": 0,
-                          "file_rights": []}]
+    doc["identities"] = [
+        {
+            "certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+            "id": 0,
+            "file_rights": [],
+        }
+    ]
     write(doc)
     assert "identities[0].certificate: not a valid X.509 certificate" in refused(capsys)
     doc["identities"][0]["certificate"] = expired_certificate()

@@ -83,7 +83,14 @@ USE_CASES = {
     "predict": (
         lenet_workspace,
         [*PREDICT, "data/mnist/images_client1/t_00000_c5.png"],
-        ["-i", "args.cfg", "cfg", "model", "data/mnist/mnist.names.list", "data/mnist/images_client1/t_00000_c5.png"],
+        [
+            "-i",
+            "args.cfg",
+            "cfg",
+            "model",
+            "data/mnist/mnist.names.list",
+            "data/mnist/images_client1/t_00000_c5.png",
+        ],
     ),
     "valid": (
         lenet_workspace,
@@ -102,7 +109,12 @@ USE_CASES = {
     ),
     "aggregation onnx": (
         onnx_workspace,
-        ["aggregation", "onnx", "model/mnist_model_sum.onnx", *(f"model/mnist_model_c{i}.onnx" for i in (1, 2, 3))],
+        [
+            "aggregation",
+            "onnx",
+            "model/mnist_model_sum.onnx",
+            *(f"model/mnist_model_c{i}.onnx" for i in (1, 2, 3)),
+        ],
         ["-i", "args.cfg", "model", "-o", "model"],
     ),
 }

@@ -56,10 +56,16 @@ def test_untouched_run_passes_and_the_signature_is_plain_ed25519(signed_run, cap
     assert status == 0 and err == "" and not failed(lines), lines
     assert "ok    signer: the key of --key op.pub" in lines
     record = json.loads(Path("run.json").read_text())
-    assert record["policy"]["sha256"] == __import__("hashlib").sha256(Path("policy.json").read_bytes()).hexdigest()
+    assert (
+        record["policy"]["sha256"]
+        == __import__("hashlib").sha256(Path("policy.json").read_bytes()).hexdigest()
+    )
     signature = record.pop("signature")
     key = Ed25519PublicKey.from_public_bytes(base64.b64decode(signature["public_key"]))
-    key.verify(base64.b64decode(signature["value"]), json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    key.verify(
+        base64.b64decode(signature["value"]),
+        json.dumps(record, sort_keys=True, separators=(",", ":")).encode(),
+    )
 
 
 def edit_json(path: str, change) -> None:
@@ -70,7 +76,9 @@ def edit_json(path: str, change) -> None:
 
 TAMPERINGS = {
     "manifest: an output's hash": (
-        lambda: edit_json("run.json", lambda m: m["outputs"]["files"].update({"model/sum.weights": "0" * 64})),
+        lambda: edit_json(
+            "run.json", lambda m: m["outputs"]["files"].update({"model/sum.weights": "0" * 64})
+        ),
         [],
         "FAIL  signature: does not match the record",
     ),
@@ -87,12 +95,12 @@ TAMPERINGS = {
     "output file": (
         lambda: Path("model/sum.weights").write_bytes(flat_lenet_weights(5.0)),
         ["--files", "."],
-        "FAIL  output files: model/sum.weights differ",
+        "FAIL  output files: differ: model/sum.weights",
     ),
     "input file": (
         lambda: Path("model/a.weights").unlink(),
         ["--files", "."],
-        "FAIL  input files: model/a.weights missing",
+        "FAIL  input files: missing: model/a.weights",
     ),
     "policy": (
         lambda: edit_json("policy.json", lambda p: p.update(enable_clock=True)),

@@ -58,6 +58,12 @@ provenance (--manifest FILE):
   written exactly where given (inside an output source only if you name such a
   path; it is then not among the outputs).
 
+policy and signature (--policy POLICY, --sign-key KEY):
+  Run only the program a Veracruz policy pins by hash, on the sources it grants
+  (its read/write rights are the sources when no -i/-o is given), with its clock
+  and memory cap; the manifest records the policy's sha256 and is signed (Ed25519).
+  See `dl-server keygen`, `dl-server policy init`, `dl-server verify MANIFEST`.
+
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
   success or failure) or on a host error, 2 on a usage error, 130 when stopped

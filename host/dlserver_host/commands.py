@@ -37,9 +37,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="action", required=True)
     init = policy.add_parser("init", help="write a Veracruz policy for a program and its sources")
-    init.add_argument("-r", "--program", required=True, metavar="WASM", help="the program (its sha256 is pinned)")
-    init.add_argument("-i", "--input-source", dest="inputs", nargs="*", action="extend", default=[], metavar="PATH")
-    init.add_argument("-o", "--output-source", dest="outputs", nargs="*", action="extend", default=[], metavar="PATH")
+    init.add_argument(
+        "-r", "--program", required=True, metavar="WASM", help="the program (its sha256 is pinned)"
+    )
+    init.add_argument(
+        "-i", "--input-source", dest="inputs", nargs="*", action="extend", default=[], metavar="PATH"
+    )
+    init.add_argument(
+        "-o", "--output-source", dest="outputs", nargs="*", action="extend", default=[], metavar="PATH"
+    )
     init.add_argument(
         "--certificate",
         action="append",
@@ -47,11 +53,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="CERT",
         help="an identity (PEM certificate, e.g. from keygen) that provides the inputs and reads the outputs",
     )
-    init.add_argument("--expiry", type=parse_expiry, help=f"UTC time (default: {DEFAULT_POLICY_DAYS} days from now)")
+    init.add_argument(
+        "--expiry", type=parse_expiry, help=f"UTC time (default: {DEFAULT_POLICY_DAYS} days from now)"
+    )
     init.add_argument("-c", "--enable-clock", action="store_true", help="let the program read the clock")
     init.add_argument("--max-memory-mib", type=int, default=DEFAULT_MAX_MEMORY_MIB, metavar="MIB")
-    init.add_argument("--hash", action="append", default=[], metavar="FILE", help="pin this file by its sha256")
-    init.add_argument("--out", default="policy.json", metavar="POLICY", help="where to write (default policy.json)")
+    init.add_argument(
+        "--hash", action="append", default=[], metavar="FILE", help="pin this file by its sha256"
+    )
+    init.add_argument(
+        "--out", default="policy.json", metavar="POLICY", help="where to write (default policy.json)"
+    )
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     verify = sub.add_parser("verify", help="check a signed manifest (one line per check)")
@@ -114,7 +126,8 @@ def _policy_init(args: argparse.Namespace) -> int:
         inputs=[source_relpath(p, cwd).as_posix() for p in args.inputs],
         outputs=[source_relpath(p, cwd).as_posix() for p in args.outputs],
         certificates=certificates,
-        expiry=args.expiry or datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=DEFAULT_POLICY_DAYS),
+        expiry=args.expiry
+        or datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=DEFAULT_POLICY_DAYS),
         enable_clock=args.enable_clock,
         max_memory_mib=args.max_memory_mib,
         file_hashes=pinned,

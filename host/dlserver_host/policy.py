@@ -51,7 +51,9 @@ FD_READ, FD_SEEK, FD_WRITE = 1 << 1, 1 << 2, 1 << 6
 PATH_CREATE_DIRECTORY, PATH_CREATE_FILE, PATH_OPEN = 1 << 9, 1 << 10, 1 << 13
 FD_READDIR, PATH_FILESTAT_SET_SIZE = 1 << 14, 1 << 19
 READ_RIGHTS = PATH_OPEN | FD_READ | FD_SEEK | FD_READDIR
-WRITE_RIGHTS = FD_WRITE | PATH_CREATE_FILE | PATH_FILESTAT_SET_SIZE | FD_SEEK | PATH_OPEN | PATH_CREATE_DIRECTORY
+WRITE_RIGHTS = (
+    FD_WRITE | PATH_CREATE_FILE | PATH_FILESTAT_SET_SIZE | FD_SEEK | PATH_OPEN | PATH_CREATE_DIRECTORY
+)
 STREAMS = ("stdin", "stdout", "stderr")
 STREAM_KEYS = {"Stdin": "stdin", "Stdout": "stdout", "Stderr": "stderr"}
 CIPHERSUITE = "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
@@ -77,7 +79,9 @@ class Principal:
 
     def may(self, path: PurePosixPath, bit: int) -> bool:
         """Whether a right with ``bit`` covers ``path`` (the right's path is it or contains it)."""
-        return any(rights & bit and _covers(PurePosixPath(name), path) for name, rights in self.rights.items())
+        return any(
+            rights & bit and _covers(PurePosixPath(name), path) for name, rights in self.rights.items()
+        )
 
     def paths(self, bit: int) -> list[str]:
         """The file names (not streams) whose rights have ``bit``, in the policy's order."""
@@ -179,7 +183,9 @@ class _Reader:
     def fail(self, where: str, problem: str) -> PolicyError:
         return PolicyError(f"policy {self.path}: {where}: {problem}")
 
-    def get(self, obj: dict, key: str, kind: type | tuple[type, ...], where: str, required: bool = True) -> Any:
+    def get(
+        self, obj: dict, key: str, kind: type | tuple[type, ...], where: str, required: bool = True
+    ) -> Any:
         if key not in obj:
             if required:
                 raise self.fail(where, f"missing '{key}'")
@@ -187,15 +193,21 @@ class _Reader:
         value = obj[key]
         wrong_bool = isinstance(value, bool) and kind in (int, (int, type(None)))
         if not isinstance(value, kind) or wrong_bool:
-            raise self.fail(f"{where}.{key}" if where else key, f"expected {_kind_name(kind)}, got {_json_type(value)}")
+            raise self.fail(
+                f"{where}.{key}" if where else key, f"expected {_kind_name(kind)}, got {_json_type(value)}"
+            )
         return value
 
     def policy(self, doc: Any, digest: str) -> Policy:
         if not isinstance(doc, dict):
             raise self.fail("top level", f"expected an object, got {_json_type(doc)}")
         self.check_ignored(doc)
-        identities = [self.identity(item, f"identities[{i}]") for i, item in enumerate(self.items(doc, "identities"))]
-        programs = [self.program(item, f"programs[{i}]") for i, item in enumerate(self.items(doc, "programs"))]
+        identities = [
+            self.identity(item, f"identities[{i}]") for i, item in enumerate(self.items(doc, "identities"))
+        ]
+        programs = [
+            self.program(item, f"programs[{i}]") for i, item in enumerate(self.items(doc, "programs"))
+        ]
         if not programs:
             raise self.fail("programs", "empty: the policy allows no program")
         self.unique([p.id for p in identities], "identities", "id")
@@ -217,7 +229,12 @@ class _Reader:
         )
 
     def check_ignored(self, doc: dict) -> None:
-        for key in ("ciphersuite", "veracruz_server_url", "proxy_attestation_server_url", "proxy_service_cert"):
+        for key in (
+            "ciphersuite",
+            "veracruz_server_url",
+            "proxy_attestation_server_url",
+            "proxy_service_cert",
+        ):
             self.get(doc, key, str, "", required=False)
         for key in ("runtime_manager_hash_linux", "runtime_manager_hash_nitro"):
             self.get(doc, key, (str, type(None)), "", required=False)
@@ -300,12 +317,18 @@ class _Reader:
         digest = self.get(item, "pi_hash", str, where, required=False)
         if digest is not None and not SHA256_HEX.fullmatch(digest):
             raise self.fail(f"{where}.pi_hash", f"expected 64 lowercase hex digits, got {digest!r}")
-        return Principal(id=ident, rights=self.rights(item, where), file_name=name.lstrip("/"), pi_hash=digest)
+        return Principal(
+            id=ident, rights=self.rights(item, where), file_name=name.lstrip("/"), pi_hash=digest
+        )
 
     def timepoint(self, value: dict) -> datetime:
-        parts = [self.get(value, key, int, "enclave_cert_expiry") for key in ("year", "month", "day", "hour", "minute")]
+        parts = [
+            self.get(value, key, int, "enclave_cert_expiry")
+            for key in ("year", "month", "day", "hour", "minute")
+        ]
         try:
-            return datetime(*parts, tzinfo=UTC)
+            year, month, day, hour, minute = parts
+            return datetime(year, month, day, hour, minute, tzinfo=UTC)
         except ValueError as e:
             raise self.fail("enclave_cert_expiry", f"not a valid time: {e}") from None
 
@@ -315,7 +338,7 @@ class _Reader:
         for i, entry in enumerate(entries):
             at = f"std_streams_table[{i}]"
             if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in STREAM_KEYS:
-                raise self.fail(at, "expected {\"Stdin\"|\"Stdout\"|\"Stderr\": {file_name, rights}}")
+                raise self.fail(at, 'expected {"Stdin"|"Stdout"|"Stderr": {file_name, rights}}')
             key, rights = next(iter(entry.items()))
             if not isinstance(rights, dict):
                 raise self.fail(f"{at}.{key}", f"expected an object, got {_json_type(rights)}")
@@ -359,7 +382,13 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def timepoint(moment: datetime) -> dict[str, int]:
-    return {"day": moment.day, "hour": moment.hour, "minute": moment.minute, "month": moment.month, "year": moment.year}
+    return {
+        "day": moment.day,
+        "hour": moment.hour,
+        "minute": moment.minute,
+        "month": moment.month,
+        "year": moment.year,
+    }
 
 
 def rights_table(reads: list[str], writes: list[str]) -> list[dict]:
@@ -424,4 +453,3 @@ def make_policy(
         ],
         "veracruz_server_url": "",
     }
-

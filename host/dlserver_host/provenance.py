@@ -178,7 +178,9 @@ def _apply_sources(policy: Policy, program: Principal, args: argparse.Namespace,
 
 def _apply_limits(policy: Policy, args: argparse.Namespace) -> None:
     if args.enable_clock and not policy.enable_clock:
-        raise PolicyError(f"policy {policy.path}: -c/--enable-clock asked, but the policy's enable_clock is false")
+        raise PolicyError(
+            f"policy {policy.path}: -c/--enable-clock asked, but the policy's enable_clock is false"
+        )
     if any(name == CLOCK_VARIABLE for name, _ in args.env):
         raise PolicyError(f"policy {policy.path}: --env {CLOCK_VARIABLE} is set by the policy's enable_clock")
     args.enable_clock = policy.enable_clock

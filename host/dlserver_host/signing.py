@@ -100,6 +100,7 @@ def load_public_key(path: str) -> Ed25519PublicKey:
         data = Path(path).read_bytes()
     except OSError as e:
         raise KeyFileError(f"--key {path}: cannot read: {e.strerror or e}") from None
+    key: object
     try:
         if b"BEGIN CERTIFICATE" in data:
             key = x509.load_pem_x509_certificate(data).public_key()
@@ -161,4 +162,3 @@ def keygen(stem: str, name: str, days: int) -> list[Path]:
     except OSError as e:
         raise KeyFileError(f"keygen: cannot write {e.filename}: {e.strerror or e}") from None
     return paths
-

@@ -65,7 +65,7 @@ def _load_policy(report: Report, path: str | None, record: dict) -> Policy | Non
     if path is None:
         return None
     try:
-        started = datetime.fromisoformat(str(record.get("started_utc")).replace("Z", "+00:00"))
+        started = datetime.fromisoformat(str(record.get("started_utc")))
         # Read as of the run: an identity's certificate or the policy may have expired since.
         return load_policy(path, Path(str(record.get("cwd", "."))), now=started)
     except (PolicyError, ValueError) as e:
@@ -110,7 +110,9 @@ def _check_compliance(report: Report, record: dict, policy: Policy) -> None:
         report.fail("policy", "the run had no policy (no 'policy' entry in the manifest)")
         return
     if entry.get("sha256") != policy.sha256:
-        report.fail("policy", f"{policy.path} has sha256 {policy.sha256[:16]}…, the run's was {entry.get('sha256')}")
+        report.fail(
+            "policy", f"{policy.path} has sha256 {policy.sha256[:16]}…, the run's was {entry.get('sha256')}"
+        )
         return
     report.ok("policy", f"{policy.path} is the run's policy (sha256 {policy.sha256[:16]}…)")
     cwd = Path(str(record.get("cwd", ".")))
@@ -122,14 +124,21 @@ def _check_compliance(report: Report, record: dict, policy: Policy) -> None:
         report.fail("program", str(e))
         return
     if program_record.get("sha256") != expected:
-        report.fail("program", f"sha256 {program_record.get('sha256')} is not the policy's pi_hash {expected}")
+        report.fail(
+            "program", f"sha256 {program_record.get('sha256')} is not the policy's pi_hash {expected}"
+        )
     else:
         report.ok("program", f"{program_record.get('path')} has the policy's pi_hash (program {program.id})")
-    started = datetime.fromisoformat(str(record["started_utc"]).replace("Z", "+00:00"))
+    started = datetime.fromisoformat(str(record["started_utc"]))
     if started >= policy.expiry:
-        report.fail("expiry", f"the run started {record['started_utc']}, after the expiry {policy.expiry:%Y-%m-%d %H:%M}")
+        report.fail(
+            "expiry",
+            f"the run started {record['started_utc']}, after the expiry {policy.expiry:%Y-%m-%d %H:%M}",
+        )
     else:
-        report.ok("expiry", f"the run started before the policy's expiry ({policy.expiry:%Y-%m-%d %H:%M} UTC)")
+        report.ok(
+            "expiry", f"the run started before the policy's expiry ({policy.expiry:%Y-%m-%d %H:%M} UTC)"
+        )
     ungranted = [
         f"{role} {source}"
         for role, bit, sources in (
@@ -147,12 +156,20 @@ def _check_compliance(report: Report, record: dict, policy: Policy) -> None:
     cap = policy.max_memory_mib * MIB if policy.max_memory_mib is not None else None
     limits = (entry.get("enable_clock"), entry.get("max_memory_bytes"))
     if limits[0] != policy.enable_clock or (cap is not None and (limits[1] is None or limits[1] > cap)):
-        report.fail("limits", f"the run had clock={limits[0]}, memory cap {limits[1]}; the policy says "
-                    f"clock={policy.enable_clock}, max_memory_mib {policy.max_memory_mib}")
+        report.fail(
+            "limits",
+            f"the run had clock={limits[0]}, memory cap {limits[1]}; the policy says "
+            f"clock={policy.enable_clock}, max_memory_mib {policy.max_memory_mib}",
+        )
     else:
-        report.ok("limits", f"clock {'on' if limits[0] else 'off'}, memory cap {limits[1]} bytes, as the policy says")
+        report.ok(
+            "limits",
+            f"clock {'on' if limits[0] else 'off'}, memory cap {limits[1]} bytes, as the policy says",
+        )
     inputs = record["inputs"]["files"]
-    differ = [name for name, digest in policy.file_hashes.items() if name in inputs and inputs[name] != digest]
+    differ = [
+        name for name, digest in policy.file_hashes.items() if name in inputs and inputs[name] != digest
+    ]
     if differ:
         report.fail("file_hashes", "inputs differ from the policy's hashes: " + _names(differ))
     elif policy.file_hashes:
@@ -176,7 +193,10 @@ def _check_files(report: Report, record: dict, root: Path) -> None:
             if actual != digest:
                 differ.append(name)
         if missing or differ:
-            parts = [f"{_names(differ)} differ" if differ else "", f"{_names(missing)} missing" if missing else ""]
+            parts = [
+                f"differ: {_names(differ)}" if differ else "",
+                f"missing: {_names(missing)}" if missing else "",
+            ]
             report.fail(check, "; ".join(p for p in parts if p) + f" (under {root})")
         else:
             report.ok(check, f"{len(expected)} as the manifest names them (under {root})")
