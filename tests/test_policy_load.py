@@ -257,3 +257,28 @@ def test_init_refuses_sources_outside_or_missing(ws, capsys):
 
 def test_subcommands_are_not_run_options():
     assert commands.is_subcommand(["verify", "x"]) and not commands.is_subcommand(["--program", "verify"])
+
+
+def test_veracruz_2023_layout_rwx_maps_and_file_hashes_pin_the_program(ws, capsys):
+    digest = policy.sha256_bytes(Path(PROGRAM).read_bytes())
+    doc = base_policy()
+    del doc["programs"][0]["pi_hash"]
+    doc["programs"][0]["program_file_name"] = "/" + PROGRAM
+    doc["programs"][0]["file_rights"] = {"/args.cfg": "r", "/data": "r", "/data/a.txt": "", "/model": "rw"}
+    doc.update(file_hashes=[{"file_path": "/" + PROGRAM, "hash": digest}], pipelines=[], native_modules=[])
+    write(doc)
+    loaded = policy.load("policy.json", ws)
+    (program,) = loaded.programs
+    assert loaded.expected_hash(program) == digest
+    assert program.paths(policy.FD_WRITE) == ["model"]
+    # the longest covering entry decides: data/a.txt is withheld although data is readable
+    assert program.may(policy.PurePosixPath("data/b.txt"), policy.FD_READ)
+    assert not program.may(policy.PurePosixPath("data/a.txt"), policy.FD_READ)
+    assert "source data/a.txt is not granted read access" in refused(capsys, "-i", "data/a.txt")
+    doc["programs"][0]["file_rights"] = {"/args.cfg": "read"}
+    write(doc)
+    assert "file_rights['/args.cfg']: expected letters of 'rwx', got 'read'" in refused(capsys)
+    doc["file_hashes"] = []
+    doc["programs"][0]["file_rights"] = {}
+    write(doc)
+    assert "program prog.wasm has no pi_hash nor file_hashes entry" in refused(capsys)

@@ -164,3 +164,24 @@ def test_use_case_under_a_policy_runs_unchanged(program, tmp_path, monkeypatch, 
         *("signature", "signer", "policy", "program", "expiry", "sources", "limits"),
         *("program file", "input files", "output files"),
     ]
+
+
+def test_a_stream_the_policy_does_not_grant_is_dropped(program, tmp_path, monkeypatch, capfd):
+    if not MNIST_IMAGE.exists():
+        pytest.skip("MNIST not prepared (make mnist_training)")
+    build, guest_args, sources = USE_CASES["predict"]
+    build(tmp_path)
+    (tmp_path / "args.cfg").write_text("".join(a + "\n" for a in guest_args))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["policy", "init", "-r", program, *sources]) == 0
+    doc = json.loads(Path("policy.json").read_text())
+    rights = doc["programs"][0]["file_rights"]
+    doc["programs"][0]["file_rights"] = [r for r in rights if r["file_name"] != "stdout"]
+    doc["std_streams_table"] = [s for s in doc["std_streams_table"] if "Stdout" not in s]
+    Path("policy.json").write_text(json.dumps(doc))
+    capfd.readouterr()
+    assert cli.main(["--program", program, "--policy", "policy.json", "--manifest", "run.json"]) == 0
+    out, err = capfd.readouterr()
+    assert out == "" and "Predicted" in err  # stderr is still granted
+    record = json.loads(Path("run.json").read_text())
+    assert (record["policy"]["stdout"], record["policy"]["stderr"]) == (False, True)

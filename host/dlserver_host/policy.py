@@ -2,7 +2,9 @@
 
 The format is Veracruz's (veracruz-project/veracruz, policy-utils/src/policy.rs and
 principal.rs as of late 2021, when programs carried ``pi_hash`` and a ``std_streams_table``;
-``max_memory_mib`` and ``file_hashes`` come from its 2022 revision and are read too)::
+``max_memory_mib`` and ``file_hashes`` come from its 2022 revision and are read too, as is
+the 2023 layout where ``file_rights`` maps paths to ``"rwx"`` letters and a program is pinned
+by its ``file_hashes`` entry)::
 
     {
       "identities": [{"id": 0, "certificate": "-----BEGIN CERTIFICATE-----...",
@@ -21,7 +23,8 @@ principal.rs as of late 2021, when programs carried ``pi_hash`` and a ``std_stre
 file may be read if ``fd_read`` (bit 1) is set, written if ``fd_write`` (bit 6) is.  A
 right on a directory covers what lies under it.  File names are relative to the working
 directory, which is the guest's root ``/`` (a leading ``/`` is dropped); ``stdin``,
-``stdout`` and ``stderr`` name the standard streams, as in Veracruz.
+``stdout`` and ``stderr`` name the standard streams, as in Veracruz.  Of the entries that
+are a path or contain it, the longest decides (Veracruz's ``check_permission``).
 
 Used here: the program's ``pi_hash`` (or its ``file_hashes`` entry), its file rights (read
 rights are the input sources, write rights the output sources), ``enclave_cert_expiry``
@@ -32,7 +35,8 @@ on a standalone host: ``execution_strategy`` (wasmtime always compiles), ``debug
 ``ciphersuite``, the URLs, ``proxy_service_cert`` and ``runtime_manager_hash_*`` (they
 concern Veracruz's TLS sessions and attestation, which this host does not have), and the
 identities' own rights (no client connects: the operator places the files).  Other keys are
-ignored, as Veracruz's parser ignores them.
+ignored, as Veracruz's parser ignores them (among them the 2023 ``pipelines`` and
+``native_modules``: this host runs one program).
 """
 
 from __future__ import annotations
@@ -78,10 +82,14 @@ class Principal:
     certificate: str = ""
 
     def may(self, path: PurePosixPath, bit: int) -> bool:
-        """Whether a right with ``bit`` covers ``path`` (the right's path is it or contains it)."""
-        return any(
-            rights & bit and _covers(PurePosixPath(name), path) for name, rights in self.rights.items()
-        )
+        """Whether ``path`` may be used with ``bit``: of the entries that are it or contain it, the
+        longest path decides (as in Veracruz's ``check_permission``)."""
+        covering = [
+            (len(PurePosixPath(name).parts), rights)
+            for name, rights in self.rights.items()
+            if _covers(PurePosixPath(name), path)
+        ]
+        return bool(covering) and bool(max(covering)[1] & bit)
 
     def paths(self, bit: int) -> list[str]:
         """The file names (not streams) whose rights have ``bit``, in the policy's order."""
@@ -102,7 +110,7 @@ class Policy:
 
     def program_named(self, program: str, cwd: Path) -> Principal:
         """The program entry for the --program path: by its path from cwd, else by base name."""
-        names = [_program_name(program, cwd), os.path.basename(program)]
+        names = [relative_path(program, cwd), os.path.basename(program)]
         for name in names:
             for entry in self.programs:
                 if entry.file_name == name:
@@ -128,8 +136,9 @@ def _covers(outer: PurePosixPath, inner: PurePosixPath) -> bool:
     return outer == PurePosixPath(".") or outer == inner or outer in inner.parents
 
 
-def _program_name(program: str, cwd: Path) -> str:
-    absolute = Path(os.path.abspath(program))
+def relative_path(path: str, cwd: Path) -> str:
+    """A host path as the manifest records it: relative to cwd when inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
     try:
         return absolute.relative_to(cwd).as_posix()
     except ValueError:
@@ -138,7 +147,7 @@ def _program_name(program: str, cwd: Path) -> str:
 
 def program_file_name(program: str, cwd: Path) -> str:
     """The name ``policy init`` gives a program: its path from cwd, else its base name."""
-    name = _program_name(program, cwd)
+    name = relative_path(program, cwd)
     return os.path.basename(program) if os.path.isabs(name) else name
 
 
@@ -258,8 +267,18 @@ class _Reader:
             seen.add(value)
 
     def rights(self, owner: dict, where: str) -> dict[str, int]:
+        """file_rights: a list of {file_name, rights (WASI bits)}, or (Veracruz 2023) a map of
+        path to "rwx" letters, read as generate-policy's READ_RIGHTS and WRITE_RIGHTS."""
+        entries = self.get(owner, "file_rights", (list, dict), where)
+        if isinstance(entries, dict):
+            return {
+                self.file_name(name, f"{where}.file_rights[{name!r}]"): self.letters(
+                    letters, f"{where}.file_rights[{name!r}]"
+                )
+                for name, letters in entries.items()
+            }
         table: dict[str, int] = {}
-        for i, item in enumerate(self.get(owner, "file_rights", list, where)):
+        for i, item in enumerate(entries):
             at = f"{where}.file_rights[{i}]"
             if not isinstance(item, dict):
                 raise self.fail(at, f"expected an object, got {_json_type(item)}")
@@ -272,11 +291,16 @@ class _Reader:
             table[name] = rights
         return table
 
+    def letters(self, value: Any, where: str) -> int:
+        if not isinstance(value, str) or set(value) - set("rwx"):
+            raise self.fail(where, f"expected letters of 'rwx', got {value!r}")
+        return (READ_RIGHTS if "r" in value else 0) | (WRITE_RIGHTS if "w" in value else 0)
+
     def file_name(self, name: str, where: str) -> str:
         """A name as a path relative to cwd, refused if it leads outside (by '..' or a symlink)."""
-        if name in STREAMS:
-            return name
         text = name.lstrip("/")
+        if text in STREAMS:
+            return text
         if "\0" in name or "\\" in name:
             raise self.fail(where, f"{name!r} is not a plain path")
         rel = PurePosixPath(text or ".")

@@ -14,12 +14,11 @@ policy (its sha256 and what it set) under ``"policy"``, and is signed with the k
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .policy import FD_READ, FD_WRITE, MIB, Policy, PolicyError, Principal
+from .policy import FD_READ, FD_WRITE, MIB, Policy, PolicyError, Principal, relative_path
 from .policy import load as load_policy
 
 CLOCK_VARIABLE = "DL_SERVER_CLOCK"
@@ -105,7 +104,7 @@ def prepare(args: argparse.Namespace) -> Guard | None:
     program = enforce(policy, args, cwd)
     guard = Guard(policy, program, key, cwd)
     guard.entry = {
-        "path": _relative(args.policy, cwd),
+        "path": relative_path(args.policy, cwd),
         "sha256": policy.sha256,
         "program_id": program.id,
         "program_file_name": program.file_name,
@@ -191,11 +190,3 @@ def _apply_limits(policy: Policy, args: argparse.Namespace) -> None:
                 f"policy {policy.path}: --max-memory exceeds its max_memory_mib {policy.max_memory_mib}"
             )
         args.max_memory = args.max_memory or cap
-
-
-def _relative(path: str, cwd: Path) -> str:
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(cwd).as_posix()
-    except ValueError:
-        return str(absolute)

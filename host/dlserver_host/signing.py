@@ -80,11 +80,15 @@ def signature_valid(record: dict, key: Ed25519PublicKey) -> bool:
     return True
 
 
-def load_private_key(path: str) -> Ed25519PrivateKey:
+def _read_key_file(path: str, option: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
-        raise KeyFileError(f"--sign-key {path}: cannot read: {e.strerror or e}") from None
+        raise KeyFileError(f"{option} {path}: cannot read: {e.strerror or e}") from None
+
+
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    data = _read_key_file(path, "--sign-key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
@@ -96,10 +100,7 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
 
 def load_public_key(path: str) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM public key or a PEM certificate."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"--key {path}: cannot read: {e.strerror or e}") from None
+    data = _read_key_file(path, "--key")
     key: object
     try:
         if b"BEGIN CERTIFICATE" in data:
