@@ -57,7 +57,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--expiry", type=parse_expiry, help=f"UTC time (default: {DEFAULT_POLICY_DAYS} days from now)"
     )
     init.add_argument("-c", "--enable-clock", action="store_true", help="let the program read the clock")
-    init.add_argument("--max-memory-mib", type=int, default=DEFAULT_MAX_MEMORY_MIB, metavar="MIB")
+    init.add_argument(
+        "--max-memory-mib",
+        type=int,
+        default=DEFAULT_MAX_MEMORY_MIB,
+        metavar="MIB",
+        help=f"the program's memory cap (default {DEFAULT_MAX_MEMORY_MIB}, all a wasm32 guest can address)",
+    )
     init.add_argument(
         "--hash", action="append", default=[], metavar="FILE", help="pin this file by its sha256"
     )
@@ -66,7 +72,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
-    verify = sub.add_parser("verify", help="check a signed manifest (one line per check)")
+    from . import verify as verify_module
+
+    verify = sub.add_parser(
+        "verify",
+        help="check a signed manifest (one line per check)",
+        description=verify_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     verify.add_argument("manifest", metavar="MANIFEST")
     verify.add_argument("--key", metavar="PUB", help="the signer's public key or certificate (PEM)")
     verify.add_argument("--policy", metavar="POLICY", help="check that the run complied with this policy")
