@@ -353,11 +353,15 @@ def _main(argv: list[str] | None) -> int:
 
         return run(sys.argv[1:] if argv is None else argv, PROG, error)
     args = build_parser().parse_args(argv)
+    from .policy import PolicyError
+    from .provenance import prepare
     from .runtime import HostError
     from .sources import SourceError
 
-    guard = _guard(args)
-    if guard is False:
+    try:
+        args.guard = guard = prepare(args)  # --policy, --sign-key (provenance.py)
+    except PolicyError as e:
+        error(str(e))
         return EXIT_FAILURE
 
     recorder = None
@@ -370,7 +374,7 @@ def _main(argv: list[str] | None) -> int:
         except ManifestError as e:
             error(str(e))
             return EXIT_FAILURE
-        if guard:
+        if guard is not None:
             guard.attach(recorder)
     message = None
     try:
@@ -382,22 +386,8 @@ def _main(argv: list[str] | None) -> int:
         error("interrupted")
         status, outcome, message = EXIT_INTERRUPTED, "interrupted", "interrupted"
     if recorder is not None:
-        status = _write_manifest(recorder, status, outcome, message, guard or None)
+        status = _write_manifest(recorder, status, outcome, message, guard)
     return status
-
-
-def _guard(args: argparse.Namespace):
-    """--policy and --sign-key applied to args (provenance.py); False if they refuse the run."""
-    from .policy import PolicyError
-    from .provenance import prepare
-    from .signing import KeyFileError
-
-    try:
-        args.guard = prepare(args)
-    except (PolicyError, KeyFileError) as e:
-        error(str(e))
-        return False
-    return args.guard
 
 
 def _write_manifest(recorder, status: int, outcome: str, message: str | None, guard=None) -> int:

@@ -87,17 +87,20 @@ class _Muted:
 
 
 def prepare(args: argparse.Namespace) -> Guard | None:
-    """Apply --policy to args and load --sign-key; PolicyError (or KeyFileError) refuses the run."""
+    """Apply --policy to args and load --sign-key; PolicyError refuses the run."""
     if args.policy is None and args.sign_key is None:
         return None
     cwd = Path.cwd()
     key = None
     if args.sign_key is not None:
-        from .signing import load_private_key
+        from .signing import KeyFileError, load_private_key
 
         if args.manifest is None:
             raise PolicyError("--sign-key needs --manifest FILE (the record it signs)")
-        key = load_private_key(args.sign_key)
+        try:
+            key = load_private_key(args.sign_key)
+        except KeyFileError as e:
+            raise PolicyError(str(e)) from None
     if args.policy is None:
         return Guard(None, None, key, cwd)
     policy = load_policy(args.policy, cwd)
