@@ -58,6 +58,12 @@ provenance (--manifest FILE):
   written exactly where given (inside an output source only if you name such a
   path; it is then not among the outputs).
 
+policy and signature (--policy POLICY, --sign-key KEY):
+  Run only the program a Veracruz policy pins by hash, on the sources it grants
+  (its read/write rights are the sources when no -i/-o is given), with its clock
+  and memory cap; the manifest records the policy's sha256 and is signed (Ed25519).
+  See `dl-server keygen`, `dl-server policy init`, `dl-server verify MANIFEST`.
+
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
   success or failure) or on a host error, 2 on a usage error, 130 when stopped
@@ -174,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--manifest", metavar="FILE", help="write a JSON provenance record of the run to FILE (see below)"
     )
+    from .provenance import add_options
+
+    add_options(parser)  # --policy, --sign-key
     return parser
 
 
@@ -337,9 +346,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from .commands import is_subcommand
+
+    if is_subcommand(sys.argv[1:] if argv is None else argv):  # keygen, policy init, verify
+        from .commands import run
+
+        return run(sys.argv[1:] if argv is None else argv, PROG, error)
     args = build_parser().parse_args(argv)
+    from .policy import PolicyError
+    from .provenance import prepare
     from .runtime import HostError
     from .sources import SourceError
+
+    try:
+        args.guard = guard = prepare(args)  # --policy, --sign-key (provenance.py)
+    except PolicyError as e:
+        error(str(e))
+        return EXIT_FAILURE
 
     recorder = None
     if args.manifest is not None:
@@ -351,6 +374,8 @@ def _main(argv: list[str] | None) -> int:
         except ManifestError as e:
             error(str(e))
             return EXIT_FAILURE
+        if guard is not None:
+            guard.attach(recorder)
     message = None
     try:
         status, outcome, message = _run(args, recorder)
@@ -361,11 +386,11 @@ def _main(argv: list[str] | None) -> int:
         error("interrupted")
         status, outcome, message = EXIT_INTERRUPTED, "interrupted", "interrupted"
     if recorder is not None:
-        status = _write_manifest(recorder, status, outcome, message)
+        status = _write_manifest(recorder, status, outcome, message, guard)
     return status
 
 
-def _write_manifest(recorder, status: int, outcome: str, message: str | None) -> int:
+def _write_manifest(recorder, status: int, outcome: str, message: str | None, guard=None) -> int:
     """Finish and write the record; a manifest that cannot be written fails the run."""
     from .manifest import ManifestError
 
@@ -376,6 +401,8 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None) ->
                 f"--manifest {recorder.path}: the guest wrote that file too "
                 "(written back); the manifest is not written over it"
             )
+        if guard is not None:
+            guard.seal(recorder.record)
         recorder.write()
     except ManifestError as e:
         error(str(e))
@@ -398,6 +425,8 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
     if not args.no_progress and _isatty(sys.stderr):
         status = LiveStatus(sys.stderr, started, _terminal_width())
     output = GuestOutput(args.dump_stdout, args.dump_stderr, status)
+    if getattr(args, "guard", None) is not None:
+        output = args.guard.output(output)  # drops the streams a --policy does not grant
     env = dict([("DL_SERVER_CLOCK", "1" if args.enable_clock else "0"), *args.env])
 
     with stage_sources(args.inputs, args.outputs) as staged:
