@@ -12,6 +12,7 @@ fsync: this protects readers from partial files, not the data from a power cut.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -61,6 +62,27 @@ def atomic_file(dest: str | os.PathLike, *, private: bool = False) -> Iterator[B
         except FileNotFoundError:
             pass
         raise
+
+
+def copy_beside(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy ``src`` to a temporary file beside ``dest`` (mode as :func:`atomic_file` gives)
+    and return its path, for the caller to rename over ``dest`` or remove; on any failure
+    nothing is left behind."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_mode(dest, False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            os.fchmod(out.fileno(), mode)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return Path(tmp)
 
 
 def write_atomically(
