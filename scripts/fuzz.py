@@ -47,7 +47,10 @@ TARGETS: dict[str, tuple[str, list[str] | None]] = {
     "weights": ("model/lenet.weights", [*PREDICT, "img.png"]),
     "onnx": ("model/m.onnx", ONNX_PREDICT),
     "onnx-input": ("data/in.pb", ONNX_PREDICT),
-    "onnx-aggregation": ("model/m2.onnx", ["aggregation", "onnx", "out.onnx", "model/m.onnx", "model/m2.onnx"]),
+    "onnx-aggregation": (
+        "model/m2.onnx",
+        ["aggregation", "onnx", "out.onnx", "model/m.onnx", "model/m2.onnx"],
+    ),
     "args": ("args.cfg", None),
 }
 
@@ -62,7 +65,12 @@ def png(width: int = 28, height: int = 28) -> bytes:
 
     rows = b"".join(b"\1" + bytes((x * 9 + y) & 255 for x in range(width)) for y in range(height))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def onnx_model() -> tuple[bytes, bytes]:
@@ -185,7 +193,9 @@ def make_test(target: str, top: Path):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("target", choices=sorted(TARGETS))
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "60")))
     parser.add_argument("--runs", type=int, default=-1, help="stop after this many inputs (-1: no limit)")

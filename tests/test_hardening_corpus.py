@@ -2,13 +2,15 @@
 case one clean error line naming its file, exit status 1, no file written or changed, and
 done within CASE_SECONDS; none reaches the catch-all `internal error`."""
 
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wasmtime_cli
 from corpus import hostile
 from dlserver import buffers
 from dlserver.main import main
@@ -119,3 +121,62 @@ def test_the_base_workspace_runs_clean(template, tmp_path, monkeypatch, capsys):
         case = hostile.Case("good", argv)
         status, out, err, _, _, _ = run_case(case, template, tmp_path / argv[0], monkeypatch, capsys)
         assert status == 0, err[-500:]
+
+
+COMPONENT_CASES = [
+    "cfg-conv-filters-digits",
+    "cfg-section-escape",
+    "cfg-conv-filters-900000",
+    "cfg-route-100000-sources",
+    "weights-len-17",
+    "image-png-zlib-bomb",
+    "image-jpeg-8192",
+    "onnx-concat-bomb",
+    "argsfile-nul",
+    "args-thresh-negative",
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """dl-server.wasm compiled into wasmtime's cache first, so compiling is not timed."""
+    from conftest import WASM
+
+    if not WASM.exists():
+        pytest.skip("dl-server.wasm not built (run make)")
+    empty = tmp_path_factory.mktemp("empty")
+    subprocess.run(
+        [wasmtime_cli(), "run", "-C", "cache=y", "--dir=./", str(WASM)], cwd=empty, capture_output=True
+    )
+    return WASM
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("name", COMPONENT_CASES)
+def test_corpus_case_through_the_component(name, template, tmp_path, compiled):
+    """A few cases under the wasmtime CLI: the same clean line, within 10 s and 1 GiB."""
+    case = next(c for c in CASES if c.name == name)
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    materialise(case, root)
+    if case.argv is not None:
+        (root / "args.cfg").write_text("".join(a + "\n" for a in case.argv))
+    before = snapshot(root)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [wasmtime_cli(), "run", "-C", "cache=y", "--dir=./", str(compiled)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode("utf-8", "replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    last = err.rstrip("\n").split("\n")[-1]
+    assert proc.returncode == 1 and last.startswith("dl-server: error: "), err[-2000:]
+    assert case.names in last and printable(last) and "out of memory" not in last, last
+    assert snapshot(root) == before
+    assert seconds < CASE_SECONDS
+    assert usage.ru_maxrss < 1 << 20  # KiB: 1 GiB

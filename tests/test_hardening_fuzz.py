@@ -16,11 +16,19 @@ TARGETS = ["png", "jpeg", "cfg", "weights", "onnx", "onnx-input", "onnx-aggregat
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_target_runs_without_a_crash(target, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuzz.py"), target, "--seconds", "3", "--corpus", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "fuzz.py"),
+            target,
+            "--seconds",
+            "3",
+            "--corpus",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    done = re.search(r"^Done (\d+) runs", result.stderr, re.M)
+    done = re.search(r"^Done (\d+) runs", result.stderr, re.MULTILINE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert done and int(done.group(1)) > 10, result.stderr[-3000:]
