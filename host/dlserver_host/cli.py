@@ -30,9 +30,9 @@ gets no arguments besides its name, so dl-server.wasm reads args.cfg."""
 EPILOG = """\
 sources:
   Source paths are relative to the current directory (an absolute path must lie
-  inside it; '..' is refused). The guest sees each source at the same relative
-  path, with its working directory at '/', and nothing else of the host: no
-  other files, no network.
+  inside it; '..' is refused, and so is a symlink leading out of it). The guest
+  sees each source at the same relative path, with its working directory at '/',
+  and nothing else of the host: no other files, no network.
   - Input sources are read-only. A directory is mounted where it lies (not
     copied; symlinks in it that lead out of it are refused); a file is copied
     into a private directory (its siblings stay hidden).
@@ -63,8 +63,8 @@ provenance (--manifest FILE):
 
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
-  success or failure) or on a host error, 2 on a usage error, 130 when stopped
-  by Ctrl-C or SIGTERM (nothing is written back).
+  success or failure) or on a host error, 2 on a usage error, 130 (Ctrl-C) or
+  143 (SIGTERM) when stopped by a signal (nothing is written back).
 
 examples:
   dl-server --program dl-server.wasm --input-source args.cfg cfg data model -d -e
