@@ -436,6 +436,10 @@ def _onnx_cases() -> list[Case]:
         Case(f"onnx-aggregate-{name}", agg + ["bad.onnx"], {"bad.onnx": data}, "bad.onnx")
         for name, data in list(models.items())[2:7]
     ]
+    cases += [
+        Case(f"onnx-aggregate-overwrite-{i}", ["aggregation", "onnx", out, "model/c1.onnx"], {}, out)
+        for i, out in enumerate(["model/c1.onnx", "./model/c1.onnx", "model//c1.onnx"])
+    ]
     return cases
 
 
