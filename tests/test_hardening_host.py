@@ -241,3 +241,20 @@ def test_a_signal_stops_the_guest_within_a_second(workspace, program, signum, ma
     assert proc.stderr is not None and proc.stderr.read().endswith(b"dl-server: error: interrupted\n")
     assert sorted(os.listdir(workspace / "model")) == before
     assert list((workspace.parent / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("mark", NEEDS_HOST_WASM)
+def test_guest_output_to_a_full_temporary_directory_is_named(
+    workspace, tiny_tmpfs, program, monkeypatch, capfd, mark
+):
+    """600 KB of args echoed to stdout, whose file in $TMPDIR (1 MiB) cannot hold them."""
+    (workspace / "args.cfg").write_text(("x" * 1000 + "\n") * 600)
+    monkeypatch.setattr("tempfile.tempdir", str(tiny_tmpfs))
+    status = cli.main(["--program", program, "-i", "args.cfg", "-d"])
+    err = capfd.readouterr().err
+    assert status == 1
+    assert err.endswith(
+        f"dl-server: error: guest crashed: its output could not be written: no space left in {tiny_tmpfs}\n"
+    )
+    assert "Traceback" not in err
+    assert os.listdir(tiny_tmpfs) == []

@@ -431,9 +431,15 @@ class GuestRun:
                 # "panic in a function that cannot unwind" (seen with wasmtime-py 50).
                 store = Store(self._engine)
                 try:
-                    return self._instantiate_and_run(store, wasi)
+                    result = self._instantiate_and_run(store, wasi)
                 finally:
                     store.close()
+            if result.outcome is Outcome.TRAPPED and _nearly_full(stream_dir):
+                # the guest's stdout/stderr files could not grow: its write failed, and it trapped
+                where = os.path.dirname(stream_dir)
+                detail = f"its output could not be written: no space left in {where}"
+                return RunResult(Outcome.TRAPPED, detail)
+            return result
         finally:
             shutil.rmtree(stream_dir, ignore_errors=True)
 
@@ -509,6 +515,15 @@ class _FileTail:
                 return
             else:
                 self._done.wait(self.POLL_SECONDS)
+
+
+def _nearly_full(path: str) -> bool:
+    """Whether the file system holding ``path`` has less than 64 KiB left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 16
 
 
 def _last_line(message: str) -> str:
