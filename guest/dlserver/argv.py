@@ -7,9 +7,9 @@ import sys
 
 from .errors import DLServerError, printable
 from .files import Wording, read_input_file
+from .limits import INT_MAX, INT_MIN, c_int
 
 ARGS_FILE = "args.cfg"
-INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 _INT = re.compile(r"[+-]?\d+\Z")
 MAX_ARGS = 1024  # the original has room for 9 (a 10th line overflows its buffer)
 PROGRAM = "dl-server"
@@ -60,13 +60,10 @@ class Argv:
         value = self._find_value(flag)
         if value is None:
             return default
-        if (
-            not _INT.match(value)
-            or len(value.lstrip("+-").lstrip("0")) > 10
-            or not INT_MIN <= int(value) <= INT_MAX
-        ):
+        number = c_int(value) if _INT.match(value) else None
+        if number is None:
             raise DLServerError(f"flag {flag} {value}: not an integer from {INT_MIN} to {INT_MAX}")
-        return int(value)
+        return number
 
     def find_float(self, flag: str, default: float) -> float:
         value = self._find_value(flag)

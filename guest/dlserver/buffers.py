@@ -31,15 +31,16 @@ def budget() -> int:
 
 
 def allow_for_weights(path: str | None, networks: int = 1) -> None:
-    """Raise the budget by 4 bytes per byte of the weights file the run loads into each of
-    `networks` networks: a real model's activations are a few times its parameters (YOLOv3
-    at 608: 1.33 GiB for 0.24 GiB of weights), a hostile cfg with a tiny file gets only the base."""
+    """Set the budget to MAX_BUFFER_BYTES plus 4 bytes per byte of the weights file the run
+    loads into each of `networks` networks (None: no file): a real model's activations are
+    a few times its parameters (YOLOv3 at 608: 1.33 GiB for 0.24 GiB of weights), a hostile
+    cfg with a tiny file gets only the base."""
     global _budget
     try:
         size = os.stat(path).st_size if path else 0
     except (OSError, ValueError):  # load_weights reports it
         size = 0
-    _budget = max(_budget, MAX_BUFFER_BYTES + 4 * size * networks)
+    _budget = MAX_BUFFER_BYTES + 4 * size * networks
 
 
 def _release(nbytes: int) -> None:

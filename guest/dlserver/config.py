@@ -12,8 +12,8 @@ from typing import overload
 
 from .errors import DLServerError, printable
 from .files import read_input_file
+from .limits import INT_MAX, INT_MIN, c_int
 
-INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
@@ -81,12 +81,13 @@ class Options:
 
     def _c_int(self, key: str, value: str, item: str, line: int) -> int:
         """Darknet reads ints with atoi into a C int: past its range is an error here."""
-        if len(item.lstrip("+-").lstrip("0")) > 10 or not INT_MIN <= int(item) <= INT_MAX:
+        number = c_int(item)
+        if number is None:
             raise DLServerError(
                 f"{self._where(line)}: {key}={value}: {item} is out of the range of a C int"
                 f" ({INT_MIN} to {INT_MAX})"
             )
-        return int(item)
+        return number
 
     def find_float(self, key: str, default: float, quiet: bool = False) -> float:
         value, line = self._find(key)

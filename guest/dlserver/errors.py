@@ -17,6 +17,6 @@ def printable(text: str, limit: int = MAX_ECHO) -> str:
     if text.isprintable():
         return text
     return "".join(
-        ch if ch.isprintable() or ch == " " else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
         for ch in text
     )

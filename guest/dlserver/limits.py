@@ -43,6 +43,19 @@ MAX_NODE_WORK = _setting("MAX_NODE_WORK", 1 << 34)
 MAX_BOXES = _setting("MAX_BOXES", 1024)
 
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+def c_int(text: str) -> int | None:
+    """The value of a decimal integer (sign and digits only) if it fits a C int, else None;
+    the length is checked first, so thousands of digits cost nothing."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10:
+        return None
+    value = int(text)
+    return value if INT_MIN <= value <= INT_MAX else None
+
+
 def check(where: str, what: str, value: int, limit: int, name: str) -> None:
     """Refuse `value` over `limit`, naming both and the setting that raises it."""
     if value > limit:
