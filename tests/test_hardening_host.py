@@ -258,3 +258,32 @@ def test_guest_output_to_a_full_temporary_directory_is_named(
     )
     assert "Traceback" not in err
     assert os.listdir(tiny_tmpfs) == []
+
+
+def test_without_timeout_a_run_is_abandoned_after_the_default_bound(workspace, monkeypatch, capfd):
+    """No epoch checks (no speed cost), a timer of DEFAULT_TIMEOUT, and its own message."""
+    from dlserver_host import runtime
+
+    seen: dict = {}
+
+    class TimedOut:
+        def wait(self, poll=None):
+            return runtime.RunResult(runtime.Outcome.TIMED_OUT)
+
+        def stop(self, reason):
+            pass
+
+    class Program:
+        def start(self, **settings):
+            seen.update(settings)
+            return TimedOut()
+
+    def load_program(path, **kwargs):
+        seen.update(kwargs)
+        return Program()
+
+    monkeypatch.setattr(runtime, "load_program", load_program)
+    assert host("-i", "cfg") == 1
+    assert seen["interruptible"] is False and seen["timeout"] == cli.DEFAULT_TIMEOUT
+    limit = f"{cli.DEFAULT_TIMEOUT:g}s"
+    assert capfd.readouterr().err.endswith(f"default time limit of {limit} (--timeout raises it)\n")

@@ -21,6 +21,9 @@ PROG = "dl-server"
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 STATUS_REFRESH_SECONDS = 0.25
 DEFAULT_MAX_MEMORY = "3G"  # of wasm32's 4 GiB; the guest's own buffer limits stay below it
+# Without --timeout a run is abandoned after this (its engine has no epoch checks, which cost
+# speed; the host exits, which ends the guest); --timeout stops it through epochs instead.
+DEFAULT_TIMEOUT = 3600.0
 
 DESCRIPTION = """\
 Run a WASI command component (dl-server.wasm) in a sandbox that sees only the
@@ -166,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=parse_seconds,
         metavar="SECONDS",
-        help="stop the guest after this many seconds (counts as a failure)",
+        help="stop the guest after this many seconds (counts as a failure; without it, "
+        f"a run is abandoned after {DEFAULT_TIMEOUT:g} s)",
     )
     parser.add_argument(
         "--no-cache",
@@ -444,7 +448,7 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
             stdout=output.stdout,
             stderr=output.stderr,
             max_memory=args.max_memory,
-            timeout=args.timeout,
+            timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
         )
         try:
             with signals.guest(run):
@@ -479,7 +483,10 @@ def _report_failure(result, args: argparse.Namespace) -> str | None:
 
     message = None
     if result.outcome is Outcome.TIMED_OUT:
-        message = f"guest exceeded --timeout {args.timeout:g}s"
+        if args.timeout is None:
+            message = f"guest ran past the default time limit of {DEFAULT_TIMEOUT:g}s (--timeout raises it)"
+        else:
+            message = f"guest exceeded --timeout {args.timeout:g}s"
     elif result.outcome is Outcome.OUT_OF_MEMORY:
         message = f"guest ran out of memory (--max-memory {_format_size(args.max_memory)})"
     elif result.outcome is Outcome.INTERRUPTED:

@@ -436,6 +436,16 @@ def _onnx_cases() -> list[Case]:
         Case(f"onnx-aggregate-{name}", agg + ["bad.onnx"], {"bad.onnx": data}, "bad.onnx")
         for name, data in list(models.items())[2:7]
     ]
+    in4 = tensor_pb([1, 1, 4, 4], raw=bytes(64))
+    cases += [
+        Case(
+            f"onnx-work-{name}",
+            ["aggregation", "onnx_predict", "bad.onnx", "in.pb"],
+            {"bad.onnx": data, "in.pb": in4 if name.startswith("maxpool") else in16},
+            "bad.onnx",
+        )
+        for name, data in onnx_work_bombs().items()
+    ]
     cases += [
         Case(f"onnx-aggregate-overwrite-{i}", ["aggregation", "onnx", out, "model/c1.onnx"], {}, out)
         for i, out in enumerate(["model/c1.onnx", "./model/c1.onnx", "model//c1.onnx"])
@@ -556,3 +566,45 @@ def _args_cases() -> list[Case]:
 
 def cases(lenet_weights_size: int) -> list[Case]:
     return _cfg_cases() + _weights_cases(lenet_weights_size) + _image_cases() + _onnx_cases() + _args_cases()
+
+
+def onnx_work_bombs() -> dict[str, bytes]:
+    """Small models whose one node would make a huge output or do a huge amount of work."""
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    x4 = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 4, 4])
+    x16 = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 16])
+    big = 1 << 14
+    return {
+        "maxpool-pads": onnx_bytes(
+            [helper.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[3, 3], pads=[big, big, big, big])],
+            [x4],
+            [y],
+        ),
+        "maxpool-kernel": onnx_bytes(
+            [
+                helper.make_node(
+                    "MaxPool", ["X"], ["Y"], kernel_shape=[big, big], pads=[big] * 4, strides=[1, 2]
+                )
+            ],
+            [x4],
+            [y],
+        ),
+        "gather-repeat": onnx_bytes(
+            [helper.make_node("Gather", ["w", "i"], ["Y"], axis=0)],
+            [x16],
+            [y],
+            [
+                numpy_helper.from_array(np.ones((1, 1 << 14), np.float32), "w"),
+                numpy_helper.from_array(np.zeros(1 << 16, np.int64), "i"),
+            ],
+        ),
+        "broadcast-add": onnx_bytes(
+            [helper.make_node("Add", ["a", "b"], ["Y"])],
+            [x16],
+            [y],
+            [
+                numpy_helper.from_array(np.ones((1 << 15, 1), np.float32), "a"),
+                numpy_helper.from_array(np.ones((1, 1 << 15), np.float32), "b"),
+            ],
+        ),
+    }

@@ -73,7 +73,7 @@ def check_size(elements: int, work: int = 0) -> None:
     """Refuse a node whose output elements or multiply-adds pass the limits, before it runs."""
     if elements > MAX_TENSOR_ELEMENTS:
         raise OpError(
-            f"output of {elements} elements is over the limit {MAX_TENSOR_ELEMENTS}"
+            f"a value of {elements} elements is over the limit {MAX_TENSOR_ELEMENTS}"
             " (DL_SERVER_MAX_TENSOR_ELEMENTS raises it)"
         )
     if work > MAX_NODE_WORK:
@@ -427,6 +427,7 @@ def op_maxpool(node, x):
     # rows/columns no window reaches cut off.
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * c
+    check_size(planes * max(hp * wp, oh * ow), planes * oh * ow * kh * kw)
     xp = xd if (pt, pl, hp, wp) == (0, 0, h, w) else _pad_planes(xd, planes, h, w, pt, pl, hp, wp, -math.inf)
     if kh == kw and sh == sw and dh == dw == 1:
         out = array("f", bytes(4 * planes * oh * ow))
@@ -722,6 +723,7 @@ def op_gather(node, data, indices):
         if not 0 <= j < size:
             raise OpError(f"index {i} out of range for axis {axis} of size {size}")
         norm.append(j)
+    check_size(outer * len(norm) * inner)
     d = data.data
     out = array(d.typecode)
     for o in range(outer):
