@@ -82,7 +82,7 @@ zoo-check: dl-server.wasm $(NATIVE_KERNEL)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= png jpeg cfg weights onnx onnx-input onnx-aggregation args
 fuzz: $(NATIVE_KERNEL)
-	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|rror|Crash' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
+	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|Traceback|Crash|ERROR' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
 
 clean:
 	rm -rf build dl-server.wasm
