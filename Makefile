@@ -10,7 +10,7 @@ NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn
+.PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz
 
 all: dl-server.wasm
 
@@ -76,6 +76,13 @@ bench-zoo: dl-server.wasm $(NATIVE_KERNEL)
 # every Debian darknet cfg in the component vs native darknet (top-5 / detections); only=a,b size=N
 zoo-check: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/zoo_check.py$(if $(only), --only $(only))$(if $(size), --size $(size))
+
+# atheris on the guest run natively (scripts/fuzz.py): each target for FUZZ_SECONDS (default 60);
+# a crash stops it and leaves its input in build/fuzz/crash-<target>-*
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= png jpeg cfg weights onnx onnx-input onnx-aggregation args
+fuzz: $(NATIVE_KERNEL)
+	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|Traceback|Crash|ERROR' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
 
 clean:
 	rm -rf build dl-server.wasm

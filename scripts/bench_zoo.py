@@ -61,12 +61,14 @@ def silence_yolo_heads(cfg: Path, weights: Path) -> None:
     for path in (ROOT / "guest", ROOT / "build" / "native"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
+    from dlserver.buffers import allow_for_weights
     from dlserver.layers.convolutional import ConvolutionalLayer
     from dlserver.network import parse_network_cfg
     from dlserver.weights import load_weights, save_weights
 
+    allow_for_weights(str(weights))  # as the commands do: the budget grows with the weights file
     with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
-        net = parse_network_cfg(str(cfg))
+        net = parse_network_cfg(str(cfg), batch=1)
     net.set_batch(1)
     load_weights(net, str(weights))
     for before, layer in zip(net.layers, net.layers[1:]):

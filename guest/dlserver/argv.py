@@ -1,12 +1,16 @@
 """Darknet's command line: arguments from argv or one per line of `args.cfg`, and its flag
 handling (flags are removed from argv as they are found)."""
 
+import math
+import re
 import sys
 
-from .errors import DLServerError
+from .errors import DLServerError, printable
 from .files import Wording, read_input_file
+from .limits import INT_MAX, INT_MIN, c_int
 
 ARGS_FILE = "args.cfg"
+_INT = re.compile(r"[+-]?\d+\Z")
 MAX_ARGS = 1024  # the original has room for 9 (a 10th line overflows its buffer)
 PROGRAM = "dl-server"
 ARGS_FILE_WORDING = Wording(
@@ -56,19 +60,22 @@ class Argv:
         value = self._find_value(flag)
         if value is None:
             return default
-        try:
-            return int(value)
-        except ValueError:
-            raise DLServerError(f"flag {flag} {value}: not an integer") from None
+        number = c_int(value) if _INT.match(value) else None
+        if number is None:
+            raise DLServerError(f"flag {flag} {value}: not an integer from {INT_MIN} to {INT_MAX}")
+        return number
 
     def find_float(self, flag: str, default: float) -> float:
         value = self._find_value(flag)
         if value is None:
             return default
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise DLServerError(f"flag {flag} {value}: not a number") from None
+        if not math.isfinite(number):
+            raise DLServerError(f"flag {flag} {value}: not a finite number")
+        return number
 
     def find_str(self, flag: str, default: str | None) -> str | None:
         value = self._find_value(flag)
@@ -94,5 +101,5 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
     if len(args) > MAX_ARGS:
         raise DLServerError(f"{path}: {len(args)} arguments, at most {MAX_ARGS} are allowed")
     for i, arg in enumerate(args, 1):
-        sys.stdout.write(f"argv[{i}] = '{arg}'\n")
+        sys.stdout.write(f"argv[{i}] = '{printable(arg)}'\n")
     return [PROGRAM] + args

@@ -3,13 +3,17 @@ their live total under LIMIT_BYTES (the component has 4 GiB of linear memory, an
 the weights file and images need the rest): a cfg that asks for more gets an error before
 the allocation, not an out-of-memory trap after it."""
 
+import os
 import weakref
 from array import array
 
 from .errors import DLServerError
+from .limits import MAX_BUFFER_BYTES
 
 LIMIT_BYTES = 3 * 2**30
 _live_bytes = 0
+# what this run may hold, at most LIMIT_BYTES: MAX_BUFFER_BYTES, more with a weights file
+_budget = MAX_BUFFER_BYTES
 
 
 class BufferLimitError(DLServerError):
@@ -19,6 +23,24 @@ class BufferLimitError(DLServerError):
 def live_bytes() -> int:
     """Bytes held by the buffers of this module that are still alive."""
     return _live_bytes
+
+
+def budget() -> int:
+    """Bytes the buffers of this run may hold in all."""
+    return min(LIMIT_BYTES, _budget)
+
+
+def allow_for_weights(path: str | None, networks: int = 1) -> None:
+    """Set the budget to MAX_BUFFER_BYTES plus 4 bytes per byte of the weights file the run
+    loads into each of `networks` networks (None: no file): a real model's activations are
+    a few times its parameters (YOLOv3 at 608: 1.33 GiB for 0.24 GiB of weights), a hostile
+    cfg with a tiny file gets only the base."""
+    global _budget
+    try:
+        size = os.stat(path).st_size if path else 0
+    except (OSError, ValueError):  # load_weights reports it
+        size = 0
+    _budget = MAX_BUFFER_BYTES + 4 * size * networks
 
 
 def _release(nbytes: int) -> None:
@@ -31,10 +53,12 @@ def _reserve(n: int, itemsize: int) -> int:
     if n < 0:
         raise BufferLimitError(f"a buffer of {n} values (negative size)")
     nbytes = n * itemsize
-    if _live_bytes + nbytes > LIMIT_BYTES:
+    limit = budget()
+    if _live_bytes + nbytes > limit:
         raise BufferLimitError(
             f"needs a buffer of {n} values ({nbytes / 2**30:.2f} GiB) on top of "
-            f"{_live_bytes / 2**30:.2f} GiB, more than the {LIMIT_BYTES / 2**30:g} GiB dl-server allows"
+            f"{_live_bytes / 2**30:.2f} GiB, more than the {limit / 2**30:.3g} GiB dl-server allows"
+            " (DL_SERVER_MAX_BUFFER_BYTES raises it)"
         )
     _live_bytes += nbytes
     return nbytes

@@ -10,8 +10,9 @@ import re
 import sys
 from typing import overload
 
-from .errors import DLServerError
+from .errors import DLServerError, printable
 from .files import read_input_file
+from .limits import INT_MAX, INT_MIN, c_int
 
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
@@ -76,7 +77,17 @@ class Options:
             return default
         if not _INT.match(value):
             raise DLServerError(f"{self._where(line)}: {key}={value}: not an integer")
-        return int(value)
+        return self._c_int(key, value, value, line)
+
+    def _c_int(self, key: str, value: str, item: str, line: int) -> int:
+        """Darknet reads ints with atoi into a C int: past its range is an error here."""
+        number = c_int(item)
+        if number is None:
+            raise DLServerError(
+                f"{self._where(line)}: {key}={value}: {item} is out of the range of a C int"
+                f" ({INT_MIN} to {INT_MAX})"
+            )
+        return number
 
     def find_float(self, key: str, default: float, quiet: bool = False) -> float:
         value, line = self._find(key)
@@ -100,13 +111,15 @@ class Options:
         for item in items:
             if not pattern.match(item):
                 raise DLServerError(f"{self._where(line)}: {key}={value}: '{item}' is not a number")
-        return [kind(item) for item in items]
+        if kind is int:
+            return [self._c_int(key, value, item, line) for item in items]
+        return [float(item) for item in items]
 
     def report_unused(self) -> None:
         """Darknet's `Unused field` warnings, for keys no layer looked at."""
         for k, v, _ in self.entries:
             if k not in self.used:
-                print(f"Unused field: '{k} = {v}'", file=sys.stderr)
+                print(f"Unused field: '{printable(k)} = {printable(v)}'", file=sys.stderr)
 
 
 def _parse_option(options: Options, stripped: str, path: str, number: int) -> None:

@@ -63,6 +63,8 @@ def read_input_file(path: str, what: str, wording: Wording = OPEN) -> bytes:
         line, reason = wording.directory or wording.other, e.strerror or str(e)
     except OSError as e:
         line, reason = wording.other, e.strerror or str(e)
+    except ValueError:  # a NUL byte in the path
+        line, reason = wording.other, "the path holds a NUL byte"
     raise DLServerError(line.format(path=path, what=what, reason=reason))
 
 
@@ -73,9 +75,10 @@ def write_file_atomic(path: str, data: bytes, what: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         try:
             os.unlink(tmp)
-        except OSError:
+        except (OSError, ValueError):
             pass
-        raise DLServerError(f"{path}: cannot write {what}: {e.strerror or e}") from None
+        reason = e.strerror if isinstance(e, OSError) else "the path holds a NUL byte"
+        raise DLServerError(f"{path}: cannot write {what}: {reason or e}") from None

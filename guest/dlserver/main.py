@@ -8,7 +8,7 @@ import sys
 
 from .argv import Argv, read_args_file
 from .commands import aggregation, classifier, detector
-from .errors import DLServerError
+from .errors import DLServerError, printable
 
 COMMANDS = {"classifier": classifier.run, "detect": detector.run, "aggregation": aggregation.run}
 
@@ -33,13 +33,14 @@ def main(args: list[str] | None = None) -> int:
             args = read_args_file()
         run(args)
     except DLServerError as e:
-        sys.stderr.write(f"dl-server: error: {e}\n")
+        sys.stderr.write(f"dl-server: error: {printable(str(e))}\n")
         status = 1
     except MemoryError:
-        sys.stderr.write("dl-server: error: out of memory\n")
+        run_line = printable(" ".join(args[1:]))
+        sys.stderr.write(f"dl-server: error: out of memory running '{run_line}'\n")
         status = 1
     except Exception as e:  # a bug, not bad input: still one line and a failure status
-        sys.stderr.write(f"dl-server: internal error: {type(e).__name__}: {e}\n")
+        sys.stderr.write(f"dl-server: internal error: {type(e).__name__}: {printable(str(e))}\n")
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()

@@ -33,6 +33,7 @@ from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
+from .limits import MAX_LAYERS, check
 from .rng import Random, f32
 from .schedule import learning_rate
 
@@ -270,6 +271,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
         net.batch = batch * net.time_steps
     if len(sections) < 2:
         raise DLServerError(f"{cfg_path}: network has no layers")
+    check(cfg_path, "layers", len(sections) - 1, MAX_LAYERS, "MAX_LAYERS")
     err = sys.stderr
     err.write("layer     filters    size              input                output\n")
     h, w, c, inputs = net.h, net.w, net.c, net.inputs

@@ -31,6 +31,11 @@ def load_weights(net, path: str) -> None:
     if major < 0 or minor < 0 or revision < 0:
         raise DLServerError(f"{path}: not a weights file: bad version {major}.{minor}.{revision}")
     if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
+        if len(data) < 20:
+            raise DLServerError(
+                f"{path}: not a weights file: {len(data)} bytes, shorter than the 20-byte header of version"
+                f" {major}.{minor}.{revision}"
+            )
         seen, seen_high = struct.unpack_from("<II", data, 12)
         offset = 20
     else:

@@ -12,6 +12,7 @@ fsync: this protects readers from partial files, not the data from a power cut.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,30 @@ def _new_mode(dest: Path, private: bool) -> int:
 
 
 @contextmanager
+def _temp_beside(dest: Path, private: bool) -> Iterator[tuple[BinaryIO, Path]]:
+    """A new temporary file in ``dest``'s directory (created when missing), given the mode
+    ``dest`` will have; removed when the body fails."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_mode(dest, private)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    try:
+        os.close(fd)
+        with open(tmp, "wb") as f:
+            yield f, Path(tmp)
+            os.fchmod(f.fileno(), mode)
+    except BaseException:
+        _remove(Path(tmp))
+        raise
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
 def atomic_file(dest: str | os.PathLike, *, private: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file to write ``dest``'s new contents to; it replaces ``dest`` on success.
 
@@ -46,21 +71,22 @@ def atomic_file(dest: str | os.PathLike, *, private: bool = False) -> Iterator[B
     left alone.  The destination's directory is created when missing.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    mode = _new_mode(dest, private)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    with _temp_beside(dest, private) as (f, tmp):
+        yield f
     try:
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            yield f
-            os.fchmod(f.fileno(), mode)
         os.replace(tmp, dest)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
         raise
+
+
+def copy_beside(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy ``src`` to a temporary file beside ``dest`` (mode as :func:`atomic_file` gives)
+    and return its path, for the caller to rename over ``dest`` or remove; on any failure
+    nothing is left behind."""
+    with _temp_beside(Path(dest), False) as (out, tmp), open(src, "rb") as f:
+        shutil.copyfileobj(f, out, 1 << 20)
+    return tmp
 
 
 def write_atomically(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,10 @@ from pathlib import Path
 PROG = "dl-server"
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 STATUS_REFRESH_SECONDS = 0.25
+DEFAULT_MAX_MEMORY = "3G"  # of wasm32's 4 GiB; the guest's own buffer limits stay below it
+# Without --timeout a run is abandoned after this (its engine has no epoch checks, which cost
+# speed; the host exits, which ends the guest); --timeout stops it through epochs instead.
+DEFAULT_TIMEOUT = 3600.0
 
 DESCRIPTION = """\
 Run a WASI command component (dl-server.wasm) in a sandbox that sees only the
@@ -27,9 +33,9 @@ gets no arguments besides its name, so dl-server.wasm reads args.cfg."""
 EPILOG = """\
 sources:
   Source paths are relative to the current directory (an absolute path must lie
-  inside it; '..' is refused). The guest sees each source at the same relative
-  path, with its working directory at '/', and nothing else of the host: no
-  other files, no network.
+  inside it; '..' is refused, and so is a symlink leading out of it). The guest
+  sees each source at the same relative path, with its working directory at '/',
+  and nothing else of the host: no other files, no network.
   - Input sources are read-only. A directory is mounted where it lies (not
     copied; symlinks in it that lead out of it are refused); a file is copied
     into a private directory (its siblings stay hidden).
@@ -66,8 +72,8 @@ policy and signature (--policy POLICY, --sign-key KEY):
 
 exit status:
   0 if the guest succeeded, 1 if it failed (a component can only report
-  success or failure) or on a host error, 2 on a usage error, 130 when stopped
-  by Ctrl-C or SIGTERM (nothing is written back).
+  success or failure) or on a host error, 2 on a usage error, 130 (Ctrl-C) or
+  143 (SIGTERM) when stopped by a signal (nothing is written back).
 
 examples:
   dl-server --program dl-server.wasm --input-source args.cfg cfg data model -d -e
@@ -94,6 +100,8 @@ def parse_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"timeout must be positive: {text!r}")
+    if seconds > threading.TIMEOUT_MAX:  # also inf: a timer cannot wait that long
+        raise argparse.ArgumentTypeError(f"timeout too large: {text!r} (at most {threading.TIMEOUT_MAX:g})")
     return seconds
 
 
@@ -159,14 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-memory",
         type=parse_size,
+        default=DEFAULT_MAX_MEMORY,
         metavar="SIZE",
-        help="limit of the guest's linear memory, e.g. 512M (units K, M, G)",
+        help=f"limit of the guest's linear memory, e.g. 512M (units K, M, G; default {DEFAULT_MAX_MEMORY})",
     )
     parser.add_argument(
         "--timeout",
         type=parse_seconds,
         metavar="SECONDS",
-        help="stop the guest after this many seconds (counts as a failure)",
+        help="stop the guest after this many seconds (counts as a failure; without it, "
+        f"a run is abandoned after {DEFAULT_TIMEOUT:g} s)",
     )
     parser.add_argument(
         "--no-cache",
@@ -231,8 +241,9 @@ class GuestOutput:
         self._dump_stdout = dump_stdout
         self._dump_stderr = dump_stderr
         self._status = status
-        self._stdout_kept: list[bytes] = []
-        self._stderr_kept: list[bytes] = []
+        # the dumps are spooled (to a temporary file past 1 MiB): the host's memory stays bounded
+        self._stdout_kept = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 (finish closes it)
+        self._stderr_kept = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 (finish closes it)
         self._partial_line = b""
         self._lock = threading.Lock()
         self._stdout_on_terminal = status is not None and _isatty(sys.stdout)
@@ -241,7 +252,7 @@ class GuestOutput:
     def stdout(self, data: bytes) -> None:
         with self._lock:
             if self._dump_stdout:
-                self._stdout_kept.append(data)
+                self._stdout_kept.write(data)
             else:
                 self._pass_through(sys.stdout, data, self._stdout_on_terminal)
             if self._status is not None:
@@ -251,7 +262,7 @@ class GuestOutput:
     def stderr(self, data: bytes) -> None:
         with self._lock:
             if self._dump_stderr:
-                self._stderr_kept.append(data)
+                self._stderr_kept.write(data)
             else:
                 self._pass_through(sys.stderr, data, self._status is not None)
                 if self._status is not None:
@@ -278,9 +289,9 @@ class GuestOutput:
             if self._status is not None:
                 self._status.erase()
             if self._dump_stdout:
-                _write_dump(sys.stdout, "stdout", b"".join(self._stdout_kept))
+                _write_dump(sys.stdout, "stdout", self._stdout_kept)
             if self._dump_stderr:
-                _write_dump(sys.stderr, "stderr", b"".join(self._stderr_kept))
+                _write_dump(sys.stderr, "stderr", self._stderr_kept)
 
     def _pass_through(self, stream, data: bytes, on_terminal: bool) -> None:
         name = "stdout" if stream is sys.stdout else "stderr"
@@ -308,9 +319,13 @@ class GuestOutput:
             self._status.message = "".join(c if c.isprintable() else " " for c in text).strip()
 
 
-def _write_dump(stream, name: str, data: bytes) -> None:
+def _write_dump(stream, name: str, kept) -> None:
     stream.flush()
-    stream.buffer.write(f"---- {name} dump ----\n".encode() + data + f"---- {name} dump end ----\n".encode())
+    stream.buffer.write(f"---- {name} dump ----\n".encode())
+    kept.seek(0)
+    shutil.copyfileobj(kept, stream.buffer, 1 << 20)
+    kept.close()
+    stream.buffer.write(f"---- {name} dump end ----\n".encode())
     stream.buffer.flush()
 
 
@@ -355,7 +370,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .policy import PolicyError
     from .provenance import prepare
-    from .runtime import HostError
+    from .runtime import HostError, Interrupted, StopSignals
     from .sources import SourceError
 
     try:
@@ -377,14 +392,20 @@ def _main(argv: list[str] | None) -> int:
         if guard is not None:
             guard.attach(recorder)
     message = None
+    signals = StopSignals()
     try:
-        status, outcome, message = _run(args, recorder)
+        with signals:
+            status, outcome, message = _run(args, recorder, signals)
     except (SourceError, HostError) as e:
         error(str(e))
         status, outcome, message = EXIT_FAILURE, "host error", str(e)
-    except KeyboardInterrupt:
+    except OSError as e:  # e.g. a full disk under the host's own files
+        message = f"{e.filename}: {e.strerror or e}" if e.filename else str(e.strerror or e)
+        error(message)
+        status, outcome = EXIT_FAILURE, "host error"
+    except (KeyboardInterrupt, Interrupted):
         error("interrupted")
-        status, outcome, message = EXIT_INTERRUPTED, "interrupted", "interrupted"
+        status, outcome, message = signals.exit_status, "interrupted", "interrupted"
     if recorder is not None:
         status = _write_manifest(recorder, status, outcome, message, guard)
     return status
@@ -413,7 +434,7 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None, gu
     return status
 
 
-def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
+def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
     from .runtime import HostError, Outcome, _wasm_digest, default_cache_dir, load_program
     from .sources import source_relpath, stage_sources
@@ -456,51 +477,33 @@ def _run(args: argparse.Namespace, recorder) -> tuple[int, str, str | None]:
             stdout=output.stdout,
             stderr=output.stderr,
             max_memory=args.max_memory,
-            timeout=args.timeout,
+            timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
         )
         try:
-            result = _wait(run, output)
+            with signals.guest(run):
+                result = _wait(run, output)
         finally:
             output.finish()
         if result.outcome is Outcome.SUCCEEDED:
             if recorder is not None:
                 recorder.inputs_hashed()  # before write-back: an output may land in an input dir
-            written = staged.write_back()
+            written = staged.write_back(signals.deferred)
             if recorder is not None:
                 recorder.outputs(written)
             return EXIT_OK, result.outcome.value, None
     message = _report_failure(result, args)
-    exit_status = EXIT_INTERRUPTED if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
+    exit_status = signals.exit_status if result.outcome is Outcome.INTERRUPTED else EXIT_FAILURE
     return exit_status, result.outcome.value, message
 
 
 def _wait(run, output: GuestOutput):
-    """Wait for the guest, refreshing the status line; Ctrl-C or SIGTERM stops the guest."""
-    import signal
-
-    from .runtime import Outcome
-
-    def stop_on_sigterm(signum, frame):
-        run.stop(Outcome.INTERRUPTED)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        previous = None
-    try:
-        while True:
-            try:
-                result = run.wait(STATUS_REFRESH_SECONDS if output.has_status else 0.5)
-            except KeyboardInterrupt:
-                run.stop(Outcome.INTERRUPTED)
-                continue
-            if result is not None:
-                return result
-            if output.has_status:
-                output.tick()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    """Wait for the guest, refreshing the status line (StopSignals stops it on Ctrl-C or SIGTERM)."""
+    while True:
+        result = run.wait(STATUS_REFRESH_SECONDS if output.has_status else 0.5)
+        if result is not None:
+            return result
+        if output.has_status:
+            output.tick()
 
 
 def _report_failure(result, args: argparse.Namespace) -> str | None:
@@ -509,7 +512,10 @@ def _report_failure(result, args: argparse.Namespace) -> str | None:
 
     message = None
     if result.outcome is Outcome.TIMED_OUT:
-        message = f"guest exceeded --timeout {args.timeout:g}s"
+        if args.timeout is None:
+            message = f"guest ran past the default time limit of {DEFAULT_TIMEOUT:g}s (--timeout raises it)"
+        else:
+            message = f"guest exceeded --timeout {args.timeout:g}s"
     elif result.outcome is Outcome.OUT_OF_MEMORY:
         message = f"guest ran out of memory (--max-memory {_format_size(args.max_memory)})"
     elif result.outcome is Outcome.INTERRUPTED:

@@ -15,9 +15,11 @@ import enum
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +45,78 @@ class Outcome(enum.Enum):
     TIMED_OUT = "timed out"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM on the host
     OUT_OF_MEMORY = "out of memory"
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while the host was not waiting for the guest."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM for the length of a run: exit status 128 + the signal's number.
+
+    While sources are staged or the program loads, a signal raises Interrupted (the
+    staging is removed on the way out); while the guest runs, it stops the guest
+    (``GuestRun.stop``: at once, the guest is abandoned when its engine has no epoch
+    checks); while outputs are renamed into place (``deferred``) it waits until the
+    last rename is done, so a write-back is never left half done. Installed only in
+    the main thread (elsewhere Python cannot handle signals).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._run: GuestRun | None = None
+        self._deferring = False
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self._run is not None:
+            self._run.stop(Outcome.INTERRUPTED)
+        elif not self._deferring:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def guest(self, run: GuestRun) -> Iterator[None]:
+        """While the guest runs: a signal stops it."""
+        self._run = run
+        if self.signum is not None:
+            run.stop(Outcome.INTERRUPTED)
+        try:
+            yield
+        finally:
+            self._run = None
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A step a signal must not cut in two; Interrupted after it if one came."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.signum is not None:
+            raise Interrupted(self.signum)
 
 
 class RunResult(NamedTuple):
@@ -357,9 +431,15 @@ class GuestRun:
                 # "panic in a function that cannot unwind" (seen with wasmtime-py 50).
                 store = Store(self._engine)
                 try:
-                    return self._instantiate_and_run(store, wasi)
+                    result = self._instantiate_and_run(store, wasi)
                 finally:
                     store.close()
+            if result.outcome is Outcome.TRAPPED and _nearly_full(stream_dir):
+                # the guest's stdout/stderr files could not grow: its write failed, and it trapped
+                where = os.path.dirname(stream_dir)
+                detail = f"its output could not be written: no space left in {where}"
+                return RunResult(Outcome.TRAPPED, detail)
+            return result
         finally:
             shutil.rmtree(stream_dir, ignore_errors=True)
 
@@ -435,6 +515,15 @@ class _FileTail:
                 return
             else:
                 self._done.wait(self.POLL_SECONDS)
+
+
+def _nearly_full(path: str) -> bool:
+    """Whether the file system holding ``path`` has less than 64 KiB left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 16
 
 
 def _last_line(message: str) -> str:

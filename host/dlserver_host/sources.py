@@ -24,12 +24,16 @@ import os
 import shutil
 import stat
 import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from .atomic import atomic_file
+from .atomic import copy_beside
 
 ROOT = PurePosixPath(".")
+CLEANUP_SECONDS = 0.5
 
 
 class SourceError(Exception):
@@ -77,6 +81,20 @@ def source_relpath(text: str, cwd: Path) -> PurePosixPath:
     return PurePosixPath(*path.parts) if path.parts else ROOT
 
 
+def check_resolves_inside(cwd: Path, rel: PurePosixPath, text: str) -> None:
+    """Refuse a source that is, or lies below, a symlink leading out of ``cwd`` (like '..'),
+    naming where it leads. The check is by path: a hard link to an outside file is an
+    ordinary file of the tree and cannot be told apart (do not hard-link what the guest
+    must not see into the working directory)."""
+    root = os.path.realpath(cwd)
+    target = os.path.realpath(cwd / rel)
+    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+        raise SourceError(
+            f"source path resolves outside the current directory: {text} -> {target} "
+            "(a symlink; sources are relative to the current directory, '..' is refused)"
+        )
+
+
 def _contains(outer: PurePosixPath, inner: PurePosixPath) -> bool:
     """True if ``inner`` is ``outer`` or lies below it."""
     return outer == ROOT or inner.parts[: len(outer.parts)] == outer.parts
@@ -119,8 +137,13 @@ class StagedSources:
         self.cleanup()
 
     def cleanup(self) -> None:
-        """Remove every private directory."""
+        """Remove every private directory (again while an abandoned guest still writes into
+        it, for up to CLEANUP_SECONDS)."""
+        deadline = time.monotonic() + CLEANUP_SECONDS
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+        while os.path.lexists(self._temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     def changed_outputs(self) -> list[OutputFile]:
         """Every new or changed regular file in the output directories.
@@ -142,18 +165,39 @@ class StagedSources:
                     changes.append(OutputFile(area.host_dir / rel, self.cwd / area.rel, rel))
         return changes
 
-    def write_back(self) -> list[Path]:
+    def write_back(self, unbroken: Callable[[], AbstractContextManager] = nullcontext) -> list[Path]:
         """Copy new or changed output files to the host; return the host paths written.
 
-        Every destination is checked first (no symlink and no file among its
-        parents below the output source, no directory in its place); if any is
-        refused, nothing is written and SourceError is raised.
+        All or nothing: every destination is checked first (no symlink and no file
+        among its parents below the output source, no directory in its place), then
+        every file is copied beside its destination under a temporary name; a refusal
+        or a failure there (a full disk) removes those copies and raises SourceError,
+        with nothing written. Only then are they renamed into place, inside
+        ``unbroken()`` (StopSignals.deferred: a signal waits for the last rename).
         """
         changes = self.changed_outputs()
         for change in changes:
             change.check_destination()
-        for change in changes:
-            _replace_file(change.private_file, change.destination)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for change in changes:
+                staged.append((copy_beside(change.private_file, change.destination), change.destination))
+        except BaseException as e:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise SourceError(
+                    f"cannot write back {change.destination}: {e.strerror or e}; nothing was written back"
+                ) from None
+            raise
+        with unbroken():
+            for tmp, dest in staged:
+                try:
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    for rest, _ in staged:
+                        rest.unlink(missing_ok=True)
+                    raise SourceError(f"cannot write back {dest}: {e.strerror or e}") from None
         return [change.destination for change in changes]
 
 
@@ -201,12 +245,6 @@ def _regular_files(top: Path, skip: set[PurePosixPath]):
                 yield PurePosixPath(rel_dir, name), st
 
 
-def _replace_file(private_file: Path, dest: Path) -> None:
-    """Copy ``private_file`` to ``dest`` through a temporary name in dest's directory."""
-    with atomic_file(dest) as out, open(private_file, "rb") as src:
-        shutil.copyfileobj(src, out, 1 << 20)
-
-
 def _source_kind(cwd: Path, rel: PurePosixPath, role: str) -> str:
     """'dir', 'file' or 'missing' (outputs only); raise SourceError otherwise."""
     host = cwd / rel
@@ -238,6 +276,8 @@ def stage_sources(
     cwd = Path(cwd or os.getcwd())
     input_paths = _dedupe([source_relpath(p, cwd) for p in inputs])
     output_paths = _dedupe([source_relpath(p, cwd) for p in outputs])
+    for text in [*inputs, *outputs]:
+        check_resolves_inside(cwd, source_relpath(text, cwd), text)
     input_kinds = {rel: _source_kind(cwd, rel, "input") for rel in input_paths}
     for rel in output_paths:
         if input_kinds.get(rel) == "file":
@@ -246,10 +286,21 @@ def stage_sources(
     input_dirs = [rel for rel in input_paths if input_kinds[rel] == "dir"]
     input_files = [rel for rel in input_paths if input_kinds[rel] == "file"]
 
-    temp_dir = Path(tempfile.mkdtemp(prefix="dl-server-", dir=temp_parent))
+    try:
+        temp_dir = Path(tempfile.mkdtemp(prefix="dl-server-", dir=temp_parent))
+    except OSError as e:
+        raise SourceError(
+            f"cannot make the staging directory in {tempfile.gettempdir()}: {e.strerror}"
+        ) from None
     try:
         areas = _plan_areas(cwd, temp_dir, input_dirs, output_paths)
         _populate(cwd, temp_dir, areas, input_dirs, input_files)
+    except OSError as e:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        where = f"{e.filename}: " if e.filename else ""
+        raise SourceError(
+            f"cannot stage the sources in {temp_dir.parent}: {where}{e.strerror or e}"
+        ) from None
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise

@@ -53,6 +53,7 @@ interpreter of dlserver.onnx.interpreter and prints the original's lines, then e
 the LAST node's first output when it is FLOAT: `n_float_data[%d] = %f`.
 """
 
+import os
 import sys
 
 from ..averaging import Combiner, parse_method
@@ -172,6 +173,8 @@ def aggregate_onnx(
     `method` and `weights` are the -method and -weights flags (dlserver.averaging)."""
     if not paths:
         raise DLServerError("aggregation onnx: no models to aggregate")
+    if os.path.normpath(out_path) in {os.path.normpath(p) for p in paths}:
+        raise DLServerError(f"{out_path}: the output would overwrite one of the input models")
     combination = parse_method(method, weights, len(paths))
     first = LoadedModel(paths[0])
     _check_supported_graph(first)

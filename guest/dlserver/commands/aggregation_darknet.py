@@ -10,6 +10,7 @@ multiplied by f32(1/T); the header and `seen` (all 8 bytes) come from the first 
 from array import array
 
 from ..averaging import DARKNET, Combiner, parse_method
+from ..buffers import allow_for_weights
 from ..errors import DLServerError
 from ..network import parse_network_cfg
 from ..weights import load_weights, save_weights
@@ -35,6 +36,7 @@ def aggregate_darknet(cfg: str, out: str, inputs: list[str], method: str | None,
     if out in inputs:
         raise DLServerError(f"{out}: the output would overwrite one of the input weights files")
     combination = parse_method(method, weights, len(inputs))
+    allow_for_weights(inputs[0], networks=2)
     total = parse_network_cfg(cfg, batch=1)
     net = parse_network_cfg(cfg, batch=1)
     load_weights(total, inputs[0])

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from ..buffers import view, zeros
+from ..buffers import allow_for_weights, view, zeros
 from ..config import read_data_cfg, read_list
 from ..dataset import TrainingData, load_valid_batch
 from ..errors import DLServerError
@@ -44,6 +44,7 @@ def run(argv) -> None:
 def load_network(cfg: str, weights: str | None, clear: bool = False, batch: int | None = None):
     """Parse a cfg and load weights when a path is given (Darknet load_network); `batch` as
     parse_network_cfg's."""
+    allow_for_weights(weights)
     net = parse_network_cfg(cfg, init_rng=None if weights else Random(), batch=batch)
     if weights:
         load_weights(net, weights)
@@ -205,6 +206,7 @@ def train_classifier(
     base = base_name(cfg)
     out.write(f"{base}\n")
     rng = Random(seed)
+    allow_for_weights(weights)
     net = parse_network_cfg(cfg, init_rng=None if weights else rng)
     if weights:
         for layer in net.layers:  # rand() advances as the weight initialisation would have

@@ -17,6 +17,7 @@ import sys
 import time
 
 from ..boxes import do_nms_sort, get_network_boxes
+from ..buffers import allow_for_weights
 from ..config import read_data_cfg, read_list
 from ..errors import DLServerError
 from ..image.draw import draw_box_width, draw_label, get_color, get_label, save_image
@@ -25,6 +26,7 @@ from ..image.ops import letterbox_image
 from ..layers.detection import DetectionLayer
 from ..layers.region import RegionLayer
 from ..layers.yolo import YoloLayer
+from ..limits import MAX_BOXES, check
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
@@ -88,6 +90,8 @@ def run(argv) -> None:
     """`detect [cfg] [weights] [image] [-thresh T] [-out NAME]`: thresh and filename are read
     before -out is removed, as in Darknet (docs/darknet-contract.md §1.4)."""
     thresh = argv.find_float("-thresh", 0.5)
+    if thresh < 0:
+        raise DLServerError(f"flag -thresh {thresh:g}: must be at least 0")
     filename = argv[4] if argv.argc > 4 else None
     outfile = argv.find_str("-out", None)
     if argv[2] is None:
@@ -110,6 +114,7 @@ def test_detector(
         raise DLServerError(
             "detect: no weights file given (usage: detect [cfg] [weights] [image] [-thresh T] [-out NAME])"
         )
+    allow_for_weights(weights)
     net = parse_network_cfg(cfg, batch=1)
     load_weights(net, weights)
     net.set_batch(1)
@@ -145,6 +150,16 @@ def test_detector(
     out = sys.stdout
     out.write("%s: Predicted in %f seconds.\n" % (filename, seconds))
     dets = get_network_boxes(net, im.w, im.h, thresh)
+    candidates = sum(1 for d in dets if max(d.prob, default=0) > 0)
+    check(
+        f"{filename}",
+        f"detect -thresh {thresh:g}: boxes over the threshold",
+        candidates,
+        MAX_BOXES,
+        "MAX_BOXES",
+    )
     dets = do_nms_sort(dets, classes, NMS)
+    labels = sum(1 for d in dets for p in d.prob if p > thresh)
+    check(f"{filename}", f"detect -thresh {thresh:g}: labels to draw", labels, MAX_BOXES, "MAX_BOXES")
     draw_detections(im, dets, thresh, names, classes, out)
     save_image(im, outfile if outfile is not None else "predictions")

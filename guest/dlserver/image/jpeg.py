@@ -53,8 +53,7 @@ from array import array
 from .. import kernels
 from ..errors import DLServerError
 from ..kernels import JpegColour
-
-MAX_PIXELS = 1 << 26  # width * height above this is refused before allocating
+from ..limits import MAX_JPEG_SCANS, MAX_PIXELS
 
 
 class JPEGError(DLServerError):
@@ -231,6 +230,10 @@ def decode_jpeg(data) -> tuple:
         elif code == 0xDA:
             if frame is None:
                 raise JPEGError("missing SOF before the first SOS")
+            if scans >= MAX_JPEG_SCANS:
+                raise JPEGError(
+                    f"too many scans (more than {MAX_JPEG_SCANS}; DL_SERVER_MAX_JPEG_SCANS raises it)"
+                )
             if coeffs is None:
                 coeffs = bytearray(2 * sum(c.cw * c.ch * 64 for c in comps))
             pos = _scan(data, pos, body, frame, comps, qt, tables, defined, restart, coeffs)
@@ -346,7 +349,10 @@ def _parse_sof(code: int, body: bytes):
     if len(body) != 6 + 3 * nf:
         raise JPEGError(f"bad SOF (length {len(body) + 2} for {nf} components)")
     if width * height > MAX_PIXELS:
-        raise JPEGError(f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels)")
+        raise JPEGError(
+            f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels,"
+            " DL_SERVER_MAX_PIXELS raises it)"
+        )
     comps: list[_Component] = []
     for k in range(nf):
         cid, hv, tq = body[6 + 3 * k : 9 + 3 * k]

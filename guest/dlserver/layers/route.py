@@ -10,6 +10,7 @@ backward: each slice of delta is added into its source's delta.
 from .. import kernels
 from ..buffers import view
 from ..errors import DLServerError
+from ..limits import MAX_ROUTE_SOURCES, check
 from .base import Layer, earlier_layer
 
 
@@ -24,7 +25,9 @@ class RouteLayer(Layer):
         if text is None:
             raise DLServerError(f"{where}: route layer must specify input layers (layers=...)")
         self.input_layers = []
-        for item in text.split(","):
+        items = text.split(",")
+        check(where, "route sources", len(items), MAX_ROUTE_SOURCES, "MAX_ROUTE_SOURCES")
+        for item in items:
             context = f"{where}: layers={text}"
             self.input_layers.append(earlier_layer(item, index, context, f"'{item}' is not a layer index"))
         sources = [net.layers[i] for i in self.input_layers]

@@ -24,6 +24,7 @@ from operator import add, mul, sub, truediv
 
 from .. import kernels
 from ..kernels import Activation
+from ..limits import MAX_NODE_WORK, MAX_TENSOR_ELEMENTS
 from . import model as om
 
 TYPECODES = {
@@ -63,6 +64,22 @@ def numel(shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+MAX_COMPUTED_ELEMENTS = 2 * MAX_TENSOR_ELEMENTS  # all values a graph run computes
+
+
+def check_size(elements: int, work: int = 0) -> None:
+    """Refuse a node whose output elements or multiply-adds pass the limits, before it runs."""
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise OpError(
+            f"a value of {elements} elements is over the limit {MAX_TENSOR_ELEMENTS}"
+            " (DL_SERVER_MAX_TENSOR_ELEMENTS raises it)"
+        )
+    if work > MAX_NODE_WORK:
+        raise OpError(
+            f"{work} multiply-adds are over the limit {MAX_NODE_WORK} (DL_SERVER_MAX_NODE_WORK raises it)"
+        )
 
 
 def value_from_tensor(t: om.Tensor) -> Value:
@@ -144,6 +161,7 @@ def expand(data: array, shape, target) -> array:
     shape = (1,) * (len(target) - len(shape)) + tuple(shape)
     if shape == tuple(target):
         return data
+    check_size(numel(target))
     cur = data
     # Walk the axes from the innermost; `cur` has shape shape[:d+1] + target[d+1:].
     for d in range(len(target) - 1, -1, -1):
@@ -342,6 +360,7 @@ def op_conv(node, x, wt, b=None):
     oh, ow, (pt, pl, pb, pr) = _pads_2d(node, h, w, kh, kw, sh, sw, dh, dw)
     if oh < 1 or ow < 1:
         raise OpError(f"output would be {oh}x{ow}")
+    check_size(n * m * oh * ow, n * m * oh * ow * cg * kh * kw)
     mg = m // group
     kdim = cg * kh * kw
     ohw = oh * ow
@@ -408,6 +427,7 @@ def op_maxpool(node, x):
     # rows/columns no window reaches cut off.
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
     planes = n * c
+    check_size(planes * max(hp * wp, oh * ow), planes * oh * ow * kh * kw)
     xp = xd if (pt, pl, hp, wp) == (0, 0, h, w) else _pad_planes(xd, planes, h, w, pt, pl, hp, wp, -math.inf)
     if kh == kw and sh == sw and dh == dw == 1:
         out = array("f", bytes(4 * planes * oh * ow))
@@ -483,6 +503,7 @@ def op_matmul(node, a, b):
     r = len(batch)
     ba = (1,) * (r - len(sa[:-2])) + sa[:-2]
     bb = (1,) * (r - len(sb[:-2])) + sb[:-2]
+    check_size(numel(batch) * m * n, numel(batch) * m * n * k)
     out = array("f", bytes(4 * numel(batch) * m * n))
     av, bv, ov = memoryview(ad), memoryview(bd), memoryview(out)
     for i, idx in enumerate(product(*(range(d) for d in batch))):
@@ -521,6 +542,7 @@ def op_gemm(node, a, b, c=None):
         raise OpError(
             f"shapes {list(a.shape)} (transA={ta}) and {list(b.shape)} (transB={tb}) do not multiply"
         )
+    check_size(m * n, m * n * k)
     if c is not None:
         if broadcast_shape(c.shape, (m, n)) != (m, n):
             raise OpError(f"C {list(c.shape)} does not broadcast to the output ({m}, {n})")
@@ -701,6 +723,7 @@ def op_gather(node, data, indices):
         if not 0 <= j < size:
             raise OpError(f"index {i} out of range for axis {axis} of size {size}")
         norm.append(j)
+    check_size(outer * len(norm) * inner)
     d = data.data
     out = array(d.typecode)
     for o in range(outer):
@@ -733,6 +756,7 @@ def op_concat(node, *xs):
             raise OpError(f"shapes {[list(v.shape) for v in xs]} do not concatenate on axis {axis}")
     outer = numel(xs[0].shape[:axis])
     inner = numel(xs[0].shape[axis + 1 :])
+    check_size(outer * inner * sum(x.shape[axis] for x in xs))
     out = array(xs[0].data.typecode)
     for o in range(outer):
         for x in xs:
@@ -866,6 +890,7 @@ class NodeError(Exception):
 
 def run_graph(nodes: list[Node], env: dict) -> None:
     """Run the nodes in order; `env` maps value names to Values and receives the outputs."""
+    computed = 0
     for node in nodes:
         if node.domain not in ("", "ai.onnx"):
             raise NodeError(f"{node.label()}: operator domain '{node.domain}' is not supported")
@@ -906,3 +931,9 @@ def run_graph(nodes: list[Node], env: dict) -> None:
             if i >= len(results):
                 raise NodeError(f"{node.label()}: output {i} ('{name}') is not supported")
             env[name] = results[i]
+            computed += len(results[i].data)
+        if computed > MAX_COMPUTED_ELEMENTS:
+            raise NodeError(
+                f"{node.label()}: the graph's values so far hold {computed} elements, over the limit"
+                f" {MAX_COMPUTED_ELEMENTS} (DL_SERVER_MAX_TENSOR_ELEMENTS raises it: twice that)"
+            )

@@ -1,0 +1,62 @@
+"""Limits on the sizes an input may ask for, checked before anything is allocated or computed.
+
+Defaults are generous for real models (YOLOv3 at 608 with its weights, 8-megapixel photos);
+each can be raised by the environment variable `DL_SERVER_<NAME>` (under the host:
+`--env DL_SERVER_MAX_PIXELS=...`). A value over its limit is a DLServerError naming the file,
+the value and the limit.
+"""
+
+import os
+
+from .errors import DLServerError
+
+
+def _setting(name: str, default: int) -> int:
+    text = os.environ.get(f"DL_SERVER_{name}")
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise DLServerError(f"DL_SERVER_{name}={text[:40]}: not an integer") from None
+    if value < 1:
+        raise DLServerError(f"DL_SERVER_{name}={value}: must be at least 1")
+    return value
+
+
+# image width * height (16.7 megapixels: 4096 x 4096; the decoded float image is 12 bytes a pixel)
+MAX_PIXELS = _setting("MAX_PIXELS", 1 << 24)
+# JPEG scans (each may decode every block again; libjpeg's progressive files have about 10)
+MAX_JPEG_SCANS = _setting("MAX_JPEG_SCANS", 256)
+# float32 network buffers without a weights file; with one, 4 bytes more per byte of it
+MAX_BUFFER_BYTES = _setting("MAX_BUFFER_BYTES", 768 << 20)
+# layers of a cfg and sources of one [route]
+MAX_LAYERS = _setting("MAX_LAYERS", 4096)
+MAX_ROUTE_SOURCES = _setting("MAX_ROUTE_SOURCES", 1024)
+# anchors of a [yolo] layer (num=)
+MAX_ANCHORS = _setting("MAX_ANCHORS", 1 << 16)
+# elements of one ONNX tensor (in a file or computed) and multiply-adds of one ONNX node
+MAX_TENSOR_ELEMENTS = _setting("MAX_TENSOR_ELEMENTS", 1 << 26)
+MAX_NODE_WORK = _setting("MAX_NODE_WORK", 1 << 34)
+# detect: boxes with a class over the threshold before non-maximum suppression, and
+# (box, class) labels after it (each printed and drawn)
+MAX_BOXES = _setting("MAX_BOXES", 1024)
+
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+def c_int(text: str) -> int | None:
+    """The value of a decimal integer (sign and digits only) if it fits a C int, else None;
+    the length is checked first, so thousands of digits cost nothing."""
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 10:
+        return None
+    value = int(text)
+    return value if INT_MIN <= value <= INT_MAX else None
+
+
+def check(where: str, what: str, value: int, limit: int, name: str) -> None:
+    """Refuse `value` over `limit`, naming both and the setting that raises it."""
+    if value > limit:
+        raise DLServerError(f"{where}: {what} {value} is over the limit {limit} (DL_SERVER_{name} raises it)")
