@@ -70,19 +70,23 @@ def test_three_rounds_equal_flowers(tmp_path, monkeypatch, capsys, method, name,
         glob = flower_glob = ours
 
 
+ADAM = "fedadam:0.1:0.9:0.99:0.001"
+CHAINED = ["-state", "s0", "-state-out", "s1"]
+
+
 @pytest.mark.parametrize(
     "method, setup, flags, message",
     [
-        ("fedadam:0.1:0.9:0.99:0.001", None, ["-state", "nowhere", "-state-out", "s1"], "nowhere: state file not found"),
-        ("fedadam:0.1:0.9:0.99:0.001", "fedadam-short", ["-state", "s0", "-state-out", "s1"], "state of the wrong shape"),
-        ("fedyogi:0.1:0.9:0.99:0.001", "fedadam", ["-state", "s0", "-state-out", "s1"], "s0: state of -method fedadam, not fedyogi"),
-        ("fedadam:0.1:0.9:0.99:0.001", "junk", ["-state", "s0", "-state-out", "s1"], "s0: not a dl-server state file"),
-        ("fedadam:0.1:0.9:0.99:0.001", None, [], "needs -state-out <file>"),
+        (ADAM, None, ["-state", "nowhere", "-state-out", "s1"], "nowhere: state file not found"),
+        (ADAM, "fedadam-short", CHAINED, "state of the wrong shape"),
+        ("fedyogi:0.1:0.9:0.99:0.001", "fedadam", CHAINED, "s0: state of -method fedadam, not fedyogi"),
+        (ADAM, "junk", CHAINED, "s0: not a dl-server state file"),
+        (ADAM, None, [], "needs -state-out <file>"),
         ("fedadam:0.1:1.0:0.99:0.001", None, ["-state-out", "s1"], "BETA1 and BETA2 must be in [0, 1)"),
         ("fedadam:0.1:0.9:0.99:0", None, ["-state-out", "s1"], "ETA and TAU must be > 0"),
         ("fedadagrad:0.1", None, ["-state-out", "s1"], "expected fedadagrad:ETA:TAU with numbers"),
         ("fedavgm:1:1.5", None, ["-state-out", "s1"], "LR must be > 0 and MOMENTUM in [0, 1)"),
-        ("fedavgm:1:0.5", None, ["-state-out", "c1.weights"], "c1.weights: the output would overwrite one of the inputs"),
+        ("fedavgm:1:0.5", None, ["-state-out", "c1.weights"], "c1.weights: the output would overwrite"),
     ],
 )  # fmt: skip
 def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method, setup, flags, message):
