@@ -344,6 +344,7 @@ OPT_AVGM, OPT_ADAM, OPT_YOGI, OPT_ADAGRAD = _dlk.OPT_AVGM, _dlk.OPT_ADAM, _dlk.O
 pair_sqdist: Callable[[list, int, array], None] = _dlk.pair_sqdist
 column_rule: Callable[[int, list, int, int, Floats], None] = _dlk.column_rule
 combine: Callable[[list, array, int, Floats], None] = _dlk.combine
+prox_add: Callable[[int, float, Floats, Floats, Floats], None] = _dlk.prox_add
 clip_update: Callable[[int, float, Floats, Floats], None] = _dlk.clip_update
 gauss_add: Callable[[Floats, int, float, bytes, int], int] = _dlk.gauss_add
 fedopt: Callable[[int, int, Floats, Floats, Floats, Floats, array], None] = _dlk.fedopt

@@ -631,6 +631,9 @@ def column_rule(rule: int, models: list[Buffer], n: int, param: int, out: Buffer
 def combine(models: list[Buffer], coefs: Buffer, n: int, out: Buffer, /) -> None:
     """out = f32(sum_i coefs[i] * x_i), in double."""
 
+def prox_add(n: int, c: float, w: Buffer, g: Buffer, upd: Buffer, /) -> None:
+    """upd += c * (w - g) in float32 steps (FedProx)."""
+
 def clip_update(n: int, s: float, g: Buffer, x: Buffer, /) -> None:
     """x = g + (x - g) * s in float32 steps."""
 

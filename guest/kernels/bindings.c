@@ -1528,6 +1528,18 @@ static PyObject *py_clip_update(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+static PyObject *py_prox_add(PyObject *self, PyObject *args)
+{
+    Py_buffer w, g, upd;
+    Py_ssize_t n;
+    float c;
+    if (!PyArg_ParseTuple(args, "nfy*y*w*", &n, &c, &w, &g, &upd)) return NULL;
+    int ok = NEED_F(w, n, "prox_add w") && NEED_F(g, n, "prox_add g") && NEED_F(upd, n, "prox_add upd");
+    if (ok) dlk_prox_add(n, c, F32(w), F32(g), F32(upd));
+    RELEASE(&w, &g, &upd);
+    return none_if(ok);
+}
+
 static PyObject *py_gauss_add(PyObject *self, PyObject *args)
 {
     Py_buffer x, key;
@@ -1682,6 +1694,7 @@ static PyMethodDef dlk_methods[] = {
     {"column_rule", py_column_rule, METH_VARARGS, "column_rule(rule, models, len, param, out): median, trimmed, closest"},
     {"combine", py_combine, METH_VARARGS, "combine(models, coefs, len, out): out = sum c_i x_i (double)"},
     {"clip_update", py_clip_update, METH_VARARGS, "clip_update(n, s, g, x): x = g + (x - g) * s"},
+    {"prox_add", py_prox_add, METH_VARARGS, "prox_add(n, c, w, g, upd): upd += c * (w - g)"},
     {"gauss_add", py_gauss_add, METH_VARARGS, "gauss_add(x, n, std, key, counter) -> counter: ChaCha20 noise"},
     {"fedopt", py_fedopt, METH_VARARGS, "fedopt(kind, n, x, a, m, v, params): a server-optimiser step"},
     {NULL, NULL, 0, NULL}

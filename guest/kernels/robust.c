@@ -16,6 +16,8 @@
  *                          nearer (the lower side on a tie); out = f32(window sum in float32
  *                          steps, ascending) / beta) (double division)
  *   combine:      out[k] = f32(sum_i c_i * x_i[k]), the sum in double in model order
+ *   prox_add:     upd[k] = f32(upd[k] + f32(c * f32(w[k] - g[k])))  (FedProx's term in Darknet's
+ *                 negative-gradient sums, c = f32(-mu * B) given by the caller)
  *   clip_update:  x[k] = f32(g[k] + f32(f32(x[k] - g[k]) * s))  (a client's update x - g scaled
  *                 by s, added back to g: Flower's compute_clip_model_update, float32 steps)
  *   gauss_add:    x[k] = f32(x[k] + f32(std * z_k)), z_k standard normals by Box-Muller from
@@ -140,6 +142,14 @@ void dlk_combine(int n, const float *const *x, const double *c, ptrdiff_t len, f
         double s = 0;
         for (int i = 0; i < n; ++i) s += c[i] * x[i][k];
         out[k] = (float)s;
+    }
+}
+
+void dlk_prox_add(ptrdiff_t n, float c, const float *w, const float *g, float *upd)
+{
+    for (ptrdiff_t k = 0; k < n; ++k) {
+        float d = w[k] - g[k];
+        upd[k] += c * d;
     }
 }
 
