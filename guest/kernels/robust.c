@@ -6,7 +6,8 @@
  *                 double over blocks of PAIR_BLOCK coordinates (the block's n rows stay in
  *                 cache while every pair is visited)
  *   column_rule:  per coordinate k, the n values x_i[k] sorted ascending into s[0..n-1]
- *                 (insertion sort: n is a count of clients, tens at most; qsort above 32):
+ *                 (a sorting network over blocks of coordinates, see sort_rows; the sign of
+ *                 a zero result is unspecified when -0 and +0 tie):
  *                 MEDIAN   s[n/2] for odd n, f32((s[n/2-1] + s[n/2]) / 2) (double) for even n
  *                 TRIMMED  param k: a = f32(... f32(s[k] + s[k+1]) ...+ s[n-k-1]) (float32 steps,
  *                          ascending), out = f32(a / (n - 2k)) (double division)
@@ -73,66 +74,75 @@ void dlk_pair_sqdist(int n, const float *const *x, ptrdiff_t len, double *D)
     }
 }
 
-static int cmp_float(const void *p, const void *q)
+/* Batcher's odd-even merge sort network for any n (comparators with an index >= n dropped),
+ * applied to the rows of a block: row a and row b are compare-exchanged for every column at
+ * once (a branch-free min/max loop the compiler vectorises). Equal values keep their rows. */
+static void sort_rows(float *rows, int n, int width)
 {
-    float a = *(const float *)p, b = *(const float *)q;
-    return (a > b) - (a < b);
+    for (int p = 1; p < n; p <<= 1)
+        for (int k = p; k >= 1; k >>= 1)
+            for (int j = k % p; j <= n - 1 - k; j += 2 * k)
+                for (int i = 0; i <= k - 1 && i <= n - j - k - 1; ++i)
+                    if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
+                        float *a = rows + (ptrdiff_t)(i + j) * width, *b = rows + (ptrdiff_t)(i + j + k) * width;
+                        for (int c = 0; c < width; ++c) {
+                            float x = a[c], y = b[c];
+                            a[c] = y < x ? y : x;
+                            b[c] = y < x ? x : y;
+                        }
+                    }
 }
 
-static void sort_floats(float *s, int n)
-{
-    if (n > 32) {
-        qsort(s, (size_t)n, sizeof *s, cmp_float);
-        return;
-    }
-    for (int i = 1; i < n; ++i) {
-        float v = s[i];
-        int j = i - 1;
-        while (j >= 0 && s[j] > v) {
-            s[j + 1] = s[j];
-            --j;
-        }
-        s[j + 1] = v;
-    }
-}
-
-static float sorted_median(const float *s, int n)
-{
-    if (n % 2) return s[n / 2];
-    return (float)(((double)s[n / 2 - 1] + (double)s[n / 2]) / 2);
-}
-
-static float window_mean(const float *s, int lo, int hi)
-{
-    float a = 0;
-    for (int i = lo; i < hi; ++i) a += s[i];
-    return (float)((double)a / (hi - lo));
-}
+#define COLUMN_BLOCK 512
 
 int dlk_column_rule(int rule, int n, const float *const *x, ptrdiff_t len, int param, float *out)
 {
-    float *s = malloc((size_t)n * sizeof *s);
-    if (!s) return DLK_ERR_NOMEM;
-    for (ptrdiff_t k = 0; k < len; ++k) {
-        for (int i = 0; i < n; ++i) s[i] = x[i][k];
-        sort_floats(s, n);
+    float *rows = malloc((size_t)n * COLUMN_BLOCK * sizeof *rows);
+    float *acc = malloc(COLUMN_BLOCK * sizeof *acc);
+    if (!rows || !acc) {
+        free(rows);
+        free(acc);
+        return DLK_ERR_NOMEM;
+    }
+    for (ptrdiff_t start = 0; start < len; start += COLUMN_BLOCK) {
+        int width = len - start < COLUMN_BLOCK ? (int)(len - start) : COLUMN_BLOCK;
+        for (int i = 0; i < n; ++i) memcpy(rows + (ptrdiff_t)i * width, x[i] + start, (size_t)width * sizeof *rows);
+        sort_rows(rows, n, width);
+        float *o = out + start;
         if (rule == DLK_RULE_MEDIAN) {
-            out[k] = sorted_median(s, n);
+            const float *lo = rows + (ptrdiff_t)((n - 1) / 2) * width, *hi = rows + (ptrdiff_t)(n / 2) * width;
+            if (n % 2)
+                memcpy(o, hi, (size_t)width * sizeof *o);
+            else
+                for (int c = 0; c < width; ++c) o[c] = (float)(((double)lo[c] + (double)hi[c]) / 2);
         } else if (rule == DLK_RULE_TRIMMED) {
-            out[k] = window_mean(s, param, n - param);
-        } else {
-            float med = sorted_median(s, n);
-            int lo = (n - 1) / 2, hi = lo; /* the window s[lo..hi) */
-            while (hi - lo < param) {
-                if (lo == 0) ++hi;
-                else if (hi == n) --lo;
-                else if (fabsf(s[lo - 1] - med) <= fabsf(s[hi] - med)) --lo;
-                else ++hi;
+            for (int c = 0; c < width; ++c) acc[c] = 0;
+            for (int r = param; r < n - param; ++r) {
+                const float *row = rows + (ptrdiff_t)r * width;
+                for (int c = 0; c < width; ++c) acc[c] += row[c];
             }
-            out[k] = window_mean(s, lo, hi);
+            for (int c = 0; c < width; ++c) o[c] = (float)((double)acc[c] / (n - 2 * param));
+        } else {
+            for (int c = 0; c < width; ++c) {
+                const float *col = rows + c;
+#define S(r) col[(ptrdiff_t)(r) * width]
+                float med = n % 2 ? S(n / 2) : (float)(((double)S(n / 2 - 1) + (double)S(n / 2)) / 2);
+                int lo = (n - 1) / 2, hi = lo; /* the window s[lo..hi) */
+                while (hi - lo < param) {
+                    if (lo == 0) ++hi;
+                    else if (hi == n) --lo;
+                    else if (fabsf(S(lo - 1) - med) <= fabsf(S(hi) - med)) --lo;
+                    else ++hi;
+                }
+                float a = 0;
+                for (int r = lo; r < hi; ++r) a += S(r);
+#undef S
+                o[c] = (float)((double)a / (hi - lo));
+            }
         }
     }
-    free(s);
+    free(rows);
+    free(acc);
     return 0;
 }
 
