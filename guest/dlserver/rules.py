@@ -308,57 +308,44 @@ def read_state(path: str, data: bytes, rule: str, size: int, vectors: int) -> St
     return State(name, rounds, scalar, vecs)
 
 
-def _flat(model: Model) -> array:
-    out = array("f")
-    for t in model:
-        out.extend(t)
-    return out
-
-
-def _split(flat: array, sizes: list[int]) -> Model:
-    out, at = [], 0
-    for s in sizes:
-        out.append(flat[at : at + s])
-        at += s
-    return out
-
-
 # Server optimisers -------------------------------------------------------------------------
 
 
 def optimise(
     rule: Rule, models: list[Model], weights: list[float], glob: Model, state: State | None, say
 ) -> tuple[Model, State]:
-    mean = _flat(weighted_mean(models, weights))
-    x = _flat(glob)
-    size = len(x)
+    mean = weighted_mean(models, weights)
+    sizes = _sizes(glob)
+    size = sum(sizes)
     t = state.rounds if state else 0
-    m, v = (
-        (state.vectors[0], state.vectors[1])
-        if state
-        else (array("f", bytes(4 * size)), array("f", bytes(4 * size)))
-    )
+    if state:
+        m, v = state.vectors[0], state.vectors[1]
+    else:
+        m, v = array("f", bytes(4 * size)), array("f", bytes(4 * size))
     p = rule.params
     name = rule.name
-    if name == "fedavgm":
-        lr, momentum = p
-        if lr == 1 and momentum == 0:
-            x = mean
-        else:
-            kernels.fedopt(
-                kernels.OPT_AVGM, size, x, mean, m, v, array("d", [lr, momentum, float(t == 0), 0])
-            )
-    elif name == "fedadam":
-        eta, b1, b2, tau = p
-        r = t + 1
-        eta_norm = eta * math.sqrt(1 - b2 ** (r + 1.0)) / (1 - b1 ** (r + 1.0))
-        kernels.fedopt(kernels.OPT_ADAM, size, x, mean, m, v, array("d", [eta_norm, b1, b2, tau]))
+    if name == "fedavgm" and p[0] == 1 and p[1] == 0:
+        out = mean  # Flower's FedAvgM without server learning rate or momentum: FedAvg
     else:
-        eta, b1, b2, tau = (p[0], p[1], p[2], p[3]) if name == "fedyogi" else (p[0], 0.0, 0.0, p[1])
-        kind = kernels.OPT_YOGI if name == "fedyogi" else kernels.OPT_ADAGRAD
-        kernels.fedopt(kind, size, x, mean, m, v, array("d", [eta, b1, b2, tau]))
+        if name == "fedavgm":
+            kind, params = kernels.OPT_AVGM, [p[0], p[1], float(t == 0), 0.0]
+        elif name == "fedadam":
+            eta, b1, b2, tau = p
+            r = t + 1
+            eta_norm = eta * math.sqrt(1 - b2 ** (r + 1.0)) / (1 - b1 ** (r + 1.0))
+            kind, params = kernels.OPT_ADAM, [eta_norm, b1, b2, tau]
+        elif name == "fedyogi":
+            kind, params = kernels.OPT_YOGI, list(p)
+        else:
+            kind, params = kernels.OPT_ADAGRAD, [p[0], 0.0, 0.0, p[1]]
+        out = [array("f", g) for g in glob]
+        mv, vv, at = memoryview(m), memoryview(v), 0
+        for x, a, n in zip(out, mean, sizes):
+            if n:
+                kernels.fedopt(kind, n, x, a, mv[at : at + n], vv[at : at + n], array("d", params))
+            at += n
     say(f"{name}: round {t + 1}, {' '.join(f'{q:g}' for q in p)}")
-    return _split(x, _sizes(glob)), State(name, t + 1, 0.0, [m, v])
+    return out, State(name, t + 1, 0.0, [m, v])
 
 
 # Differential privacy ----------------------------------------------------------------------

@@ -82,7 +82,7 @@ def aggregate_darknet_rule(
     net = parse_network_cfg(cfg, batch=1)
     load_weights(total, inputs[0])
     targets = [a for layer in total.layers for a in layer.parameter_arrays()]
-    models = [[array("f", a) for a in targets]]
+    models = [targets]  # the first model's own arrays: the result overwrites them at the end
     for path in inputs[1:]:
         load_weights(net, path)
         models.append([array("f", a) for layer in net.layers for a in layer.parameter_arrays()])
@@ -93,7 +93,8 @@ def aggregate_darknet_rule(
     state = files.load_state(rule, sum(len(t) for t in targets))
     result, new_state = aggregate(rule, models, combination.weights, glob, state, files.seed, say_line)
     for target, values in zip(targets, result):
-        target[:] = values
+        if values is not target:
+            target[:] = values
     save_weights(total, out)
     if new_state is not None and files.state_out is not None:
         write_file_atomic(files.state_out, new_state.to_bytes(), "state file")
