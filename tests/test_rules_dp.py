@@ -178,3 +178,22 @@ def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method
     assert len(errors) == 1 and message in errors[0] and err.strip().endswith(errors[0]), err
     assert not (tmp_path / "out.weights").exists()
     assert not (tmp_path / "s").exists()
+
+
+def test_adaptive_clip_grows_when_every_update_is_clipped(tmp_path, monkeypatch, capsys):
+    """Andrew et al.: too many clipped updates raise the clip. Flower 1.42's wrapper counts the
+    clipped ones and lowers it (1 -> exp(-0.1) here); ours goes to exp(+0.1)."""
+    monkeypatch.chdir(tmp_path)
+    flower()
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, FedAvg
+
+    glob = np.zeros(clients(np.random.default_rng(0), 1)[0].size, np.float32)
+    models = [np.ones_like(glob) for _ in range(4)]
+    strategy = DifferentialPrivacyServerSideAdaptiveClipping(
+        FedAvg(), 0.0, 4, initial_clipping_norm=1.0, target_clipped_quantile=0.5, clip_norm_lr=0.2
+    )
+    flower_global(strategy, glob)
+    strategy.aggregate_train(1, [reply(m) for m in models])
+    assert strategy.clipping_norm == pytest.approx(math.exp(-0.1))
+    _, out = ours_darknet(capsys, tmp_path, models, "dpadaptive:0:1:0.5:0.2", "-state-out", "s1", glob=glob)
+    assert f"dpadaptive: next clip {math.exp(0.1):g}" in out
