@@ -308,7 +308,7 @@ def main() -> None:
     print_rows(host_rows, [NOW])
     sys.stdout.flush()
     baseline = ["--baseline", opts.baseline] if opts.baseline else []
-    scripts = (
+    scripts: tuple[tuple[str, list[str]], ...] = (
         ("bench_gemm.py", []),
         ("bench_train.py", baseline),
         ("bench_zoo.py", []),
