@@ -194,3 +194,23 @@ def assert_f32_close(ours, theirs, inputs, ulps=4):
     tol = ulps * np.finfo(np.float32).eps * np.maximum(scale, np.finfo(np.float32).tiny)
     bad = np.abs(ours.astype(np.float64) - theirs.astype(np.float64)) > tol
     assert not bad.any(), f"{bad.sum()} coordinates differ, first {np.argmax(bad)}"
+
+
+def darknet_inputs(tmp, models, glob=None) -> list[str]:
+    """rule.cfg and c<i>.weights (g.weights: glob) in tmp; the clients' file names."""
+    (tmp / "rule.cfg").write_text(CFG)
+    for i, m in enumerate(models):
+        write_weights(tmp / f"c{i + 1}.weights", m)
+    if glob is not None:
+        write_weights(tmp / "g.weights", glob)
+    return [f"c{i + 1}.weights" for i in range(len(models))]
+
+
+def assert_refused(capsys, tmp, args, message, outputs=("out.weights",)):
+    """`aggregation *args` fails with one error line (the last) holding message, writing none of outputs."""
+    status, _, err = run(capsys, *args)
+    assert status != 0
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0] and err.strip().endswith(errors[0]), err
+    for name in outputs:
+        assert not (tmp / name).exists(), name

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_wasmtime
-from test_rules_common import CFG, clients, write_weights
+from test_rules_common import clients, darknet_inputs
 
 pytestmark = pytest.mark.component
 
@@ -25,19 +25,9 @@ def test_component_equals_native(component, tmp_path, monkeypatch, flags):
     from dlserver.main import main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "rule.cfg").write_text(CFG)
     models = clients(np.random.default_rng(3), 7, outliers=1)
-    for i, m in enumerate(models):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    write_weights(tmp_path / "g.weights", np.mean(models, axis=0))
-    args = [
-        "aggregation",
-        "darknet",
-        "rule.cfg",
-        "wasm.weights",
-        *[f"c{i + 1}.weights" for i in range(7)],
-        *flags,
-    ]
+    paths = darknet_inputs(tmp_path, models, glob=np.mean(models, axis=0))
+    args = ["aggregation", "darknet", "rule.cfg", "wasm.weights", *paths, *flags]
     result = run_wasmtime(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     wasm_state = (tmp_path / "s1").read_bytes() if (tmp_path / "s1").exists() else None
@@ -51,14 +41,11 @@ def test_component_equals_native(component, tmp_path, monkeypatch, flags):
 
 def test_component_noise_is_secret_by_default(component, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "rule.cfg").write_text(CFG)
     models = clients(np.random.default_rng(4), 3)
-    for i, m in enumerate(models):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    write_weights(tmp_path / "g.weights", models[0])
+    paths = darknet_inputs(tmp_path, models, glob=models[0])
     outs = []
     for name in ("a.weights", "b.weights"):
-        args = ["aggregation", "darknet", "rule.cfg", name, "c1.weights", "c2.weights", "c3.weights"]
+        args = ["aggregation", "darknet", "rule.cfg", name, *paths]
         result = run_wasmtime(tmp_path, *args, "-method", "dpfixed:1:1", "-global", "g.weights")
         assert result.returncode == 0, result.stderr
         assert "NOT private" not in result.stdout and "noise multiplier 1, clip 1" in result.stdout

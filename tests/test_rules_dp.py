@@ -8,7 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from test_rules_common import CFG, assert_f32_close, clients, flat_of, flower, ours_darknet, reply, run, split
+from test_rules_common import (
+    assert_f32_close,
+    assert_refused,
+    clients,
+    darknet_inputs,
+    flat_of,
+    flower,
+    ours_darknet,
+    reply,
+    split,
+)
 
 
 def flower_global(strategy, flat):
@@ -153,31 +163,10 @@ def test_unseeded_noise_comes_from_the_secure_source(tmp_path, monkeypatch, caps
 )
 def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method, flags, message):
     monkeypatch.chdir(tmp_path)
-    from test_rules_common import write_weights
-
-    (tmp_path / "rule.cfg").write_text(CFG)
     models = clients(np.random.default_rng(2), 4)
-    for i, m in enumerate(models):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    write_weights(tmp_path / "g.weights", models[0])
-    paths = [f"c{i + 1}.weights" for i in range(4)]
-    status, out, err = run(
-        capsys,
-        "darknet",
-        "rule.cfg",
-        "out.weights",
-        *paths,
-        "-method",
-        method,
-        "-global",
-        "g.weights",
-        *flags,
-    )
-    assert status != 0
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and message in errors[0] and err.strip().endswith(errors[0]), err
-    assert not (tmp_path / "out.weights").exists()
-    assert not (tmp_path / "s").exists()
+    paths = darknet_inputs(tmp_path, models, glob=models[0])
+    args = ["darknet", "rule.cfg", "out.weights", *paths, "-method", method, "-global", "g.weights", *flags]
+    assert_refused(capsys, tmp_path, args, message, ["out.weights", "s"])
 
 
 def test_adaptive_clip_grows_when_every_update_is_clipped(tmp_path, monkeypatch, capsys):

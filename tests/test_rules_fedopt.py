@@ -5,7 +5,19 @@ FedAdam, FedYogi and FedAdagrad fed the same clients and the same (float32) glob
 import numpy as np
 import pytest
 
-from test_rules_common import CFG, SHAPES, clients, flat_of, flower, reply, run, split, write_weights
+from test_rules_common import (
+    CFG,
+    SHAPES,
+    assert_refused,
+    clients,
+    darknet_inputs,
+    flat_of,
+    flower,
+    reply,
+    run,
+    split,
+    write_weights,
+)
 
 OPTIMISERS = [
     ("fedavgm:1.0:0.9", "FedAvgM", {"server_learning_rate": 1.0, "server_momentum": 0.9}),
@@ -91,13 +103,8 @@ CHAINED = ["-state", "s0", "-state-out", "s1"]
 )  # fmt: skip
 def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method, setup, flags, message):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "rule.cfg").write_text(CFG)
-    rng = np.random.default_rng(0)
-    models = clients(rng, 4)
-    for i, m in enumerate(models):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    write_weights(tmp_path / "g.weights", models[0])
-    paths = [f"c{i + 1}.weights" for i in range(4)]
+    models = clients(np.random.default_rng(0), 4)
+    paths = darknet_inputs(tmp_path, models, glob=models[0])
     if setup is not None:
         # a real state from a first round, then damaged as the case says
         status, _, err = run(
@@ -114,36 +121,13 @@ def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method
             s0.write_bytes(bytes(data))
         elif setup == "junk":
             s0.write_bytes(b"not a state at all, just text")
-    status, out, err = run(
-        capsys,
-        "darknet",
-        "rule.cfg",
-        "out.weights",
-        *paths,
-        "-method",
-        method,
-        "-global",
-        "g.weights",
-        *flags,
-    )
-    assert status != 0
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and message in errors[0] and err.strip().endswith(errors[0]), err
-    assert not (tmp_path / "out.weights").exists()
-    assert not (tmp_path / "s1").exists()
+    args = ["darknet", "rule.cfg", "out.weights", *paths, "-method", method, "-global", "g.weights", *flags]
+    assert_refused(capsys, tmp_path, args, message, ["out.weights", "s1"])
 
 
 def test_optimiser_needs_the_global_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "rule.cfg").write_text(CFG)
-    for i, m in enumerate(clients(np.random.default_rng(1), 3)):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    status, _, err = run(
-        capsys, "darknet", "rule.cfg", "out.weights", "c1.weights", "c2.weights", "c3.weights",
-        "-method", "fedyogi:0.1:0.9:0.99:0.001", "-state-out", "s1",
-    )  # fmt: skip
-    assert status != 0
-    assert err.strip().endswith(
-        "-method fedyogi:0.1:0.9:0.99:0.001 needs -global <the previous global model>"
-    )
-    assert not (tmp_path / "out.weights").exists()
+    paths = darknet_inputs(tmp_path, clients(np.random.default_rng(1), 3))
+    method = "fedyogi:0.1:0.9:0.99:0.001"
+    args = ["darknet", "rule.cfg", "out.weights", *paths, "-method", method, "-state-out", "s1"]
+    assert_refused(capsys, tmp_path, args, f"-method {method} needs -global <the previous global model>")

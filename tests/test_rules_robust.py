@@ -7,13 +7,14 @@ import pytest
 
 from test_rules_common import (
     assert_f32_close,
+    assert_refused,
     clients,
+    darknet_inputs,
     flower,
     flower_aggregate,
     ours_darknet,
     ours_onnx,
     run,
-    write_weights,
 )
 
 CASES = [  # (n, f, outliers, duplicates, quantized)
@@ -180,19 +181,9 @@ def test_geomed_of_one_coordinate_is_the_median(tmp_path, monkeypatch, capsys):
 )
 def test_bad_parameters_one_line_no_output(tmp_path, monkeypatch, capsys, method, n, flags, message):
     monkeypatch.chdir(tmp_path)
-    from test_rules_common import CFG
-
-    (tmp_path / "rule.cfg").write_text(CFG)
-    rng = np.random.default_rng(0)
-    for i, m in enumerate(clients(rng, n)):
-        write_weights(tmp_path / f"c{i + 1}.weights", m)
-    paths = [f"c{i + 1}.weights" for i in range(n)]
-    status, out, err = run(capsys, "darknet", "rule.cfg", "out.weights", *paths, "-method", method, *flags)
-    assert status != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], err
-    assert not (tmp_path / "out.weights").exists()
-    assert not (tmp_path / "s").exists()
+    paths = darknet_inputs(tmp_path, clients(np.random.default_rng(0), n))
+    args = ["darknet", "rule.cfg", "out.weights", *paths, "-method", method, *flags]
+    assert_refused(capsys, tmp_path, args, message, ["out.weights", "s"])
 
 
 def test_onnx_whole_model_rules_refuse_differing_integer_tensors(tmp_path, monkeypatch, capsys):
