@@ -210,3 +210,39 @@ def test_onnx_whole_model_rules_refuse_differing_integer_tensors(tmp_path, monke
         " tensors only and need every other initializer equal"
     ), err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_onnx_float16_tensors_take_part(tmp_path, monkeypatch, capsys):
+    """FLOAT16 initializers are widened, combined with the rest and rounded back: Krum's
+    choice comes back bit for bit, the geometric median lands between the models."""
+    monkeypatch.chdir(tmp_path)
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    halves = [rng.normal(size=(4, 4)).astype(np.float16) for _ in range(5)]
+    halves[4] = (halves[4] * 100).astype(np.float16)
+    for i, h in enumerate(halves):
+        tensors = [numpy_helper.from_array(h, "h"), numpy_helper.from_array(h.astype(np.float32) * 2, "f")]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["X"], ["Y"])],
+            "f16",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+            tensors,
+        )
+        onnx.save(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+            str(tmp_path / f"c{i}.onnx"),
+        )
+    paths = [f"c{i}.onnx" for i in range(5)]
+    status, out, err = run(capsys, "onnx", "krum.onnx", *paths, "-method", "krum:1")
+    assert status == 0, err
+    chosen = int(out.split("selected c")[1].split()[0]) - 1
+    got = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "krum.onnx")).graph.initializer}
+    assert got["h"].dtype == np.float16 and got["h"].tobytes() == halves[chosen].tobytes()
+    assert chosen != 4
+    status, _, err = run(capsys, "onnx", "geo.onnx", *paths, "-method", "geomed")
+    assert status == 0, err
+    geo = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "geo.onnx")).graph.initializer}
+    assert geo["h"].dtype == np.float16 and np.abs(geo["h"]).max() < 10
