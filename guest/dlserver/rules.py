@@ -15,8 +15,8 @@ Robust rules (D_ij = |x_i - x_j|^2 over the whole model, in double):
   beta = theta - 2F values nearest med (kernels.column_rule CLOSEST).
 - geomed (Weiszfeld; not in Flower): z = argmin sum_i w_i |z - x_i| with z = sum_i a_i x_i,
   iterated on the coefficients a from the mean: a_i ~ w_i / max(|z - x_i|, eps), the distances
-  from the Gram matrix of the x_i - x_1 (from D), until |z' - z| <= 1e-10 (|z| scale) or 1000
-  iterations; z = f32(sum a_i x_i) in double.
+  from the Gram matrix of the x_i - x_1 (from D), until a step moves z by at most 1e-10 times
+  the largest distance between two models, or 1000 iterations; z = f32(sum a_i x_i) in double.
 
 Server optimisers (Reddi et al. 2021; Flower's FedAvgM, FedAdam, FedYogi, FedAdagrad), on the
 previous global model x (-global) and the mean a of the clients' models, with the state
@@ -34,7 +34,8 @@ sigma = z * C / n on every coordinate (kernels.gauss_add).
 - dpadaptive:Z:C0:GAMMA:LR[:SIGMA_B] (Andrew et al. 2021): C (C0 in round 1, else the state's)
   clips this round; b = the number of updates with |x_i - g| <= C, noised N(0, SIGMA_B^2)
   (default n / 20, Flower's), C' = C * exp(-LR * (b/n - GAMMA)) goes to -state-out; the
-  model's noise multiplier is z' = (Z^-2 - (2 SIGMA_B)^-2)^-1/2 (Z < 2 SIGMA_B), std z' C / n.
+  model's noise multiplier is z' = (Z^-2 - (2 SIGMA_B)^-2)^-1/2 (Z < 2 SIGMA_B), std z' C / n;
+  Z = 0 adds no noise at all, to the count neither (as Flower).
   (Flower 1.42 counts the clipped updates and noises with C': the clip moves the wrong way.)
 Noise comes from ChaCha20 keyed by 32 bytes of os.urandom (WASI random_get in the sandbox);
 -seed N keys it from N instead, for tests only: the output says the noise is not private.
