@@ -2,7 +2,7 @@
 clients, one of them Byzantine, every training, aggregation and validation a dl-server
 run inside the component (wasmtime CLI). Prints top-1 per round for each rule.
 
-    .venv/bin/python scripts/poisoning_demo.py                  # 5 rounds of 100 batches, rate 0.03
+    .venv/bin/python scripts/poisoning_demo.py                  # 4 rounds of 250 batches, rate 0.02
     .venv/bin/python scripts/poisoning_demo.py --rounds 4 --batches 60 --scale 10 --byzantine 1
 
 Needs `make mnist_training num-clients=10` (10 shards) and dl-server.wasm. The attack: each
@@ -80,9 +80,9 @@ def top1(weights: str, valid: str, cfg: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batches", type=int, default=100, help="batches of 100 per client and round")
-    parser.add_argument("--rate", type=float, default=0.03)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=250, help="batches of 100 per client and round")
+    parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--byzantine", type=int, default=1, help="Byzantine clients (the last ones)")
     parser.add_argument("--scale", type=float, default=10.0, help="they send g - scale * (w - g)")
     parser.add_argument("--rules", default=",".join(RULES))
