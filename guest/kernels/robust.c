@@ -95,13 +95,39 @@ static void sort_rows(float *rows, int n, int width)
 
 #define COLUMN_BLOCK 512
 
+/* CLOSEST on a block of sorted rows: the window of each column grows in lock step over the
+ * columns (selects instead of branches: the side taken differs from column to column). */
+static void closest_means(const float *rows, int n, int width, int beta, int *lo, float *acc, float *out)
+{
+    const float *mid_lo = rows + (ptrdiff_t)((n - 1) / 2) * width, *mid_hi = rows + (ptrdiff_t)(n / 2) * width;
+    for (int c = 0; c < width; ++c) {
+        acc[c] = n % 2 ? mid_hi[c] : (float)(((double)mid_lo[c] + (double)mid_hi[c]) / 2); /* the median */
+        lo[c] = (n - 1) / 2;
+    }
+    for (int size = 0; size < beta; ++size)
+        for (int c = 0; c < width; ++c) {
+            int l = lo[c], h = l + size; /* the window s[l..h) */
+            float med = acc[c];
+            float below = l > 0 ? fabsf(rows[(ptrdiff_t)(l - 1) * width + c] - med) : INFINITY;
+            float above = h < n ? fabsf(rows[(ptrdiff_t)h * width + c] - med) : INFINITY;
+            lo[c] = l - (l > 0 && (h == n || below <= above));
+        }
+    for (int c = 0; c < width; ++c) {
+        float a = 0;
+        for (int r = lo[c]; r < lo[c] + beta; ++r) a += rows[(ptrdiff_t)r * width + c];
+        out[c] = (float)((double)a / beta);
+    }
+}
+
 int dlk_column_rule(int rule, int n, const float *const *x, ptrdiff_t len, int param, float *out)
 {
     float *rows = malloc((size_t)n * COLUMN_BLOCK * sizeof *rows);
     float *acc = malloc(COLUMN_BLOCK * sizeof *acc);
-    if (!rows || !acc) {
+    int *lo_at = malloc(COLUMN_BLOCK * sizeof *lo_at);
+    if (!rows || !acc || !lo_at) {
         free(rows);
         free(acc);
+        free(lo_at);
         return DLK_ERR_NOMEM;
     }
     for (ptrdiff_t start = 0; start < len; start += COLUMN_BLOCK) {
@@ -123,26 +149,12 @@ int dlk_column_rule(int rule, int n, const float *const *x, ptrdiff_t len, int p
             }
             for (int c = 0; c < width; ++c) o[c] = (float)((double)acc[c] / (n - 2 * param));
         } else {
-            for (int c = 0; c < width; ++c) {
-                const float *col = rows + c;
-#define S(r) col[(ptrdiff_t)(r) * width]
-                float med = n % 2 ? S(n / 2) : (float)(((double)S(n / 2 - 1) + (double)S(n / 2)) / 2);
-                int lo = (n - 1) / 2, hi = lo; /* the window s[lo..hi) */
-                while (hi - lo < param) {
-                    if (lo == 0) ++hi;
-                    else if (hi == n) --lo;
-                    else if (fabsf(S(lo - 1) - med) <= fabsf(S(hi) - med)) --lo;
-                    else ++hi;
-                }
-                float a = 0;
-                for (int r = lo; r < hi; ++r) a += S(r);
-#undef S
-                o[c] = (float)((double)a / (hi - lo));
-            }
+            closest_means(rows, n, width, param, lo_at, acc, o);
         }
     }
     free(rows);
     free(acc);
+    free(lo_at);
     return 0;
 }
 
