@@ -11,6 +11,8 @@ float32 (the definitions; `aggregation onnx` documents its double and integer on
   the two middle values when T is even;
 - trimmed mean (`-method trimmed:f`): per coordinate, drop the k = floor(f*T) smallest and
   k largest values, then the float32 mean (sum in ascending order, divided by T - 2k).
+(float32 median and trimmed mean in kernels.column_rule: when -0 and +0 tie, the sign of a
+zero result is unspecified. Whole-model rules, -method krum:F and the rest: dlserver.rules.)
 """
 
 import math
