@@ -10,7 +10,7 @@ NATIVE_KERNEL := build/native/_dlk.abi3.so
 num-clients ?= 10
 data-dist ?= iid
 
-.PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz
+.PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz poisoning
 
 all: dl-server.wasm
 
@@ -83,6 +83,11 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= png jpeg cfg weights onnx onnx-input onnx-aggregation args
 fuzz: $(NATIVE_KERNEL)
 	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|Traceback|Crash|ERROR' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
+# one Byzantine client of 10 (sign-flipped, scaled update) against mean, median, trimmed, krum, bulyan, geomed
+# (scripts/poisoning_demo.py; rounds=R batches=B, all runs in the component)
+poisoning: dl-server.wasm
+	$(MAKE) mnist_training num-clients=10
+	$(PY) scripts/poisoning_demo.py$(if $(rounds), --rounds $(rounds))$(if $(batches), --batches $(batches))
 
 clean:
 	rm -rf build dl-server.wasm
@@ -121,5 +126,6 @@ help:
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
 	@echo '  demo-bn         the same with cfg/mnist_resnet.cfg (batch norm, shortcut, avgpool)'
 	@echo '  federated       FedAvg over MNIST shards: num-clients= rounds= batches= data-dist= [alpha= seed=]'
+	@echo '  poisoning       one Byzantine client of 10 against each aggregation rule [rounds= batches=]'
 	@echo '  clean           remove build/ and dl-server.wasm'
 	@echo '  help            this list'

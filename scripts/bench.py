@@ -308,7 +308,13 @@ def main() -> None:
     print_rows(host_rows, [NOW])
     sys.stdout.flush()
     baseline = ["--baseline", opts.baseline] if opts.baseline else []
-    for script, extra in (("bench_gemm.py", []), ("bench_train.py", baseline), ("bench_zoo.py", [])):
+    scripts: tuple[tuple[str, list[str]], ...] = (
+        ("bench_gemm.py", []),
+        ("bench_train.py", baseline),
+        ("bench_zoo.py", []),
+        ("bench_rules.py", []),
+    )
+    for script, extra in scripts:
         print(flush=True)
         subprocess.run([sys.executable, str(ROOT / "scripts" / script), *extra], cwd=ROOT, check=True)
 

@@ -81,6 +81,18 @@ class Argv:
         value = self._find_value(flag)
         return default if value is None else value
 
+    def find_values(self, flag: str, count: int) -> list[str] | None:
+        """The `count` arguments after `flag` (removed with it), or None without the flag."""
+        for i in range(self.argc):
+            if self.args[i] == flag:
+                values = self.args[i + 1 : i + 1 + count]
+                for _ in range(count + 1):
+                    self._delete(i)
+                if len(values) < count or any(v is None for v in values):
+                    raise DLServerError(f"flag {flag} needs {count} values")
+                return [v for v in values if v is not None]
+        return None
+
 
 def read_args_file(path: str = ARGS_FILE) -> list[str]:
     """One argument per line of args.cfg; echoes `argv[i] = '...'` on stdout like the original.

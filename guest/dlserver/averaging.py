@@ -11,6 +11,8 @@ float32 (the definitions; `aggregation onnx` documents its double and integer on
   the two middle values when T is even;
 - trimmed mean (`-method trimmed:f`): per coordinate, drop the k = floor(f*T) smallest and
   k largest values, then the float32 mean (sum in ascending order, divided by T - 2k).
+(float32 median and trimmed mean in kernels.column_rule: when -0 and +0 tie, the sign of a
+zero result is unspecified. Whole-model rules, -method krum:F and the rest: dlserver.rules.)
 """
 
 import math
@@ -20,18 +22,26 @@ from itertools import repeat
 from operator import add, mul, truediv
 from typing import Any
 
-from . import kernels
+from . import kernels, rules
 from .errors import DLServerError
 from .rng import f32
 
 
 class Method:
-    """How to combine: kind is 'mean', 'median' or 'trimmed'; weights for a weighted mean."""
+    """How to combine: kind is 'mean', 'median' or 'trimmed' (per tensor, by a Combiner) or a
+    whole-model rule of dlserver.rules (then `rule` is set); weights for a weighted mean."""
 
-    def __init__(self, kind: str = "mean", fraction: float = 0.0, weights: list[float] | None = None):
+    def __init__(
+        self,
+        kind: str = "mean",
+        fraction: float = 0.0,
+        weights: list[float] | None = None,
+        rule: rules.Rule | None = None,
+    ):
         self.kind = kind
         self.fraction = fraction
         self.weights = weights
+        self.rule = rule
 
 
 def parse_method(method: str | None, weights: str | None, count: int) -> Method:
@@ -48,6 +58,9 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
             raise DLServerError(f"-weights {weights}: weights must be >= 0 with a positive sum")
     if method is None or method == "mean":
         return Method("mean", weights=parsed_weights)
+    name = method.split(":")[0]
+    if name in rules.NAMES and name != "bulyan":
+        return Method(name, weights=parsed_weights, rule=rules.parse_rule(method, count))
     if parsed_weights is not None:
         raise DLServerError(f"-weights applies to the mean, not to -method {method}")
     if method == "median":
@@ -62,29 +75,29 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
         if count - 2 * int(fraction * count) < 1:
             raise DLServerError(f"-method {method}: trims every one of the {count} models")
         return Method("trimmed", fraction=fraction)
-    raise DLServerError(f"-method {method}: unknown (use mean, median or trimmed:<fraction>)")
+    if name == "bulyan":
+        return Method(name, rule=rules.parse_rule(method, count))
+    raise DLServerError(
+        f"-method {method}: unknown (use mean, median, trimmed:F, krum:F, multikrum:F:M, bulyan:F, geomed,"
+        " fedavgm:..., fedadam:..., fedyogi:..., fedadagrad:..., dpfixed:Z:C or dpadaptive:...)"
+    )
 
 
 DARKNET, ONNX = "darknet", "onnx"  # the two mean rules (module docstring)
 
 
 def _order_statistic(tensors: list, method: Method) -> array:
-    """Median or trimmed mean of equally long float32 arrays, coordinate-wise, into a new array."""
-    count = len(tensors)
-    if method.kind == "median":
-        mid = count // 2
-        if count % 2:
-            return array("f", [sorted(column)[mid] for column in zip(*tensors)])
-        return array("f", [f32((s[mid - 1] + s[mid]) / 2) for s in map(sorted, zip(*tensors))])
-    k = int(method.fraction * count)
-    kept = count - 2 * k
-    values = []
-    for column in zip(*tensors):
-        acc = 0.0
-        for v in sorted(column)[k : count - k]:
-            acc = f32(acc + v)
-        values.append(f32(acc / kept))
-    return array("f", values)
+    """Median or trimmed mean of equally long float32 arrays, coordinate-wise, into a new array
+    (kernels.column_rule: the definitions of the module docstring)."""
+    size = len(tensors[0])
+    out = array("f", bytes(4 * size))
+    if size:
+        if method.kind == "median":
+            kernels.column_rule(kernels.RULE_MEDIAN, tensors, size, 0, out)
+        else:
+            k = int(method.fraction * len(tensors))
+            kernels.column_rule(kernels.RULE_TRIMMED, tensors, size, k, out)
+    return out
 
 
 def trunc_div(a: int, b: int) -> int:

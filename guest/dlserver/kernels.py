@@ -346,6 +346,18 @@ def jpeg_decode_scan(
     return _dlk.jpeg_decode_scan(data, start, array("i", params), tables, coeffs)
 
 
+# Aggregation rules (robust.c): lists of float32 buffers, one per model; D and coefs array('d')
+RULE_MEDIAN, RULE_TRIMMED, RULE_CLOSEST = _dlk.RULE_MEDIAN, _dlk.RULE_TRIMMED, _dlk.RULE_CLOSEST
+OPT_AVGM, OPT_ADAM, OPT_YOGI, OPT_ADAGRAD = _dlk.OPT_AVGM, _dlk.OPT_ADAM, _dlk.OPT_YOGI, _dlk.OPT_ADAGRAD
+pair_sqdist: Callable[[list, int, array], None] = _dlk.pair_sqdist
+column_rule: Callable[[int, list, int, int, Floats], None] = _dlk.column_rule
+combine: Callable[[list, array, int, Floats], None] = _dlk.combine
+prox_add: Callable[[int, float, Floats, Floats, Floats], None] = _dlk.prox_add
+clip_update: Callable[[int, float, Floats, Floats], None] = _dlk.clip_update
+gauss_add: Callable[[Floats, int, float, bytes, int], int] = _dlk.gauss_add
+fedopt: Callable[[int, int, Floats, Floats, Floats, Floats, array], None] = _dlk.fedopt
+
+
 # Every kernel name above: what use() may replace.
 KERNELS = tuple(
     name

@@ -92,6 +92,8 @@ class Network:
         self.seen = 0
         # upper 4 bytes of the 8-byte `seen` field (wasm32 quirk, docs/darknet-contract.md §3.1)
         self.seen_high = 0
+        # FedProx's term (client_rules.Proximal), added to the gradients before each update
+        self.proximal: Any = None
 
     def parse_net_options(self, options: Options) -> None:
         """[net] options in Darknet's lookup order (so default messages come out the same)."""
@@ -219,6 +221,8 @@ class Network:
         error = f32(sum_f32(costs) / len(costs)) if costs else 0.0
         if (self.seen // self.batch) % self.subdivisions == 0:
             rate = learning_rate(self)
+            if self.proximal is not None:
+                self.proximal.add_to_updates(self)
             for layer in self.layers:
                 layer.update(self, rate)
         return error

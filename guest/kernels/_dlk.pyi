@@ -48,6 +48,13 @@ JPEG_ERR_RESTART: Final[int]  # a marker other than RSTn where a restart is due
 JPEG_ERR_DC: Final[int]  # DC magnitude category above 15
 JPEG_ERR_REFINE: Final[int]  # AC refinement symbol with a magnitude other than 1
 JPEG_ERR_TRAILING: Final[int]  # entropy-coded bytes after the scan's last block
+RULE_MEDIAN: Final[int]
+RULE_TRIMMED: Final[int]
+RULE_CLOSEST: Final[int]
+OPT_AVGM: Final[int]
+OPT_ADAM: Final[int]
+OPT_YOGI: Final[int]
+OPT_ADAGRAD: Final[int]
 
 # ------------------------------------------------------------------ gemm.c
 
@@ -638,3 +645,25 @@ def yolo_delta(
 ) -> None:
     """forward_yolo_layer's training deltas (mask: int32); stats: cost, avg_iou, recall, recall75,
     avg_cat, avg_obj, avg_anyobj, count, class_count (sums)."""
+
+# robust.c: aggregation rules beyond the mean (dlserver.rules)
+def pair_sqdist(models: list[Buffer], n: int, D: Buffer, /) -> None:
+    """D[i*k+j] += sum (x_i - x_j)^2 over n floats, in double (k = len(models))."""
+
+def column_rule(rule: int, models: list[Buffer], n: int, param: int, out: Buffer, /) -> None:
+    """Per coordinate over the models: RULE_MEDIAN, RULE_TRIMMED (param k), RULE_CLOSEST (param beta)."""
+
+def combine(models: list[Buffer], coefs: Buffer, n: int, out: Buffer, /) -> None:
+    """out = f32(sum_i coefs[i] * x_i), in double."""
+
+def prox_add(n: int, c: float, w: Buffer, g: Buffer, upd: Buffer, /) -> None:
+    """upd += c * (w - g) in float32 steps (FedProx)."""
+
+def clip_update(n: int, s: float, g: Buffer, x: Buffer, /) -> None:
+    """x = g + (x - g) * s in float32 steps."""
+
+def gauss_add(x: Buffer, n: int, std: float, key: Buffer, counter: int, /) -> int:
+    """x += std * N(0, 1) from ChaCha20(key) blocks from counter on; returns the next block."""
+
+def fedopt(kind: int, n: int, x: Buffer, a: Buffer, m: Buffer, v: Buffer, params: Buffer, /) -> None:
+    """One FedAvgM/FedAdam/FedYogi/FedAdagrad step: x (global) updated from a (mean), state m, v."""

@@ -1460,6 +1460,140 @@ static PyObject *py_rnn_tanh_gradient(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+/* ------------------------------------------------------------------ robust.c */
+
+/* The float32 buffers of a list of n >= 1 models' tensors, each holding at least len floats:
+ * views (n, released by release_list) and their pointers; 0 with the exception set. */
+static int acquire_list(PyObject *list, Py_ssize_t len, Py_buffer **views, const float ***ptrs, int *n)
+{
+    Py_ssize_t count = PyList_Size(list);
+    if (count < 1 || count > 1 << 20) return fail("_dlk: the list of models must hold 1 to 2^20 buffers");
+    *views = calloc((size_t)count, sizeof **views);
+    *ptrs = calloc((size_t)count, sizeof **ptrs);
+    if (!*views || !*ptrs) { free(*views); free(*ptrs); PyErr_NoMemory(); return 0; }
+    for (Py_ssize_t i = 0; i < count; ++i) {
+        if (PyObject_GetBuffer(PyList_GetItem(list, i), &(*views)[i], PyBUF_SIMPLE) < 0 ||
+            !NEED_F((*views)[i], len, "model tensor")) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "_dlk: bad model buffer");
+            for (Py_ssize_t j = 0; j < i + ((*views)[i].obj != NULL); ++j) PyBuffer_Release(&(*views)[j]);
+            free(*views); free(*ptrs);
+            return 0;
+        }
+        (*ptrs)[i] = F32((*views)[i]);
+    }
+    *n = (int)count;
+    return 1;
+}
+
+static void release_list(Py_buffer *views, const float **ptrs, int n)
+{
+    for (int i = 0; i < n; ++i) PyBuffer_Release(&views[i]);
+    free(views);
+    free(ptrs);
+}
+
+static PyObject *py_pair_sqdist(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t len;
+    Py_buffer d;
+    if (!PyArg_ParseTuple(args, "O!nw*", &PyList_Type, &list, &len, &d)) return NULL;
+    Py_buffer *views; const float **ptrs; int n;
+    if (!acquire_list(list, len, &views, &ptrs, &n)) { RELEASE(&d); return NULL; }
+    int ok = need(&d, (long long)n * n, 8, "pair_sqdist D");
+    if (ok) dlk_pair_sqdist(n, ptrs, len, (double *)d.buf);
+    release_list(views, ptrs, n);
+    RELEASE(&d);
+    return none_if(ok);
+}
+
+static PyObject *py_column_rule(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t len;
+    int rule, param;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "iO!niw*", &rule, &PyList_Type, &list, &len, &param, &out)) return NULL;
+    Py_buffer *views; const float **ptrs; int n;
+    if (!acquire_list(list, len, &views, &ptrs, &n)) { RELEASE(&out); return NULL; }
+    int ok = NEED_F(out, len, "column_rule out");
+    if (ok && (rule < DLK_RULE_MEDIAN || rule > DLK_RULE_CLOSEST)) ok = fail("_dlk: unknown column rule");
+    if (ok && rule == DLK_RULE_TRIMMED && (param < 0 || n - 2 * param < 1)) ok = fail("_dlk: trims every value");
+    if (ok && rule == DLK_RULE_CLOSEST && (param < 1 || param > n)) ok = fail("_dlk: window outside 1..n");
+    if (ok) ok = kernel_ok(dlk_column_rule(rule, n, ptrs, len, param, F32(out)));
+    release_list(views, ptrs, n);
+    RELEASE(&out);
+    return none_if(ok);
+}
+
+static PyObject *py_combine(PyObject *self, PyObject *args)
+{
+    PyObject *list;
+    Py_ssize_t len;
+    Py_buffer coef, out;
+    if (!PyArg_ParseTuple(args, "O!y*nw*", &PyList_Type, &list, &coef, &len, &out)) return NULL;
+    Py_buffer *views; const float **ptrs; int n;
+    if (!acquire_list(list, len, &views, &ptrs, &n)) { RELEASE(&coef, &out); return NULL; }
+    int ok = need(&coef, n, 8, "combine coefficients") && NEED_F(out, len, "combine out");
+    if (ok) dlk_combine(n, ptrs, (const double *)coef.buf, len, F32(out));
+    release_list(views, ptrs, n);
+    RELEASE(&coef, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_clip_update(PyObject *self, PyObject *args)
+{
+    Py_buffer g, x;
+    Py_ssize_t n;
+    float s;
+    if (!PyArg_ParseTuple(args, "nfy*w*", &n, &s, &g, &x)) return NULL;
+    int ok = NEED_F(g, n, "clip_update g") && NEED_F(x, n, "clip_update x");
+    if (ok) dlk_clip_update(n, s, F32(g), F32(x));
+    RELEASE(&g, &x);
+    return none_if(ok);
+}
+
+static PyObject *py_prox_add(PyObject *self, PyObject *args)
+{
+    Py_buffer w, g, upd;
+    Py_ssize_t n;
+    float c;
+    if (!PyArg_ParseTuple(args, "nfy*y*w*", &n, &c, &w, &g, &upd)) return NULL;
+    int ok = NEED_F(w, n, "prox_add w") && NEED_F(g, n, "prox_add g") && NEED_F(upd, n, "prox_add upd");
+    if (ok) dlk_prox_add(n, c, F32(w), F32(g), F32(upd));
+    RELEASE(&w, &g, &upd);
+    return none_if(ok);
+}
+
+static PyObject *py_gauss_add(PyObject *self, PyObject *args)
+{
+    Py_buffer x, key;
+    Py_ssize_t n;
+    double std;
+    unsigned long long counter;
+    if (!PyArg_ParseTuple(args, "w*ndy*K", &x, &n, &std, &key, &counter)) return NULL;
+    int ok = NEED_F(x, n, "gauss_add x") && need(&key, 32, 1, "gauss_add key");
+    uint64_t next = 0;
+    if (ok) next = dlk_gauss_add(F32(x), n, std, U8(key), counter);
+    RELEASE(&x, &key);
+    if (!ok) return NULL;
+    return PyLong_FromUnsignedLongLong(next);
+}
+
+static PyObject *py_fedopt(PyObject *self, PyObject *args)
+{
+    Py_buffer x, a, m, v, p;
+    Py_ssize_t n;
+    int kind;
+    if (!PyArg_ParseTuple(args, "inw*y*w*w*y*", &kind, &n, &x, &a, &m, &v, &p)) return NULL;
+    int ok = NEED_F(x, n, "fedopt x") && NEED_F(a, n, "fedopt a") && NEED_F(m, n, "fedopt m") &&
+             NEED_F(v, n, "fedopt v") && need(&p, 4, 8, "fedopt parameters");
+    if (ok && (kind < DLK_OPT_AVGM || kind > DLK_OPT_ADAGRAD)) ok = fail("_dlk: unknown optimiser");
+    if (ok) dlk_fedopt(kind, n, F32(x), F32(a), F32(m), F32(v), (const double *)p.buf);
+    RELEASE(&x, &a, &m, &v, &p);
+    return none_if(ok);
+}
+
 static PyMethodDef dlk_methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
@@ -1584,6 +1718,13 @@ static PyMethodDef dlk_methods[] = {
     {"yolo_delta", py_yolo_delta, METH_VARARGS,
      "yolo_delta(output, delta, batch, w, h, n, classes, mask, total, biases, netw, neth, truth, max_boxes,"
      " ignore_thresh, truth_thresh, stats): forward_yolo_layer training"},
+    {"pair_sqdist", py_pair_sqdist, METH_VARARGS, "pair_sqdist(models, len, D): D[i,j] += |x_i - x_j|^2 (double)"},
+    {"column_rule", py_column_rule, METH_VARARGS, "column_rule(rule, models, len, param, out): median, trimmed, closest"},
+    {"combine", py_combine, METH_VARARGS, "combine(models, coefs, len, out): out = sum c_i x_i (double)"},
+    {"clip_update", py_clip_update, METH_VARARGS, "clip_update(n, s, g, x): x = g + (x - g) * s"},
+    {"prox_add", py_prox_add, METH_VARARGS, "prox_add(n, c, w, g, upd): upd += c * (w - g)"},
+    {"gauss_add", py_gauss_add, METH_VARARGS, "gauss_add(x, n, std, key, counter) -> counter: ChaCha20 noise"},
+    {"fedopt", py_fedopt, METH_VARARGS, "fedopt(kind, n, x, a, m, v, params): a server-optimiser step"},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1602,6 +1743,9 @@ PyMODINIT_FUNC PyInit__dlk(void)
         {"JPEG_ERR_HUFFMAN", JPEG_ERR_HUFFMAN}, {"JPEG_ERR_EOF", JPEG_ERR_EOF}, {"JPEG_ERR_SHORT", JPEG_ERR_SHORT},
         {"JPEG_ERR_RESTART", JPEG_ERR_RESTART}, {"JPEG_ERR_DC", JPEG_ERR_DC}, {"JPEG_ERR_REFINE", JPEG_ERR_REFINE},
         {"JPEG_ERR_TRAILING", JPEG_ERR_TRAILING},
+        {"RULE_MEDIAN", DLK_RULE_MEDIAN}, {"RULE_TRIMMED", DLK_RULE_TRIMMED}, {"RULE_CLOSEST", DLK_RULE_CLOSEST},
+        {"OPT_AVGM", DLK_OPT_AVGM}, {"OPT_ADAM", DLK_OPT_ADAM}, {"OPT_YOGI", DLK_OPT_YOGI},
+        {"OPT_ADAGRAD", DLK_OPT_ADAGRAD},
     };
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; ++i)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) { Py_DECREF(m); return NULL; }

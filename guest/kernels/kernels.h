@@ -270,4 +270,16 @@ void dlk_rnn_mult_add(ptrdiff_t n, const float *a, const float *b, float *c);
 void dlk_rnn_tanh(float *x, ptrdiff_t n);
 void dlk_rnn_tanh_gradient(const float *y, ptrdiff_t n, float *delta);
 
+/* ------------------------------------------------------------------ robust.c */
+
+enum { DLK_RULE_MEDIAN = 0, DLK_RULE_TRIMMED = 1, DLK_RULE_CLOSEST = 2 };
+enum { DLK_OPT_AVGM = 0, DLK_OPT_ADAM = 1, DLK_OPT_YOGI = 2, DLK_OPT_ADAGRAD = 3 };
+void dlk_pair_sqdist(int n, const float *const *x, ptrdiff_t len, double *D);
+int dlk_column_rule(int rule, int n, const float *const *x, ptrdiff_t len, int param, float *out);
+void dlk_combine(int n, const float *const *x, const double *c, ptrdiff_t len, float *out);
+void dlk_prox_add(ptrdiff_t n, float c, const float *w, const float *g, float *upd);
+void dlk_clip_update(ptrdiff_t n, float s, const float *g, float *x);
+uint64_t dlk_gauss_add(float *x, ptrdiff_t n, double std, const uint8_t *key, uint64_t counter);
+void dlk_fedopt(int kind, ptrdiff_t n, float *x, const float *a, float *m, float *v, const double *p);
+
 #endif

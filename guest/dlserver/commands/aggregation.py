@@ -55,6 +55,7 @@ the LAST node's first output when it is FLOAT: `n_float_data[%d] = %f`.
 
 import os
 import sys
+from array import array
 
 from ..averaging import Combiner, parse_method
 from ..errors import DLServerError
@@ -62,11 +63,13 @@ from ..files import Wording, read_input_file, write_file_atomic
 from ..onnx import interpreter as oi
 from ..onnx import model as om
 from ..onnx.wire import ProtoError
+from ..rules import RunFiles, aggregate, say_line
 from . import aggregation_darknet
 
 USAGE_ONNX = (
     "usage: {prog} aggregation onnx [out.onnx] [model_1.onnx] [model_2.onnx ...]"
-    " [-weights w1,w2,...] [-method mean|median|trimmed:F]"
+    " [-weights w1,w2,...] [-method mean|median|trimmed:F|krum:F|...] [-global g.onnx]"
+    " [-state s] [-state-out s'] [-seed N]"
 )
 USAGE_PREDICT = "usage: {prog} aggregation onnx_predict [model.onnx] [input.pb]"
 
@@ -167,7 +170,11 @@ def _check_supported_graph(m: LoadedModel) -> None:
 
 
 def aggregate_onnx(
-    out_path: str, paths: list[str], method: str | None = None, weights: str | None = None
+    out_path: str,
+    paths: list[str],
+    method: str | None = None,
+    weights: str | None = None,
+    files: RunFiles | None = None,
 ) -> None:
     """Combine the initializers of the models in `paths` into a copy of the first one;
     `method` and `weights` are the -method and -weights flags (dlserver.averaging)."""
@@ -176,6 +183,12 @@ def aggregate_onnx(
     if os.path.normpath(out_path) in {os.path.normpath(p) for p in paths}:
         raise DLServerError(f"{out_path}: the output would overwrite one of the input models")
     combination = parse_method(method, weights, len(paths))
+    if files is not None:
+        files.check(combination.rule, method, out_path, paths)
+    if combination.rule is not None:
+        assert files is not None
+        aggregate_onnx_rule(out_path, paths, combination, method, files)
+        return
     first = LoadedModel(paths[0])
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
@@ -198,15 +211,67 @@ def aggregate_onnx(
     sys.stdout.write(f"save aggregation model to '{out_path}' done!\n")
 
 
+FLOAT_KINDS = ("f32", "f16", "bf16")
+
+
+def _rule_tensors(m: LoadedModel, first: LoadedModel, first_datas: list) -> list:
+    """m's float32-kind tensors (widened); every other initializer must equal first's."""
+    out = []
+    for j, (t, d0) in enumerate(zip(m.initializers, first_datas)):
+        d = m.tensor_data(t)
+        if d0.kind in FLOAT_KINDS:
+            out.append(array("f", d.values))
+        elif list(d.values) != list(d0.values):
+            raise DLServerError(
+                f"{m.path}: initializer {j} '{_tensor_name(t)}' differs from {first.path}'s; whole-model"
+                " rules combine float tensors only and need every other initializer equal"
+            )
+    return out
+
+
+def aggregate_onnx_rule(out_path: str, paths: list[str], combination, method, files: RunFiles) -> None:
+    """A whole-model rule of dlserver.rules on the float32, float16 and bfloat16 initializers."""
+    first = LoadedModel(paths[0])
+    _check_supported_graph(first)
+    sys.stdout.write("model c1 loaded\n")
+    datas = [first.tensor_data(t) for t in first.initializers]
+    models = [_rule_tensors(first, first, datas)]
+    for i, path in enumerate(paths[1:]):
+        other = LoadedModel(path)
+        _check_supported_graph(other)
+        sys.stdout.write(f"model c{i + 2} loaded\n")
+        _check_same(first, other)
+        models.append(_rule_tensors(other, first, datas))
+        del other
+    glob = None
+    if files.glob is not None:
+        g = LoadedModel(files.glob)
+        _check_supported_graph(g)
+        _check_same(first, g)
+        glob = _rule_tensors(g, first, datas)
+    rule = combination.rule
+    state = files.load_state(rule, sum(len(t) for t in models[0]))
+    result, new_state = aggregate(rule, models, combination.weights, glob, state, files.seed, say_line)
+    floats = iter(result)
+    for t, d in zip(first.initializers, datas):
+        if d.kind in FLOAT_KINDS:
+            om.write_tensor_data(t, d, next(floats))
+    write_file_atomic(out_path, first.model.msg.serialize(), "ONNX model")
+    if new_state is not None and files.state_out is not None:
+        write_file_atomic(files.state_out, new_state.to_bytes(), "state file")
+    sys.stdout.write(f"save aggregation model to '{out_path}' done!\n")
+
+
 def run_onnx(argv) -> None:
     """`aggregation onnx`: flags first (removed from argv like Darknet's find_char_arg)."""
     method = argv.find_str("-method", None)
     weights = argv.find_str("-weights", None)
+    files = RunFiles(argv)
     out = argv[3]
     paths = [argv[i] for i in range(4, argv.argc) if argv[i] is not None]
     if out is None or not paths:
         raise DLServerError(USAGE_ONNX.format(prog=argv[0]))
-    aggregate_onnx(out, paths, method, weights)
+    aggregate_onnx(out, paths, method, weights, files)
 
 
 # aggregation onnx_predict -------------------------------------------------------------------

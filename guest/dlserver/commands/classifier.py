@@ -4,6 +4,7 @@ import os
 import sys
 import time
 
+from .. import client_rules
 from ..buffers import allow_for_weights, view, zeros
 from ..config import read_data_cfg, read_list
 from ..dataset import TrainingData, load_valid_batch
@@ -27,12 +28,17 @@ def run(argv) -> None:
     top = argv.find_int("-t", 0)
     clear = argv.find_arg("-clear")
     seed = argv.find_int("-seed", None)
+    prox = argv.find_values("-prox", 2)
+    clip = argv.find_str("-clip", None)
     data, cfg, weights, filename = argv[3], argv[4], argv[5], argv[6]
     if cfg is None:
         raise DLServerError(f"usage: {argv[0]} {argv[1]} {argv[2]} [data] [cfg] [weights (optional)]")
     command = argv[2]
+    if (prox is not None or clip is not None) and command != "train":
+        raise DLServerError(f"-prox and -clip apply to classifier train, not to {command}")
     if command == "train":
-        train_classifier(data, cfg, weights, clear, seed)
+        client = ClientRules(prox, clip, weights)
+        train_classifier(data, cfg, weights, clear, seed, client)
     elif command == "valid":
         validate_classifier(data, cfg, weights)
     elif command == "predict":
@@ -198,8 +204,19 @@ def clock_enabled() -> bool:
     return os.environ.get("DL_SERVER_CLOCK", "1") != "0"
 
 
+class ClientRules:
+    """`-prox MU GLOBAL.weights` and `-clip C` of classifier train (dlserver.client_rules)."""
+
+    def __init__(self, prox: list[str] | None, clip: str | None, weights: str | None):
+        self.mu = client_rules.parse_mu(prox[0]) if prox else None
+        self.global_path = prox[1] if prox else None
+        self.clip = client_rules.parse_clip(clip) if clip is not None else None
+        if self.clip is not None and not weights:
+            raise DLServerError("-clip needs the weights training starts from (the global model)")
+
+
 def train_classifier(
-    datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None
+    datacfg: str, cfg: str, weights: str | None, clear: bool, seed: int | None = None, client=None
 ) -> None:
     """Darknet's train_classifier with the Veracruz loader (docs/darknet-contract.md §5)."""
     out = sys.stdout
@@ -214,6 +231,12 @@ def train_classifier(
         load_weights(net, weights)
     if clear:
         net.seen = 0
+    clip = client.clip if client is not None else None
+    clip_from = client_rules.snapshot(net) if clip is not None else None
+    if client is not None and client.mu is not None:
+        anchor = parse_network_cfg(cfg, init_rng=None)
+        load_weights(anchor, client.global_path)
+        net.proximal = client_rules.Proximal(client.mu, net, anchor)
     out.write(
         "Learning Rate: %g, Momentum: %g, Decay: %g\n"
         % (f32(net.learning_rate), f32(net.momentum), f32(net.decay))
@@ -281,6 +304,8 @@ def train_classifier(
                 save_weights(net, f"{backup}/{base}_{epoch}.weights")
             if batch_number % 1000 == 0:
                 save_weights(net, f"{backup}/{base}.backup")
+        if clip_from is not None and clip is not None:
+            client_rules.clip_model(net, clip_from, clip)
         save_weights(net, f"{backup}/{base}.weights")
     finally:
         loss_log.close()
