@@ -81,7 +81,7 @@ class SandboxedFedAvg(FedAvg):
             return f"node {reply.metadata.src_node_id}: malformed reply ({e})"
         name = f"client {k}"
         try:
-            data = da.encode(self.cfg, header, arrays, name)
+            data = da.encode(self.cfg, header, arrays, "arrays")
             expected = steps.output_sha256(manifest, f"{steps.BASE}.weights")
         except (da.ArraysError, steps.StepError) as e:
             return f"{name}: {e}"
