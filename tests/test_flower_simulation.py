@@ -1,0 +1,96 @@
+"""End to end on Flower's simulation engine (Ray): `dl-server-flower` against the local runner
+(`dl-server-federated`, the oracle) on the same fake MNIST, seeds and settings: every round's
+global model must be byte-identical. And a ServerApp that fails is reported as a failure
+(`flwr run --stream` itself exits 0)."""
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_federated import prepared_root, run_federated
+
+REPO = Path(__file__).resolve().parent.parent
+WASM = REPO / "dl-server.wasm"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.component,
+    pytest.mark.skipif(not WASM.is_file(), reason="dl-server.wasm not built (run make)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_flower(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dlserver_tools.flower.run", "--root", str(root), "--program", str(WASM)]
+        + ["--port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+
+
+def hashes(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.weights"))}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = prepared_root(tmp_path_factory.mktemp("flower"), 3, n_train=300, n_test=40)
+    shutil.copytree(REPO / "cfg", root / "cfg")
+    return root
+
+
+def test_simulation_equals_the_local_runner(root):
+    settings = [
+        "--num-clients",
+        "3",
+        "--rounds",
+        "2",
+        "--batches",
+        "20",
+        "--valid-list",
+        "data/mnist/mnist.valid.list",
+    ]
+    flower = run_flower(root, *settings, "--work", "fl")
+    assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
+    local = run_federated(root, *settings, "--work", "local", "--program", str(WASM))
+    assert local.returncode == 0, local.stderr
+    ours, oracle = hashes(root / "fl" / "global"), hashes(root / "local" / "global")
+    assert list(ours) == ["round0.weights", "round1.weights", "round2.weights"]
+    assert ours == oracle
+    table = json.loads((root / "fl" / "results.json").read_text())["table"]
+    assert [row["round"] for row in table] == [0, 1, 2]
+    assert [row["top1"] for row in table] == [
+        row["top1"] for row in json.loads((root / "local" / "results.json").read_text())["table"]
+    ]
+    assert "round    top-1" in flower.stdout
+    # every sandboxed step left its manifest; each client trained from the global model it was sent
+    for k in (1, 2, 3):
+        record = json.loads((root / "fl" / "provenance" / f"round2-client{k}.json").read_text())
+        assert record["outcome"] == "succeeded"
+        assert record["inputs"]["files"][f"fl/client{k}/global1.weights"] == ours["round1.weights"]
+    # no SuperLink or simulation left running
+    left = subprocess.run(["pgrep", "-f", f"flower-superlink.*{root}"], capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+def test_a_failed_server_app_fails_the_command(root):
+    result = run_flower(
+        root, "--num-clients", "3", "--rounds", "1", "--batches", "2", "--method", "bogus", "--work", "bad"
+    )
+    assert result.returncode == 1
+    assert "finished:failed" in result.stderr
+    assert "-method bogus: unknown" in result.stdout
+    assert not (root / "bad" / "results.json").exists()
