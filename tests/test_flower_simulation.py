@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_federated import prepared_root, run_federated
 
 REPO = Path(__file__).resolve().parent.parent
