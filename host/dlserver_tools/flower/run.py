@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..federated import FederatedError, Federation
+
 OFFLINE = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -102,18 +104,10 @@ def run_config(opts: argparse.Namespace, root: Path) -> str:
 
 def flower_federation(opts: argparse.Namespace) -> dict:
     root = opts.root.resolve()
-    prepared = root / "data" / "mnist" / f".prepared-{opts.num_clients}.json"
-    hint = f"run `make mnist_training num-clients={opts.num_clients} data-dist={opts.data_dist}` first"
     try:
-        split = json.loads(prepared.read_text())
-    except (OSError, ValueError):
-        raise FlowerRunError(
-            f"MNIST is not prepared for {opts.num_clients} clients ({prepared}): {hint}"
-        ) from None
-    if split.get("data_dist") != opts.data_dist:
-        raise FlowerRunError(
-            f"{prepared}: data is split {split.get('data_dist')}, not {opts.data_dist}: {hint}"
-        )
+        Federation(opts).check_data()  # MNIST prepared for this split, the test list there
+    except FederatedError as e:
+        raise FlowerRunError(str(e)) from None
     home = (root / "build" / "flwr").resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
