@@ -43,7 +43,7 @@ def run_config(root: Path) -> dict:
 
 
 def context(root: Path, partition: int) -> Context:
-    node = {"partition-id": partition, "num-partitions": 2}
+    node: dict[str, bool | float | int | str] = {"partition-id": partition, "num-partitions": 2}
     return Context(
         run_id=1, node_id=10 + partition, node_config=node, state=RecordDict(), run_config=run_config(root)
     )
