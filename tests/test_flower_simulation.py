@@ -1,10 +1,12 @@
-"""End to end on Flower's simulation engine (Ray): `dl-server-flower` against the local runner
-(`dl-server-federated`, the oracle) on the same fake MNIST, seeds and settings: every round's
-global model must be byte-identical. And a ServerApp that fails is reported as a failure
-(`flwr run --stream` itself exits 0)."""
+"""End to end on Flower's simulation engine (Ray) and its deployment runtime (SuperLink and
+SuperNodes on loopback, TLS and SuperNode authentication on): `dl-server-flower` against the
+local runner (`dl-server-federated`, the oracle) on the same fake MNIST, seeds and settings:
+every round's global model must be byte-identical. A ServerApp that fails is reported as a
+failure (`flwr run --stream` itself exits 0); a SuperNode whose key is not registered is refused."""
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dlserver_tools.flower import deployment, run
 from test_federated import prepared_root, run_federated
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,22 +56,30 @@ def root(tmp_path_factory):
     return root
 
 
-def test_simulation_equals_the_local_runner(root):
-    settings = [
-        "--num-clients",
-        "3",
-        "--rounds",
-        "2",
-        "--batches",
-        "20",
-        "--valid-list",
-        "data/mnist/mnist.valid.list",
-    ]
-    flower = run_flower(root, *settings, "--work", "fl")
-    assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
-    local = run_federated(root, *settings, "--work", "local", "--program", str(WASM))
+SETTINGS = [
+    "--num-clients",
+    "3",
+    "--rounds",
+    "2",
+    "--batches",
+    "20",
+    "--valid-list",
+    "data/mnist/mnist.valid.list",
+]
+
+
+@pytest.fixture(scope="module")
+def oracle(root):
+    """The local runner's global models (and results) for SETTINGS."""
+    local = run_federated(root, *SETTINGS, "--work", "local", "--program", str(WASM))
     assert local.returncode == 0, local.stderr
-    ours, oracle = hashes(root / "fl" / "global"), hashes(root / "local" / "global")
+    return hashes(root / "local" / "global")
+
+
+def test_simulation_equals_the_local_runner(root, oracle):
+    flower = run_flower(root, *SETTINGS, "--work", "fl")
+    assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
+    ours = hashes(root / "fl" / "global")
     assert list(ours) == ["round0.weights", "round1.weights", "round2.weights"]
     assert ours == oracle
     table = json.loads((root / "fl" / "results.json").read_text())["table"]
@@ -95,3 +106,39 @@ def test_a_failed_server_app_fails_the_command(root):
     assert "finished:failed" in result.stderr
     assert "-method bogus: unknown" in result.stdout
     assert not (root / "bad" / "results.json").exists()
+
+
+def test_deployment_with_tls_and_node_auth_equals_the_local_runner(root, oracle):
+    flower = run_flower(root, *SETTINGS, "--work", "dep", "--deployment")
+    assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
+    assert hashes(root / "dep" / "global") == oracle
+    assert "Flower deployment (TLS, SuperNode auth)" in flower.stdout
+    log = (root / "build" / "flwr-deploy" / "logs" / "superlink.log").read_text()
+    assert "Uvicorn running on https://127.0.0.1:" in log
+    assert log.count("[ControlServicer.RegisterNode] Created node_id=") == 3
+    left = subprocess.run(["pgrep", "-f", f"flower-super.*{root}"], capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+def test_an_unregistered_supernode_is_refused(tmp_path):
+    home = tmp_path / "flwr"
+    home.mkdir()
+    env = {**os.environ, **run.OFFLINE, "FLWR_HOME": str(home)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    port = free_port()
+    with deployment.deployment(run.tool, env, home, tmp_path, 1, port, run.stop):
+        private, _ = deployment.make_node_key(home / "tls", "intruder")
+        with open(tmp_path / "intruder.log", "wb") as out:  # a file: the node's children keep pipes open
+            intruder = subprocess.Popen(
+                [run.tool("flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+                 str(home / "tls" / "ca.crt"), "--auth-supernode-private-key", str(private),
+                 "--port", str(free_port()), "--max-retries", "1", "--max-wait-time", "5"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            intruder.wait(90)  # it gives up by itself
+        finally:
+            run.stop(intruder)
+    assert intruder.returncode != 0
+    log = (home / "logs" / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in log

@@ -9,6 +9,7 @@ app's results.json, prints the per-round table and stops the SuperLink by its PI
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..federated import FederatedError, Federation
+from .deployment import DeploymentError, deployment
 
 OFFLINE = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -108,11 +111,8 @@ def flower_federation(opts: argparse.Namespace) -> dict:
         Federation(opts).check_data()  # MNIST prepared for this split, the test list there
     except FederatedError as e:
         raise FlowerRunError(str(e)) from None
-    home = (root / "build" / "flwr").resolve()
+    home = (root / "build" / ("flwr-deploy" if opts.deployment else "flwr")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-    )
     env = {
         **os.environ,
         **OFFLINE,
@@ -125,40 +125,65 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     results.unlink(missing_ok=True)
     app_dir = Path(__file__).resolve().parents[3] / "flower_app"
     started = time.perf_counter()
-    superlink = start_superlink(env, home)
+    if opts.deployment:
+        federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
+        extra: list[str] = []
+        log = home / "logs"
+    else:
+        federation = simulation(env, home)
+        extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
+        log = home / "local-superlink" / "superlink.log"
     try:
-        cmd = [
-            tool("flwr"), "run", str(app_dir), "local", "--stream",
-            "--run-config", run_config(opts, root),
-            "--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1",
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert proc.stdout is not None
-        run_id = None
-        for line in proc.stdout:
-            if opts.verbose or re.search(r"round \d+:|refused:|error|Error|Traceback", line):
-                print(line, end="", flush=True)
-            found = re.search(r"run (?:ID )?(\d{6,})", line)
-            if found and run_id is None:
-                run_id = found.group(1)
-        proc.wait()
-        status = run_status(env, run_id) if run_id else "unknown (no run ID in flwr's output)"
-    finally:
-        stop(superlink)
+        with federation as (connection, _processes):
+            cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
+            cmd += ["--run-config", run_config(opts, root), *extra]
+            run_id = stream(cmd, env, root, opts.verbose)
+            status = run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
+    except DeploymentError as e:
+        raise FlowerRunError(str(e)) from None
     seconds = time.perf_counter() - started
     if not status.endswith("completed") or not results.is_file():
-        raise FlowerRunError(f"Flower run {run_id} {status}; see {home}/local-superlink/superlink.log")
+        raise FlowerRunError(f"Flower run {run_id} {status}; see {log}")
     result = json.loads(results.read_text())
     result["wall_seconds"] = round(seconds, 1)
+    result["mode"] = "deployment (TLS, SuperNode auth)" if opts.deployment else "simulation"
     return result
 
 
-def run_status(env: dict[str, str], run_id: str) -> str:
+def stream(cmd: list[str], env: dict[str, str], root: Path, verbose: bool) -> str | None:
+    """Run `flwr run --stream`, showing the app's round lines and errors; the run ID."""
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    run_id = None
+    for line in proc.stdout:
+        if verbose or re.search(r"round \d+:|refused:|error|Error|Traceback", line):
+            print(line, end="", flush=True)
+        found = re.search(r"run (?:ID )?(\d{6,})", line)
+        if found and run_id is None:
+            run_id = found.group(1)
+    proc.wait()
+    return run_id
+
+
+@contextlib.contextmanager
+def simulation(env: dict[str, str], home: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """Our own SuperLink in simulation mode, as `flwr run` would start it; stopped by PID."""
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    superlink = start_superlink(env, home)
+    try:
+        yield "local", [superlink]
+    finally:
+        stop(superlink)
+
+
+def run_status(env: dict[str, str], run_id: str, connection: str) -> str:
     """The run's status as the SuperLink has it (e.g. finished:completed, finished:failed)."""
     out = subprocess.run(
-        [tool("flwr"), "list", "--run-id", run_id, "--format", "json"],
+        [tool("flwr"), "list", connection, "--run-id", run_id, "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -175,7 +200,7 @@ def print_table(result: dict) -> None:
     print(f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}")
     for row in result["table"]:
         print(f"{row['round']:>5}  {row['top1']:7.4f}  {row['top5']:7.4f}  {row['seconds']:9.1f}")
-    print(f"\nFlower simulation: {result['wall_seconds']:.1f} s wall time")
+    print(f"\nFlower {result['mode']}: {result['wall_seconds']:.1f} s wall time")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -198,6 +223,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds the server waits for replies")
     p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (control API: port+2)")
     p.add_argument("--verbose", action="store_true", help="all of flwr's output")
+    p.add_argument(
+        "--deployment",
+        action="store_true",
+        help="Flower's deployment runtime instead of the simulation: a SuperLink and one SuperNode per "
+        "client on loopback, TLS and SuperNode authentication on (see deployment.py)",
+    )
     return p.parse_args(argv)
 
 
