@@ -64,11 +64,12 @@ demo-bn: dl-server.wasm
 federated: num-clients = 4
 rounds ?= 3
 # On Flower's simulation engine (Ray, one CPU per client, offline): flower_app/ + dlserver_tools.flower;
-# method=median|trimmed:F (default mean). federated-local: the same rounds one step after another
+# method=median|trimmed:F (default mean); deployment=1: SuperLink + SuperNodes on loopback, TLS and
+# node auth on, instead of the simulation. federated-local: the same rounds one step after another
 # without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))
+	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)
 
 federated-local: num-clients = 4
 federated-local: dl-server.wasm
@@ -130,6 +131,7 @@ help:
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
 	@echo '  demo-bn         the same with cfg/mnist_resnet.cfg (batch norm, shortcut, avgpool)'
 	@echo '  federated       FedAvg on Flower (simulation): num-clients= rounds= batches= data-dist= method= [alpha= seed=]'
+	@echo '                  deployment=1: SuperLink + one SuperNode per client on loopback, TLS and node auth'
 	@echo '  federated-local the same rounds without Flower, one step after another (the oracle)'
 	@echo '  bench-federated wall time of federated vs federated-local, and their global models compared'
 	@echo '  clean           remove build/ and dl-server.wasm'
