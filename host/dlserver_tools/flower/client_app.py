@@ -2,7 +2,7 @@
 
 The client is ``partition-id + 1`` of its node config (simulation sets it; a SuperNode is
 given it with ``--node-config``); its shard is data/mnist's client<k> lists under the
-project root of the run config (``root``; a node may override it with its own ``root``).
+project root of the run config (``root``; a node may name its own ``root`` and ``program``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ app = ClientApp()
 
 def _settings(context: Context) -> tuple[steps.Settings, int]:
     config = dict(context.run_config)
-    if "root" in context.node_config:
-        config["root"] = context.node_config["root"]
+    for key in ("root", "program"):  # where this node has the project, if not where the server has it
+        if key in context.node_config:
+            config[key] = context.node_config[key]
     return steps.Settings.from_config(config), int(context.node_config["partition-id"]) + 1
 
 
