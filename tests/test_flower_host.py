@@ -106,3 +106,20 @@ def test_api_reports_the_guests_error_and_limits(root):
     )
     assert not small.ok
     assert small.error_line() == "dl-server: error: guest ran out of memory (--max-memory 1M)"
+
+
+def test_make_federated_runs_flower_after_preparing_the_data():
+    def dry_run(*args: str) -> str:
+        r = subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = dry_run("federated", "num-clients=3", "rounds=2", "data-dist=non-iid", "batches=5", "method=median")
+    prep = out.index("mnist_training num-clients=3 data-dist=non-iid")
+    run = out.index(
+        "dl-server-flower --num-clients 3 --rounds 2 --data-dist non-iid --batches 5 --method median"
+    )
+    assert prep < run
+    assert "dl-server-flower --num-clients 4 --rounds 3 --data-dist iid --deployment" in dry_run(
+        "federated", "deployment=1"
+    )
