@@ -98,14 +98,34 @@ def test_simulation_equals_the_local_runner(root, oracle):
     assert left.stdout == ""
 
 
-def test_a_failed_server_app_fails_the_command(root):
-    result = run_flower(
-        root, "--num-clients", "3", "--rounds", "1", "--batches", "2", "--method", "bogus", "--work", "bad"
-    )
+@pytest.fixture(scope="module")
+def broken_root(tmp_path_factory):
+    """Three clients, the third one's train list names an image that is not there."""
+    root = prepared_root(tmp_path_factory.mktemp("broken"), 3, n_train=60, n_test=20)
+    shutil.copytree(REPO / "cfg", root / "cfg")
+    lst = root / "data" / "mnist" / "mnist.train.client3.list"
+    lst.write_text(lst.read_text().replace(".png", "-missing.png", 1))
+    return root
+
+
+def test_a_failing_client_is_an_error_reply_and_the_round_goes_on(broken_root):
+    args = ["--num-clients", "3", "--rounds", "1", "--batches", "2", "--min-clients", "2", "--work", "ok"]
+    result = run_flower(broken_root, *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rounds = json.loads((broken_root / "ok" / "results.json").read_text())["rounds"]
+    assert rounds[0]["clients"] == [1, 2]
+    [refused] = rounds[0]["refused"]
+    assert refused.startswith("node ") and ": error reply: " in refused
+    assert "-missing.png" in refused
+
+
+def test_a_failed_server_app_fails_the_command(broken_root):
+    # all three needed: the round, so the ServerApp, fails; `flwr run --stream` exits 0 all the same
+    result = run_flower(broken_root, "--num-clients", "3", "--rounds", "1", "--batches", "2", "--work", "bad")
     assert result.returncode == 1
     assert "finished:failed" in result.stderr
-    assert "-method bogus: unknown" in result.stdout
-    assert not (root / "bad" / "results.json").exists()
+    assert "round 1: 2 good replies, at least 3 needed" in result.stdout
+    assert not (broken_root / "bad" / "results.json").exists()
 
 
 def test_deployment_with_tls_and_node_auth_equals_the_local_runner(root, oracle):
