@@ -77,7 +77,7 @@ def oracle(root):
 
 
 def test_simulation_equals_the_local_runner(root, oracle):
-    flower = run_flower(root, *SETTINGS, "--work", "fl")
+    flower = run_flower(root, *SETTINGS, "--work", "fl", "--fraction-evaluate", "1")
     assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
     ours = hashes(root / "fl" / "global")
     assert list(ours) == ["round0.weights", "round1.weights", "round2.weights"]
@@ -88,6 +88,15 @@ def test_simulation_equals_the_local_runner(root, oracle):
         row["top1"] for row in json.loads((root / "local" / "results.json").read_text())["table"]
     ]
     assert "round    top-1" in flower.stdout
+    # the clients also validated every global model on their own test shards (weighted mean)
+    clients_valid = json.loads((root / "fl" / "results.json").read_text())["clients_valid"]
+    assert sorted(clients_valid) == ["1", "2"]
+    assert all(0 <= m["top1"] <= m["top5"] <= 1 for m in clients_valid.values())
+    assert all(
+        (root / "fl" / "provenance" / f"round{r}-client{k}-valid.json").is_file()
+        for r in (1, 2)
+        for k in (1, 2, 3)
+    )
     # every sandboxed step left its manifest; each client trained from the global model it was sent
     for k in (1, 2, 3):
         record = json.loads((root / "fl" / "provenance" / f"round2-client{k}.json").read_text())

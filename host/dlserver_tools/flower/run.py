@@ -101,6 +101,7 @@ def run_config(opts: argparse.Namespace, root: Path) -> str:
         "valid-list": opts.valid_list,
         "timeout": float(opts.timeout or 0),
         "round-timeout": opts.round_timeout,
+        "fraction-evaluate": opts.fraction_evaluate,
     }
     return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
@@ -215,6 +216,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="mean", help="mean, median or trimmed:F (aggregation darknet -method)")
     p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--fraction-evaluate",
+        type=float,
+        default=0.0,
+        help="clients that also validate each global model on their own test shard (default none)",
+    )
     p.add_argument("--valid-list", default="data/mnist/mnist.valid.list")
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--work", default="federated")
@@ -229,7 +236,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Flower's deployment runtime instead of the simulation: a SuperLink and one SuperNode per "
         "client on loopback, TLS and SuperNode authentication on (see deployment.py)",
     )
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.num_clients < 1 or opts.rounds < 1 or opts.batches < 1:
+        p.error("--num-clients, --rounds and --batches must be >= 1")
+    work = Path(opts.work)
+    if work.is_absolute() or ".." in work.parts or opts.work in ("", "."):
+        p.error("--work must be a directory below the root")
+    return opts
 
 
 def main(argv=None) -> int:

@@ -26,9 +26,10 @@ def main(grid: Grid, context: Context) -> None:
         min_clients=int(config["min-clients"]) or num_clients,
         weighting=str(config["weighting"]),
         method=str(config["method"]),
+        fraction_evaluate=float(config["fraction-evaluate"]),
     )
     started = time.perf_counter()
-    steps.fresh_dir(s.path(f"{s.work}/global"))
+    steps.fresh_dir(s.path(s.work))  # nothing left from an earlier federation
     init, seconds = steps.initialise(s)
     print(
         f"round 0: initial global model = Darknet random init (-seed {s.seed}), {seconds:.1f} s", flush=True
@@ -46,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
         table.append({"round": server_round, "top1": top1, "top5": top5, "seconds": round(elapsed, 1)})
         return MetricRecord({"top1": top1, "top5": top5})
 
-    strategy.start(
+    result = strategy.start(
         grid=grid,
         initial_arrays=initial,
         num_rounds=int(config["num-rounds"]),
@@ -57,10 +58,12 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(config["num-rounds"])
     if len(strategy.rounds) != rounds:
         raise steps.StepError(f"{len(strategy.rounds)} of {rounds} rounds aggregated")
-    result = {
+    clients_valid = {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
+    summary = {
+        "clients_valid": clients_valid,
         "status": "completed",
         "table": table,
         "rounds": strategy.rounds,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    s.write(f"{s.work}/results.json", json.dumps(result, indent=1) + "\n")
+    s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")

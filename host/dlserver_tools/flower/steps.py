@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dlserver_host import api
 from dlserver_host.atomic import write_atomically
@@ -51,6 +51,9 @@ class Settings:
     @classmethod
     def from_config(cls, config) -> Settings:
         """From a Flower run config (keys with dashes, as declared in the app's pyproject)."""
+        work = PurePosixPath(str(config["work"]))
+        if work.is_absolute() or ".." in work.parts or str(work) in ("", "."):
+            raise StepError(f"work={config['work']}: must be a directory below the root")
         return cls(
             root=Path(str(config["root"])),
             program=Path(str(config["program"])),

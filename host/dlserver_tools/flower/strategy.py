@@ -42,13 +42,20 @@ class SandboxedFedAvg(FedAvg):
     """FedAvg on Darknet weights files, aggregated by dl-server in the sandbox."""
 
     def __init__(
-        self, settings: steps.Settings, *, num_clients: int, min_clients: int, weighting: str, method: str
+        self,
+        settings: steps.Settings,
+        *,
+        num_clients: int,
+        min_clients: int,
+        weighting: str,
+        method: str,
+        fraction_evaluate: float = 0.0,
     ):
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=fraction_evaluate,
             min_train_nodes=num_clients,
-            min_evaluate_nodes=num_clients,
+            min_evaluate_nodes=max(1, round(fraction_evaluate * num_clients)),
             min_available_nodes=num_clients,
         )
         self.settings = settings
@@ -62,8 +69,14 @@ class SandboxedFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["header"] = self.header
+        config["header"] = self.header  # the arrays' .weights header, so clients rebuild the file exactly
         return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["header"] = self.header
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def accept(self, r: int, reply: Message) -> tuple[int, str, int, float] | str:
         """(client, its file, examples, loss) of a good reply, else why it is refused."""
