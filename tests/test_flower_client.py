@@ -78,7 +78,7 @@ def test_train_and_evaluate_in_the_sandbox(tmp_path):
         assert rep.content["metrics"]["num-examples"] == 30
         assert meta["batches"] == 3
     strategy = SandboxedFedAvg(s, num_clients=2, min_clients=2, weighting="auto", method="mean")
-    strategy.header = header
+    strategy.set_global(init)
     global_arrays, metrics = strategy.aggregate_train(1, replies)
     assert global_arrays is not None and metrics is not None and metrics["clients"] == 2
 

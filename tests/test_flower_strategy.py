@@ -45,6 +45,8 @@ def settings(tmp_path):
     (tmp_path / "fed" / "server").mkdir(parents=True)
     (tmp_path / "fed" / "global").mkdir()
     s.write(s.server_cfg, s.lenet_cfg(5, "constant"))
+    header, arrays = client_arrays(0)
+    s.path("fed/global/round0.weights").write_bytes(da.encode(CFG, header, arrays))
     return s
 
 
@@ -57,11 +59,25 @@ def client_arrays(k: int) -> tuple[bytes, dict]:
     return struct.pack("<iiiQ", 0, 2, 0, 100 * k), arrays
 
 
-def reply(k: int, examples: int, *, tamper=None, arrays_override=None) -> Message:
-    """Client k's train reply: its arrays, examples, loss, header and manifest (its output's sha256)."""
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def global_sha256() -> str:
+    header, arrays = client_arrays(0)
+    return sha256(da.encode(CFG, header, arrays))
+
+
+def reply(k: int, examples: int, *, tamper=None, arrays_override=None, started_from=None) -> Message:
+    """Client k's train reply: its arrays, examples, loss, header and manifest (the sha256 of
+    what it wrote, and of the global model it trained from)."""
     header, arrays = client_arrays(k)
-    digest = hashlib.sha256(da.encode(CFG, header, arrays)).hexdigest()
-    manifest = {"outputs": {"files": {f"fed/client{k}/out/mnist_lenet.weights": digest}}}
+    manifest = {
+        "inputs": {"files": {f"fed/client{k}/global0.weights": started_from or global_sha256()}},
+        "outputs": {
+            "files": {f"fed/client{k}/out/mnist_lenet.weights": sha256(da.encode(CFG, header, arrays))}
+        },
+    }
     if tamper is not None:
         tamper(arrays)
     content = RecordDict(
@@ -79,9 +95,11 @@ def instruction(k: int) -> Message:
 
 
 def strategy(settings, n: int, *, min_clients=None, weighting="auto", method="mean") -> SandboxedFedAvg:
-    return SandboxedFedAvg(
+    s = SandboxedFedAvg(
         settings, num_clients=n, min_clients=min_clients or n, weighting=weighting, method=method
     )
+    s.set_global(settings.path("fed/global/round0.weights"))
+    return s
 
 
 def assert_close_to(ours, theirs) -> None:
@@ -139,8 +157,11 @@ def test_bad_replies_are_refused_by_name_and_the_round_goes_on(settings, capsys)
         reply(3, 100, tamper=flip),
         Message(Error(code=0, reason="client 4: dl-server: error: out of memory"), reply_to=instruction(4)),
         reply(5, 100),
+        reply(6, 100, started_from="ab" * 32),
+        reply(7, 100),
+        reply(7, 100),
     ]
-    s = strategy(settings, 5, min_clients=2)
+    s = strategy(settings, 8, min_clients=2)
     ours, metrics = s.aggregate_train(1, replies)
     theirs, _ = FedAvg().aggregate_train(1, [replies[0], replies[4]])
     assert ours is not None and theirs is not None and metrics is not None
@@ -150,6 +171,8 @@ def test_bad_replies_are_refused_by_name_and_the_round_goes_on(settings, capsys)
     assert refused[0] == "client 2: arrays: 006.connected.biases is float32[83], the cfg needs float32[84]"
     assert refused[1].startswith("client 3: arrays hash to ")
     assert refused[2] == "node 104: error reply: client 4: dl-server: error: out of memory"
+    assert refused[3] == f"client 6: trained from abababababab, not the global model {global_sha256()[:12]}"
+    assert refused[4] == "client 7: 2 replies in one round"
     assert "refused: client 3" in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from . import steps
-from .strategy import SandboxedFedAvg, read_weights
+from .strategy import SandboxedFedAvg
 
 app = ServerApp()
 
@@ -34,7 +34,7 @@ def main(grid: Grid, context: Context) -> None:
     print(
         f"round 0: initial global model = Darknet random init (-seed {s.seed}), {seconds:.1f} s", flush=True
     )
-    strategy.header, initial = read_weights(strategy.cfg, init)
+    initial = strategy.set_global(init)
     table: list[dict] = []
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:

@@ -194,12 +194,13 @@ def train(s: Settings, k: int, r: int, global_weights: str, client_dir: str | No
     )
 
 
-def output_sha256(manifest: dict, name: str) -> str:
-    """The sha256 of the trained model in a client's manifest (the one .weights it wrote)."""
-    files = manifest.get("outputs", {}).get("files", {})
+def manifest_sha256(manifest: dict, side: str, name: str) -> str:
+    """The sha256 a run's manifest gives its one ``side`` ("inputs" or "outputs") file called
+    ``name``: the model a client wrote, or the global model it started from."""
+    files = manifest.get(side, {}).get("files", {})
     hashes = [h for path, h in files.items() if path.endswith(f"/{name}")]
     if len(hashes) != 1:
-        raise StepError(f"manifest names {len(hashes)} outputs {name}, expected 1")
+        raise StepError(f"manifest names {len(hashes)} {side} {name}, expected 1")
     return hashes[0]
 
 

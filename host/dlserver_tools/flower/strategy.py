@@ -64,7 +64,15 @@ class SandboxedFedAvg(FedAvg):
         self.weighting = weighting
         self.method = method
         self.header = b""  # of the current global model
+        self.global_sha256 = ""  # of the current global model's file: what clients must train from
         self.rounds: list[dict] = []  # what each round did, for the table
+
+    def set_global(self, path: Path) -> ArrayRecord:
+        """The global model is now this file: its arrays (sent to clients), header and sha256."""
+        data = path.read_bytes()
+        self.header, arrays = da.decode(self.cfg, data, str(path))
+        self.global_sha256 = hashlib.sha256(data).hexdigest()
+        return to_record(arrays)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -95,12 +103,15 @@ class SandboxedFedAvg(FedAvg):
         name = f"client {k}"
         try:
             data = da.encode(self.cfg, header, arrays, "arrays")
-            expected = steps.output_sha256(manifest, f"{steps.BASE}.weights")
+            expected = steps.manifest_sha256(manifest, "outputs", f"{steps.BASE}.weights")
+            started_from = steps.manifest_sha256(manifest, "inputs", f"global{r - 1}.weights")
         except (da.ArraysError, steps.StepError) as e:
             return f"{name}: {e}"
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected:
             return f"{name}: arrays hash to {digest[:12]}, its manifest says {expected[:12]}"
+        if started_from != self.global_sha256:
+            return f"{name}: trained from {started_from[:12]}, not the global model {self.global_sha256[:12]}"
         s = self.settings
         rel = f"{s.work}/server/round{r}/client{k}.weights"
         s.path(rel).parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +130,12 @@ class SandboxedFedAvg(FedAvg):
                 refused.append(verdict)
             else:
                 accepted.append(verdict)
+        numbers = [k for k, *_ in accepted]
+        twice = sorted({k for k in numbers if numbers.count(k) > 1})
+        refused += [f"client {k}: {numbers.count(k)} replies in one round" for k in twice]
+        accepted = sorted(a for a in accepted if a[0] not in twice)  # by client number, as the local runner
         for why in refused:
             print(f"  refused: {why}", file=sys.stderr, flush=True)
-        accepted.sort()  # by client number: the same order as the local runner
-        if len({k for k, *_ in accepted}) != len(accepted):
-            raise steps.StepError(f"round {server_round}: two replies from one client")
         if len(accepted) < self.min_clients:
             raise steps.StepError(
                 f"round {server_round}: {len(accepted)} good replies, at least {self.min_clients} needed"
@@ -138,7 +150,7 @@ class SandboxedFedAvg(FedAvg):
             counts if weighted else None,
             self.method,
         )
-        self.header, arrays = read_weights(self.cfg, out)
+        arrays = self.set_global(out)
         total = sum(counts)
         loss = sum(n * loss for _, _, n, loss in accepted) / total
         self.rounds.append(
