@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from dlserver_tools import darknet_arrays as da
 from dlserver_tools.flower import client_app, steps
 from dlserver_tools.flower.strategy import SandboxedFedAvg, from_record, read_weights, to_record
 from test_federated import prepared_root
+from test_flower_strategy import task_identity  # noqa: F401  (autouse: messages need a run)
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
@@ -24,14 +24,6 @@ pytestmark = [
     pytest.mark.component,
     pytest.mark.skipif(not WASM.is_file(), reason="dl-server.wasm not built (run make)"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def run_config(root: Path) -> dict:

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import FederatedError, Federation
+from ..federated import FederatedError, Federation, checked_options
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -236,26 +236,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Flower's deployment runtime instead of the simulation: a SuperLink and one SuperNode per "
         "client on loopback, TLS and SuperNode authentication on (see deployment.py)",
     )
-    opts = p.parse_args(argv)
-    if opts.num_clients < 1 or opts.rounds < 1 or opts.batches < 1:
-        p.error("--num-clients, --rounds and --batches must be >= 1")
-    work = Path(opts.work)
-    if work.is_absolute() or ".." in work.parts or opts.work in ("", "."):
-        p.error("--work must be a directory below the root")
-    return opts
+    return checked_options(p, p.parse_args(argv))
 
 
 def main(argv=None) -> int:
     opts = parse_args(argv)
-    if not opts.program.is_file():
-        print(f"federated: {opts.program} not built (run make)", file=sys.stderr)
-        return 1
     try:
-        result = flower_federation(opts)
+        if not opts.program.is_file():
+            raise FlowerRunError(f"{opts.program} not built (run make)")
+        print_table(flower_federation(opts))
     except FlowerRunError as e:
         print(f"federated: error: {e}", file=sys.stderr)
         return 1
-    print_table(result)
     return 0
 
 
