@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,36 @@ def test_an_unregistered_supernode_is_refused(tmp_path):
     assert intruder.returncode != 0
     log = (home / "logs" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in log
+
+
+def test_a_supernode_killed_mid_round_does_not_hang_the_server(tmp_path):
+    """Client 3's SuperNode is killed when its train message arrives: the server waits at most
+    --round-timeout for it, then the round goes on with clients 1 and 2."""
+    root = prepared_root(tmp_path, 3, n_train=60, n_test=20)
+    shutil.copytree(REPO / "cfg", root / "cfg")
+    logs = root / "build" / "flwr-deploy" / "logs"
+    args = ["--num-clients", "3", "--rounds", "1", "--batches", "20", "--min-clients", "2"]
+    args += ["--round-timeout", "25", "--work", "killed", "--deployment", "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "dlserver_tools.flower.run", "--root", str(root), "--program", str(WASM)]
+    log = root / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*cmd, *args], cwd=root, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 180
+        node_log = logs / "supernode3.log"
+        while not (node_log.is_file() and "Receiving: train message" in node_log.read_text()):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.killpg(int((logs / "supernode3.pid").read_text()), signal.SIGKILL)  # the node and its ClientApp
+        killed_at = time.monotonic()
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert time.monotonic() - killed_at < 25 + 60  # the round timeout, then validation and shutdown
+    rounds = json.loads((root / "killed" / "results.json").read_text())["rounds"]
+    assert rounds[0]["clients"] == [1, 2]
+    assert rounds[0]["no_reply"] == 1
+    assert "no reply from 1 of 3 nodes" in log.read_text()

@@ -196,6 +196,7 @@ def deployment(
                     node_log,
                 )
             )
+            (logs / f"supernode{k + 1}.pid").write_text(f"{procs[-1].pid}\n")  # for an operator (or a test)
         yield "deploy", procs
     finally:
         for proc in reversed(procs):

@@ -159,7 +159,7 @@ def stream(cmd: list[str], env: dict[str, str], root: Path, verbose: bool) -> st
     assert proc.stdout is not None
     run_id = None
     for line in proc.stdout:
-        if verbose or re.search(r"round \d+:|refused:|error|Error|Traceback", line):
+        if verbose or re.search(r"round \d+:|refused:|no reply|error|Error|Traceback", line):
             print(line, end="", flush=True)
         found = re.search(r"run (?:ID )?(\d{6,})", line)
         if found and run_id is None:

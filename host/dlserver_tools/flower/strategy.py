@@ -66,6 +66,7 @@ class SandboxedFedAvg(FedAvg):
         self.header = b""  # of the current global model
         self.global_sha256 = ""  # of the current global model's file: what clients must train from
         self.rounds: list[dict] = []  # what each round did, for the table
+        self.sent = 0  # train messages of the current round
 
     def set_global(self, path: Path) -> ArrayRecord:
         """The global model is now this file: its arrays (sent to clients), header and sha256."""
@@ -78,7 +79,9 @@ class SandboxedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         config["header"] = self.header  # the arrays' .weights header, so clients rebuild the file exactly
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.sent = len(messages)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -124,6 +127,10 @@ class SandboxedFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[tuple[int, str, int, float]] = []
         refused: list[str] = []
+        replies = list(replies)
+        missing = self.sent - len(replies)  # nodes that did not answer within the round timeout
+        if missing > 0:
+            print(f"  no reply from {missing} of {self.sent} nodes", file=sys.stderr, flush=True)
         for reply in replies:
             verdict = self.accept(server_round, reply)
             if isinstance(verdict, str):
@@ -154,6 +161,12 @@ class SandboxedFedAvg(FedAvg):
         total = sum(counts)
         loss = sum(n * loss for _, _, n, loss in accepted) / total
         self.rounds.append(
-            {"round": server_round, "clients": [k for k, *_ in accepted], "refused": refused, "loss": loss}
+            {
+                "round": server_round,
+                "clients": [k for k, *_ in accepted],
+                "refused": refused,
+                "no_reply": max(missing, 0),
+                "loss": loss,
+            }
         )
         return arrays, MetricRecord({"num-examples": total, "loss": loss, "clients": len(accepted)})
