@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlserver.network import parse_network_cfg
 from dlserver_tools import darknet_arrays as da
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +94,32 @@ def test_wrong_length_and_wrong_arrays_are_refused():
         da.check_arrays(cfg, doubles)
     with pytest.raises(da.ArraysError, match=r"\[rnn\]: not supported"):
         da.tensor_shapes(da.parse_cfg("[net]\nheight=1\nwidth=1\nchannels=1\n[rnn]\noutput=4\n"))
+
+
+DARKNET_CFGS = sorted(Path("/usr/share/darknet/cfg").glob("*.cfg"))
+UNSUPPORTED = {"gru.cfg", "rnn.cfg", "rnn.train.cfg", "strided.cfg", "vgg-16.cfg"}  # recurrent, crop
+GUEST_REFUSES = {"yolov3-spp.cfg"}  # the guest's own limit (a route buffer), not the codec's
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [REPO / "cfg" / "mnist_resnet.cfg", YOLO_CFG, LENET]
+    + [c for c in DARKNET_CFGS if c.name not in UNSUPPORTED | GUEST_REFUSES],
+    ids=lambda p: p.name,
+)
+def test_tensors_are_the_guests_parameter_arrays(cfg, capsys):
+    """The guest's network (built natively from the same cfg) is the oracle: the same arrays,
+    in the same order, of the same sizes, as its weights files hold them."""
+    ours = [n for _, n in da.tensor_shapes(da.read_cfg(cfg))]
+    net = parse_network_cfg(str(cfg), batch=1)
+    capsys.readouterr()  # the layer table
+    assert ours == [len(a) for layer in net.layers for a in layer.parameter_arrays()]
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_recurrent_and_crop_cfgs_are_refused_by_name(name):
+    cfg = Path("/usr/share/darknet/cfg") / name
+    if not cfg.is_file():
+        pytest.skip("Debian's darknet cfgs are not installed")
+    with pytest.raises(da.ArraysError, match=r"layer \d+ is \[(rnn|gru|crop)\]: not supported"):
+        da.tensor_shapes(da.read_cfg(cfg))
