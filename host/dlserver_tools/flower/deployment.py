@@ -10,6 +10,7 @@ Across machines it is the same with the SuperLink's address instead of 127.0.0.1
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import ipaddress
@@ -172,9 +173,10 @@ def deployment(
         )
         context = ssl.create_default_context(cafile=str(ca))
         _wait_health(f"https://127.0.0.1:{port}/health", procs[0], "flower-superlink", link_log, context)
-        for k in range(num_clients):
-            private, public = make_node_key(tls, f"node{k + 1}")
-            register(tool, env, public, "deploy")
+        keys = [make_node_key(tls, f"node{k + 1}") for k in range(num_clients)]
+        with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:  # each `flwr` call: ~2 s
+            list(pool.map(lambda key: register(tool, env, key[1], "deploy"), keys))
+        for k, (private, _public) in enumerate(keys):
             node_config = f'partition-id={k} num-partitions={num_clients} root="{root}"'
             node_log = logs / f"supernode{k + 1}.log"
             procs.append(
