@@ -3,7 +3,9 @@
 The oracle is the args.cfg way of running the same command: same output bytes."""
 
 import concurrent.futures
+import contextlib
 import hashlib
+import os
 import shutil
 import struct
 import subprocess
@@ -123,3 +125,19 @@ def test_make_federated_runs_flower_after_preparing_the_data():
     assert "dl-server-flower --num-clients 4 --rounds 3 --data-dist iid --deployment" in dry_run(
         "federated", "deployment=1"
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity here")
+def test_concurrent_runs_lease_cpus_of_their_own():
+    cpus = sorted(os.sched_getaffinity(0))
+    with contextlib.ExitStack() as stack:
+        leased = [stack.enter_context(api.cpu_lease()) for _ in cpus]
+        held = [c for c in leased if c is not None]
+        assert len(held) == len(set(held))  # never one CPU twice
+        assert set(leased) <= {*cpus, None}
+        if None not in leased:  # no other run on this machine held one: all CPUs leased, then none left
+            assert sorted(leased) == cpus
+            with api.cpu_lease() as extra:
+                assert extra is None
+    with api.cpu_lease() as again:  # released at the end of each run
+        assert again in {*cpus, None}

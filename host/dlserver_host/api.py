@@ -5,17 +5,21 @@ Each call is one ``dl-server`` run in a child process (the guest's arguments aft
 A child process rather than an in-process run: the sandbox's sources are relative to
 the working directory, which is per process, and a crash or a timeout of one run cannot
 take its caller down. The cost is Python's start-up and loading the compiled component
-from the cache (~0.3 s a run, small beside a training run).
+from the cache (~0.3 s a run, small beside a training run). Concurrent runs each lease a CPU
+of their own (cpu_lease).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +86,14 @@ def run(
         cmd += ["--timeout", str(limits.timeout)]
     cmd += ["--", *argv]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    with cpu_lease() as cpu:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(proc.pid, {cpu})  # before the host pins its guest thread
+            except OSError:
+                pass
+        stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - started
     record = None
     if manifest is not None:
@@ -91,4 +102,34 @@ def run(
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             record = None
-    return RunOutcome(proc.returncode, proc.stdout, proc.stderr, seconds, record)
+    return RunOutcome(proc.returncode, stdout, stderr, seconds, record)
+
+
+@contextlib.contextmanager
+def cpu_lease() -> Iterator[int | None]:
+    """A CPU that no other run through this API holds on this machine (one lock file per CPU),
+    or None when all are taken (or on a system without CPU affinity).
+
+    The host pins its guest thread to the CPU it happens to run on when the guest starts
+    (runtime.pin_thread_to_its_cpu); two runs started together, e.g. two Flower clients, can
+    land on the same CPU and then take turns on it while the other CPU idles. A run that holds
+    a lease starts on its own CPU, so concurrent runs spread over the CPUs.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        yield None
+        return
+    locks = Path(tempfile.gettempdir()) / f"dl-server-cpus-{os.getuid()}"
+    locks.mkdir(exist_ok=True)
+    for cpu in sorted(os.sched_getaffinity(0)):
+        lock = open(locks / f"cpu{cpu}.lock", "w")  # noqa: SIM115  (held until the run ends)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        try:
+            yield cpu
+        finally:
+            lock.close()  # releases the lock
+        return
+    yield None

@@ -4,6 +4,7 @@ Starts its own SuperLink (simulation mode, FLWR_HOME under build/flwr), runs the
 flower_app/ with `flwr run --stream` (one CPU per client, so clients train in parallel),
 checks the run's real status (`flwr run --stream` exits 0 when the ServerApp failed) and the
 app's results.json, prints the per-round table and stops the SuperLink by its PID.
+With --deployment: Flower's deployment runtime on loopback instead (deployment.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ def start_superlink(env: dict[str, str], home: Path) -> subprocess.Popen:
     port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     cmd = [
         tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-        "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
         "--host", "127.0.0.1", "--port", port, "--log-file", str(log),
         "--database", str(home / "local-superlink" / "state.db"),
         "--disable-runtime-dependency-installation",
@@ -120,7 +120,6 @@ def flower_federation(opts: argparse.Namespace) -> dict:
         "FLWR_HOME": str(home),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # flower-superexec
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(opts.port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(opts.port + 2),
     }
     results = root / opts.work / "results.json"
     results.unlink(missing_ok=True)
@@ -228,7 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--program", type=Path, default=Path("dl-server.wasm"))
     p.add_argument("--timeout", type=float, default=None, help="per-run --timeout of the host")
     p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds the server waits for replies")
-    p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (control API: port+2)")
+    p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (all its APIs)")
     p.add_argument("--verbose", action="store_true", help="all of flwr's output")
     p.add_argument(
         "--deployment",
