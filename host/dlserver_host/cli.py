@@ -28,7 +28,8 @@ DEFAULT_TIMEOUT = 3600.0
 DESCRIPTION = """\
 Run a WASI command component (dl-server.wasm) in a sandbox that sees only the
 given sources, as Veracruz's freestanding execution engine (FEE) does. The guest
-gets no arguments besides its name, so dl-server.wasm reads args.cfg."""
+gets no arguments besides its name, so dl-server.wasm reads args.cfg, unless
+arguments follow '--' (then each concurrent run needs no args.cfg of its own)."""
 
 EPILOG = """\
 sources:
@@ -58,7 +59,7 @@ output:
 provenance (--manifest FILE):
   A JSON record of the run: sha256 of the program, of every file of the input
   sources (hashed while the guest runs) and of every file written back; the
-  command line, the guest's argv (from args.cfg), outcome, exit status, start
+  command line, the guest's argv (after '--', else from args.cfg), outcome, exit status, start
   time (UTC) and duration, wasmtime version. Written atomically, also when the
   guest or the host fails; on the host, never through the sandbox. FILE is
   written exactly where given (inside an output source only if you name such a
@@ -77,7 +78,8 @@ exit status:
 
 examples:
   dl-server --program dl-server.wasm --input-source args.cfg cfg data model -d -e
-  dl-server -r dl-server.wasm -i args.cfg cfg model -o model --max-memory 1G"""
+  dl-server -r dl-server.wasm -i args.cfg cfg model -o model --max-memory 1G
+  dl-server -r dl-server.wasm -i cfg model -- aggregation darknet cfg/x.cfg out.weights a b"""
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -193,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .provenance import add_options
 
     add_options(parser)  # --policy, --sign-key
+    parser.add_argument(
+        "guest_args",
+        nargs="*",
+        metavar="-- ARG",
+        help="the guest's arguments after '--' (then it does not read args.cfg), e.g. "
+        "-- classifier train data/mnist.dataset cfg/mnist_lenet.cfg",
+    )
     return parser
 
 
@@ -457,6 +466,7 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
                 args.program,
                 [source_relpath(p, cwd) for p in args.inputs],
                 [source_relpath(p, cwd) for p in args.outputs],
+                args.guest_args or None,
             )
             try:
                 digest = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
@@ -471,7 +481,7 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
         )
         output.set_status("running")
         run = program.start(
-            argv=[os.path.basename(args.program)],
+            argv=[os.path.basename(args.program), *args.guest_args],
             env=env.items(),
             mounts=staged.mounts,
             stdout=output.stdout,

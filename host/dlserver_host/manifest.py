@@ -279,10 +279,17 @@ class Recorder:
         except Exception:  # version unknown: keep null rather than fail the run
             pass
 
-    def sources(self, program: str, inputs: list[PurePosixPath], outputs: list[PurePosixPath]) -> None:
-        """Note the sources, read args.cfg and start hashing the inputs."""
+    def sources(
+        self,
+        program: str,
+        inputs: list[PurePosixPath],
+        outputs: list[PurePosixPath],
+        given_args: list[str] | None = None,
+    ) -> None:
+        """Note the sources, the guest's arguments (given, else read from args.cfg) and start
+        hashing the inputs."""
         self.record["outputs"]["sources"] = [_posix(rel) for rel in outputs]
-        args_file, args = guest_args(self.cwd, inputs)
+        args_file, args = (None, given_args) if given_args else guest_args(self.cwd, inputs)
         self.record["args_file"] = args_file
         name = os.path.basename(program)
         self.record["guest_argv"] = [name, *args] if args is not None else [name]

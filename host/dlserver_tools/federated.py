@@ -518,7 +518,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="do not write a `dl-server --manifest` record per run",
     )
     p.add_argument("--timeout", type=float, default=None, help="per-run --timeout of the host")
-    opts = p.parse_args(argv)
+    return checked_options(p, p.parse_args(argv))
+
+
+def checked_options(p: argparse.ArgumentParser, opts: argparse.Namespace) -> argparse.Namespace:
+    """Counts >= 1 and a work directory below the root (also for dl-server-flower)."""
     if opts.num_clients < 1 or opts.rounds < 1 or opts.batches < 1:
         p.error("--num-clients, --rounds and --batches must be >= 1")
     if Path(opts.work).is_absolute() or ".." in Path(opts.work).parts or opts.work in ("", "."):

@@ -1,0 +1,1 @@
+"""dl-server's Flower app: entry points of dlserver_tools.flower."""

@@ -1,0 +1,254 @@
+"""`make federated`: the federation on Flower's simulation engine (Ray), fully offline.
+
+Starts its own SuperLink (simulation mode, FLWR_HOME under build/flwr), runs the app in
+flower_app/ with `flwr run --stream` (one CPU per client, so clients train in parallel),
+checks the run's real status (`flwr run --stream` exits 0 when the ServerApp failed) and the
+app's results.json, prints the per-round table and stops the SuperLink by its PID.
+With --deployment: Flower's deployment runtime on loopback instead (deployment.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..federated import FederatedError, Federation, checked_options
+from .deployment import DeploymentError, deployment
+
+OFFLINE = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+class FlowerRunError(Exception):
+    """The federation did not complete: one line saying why."""
+
+
+def tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def start_superlink(env: dict[str, str], home: Path) -> subprocess.Popen:
+    """flower-superlink in simulation mode, as `flwr run` would start it, but ours to stop."""
+    log = home / "local-superlink" / "superlink.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    cmd = [
+        tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        "--host", "127.0.0.1", "--port", port, "--log-file", str(log),
+        "--database", str(home / "local-superlink" / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FlowerRunError(f"flower-superlink exited with {proc.returncode} (log: {log})")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop(proc)
+    raise FlowerRunError(f"flower-superlink did not answer on 127.0.0.1:{port} within 30 s (log: {log})")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the SuperLink we started (its process group: it and the simulation it spawned)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def run_config(opts: argparse.Namespace, root: Path) -> str:
+    values: dict[str, object] = {
+        "root": str(root),
+        "program": str(opts.program.resolve()),
+        "work": opts.work,
+        "num-clients": opts.num_clients,
+        "num-rounds": opts.rounds,
+        "min-clients": opts.min_clients,
+        "batches": opts.batches,
+        "policy": opts.policy,
+        "learning-rate": opts.learning_rate,
+        "seed": opts.seed,
+        "weighting": opts.weighting,
+        "method": opts.method,
+        "valid-list": opts.valid_list,
+        "timeout": float(opts.timeout or 0),
+        "round-timeout": opts.round_timeout,
+        "fraction-evaluate": opts.fraction_evaluate,
+    }
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def flower_federation(opts: argparse.Namespace) -> dict:
+    root = opts.root.resolve()
+    try:
+        Federation(opts).check_data()  # MNIST prepared for this split, the test list there
+    except FederatedError as e:
+        raise FlowerRunError(str(e)) from None
+    home = (root / "build" / ("flwr-deploy" if opts.deployment else "flwr")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "FLWR_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # flower-superexec
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(opts.port),
+    }
+    results = root / opts.work / "results.json"
+    results.unlink(missing_ok=True)
+    app_dir = Path(__file__).resolve().parents[3] / "flower_app"
+    started = time.perf_counter()
+    if opts.deployment:
+        federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
+        extra: list[str] = []
+        log = home / "logs"
+    else:
+        federation = simulation(env, home)
+        extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
+        log = home / "local-superlink" / "superlink.log"
+    try:
+        with federation as (connection, _processes):
+            cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
+            cmd += ["--run-config", run_config(opts, root), *extra]
+            run_id = stream(cmd, env, root, opts.verbose)
+            status = run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
+    except DeploymentError as e:
+        raise FlowerRunError(str(e)) from None
+    seconds = time.perf_counter() - started
+    if not status.endswith("completed") or not results.is_file():
+        raise FlowerRunError(f"Flower run {run_id} {status}; see {log}")
+    result = json.loads(results.read_text())
+    result["wall_seconds"] = round(seconds, 1)
+    result["mode"] = "deployment (TLS, SuperNode auth)" if opts.deployment else "simulation"
+    return result
+
+
+def stream(cmd: list[str], env: dict[str, str], root: Path, verbose: bool) -> str | None:
+    """Run `flwr run --stream`, showing the app's round lines and errors; the run ID."""
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    run_id = None
+    for line in proc.stdout:
+        if verbose or re.search(r"round \d+:|refused:|no reply|error|Error|Traceback", line):
+            print(line, end="", flush=True)
+        found = re.search(r"run (?:ID )?(\d{6,})", line)
+        if found and run_id is None:
+            run_id = found.group(1)
+    proc.wait()
+    return run_id
+
+
+@contextlib.contextmanager
+def simulation(env: dict[str, str], home: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """Our own SuperLink in simulation mode, as `flwr run` would start it; stopped by PID."""
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    superlink = start_superlink(env, home)
+    try:
+        yield "local", [superlink]
+    finally:
+        stop(superlink)
+
+
+def run_status(env: dict[str, str], run_id: str, connection: str) -> str:
+    """The run's status as the SuperLink has it (e.g. finished:completed, finished:failed)."""
+    out = subprocess.run(
+        [tool("flwr"), "list", connection, "--run-id", run_id, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+        return str(runs[0]["status"])
+    except (ValueError, KeyError, IndexError, AttributeError):
+        return f"unknown (flwr list: {out.stdout.strip()[-200:] or out.stderr.strip()[-200:]})"
+
+
+def print_table(result: dict) -> None:
+    print()
+    print(f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}")
+    for row in result["table"]:
+        print(f"{row['round']:>5}  {row['top1']:7.4f}  {row['top5']:7.4f}  {row['seconds']:9.1f}")
+    print(f"\nFlower {result['mode']}: {result['wall_seconds']:.1f} s wall time")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dl-server-flower", description=__doc__.splitlines()[0])
+    p.add_argument("--num-clients", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batches", type=int, default=100)
+    p.add_argument("--data-dist", choices=["iid", "non-iid"], default="iid")
+    p.add_argument("--policy", default="constant")
+    p.add_argument("--learning-rate", type=float, default=0.01)
+    p.add_argument("--weighting", choices=["auto", "examples", "equal"], default="auto")
+    p.add_argument("--method", default="mean", help="mean, median or trimmed:F (aggregation darknet -method)")
+    p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--fraction-evaluate",
+        type=float,
+        default=0.0,
+        help="clients that also validate each global model on their own test shard (default none)",
+    )
+    p.add_argument("--valid-list", default="data/mnist/mnist.valid.list")
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--work", default="federated")
+    p.add_argument("--program", type=Path, default=Path("dl-server.wasm"))
+    p.add_argument("--timeout", type=float, default=None, help="per-run --timeout of the host")
+    p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds the server waits for replies")
+    p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (all its APIs)")
+    p.add_argument("--verbose", action="store_true", help="all of flwr's output")
+    p.add_argument(
+        "--deployment",
+        action="store_true",
+        help="Flower's deployment runtime instead of the simulation: a SuperLink and one SuperNode per "
+        "client on loopback, TLS and SuperNode authentication on (see deployment.py)",
+    )
+    return checked_options(p, p.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    try:
+        if not opts.program.is_file():
+            raise FlowerRunError(f"{opts.program} not built (run make)")
+        print_table(flower_federation(opts))
+    except FlowerRunError as e:
+        print(f"federated: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The ServerApp: round 0 (Darknet's init), then FedAvg rounds through SandboxedFedAvg;
+each global model validated in the sandbox (evaluate_fn); the table in <work>/results.json."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from . import steps
+from .strategy import SandboxedFedAvg
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = context.run_config
+    s = steps.Settings.from_config(config)
+    num_clients = int(config["num-clients"])
+    strategy = SandboxedFedAvg(
+        s,
+        num_clients=num_clients,
+        min_clients=int(config["min-clients"]) or num_clients,
+        weighting=str(config["weighting"]),
+        method=str(config["method"]),
+        fraction_evaluate=float(config["fraction-evaluate"]),
+    )
+    started = time.perf_counter()
+    steps.fresh_dir(s.path(s.work))  # nothing left from an earlier federation
+    init, seconds = steps.initialise(s)
+    print(
+        f"round 0: initial global model = Darknet random init (-seed {s.seed}), {seconds:.1f} s", flush=True
+    )
+    initial = strategy.set_global(init)
+    table: list[dict] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        top1, top5, n = steps.validate_global(s, server_round)
+        elapsed = time.perf_counter() - started
+        print(
+            f"  round {server_round}: valid on {n} test images: top-1 {top1:.4f}, top-5 {top5:.4f}",
+            flush=True,
+        )
+        table.append({"round": server_round, "top1": top1, "top5": top5, "seconds": round(elapsed, 1)})
+        return MetricRecord({"top1": top1, "top5": top5})
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=int(config["num-rounds"]),
+        timeout=float(config["round-timeout"]),
+        train_config=ConfigRecord({}),
+        evaluate_fn=evaluate,
+    )
+    rounds = int(config["num-rounds"])
+    if len(strategy.rounds) != rounds:
+        raise steps.StepError(f"{len(strategy.rounds)} of {rounds} rounds aggregated")
+    clients_valid = {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
+    summary = {
+        "clients_valid": clients_valid,
+        "status": "completed",
+        "table": table,
+        "rounds": strategy.rounds,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")

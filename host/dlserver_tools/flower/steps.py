@@ -1,0 +1,245 @@
+"""The sandboxed steps of a federation, as the local runner (dlserver_tools.federated) runs them.
+
+Every step is one ``dlserver_host.api.run`` with the project root as working directory (the
+guest's paths are the root's relative paths), its arguments after ``--`` (no args.cfg, so
+clients run concurrently) and a ``--manifest`` record under ``<work>/provenance/``. The
+argument lists, cfgs and seeds are those of the local runner, so the same federation gives
+the same bytes.
+
+  <work>/global/round<r>.weights      global model after round r (round0 = Darknet's init)
+  <work>/client<k>/                   mnist_lenet.cfg, mnist.dataset, out/ (its output source),
+                                      round<r>.weights (the trained model it replied with)
+  <work>/server/                      mnist_lenet.cfg, valid.dataset, init/, round<r>/ (replies)
+  <work>/provenance/                  round<r>-client<k>.json, round<r>-aggregate.json, ...
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from dlserver_host import api
+from dlserver_host.atomic import write_atomically
+from dlserver_host.darknet_output import last_top_line, train_lines
+
+from ..darknet_cfg import set_option
+
+BASE = "mnist_lenet"  # the guest saves <backup>/mnist_lenet.weights
+MNIST = "data/mnist"
+
+
+class StepError(Exception):
+    """A sandboxed step failed or gave something unexpected: one line naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every node needs to run its steps (the run config, paths absolute)."""
+
+    root: Path
+    program: Path
+    work: str = "federated"  # relative to root
+    batches: int = 100
+    policy: str = "constant"
+    learning_rate: float = 0.01
+    seed: int = 1
+    valid_list: str = "data/mnist/mnist.valid.list"
+    base_cfg: str = "cfg/mnist_lenet.cfg"
+    timeout: float | None = None
+
+    @classmethod
+    def from_config(cls, config) -> Settings:
+        """From a Flower run config (keys with dashes, as declared in the app's pyproject)."""
+        work = PurePosixPath(str(config["work"]))
+        if work.is_absolute() or ".." in work.parts or str(work) in ("", "."):
+            raise StepError(f"work={config['work']}: must be a directory below the root")
+        return cls(
+            root=Path(str(config["root"])),
+            program=Path(str(config["program"])),
+            work=str(config["work"]),
+            batches=int(config["batches"]),
+            policy=str(config["policy"]),
+            learning_rate=float(config["learning-rate"]),
+            seed=int(config["seed"]),
+            valid_list=str(config["valid-list"]),
+            base_cfg=str(config["base-cfg"]),
+            timeout=float(config["timeout"]) or None,
+        )
+
+    @property
+    def server_cfg(self) -> str:
+        return f"{self.work}/server/{BASE}.cfg"
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def write(self, rel: str, text: str) -> None:
+        write_atomically(self.path(rel), text)
+
+    def lenet_cfg(self, max_batches: int, policy: str) -> str:
+        """The base cfg with max_batches, policy and learning_rate replaced."""
+        text = self.path(self.base_cfg).read_text()
+        for key, value in (
+            ("max_batches", max_batches),
+            ("policy", policy),
+            ("learning_rate", self.learning_rate),
+        ):
+            try:
+                text = set_option(text, key, value)
+            except KeyError:
+                raise StepError(f"{self.base_cfg}: no {key}= line in [net]") from None
+        return text
+
+    def run(self, name: str, argv: list[str], inputs: list[str], outputs: list[str]) -> api.RunOutcome:
+        """One sandboxed run; StepError with the guest's error line when it fails."""
+        self.path(f"{self.work}/provenance").mkdir(parents=True, exist_ok=True)
+        result = api.run(
+            self.program,
+            inputs,
+            outputs,
+            argv,
+            api.Limits(timeout=self.timeout),
+            cwd=self.root,
+            manifest=f"{self.work}/provenance/{name}.json",
+        )
+        if not result.ok:
+            raise StepError(f"{name}: {result.error_line()}")
+        return result
+
+
+def fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def examples(s: Settings, k: int) -> int:
+    """Training images of client k (lines of its train list)."""
+    lst = s.path(f"{MNIST}/mnist.train.client{k}.list")
+    try:
+        return sum(1 for line in lst.read_text().splitlines() if line)
+    except OSError:
+        raise StepError(f"{lst}: no train list for client {k} (make mnist_training)") from None
+
+
+def initialise(s: Settings) -> tuple[Path, float]:
+    """Round 0: Darknet's random init (-seed), saved by one batch at poly rate 0; the path."""
+    w = s.work
+    fresh_dir(s.path(f"{w}/server/init/out"))
+    s.path(f"{w}/global").mkdir(parents=True, exist_ok=True)
+    s.write(f"{w}/server/init/{BASE}.cfg", s.lenet_cfg(1, "poly"))
+    first = s.path(s.valid_list).read_text().splitlines()[0]
+    s.write(f"{w}/server/init/init.list", first + "\n")
+    s.write(
+        f"{w}/server/init/init.dataset",
+        f"classes=10\ntrain = {w}/server/init/init.list\nbackup = {w}/server/init/out\n"
+        f"labels = {MNIST}/mnist.labels.list\ntop=5\n",
+    )
+    s.write(s.server_cfg, s.lenet_cfg(s.batches, s.policy))
+    s.write(
+        f"{w}/server/valid.dataset",
+        f"classes=10\nvalid = {s.valid_list}\nlabels = {MNIST}/mnist.labels.list\ntop=5\n",
+    )
+    argv = ["classifier", "train", f"{w}/server/init/init.dataset", f"{w}/server/init/{BASE}.cfg"]
+    inputs = [*argv[2:], f"{w}/server/init/init.list", first, f"{MNIST}/mnist.labels.list"]
+    result = s.run("round0-init", [*argv, "-seed", str(s.seed)], inputs, [f"{w}/server/init/out"])
+    batches = train_lines(result.stdout)
+    if len(batches) != 1 or batches[0].rate != 0.0:
+        raise StepError("round 0: the initialisation run should train one batch at rate 0")
+    final = s.path(f"{w}/global/round0.weights")
+    shutil.move(s.path(f"{w}/server/init/out/{BASE}.weights"), final)
+    return final, result.seconds
+
+
+@dataclass(frozen=True)
+class Trained:
+    weights: Path  # the trained model, kept as <work>/client<k>/round<r>.weights
+    manifest: dict  # the run's --manifest record
+    examples: int
+    batches: int
+    loss: float
+    seconds: float
+
+
+def train(s: Settings, k: int, r: int, global_weights: str, client_dir: str | None = None) -> Trained:
+    """Client k's training in round r from ``global_weights`` (a root-relative file)."""
+    c = client_dir or f"{s.work}/client{k}"
+    fresh_dir(s.path(f"{c}/out"))
+    s.write(f"{c}/{BASE}.cfg", s.lenet_cfg(s.batches, s.policy))
+    s.write(
+        f"{c}/mnist.dataset",
+        f"classes=10\ntrain = {MNIST}/mnist.train.client{k}.list\nbackup = {c}/out\n"
+        f"labels = {MNIST}/mnist.labels.list\ntop=5\n",
+    )
+    train_list = f"{MNIST}/mnist.train.client{k}.list"
+    image_dirs = sorted(
+        {line.rsplit("/", 1)[0] for line in s.path(train_list).read_text().splitlines() if line}
+    )
+    argv = ["classifier", "train", f"{c}/mnist.dataset", f"{c}/{BASE}.cfg", global_weights]
+    argv += ["-clear", "-seed", str(s.seed + 1000 * r + k)]
+    inputs = [*image_dirs, train_list, f"{MNIST}/mnist.labels.list", f"{c}/mnist.dataset", f"{c}/{BASE}.cfg"]
+    result = s.run(f"round{r}-client{k}", argv, [*inputs, global_weights], [f"{c}/out"])
+    batches = train_lines(result.stdout)
+    kept = s.path(f"{c}/round{r}.weights")
+    shutil.move(s.path(f"{c}/out/{BASE}.weights"), kept)
+    assert result.manifest is not None  # written by every run of Settings.run
+    return Trained(
+        kept,
+        result.manifest,
+        examples(s, k),
+        len(batches),
+        batches[-1].avg if batches else float("nan"),
+        result.seconds,
+    )
+
+
+def manifest_sha256(manifest: dict, side: str, name: str) -> str:
+    """The sha256 a run's manifest gives its one ``side`` ("inputs" or "outputs") file called
+    ``name``: the model a client wrote, or the global model it started from."""
+    files = manifest.get(side, {}).get("files", {})
+    hashes = [h for path, h in files.items() if path.endswith(f"/{name}")]
+    if len(hashes) != 1:
+        raise StepError(f"manifest names {len(hashes)} {side} {name}, expected 1")
+    return hashes[0]
+
+
+def aggregate(s: Settings, r: int, files: list[str], weights: list[int] | None, method: str) -> Path:
+    """``aggregation darknet`` of the clients' files (in this order) into global/round<r>.weights."""
+    out = f"{s.work}/global/round{r}.weights"
+    argv = ["aggregation", "darknet", s.server_cfg, out, *files]
+    if weights is not None:
+        argv += ["-weights", ",".join(map(str, weights))]
+    if method != "mean":
+        argv += ["-method", method]
+    s.run(f"round{r}-aggregate", argv, [s.server_cfg, *files], [f"{s.work}/global"])
+    return s.path(out)
+
+
+def validate(
+    s: Settings, name: str, weights: str, cfg: str, dataset: str, lst: str
+) -> tuple[float, float, int]:
+    """``classifier valid`` of ``weights`` on the images of ``lst``: (top-1, top-5, images)."""
+    s.write(dataset, f"classes=10\nvalid = {lst}\nlabels = {MNIST}/mnist.labels.list\ntop=5\n")
+    lines = [line for line in s.path(lst).read_text().splitlines() if line]
+    dirs = sorted({line.rsplit("/", 1)[0] for line in lines})
+    argv = ["classifier", "valid", dataset, cfg, weights]
+    inputs = [dataset, cfg, weights, lst, f"{MNIST}/mnist.labels.list", *dirs]
+    result = s.run(name, argv, inputs, [])
+    top = last_top_line(result.stdout)
+    if not top or top.index != len(lines) - 1:
+        raise StepError(f"{name}: valid did not end with the `top 1:` line of image {len(lines) - 1}")
+    return top.top1, top.topk, len(lines)
+
+
+def validate_global(s: Settings, r: int) -> tuple[float, float, int]:
+    """The server's validation of global/round<r>.weights on the test list."""
+    w = s.work
+    return validate(
+        s,
+        f"round{r}-valid",
+        f"{w}/global/round{r}.weights",
+        s.server_cfg,
+        f"{w}/server/valid.dataset",
+        s.valid_list,
+    )
