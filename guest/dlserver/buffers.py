@@ -7,13 +7,13 @@ import os
 import weakref
 from array import array
 
+from . import limits
 from .errors import DLServerError
-from .limits import MAX_BUFFER_BYTES
 
 LIMIT_BYTES = 3 * 2**30
 _live_bytes = 0
-# what this run may hold, at most LIMIT_BYTES: MAX_BUFFER_BYTES, more with a weights file
-_budget = MAX_BUFFER_BYTES
+# what this run may hold, at most LIMIT_BYTES: limits.MAX_BUFFER_BYTES, more with a weights file
+_budget: int | None = None  # None: limits.MAX_BUFFER_BYTES (read when the run starts)
 
 
 class BufferLimitError(DLServerError):
@@ -27,11 +27,17 @@ def live_bytes() -> int:
 
 def budget() -> int:
     """Bytes the buffers of this run may hold in all."""
-    return min(LIMIT_BYTES, _budget)
+    return min(LIMIT_BYTES, limits.MAX_BUFFER_BYTES if _budget is None else _budget)
+
+
+def reset_budget() -> None:
+    """Back to the budget of a run without a weights file."""
+    global _budget
+    _budget = None
 
 
 def allow_for_weights(path: str | None, networks: int = 1) -> None:
-    """Set the budget to MAX_BUFFER_BYTES plus 4 bytes per byte of the weights file the run
+    """Set the budget to limits.MAX_BUFFER_BYTES plus 4 bytes per byte of the weights file the run
     loads into each of `networks` networks (None: no file): a real model's activations are
     a few times its parameters (YOLOv3 at 608: 1.33 GiB for 0.24 GiB of weights), a hostile
     cfg with a tiny file gets only the base."""
@@ -40,7 +46,7 @@ def allow_for_weights(path: str | None, networks: int = 1) -> None:
         size = os.stat(path).st_size if path else 0
     except (OSError, ValueError):  # load_weights reports it
         size = 0
-    _budget = MAX_BUFFER_BYTES + 4 * size * networks
+    _budget = limits.MAX_BUFFER_BYTES + 4 * size * networks
 
 
 def _release(nbytes: int) -> None:
@@ -91,6 +97,13 @@ def reserve_scratch(n: int) -> None:
     if n > len(_scratch):
         _scratch = array("f")  # the old one goes before the new one is counted
         _scratch = zeros(n)
+
+
+def release_scratch() -> None:
+    """Drop the scratch buffer (a new network sizes it again; layers of one built before grow
+    it back when they run)."""
+    global _scratch
+    _scratch = array("f")
 
 
 def scratch(n: int) -> memoryview:

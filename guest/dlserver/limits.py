@@ -41,6 +41,25 @@ MAX_NODE_WORK = _setting("MAX_NODE_WORK", 1 << 34)
 # detect: boxes with a class over the threshold before non-maximum suppression, and
 # (box, class) labels after it (each printed and drawn)
 MAX_BOXES = _setting("MAX_BOXES", 1024)
+DEFAULTS = {
+    "MAX_PIXELS": 1 << 24,
+    "MAX_JPEG_SCANS": 256,
+    "MAX_BUFFER_BYTES": 768 << 20,
+    "MAX_LAYERS": 4096,
+    "MAX_ROUTE_SOURCES": 1024,
+    "MAX_ANCHORS": 1 << 16,
+    "MAX_TENSOR_ELEMENTS": 1 << 26,
+    "MAX_NODE_WORK": 1 << 34,
+    "MAX_BOXES": 1024,
+}
+
+
+def refresh() -> None:
+    """Read the DL_SERVER_* settings of this run. The component's modules are imported when
+    componentize-py builds it (their import-time environment is the build's), so each run
+    reads its own environment here; modules use them as `limits.MAX_...`."""
+    for name, default in DEFAULTS.items():
+        globals()[name] = _setting(name, default)
 
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1

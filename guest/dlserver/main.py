@@ -6,6 +6,7 @@ problem).
 
 import sys
 
+from . import buffers, limits
 from .argv import Argv, read_args_file
 from .commands import aggregation, classifier, detector
 from .errors import DLServerError, printable
@@ -29,6 +30,8 @@ def main(args: list[str] | None = None) -> int:
         args = sys.argv
     status = 0
     try:
+        limits.refresh()
+        buffers.reset_budget()
         if len(args) < 2:
             args = read_args_file()
         run(args)

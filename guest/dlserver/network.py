@@ -3,7 +3,8 @@
 import sys
 from typing import Any
 
-from .buffers import BufferLimitError
+from . import limits
+from .buffers import BufferLimitError, release_scratch
 from .config import Options, read_cfg
 from .errors import DLServerError
 from .layers.activation import ActivationLayer
@@ -33,7 +34,7 @@ from .layers.shortcut import ShortcutLayer
 from .layers.softmax import SoftmaxLayer
 from .layers.upsample import UpsampleLayer
 from .layers.yolo import YoloLayer
-from .limits import MAX_LAYERS, check
+from .limits import check
 from .rng import Random, f32
 from .schedule import learning_rate
 
@@ -263,6 +264,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
     weights file will overwrite them). With `batch`, buffers are sized for batch*time_steps and
     not the cfg's training batch/subdivisions*time_steps (inference commands then set the
     batch they use, without allocating the cfg's batch first, as Darknet does)."""
+    release_scratch()  # sized anew for this network, not the largest one seen in this process
     sections = read_cfg(cfg_path)
     first = sections[0]
     if first.name not in ("[net]", "[network]"):
@@ -275,7 +277,7 @@ def parse_network_cfg(cfg_path: str, init_rng: Random | None = None, batch: int 
         net.batch = batch * net.time_steps
     if len(sections) < 2:
         raise DLServerError(f"{cfg_path}: network has no layers")
-    check(cfg_path, "layers", len(sections) - 1, MAX_LAYERS, "MAX_LAYERS")
+    check(cfg_path, "layers", len(sections) - 1, limits.MAX_LAYERS, "MAX_LAYERS")
     err = sys.stderr
     err.write("layer     filters    size              input                output\n")
     h, w, c, inputs = net.h, net.w, net.c, net.inputs

@@ -16,6 +16,7 @@ Unlike Darknet, no `data/labels/*.png` glyph files are read: the label font is b
 import sys
 import time
 
+from .. import limits
 from ..boxes import do_nms_sort, get_network_boxes
 from ..buffers import allow_for_weights
 from ..config import read_data_cfg, read_list
@@ -26,7 +27,7 @@ from ..image.ops import letterbox_image
 from ..layers.detection import DetectionLayer
 from ..layers.region import RegionLayer
 from ..layers.yolo import YoloLayer
-from ..limits import MAX_BOXES, check
+from ..limits import check
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
@@ -155,11 +156,11 @@ def test_detector(
         f"{filename}",
         f"detect -thresh {thresh:g}: boxes over the threshold",
         candidates,
-        MAX_BOXES,
+        limits.MAX_BOXES,
         "MAX_BOXES",
     )
     dets = do_nms_sort(dets, classes, NMS)
     labels = sum(1 for d in dets for p in d.prob if p > thresh)
-    check(f"{filename}", f"detect -thresh {thresh:g}: labels to draw", labels, MAX_BOXES, "MAX_BOXES")
+    check(f"{filename}", f"detect -thresh {thresh:g}: labels to draw", labels, limits.MAX_BOXES, "MAX_BOXES")
     draw_detections(im, dets, thresh, names, classes, out)
     save_image(im, outfile if outfile is not None else "predictions")

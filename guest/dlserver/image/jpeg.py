@@ -50,10 +50,9 @@ pixel bytes.
 
 from array import array
 
-from .. import kernels
+from .. import kernels, limits
 from ..errors import DLServerError
 from ..kernels import JpegColour
-from ..limits import MAX_JPEG_SCANS, MAX_PIXELS
 
 
 class JPEGError(DLServerError):
@@ -230,9 +229,9 @@ def decode_jpeg(data) -> tuple:
         elif code == 0xDA:
             if frame is None:
                 raise JPEGError("missing SOF before the first SOS")
-            if scans >= MAX_JPEG_SCANS:
+            if scans >= limits.MAX_JPEG_SCANS:
                 raise JPEGError(
-                    f"too many scans (more than {MAX_JPEG_SCANS}; DL_SERVER_MAX_JPEG_SCANS raises it)"
+                    f"too many scans (more than {limits.MAX_JPEG_SCANS}; DL_SERVER_MAX_JPEG_SCANS raises it)"
                 )
             if coeffs is None:
                 coeffs = bytearray(2 * sum(c.cw * c.ch * 64 for c in comps))
@@ -348,9 +347,9 @@ def _parse_sof(code: int, body: bytes):
         raise JPEGError(f"bad SOF ({nf} components)")
     if len(body) != 6 + 3 * nf:
         raise JPEGError(f"bad SOF (length {len(body) + 2} for {nf} components)")
-    if width * height > MAX_PIXELS:
+    if width * height > limits.MAX_PIXELS:
         raise JPEGError(
-            f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels,"
+            f"image too large ({width} x {height}; at most {limits.MAX_PIXELS} pixels,"
             " DL_SERVER_MAX_PIXELS raises it)"
         )
     comps: list[_Component] = []

@@ -33,12 +33,11 @@ prefix `<path>: `.
 import zlib
 from struct import unpack_from
 
-from .. import kernels
+from .. import kernels, limits
 from ..errors import DLServerError
-from ..limits import MAX_PIXELS
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# width * height above MAX_PIXELS (limits.py) is refused before allocating
+# width * height above limits.MAX_PIXELS (limits.py) is refused before allocating
 MAX_SIDE = 1 << 24  # stb's limit on each side
 
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -230,9 +229,10 @@ def _check_ihdr(width, height, depth, colour, compression, filtering, interlace)
         raise PNGError(f"bad IHDR (interlace method {interlace})")
     if not width or not height:
         raise PNGError(f"bad IHDR (image size {width} x {height})")
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > limits.MAX_PIXELS:
         raise PNGError(
-            f"image too large ({width} x {height}; at most {MAX_PIXELS} pixels and {MAX_SIDE} per side,"
+            f"image too large ({width} x {height}; at most {limits.MAX_PIXELS} pixels"
+            f" and {MAX_SIDE} per side,"
             " DL_SERVER_MAX_PIXELS raises it)"
         )
 

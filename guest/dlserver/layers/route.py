@@ -7,10 +7,10 @@ w and h, else 0 x 0 x 0 (as Darknet; a following convolutional layer then refuse
 backward: each slice of delta is added into its source's delta.
 """
 
-from .. import kernels
+from .. import kernels, limits
 from ..buffers import view
 from ..errors import DLServerError
-from ..limits import MAX_ROUTE_SOURCES, check
+from ..limits import check
 from .base import Layer, earlier_layer
 
 
@@ -26,7 +26,7 @@ class RouteLayer(Layer):
             raise DLServerError(f"{where}: route layer must specify input layers (layers=...)")
         self.input_layers = []
         items = text.split(",")
-        check(where, "route sources", len(items), MAX_ROUTE_SOURCES, "MAX_ROUTE_SOURCES")
+        check(where, "route sources", len(items), limits.MAX_ROUTE_SOURCES, "MAX_ROUTE_SOURCES")
         for item in items:
             context = f"{where}: layers={text}"
             self.input_layers.append(earlier_layer(item, index, context, f"'{item}' is not a layer index"))

@@ -23,11 +23,11 @@ import math
 import sys
 from array import array
 
-from .. import kernels
+from .. import kernels, limits
 from ..buffers import from_values, view
 from ..errors import DLServerError
 from ..kernels import Activation
-from ..limits import MAX_ANCHORS, check
+from ..limits import check
 from ..rng import f32
 from .base import Layer
 
@@ -48,7 +48,7 @@ class YoloLayer(Layer):
         self.total = options.find_int("num", 1)
         if self.classes < 0 or self.total < 1:
             raise DLServerError(f"{where}: yolo needs classes >= 0 and num >= 1")
-        check(where, "yolo num", self.total, MAX_ANCHORS, "MAX_ANCHORS")
+        check(where, "yolo num", self.total, limits.MAX_ANCHORS, "MAX_ANCHORS")
         mask = options.find_list("mask", int)
         self.mask = mask if mask is not None else list(range(self.total))
         for m in self.mask:

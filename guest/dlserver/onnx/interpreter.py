@@ -22,9 +22,8 @@ from array import array
 from itertools import product, repeat
 from operator import add, mul, sub, truediv
 
-from .. import kernels
+from .. import kernels, limits
 from ..kernels import Activation
-from ..limits import MAX_NODE_WORK, MAX_TENSOR_ELEMENTS
 from . import model as om
 
 TYPECODES = {
@@ -66,19 +65,20 @@ def numel(shape) -> int:
     return n
 
 
-MAX_COMPUTED_ELEMENTS = 2 * MAX_TENSOR_ELEMENTS  # all values a graph run computes
+MAX_COMPUTED_ELEMENTS = 2 * limits.MAX_TENSOR_ELEMENTS  # all values a graph run computes
 
 
 def check_size(elements: int, work: int = 0) -> None:
     """Refuse a node whose output elements or multiply-adds pass the limits, before it runs."""
-    if elements > MAX_TENSOR_ELEMENTS:
+    if elements > limits.MAX_TENSOR_ELEMENTS:
         raise OpError(
-            f"a value of {elements} elements is over the limit {MAX_TENSOR_ELEMENTS}"
+            f"a value of {elements} elements is over the limit {limits.MAX_TENSOR_ELEMENTS}"
             " (DL_SERVER_MAX_TENSOR_ELEMENTS raises it)"
         )
-    if work > MAX_NODE_WORK:
+    if work > limits.MAX_NODE_WORK:
         raise OpError(
-            f"{work} multiply-adds are over the limit {MAX_NODE_WORK} (DL_SERVER_MAX_NODE_WORK raises it)"
+            f"{work} multiply-adds are over the limit {limits.MAX_NODE_WORK}"
+            " (DL_SERVER_MAX_NODE_WORK raises it)"
         )
 
 
