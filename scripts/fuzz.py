@@ -202,6 +202,7 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, help="corpus directory (default build/fuzz/corpus/TARGET)")
     args = parser.parse_args()
     out_dir = ROOT / "build" / "fuzz"
+    out_dir.mkdir(parents=True, exist_ok=True)  # crash files go there (libFuzzer needs it to exist)
     corpus = args.corpus or out_dir / "corpus" / args.target
     corpus.mkdir(parents=True, exist_ok=True)
     top = Path(tempfile.mkdtemp(prefix="dl-server-fuzz-"))
