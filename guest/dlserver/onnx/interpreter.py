@@ -107,7 +107,17 @@ def _ints(v: Value, what: str) -> list[int]:
     return list(v.data)
 
 
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool | int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
 def _axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not isinstance(axis, int):
+        raise OpError(f"{what} must be an integer, got {type(axis).__name__}")
     a = axis + rank if axis < 0 else axis
     if not 0 <= a < rank:
         raise OpError(f"{what} {axis} out of range for rank {rank}")
@@ -134,8 +144,15 @@ class Node:
         return f"node {self.index}{name} ({self.op_type})"
 
     def attr(self, name: str, default=None):
+        """The attribute's value; with a default, it must be of the default's kind (int,
+        float, list, text): a model may carry any type under any name."""
         a = self.attrs.get(name)
-        return default if a is None else a.value()
+        if a is None:
+            return default
+        value = a.value()
+        if default is not None and not _same_kind(value, default):
+            raise OpError(f"attribute {name} has the wrong type ({type(value).__name__})")
+        return value
 
 
 # Broadcasting and element-wise operators ---------------------------------------------------
