@@ -191,3 +191,51 @@ def write_band_dataset(workdir: Path) -> Path:
         "names=data/labels.list\ntop=2\n"
     )
     return workdir
+
+
+TRAIN_BAND_ARGS = ("classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3")
+PREDICT_BAND_ARGS = (
+    "classifier",
+    "predict",
+    "cfg/p.dataset",
+    "cfg/p.cfg",
+    "model/p.weights",
+    "data/p/p_000_c0.png",
+)
+
+
+def train_then_predict_band(capsys, batches: int) -> str:
+    """Train cfg/p.cfg on write_band_dataset's images natively (DL_SERVER_CLOCK=0 set by the
+    caller), check `batches` finite losses, then predict one image and check its top 2; the
+    training run's stderr (the layer table) is returned."""
+    import math
+
+    from dlserver.main import main
+    from dlserver_host.darknet_output import TRAIN_LINE
+
+    assert main(["dl-server", *TRAIN_BAND_ARGS]) == 0
+    out, err = capsys.readouterr()
+    losses = [float(m.group(3)) for m in map(TRAIN_LINE.match, out.splitlines()) if m]
+    assert len(losses) == batches and all(map(math.isfinite, losses)), out
+    assert main(["dl-server", *PREDICT_BAND_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "%:" in line]) == 2, out
+    return err
+
+
+def assert_component_trains_as_native(workdir: Path, capsys, args, weights: str) -> None:
+    """The same seeded training run natively and in dl-server.wasm prints the same lines (but
+    the seconds: the component's clock runs) and writes the same weights file."""
+    import re
+
+    from dlserver.main import main
+
+    assert main(["dl-server", *args]) == 0
+    native_out = capsys.readouterr().out
+    native = (workdir / weights).read_bytes()
+    (workdir / weights).unlink()
+    run = run_wasmtime(workdir, *args)
+    assert run.returncode == 0, run.stderr
+    seconds = re.compile(r", [0-9.]+ seconds,")
+    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
+    assert (workdir / weights).read_bytes() == native

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_band_dataset
+from conftest import (
+    TRAIN_BAND_ARGS,
+    assert_component_trains_as_native,
+    train_then_predict_band,
+    write_band_dataset,
+)
 from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
@@ -596,36 +601,13 @@ def bn_patterns(workdir):
 
 
 def test_bn_classifier_trains_and_predicts(bn_patterns, capsys, monkeypatch):
-    from dlserver.main import main
-    from dlserver_host.darknet_output import TRAIN_LINE
-
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
-    assert main(["dl-server", "classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]) == 0
-    out, err = capsys.readouterr()
-    assert "Batch Normalization Layer" in err
-    losses = [float(m.group(3)) for m in map(TRAIN_LINE.match, out.splitlines()) if m]
-    assert len(losses) == 12 and all(np.isfinite(losses))
-    args = ["classifier", "predict", "cfg/p.dataset", "cfg/p.cfg", "model/p.weights", "data/p/p_000_c0.png"]
-    assert main(["dl-server", *args]) == 0
-    out, err = capsys.readouterr()
-    assert len([line for line in out.splitlines() if "%:" in line]) == 2, out
+    assert "Batch Normalization Layer" in train_then_predict_band(capsys, batches=12)
 
 
 @pytest.mark.component
 def test_bn_training_in_component_equals_native(component, bn_patterns, capsys, monkeypatch):
     """The same seeded training of the BN cfg in dl-server.wasm writes the same weights and lines
     (batch statistics, sqrt and pow of wasi-libc against the native build's libm)."""
-    from conftest import run_wasmtime
-    from dlserver.main import main
-
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
-    args = ["classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]
-    assert main(["dl-server", *args]) == 0
-    native_out = capsys.readouterr().out
-    native = (bn_patterns / "model" / "p.weights").read_bytes()
-    (bn_patterns / "model" / "p.weights").unlink()
-    run = run_wasmtime(bn_patterns, *args)
-    assert run.returncode == 0, run.stderr
-    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
-    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
-    assert (bn_patterns / "model" / "p.weights").read_bytes() == native
+    assert_component_trains_as_native(bn_patterns, capsys, TRAIN_BAND_ARGS, "model/p.weights")

@@ -549,6 +549,17 @@ def predict_ours(cfg: Path, weights: Path, x: np.ndarray):
     return net
 
 
+def predict_both(tmp_path: Path, capsys, cfg: Path, weights: Path, x: np.ndarray, boxes=None):
+    """Our network after predicting x, Darknet's per-layer outputs and its boxes; the two layer
+    tables (and default messages) are checked equal, byte for byte."""
+    table: list[str] = []
+    theirs, their_dets = run_oracle(tmp_path, cfg, weights, x, boxes, table)
+    capsys.readouterr()
+    net = predict_ours(cfg, weights, x)
+    assert layer_table(capsys.readouterr().err) == table
+    return net, theirs, their_dets
+
+
 @needs_darknet
 def test_hand_cfg_layers_match_debians_darknet(tmp_path, capsys):
     """crop (centre), local, reorg (plain, reverse, flatten, extra), softmax groups + temperature.
@@ -558,11 +569,7 @@ def test_hand_cfg_layers_match_debians_darknet(tmp_path, capsys):
     cfg.write_text(HAND_CFG)
     weights = oracle_weights(tmp_path, cfg, 11)
     x = np.random.default_rng(5).random(16 * 14 * 3).astype(f32)
-    table: list[str] = []
-    theirs, _ = run_oracle(tmp_path, cfg, weights, x, table=table)
-    capsys.readouterr()
-    net = predict_ours(cfg, weights, x)
-    assert layer_table(capsys.readouterr().err) == table  # lines and default messages, byte for byte
+    net, theirs, _ = predict_both(tmp_path, capsys, cfg, weights, x)
     compare_layers(net, theirs, exact_kinds=("crop", "convolutional", "reorg"))
 
 
@@ -589,11 +596,7 @@ def test_detectors_match_debians_darknet(tmp_path, capsys, name, size, thresh, g
     weights = oracle_weights(tmp_path, cfg, 21, last_conv_bias(bias, gain))
     x = np.random.default_rng(6).random(size * size * 3).astype(f32)
     im_w, im_h = 200, 150
-    table: list[str] = []
-    theirs, their_dets = run_oracle(tmp_path, cfg, weights, x, (im_w, im_h, thresh), table)
-    capsys.readouterr()
-    net = predict_ours(cfg, weights, x)
-    assert layer_table(capsys.readouterr().err) == table
+    net, theirs, their_dets = predict_both(tmp_path, capsys, cfg, weights, x, (im_w, im_h, thresh))
     compare_layers(net, theirs, exact)
     classes = net.layers[-1].classes
     dets = do_nms_sort(get_network_boxes(net, im_w, im_h, thresh), classes, 0.45)
@@ -1063,10 +1066,6 @@ def test_vgg16_with_its_crop_matches_debians_darknet(tmp_path, capsys):
     cfg.write_text(text)
     weights = oracle_weights(tmp_path, cfg, 51)
     x = np.random.default_rng(11).random(40 * 40 * 3).astype(f32)
-    table: list[str] = []
-    theirs, _ = run_oracle(tmp_path, cfg, weights, x, table=table)
-    capsys.readouterr()
-    net = predict_ours(cfg, weights, x)
-    assert layer_table(capsys.readouterr().err) == table
+    net, theirs, _ = predict_both(tmp_path, capsys, cfg, weights, x)
     assert net.layers[0].kind == "crop"
     compare_layers(net, theirs, exact_kinds=("crop", "convolutional", "maxpool"))

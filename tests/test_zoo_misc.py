@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import write_band_dataset
+from conftest import (
+    TRAIN_BAND_ARGS,
+    assert_component_trains_as_native,
+    train_then_predict_band,
+    write_band_dataset,
+)
 from darknet_oracle import DARKNET_CFGS, build_harness, needs_darknet
 from dlserver import kernels
 from dlserver.errors import DLServerError
@@ -1008,36 +1013,13 @@ def patterns(workdir):
 
 
 def test_classifier_with_the_new_layers_trains_and_predicts(patterns, capsys, monkeypatch):
-    from dlserver.main import main
-    from dlserver_host.darknet_output import TRAIN_LINE
-
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
-    assert main(["dl-server", "classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]) == 0
-    out, err = capsys.readouterr()
+    err = train_then_predict_band(capsys, batches=8)
     assert "deconv" in err and "Local Response Normalization Layer" in err and "Activation Layer" in err
-    losses = [float(m.group(3)) for m in map(TRAIN_LINE.match, out.splitlines()) if m]
-    assert len(losses) == 8 and all(np.isfinite(losses))
-    args = ["classifier", "predict", "cfg/p.dataset", "cfg/p.cfg", "model/p.weights", "data/p/p_000_c0.png"]
-    assert main(["dl-server", *args]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if "%:" in line]) == 2
 
 
 @pytest.mark.component
 def test_new_layers_training_in_component_equals_native(component, patterns, capsys, monkeypatch):
     """The same seeded training run in dl-server.wasm writes the same weights and lines."""
-    import re
-
-    from conftest import run_wasmtime
-    from dlserver.main import main
-
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
-    args = ["classifier", "train", "cfg/p.dataset", "cfg/p.cfg", "-seed", "3"]
-    assert main(["dl-server", *args]) == 0
-    native_out = capsys.readouterr().out
-    native = (patterns / "model" / "p.weights").read_bytes()
-    (patterns / "model" / "p.weights").unlink()
-    run = run_wasmtime(patterns, *args)
-    assert run.returncode == 0, run.stderr
-    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
-    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
-    assert (patterns / "model" / "p.weights").read_bytes() == native
+    assert_component_trains_as_native(patterns, capsys, TRAIN_BAND_ARGS, "model/p.weights")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import run_wasmtime
+from conftest import assert_component_trains_as_native
 from darknet_oracle import DARKNET_CFGS, build_harness
 from dlserver import kernels
 from dlserver.config import Options
@@ -57,11 +57,11 @@ def test_recurrent_kernels_match_numpy():
     kernels.rnn_mult_add(n, floats(a), floats(b), m)
     assert as_np(m).tobytes() == (x + a * b).tobytes()
     t = floats(a)
-    kernels.rnn_tanh(t, n)
+    kernels.activate(t, n, kernels.Activation.TANH)
     e = np.exp((2 * a).astype(np.float64))
     assert as_np(t).tobytes() == ((e - 1) / (e + 1)).astype(f32).tobytes()
     g = floats(x)
-    kernels.rnn_tanh_gradient(as_np(t), n, g)
+    kernels.gradient(as_np(t), n, kernels.Activation.TANH, g)
     assert as_np(g).tobytes() == (x * (f32(1) - as_np(t) * as_np(t))).tobytes()
     with pytest.raises(ValueError):
         kernels.rnn_mul(n, floats(a[:-1]), y)
@@ -554,15 +554,5 @@ def test_recurrent_classifier_trains_and_predicts(sequences, capsys, monkeypatch
 @pytest.mark.component
 def test_recurrent_training_in_component_equals_native(component, sequences, capsys, monkeypatch):
     """The same seeded training run in dl-server.wasm writes the same weights and lines."""
-    from dlserver.main import main
-
     monkeypatch.setenv("DL_SERVER_CLOCK", "0")
-    assert main(["dl-server", *TRAIN_ARGS]) == 0
-    native_out = capsys.readouterr().out
-    native = (sequences / "model" / "s.weights").read_bytes()
-    (sequences / "model" / "s.weights").unlink()
-    run = run_wasmtime(sequences, *TRAIN_ARGS)
-    assert run.returncode == 0, run.stderr
-    seconds = re.compile(r", [0-9.]+ seconds,")  # the component's clock runs
-    assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
-    assert (sequences / "model" / "s.weights").read_bytes() == native
+    assert_component_trains_as_native(sequences, capsys, TRAIN_ARGS, "model/s.weights")

@@ -173,9 +173,6 @@ rnn_weighted_delta: Callable[
 ] = _dlk.rnn_weighted_delta
 # rnn_mult_add(n, a, b, c): c += a*b
 rnn_mult_add: Callable[[int, Floats, Floats, Floats], None] = _dlk.rnn_mult_add
-# rnn_tanh(x, n): Darknet's tanh; rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y
-rnn_tanh: Callable[[Floats, int], None] = _dlk.rnn_tanh
-rnn_tanh_gradient: Callable[[Floats, int, Floats], None] = _dlk.rnn_tanh_gradient
 # ------------------------------------------------------------------ detection family (region.c, local.c)
 # reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu
 #   (forward: out[o] = x[in], else out[in] = x[o])

@@ -470,12 +470,6 @@ def rnn_weighted_delta(
 def rnn_mult_add(n: int, a: Buffer, b: Buffer, c: Buffer, /) -> None:
     """c += a*b"""
 
-def rnn_tanh(x: Buffer, n: int, /) -> None:
-    """x = (exp(2x) - 1) / (exp(2x) + 1) (Darknet's tanh)"""
-
-def rnn_tanh_gradient(y: Buffer, n: int, delta: Buffer, /) -> None:
-    """delta *= 1 - y*y"""
-
 # ------------------------------------------------------------------ region.c, local.c (detection family)
 
 def reorg(x: Buffer, w: int, h: int, c: int, batch: int, stride: int, forward: bool, out: Buffer, /) -> None:

@@ -1438,28 +1438,6 @@ static PyObject *py_rnn_mult_add(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
-static PyObject *py_rnn_tanh(PyObject *self, PyObject *args)
-{
-    Py_buffer x;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "w*n", &x, &n)) return NULL;
-    int ok = NEED_F(x, n, "rnn_tanh x");
-    if (ok) dlk_rnn_tanh(F32(x), n);
-    RELEASE(&x);
-    return none_if(ok);
-}
-
-static PyObject *py_rnn_tanh_gradient(PyObject *self, PyObject *args)
-{
-    Py_buffer y, delta;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "y*nw*", &y, &n, &delta)) return NULL;
-    int ok = NEED_F(y, n, "rnn_tanh_gradient y") && NEED_F(delta, n, "rnn_tanh_gradient delta");
-    if (ok) dlk_rnn_tanh_gradient(F32(y), n, F32(delta));
-    RELEASE(&y, &delta);
-    return none_if(ok);
-}
-
 /* ------------------------------------------------------------------ robust.c */
 
 /* The float32 buffers of a list of n >= 1 models' tensors, each holding at least len floats:
@@ -1695,8 +1673,6 @@ static PyMethodDef dlk_methods[] = {
     {"rnn_weighted_delta", py_rnn_weighted_delta, METH_VARARGS,
      "rnn_weighted_delta(n, a, b, s, da|None, db|None, ds, dc): the deltas of weighted_sum"},
     {"rnn_mult_add", py_rnn_mult_add, METH_VARARGS, "rnn_mult_add(n, a, b, c): c += a*b"},
-    {"rnn_tanh", py_rnn_tanh, METH_VARARGS, "rnn_tanh(x, n): Darknet's tanh"},
-    {"rnn_tanh_gradient", py_rnn_tanh_gradient, METH_VARARGS, "rnn_tanh_gradient(y, n, delta): delta *= 1 - y*y"},
     {"reorg", py_reorg, METH_VARARGS, "reorg(x, w, h, c, batch, stride, forward, out): Darknet reorg_cpu"},
     {"flatten", py_flatten, METH_VARARGS, "flatten(x, size, layers, batch, forward, out): Darknet flatten"},
     {"crop", py_crop, METH_VARARGS, "crop(in, batch, c, h, w, out_h, out_w, dh, dw, flip, scale, trans, out)"},

@@ -21,8 +21,7 @@
  *   jpeg.c       jpeg_decode_scan, jpeg_idct, jpeg_color, jpeg_encode_scan
  *   io.c         read_file
  *   batchnorm.c  batchnorm_forward_train, batchnorm_backward (training statistics and deltas)
- *   recurrent.c  rnn_mul, rnn_weighted_sum, rnn_weighted_delta, rnn_mult_add,
- *                rnn_tanh, rnn_tanh_gradient
+ *   recurrent.c  rnn_mul, rnn_weighted_sum, rnn_weighted_delta, rnn_mult_add
  *   activation.h the activations and their derivatives (one enum, act, grad)
  *   rand.h       musl's rand() step
  *   simd.h       4-lane vectors
@@ -267,8 +266,6 @@ void dlk_rnn_weighted_sum(ptrdiff_t n, const float *a, const float *b, const flo
 void dlk_rnn_weighted_delta(ptrdiff_t n, const float *a, const float *b, const float *s, float *da, float *db,
                             float *ds, const float *dc);
 void dlk_rnn_mult_add(ptrdiff_t n, const float *a, const float *b, float *c);
-void dlk_rnn_tanh(float *x, ptrdiff_t n);
-void dlk_rnn_tanh_gradient(const float *y, ptrdiff_t n, float *delta);
 
 /* ------------------------------------------------------------------ robust.c */
 

@@ -1,15 +1,12 @@
 /* Elementwise steps of the recurrent layers (Darknet rnn/gru/lstm layers: blas.c mul_cpu,
- * weighted_sum_cpu, weighted_delta_cpu; activations.h tanh), each element with its own float
+ * weighted_sum_cpu, weighted_delta_cpu), each element with its own float
  * operations in this order:
  *
  *   mul:            y[i] *= x[i]
  *   weighted_sum:   c[i] = s[i]*a[i] + (1 - s[i])*b[i]
  *   weighted_delta: da[i] += dc[i]*s[i];  db[i] += dc[i]*(1 - s[i]);  ds[i] += dc[i]*(a[i] - b[i])
  *   mult_add:       c[i] += a[i]*b[i]   (Darknet mult_add_into)
- *   tanh:           x[i] = f32((exp(2x) - 1) / (exp(2x) + 1)), 2x in float, exp and the quotient
- *                   in double (Darknet's tanh_activate)
- *   tanh_gradient:  delta[i] *= 1 - y[i]*y[i]       (y: the activated output) */
-#include <math.h>
+ * (tanh and its gradient are activation.h's, through activate/gradient.) */
 #include "kernels.h"
 
 void dlk_rnn_mul(ptrdiff_t n, const float *x, float *y)
@@ -35,17 +32,4 @@ void dlk_rnn_weighted_delta(ptrdiff_t n, const float *a, const float *b, const f
 void dlk_rnn_mult_add(ptrdiff_t n, const float *a, const float *b, float *c)
 {
     for (ptrdiff_t i = 0; i < n; ++i) c[i] += a[i] * b[i];
-}
-
-void dlk_rnn_tanh(float *x, ptrdiff_t n)
-{
-    for (ptrdiff_t i = 0; i < n; ++i) {
-        double e = exp((double)(2 * x[i]));
-        x[i] = (float)((e - 1) / (e + 1));
-    }
-}
-
-void dlk_rnn_tanh_gradient(const float *y, ptrdiff_t n, float *delta)
-{
-    for (ptrdiff_t i = 0; i < n; ++i) delta[i] *= 1 - y[i] * y[i];
 }

@@ -154,6 +154,12 @@ class WeightedLayer(Layer):
         )
 
 
+def window(layer) -> tuple:
+    """(batch, c, h, w, size, stride, pad) of a windowed layer (local, maxpool), in the order the
+    kernels take them."""
+    return (layer.batch, layer.c, layer.h, layer.w, layer.size, layer.stride, layer.pad)
+
+
 def earlier_layer(item: str, index: int, context: str, not_index: str) -> int:
     """The index of the layer that `item` names for layer `index` (negative: counted back from it),
     which must be an earlier layer; errors start with `context` ("cfg:line: key=value")."""

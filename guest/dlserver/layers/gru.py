@@ -24,9 +24,10 @@ moves a GRU's weights and no delta reaches the layers below it.
 
 from .. import kernels
 from ..buffers import view, zeros
-from ..errors import DLServerError
 from ..kernels import Activation
 from .recurrent import RecurrentLayer, copy
+
+TANH = Activation.TANH
 
 
 class GruLayer(RecurrentLayer):
@@ -34,20 +35,10 @@ class GruLayer(RecurrentLayer):
 
     def __init__(self, options, batch, h, w, c, inputs, net=None, index=0):
         super().__init__(options, batch, h, w, c, inputs, net=net, index=index)
-        outputs = options.find_int("output", 1)
-        if outputs < 1:
-            raise DLServerError(f"{self.where}: gru output={outputs}: must be at least 1")
-        if inputs < 1:
-            raise DLServerError(f"{self.where}: gru layer has no inputs")
-        rows = self.batch * self.steps
-        self.check_size(3 * inputs * outputs + 3 * outputs * outputs + 14 * rows * outputs, "gru layer")
-        self.outputs = outputs
-        self.uz = self.connected(options, inputs, outputs, "linear")
-        self.wz = self.connected(options, outputs, outputs, "linear")
-        self.ur = self.connected(options, inputs, outputs, "linear")
-        self.wr = self.connected(options, outputs, outputs, "linear")
-        self.uh = self.connected(options, inputs, outputs, "linear")
-        self.wh = self.connected(options, outputs, outputs, "linear")
+        self.outputs = outputs = self.gate_outputs(options, inputs, gates=3, row_buffers=14)
+        self.uz, self.wz, self.ur, self.wr, self.uh, self.wh = self.linear_sublayers(
+            options, inputs, outputs, "uwuwuw"
+        )
         self.file_order = [self.wz, self.wr, self.wh, self.uz, self.ur, self.uh]
         self.tanh = 0
         self.allocate()
@@ -76,7 +67,7 @@ class GruLayer(RecurrentLayer):
         copy(n, self.uh.output, self.h_cpu)
         kernels.axpy(n, 1.0, self.wh.output, self.h_cpu)
         if self.tanh:
-            kernels.rnn_tanh(self.h_cpu, n)
+            kernels.activate(self.h_cpu, n, TANH)
         else:
             kernels.activate(self.h_cpu, n, Activation.LOGISTIC)
 
@@ -128,7 +119,7 @@ class GruLayer(RecurrentLayer):
             uh, uz = self.uh.delta, self.uz.delta
             kernels.rnn_weighted_delta(n, state, self.h_cpu, self.z, earlier, uh, uz, delta)
             if self.tanh:
-                kernels.rnn_tanh_gradient(self.h_cpu, n, self.uh.delta)
+                kernels.gradient(self.h_cpu, n, TANH, self.uh.delta)
             else:
                 kernels.gradient(self.h_cpu, n, Activation.LOGISTIC, self.uh.delta)
             copy(n, self.uh.delta, self.wh.delta)

@@ -22,7 +22,7 @@ from .. import kernels
 from ..buffers import reserve_scratch, zeros
 from ..errors import DLServerError
 from ..rng import f32
-from .base import WeightedLayer, parse_activation
+from .base import WeightedLayer, parse_activation, window
 
 MAX_WEIGHTS = 1 << 28  # floats (1 GiB): YOLOv1's local layer has 115.6 M
 
@@ -82,13 +82,7 @@ class LocalLayer(WeightedLayer):
     def forward(self, net, input_buf, train):
         kernels.local_forward(
             input_buf,
-            self.batch,
-            self.c,
-            self.h,
-            self.w,
-            self.size,
-            self.stride,
-            self.pad,
+            *window(self),
             self.n,
             self.weights,
             self.biases,
@@ -101,13 +95,7 @@ class LocalLayer(WeightedLayer):
         kernels.gradient(self.output, self.batch * self.outputs, self.activation, self.delta)
         kernels.local_backward(
             input_buf,
-            self.batch,
-            self.c,
-            self.h,
-            self.w,
-            self.size,
-            self.stride,
-            self.pad,
+            *window(self),
             self.n,
             self.weights,
             self.delta,

@@ -26,11 +26,11 @@ carry dc over from the previous batch).
 
 from .. import kernels
 from ..buffers import view, zeros
-from ..errors import DLServerError
 from ..kernels import Activation
 from .recurrent import RecurrentLayer, copy
 
 LOGISTIC = Activation.LOGISTIC
+TANH = Activation.TANH
 
 
 class LstmLayer(RecurrentLayer):
@@ -38,22 +38,9 @@ class LstmLayer(RecurrentLayer):
 
     def __init__(self, options, batch, h, w, c, inputs, net=None, index=0):
         super().__init__(options, batch, h, w, c, inputs, net=net, index=index)
-        outputs = options.find_int("output", 1)
-        if outputs < 1:
-            raise DLServerError(f"{self.where}: lstm output={outputs}: must be at least 1")
-        if inputs < 1:
-            raise DLServerError(f"{self.where}: lstm layer has no inputs")
-        rows = self.batch * self.steps
-        self.check_size(4 * inputs * outputs + 4 * outputs * outputs + 20 * rows * outputs, "lstm layer")
-        self.outputs = outputs
-        self.uf = self.connected(options, inputs, outputs, "linear")
-        self.ui = self.connected(options, inputs, outputs, "linear")
-        self.ug = self.connected(options, inputs, outputs, "linear")
-        self.uo = self.connected(options, inputs, outputs, "linear")
-        self.wf = self.connected(options, outputs, outputs, "linear")
-        self.wi = self.connected(options, outputs, outputs, "linear")
-        self.wg = self.connected(options, outputs, outputs, "linear")
-        self.wo = self.connected(options, outputs, outputs, "linear")
+        self.outputs = outputs = self.gate_outputs(options, inputs, gates=4, row_buffers=20)
+        sublayers = self.linear_sublayers(options, inputs, outputs, "uuuuwwww")
+        self.uf, self.ui, self.ug, self.uo, self.wf, self.wi, self.wg, self.wo = sublayers
         self.file_order = [self.wi, self.wf, self.wo, self.wg, self.ui, self.uf, self.uo, self.ug]
         self.allocate()
 
@@ -81,7 +68,7 @@ class LstmLayer(RecurrentLayer):
             kernels.axpy(n, 1.0, u.output, gate)
         for gate in (self.f, self.i):
             kernels.activate(gate, n, LOGISTIC)
-        kernels.rnn_tanh(self.g, n)
+        kernels.activate(self.g, n, TANH)
         kernels.activate(self.o, n, LOGISTIC)
 
     def forward(self, net, input_buf, train):
@@ -106,7 +93,7 @@ class LstmLayer(RecurrentLayer):
             kernels.rnn_mul(n, self.f, self.c_cpu)
             kernels.axpy(n, 1.0, self.temp, self.c_cpu)
             copy(n, self.c_cpu, self.h_cpu)
-            kernels.rnn_tanh(self.h_cpu, n)
+            kernels.activate(self.h_cpu, n, TANH)
             kernels.rnn_mul(n, self.o, self.h_cpu)
             copy(n, self.c_cpu, view(self.cell, t * n, n))
             copy(n, self.h_cpu, view(self.output, t * n, n))
@@ -130,21 +117,21 @@ class LstmLayer(RecurrentLayer):
             self._gates(n)
             copy(n, view(self.delta, t * n, n), temp3)
             copy(n, c, temp)
-            kernels.rnn_tanh(temp, n)
+            kernels.activate(temp, n, TANH)
             copy(n, temp3, temp2)
             kernels.rnn_mul(n, self.o, temp2)
-            kernels.rnn_tanh_gradient(temp, n, temp2)
+            kernels.gradient(temp, n, TANH, temp2)
             kernels.axpy(n, 1.0, dc, temp2)
 
             copy(n, c, temp)
-            kernels.rnn_tanh(temp, n)
+            kernels.activate(temp, n, TANH)
             kernels.rnn_mul(n, temp3, temp)
             kernels.gradient(self.o, n, LOGISTIC, temp)
             self._backward_pair(net, self.wo, self.uo, temp, prev_state, dh, input_buf, prev_delta, t)
 
             copy(n, temp2, temp)
             kernels.rnn_mul(n, self.i, temp)
-            kernels.rnn_tanh_gradient(self.g, n, temp)
+            kernels.gradient(self.g, n, TANH, temp)
             self._backward_pair(net, self.wg, self.ug, temp, prev_state, dh, input_buf, prev_delta, t)
 
             copy(n, temp2, temp)

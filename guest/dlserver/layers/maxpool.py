@@ -7,7 +7,7 @@ at -(padding/2); positions outside the image count as -inf; argmax kept for back
 from .. import kernels
 from ..buffers import int_zeros
 from ..errors import DLServerError
-from .base import Layer
+from .base import Layer, window
 
 
 class MaxpoolLayer(Layer):
@@ -48,13 +48,7 @@ class MaxpoolLayer(Layer):
             return
         kernels.maxpool_forward(
             input_buf,
-            self.batch,
-            self.c,
-            self.h,
-            self.w,
-            self.size,
-            self.stride,
-            self.pad,
+            *window(self),
             self.output,
             self.indexes,
         )

@@ -65,6 +65,27 @@ class RecurrentLayer(Layer):
         if floats > MAX_FLOATS:
             raise DLServerError(f"{self.where}: {what} would need {floats} floats, more than {MAX_FLOATS}")
 
+    def gate_outputs(self, options, inputs: int, gates: int, row_buffers: int) -> int:
+        """The `output` n of a gated layer (gru: 3 gates, lstm: 4), refused before allocating
+        when its u (inputs -> n) and w (n -> n) weights plus `row_buffers` buffers of n per row
+        would pass MAX_FLOATS."""
+        outputs = options.find_int("output", 1)
+        if outputs < 1:
+            raise DLServerError(f"{self.where}: {self.kind} output={outputs}: must be at least 1")
+        if inputs < 1:
+            raise DLServerError(f"{self.where}: {self.kind} layer has no inputs")
+        rows = self.batch * self.steps
+        floats = gates * inputs * outputs + gates * outputs * outputs + row_buffers * rows * outputs
+        self.check_size(floats, f"{self.kind} layer")
+        return outputs
+
+    def linear_sublayers(self, options, inputs: int, outputs: int, pattern: str) -> list:
+        """Linear connected sublayers in build order, one per letter of `pattern`: u maps the
+        inputs to n, w maps n (the state) to n."""
+        return [
+            self.connected(options, inputs if kind == "u" else outputs, outputs, "linear") for kind in pattern
+        ]
+
     def connected(self, options, inputs: int, outputs: int, activation: str) -> ConnectedLayer:
         """make_connected_layer(batch*steps, inputs, outputs, activation, batch_normalize), then
         ->batch = batch."""

@@ -135,39 +135,34 @@ class RegionLayer(Layer):
                     index = self.entry_index(b, a * hw, self.coords + 1)
                     n = self.classes * hw
                     kernels.activate(view(out, index, n), n, Activation.LOGISTIC)
-        per_anchor = self.inputs // self.n
         if self.tree is not None:
             first = self.entry_index(0, 0, self.coords + 1)
             for size, offset in zip(self.tree.group_size, self.tree.group_offset):
                 if size:
-                    start = first + offset * hw
-                    kernels.softmax_strided(
-                        memoryview(input_buf)[start:],
-                        size,
-                        self.batch * self.n,
-                        per_anchor,
-                        hw,
-                        1,
-                        hw,
-                        1.0,
-                        memoryview(out)[start:],
-                    )
+                    self._softmax_cells(input_buf, first + offset * hw, size)
         elif self.softmax:
             start = self.entry_index(0, 0, self.coords + (0 if self.background else 1))
-            kernels.softmax_strided(
-                memoryview(input_buf)[start:],
-                self.classes + self.background,
-                self.batch * self.n,
-                per_anchor,
-                hw,
-                1,
-                hw,
-                1.0,
-                memoryview(out)[start:],
-            )
+            self._softmax_cells(input_buf, start, self.classes + self.background)
         self.cost = 0.0
         if train and net.truth is not None:
             self._training_deltas(net)
+
+    def _softmax_cells(self, input_buf, start: int, size: int) -> None:
+        """Softmax over `size` class entries, hw apart, from `start` in every cell of every
+        anchor of every image: output from the input (Darknet's softmax_cpu call)."""
+        hw = self.w * self.h
+        assert self.output is not None
+        kernels.softmax_strided(
+            memoryview(input_buf)[start:],
+            size,
+            self.batch * self.n,
+            self.inputs // self.n,
+            hw,
+            1,
+            hw,
+            1.0,
+            memoryview(self.output)[start:],
+        )
 
     def init_weights(self, rng) -> None:
         """make_region_layer calls srand(0)."""
