@@ -6,6 +6,7 @@ The speed itself is measured by `make bench` (host rows next to the CLI rows), n
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,55 @@ def test_wasmtime_py_still_has_no_switch_for_blocking_wasi_calls():
     assert len(names) > 20, "the bindings were not found where expected"
     assert not [n for n in names if "block" in n], "wasmtime's C API can now let WASI block its thread"
     assert not [n for n in dir(WasiConfig) if "block" in n]
+
+
+BATCH = getattr(os, "SCHED_BATCH", None)
+needs_batch = pytest.mark.skipif(BATCH is None, reason="no SCHED_BATCH on this system")
+
+
+def policy_in_a_thread(body) -> list[int]:
+    """Run body() in a new thread; the scheduling policies it returns."""
+    policies: list[int] = []
+    thread = threading.Thread(target=lambda: policies.extend(body()))
+    thread.start()
+    thread.join()
+    return policies
+
+
+@needs_batch
+def test_schedule_as_batch_holds_for_the_thread_and_the_threads_it_starts_only():
+    from dlserver_host.runtime import schedule_as_batch
+
+    def body() -> list[int]:
+        before = os.sched_getscheduler(0)
+        schedule_as_batch()
+        return [before, os.sched_getscheduler(0), *policy_in_a_thread(lambda: [os.sched_getscheduler(0)])]
+
+    main = os.sched_getscheduler(0)
+    assert policy_in_a_thread(body) == [main, BATCH, BATCH]
+    assert os.sched_getscheduler(0) == main != BATCH
+
+
+@needs_batch
+@pytest.mark.component
+def test_a_guest_run_and_its_threads_are_scheduled_as_batch(program):
+    """The output callbacks run on threads the guest's thread starts (runtime._FileTail), after
+    it set its policy, as do the WASI runtime's threads: they see SCHED_BATCH."""
+    from dlserver_host import runtime
+
+    policies: list[int] = []
+    loaded = runtime.load_program(program, interruptible=False, cache_dir=runtime.default_cache_dir())
+    run = loaded.start(
+        argv=["dl-server.wasm", "frobnicate"],
+        env=[],
+        mounts=[],
+        stdout=lambda data: policies.append(os.sched_getscheduler(0)),
+        stderr=lambda data: policies.append(os.sched_getscheduler(0)),
+    )
+    result = run.wait()
+    assert result is not None and result.outcome is runtime.Outcome.FAILED
+    assert policies and set(policies) == {BATCH}
+    assert os.sched_getscheduler(0) != BATCH
 
 
 def write_files(root: Path, count: int) -> tuple[str, int]:
