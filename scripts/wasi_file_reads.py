@@ -36,7 +36,7 @@ def build() -> Path:
 
 def run(wasm: Path, list_file: str) -> None:
     """Run the guest under wasmtime-py in a thread, as runtime.GuestRun does, and print its stdout."""
-    from wasmtime import Config, Engine, ExitTrap, Linker, Module, Store, WasiConfig
+    from wasmtime import Config, Engine, ExitTrap, Func, Linker, Module, Store, WasiConfig
 
     config = Config()
     config.cache = True  # the CLI's compile cache, as `wasmtime run -C cache=y`
@@ -56,7 +56,9 @@ def run(wasm: Path, list_file: str) -> None:
             linker = Linker(engine)
             linker.define_wasi()
             try:
-                linker.instantiate(store, module).exports(store)["_start"](store)
+                start = linker.instantiate(store, module).exports(store)["_start"]
+                assert isinstance(start, Func)
+                start(store)
                 result.append(0)
             except ExitTrap as e:
                 result.append(e.code)
