@@ -299,6 +299,25 @@ def pin_thread_to_its_cpu() -> None:
         pass
 
 
+def schedule_as_batch() -> None:
+    """Put the calling thread, and the threads it starts from now on, under SCHED_BATCH.
+
+    Each WASI file operation is two hand-offs between the guest thread and a thread of
+    tokio's blocking pool (pin_thread_to_its_cpu). Under the default policy the thread woken
+    by a hand-off preempts the one that woke it before that one has gone back to waiting, and
+    the two switch back and forth again. SCHED_BATCH is the normal policy (same share of the
+    CPU, no privilege needed) without that wake-up preemption: each thread finishes its step
+    first. A `classifier valid` of 10000 images: 35,000 involuntary context switches -> 125,
+    CPU time -12% (docs/host-io.md). Nothing is done where the policy is not available.
+    """
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_BATCH"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: the calling thread
+    except OSError:
+        pass
+
+
 class GuestRun:
     """One run of a command component, started in a worker thread.
 
@@ -419,6 +438,7 @@ class GuestRun:
         # No inherit_network(): wasmtime's WASI denies every socket address and name lookup.
         stream_dir = self._stream_dir
         pin_thread_to_its_cpu()
+        schedule_as_batch()  # before the WASI runtime starts its threads, which inherit it
         try:
             wasi.stdout_file = os.path.join(stream_dir, "stdout")
             wasi.stderr_file = os.path.join(stream_dir, "stderr")
