@@ -7,10 +7,15 @@ component by componentize-py) and natively (for tests of the guest package).
 Every .c file of guest/kernels is a translation unit (bindings.c and the kernels it calls);
 symbols are hidden but for PyInit__dlk. The native build also has the test hooks
 (-DDLK_TEST_HOOKS: `_dlk.musl_sort_desc`), which the component leaves out.
+
+The fast units (*_fast.c: the hot kernels again with fused multiply-adds, guest/kernels/fast.h)
+get FAST_FLAGS on top: -mrelaxed-simd in wasm (f32x4.relaxed_madd), -mfma natively on x86-64
+(their code runs only when _dlk.fast_supported() says the CPU has FMA).
 """
 
 import argparse
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -72,6 +77,16 @@ COMMON_FLAGS = [
     "-Wno-unused-function",
 ]
 
+FAST_FLAGS = {
+    "wasm": ["-mrelaxed-simd"],
+    "native": ["-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else [],
+}
+
+
+def unit_flags(kind: str, src: Path) -> list[str]:
+    """Flags of one translation unit beyond COMMON_FLAGS: FAST_FLAGS for the fast units."""
+    return FAST_FLAGS[kind] if src.stem.endswith("_fast") else []
+
 
 def zig(*args: str) -> None:
     """Run `python -m ziglang ...`, failing loudly."""
@@ -117,6 +132,7 @@ def compile_wasm(kernels: Path, target: Path) -> None:
             "--target=wasm32-wasi",
             "-msimd128",
             *COMMON_FLAGS,
+            *unit_flags("wasm", src),
             f"-I{include}",
             "-c",
             str(src),
@@ -143,20 +159,18 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     """guest/kernels-like directory -> a native shared library, with the test hooks unless told not to."""
     include = sysconfig.get_paths()["include"]
     hooks = ["-DDLK_TEST_HOOKS"] if test_hooks else []
-    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
-    zig(
-        "cc",
-        "-target",
-        "native-native-gnu",
-        "-mcpu=baseline",
-        *COMMON_FLAGS,
-        *hooks,
-        "-shared",
-        f"-I{include}",
-        *map(str, translation_units(kernels)),
-        "-o",
-        str(target),
-    )
+    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128);
+    # the fast units are compiled apart with their own flags and linked in as objects.
+    flags = ["-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, *hooks, f"-I{include}"]
+    units = translation_units(kernels)
+    objects = []
+    for src in units:
+        if unit_flags("native", src):
+            obj = target.parent / (src.stem + ".o")
+            zig("cc", *flags, *unit_flags("native", src), "-fPIC", "-c", str(src), "-o", str(obj))
+            objects.append(obj)
+    plain = [src for src in units if not unit_flags("native", src)]
+    zig("cc", *flags, "-shared", *map(str, plain), *map(str, objects), "-o", str(target))
 
 
 def build(kind: str) -> Path:

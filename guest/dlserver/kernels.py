@@ -357,6 +357,12 @@ clip_update: Callable[[int, float, Floats, Floats], None] = _dlk.clip_update
 gauss_add: Callable[[Floats, int, float, bytes, int], int] = _dlk.gauss_add
 fedopt: Callable[[int, int, Floats, Floats, Floats, Floats, array], None] = _dlk.fedopt
 
+# Fast mode (fast.h): gemm, conv2d_direct, conv_forward, conv_backward with fused multiply-adds.
+# fast_supported() -> whether this build can run them; set_fast_mode(on) -> the previous mode
+# (RuntimeError where unsupported).
+fast_supported: Callable[[], bool] = _dlk.fast_supported
+set_fast_mode: Callable[[bool], bool] = _dlk.set_fast_mode
+
 
 # Every kernel name above: what use() may replace.
 KERNELS = tuple(

@@ -667,3 +667,9 @@ def gauss_add(x: Buffer, n: int, std: float, key: Buffer, counter: int, /) -> in
 
 def fedopt(kind: int, n: int, x: Buffer, a: Buffer, m: Buffer, v: Buffer, params: Buffer, /) -> None:
     """One FedAvgM/FedAdam/FedYogi/FedAdagrad step: x (global) updated from a (mean), state m, v."""
+
+def fast_supported() -> bool:
+    """Whether the fast kernels can run here (wasm: always; natively: the CPU has FMA)."""
+
+def set_fast_mode(on: bool, /) -> bool:
+    """Fast kernels (fused multiply-add) on or off; returns the previous mode."""

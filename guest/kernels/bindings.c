@@ -1594,6 +1594,26 @@ static PyObject *py_fedopt(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+/* ------------------------------------------------------------------ fast mode (fast.h) */
+
+static PyObject *py_fast_supported(PyObject *self, PyObject *args)
+{
+    return PyBool_FromLong(dlk_fast_supported());
+}
+
+static PyObject *py_set_fast_mode(PyObject *self, PyObject *args)
+{
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    if (on && !dlk_fast_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "_dlk.set_fast_mode: this CPU has no fused multiply-add (FMA)");
+        return NULL;
+    }
+    int was = dlk_fast_mode;
+    dlk_fast_mode = on;
+    return PyBool_FromLong(was);
+}
+
 static PyMethodDef dlk_methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
@@ -1725,6 +1745,9 @@ static PyMethodDef dlk_methods[] = {
     {"prox_add", py_prox_add, METH_VARARGS, "prox_add(n, c, w, g, upd): upd += c * (w - g)"},
     {"gauss_add", py_gauss_add, METH_VARARGS, "gauss_add(x, n, std, key, counter) -> counter: ChaCha20 noise"},
     {"fedopt", py_fedopt, METH_VARARGS, "fedopt(kind, n, x, a, m, v, params): a server-optimiser step"},
+    {"fast_supported", py_fast_supported, METH_NOARGS, "fast_supported() -> bool: the fast kernels can run here"},
+    {"set_fast_mode", py_set_fast_mode, METH_VARARGS,
+     "set_fast_mode(on) -> bool: the fast kernels (fused multiply-add) on or off; returns the previous mode"},
     {NULL, NULL, 0, NULL}
 };
 
