@@ -8,9 +8,10 @@ Every .c file of guest/kernels is a translation unit (bindings.c and the kernels
 symbols are hidden but for PyInit__dlk. The native build also has the test hooks
 (-DDLK_TEST_HOOKS: `_dlk.musl_sort_desc`), which the component leaves out.
 
-The fast units (*_fast.c: the hot kernels again with fused multiply-adds, guest/kernels/fast.h)
-get FAST_FLAGS on top: -mrelaxed-simd in wasm (f32x4.relaxed_madd), -mfma natively on x86-64
-(their code runs only when _dlk.fast_supported() says the CPU has FMA).
+The fast units (*_fast.c: gemm and the convolutions again, and Winograd, guest/kernels/fast.h)
+are compiled apart; with DLK_FAST_FMA=1 they get FAST_FLAGS: -mrelaxed-simd in wasm
+(f32x4.relaxed_madd), -mfma natively on x86-64 (run only when _dlk.fast_supported() says the
+CPU has FMA).
 """
 
 import argparse
@@ -77,9 +78,17 @@ COMMON_FLAGS = [
     "-Wno-unused-function",
 ]
 
+# DLK_FAST_FMA=1 (environment, at build time): the fast units' v4f_madd is fused,
+# f32x4.relaxed_madd in wasm and fma natively (x86-64: -mfma, used only when the CPU has FMA).
+# Off by default: wasmtime 49-50 (Cranelift) lowers relaxed_madd to vfmadd213ps, whose
+# destination is a multiplicand, so every accumulator is copied and the 8x4 gemm tile spills:
+# measured slower than a multiply and an add (docs/darknet-contract.md §10.5).
+FAST_FMA = os.environ.get("DLK_FAST_FMA") == "1"
 FAST_FLAGS = {
-    "wasm": ["-mrelaxed-simd"],
-    "native": ["-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else [],
+    "wasm": ["-mrelaxed-simd", "-DDLK_FAST_FMA"] if FAST_FMA else [],
+    "native": (["-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else []) + ["-DDLK_FAST_FMA"]
+    if FAST_FMA
+    else [],
 }
 
 
@@ -97,8 +106,13 @@ def zig(*args: str) -> None:
 
 
 def up_to_date(target: Path) -> bool:
-    return target.exists() and all(
-        target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)]
+    """Built after every source, and with the same DLK_FAST_FMA (recorded beside it)."""
+    stamp = target.with_name("fast-fma")
+    built_with = stamp.read_text() if stamp.exists() else "0"
+    return (
+        target.exists()
+        and built_with == str(int(FAST_FMA))
+        and all(target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)])
     )
 
 
@@ -162,6 +176,8 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128);
     # the fast units are compiled apart with their own flags and linked in as objects.
     flags = ["-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, *hooks, f"-I{include}"]
+    if "-mfma" in FAST_FLAGS["native"]:
+        flags.append("-DDLK_FAST_FMA_NATIVE")  # fast_supported() asks the CPU
     units = translation_units(kernels)
     objects = []
     for src in units:
@@ -180,6 +196,7 @@ def build(kind: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     (compile_wasm if kind == "wasm" else compile_native)(KERNELS, target)
+    target.with_name("fast-fma").write_text(str(int(FAST_FMA)))
     return target
 
 

@@ -465,7 +465,7 @@ int dlk_fast_mode = 0;
 
 int dlk_fast_supported(void)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(DLK_FAST_FMA_NATIVE)
     /* the native fast units are built with -mfma (VEX encoded): CPUID.1 ECX has FMA (12),
      * OSXSAVE (27) and AVX (28), and the OS saves the xmm and ymm state (XCR0 bits 1, 2) */
     unsigned a, b, c, d;
@@ -476,7 +476,7 @@ int dlk_fast_supported(void)
     __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return (lo & 6) == 6;
 #else
-    return 1;                                   /* wasm: the module validated, so relaxed SIMD is there */
+    return 1;       /* wasm: the module validated, so any relaxed SIMD in it is there; natively: plain C */
 #endif
 }
 #endif
