@@ -111,6 +111,7 @@ enum { FIN_STORE, FIN_ADD, FIN_ADD_SCALED };
  * The accumulators start as src[r][x] (INIT_LOAD), src[r][x] * scale (INIT_LOAD_SCALED)
  * or 0 (INIT_ZERO), and end as dst[r][x] = acc (FIN_STORE), dst[r][x] + acc (FIN_ADD) or
  * dst[r][x] * beta + acc (FIN_ADD_SCALED). */
+#ifndef DLK_FAST_FMA
 GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc, const float *ap,
                            const float *bp, ptrdiff_t bs, const float *src, ptrdiff_t lds, float scale,
                            float *dst, ptrdiff_t ldd, float beta)
@@ -154,6 +155,39 @@ GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc,
         }
     }
 }
+
+#else
+/* The fused twin of gemm_tile (same packing, same start and end modes): acc[r] is row r of the
+ * tile, and per k each A value is splat from memory into its own register: wasmtime (Cranelift)
+ * lowers relaxed_madd to vfmadd213ps, whose destination is the first multiplicand, so a fresh
+ * one per multiply-add needs no copy, and 8 accumulators + 1 B vector + 1 splat never spill. */
+GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc, const float *ap,
+                           const float *bp, ptrdiff_t bs, const float *src, ptrdiff_t lds, float scale,
+                           float *dst, ptrdiff_t ldd, float beta)
+{
+    v4f acc[8];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4 * MRV; ++r) {
+        acc[r] = init == INIT_ZERO ? v4f_splat(0.f) : v4f_load(src + r * lds);
+        if (init == INIT_LOAD_SCALED) acc[r] *= v4f_splat(scale);
+    }
+    for (int k = 0; k < kc; ++k) {
+        v4f b = *(const v4fu *)bp;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4 * MRV; ++r) acc[r] = v4f_madd(acc[r], v4f_splat(ap[r]), b);
+        ap += 4 * MRV;
+        bp += bs;
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4 * MRV; ++r) {
+        float *d = dst + r * ldd;
+        v4f v = acc[r];
+        if (fin == FIN_ADD) v = v4f_load(d) + v;
+        if (fin == FIN_ADD_SCALED) v = v4f_load(d) * v4f_splat(beta) + v;
+        v4f_store(d, v);
+    }
+}
+#endif
 
 /* All tiles of one row panel: MR full rows, nc columns (a multiple of 4). The B panel of
  * columns 4t.. is at bp + t*bpanel (4*kc when packed, 4 in place); src and dst point at the
