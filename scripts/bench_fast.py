@@ -93,7 +93,13 @@ def bench_train(wasm: Path, runs: int, batches: int) -> None:
 
 
 def bench_valid(wasm: Path, runs: int) -> None:
-    args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/seed_mnist_lenet.weights"]
+    args = [
+        "classifier",
+        "valid",
+        "cfg/mnist.dataset",
+        "cfg/mnist_lenet.cfg",
+        "model/seed_mnist_lenet.weights",
+    ]
     seed = ROOT.parent / "shared" / "seed" / "files" / "model" / "mnist_lenet.weights"
     if seed.exists():
         (ROOT / "model" / "seed_mnist_lenet.weights").write_bytes(seed.read_bytes())
@@ -111,7 +117,11 @@ def bench_valid(wasm: Path, runs: int) -> None:
 
     samples = turns(runs, measure)
     inside = {m: statistics.median(ss) for m, ss in samples.items()}
-    row("valid 10k: inside the component (s)", inside, f"fast target <= 0.45; top-1 {tops['exact']} / {tops['fast']}")
+    row(
+        "valid 10k: inside the component (s)",
+        inside,
+        f"fast target <= 0.45; top-1 {tops['exact']} / {tops['fast']}",
+    )
 
 
 def main() -> None:
@@ -120,7 +130,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="training batches per run (10 warm-up)")
     opts = parser.parse_args()
     wasm = ROOT / "dl-server.wasm"
-    print(f"exact vs fast: medians of {opts.runs} runs each, taking turns; load average {os.getloadavg()[0]:.1f}")
+    load = os.getloadavg()[0]
+    print(f"exact vs fast: medians of {opts.runs} runs each, taking turns; load average {load:.1f}")
     print(f"{'measure':44s} {'exact':>10s} {'fast':>10s} {'exact/fast':>10s}  note", flush=True)
     bench_detect(wasm, opts.runs)
     bench_train(wasm, opts.runs, opts.batches)

@@ -77,7 +77,10 @@ def worst(fast, exact, mag) -> float:
 
 def test_flag_taken_out_anywhere_and_env(monkeypatch):
     monkeypatch.delenv(fastmode.ENV, raising=False)
-    assert fastmode.take(["dl-server", "detect", "-fast", "a.cfg"]) == (["dl-server", "detect", "a.cfg"], True)
+    assert fastmode.take(["dl-server", "detect", "-fast", "a.cfg"]) == (
+        ["dl-server", "detect", "a.cfg"],
+        True,
+    )
     assert fastmode.take(["dl-server", "detect", "a.cfg"]) == (["dl-server", "detect", "a.cfg"], False)
     monkeypatch.setenv(fastmode.ENV, "1")
     assert fastmode.take(["dl-server", "detect"])[1] is True
@@ -130,7 +133,11 @@ def test_fast_training_convolution_within_tolerance():
         out = array("f", bytes(4 * b * n * h * w))
         kernels.conv_forward(inp, b, c, h, w, W, n, size, pad, bias, kernels.Activation.LINEAR, out)
         delta = array("f", [x * 0.5 for x in out])
-        bu, wu, prev = array("f", bytes(4 * n)), array("f", bytes(4 * len(W))), array("f", bytes(4 * len(inp)))
+        bu, wu, prev = (
+            array("f", bytes(4 * n)),
+            array("f", bytes(4 * len(W))),
+            array("f", bytes(4 * len(inp))),
+        )
         kernels.conv_backward(inp, b, c, h, w, out, delta, n, size, pad, 0, W, bu, wu, prev)
         outs[fast] = (out, bu, wu, prev)
     for exact, fast in zip(outs[False], outs[True]):
@@ -139,7 +146,9 @@ def test_fast_training_convolution_within_tolerance():
 
 
 @pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize("c, h, w, n, pad", [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2)])
+@pytest.mark.parametrize(
+    "c, h, w, n, pad", [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2)]
+)
 def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     rng = random.Random(c * h + n + m)
     inp, W = floats(rng, c * h * w), floats(rng, n * c * 9)
@@ -193,7 +202,12 @@ def detect(net, path: Path, fast: bool):
     for d in dets:
         for j in range(classes):
             if d.prob[j] > THRESH:
-                box = ((d.x - d.w / 2) * im.w, (d.x + d.w / 2) * im.w, (d.y - d.h / 2) * im.h, (d.y + d.h / 2) * im.h)
+                box = (
+                    (d.x - d.w / 2) * im.w,
+                    (d.x + d.w / 2) * im.w,
+                    (d.y - d.h / 2) * im.h,
+                    (d.y + d.h / 2) * im.h,
+                )
                 found.append((j, *box, 100 * d.prob[j]))
     kernels.set_fast_mode(False)
     return outputs, sorted(found)
@@ -266,7 +280,13 @@ def mnist_root():
 @pytest.mark.slow
 @pytest.mark.component
 def test_valid_10k_same_top1(component, mnist_root):
-    args = ["classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "build/test-fast/lenet.weights"]
+    args = [
+        "classifier",
+        "valid",
+        "cfg/mnist.dataset",
+        "cfg/mnist_lenet.cfg",
+        "build/test-fast/lenet.weights",
+    ]
     exact, fast = run_wasmtime(ROOT, *args), run_wasmtime(ROOT, *args, "-fast")
     assert exact.returncode == 0 and fast.returncode == 0, exact.stderr + fast.stderr
     assert abs(top1(exact.stdout) - top1(fast.stdout)) <= 0.0001
@@ -276,19 +296,33 @@ def test_valid_10k_same_top1(component, mnist_root):
 @pytest.mark.component
 def test_lenet_trained_2000_batches_in_fast_mode(component, mnist_root):
     """The seed's cfg (2000 batches of 100), -seed 1, -fast; then valid in fast mode: >= 0.95."""
-    dataset = (ROOT / "cfg" / "mnist.dataset").read_text().replace("backup = model", "backup = build/test-fast")
+    dataset = (
+        (ROOT / "cfg" / "mnist.dataset").read_text().replace("backup = model", "backup = build/test-fast")
+    )
     assert "build/test-fast" in dataset
     (mnist_root / "mnist.dataset").write_text(dataset)
     for stale in mnist_root.glob("mnist_lenet*.weights"):
         stale.unlink()
     train = run_wasmtime(
-        ROOT, "classifier", "train", "build/test-fast/mnist.dataset", "cfg/mnist_lenet.cfg", "-seed", "1", "-fast",
+        ROOT,
+        "classifier",
+        "train",
+        "build/test-fast/mnist.dataset",
+        "cfg/mnist_lenet.cfg",
+        "-seed",
+        "1",
+        "-fast",
         timeout=900,
     )
     assert train.returncode == 0, train.stderr[-2000:]
     valid = run_wasmtime(
-        ROOT, "classifier", "valid", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg",
-        "build/test-fast/mnist_lenet.weights", "-fast",
+        ROOT,
+        "classifier",
+        "valid",
+        "cfg/mnist.dataset",
+        "cfg/mnist_lenet.cfg",
+        "build/test-fast/mnist_lenet.weights",
+        "-fast",
     )
     assert valid.returncode == 0, valid.stderr[-2000:]
     assert top1(valid.stdout) >= 0.95

@@ -366,7 +366,9 @@ fast_mode: Callable[[], bool] = _dlk.fast_mode
 # Winograd F(m x m, 3 x 3) (winograd_fast.c, fast mode only): winograd_weights(W, n, c, m, U) with
 # len(U) = (m+2)^2 * n * c; conv_winograd(in, batch, c, h, w, U, n, pad, m, out): stride 1, groups 1
 winograd_weights: Callable[[Floats, int, int, int, Floats], None] = _dlk.winograd_weights
-conv_winograd: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats], None] = _dlk.conv_winograd
+conv_winograd: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats], None] = (
+    _dlk.conv_winograd
+)
 
 
 # Every kernel name above: what use() may replace.
