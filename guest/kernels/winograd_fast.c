@@ -39,33 +39,31 @@ static const float WG_G4[6][3] = {{1.f / 4, 0, 0},
                                   {0, 0, 1}};
 static const float WG_AT4[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 
-/* r = T . d (T: R x A table, d: A x A), entries of d and r are vectors: r[i][k] = sum_j T[i][j] d[j][k] */
-#define WG_LEFT(R, A, T, d, r)                                                   \
-    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_)                                   \
-        WG_UNROLL for (int k_ = 0; k_ < (A); ++k_) {                             \
-            v4f s_ = v4f_splat(0.f);                                             \
-            WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) {                         \
-                float t_ = (T)[i_][j_];                                          \
-                if (t_ == 1.f) s_ += (d)[j_][k_];                                \
-                else if (t_ == -1.f) s_ -= (d)[j_][k_];                          \
-                else if (t_ != 0.f) s_ = v4f_madd(s_, v4f_splat(t_), (d)[j_][k_]); \
-            }                                                                    \
-            (r)[i_][k_] = s_;                                                    \
-        }
+/* s += t * x for a table constant t: an add or a subtract for +-1, nothing for 0 (all decided at
+ * compile time: the tables are constant and the loops fully unrolled). */
+#define WG_TERM(s, t, x)                                                          \
+    do {                                                                          \
+        const float t_ = (t);                                                     \
+        if (t_ == 1.f) s += (x);                                                  \
+        else if (t_ == -1.f) s -= (x);                                            \
+        else if (t_ != 0.f) s = v4f_madd(s, v4f_splat(t_), (x));                  \
+    } while (0)
 
-/* r = d . T^T: r[i][k] = sum_j d[i][j] T[k][j] (d: R x A, T: C x A) */
-#define WG_RIGHT(R, C, A, T, d, r)                                               \
-    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_)                                   \
-        WG_UNROLL for (int k_ = 0; k_ < (C); ++k_) {                             \
-            v4f s_ = v4f_splat(0.f);                                             \
-            WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) {                         \
-                float t_ = (T)[k_][j_];                                          \
-                if (t_ == 1.f) s_ += (d)[i_][j_];                                \
-                else if (t_ == -1.f) s_ -= (d)[i_][j_];                          \
-                else if (t_ != 0.f) s_ = v4f_madd(s_, v4f_splat(t_), (d)[i_][j_]); \
-            }                                                                    \
-            (r)[i_][k_] = s_;                                                    \
-        }
+/* r = T . d: r[i][k] = sum_j T[i][j] d[j][k], i < R, k < C, j < A (entries of d, r: vectors) */
+#define WG_LEFT(R, C, A, T, d, r)                                                 \
+    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_) WG_UNROLL for (int k_ = 0; k_ < (C); ++k_) { \
+        v4f s_ = v4f_splat(0.f);                                                  \
+        WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) WG_TERM(s_, (T)[i_][j_], (d)[j_][k_]); \
+        (r)[i_][k_] = s_;                                                         \
+    }
+
+/* r = d . T^T: r[i][k] = sum_j d[i][j] T[k][j], i < R, k < C, j < A */
+#define WG_RIGHT(R, C, A, T, d, r)                                                \
+    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_) WG_UNROLL for (int k_ = 0; k_ < (C); ++k_) { \
+        v4f s_ = v4f_splat(0.f);                                                  \
+        WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) WG_TERM(s_, (T)[k_][j_], (d)[i_][j_]); \
+        (r)[i_][k_] = s_;                                                         \
+    }
 
 long long dlk_winograd_weights_size(int n, int c, int m)
 {
@@ -83,10 +81,10 @@ WG_INLINE void wg_weights_4(const int M, const float *W, int n, int c, int f, in
         g[k / 3][k % 3] = v4f_load(l);
     }
     if (M == 2) {
-        WG_LEFT(4, 3, WG_G2, g, t);
+        WG_LEFT(4, 3, 3, WG_G2, g, t);
         WG_RIGHT(4, 4, 3, WG_G2, t, u);
     } else {
-        WG_LEFT(6, 3, WG_G4, g, t);
+        WG_LEFT(6, 3, 3, WG_G4, g, t);
         WG_RIGHT(6, 6, 3, WG_G4, t, u);
     }
     WG_UNROLL for (int i = 0; i < A; ++i)
@@ -114,10 +112,10 @@ WG_INLINE void wg_input_tile(const int M, const float *pin4, int PW, int ty, int
         WG_UNROLL for (int k = 0; k < A; ++k)
             d[j][k] = v4f_load(pin4 + (((ptrdiff_t)ty * M + j) * PW + tx * M + k) * 4);
     if (M == 2) {
-        WG_LEFT(4, 4, WG_BT2, d, r);
+        WG_LEFT(4, 4, 4, WG_BT2, d, r);
         WG_RIGHT(4, 4, 4, WG_BT2, r, v);
     } else {
-        WG_LEFT(6, 6, WG_BT4, d, r);
+        WG_LEFT(6, 6, 6, WG_BT4, d, r);
         WG_RIGHT(6, 6, 6, WG_BT4, r, v);
     }
     WG_UNROLL for (int i = 0; i < A; ++i)
@@ -133,10 +131,10 @@ WG_INLINE void wg_output_tiles(const int M, const float *Mf, ptrdiff_t xstride, 
     WG_UNROLL for (int j = 0; j < A; ++j)
         WG_UNROLL for (int k = 0; k < A; ++k) d[j][k] = v4f_load(Mf + (j * A + k) * xstride + t0);
     if (M == 2) {
-        WG_LEFT(2, 4, WG_AT2, d, r);
+        WG_LEFT(2, 4, 4, WG_AT2, d, r);
         WG_RIGHT(2, 2, 4, WG_AT2, r, y);
     } else {
-        WG_LEFT(4, 6, WG_AT4, d, r);
+        WG_LEFT(4, 6, 6, WG_AT4, d, r);
         WG_RIGHT(4, 4, 6, WG_AT4, r, y);
     }
     for (int l = 0; l < 4 && t0 + l < T; ++l) {
