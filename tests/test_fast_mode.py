@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_wasmtime, seed_file
+from conftest import NEEDS_HOST_WASM, PREDICT_ARGS, ROOT, run_host, run_wasmtime, seed_file
 from dlserver import fastmode, kernels
 from dlserver.boxes import do_nms_sort, get_network_boxes
 from dlserver.commands.detector import NMS
@@ -100,6 +100,17 @@ def test_fast_mode_is_off_after_a_run(workdir, capsys):
     assert main(["dl-server", "classifier", "predict", "-fast"]) == 1  # too few arguments
     capsys.readouterr()
     assert not kernels.fast_mode()
+
+
+@NEEDS_HOST_WASM[0]  # component
+@NEEDS_HOST_WASM[1]  # skipped without the component
+def test_host_fast_sets_the_guests_variable(program, prediction_one, capsys):
+    """`dl-server --fast` passes DL_SERVER_FAST=1 (over an --env of it): the bad value fails, and
+    with --fast the same run succeeds."""
+    sources = ["-i", "args.cfg", "cfg", "model", "data", "-e", "--env", "DL_SERVER_FAST=yes"]
+    assert run_host(program, PREDICT_ARGS, *sources) == 1
+    assert "dl-server: error: DL_SERVER_FAST=yes: must be 0 or 1\n" in capsys.readouterr().err
+    assert run_host(program, PREDICT_ARGS, *sources, "--fast") == 0
 
 
 # ---------------------------------------------------------------- kernels
