@@ -171,6 +171,21 @@ def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     assert worst(out, exact, mag) <= TOLERANCE[m]
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_batch_is_images_one_by_one(m):
+    rng = random.Random(m)
+    b, c, h, w, n = 3, 6, 7, 9, 5
+    inp, W = floats(rng, b * c * h * w), floats(rng, n * c * 9)
+    U = array("f", bytes(4 * (m + 2) ** 2 * n * c))
+    kernels.winograd_weights(W, n, c, m, U)
+    whole = array("f", bytes(4 * b * n * h * w))
+    kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, whole)
+    for i in range(b):
+        one = array("f", bytes(4 * n * h * w))
+        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, U, n, 1, m, one)
+        assert whole[i * n * h * w : (i + 1) * n * h * w] == one
+
+
 def test_winograd_bad_geometry_is_an_error():
     U, out = array("f", bytes(4 * 16)), array("f", bytes(4 * 16))
     with pytest.raises(ValueError, match="winograd"):
