@@ -11,7 +11,7 @@ num-clients ?= 10
 data-dist ?= iid
 
 .PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz poisoning
-.PHONY: federated-local bench-federated
+.PHONY: federated-local bench-federated bench-fast
 
 all: dl-server.wasm
 
@@ -87,6 +87,10 @@ bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))
 
 # only the model-zoo rows: resnet50, darknet53, yolov3 forward vs Debian's native darknet
+# exact vs fast mode (-fast) in the component, taking turns: YOLOv3-tiny forward, LeNet training, valid 10k
+bench-fast: dl-server.wasm
+	$(PY) scripts/bench_fast.py
+
 bench-zoo: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench_zoo.py
 
@@ -137,6 +141,7 @@ help:
 	@echo '  format          ruff check --fix, then ruff format (rewrites files)'
 	@echo '  bench           the speed table of README.md [BASELINE=<commit>: that commit side by side]'
 	@echo '  bench-zoo       model-zoo rows only: resnet50, darknet53, yolov3 vs native Darknet (Debian)'
+	@echo '  bench-fast      exact vs fast mode (-fast) side by side: YOLOv3-tiny forward, LeNet training, valid 10k'
 	@echo '  zoo-check       all 45 Debian darknet cfgs: component vs native darknet [only=a,b size=N]'
 	@echo '  mnist_training  MNIST split into PNG shards: num-clients=N data-dist=iid|non-iid [alpha= seed=]'
 	@echo '  yolo_detection  model/yolov3-tiny.weights and data/dog.jpg, sha256-checked'

@@ -415,6 +415,7 @@ def main() -> None:
         ("bench_train.py", baseline),
         ("bench_zoo.py", []),
         ("bench_rules.py", []),
+        ("bench_fast.py", []),
     )
     for script, extra in scripts:
         print(flush=True)

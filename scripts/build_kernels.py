@@ -7,10 +7,16 @@ component by componentize-py) and natively (for tests of the guest package).
 Every .c file of guest/kernels is a translation unit (bindings.c and the kernels it calls);
 symbols are hidden but for PyInit__dlk. The native build also has the test hooks
 (-DDLK_TEST_HOOKS: `_dlk.musl_sort_desc`), which the component leaves out.
+
+The fast units (*_fast.c: gemm and the convolutions again, and Winograd, guest/kernels/fast.h)
+are compiled apart; with DLK_FAST_FMA=1 they get FAST_FLAGS: -mrelaxed-simd in wasm
+(f32x4.relaxed_madd), -mfma natively on x86-64 (run only when _dlk.fast_supported() says the
+CPU has FMA).
 """
 
 import argparse
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -72,6 +78,24 @@ COMMON_FLAGS = [
     "-Wno-unused-function",
 ]
 
+# DLK_FAST_FMA=1 (environment, at build time): the fast units' v4f_madd is fused,
+# f32x4.relaxed_madd in wasm and fma natively (x86-64: -mfma, used only when the CPU has FMA).
+# Off by default: wasmtime 49-50 (Cranelift) lowers relaxed_madd to vfmadd213ps, whose
+# destination is a multiplicand, so every accumulator is copied and the 8x4 gemm tile spills:
+# measured slower than a multiply and an add (docs/darknet-contract.md §10.5).
+FAST_FMA = os.environ.get("DLK_FAST_FMA") == "1"
+FAST_FLAGS = {
+    "wasm": ["-mrelaxed-simd", "-DDLK_FAST_FMA"] if FAST_FMA else [],
+    "native": (["-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else []) + ["-DDLK_FAST_FMA"]
+    if FAST_FMA
+    else [],
+}
+
+
+def unit_flags(kind: str, src: Path) -> list[str]:
+    """Flags of one translation unit beyond COMMON_FLAGS: FAST_FLAGS for the fast units."""
+    return FAST_FLAGS[kind] if src.stem.endswith("_fast") else []
+
 
 def zig(*args: str) -> None:
     """Run `python -m ziglang ...`, failing loudly."""
@@ -82,8 +106,13 @@ def zig(*args: str) -> None:
 
 
 def up_to_date(target: Path) -> bool:
-    return target.exists() and all(
-        target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)]
+    """Built after every source, and with the same DLK_FAST_FMA (recorded beside it)."""
+    stamp = target.with_name("fast-fma")
+    built_with = stamp.read_text() if stamp.exists() else "0"
+    return (
+        target.exists()
+        and built_with == str(int(FAST_FMA))
+        and all(target.stat().st_mtime >= s.stat().st_mtime for s in SOURCES + [Path(__file__)])
     )
 
 
@@ -117,6 +146,7 @@ def compile_wasm(kernels: Path, target: Path) -> None:
             "--target=wasm32-wasi",
             "-msimd128",
             *COMMON_FLAGS,
+            *unit_flags("wasm", src),
             f"-I{include}",
             "-c",
             str(src),
@@ -143,20 +173,20 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     """guest/kernels-like directory -> a native shared library, with the test hooks unless told not to."""
     include = sysconfig.get_paths()["include"]
     hooks = ["-DDLK_TEST_HOOKS"] if test_hooks else []
-    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128).
-    zig(
-        "cc",
-        "-target",
-        "native-native-gnu",
-        "-mcpu=baseline",
-        *COMMON_FLAGS,
-        *hooks,
-        "-shared",
-        f"-I{include}",
-        *map(str, translation_units(kernels)),
-        "-o",
-        str(target),
-    )
+    # -mcpu=baseline: the same x86-64 code on every machine (no FMA, matching wasm SIMD128);
+    # the fast units are compiled apart with their own flags and linked in as objects.
+    flags = ["-target", "native-native-gnu", "-mcpu=baseline", *COMMON_FLAGS, *hooks, f"-I{include}"]
+    if "-mfma" in FAST_FLAGS["native"]:
+        flags.append("-DDLK_FAST_FMA_NATIVE")  # fast_supported() asks the CPU
+    units = translation_units(kernels)
+    objects = []
+    for src in units:
+        if unit_flags("native", src):
+            obj = target.parent / (src.stem + ".o")
+            zig("cc", *flags, *unit_flags("native", src), "-fPIC", "-c", str(src), "-o", str(obj))
+            objects.append(obj)
+    plain = [src for src in units if not unit_flags("native", src)]
+    zig("cc", *flags, "-shared", *map(str, plain), *map(str, objects), "-o", str(target))
 
 
 def build(kind: str) -> Path:
@@ -166,6 +196,7 @@ def build(kind: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     (compile_wasm if kind == "wasm" else compile_native)(KERNELS, target)
+    target.with_name("fast-fma").write_text(str(int(FAST_FMA)))
     return target
 
 

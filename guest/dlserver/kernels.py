@@ -354,6 +354,19 @@ clip_update: Callable[[int, float, Floats, Floats], None] = _dlk.clip_update
 gauss_add: Callable[[Floats, int, float, bytes, int], int] = _dlk.gauss_add
 fedopt: Callable[[int, int, Floats, Floats, Floats, Floats, array], None] = _dlk.fedopt
 
+# Fast mode (fast.h): gemm, conv2d_direct, conv_forward, conv_backward with fused multiply-adds.
+# fast_supported() -> whether this build can run them; set_fast_mode(on) -> the previous mode
+# (RuntimeError where unsupported).
+fast_supported: Callable[[], bool] = _dlk.fast_supported
+set_fast_mode: Callable[[bool], bool] = _dlk.set_fast_mode
+fast_mode: Callable[[], bool] = _dlk.fast_mode
+# Winograd F(m x m, 3 x 3) (winograd_fast.c, fast mode only): winograd_weights(W, n, c, m, U) with
+# len(U) = (m+2)^2 * n * c; conv_winograd(in, batch, c, h, w, U, n, pad, m, out): stride 1, groups 1
+winograd_weights: Callable[[Floats, int, int, int, Floats], None] = _dlk.winograd_weights
+conv_winograd: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats], None] = (
+    _dlk.conv_winograd
+)
+
 
 # Every kernel name above: what use() may replace.
 KERNELS = tuple(

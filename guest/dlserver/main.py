@@ -6,7 +6,7 @@ problem).
 
 import sys
 
-from . import buffers, limits
+from . import buffers, fastmode, limits
 from .argv import Argv, read_args_file
 from .commands import aggregation, classifier, detector
 from .errors import DLServerError, printable
@@ -32,8 +32,11 @@ def main(args: list[str] | None = None) -> int:
     try:
         limits.refresh()
         buffers.reset_budget()
+        args, fast = fastmode.take(args)  # `dl-server.wasm -fast` alone: args.cfg, fast
         if len(args) < 2:
-            args = read_args_file()
+            args, in_file = fastmode.take(read_args_file())
+            fast = fast or in_file
+        fastmode.select(fast)
         run(args)
     except DLServerError as e:
         sys.stderr.write(f"dl-server: error: {printable(str(e))}\n")
@@ -45,6 +48,8 @@ def main(args: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: still one line and a failure status
         sys.stderr.write(f"dl-server: internal error: {type(e).__name__}: {printable(str(e))}\n")
         status = 1
+    finally:
+        fastmode.select(False)
     sys.stdout.flush()
     sys.stderr.flush()
     return status

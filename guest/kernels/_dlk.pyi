@@ -661,3 +661,20 @@ def gauss_add(x: Buffer, n: int, std: float, key: Buffer, counter: int, /) -> in
 
 def fedopt(kind: int, n: int, x: Buffer, a: Buffer, m: Buffer, v: Buffer, params: Buffer, /) -> None:
     """One FedAvgM/FedAdam/FedYogi/FedAdagrad step: x (global) updated from a (mean), state m, v."""
+
+def fast_supported() -> bool:
+    """Whether the fast kernels can run here (wasm: always; natively: the CPU has FMA)."""
+
+def set_fast_mode(on: bool, /) -> bool:
+    """Fast kernels (fused multiply-add) on or off; returns the previous mode."""
+
+def fast_mode() -> bool:
+    """Whether the fast kernels are on."""
+
+def winograd_weights(W: Buffer, n: int, c: int, m: int, U: Buffer, /) -> None:
+    """U[xi][f][ch] = (G g G^T)[xi]: the F(m x m, 3 x 3) transform of n x c 3x3 kernels (m = 2 or 4)."""
+
+def conv_winograd(
+    src: Buffer, batch: int, c: int, h: int, w: int, U: Buffer, n: int, pad: int, m: int, out: Buffer, /
+) -> None:
+    """out = 3x3 stride-1 convolution of input by the kernels U transforms (Winograd F(m x m, 3 x 3))."""

@@ -1572,6 +1572,66 @@ static PyObject *py_fedopt(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
+/* ------------------------------------------------------------------ fast mode (fast.h) */
+
+static PyObject *py_fast_supported(PyObject *self, PyObject *args)
+{
+    return PyBool_FromLong(dlk_fast_supported());
+}
+
+static PyObject *py_set_fast_mode(PyObject *self, PyObject *args)
+{
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    if (on && !dlk_fast_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "_dlk.set_fast_mode: this CPU has no fused multiply-add (FMA)");
+        return NULL;
+    }
+    int was = dlk_fast_mode;
+    dlk_fast_mode = on;
+    return PyBool_FromLong(was);
+}
+
+/* winograd_weights(W, n, c, m, U): U = the F(m x m, 3 x 3) transform of n x c 3x3 kernels */
+static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
+{
+    Py_buffer W, U;
+    int n, c, m;
+    if (!PyArg_ParseTuple(args, "y*iiiw*", &W, &n, &c, &m, &U)) return NULL;
+    int ok = (n > 0 && c > 0 && (m == 2 || m == 4)) || fail("_dlk.winograd_weights: bad geometry");
+    ok = ok && NEED_F(W, (long long)n * c * 9, "winograd weights") &&
+         NEED_F(U, dlk_winograd_weights_size(n, c, m), "winograd transformed weights");
+    if (ok) dlk_winograd_weights(F32(W), n, c, m, F32(U));
+    RELEASE(&W, &U);
+    return none_if(ok);
+}
+
+/* conv_winograd(in, batch, c, h, w, U, n, pad, m, out): 3x3 stride-1 convolution (fast mode) */
+static PyObject *py_conv_winograd(PyObject *self, PyObject *args)
+{
+    Py_buffer in, U, out;
+    int batch, c, h, w, n, pad, m;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiw*", &in, &batch, &c, &h, &w, &U, &n, &pad, &m, &out)) return NULL;
+    int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2, ok;
+    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || n <= 0 || pad < 0 || pad > 2 || (m != 2 && m != 4)) {
+        ok = fail("_dlk.conv_winograd: bad geometry");
+    } else if (oh <= 0 || ow <= 0) {
+        ok = fail("_dlk.conv_winograd: kernel larger than image");
+    } else {
+        ok = NEED_F(in, batch * (long long)c * h * w, "winograd input") &&
+             NEED_F(U, dlk_winograd_weights_size(n, c, m), "winograd transformed weights") &&
+             NEED_F(out, batch * (long long)n * oh * ow, "winograd output") &&
+             kernel_ok(dlk_conv_winograd(F32(in), batch, c, h, w, F32(U), n, pad, m, F32(out)));
+    }
+    RELEASE(&in, &U, &out);
+    return none_if(ok);
+}
+
+static PyObject *py_fast_mode(PyObject *self, PyObject *args)
+{
+    return PyBool_FromLong(dlk_fast_mode);
+}
+
 static PyMethodDef dlk_methods[] = {
     {"gemm", py_gemm, METH_VARARGS, "gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)"},
     {"im2col", py_im2col, METH_VARARGS, "im2col(im, c, h, w, ksize, stride, pad, col)"},
@@ -1701,6 +1761,14 @@ static PyMethodDef dlk_methods[] = {
     {"prox_add", py_prox_add, METH_VARARGS, "prox_add(n, c, w, g, upd): upd += c * (w - g)"},
     {"gauss_add", py_gauss_add, METH_VARARGS, "gauss_add(x, n, std, key, counter) -> counter: ChaCha20 noise"},
     {"fedopt", py_fedopt, METH_VARARGS, "fedopt(kind, n, x, a, m, v, params): a server-optimiser step"},
+    {"fast_supported", py_fast_supported, METH_NOARGS, "fast_supported() -> bool: the fast kernels can run here"},
+    {"set_fast_mode", py_set_fast_mode, METH_VARARGS,
+     "set_fast_mode(on) -> bool: the fast kernels (fused multiply-add) on or off; returns the previous mode"},
+    {"fast_mode", py_fast_mode, METH_NOARGS, "fast_mode() -> bool: whether the fast kernels are on"},
+    {"winograd_weights", py_winograd_weights, METH_VARARGS,
+     "winograd_weights(W, n, c, m, U): U = the F(m x m, 3 x 3) transform of n x c 3x3 kernels"},
+    {"conv_winograd", py_conv_winograd, METH_VARARGS,
+     "conv_winograd(in, batch, c, h, w, U, n, pad, m, out): 3x3 stride-1 convolution, Winograd F(m x m, 3 x 3)"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -50,10 +50,12 @@
  *   used for LeNet's 5x5x6). The input gradient is scattered from the positions p, descending,
  *   where some delta is nonzero: each pixel then receives its t(k) in ascending k, as in col2im. */
 #include <stdlib.h>
+#include "fast.h"
 #include "kernels.h"
 #include "activation.h"
 #include "simd.h"
 
+#ifndef DLK_FAST  /* im2col, col2im: no arithmetic, exact units only */
 /* ================================================================ im2col, col2im */
 
 /* Columns ox of a kernel column kx whose image column x = ox*stride + kx - pad lies in
@@ -119,8 +121,11 @@ void dlk_col2im(const float *col, int c, int h, int w, int ksize, int stride, in
     }
 }
 
+#endif
+
 /* ================================================================ direct, stride 1 */
 
+#ifndef DLK_FAST
 long long dlk_conv2d_direct_workspace(int c, int h, int w, int size, int pad)
 {
     int ow = w + 2 * pad - size + 1;
@@ -129,6 +134,7 @@ long long dlk_conv2d_direct_workspace(int c, int h, int w, int size, int pad)
     if (PW < ow8 + size - 1) PW = ow8 + size - 1;
     return (long long)c * PH * PW + 8;
 }
+#endif
 
 static inline void conv_block(int NF, const float *pad_in, int c, int PH, int PW, const float *W, int K,
                               int size, int y, int x0, float acc_out[4][8])
@@ -143,8 +149,8 @@ static inline void conv_block(int NF, const float *pad_in, int c, int PH, int PW
                 v4f v0 = v4f_load(row + kx), v1 = v4f_load(row + kx + 4);
                 for (int r = 0; r < NF; ++r) {
                     v4f wv = v4f_splat(wk[r * K + kx]);
-                    acc[r][0] += wv * v0;
-                    acc[r][1] += wv * v1;
+                    acc[r][0] = v4f_madd(acc[r][0], wv, v0);
+                    acc[r][1] = v4f_madd(acc[r][1], wv, v1);
                 }
             }
         }
@@ -172,6 +178,9 @@ static void conv_filters(int NF, const float *pad_in, int c, int PH, int PW, con
 void dlk_conv2d_direct(const float *in, int batch, int c, int h, int w, const float *weights, int n, int size,
                        int pad, float *out, float *workspace)
 {
+#ifndef DLK_FAST
+    if (dlk_fast_mode) { dlk_conv2d_direct_fast(in, batch, c, h, w, weights, n, size, pad, out, workspace); return; }
+#endif
     int oh = h + 2 * pad - size + 1, ow = w + 2 * pad - size + 1;
     int K = c * size * size;
     int ow8 = (ow + 7) / 8 * 8;
@@ -225,8 +234,8 @@ CT_INLINE void ct_fwd_tile(const int NF, const int S, const int V, int size, con
             v4f v0 = v4f_load(row + kx), v1 = V == 2 ? v4f_load(row + kx + 4) : v0;
             CT_UNROLL for (int r = 0; r < NF; ++r) {
                 v4f wv = v4f_load(wk + (kx * NF + r) * 4);
-                acc[r][0] += wv * v0;
-                if (V == 2) acc[r][1] += wv * v1;
+                acc[r][0] = v4f_madd(acc[r][0], wv, v0);
+                if (V == 2) acc[r][1] = v4f_madd(acc[r][1], wv, v1);
             }
         }
     }
@@ -287,6 +296,7 @@ static ct_fwd_fn ct_pick_fwd(int nf, int size)
 }
 
 /* 0, or why the layer cannot be computed here (a DLK_CONV_* code); fills g. */
+#ifndef DLK_FAST
 int dlk_conv_geometry(dlk_conv_geom *g, int c, int h, int w, int n, int size, int pad)
 {
     if (c <= 0 || h <= 0 || w <= 0 || n <= 0 || size <= 0 || size > DLK_CONV_MAX_SIZE || pad < 0 || pad >= size)
@@ -304,6 +314,7 @@ int dlk_conv_geometry(dlk_conv_geom *g, int c, int h, int w, int n, int size, in
     if (g->PW < 8 * g->nblk + size - 1) g->PW = 8 * g->nblk + size - 1;
     return 0;
 }
+#endif
 
 /* dst[0..n) = src[0..n), without a memory.copy call (a libcall under wasmtime). */
 static inline __attribute__((no_builtin("memcpy"))) void ct_copy(float *dst, const float *src, int n)
@@ -324,6 +335,9 @@ static void ct_pad_image(const dlk_conv_geom *g, const float *src, float *pin)
 int dlk_conv_forward(const dlk_conv_geom *geom, int batch, const float *in, const float *weights, const float *biases,
                      int act, float *out)
 {
+#ifndef DLK_FAST
+    if (dlk_fast_mode) return dlk_conv_forward_fast(geom, batch, in, weights, biases, act, out);
+#endif
     const dlk_conv_geom g = *geom;           /* a local copy: the wasm loops keep its fields in registers */
     const int c = g.c, h = g.h, w = g.w, n = g.n, size = g.size;
     int status = 0;
@@ -402,8 +416,8 @@ CT_INLINE void ct_dw_sums(const int S, const int L, int size, const float *plane
         v4f d = v4f_splat(val[j]);
         CT_UNROLL for (int ky = 0; ky < (S ? S : CT_MAX_SIZE); ++ky) {
             if (!S && ky >= sz) break;
-            acc[ky][0] += d * v4f_load(p + ky * PW);
-            if (L == 2) acc[ky][1] += d * v4f_load(p + ky * PW + 4);
+            acc[ky][0] = v4f_madd(acc[ky][0], d, v4f_load(p + ky * PW));
+            if (L == 2) acc[ky][1] = v4f_madd(acc[ky][1], d, v4f_load(p + ky * PW + 4));
         }
     }
     for (int ky = 0; ky < sz; ++ky) {
@@ -436,8 +450,8 @@ CT_INLINE void ct_dx_scatter(const int S, const int CNT, int size, int c, const 
             for (int j = 0; j < nj; ++j) {
                 const float *wv = Wp + (((ptrdiff_t)fl[j] * c + ch) * sz + ky) * 8;
                 v4f d = v4f_splat(dval[j]);
-                t0 += d * v4f_load(wv);
-                t1 += d * v4f_load(wv + 4);
+                t0 = v4f_madd(t0, d, v4f_load(wv));
+                t1 = v4f_madd(t1, d, v4f_load(wv + 4));
             }
             float *row = work + ((ptrdiff_t)ch * WH + ky) * WW;
             v4f_store(row, v4f_load(row) + t0);
@@ -568,7 +582,7 @@ CT_INLINE void ct_dw_nhwc(const int S, int size, const float *inn, int PW, int c
         for (int j = 0; j < cnt; ++j) {
             const float *p = base + (ptrdiff_t)off[j] * c;
             v4f d = v4f_splat(val[j]);
-            CT_UNROLL for (int v = 0; v < 8; ++v) acc[v] += d * v4f_load(p + 4 * v);
+            CT_UNROLL for (int v = 0; v < 8; ++v) acc[v] = v4f_madd(acc[v], d, v4f_load(p + 4 * v));
         }
         CT_UNROLL for (int v = 0; v < 8; ++v) v4f_store(sums + ky * CT_NHWC_LANES + 4 * v, acc[v]);
     }
@@ -590,7 +604,7 @@ CT_INLINE void ct_dx_nhwc(const int S, const int CNT, int size, const float *Wq,
         for (int j = 1; j < nj; ++j) {
             const float *wj = Wq + ((ptrdiff_t)fl[j] * sz + ky) * CT_NHWC_LANES;
             v4f d = v4f_splat(dval[j]);
-            CT_UNROLL for (int v = 0; v < 8; ++v) t[v] += d * v4f_load(wj + 4 * v);
+            CT_UNROLL for (int v = 0; v < 8; ++v) t[v] = v4f_madd(t[v], d, v4f_load(wj + 4 * v));
         }
         float *row = work + (ptrdiff_t)ky * WN * c;
         CT_UNROLL for (int v = 0; v < 8; ++v) v4f_store(row + 4 * v, v4f_load(row + 4 * v) + t[v]);
@@ -612,6 +626,9 @@ static void ct_dx_nhwc_any(int size, const float *Wq, const int *fl, const float
 int dlk_conv_backward(const dlk_conv_geom *g, int batch, const float *in, const float *out, float *delta, int act,
                       const float *weights, float *bias_upd, float *weight_upd, float *prev)
 {
+#ifndef DLK_FAST
+    if (dlk_fast_mode) return dlk_conv_backward_fast(g, batch, in, out, delta, act, weights, bias_upd, weight_upd, prev);
+#endif
     const int c = g->c, h = g->h, w = g->w, n = g->n, size = g->size, pad = g->pad;
     int have_prev = prev != NULL;
     int status = 0;

@@ -45,6 +45,7 @@
  * The pack buffers are static: the extension holds the GIL for the whole call (and the
  * guest is single-threaded), so gemm is never re-entered while they are in use. */
 #include <stdlib.h>
+#include "fast.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -110,6 +111,7 @@ enum { FIN_STORE, FIN_ADD, FIN_ADD_SCALED };
  * The accumulators start as src[r][x] (INIT_LOAD), src[r][x] * scale (INIT_LOAD_SCALED)
  * or 0 (INIT_ZERO), and end as dst[r][x] = acc (FIN_STORE), dst[r][x] + acc (FIN_ADD) or
  * dst[r][x] * beta + acc (FIN_ADD_SCALED). */
+#ifndef DLK_FAST_FMA
 GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc, const float *ap,
                            const float *bp, ptrdiff_t bs, const float *src, ptrdiff_t lds, float scale,
                            float *dst, ptrdiff_t ldd, float beta)
@@ -133,10 +135,10 @@ GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc,
         v4f b1 = V4_ROT(b, 1), b2 = V4_ROT(b, 2), b3 = V4_ROT(b, 3);
 #pragma clang loop unroll(full)
         for (int h = 0; h < MRV; ++h) {
-            acc[h][0] += a[h] * b;
-            acc[h][1] += a[h] * b1;
-            acc[h][2] += a[h] * b2;
-            acc[h][3] += a[h] * b3;
+            acc[h][0] = v4f_madd(acc[h][0], a[h], b);
+            acc[h][1] = v4f_madd(acc[h][1], a[h], b1);
+            acc[h][2] = v4f_madd(acc[h][2], a[h], b2);
+            acc[h][3] = v4f_madd(acc[h][3], a[h], b3);
         }
         ap += 4 * MRV;
         bp += bs;
@@ -153,6 +155,39 @@ GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc,
         }
     }
 }
+
+#else
+/* The fused twin of gemm_tile (same packing, same start and end modes): acc[r] is row r of the
+ * tile, and per k each A value is splat from memory into its own register: wasmtime (Cranelift)
+ * lowers relaxed_madd to vfmadd213ps, whose destination is the first multiplicand, so a fresh
+ * one per multiply-add needs no copy, and 8 accumulators + 1 B vector + 1 splat never spill. */
+GEMM_INLINE void gemm_tile(const int MRV, const int init, const int fin, int kc, const float *ap,
+                           const float *bp, ptrdiff_t bs, const float *src, ptrdiff_t lds, float scale,
+                           float *dst, ptrdiff_t ldd, float beta)
+{
+    v4f acc[8];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4 * MRV; ++r) {
+        acc[r] = init == INIT_ZERO ? v4f_splat(0.f) : v4f_load(src + r * lds);
+        if (init == INIT_LOAD_SCALED) acc[r] *= v4f_splat(scale);
+    }
+    for (int k = 0; k < kc; ++k) {
+        v4f b = *(const v4fu *)bp;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 4 * MRV; ++r) acc[r] = v4f_madd(acc[r], v4f_splat(ap[r]), b);
+        ap += 4 * MRV;
+        bp += bs;
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 4 * MRV; ++r) {
+        float *d = dst + r * ldd;
+        v4f v = acc[r];
+        if (fin == FIN_ADD) v = v4f_load(d) + v;
+        if (fin == FIN_ADD_SCALED) v = v4f_load(d) * v4f_splat(beta) + v;
+        v4f_store(d, v);
+    }
+}
+#endif
 
 /* All tiles of one row panel: MR full rows, nc columns (a multiple of 4). The B panel of
  * columns 4t.. is at bp + t*bpanel (4*kc when packed, 4 in place); src and dst point at the
@@ -191,7 +226,7 @@ GEMM_INLINE void gemm_rows_tile(const int R, const int Q, const int init, const 
         for (int r = 0; r < R; ++r) {
             v4f a = v4f_splat(ap[r]);
 #pragma clang loop unroll(full)
-            for (int q = 0; q < Q; ++q) acc[r][q] += a * b[q];
+            for (int q = 0; q < Q; ++q) acc[r][q] = v4f_madd(acc[r][q], a, b[q]);
         }
         ap += 4;
         bp += bs;
@@ -459,9 +494,33 @@ static int gemm_blocked(int ta, int tb, int M, int N, int K, float alpha, const 
     return 0;
 }
 
+#ifndef DLK_FAST
+int dlk_fast_mode = 0;
+
+int dlk_fast_supported(void)
+{
+#if defined(__x86_64__) && defined(DLK_FAST_FMA_NATIVE)
+    /* the native fast units are built with -mfma (VEX encoded): CPUID.1 ECX has FMA (12),
+     * OSXSAVE (27) and AVX (28), and the OS saves the xmm and ymm state (XCR0 bits 1, 2) */
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    const unsigned need = 1u << 12 | 1u << 27 | 1u << 28;
+    if ((c & need) != need) return 0;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6) == 6;
+#else
+    return 1;       /* wasm: the module validated, so any relaxed SIMD in it is there; natively: plain C */
+#endif
+}
+#endif
+
 int dlk_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
              float beta, float *C, int ldc)
 {
+#ifndef DLK_FAST
+    if (dlk_fast_mode) return dlk_gemm_fast(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
     if (M == 0 || N == 0) return 0;
     if (K == 0) {                                /* C *= BETA */
         if (beta != 1.f)

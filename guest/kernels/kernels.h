@@ -25,6 +25,7 @@
  *   activation.h the activations and their derivatives (one enum, act, grad)
  *   rand.h       musl's rand() step
  *   simd.h       4-lane vectors
+ *   fast.h       the fast mode: gemm_fast.c, conv_fast.c (fused multiply-adds), winograd.c
  *
  * Sizes are int where Darknet's are, ptrdiff_t for element counts. Kernels that can fail
  * return 0 or a negative DLK_ERR_* code; the others return nothing or a value. */
@@ -278,5 +279,26 @@ void dlk_prox_add(ptrdiff_t n, float c, const float *w, const float *g, float *u
 void dlk_clip_update(ptrdiff_t n, float s, const float *g, float *x);
 uint64_t dlk_gauss_add(float *x, ptrdiff_t n, double std, const uint8_t *key, uint64_t counter);
 void dlk_fedopt(int kind, ptrdiff_t n, float *x, const float *a, float *m, float *v, const double *p);
+
+/* ------------------------------------------------------------------ fast mode (fast.h) */
+
+/* Nonzero: gemm, conv2d_direct, conv_forward and conv_backward run their fast twins. */
+extern int dlk_fast_mode;
+/* 1 when this build can run the fast kernels (natively on x86-64: the CPU has FMA). */
+int dlk_fast_supported(void);
+int dlk_gemm_fast(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
+void dlk_conv2d_direct_fast(const float *in, int batch, int c, int h, int w, const float *weights, int n,
+                            int size, int pad, float *out, float *workspace);
+int dlk_conv_forward_fast(const dlk_conv_geom *g, int batch, const float *in, const float *weights,
+                          const float *biases, int act, float *out);
+int dlk_conv_backward_fast(const dlk_conv_geom *g, int batch, const float *in, const float *out, float *delta,
+                           int act, const float *weights, float *bias_upd, float *weight_upd, float *prev);
+
+/* winograd_fast.c: F(m x m, 3 x 3), m = 2 or 4; U = dlk_winograd_weights(W) (size: _size) */
+long long dlk_winograd_weights_size(int n, int c, int m);
+void dlk_winograd_weights(const float *W, int n, int c, int m, float *U);
+int dlk_conv_winograd(const float *in, int batch, int c, int h, int w, const float *U, int n, int pad, int m,
+                      float *out);
 
 #endif

@@ -13,4 +13,16 @@ static inline v4f v4f_load(const float *p) { v4f v; memcpy(&v, p, 16); return v;
 static inline void v4f_store(float *p, v4f v) { memcpy(p, &v, 16); }
 static inline v4f v4f_splat(float x) { v4f v = {x, x, x, x}; return v; }
 
+/* acc + a*b lane by lane: a product rounded, then a sum rounded (Darknet's two roundings).
+ * Fast units built with DLK_FAST_FMA (scripts/build_kernels.py, off by default): one fused
+ * rounding, f32x4.relaxed_madd in wasm (-mrelaxed-simd; fused under wasmtime on x86-64 with
+ * FMA, and always with relaxed_simd_deterministic), fma natively (-mfma). */
+#if defined(DLK_FAST_FMA) && defined(__wasm_relaxed_simd__)
+#define v4f_madd(acc, a, b) __builtin_wasm_relaxed_madd_f32x4((a), (b), (acc))
+#elif defined(DLK_FAST_FMA)
+#define v4f_madd(acc, a, b) __builtin_elementwise_fma((a), (b), (acc))
+#else
+#define v4f_madd(acc, a, b) ((acc) + (a) * (b))
+#endif
+
 #endif

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "as under the FEE): sets DL_SERVER_CLOCK=1 instead of 0",
     )
     parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="the guest's fast mode (sets DL_SERVER_FAST=1, as -fast among its arguments): "
+        "Winograd convolutions, not bit-identical to Darknet",
+    )
+    parser.add_argument(
         "--env",
         dest="env",
         action="append",
@@ -458,6 +464,8 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
     if getattr(args, "guard", None) is not None:
         output = args.guard.output(output)  # drops the streams a --policy does not grant
     env = dict([("DL_SERVER_CLOCK", "1" if args.enable_clock else "0"), *args.env])
+    if args.fast:
+        env["DL_SERVER_FAST"] = "1"
 
     with stage_sources(args.inputs, args.outputs) as staged:
         if recorder is not None:

@@ -28,7 +28,7 @@ from .sources import Mount
 
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
-ENGINE_SETTINGS = {True: "epoch-interruption", False: "plain"}
+ENGINE_SETTINGS = {True: "epoch-interruption-rsd", False: "plain-rsd"}  # rsd: relaxed SIMD deterministic
 CACHE_ENTRIES_KEPT = 4  # compiled components are ~35 MB; older ones are removed
 
 OutputCallback = Callable[[bytes], None]
@@ -149,6 +149,10 @@ def make_engine(interruptible: bool = True):
 
     config = Config()
     config.epoch_interruption = interruptible
+    # relaxed SIMD (the fast units may use relaxed_madd, docs/darknet-contract.md §10.5), and its
+    # deterministic semantics: a relaxed_madd is fused on every machine, results do not depend on it
+    config.wasm_relaxed_simd = True
+    config.wasm_relaxed_simd_deterministic = True
     engine = Engine(config)
     engine.dl_server_interruptible = interruptible  # type: ignore[attr-defined]  # our mark on wasmtime's Engine
     return engine

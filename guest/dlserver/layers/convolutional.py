@@ -13,6 +13,7 @@ im2col + gemm loops, without im2col and without the Python loop over the batch.
 """
 
 import math
+from array import array
 
 from .. import kernels
 from ..buffers import reserve_scratch, scratch, view, zeros
@@ -29,6 +30,12 @@ from .batchnorm import (
 )
 
 DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
+# Fast mode, Winograd: F(4x4, 3x3) on outputs at least this wide, F(2x2, 3x3) below (13x13 and 26x26
+# in YOLOv3-tiny: F(4x4)'s padded tiles and 4x larger transformed weights cost more than it saves;
+# measured in the component, docs/darknet-contract.md §10.5); layers with fewer input channels
+# keep their direct or gemm path.
+WINOGRAD_F4_MIN_WIDTH = 40
+WINOGRAD_MIN_CHANNELS = 4
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
@@ -89,6 +96,17 @@ class ConvolutionalLayer(WeightedLayer):
             and self.pad < self.size
             and not self.batch_normalize
         )
+        # Fast mode (inference): 3x3 stride-1 layers with enough channels by Winograd.
+        self.winograd = (
+            self.size == 3
+            and self.stride == 1
+            and self.groups == 1
+            and self.pad <= 2
+            and self.c >= WINOGRAD_MIN_CHANNELS
+            and not self.fused
+        )
+        self.winograd_tile = 4 if self.out_w >= WINOGRAD_F4_MIN_WIDTH else 2
+        self.winograd_weights: array | None = None
         if self.direct and not self.fused:
             self.workspace_size = kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad)
         elif not self.direct and self.size != 1:
@@ -134,7 +152,11 @@ class ConvolutionalLayer(WeightedLayer):
                 out,
             )
             return
-        if self.direct:
+        if train:
+            self.winograd_weights = None  # the weights change: transform them again when needed
+        if self.winograd and not train and kernels.fast_mode():
+            self._forward_winograd(input_buf, out)
+        elif self.direct:
             kernels.conv2d_direct(
                 input_buf,
                 self.batch,
@@ -155,6 +177,18 @@ class ConvolutionalLayer(WeightedLayer):
         else:
             kernels.add_bias(out, self.biases, self.batch, self.n, spatial)
         kernels.activate(out, len(out), self.activation)
+
+    def _forward_winograd(self, input_buf, out):
+        """Fast mode, inference: out = the convolution by Winograd F(m x m, 3 x 3) (winograd_fast.c);
+        the transformed weights are made at the first such forward and kept (weights do not
+        change outside training, which takes the other paths)."""
+        m = self.winograd_tile
+        if self.winograd_weights is None:
+            self.winograd_weights = zeros((m + 2) ** 2 * self.n * self.c)
+            kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
+        kernels.conv_winograd(
+            input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, out
+        )
 
     def _forward_gemm(self, input_buf, out, spatial):
         """out[b] = W . im2col(in[b]), one gemm per image (and group)."""

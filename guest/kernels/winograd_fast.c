@@ -1,0 +1,202 @@
+/* Winograd convolution F(m x m, 3 x 3) for the fast mode (fast.h; Lavin & Gray 2016), for
+ * 3x3 kernels, stride 1, one group, any pad, on planar images in[c][h][w]:
+ *
+ *   out[f][y][x] = sum over ch, ky, kx of W[f][ch][ky][kx] * in[ch][y + ky - pad][x + kx - pad]
+ *
+ * computed by tiles of m x m outputs from a x a input patches (a = m + 2):
+ *   U[xi][f][ch] = (G g G^T)[xi],   g = W[f][ch] (3 x 3), G: a x 3   (winograd_weights, once per layer)
+ *   V[xi][t][ch] = (B^T d B)[xi],   d = patch of tile t of channel ch (a x a, zero outside)
+ *   M[xi]        = U[xi] . V[xi]^T  (n x T: one gemm per xi = 0 .. a*a-1, the fast gemm)
+ *   out tile t of filter f = A^T M[.][f][t] A   (m x m, cut at the image's edge)
+ * with m = 2 (F(2x2,3x3): 16 products per 4 outputs, 2.25x fewer than direct) or m = 4
+ * (F(4x4,3x3): 36 per 16, 4x fewer; transforms with 4, 5, 8 and 1/6, 1/24: about 2-3 bits
+ * less accurate). Neither is Darknet's summation: results agree with the exact path to a
+ * relative error of ~1e-6 (m = 2) or ~1e-5 (m = 4) of the sums of |terms| (tests/test_fast_mode.py).
+ *
+ * Vector lanes: 4 channels in the input transform (the input is first interleaved by 4
+ * channels: pin4[y][x][l] = in[ch0 + l][y - pad][x - pad], 0 outside), 4 tiles in the output
+ * transform. Zero entries of B^T and A^T are skipped at compile time (constant tables,
+ * loops fully unrolled). Bias, batch normalisation and activation follow as on the gemm path. */
+#define DLK_FAST 1
+#include <stdlib.h>
+#include "fast.h"
+#include "kernels.h"
+#include "simd.h"
+
+#define WG_INLINE static inline __attribute__((always_inline))
+#define WG_UNROLL _Pragma("clang loop unroll(full)")
+
+static const float WG_BT2[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+static const float WG_G2[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+static const float WG_AT2[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+static const float WG_BT4[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                   {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+static const float WG_G4[6][3] = {{1.f / 4, 0, 0},
+                                  {-1.f / 6, -1.f / 6, -1.f / 6},
+                                  {-1.f / 6, 1.f / 6, -1.f / 6},
+                                  {1.f / 24, 1.f / 12, 1.f / 6},
+                                  {1.f / 24, -1.f / 12, 1.f / 6},
+                                  {0, 0, 1}};
+static const float WG_AT4[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+
+/* s += t * x for a table constant t: an add or a subtract for +-1, nothing for 0 (all decided at
+ * compile time: the tables are constant and the loops fully unrolled). */
+#define WG_TERM(s, t, x)                                                          \
+    do {                                                                          \
+        const float t_ = (t);                                                     \
+        if (t_ == 1.f) s += (x);                                                  \
+        else if (t_ == -1.f) s -= (x);                                            \
+        else if (t_ != 0.f) s = v4f_madd(s, v4f_splat(t_), (x));                  \
+    } while (0)
+
+/* r = T . d: r[i][k] = sum_j T[i][j] d[j][k], i < R, k < C, j < A (entries of d, r: vectors) */
+#define WG_LEFT(R, C, A, T, d, r)                                                 \
+    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_) WG_UNROLL for (int k_ = 0; k_ < (C); ++k_) { \
+        v4f s_ = v4f_splat(0.f);                                                  \
+        WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) WG_TERM(s_, (T)[i_][j_], (d)[j_][k_]); \
+        (r)[i_][k_] = s_;                                                         \
+    }
+
+/* r = d . T^T: r[i][k] = sum_j d[i][j] T[k][j], i < R, k < C, j < A */
+#define WG_RIGHT(R, C, A, T, d, r)                                                \
+    WG_UNROLL for (int i_ = 0; i_ < (R); ++i_) WG_UNROLL for (int k_ = 0; k_ < (C); ++k_) { \
+        v4f s_ = v4f_splat(0.f);                                                  \
+        WG_UNROLL for (int j_ = 0; j_ < (A); ++j_) WG_TERM(s_, (T)[k_][j_], (d)[i_][j_]); \
+        (r)[i_][k_] = s_;                                                         \
+    }
+
+long long dlk_winograd_weights_size(int n, int c, int m)
+{
+    return (long long)(m + 2) * (m + 2) * n * c;
+}
+
+/* U[xi][f][ch0 .. ch0+3] = (G g G^T)[xi] for 4 channels in the lanes (float, fused), g = W[f][ch] */
+WG_INLINE void wg_weights_4(const int M, const float *W, int n, int c, int f, int ch0, float *U)
+{
+    const int A = M + 2;
+    v4f g[3][3], t[6][3], u[6][6];
+    for (int k = 0; k < 9; ++k) {
+        float l[4];
+        for (int x = 0; x < 4; ++x) l[x] = ch0 + x < c ? W[((ptrdiff_t)f * c + ch0 + x) * 9 + k] : 0.f;
+        g[k / 3][k % 3] = v4f_load(l);
+    }
+    if (M == 2) {
+        WG_LEFT(4, 3, 3, WG_G2, g, t);
+        WG_RIGHT(4, 4, 3, WG_G2, t, u);
+    } else {
+        WG_LEFT(6, 3, 3, WG_G4, g, t);
+        WG_RIGHT(6, 6, 3, WG_G4, t, u);
+    }
+    WG_UNROLL for (int i = 0; i < A; ++i)
+        WG_UNROLL for (int j = 0; j < A; ++j) {
+            float *d = U + (((ptrdiff_t)i * A + j) * n + f) * c + ch0;
+            if (ch0 + 4 <= c) v4f_store(d, u[i][j]);
+            else for (int x = 0; ch0 + x < c; ++x) d[x] = u[i][j][x];
+        }
+}
+
+void dlk_winograd_weights(const float *W, int n, int c, int m, float *U)
+{
+    for (int f = 0; f < n; ++f)
+        for (int ch0 = 0; ch0 < c; ch0 += 4)
+            if (m == 2) wg_weights_4(2, W, n, c, f, ch0, U);
+            else wg_weights_4(4, W, n, c, f, ch0, U);
+}
+
+/* V rows of tile (ty, tx) for 4 channels: V[xi][t][ch0 .. ch0+3] */
+WG_INLINE void wg_input_tile(const int M, const float *pin4, int PW, int ty, int tx, float *V, ptrdiff_t xstride)
+{
+    const int A = M + 2;
+    v4f d[6][6], r[6][6], v[6][6];
+    WG_UNROLL for (int j = 0; j < A; ++j)
+        WG_UNROLL for (int k = 0; k < A; ++k)
+            d[j][k] = v4f_load(pin4 + (((ptrdiff_t)ty * M + j) * PW + tx * M + k) * 4);
+    if (M == 2) {
+        WG_LEFT(4, 4, 4, WG_BT2, d, r);
+        WG_RIGHT(4, 4, 4, WG_BT2, r, v);
+    } else {
+        WG_LEFT(6, 6, 6, WG_BT4, d, r);
+        WG_RIGHT(6, 6, 6, WG_BT4, r, v);
+    }
+    WG_UNROLL for (int i = 0; i < A; ++i)
+        WG_UNROLL for (int k = 0; k < A; ++k) v4f_store(V + (i * A + k) * xstride, v[i][k]);
+}
+
+/* Output tiles t0 .. t0+3 of one filter from M[xi][f][t] (xstride apart), cut at oh x ow. */
+WG_INLINE void wg_output_tiles(const int M, const float *Mf, ptrdiff_t xstride, int t0, int T, int tw, int oh, int ow,
+                               float *out)
+{
+    const int A = M + 2;
+    v4f d[6][6], r[4][6], y[4][4];
+    WG_UNROLL for (int j = 0; j < A; ++j)
+        WG_UNROLL for (int k = 0; k < A; ++k) d[j][k] = v4f_load(Mf + (j * A + k) * xstride + t0);
+    if (M == 2) {
+        WG_LEFT(2, 4, 4, WG_AT2, d, r);
+        WG_RIGHT(2, 2, 4, WG_AT2, r, y);
+    } else {
+        WG_LEFT(4, 6, 6, WG_AT4, d, r);
+        WG_RIGHT(4, 4, 6, WG_AT4, r, y);
+    }
+    for (int l = 0; l < 4 && t0 + l < T; ++l) {
+        int ty = (t0 + l) / tw, tx = (t0 + l) % tw;
+        int ny = oh - ty * M < M ? oh - ty * M : M, nx = ow - tx * M < M ? ow - tx * M : M;
+        float *o = out + (ptrdiff_t)ty * M * ow + tx * M;
+        if (ny == M && nx == M) {
+            WG_UNROLL for (int i = 0; i < M; ++i)
+                WG_UNROLL for (int k = 0; k < M; ++k) o[(ptrdiff_t)i * ow + k] = y[i][k][l];
+        } else {
+            for (int i = 0; i < ny; ++i)
+                for (int k = 0; k < nx; ++k) o[(ptrdiff_t)i * ow + k] = y[i][k][l];
+        }
+    }
+}
+
+WG_INLINE int wg_conv(const int M, const float *in, int batch, int c, int h, int w, const float *U, int n, int pad,
+                      float *out)
+{
+    const int A = M + 2;
+    const int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2;
+    const int th = (oh + M - 1) / M, tw = (ow + M - 1) / M, T = th * tw, Tp = (T + 3) & ~3;
+    const int cp = (c + 3) & ~3, PH = th * M + 2, PW = tw * M + 2;
+    float *pin4 = malloc(sizeof(float) * (size_t)PH * PW * 4);
+    float *V = calloc((size_t)A * A * Tp * cp, sizeof(float));        /* V[xi][t][ch], rows past T zero */
+    float *Mx = malloc(sizeof(float) * (size_t)A * A * n * Tp);       /* M[xi][f][t] */
+    int status = 0;
+    if (!pin4 || !V || !Mx) { status = DLK_ERR_NOMEM; goto done; }
+    for (int b = 0; b < batch; ++b) {
+        const float *src = in + (ptrdiff_t)b * c * h * w;
+        for (int ch0 = 0; ch0 < c; ch0 += 4) {
+            memset(pin4, 0, sizeof(float) * (size_t)PH * PW * 4);
+            for (int l = 0; l < 4 && ch0 + l < c; ++l)
+                for (int y = 0; y < h && y + pad < PH; ++y) {
+                    const float *row = src + ((ptrdiff_t)(ch0 + l) * h + y) * w;
+                    float *dst = pin4 + ((ptrdiff_t)(y + pad) * PW + pad) * 4 + l;
+                    int nx = w < PW - pad ? w : PW - pad;
+                    for (int x = 0; x < nx; ++x) dst[(ptrdiff_t)x * 4] = row[x];
+                }
+            for (int ty = 0; ty < th; ++ty)
+                for (int tx = 0; tx < tw; ++tx)
+                    wg_input_tile(M, pin4, PW, ty, tx, V + ((ptrdiff_t)ty * tw + tx) * cp + ch0, (ptrdiff_t)Tp * cp);
+        }
+        memset(Mx, 0, sizeof(float) * (size_t)A * A * n * Tp);
+        for (int xi = 0; xi < A * A; ++xi) {
+            int e = dlk_gemm(0, 1, n, Tp, c, 1.f, U + (ptrdiff_t)xi * n * c, c, V + (ptrdiff_t)xi * Tp * cp, cp, 1.f,
+                             Mx + (ptrdiff_t)xi * n * Tp, Tp);
+            if (e) { status = e; goto done; }
+        }
+        float *dst = out + (ptrdiff_t)b * n * oh * ow;
+        for (int f = 0; f < n; ++f)
+            for (int t0 = 0; t0 < T; t0 += 4)
+                wg_output_tiles(M, Mx + (ptrdiff_t)f * Tp, (ptrdiff_t)n * Tp, t0, T, tw, oh, ow,
+                                dst + (ptrdiff_t)f * oh * ow);
+    }
+done:
+    free(pin4); free(V); free(Mx);
+    return status;
+}
+
+int dlk_conv_winograd(const float *in, int batch, int c, int h, int w, const float *U, int n, int pad, int m,
+                      float *out)
+{
+    return m == 2 ? wg_conv(2, in, batch, c, h, w, U, n, pad, out) : wg_conv(4, in, batch, c, h, w, U, n, pad, out);
+}
