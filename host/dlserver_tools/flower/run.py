@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import FederatedError, Federation, checked_options
+from ..federated import FederatedError, check_data, checked_options
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -109,7 +109,7 @@ def run_config(opts: argparse.Namespace, root: Path) -> str:
 def flower_federation(opts: argparse.Namespace) -> dict:
     root = opts.root.resolve()
     try:
-        Federation(opts).check_data()  # MNIST prepared for this split, the test list there
+        check_data(opts)  # MNIST prepared for this split, the test list there
     except FederatedError as e:
         raise FlowerRunError(str(e)) from None
     home = (root / "build" / ("flwr-deploy" if opts.deployment else "flwr")).resolve()

@@ -1,4 +1,4 @@
-"""The sandboxed steps of a federation, as the local runner (dlserver_tools.federated) runs them.
+"""The sandboxed steps of a federation, run by the Flower app and the local runner alike.
 
 Every step is one ``dlserver_host.api.run`` with the project root as working directory (the
 guest's paths are the root's relative paths), its arguments after ``--`` (no args.cfg, so
@@ -47,6 +47,7 @@ class Settings:
     valid_list: str = "data/mnist/mnist.valid.list"
     base_cfg: str = "cfg/mnist_lenet.cfg"
     timeout: float | None = None
+    manifests: bool = True  # a --manifest record of every run under <work>/provenance/
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -93,7 +94,8 @@ class Settings:
 
     def run(self, name: str, argv: list[str], inputs: list[str], outputs: list[str]) -> api.RunOutcome:
         """One sandboxed run; StepError with the guest's error line when it fails."""
-        self.path(f"{self.work}/provenance").mkdir(parents=True, exist_ok=True)
+        if self.manifests:
+            self.path(f"{self.work}/provenance").mkdir(parents=True, exist_ok=True)
         result = api.run(
             self.program,
             inputs,
@@ -101,7 +103,7 @@ class Settings:
             argv,
             api.Limits(timeout=self.timeout),
             cwd=self.root,
-            manifest=f"{self.work}/provenance/{name}.json",
+            manifest=f"{self.work}/provenance/{name}.json" if self.manifests else None,
         )
         if not result.ok:
             raise StepError(f"{name}: {result.error_line()}")
@@ -155,7 +157,7 @@ def initialise(s: Settings) -> tuple[Path, float]:
 @dataclass(frozen=True)
 class Trained:
     weights: Path  # the trained model, kept as <work>/client<k>/round<r>.weights
-    manifest: dict  # the run's --manifest record
+    manifest: dict | None  # the run's --manifest record (None without manifests)
     examples: int
     batches: int
     loss: float
@@ -183,7 +185,6 @@ def train(s: Settings, k: int, r: int, global_weights: str, client_dir: str | No
     batches = train_lines(result.stdout)
     kept = s.path(f"{c}/round{r}.weights")
     shutil.move(s.path(f"{c}/out/{BASE}.weights"), kept)
-    assert result.manifest is not None  # written by every run of Settings.run
     return Trained(
         kept,
         result.manifest,
