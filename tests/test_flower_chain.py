@@ -171,3 +171,50 @@ def test_a_changed_signed_record_is_named(copy, tmp_path):
 def test_a_directory_without_a_federation_is_refused(tmp_path):
     fails = failed_lines(verify(tmp_path))
     assert fails == [f"FAIL  round 0: no provenance/round0-init.json under {tmp_path}"]
+
+
+@pytest.fixture(scope="module")
+def fedadam(tmp_path_factory) -> Path:
+    """A 2 x 2 x 2 federation whose server runs FedAdam (a rule with a state file)."""
+    root = prepared_root(tmp_path_factory.mktemp("fedadam"), 2, n_train=40, n_test=20)
+    args = ["--num-clients", "2", "--rounds", "2", "--batches", "2", "--work", "fed", "--program", str(WASM)]
+    result = run_federated(root, *args, "--method", "fedadam:0.1:0.9:0.99:0.001")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  server: fedadam:0.1:0.9:0.99:0.001 of 2 models" in result.stdout
+    return root
+
+
+def test_a_fedopt_rule_carries_its_state_from_round_to_round(fedadam):
+    result = verify(fedadam / "fed")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rounds = [
+        json.loads((fedadam / "fed" / "provenance" / f"round{r}-aggregate.json").read_text()) for r in (1, 2)
+    ]
+    assert rounds[0]["guest_argv"][-4:] == [
+        "-global",
+        "fed/global/round0.weights",
+        "-state-out",
+        "fed/server/aggregate1/rule.state",
+    ]
+    assert rounds[1]["guest_argv"][-6:-2] == [
+        "-global",
+        "fed/global/round1.weights",
+        "-state",
+        "fed/server/aggregate1/rule.state",
+    ]
+    written = rounds[0]["outputs"]["files"]["fed/server/aggregate1/rule.state"]
+    assert rounds[1]["inputs"]["files"]["fed/server/aggregate1/rule.state"] == written
+    assert (fedadam / "fed" / "server" / "aggregate1" / "rule.state").read_bytes().startswith(b"DLSSTAT1")
+
+
+def test_a_rule_state_from_elsewhere_is_named(fedadam, tmp_path):
+    shutil.copytree(fedadam, tmp_path / "root")
+    path = tmp_path / "root" / "fed" / "provenance" / "round2-aggregate.json"
+    record = json.loads(path.read_text())
+    record["inputs"]["files"]["fed/server/aggregate1/rule.state"] = "1" * 64
+    path.write_text(json.dumps(record))
+    fails = failed_lines(verify(tmp_path / "root" / "fed"))
+    assert len(fails) == 1 and "is not the state round 1's aggregation wrote" in fails[0]
+    assert fails[0].startswith(
+        "FAIL  provenance/round2-aggregate.json: -state fed/server/aggregate1/rule.state (111111111111…)"
+    )

@@ -143,12 +143,21 @@ def test_a_failing_client_is_an_error_reply_and_the_round_goes_on(broken_root):
     assert "-missing.png" in refused
 
 
-def test_a_failed_server_app_fails_the_command(broken_root):
+@pytest.mark.parametrize("mode", [[], ["--flwr-run"]], ids=["in-process", "flwr-run"])
+def test_a_failed_server_app_fails_the_command(broken_root, mode):
     # all three needed: the round, so the ServerApp, fails; `flwr run --stream` exits 0 all the same
-    result = run_flower(broken_root, "--num-clients", "3", "--rounds", "1", "--batches", "2", "--work", "bad")
+    args = ["--num-clients", "3", "--rounds", "1", "--batches", "2", "--work", "bad", *mode]
+    result = run_flower(broken_root, *args)
     assert result.returncode == 1
-    assert "finished:failed" in result.stderr
-    assert "round 1: 2 good replies, at least 3 needed" in result.stdout
+    if mode:
+        assert "finished:failed" in result.stderr
+        assert "round 1: 2 good replies, at least 3 needed" in result.stdout
+    else:
+        assert (
+            "federated: error: the simulation failed: StepError: round 1: 2 good replies, at least 3 needed"
+            in (result.stderr)
+        )
+        assert "DEPRECATED" not in result.stderr
     assert not (broken_root / "bad" / "results.json").exists()
 
 

@@ -12,6 +12,8 @@ The chain holds when, round after round:
   trained (its ``classifier train`` weights argument) from the global model of round r-1;
 - the global model of round r is the output of an aggregation whose inputs are exactly the
   outputs of that round's clients, each once (a client the server refused is listed, not failed);
+  a FedOpt or DP rule's -global is the global model of round r-1, and its -state the state file
+  that round r-1's aggregation wrote;
 - every step succeeded, all ran the same program, a signed record's signature holds (and is
   by --key when given), and the files the chain names under WORK (global models, the clients'
   kept models, the aggregation's inputs) still have the sha256 their records give them.
@@ -64,6 +66,7 @@ class Chain:
         self.report = report
         self.key = key_fingerprint
         self.root = work  # set from the init record: the directory the runs' paths are relative to
+        self.state_out: str | None = None  # sha256 of the rule state the last aggregation wrote
 
     def load(self, path: Path, name: str) -> Step | None:
         try:
@@ -156,9 +159,10 @@ class Chain:
         r = 1
         while (r, "aggregate") in steps:
             clients = self.clients(steps, r, work_rel)
-            global_hash = self.round(r, work_rel, global_hash, clients, steps[r, "aggregate"])
-            if global_hash is None:
+            next_hash = self.round(r, work_rel, global_hash, clients, steps[r, "aggregate"])
+            if next_hash is None:
                 return
+            global_hash = next_hash
             valid = steps.get((r, "valid"))
             validated = valid.input_hash(f"{work_rel}/global/round{r}.weights") if valid else global_hash
             if valid is not None and self.check_run(valid) and validated != global_hash:
@@ -187,6 +191,32 @@ class Chain:
             elif copy.record != found[k].record:
                 self.report.fail(copy.name, f"differs from client {k}'s own record {found[k].name}")
         return found
+
+    def check_state(self, r: int, agg: Step) -> bool:
+        """A rule's state (-state) is the one the previous round's aggregation wrote (-state-out)."""
+        argv = agg.argv
+        given = argv[argv.index("-state") + 1] if "-state" in argv[:-1] else None
+        previous = self.state_out
+        self.state_out = None
+        if "-state-out" in argv[:-1]:
+            self.state_out = (
+                agg.record.get("outputs", {}).get("files", {}).get(argv[argv.index("-state-out") + 1])
+            )
+        if given is None:
+            if previous is None:
+                return True
+            self.report.fail(
+                agg.name, f"round {r - 1}'s aggregation wrote a state, round {r} started from none"
+            )
+            return False
+        if previous is None or agg.input_hash(given) != previous:
+            self.report.fail(
+                agg.name,
+                f"-state {given} ({short(agg.input_hash(given))}) is not the state round {r - 1}'s "
+                f"aggregation wrote ({short(previous)})",
+            )
+            return False
+        return True
 
     def round(
         self, r: int, work_rel: PurePosixPath, previous: str, clients: dict[int, Step], agg: Step
@@ -235,11 +265,12 @@ class Chain:
             bad |= not self.check_file(f, digest, agg.name)
             owners = [k for k, h in outputs.items() if h == digest and k not in used]
             if not owners:
-                named = re.search(r"client(\d+)", PurePosixPath(f).name) or re.search(r"client(\d+)", f)
-                k = int(named.group(1)) if named else None
+                match = re.search(r"client(\d+)", PurePosixPath(f).name) or re.search(r"client(\d+)", f)
+                owner = int(match.group(1)) if match else None
                 said = (
-                    f"; client {k}'s record {clients[k].name} says it wrote {short(outputs.get(k))}"
-                    if k in clients
+                    f"; client {owner}'s record {clients[owner].name} says it wrote "
+                    f"{short(outputs.get(owner))}"
+                    if owner is not None and owner in clients
                     else ""
                 )
                 self.report.fail(
@@ -248,13 +279,18 @@ class Chain:
                 bad = True
                 continue
             used[owners[0]] = f
+        if "-global" in argv[:-1]:  # a FedOpt or DP rule: the update is taken from the previous global model
+            given = argv[argv.index("-global") + 1]
+            if agg.input_hash(given) != previous:
+                self.report.fail(agg.name, f"-global {given} is not the global model of round {r - 1}")
+                bad = True
+        bad |= not self.check_state(r, agg)
         left_out = sorted(set(outputs) - set(used))
         global_hash = agg.weights_written().get(out)
-        expected_out = f"{work_rel}/global/round{r}.weights"
-        if out != expected_out or global_hash is None:
-            self.report.fail(agg.name, f"wrote {out}, not the global model {expected_out}")
+        if global_hash is None:
+            self.report.fail(agg.name, f"did not write {out}")
             return None
-        bad |= not self.check_file(expected_out, global_hash, agg.name)
+        bad |= not self.check_file(f"{work_rel}/global/round{r}.weights", global_hash, agg.name)
         if bad:
             return global_hash  # broken here (said above); the later rounds are still checked
         note = f"; left out (refused by the server): clients {left_out}" if left_out else ""

@@ -31,6 +31,13 @@ from typing import Any
 
 from .flower import steps
 
+METHOD_HELP = (
+    "the server's rule: mean (default) or an `aggregation darknet -method` rule, e.g. median, "
+    "trimmed:F, krum:F, multikrum:F:M, bulyan:F, geomed, fedavgm:LR:M, fedadam:ETA:B1:B2:TAU, "
+    "fedyogi:..., fedadagrad:ETA:TAU, dpfixed:Z:C, dpadaptive:... (FedOpt and DP rules get the "
+    "previous global model; their state file goes from round to round)"
+)
+
 
 class FederatedError(Exception):
     """A step failed: one line for the user."""
@@ -134,8 +141,9 @@ def federate(opts: argparse.Namespace) -> dict:
                  "seconds": round(t.seconds, 3)}
             )  # fmt: skip
         files = [f"{s.work}/client{k}/round{r}.weights" for k in range(1, o.num_clients + 1)]
-        steps.aggregate(s, r, files, counts if weighted else None, "mean")
-        print(f"  server: {'weighted ' if weighted else ''}average of {len(files)} models", flush=True)
+        steps.aggregate(s, r, files, counts if weighted else None, o.method)
+        how = "average" if o.method == "mean" else o.method
+        print(f"  server: {'weighted ' if weighted else ''}{how} of {len(files)} models", flush=True)
         validated(r, {"clients": clients})
     total = time.perf_counter() - started
     print_table(table)
@@ -149,6 +157,7 @@ def federate(opts: argparse.Namespace) -> dict:
             "learning_rate": o.learning_rate,
             "seed": o.seed,
             "weighted": weighted,
+            "method": o.method,
             "split": split,
             "examples": counts,
             "valid_list": o.valid_list,
@@ -193,6 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="auto: weight by training images per client when they differ (default)",
     )
+    p.add_argument("--method", default="mean", help=METHOD_HELP)
     p.add_argument(
         "--seed", type=int, default=1, help="-seed of the init run; client k in round r uses seed+1000r+k"
     )

@@ -1,10 +1,13 @@
 """`make federated`: the federation on Flower's simulation engine (Ray), fully offline.
 
-Starts its own SuperLink (simulation mode, FLWR_HOME under build/flwr), runs the app in
-flower_app/ with `flwr run --stream` (one CPU per client, so clients train in parallel),
-checks the run's real status (`flwr run --stream` exits 0 when the ServerApp failed) and the
-app's results.json, prints the per-round table and stops the SuperLink by its PID.
-With --deployment: Flower's deployment runtime on loopback instead (deployment.py).
+By default the simulation runs in this process (flwr's run_simulation, Ray backend, one CPU
+per client so clients train in parallel): no SuperLink, no `flwr` CLI, so ~20 s less of
+fixed cost than `flwr run`; a ServerApp that fails raises here, and the app's results.json
+must be there. With --flwr-run: as Flower's CLI does it, our own SuperLink in simulation mode
+(FLWR_HOME under build/flwr) and `flwr run --stream` of the app in flower_app/, the run's real
+status checked (`flwr run --stream` exits 0 when the ServerApp failed), the SuperLink stopped by
+its PID. With --deployment: Flower's deployment runtime on loopback (deployment.py), also
+through `flwr run`. The same app and settings give the same bytes in all three.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import FederatedError, check_data, checked_options
+from ..federated import METHOD_HELP, FederatedError, check_data, checked_options
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -30,6 +33,7 @@ OFFLINE = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # no GPUs: keep Ray from warning about their variables
 }
 
 
@@ -84,8 +88,9 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def run_config(opts: argparse.Namespace, root: Path) -> str:
-    values: dict[str, object] = {
+def run_config(opts: argparse.Namespace, root: Path) -> dict[str, str | int | float]:
+    """The app's run config (the keys its pyproject declares)."""
+    return {
         "root": str(root),
         "program": str(opts.program.resolve()),
         "work": opts.work,
@@ -99,11 +104,48 @@ def run_config(opts: argparse.Namespace, root: Path) -> str:
         "weighting": opts.weighting,
         "method": opts.method,
         "valid-list": opts.valid_list,
+        "base-cfg": "cfg/mnist_lenet.cfg",
         "timeout": float(opts.timeout or 0),
         "round-timeout": opts.round_timeout,
         "fraction-evaluate": opts.fraction_evaluate,
     }
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> None:
+    """The simulation in this process (flwr's run_simulation): Ray started here with one CPU
+    per client and no dashboard, no SuperLink, no flwr CLI; an exception of the ServerApp
+    propagates (so the run's real status is this call's)."""
+    import logging
+    import warnings
+
+    os.environ.update({k: v for k, v in env.items() if k in OFFLINE or k == "FLWR_HOME"})  # Ray's too
+    from flwr.simulation import run_simulation
+
+    from .client_app import client_app
+    from .server_app import server_app
+
+    if not opts.verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation warning, info
+        warnings.filterwarnings("ignore", module="flwr")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    backend: dict = {  # flwr's BackendConfig
+        "client_resources": {"num_cpus": 1, "num_gpus": 0},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "object_store_memory": 80 * 1024 * 1024,  # arrays of LeNet: 0.2 MB a message
+            "logging_level": "ERROR",
+            "log_to_driver": bool(opts.verbose),
+        },
+    }
+    run_simulation(
+        server_app(config),
+        client_app(config),
+        num_supernodes=opts.num_clients,
+        backend_config=backend,
+        verbose_logging=bool(opts.verbose),
+    )
 
 
 def flower_federation(opts: argparse.Namespace) -> dict:
@@ -125,28 +167,43 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     results.unlink(missing_ok=True)
     app_dir = Path(__file__).resolve().parents[3] / "flower_app"
     started = time.perf_counter()
-    if opts.deployment:
-        federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
-        extra: list[str] = []
-        log = home / "logs"
+    config = run_config(opts, root)
+    if not opts.deployment and not opts.flwr_run:
+        try:
+            in_process(opts, config, env)
+        except Exception as e:  # the ServerApp's, re-raised by run_simulation: the run failed
+            raise FlowerRunError(f"the simulation failed: {type(e).__name__}: {e}") from None
+        run_id: str | None = "in-process"
+        status, log = "completed", home
     else:
-        federation = simulation(env, home)
-        extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
-        log = home / "local-superlink" / "superlink.log"
-    try:
-        with federation as (connection, _processes):
-            cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
-            cmd += ["--run-config", run_config(opts, root), *extra]
-            run_id = stream(cmd, env, root, opts.verbose)
-            status = run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
-    except DeploymentError as e:
-        raise FlowerRunError(str(e)) from None
+        if opts.deployment:
+            federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
+            extra: list[str] = []
+            log = home / "logs"
+        else:
+            federation = simulation(env, home)
+            extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
+            log = home / "local-superlink" / "superlink.log"
+        try:
+            with federation as (connection, _processes):
+                if opts.deployment:  # each reply is the client its node's registered key is
+                    config["node-clients"] = (home / "node-clients").read_text()
+                cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
+                cmd += ["--run-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()), *extra]
+                run_id = stream(cmd, env, root, opts.verbose)
+                status = (
+                    run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
+                )
+        except DeploymentError as e:
+            raise FlowerRunError(str(e)) from None
     seconds = time.perf_counter() - started
     if not status.endswith("completed") or not results.is_file():
         raise FlowerRunError(f"Flower run {run_id} {status}; see {log}")
     result = json.loads(results.read_text())
     result["wall_seconds"] = round(seconds, 1)
     result["mode"] = "deployment (TLS, SuperNode auth)" if opts.deployment else "simulation"
+    if not opts.deployment:
+        result["mode"] += " (flwr run, SuperLink)" if opts.flwr_run else " (in-process)"
     return result
 
 
@@ -212,7 +269,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policy", default="constant")
     p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--weighting", choices=["auto", "examples", "equal"], default="auto")
-    p.add_argument("--method", default="mean", help="mean, median or trimmed:F (aggregation darknet -method)")
+    p.add_argument("--method", default="mean", help=METHOD_HELP)
     p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -229,6 +286,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds the server waits for replies")
     p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (all its APIs)")
     p.add_argument("--verbose", action="store_true", help="all of flwr's output")
+    p.add_argument(
+        "--flwr-run",
+        action="store_true",
+        help="simulation through a SuperLink of our own and `flwr run` (as Flower's CLI does it) "
+        "instead of in this process (flwr's run_simulation)",
+    )
     p.add_argument(
         "--deployment",
         action="store_true",

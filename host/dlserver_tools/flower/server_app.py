@@ -1,10 +1,13 @@
 """The ServerApp: round 0 (Darknet's init), then FedAvg rounds through SandboxedFedAvg;
-each global model validated in the sandbox (evaluate_fn); the table in <work>/results.json."""
+each global model validated in the sandbox (evaluate_fn); the table in <work>/results.json.
+``app`` reads the run config from its Context (``flwr run``); ``server_app(config)`` is the
+same app with the run config given (the in-process simulation)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -12,12 +15,19 @@ from flwr.serverapp import Grid, ServerApp
 from . import steps
 from .strategy import SandboxedFedAvg
 
-app = ServerApp()
+
+def node_clients(text: str) -> dict[int, int]:
+    """``"NODE:K,NODE:K"`` (run config ``node-clients``, set in deployment from the node IDs the
+    SuperLink gave the registered keys) -> {node ID: client K}; empty: clients say who they are."""
+    pairs = [item.split(":") for item in text.split(",") if item]
+    try:
+        return {int(node): int(k) for node, k in pairs}
+    except ValueError:
+        raise steps.StepError(f"node-clients={text!r}: expected NODE:CLIENT,NODE:CLIENT") from None
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    config = context.run_config
+def main(grid: Grid, config: Mapping) -> None:
+    """The federation's rounds, the run config ``config``."""
     s = steps.Settings.from_config(config)
     num_clients = int(config["num-clients"])
     strategy = SandboxedFedAvg(
@@ -27,6 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         weighting=str(config["weighting"]),
         method=str(config["method"]),
         fraction_evaluate=float(config["fraction-evaluate"]),
+        node_clients=node_clients(str(config.get("node-clients", ""))),
     )
     started = time.perf_counter()
     steps.fresh_dir(s.path(s.work))  # nothing left from an earlier federation
@@ -67,3 +78,17 @@ def main(grid: Grid, context: Context) -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")
+
+
+def server_app(config: Mapping | None = None) -> ServerApp:
+    """The ServerApp; its run config is ``config``, else the Context's."""
+    built = ServerApp()
+
+    @built.main()
+    def _main(grid: Grid, context: Context) -> None:
+        main(grid, context.run_config if config is None else config)
+
+    return built
+
+
+app = server_app()

@@ -9,7 +9,8 @@ the same bytes.
   <work>/global/round<r>.weights      global model after round r (round0 = Darknet's init)
   <work>/client<k>/                   mnist_lenet.cfg, mnist.dataset, out/ (its output source),
                                       round<r>.weights (the trained model it replied with)
-  <work>/server/                      mnist_lenet.cfg, valid.dataset, init/, round<r>/ (replies)
+  <work>/server/                      mnist_lenet.cfg, valid.dataset, init/, round<r>/ (replies),
+                                      aggregate<r>/ (the aggregation's output source: its rule.state)
   <work>/provenance/                  round<r>-client<k>.json, round<r>-aggregate.json, ...
 """
 
@@ -205,16 +206,42 @@ def manifest_sha256(manifest: dict, side: str, name: str) -> str:
     return hashes[0]
 
 
+# Rules of `aggregation darknet -method` (docs/darknet-contract.md 8.4) that need the previous
+# global model (-global), and those that also carry a state file from round to round.
+GLOBAL_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpfixed", "dpadaptive")
+STATE_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpadaptive")
+STATE = "rule.state"
+
+
 def aggregate(s: Settings, r: int, files: list[str], weights: list[int] | None, method: str) -> Path:
-    """``aggregation darknet`` of the clients' files (in this order) into global/round<r>.weights."""
-    out = f"{s.work}/global/round{r}.weights"
+    """``aggregation darknet`` of the clients' files (in this order) into global/round<r>.weights,
+    by ``method`` (mean, or a -method rule; a FedOpt or DP rule gets the previous global model,
+    and the state file of the previous round's run: server/aggregate<r-1>/rule.state).
+    The run writes into server/aggregate<r>/ (its output source; the global model is moved
+    from there) so that no input lies in its output directory."""
+    w = s.work
+    out_dir = f"{w}/server/aggregate{r}"
+    fresh_dir(s.path(out_dir))
+    out = f"{out_dir}/round{r}.weights"
     argv = ["aggregation", "darknet", s.server_cfg, out, *files]
+    inputs = [s.server_cfg, *files]
     if weights is not None:
         argv += ["-weights", ",".join(map(str, weights))]
+    rule = method.split(":")[0]
     if method != "mean":
         argv += ["-method", method]
-    s.run(f"round{r}-aggregate", argv, [s.server_cfg, *files], [f"{s.work}/global"])
-    return s.path(out)
+    if rule in GLOBAL_RULES:
+        argv += ["-global", f"{w}/global/round{r - 1}.weights"]
+        inputs.append(argv[-1])
+    if rule in STATE_RULES:
+        if r > 1:
+            argv += ["-state", f"{w}/server/aggregate{r - 1}/{STATE}"]
+            inputs.append(argv[-1])
+        argv += ["-state-out", f"{out_dir}/{STATE}"]
+    s.run(f"round{r}-aggregate", argv, inputs, [out_dir])
+    final = s.path(f"{w}/global/round{r}.weights")
+    shutil.move(s.path(out), final)
+    return final
 
 
 def validate(
