@@ -19,6 +19,7 @@ import pytest
 
 from dlserver_tools.flower import deployment, run
 from test_federated import prepared_root, run_federated
+from test_flower_chain import verify
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
@@ -44,12 +45,6 @@ def run_flower(root: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
         cwd=root,
-    )
-
-
-def verify_chain(work: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dlserver_host.cli", "verify", str(work)], capture_output=True, text=True
     )
 
 
@@ -114,10 +109,10 @@ def test_simulation_equals_the_local_runner(root, oracle):
     left = subprocess.run(["pgrep", "-f", f"flower-superlink.*{root}"], capture_output=True, text=True)
     assert left.stdout == ""
     # the provenance chain holds; a reply file the server aggregated, once changed, is named
-    assert verify_chain(root / "fl").returncode == 0
+    assert verify(root / "fl").returncode == 0
     reply = root / "fl" / "server" / "round2" / "client3.weights"
     reply.write_bytes(reply.read_bytes()[:-4] + b"\0\0\0\0")
-    chain = verify_chain(root / "fl")
+    chain = verify(root / "fl")
     assert chain.returncode == 1
     assert "FAIL  fl/server/round2/client3.weights: has sha256" in chain.stdout
 
@@ -165,7 +160,7 @@ def test_deployment_with_tls_and_node_auth_equals_the_local_runner(root, oracle)
     flower = run_flower(root, *SETTINGS, "--work", "dep", "--deployment")
     assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
     assert hashes(root / "dep" / "global") == oracle
-    assert verify_chain(root / "dep").returncode == 0
+    assert verify(root / "dep").returncode == 0
     assert "Flower deployment (TLS, SuperNode auth)" in flower.stdout
     log = (root / "build" / "flwr-deploy" / "logs" / "superlink.log").read_text()
     assert "Uvicorn running on https://127.0.0.1:" in log
