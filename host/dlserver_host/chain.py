@@ -151,7 +151,12 @@ class Chain:
         written = self.final_weights(init) if self.check_run(init) else None
         if written is None:
             return
-        work_rel = PurePosixPath(written[0]).parents[3]  # <work>/server/init/out/<name>.weights
+        path = PurePosixPath(written[0])  # <work>/server/init/out/<name>.weights
+        here = self.work.resolve().parts
+        work_rel = path.parents[3] if len(path.parts) >= 5 else PurePosixPath()
+        if path.parts[-4:-1] != ("server", "init", "out") or here[-len(work_rel.parts) :] != work_rel.parts:
+            self.report.fail(init.name, f"its model {path} is not <this work directory>/server/init/out/")
+            return
         self.root = self.work.resolve().parents[len(work_rel.parts) - 1]
         global_hash = written[1]
         if self.check_file(f"{work_rel}/global/round0.weights", global_hash, init.name):

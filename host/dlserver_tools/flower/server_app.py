@@ -5,11 +5,12 @@ same app with the run config given (the in-process simulation)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from . import steps
@@ -48,7 +49,7 @@ def main(grid: Grid, config: Mapping) -> None:
     initial = strategy.set_global(init)
     table: list[dict] = []
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def validate(server_round: int) -> None:
         top1, top5, n = steps.validate_global(s, server_round)
         elapsed = time.perf_counter() - started
         print(
@@ -56,16 +57,25 @@ def main(grid: Grid, config: Mapping) -> None:
             flush=True,
         )
         table.append({"round": server_round, "top1": top1, "top5": top5, "seconds": round(elapsed, 1)})
-        return MetricRecord({"top1": top1, "top5": top5})
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=int(config["num-rounds"]),
-        timeout=float(config["round-timeout"]),
-        train_config=ConfigRecord({}),
-        evaluate_fn=evaluate,
-    )
+    # Each global model is validated while the clients train the next round (one validation at a
+    # time, in round order): the validations' results are the table, awaited at the end.
+    with concurrent.futures.ThreadPoolExecutor(1) as validations:
+        pending: list[concurrent.futures.Future] = []
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> None:
+            pending.append(validations.submit(validate, server_round))
+
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=int(config["num-rounds"]),
+            timeout=float(config["round-timeout"]),
+            train_config=ConfigRecord({}),
+            evaluate_fn=evaluate,
+        )
+        for future in pending:
+            future.result()  # a validation that failed fails the run here
     rounds = int(config["num-rounds"])
     if len(strategy.rounds) != rounds:
         raise steps.StepError(f"{len(strategy.rounds)} of {rounds} rounds aggregated")
