@@ -13,6 +13,7 @@ through `flwr run`. The same app and settings give the same bytes in all three.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -111,39 +112,60 @@ def run_config(opts: argparse.Namespace, root: Path) -> dict[str, str | int | fl
     }
 
 
+def begin_round0(config: dict):
+    """Round 0 of the ServerApp (server_app.begin), its module imported here (flwr with it)."""
+    from .server_app import begin
+
+    return begin(config)
+
+
 def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> None:
-    """The simulation in this process (flwr's run_simulation): Ray started here with one CPU
-    per client and no dashboard, no SuperLink, no flwr CLI; an exception of the ServerApp
-    propagates (so the run's real status is this call's)."""
+    """The simulation in this process (flwr's run_simulation): no SuperLink, no flwr CLI. Ray
+    (one CPU per client, no dashboard, a small object store, with flwr's init arguments) starts
+    here first, while round 0 (Darknet's init, its validation) runs in a thread: that hides
+    round 0 and flwr's imports behind Ray's ~10 s start, and the workers Ray starts then take
+    the actors (a runtime_env, as flwr's backend would pass, makes Ray start others: ~4 s more).
+    An exception of the ServerApp propagates (so the run's real status is this call's)."""
     import logging
     import warnings
 
     os.environ.update({k: v for k, v in env.items() if k in OFFLINE or k == "FLWR_HOME"})  # Ray's too
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    init_args: dict = {  # ray.init's (flwr's BackendConfig init_args)
+        "num_cpus": cpus,
+        "num_gpus": 0,
+        "include_dashboard": False,
+        "object_store_memory": 80 * 1024 * 1024,  # arrays of LeNet: 0.2 MB a message
+        "logging_level": "ERROR",
+        "log_to_driver": bool(opts.verbose),
+    }
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        begun = pool.submit(begin_round0, config)  # flwr's imports too, while Ray starts
+        import ray
+
+        # Ray's processes inherit this environment (our sys.path included, as flwr's RayBackend
+        # passes it); without a runtime_env the workers Ray starts with it serve the actors
+        os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        ray.init(**init_args)  # flwr's RayBackend.init_ray then finds Ray up
+        try:
+            started = begun.result()
+        except BaseException:
+            ray.shutdown()
+            raise
     from flwr.simulation import run_simulation
 
+    from . import server_app as server_module
     from .client_app import client_app
-    from .server_app import server_app
 
     if not opts.verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation warning, info
         warnings.filterwarnings("ignore", module="flwr")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    backend: dict = {  # flwr's BackendConfig
-        "client_resources": {"num_cpus": 1, "num_gpus": 0},
-        "init_args": {
-            "num_cpus": cpus,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": 80 * 1024 * 1024,  # arrays of LeNet: 0.2 MB a message
-            "logging_level": "ERROR",
-            "log_to_driver": bool(opts.verbose),
-        },
-    }
+    backend: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0}, "init_args": init_args}
     run_simulation(
-        server_app(config),
+        server_module.server_app(config, started),
         client_app(config),
         num_supernodes=opts.num_clients,
-        backend_config=backend,
+        backend_config=backend,  # flwr's BackendConfig
         verbose_logging=bool(opts.verbose),
     )
 
