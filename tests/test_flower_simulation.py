@@ -110,6 +110,13 @@ def test_simulation_equals_the_local_runner(root, oracle):
     assert left.stdout == ""
     # the provenance chain holds; a reply file the server aggregated, once changed, is named
     assert verify(root / "fl").returncode == 0
+    # as on a server whose clients are elsewhere: their records only as the server received them
+    shutil.copytree(root / "fl", root / "server-only" / "fl")
+    for record in (root / "server-only" / "fl" / "provenance").glob("round*-client*.json"):
+        record.unlink()
+    server_only = verify(root / "server-only" / "fl")
+    assert server_only.returncode == 0, server_only.stdout
+    assert "ok    round 2: global model" in server_only.stdout
     reply = root / "fl" / "server" / "round2" / "client3.weights"
     reply.write_bytes(reply.read_bytes()[:-4] + b"\0\0\0\0")
     chain = verify(root / "fl")

@@ -67,6 +67,7 @@ class Chain:
         self.key = key_fingerprint
         self.root = work  # set from the init record: the directory the runs' paths are relative to
         self.state_out: str | None = None  # sha256 of the rule state the last aggregation wrote
+        self.programs: dict[str, str] = {}  # record -> sha256 of the program it ran
 
     def load(self, path: Path, name: str) -> Step | None:
         try:
@@ -97,6 +98,7 @@ class Chain:
     def check_run(self, step: Step) -> bool:
         """The run succeeded and its signature, if any, holds."""
         record = step.record
+        self.programs[step.name] = str((record.get("program") or {}).get("sha256"))
         if record.get("outcome") != "succeeded" or record.get("exit_status") != 0:
             self.report.fail(step.name, f"the run did not succeed ({record.get('outcome')})")
             return False
@@ -143,24 +145,20 @@ class Chain:
         if init is None:
             self.report.fail("round 0", f"no provenance/round0-init.json under {self.work}")
             return
-        programs = {str((s.record.get("program") or {}).get("sha256")) for s in steps.values()}
-        if len(programs) == 1:
-            self.report.ok("program", f"all {len(steps)} runs ran the program {short(programs.pop())}")
-        else:
-            self.report.fail("program", f"the runs ran {len(programs)} different programs")
         written = self.final_weights(init) if self.check_run(init) else None
         if written is None:
             return
-        path = PurePosixPath(written[0])  # <work>/server/init/out/<name>.weights
+        model = PurePosixPath(written[0])  # <work>/server/init/out/<name>.weights
         here = self.work.resolve().parts
-        work_rel = path.parents[3] if len(path.parts) >= 5 else PurePosixPath()
-        if path.parts[-4:-1] != ("server", "init", "out") or here[-len(work_rel.parts) :] != work_rel.parts:
-            self.report.fail(init.name, f"its model {path} is not <this work directory>/server/init/out/")
+        work_rel = model.parents[3] if len(model.parts) >= 5 else PurePosixPath()
+        if model.parts[-4:-1] != ("server", "init", "out") or here[-len(work_rel.parts) :] != work_rel.parts:
+            self.report.fail(init.name, f"its model {model} is not <this work directory>/server/init/out/")
             return
         self.root = self.work.resolve().parents[len(work_rel.parts) - 1]
         global_hash = written[1]
         if self.check_file(f"{work_rel}/global/round0.weights", global_hash, init.name):
             self.report.ok("round 0", f"global model {short(global_hash)} is the init run's output")
+        self.check_valid(steps.get((0, "valid")), 0, work_rel, global_hash)
         r = 1
         while (r, "aggregate") in steps:
             clients = self.clients(steps, r, work_rel)
@@ -168,16 +166,31 @@ class Chain:
             if next_hash is None:
                 return
             global_hash = next_hash
-            valid = steps.get((r, "valid"))
-            validated = valid.input_hash(f"{work_rel}/global/round{r}.weights") if valid else global_hash
-            if valid is not None and self.check_run(valid) and validated != global_hash:
-                self.report.fail(valid.name, f"did not validate the global model of round {r}")
+            self.check_valid(steps.get((r, "valid")), r, work_rel, global_hash)
             r += 1
         later = sorted({k for (n, k) in steps if n >= r and k != "valid"})
         if r == 1 or later:
             self.report.fail(
                 f"round {r}", "no aggregation" + (f" (records: {', '.join(later)})" if later else "")
             )
+
+    def check_valid(self, valid: Step | None, r: int, work_rel: PurePosixPath, global_hash: str) -> None:
+        """The validation of round r, if there is one, validated round r's global model."""
+        if valid is None or not self.check_run(valid):
+            return
+        if valid.input_hash(f"{work_rel}/global/round{r}.weights") != global_hash:
+            self.report.fail(valid.name, f"did not validate the global model of round {r}")
+
+    def check_programs(self) -> None:
+        """Every run of the chain ran the init run's program."""
+        first = next(iter(self.programs.values()))
+        other = [name for name, digest in self.programs.items() if digest != first]
+        if other:
+            self.report.fail(
+                "program", f"{', '.join(other)} ran another program than the init ({short(first)})"
+            )
+        else:
+            self.report.ok("program", f"all {len(self.programs)} runs ran the program {short(first)}")
 
     def clients(self, steps: dict[tuple[int, str], Step], r: int, work_rel: PurePosixPath) -> dict[int, Step]:
         """Client k -> its record of round r (provenance/, else the copy the server received)."""
@@ -320,7 +333,10 @@ def verify_chain(work: str, key: str | None, out) -> list[str]:
         except KeyFileError as e:
             report.fail("key", str(e))
             return report.failed
-    Chain(Path(work), report, fingerprint).verify()
+    chain = Chain(Path(work), report, fingerprint)
+    chain.verify()
+    if chain.programs:
+        chain.check_programs()
     if not report.failed:
         report.ok("chain", f"{work}: every global model follows from the previous one through its clients")
     return report.failed
