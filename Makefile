@@ -65,11 +65,12 @@ federated: num-clients = 4
 rounds ?= 3
 # On Flower's simulation engine (Ray, one CPU per client, offline): flower_app/ + dlserver_tools.flower;
 # method=median|trimmed:F (default mean); deployment=1: SuperLink + SuperNodes on loopback, TLS and
-# node auth on, instead of the simulation. federated-local: the same rounds one step after another
+# node auth on, instead of the simulation; flwr-run=1: the simulation through a SuperLink and `flwr run`
+# rather than in-process (flwr's run_simulation). federated-local: the same rounds one step after another
 # without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)
+	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)$(if $(flwr-run), --flwr-run)
 
 federated-local: num-clients = 4
 federated-local: dl-server.wasm
@@ -78,10 +79,11 @@ federated-local: dl-server.wasm
 
 # wall time of the Flower federation vs the local runner (same settings, one after the other), and
 # whether every round's global model is byte-identical: num-clients= rounds= batches= (4, 3, 100)
+# repeat=N runs of each (medians; default 3), flwr-run=1 adds Flower through a SuperLink and `flwr run`
 bench-federated: num-clients = 4
 bench-federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(PY) scripts/bench_federated.py --num-clients $(num-clients) --rounds $(rounds)$(if $(batches), --batches $(batches))
+	$(PY) scripts/bench_federated.py --num-clients $(num-clients) --rounds $(rounds)$(if $(batches), --batches $(batches))$(if $(repeat), --repeat $(repeat))$(if $(flwr-run), --flwr-run)
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))

@@ -1,7 +1,9 @@
-"""`make bench-federated`: wall time of the federation on Flower (simulation engine, clients in
-parallel) against the local runner (dl-server-federated, one step after another), same
-settings and seeds, run one after the other in the same command; then every round's global
-model of the two compared by sha256 (they must be byte-identical).
+"""`make bench-federated`: wall time of the federation on Flower (simulation engine in-process,
+clients in parallel) against the local runner (dl-server-federated, one step after another),
+same settings and seeds, alternated --repeat times in the same command (medians, and the
+ratio of the medians); with --flwr-run a third row: Flower through a SuperLink and `flwr run`.
+The load average before and after is printed (timings on a shared machine are noisy). Every
+round's global model of every run is compared by sha256: they must all be byte-identical.
 
     .venv/bin/python scripts/bench_federated.py --num-clients 4 --rounds 3 --batches 100 [--root R]
 
@@ -10,6 +12,8 @@ Needs MNIST prepared for --num-clients under the root (make mnist_training num-c
 
 import argparse
 import hashlib
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +45,8 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--program", type=Path, default=REPO / "dl-server.wasm")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each runner, alternated (default 3)")
+    p.add_argument("--flwr-run", action="store_true", help="also Flower through a SuperLink and `flwr run`")
     opts = p.parse_args()
     root = opts.root.resolve()
     common = [
@@ -52,18 +58,38 @@ def main() -> int:
         str(opts.batches),
     ]
     common += ["--program", str(opts.program.resolve()), "--root", str(root)]
-    local = timed([str(BIN / "dl-server-federated"), *common, "--work", "federated-local"], root)
-    flower = timed([str(BIN / "dl-server-flower"), *common, "--work", "federated-flower"], root)
-    a, b = digests(root / "federated-local" / "global"), digests(root / "federated-flower" / "global")
-    same = a == b and len(a) == opts.rounds + 1
+    runners = {
+        "local (dl-server-federated)": [str(BIN / "dl-server-federated")],
+        "Flower simulation (in-process)": [str(BIN / "dl-server-flower")],
+    }
+    if opts.flwr_run:
+        runners["Flower simulation (flwr run)"] = [str(BIN / "dl-server-flower"), "--flwr-run"]
+    load_before = os.getloadavg()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    models: dict[str, dict[str, str]] = {}
+    for i in range(opts.repeat):
+        for j, (name, cmd) in enumerate(runners.items()):
+            work = f"bench-federated-{j}"
+            seconds[name].append(timed([*cmd, *common, "--work", work], root))
+            models[f"{name} #{i + 1}"] = digests(root / work / "global")
+    load_after = os.getloadavg()
     print(f"federation: {opts.num_clients} clients x {opts.rounds} rounds x {opts.batches} batches")
-    print(f"{'runner':<32} {'wall s':>8}")
-    print(f"{'local (dl-server-federated)':<32} {local:8.1f}")
-    print(f"{'Flower simulation (1 CPU/client)':<32} {flower:8.1f}")
-    print(f"ratio Flower / local: {flower / local:.2f}")
-    for name in a:
-        print(f"  {name}: {a[name][:16]}  {'same' if b.get(name) == a[name] else 'DIFFERENT'}")
-    print("global models byte-identical" if same else "global models DIFFER")
+    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
+    print(f"{'runner':<32} {'median s':>9}  runs (s)")
+    for name, values in seconds.items():
+        print(f"{name:<32} {statistics.median(values):9.1f}  {', '.join(f'{v:.1f}' for v in values)}")
+    base = statistics.median(seconds["local (dl-server-federated)"])
+    for name in list(runners)[1:]:
+        print(f"ratio {name} / local: {statistics.median(seconds[name]) / base:.2f}")
+    reference = next(iter(models.values()))
+    same = all(m == reference for m in models.values()) and len(reference) == opts.rounds + 1
+    for model, digest in reference.items():
+        print(f"  {model}: {digest[:16]}")
+    print(
+        f"global models byte-identical in all {len(models)} runs"
+        if same
+        else "global models DIFFER: " + ", ".join(n for n, m in models.items() if m != reference)
+    )
     return 0 if same else 1
 
 

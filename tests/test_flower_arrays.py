@@ -93,18 +93,16 @@ def test_wrong_length_and_wrong_arrays_are_refused():
     doubles = {k: v.astype(np.float64) for k, v in arrays.items()}
     with pytest.raises(da.ArraysError, match="float64"):
         da.check_arrays(cfg, doubles)
-    with pytest.raises(da.ArraysError, match=r"\[rnn\]: not supported"):
-        da.tensor_shapes(da.parse_cfg("[net]\nheight=1\nwidth=1\nchannels=1\n[rnn]\noutput=4\n"))
+    with pytest.raises(da.ArraysError, match=r"\[attention\]: not supported"):
+        da.tensor_shapes(da.parse_cfg("[net]\nheight=1\nwidth=1\nchannels=1\n[attention]\noutput=4\n"))
 
 
 DARKNET_CFGS = sorted(Path("/usr/share/darknet/cfg").glob("*.cfg"))
-UNSUPPORTED = {"gru.cfg", "rnn.cfg", "rnn.train.cfg", "strided.cfg", "vgg-16.cfg"}  # recurrent, crop
 
 
 @pytest.mark.parametrize(
     "cfg",
-    [REPO / "cfg" / "mnist_resnet.cfg", YOLO_CFG, LENET]
-    + [c for c in DARKNET_CFGS if c.name not in UNSUPPORTED],
+    [REPO / "cfg" / "mnist_resnet.cfg", YOLO_CFG, LENET] + DARKNET_CFGS,  # recurrent and crop ones too
     ids=lambda p: p.name,
 )
 def test_tensors_are_the_guests_parameter_arrays(cfg, capsys, monkeypatch):
@@ -116,12 +114,3 @@ def test_tensors_are_the_guests_parameter_arrays(cfg, capsys, monkeypatch):
     net = parse_network_cfg(str(cfg), batch=1)
     capsys.readouterr()  # the layer table
     assert ours == [len(a) for layer in net.layers for a in layer.parameter_arrays()]
-
-
-@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
-def test_recurrent_and_crop_cfgs_are_refused_by_name(name):
-    cfg = Path("/usr/share/darknet/cfg") / name
-    if not cfg.is_file():
-        pytest.skip("Debian's darknet cfgs are not installed")
-    with pytest.raises(da.ArraysError, match=r"layer \d+ is \[(rnn|gru|crop)\]: not supported"):
-        da.tensor_shapes(da.read_cfg(cfg))

@@ -54,7 +54,7 @@ def test_train_and_evaluate_in_the_sandbox(tmp_path):
         msg = Message(
             RecordDict({"arrays": arrays, "config": config}), dst_node_id=10 + partition, message_type="train"
         )
-        replies.append(client_app.train(msg, context(root, partition)))
+        replies.append(client_app.train(msg, context(root, partition), run_config(root)))
     for k, rep in zip((2, 1), replies):
         kept = root / "fed" / f"client{k}" / "round1.weights"
         meta = rep.content["meta"]
@@ -78,7 +78,7 @@ def test_train_and_evaluate_in_the_sandbox(tmp_path):
     msg = Message(
         RecordDict({"arrays": global_arrays, "config": config}), dst_node_id=10, message_type="evaluate"
     )
-    result = client_app.evaluate(msg, context(root, 0))
+    result = client_app.evaluate(msg, context(root, 0), run_config(root))
     metrics = result.content["metrics"]
     n_test = len((root / "data" / "mnist" / "mnist.valid.client1.list").read_text().splitlines())
     assert metrics["num-examples"] == n_test
@@ -100,4 +100,4 @@ def test_arrays_that_do_not_fit_the_cfg_fail_the_client(tmp_path):
     with pytest.raises(
         da.ArraysError, match=r"received arrays: not the cfg's tensors \(missing 000.convolutional.biases\)"
     ):
-        client_app.train(msg, context(root, 0))
+        client_app.train(msg, context(root, 0), run_config(root))

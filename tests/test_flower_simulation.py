@@ -19,6 +19,7 @@ import pytest
 
 from dlserver_tools.flower import deployment, run
 from test_federated import prepared_root, run_federated
+from test_flower_chain import verify
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "dl-server.wasm"
@@ -107,6 +108,20 @@ def test_simulation_equals_the_local_runner(root, oracle):
     # no SuperLink or simulation left running
     left = subprocess.run(["pgrep", "-f", f"flower-superlink.*{root}"], capture_output=True, text=True)
     assert left.stdout == ""
+    # the provenance chain holds; a reply file the server aggregated, once changed, is named
+    assert verify(root / "fl").returncode == 0
+    # as on a server whose clients are elsewhere: their records only as the server received them
+    shutil.copytree(root / "fl", root / "server-only" / "fl")
+    for record in (root / "server-only" / "fl" / "provenance").glob("round*-client*.json"):
+        record.unlink()
+    server_only = verify(root / "server-only" / "fl")
+    assert server_only.returncode == 0, server_only.stdout
+    assert "ok    round 2: global model" in server_only.stdout
+    reply = root / "fl" / "server" / "round2" / "client3.weights"
+    reply.write_bytes(reply.read_bytes()[:-4] + b"\0\0\0\0")
+    chain = verify(root / "fl")
+    assert chain.returncode == 1
+    assert "FAIL  fl/server/round2/client3.weights: has sha256" in chain.stdout
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +145,21 @@ def test_a_failing_client_is_an_error_reply_and_the_round_goes_on(broken_root):
     assert "-missing.png" in refused
 
 
-def test_a_failed_server_app_fails_the_command(broken_root):
+@pytest.mark.parametrize("mode", [[], ["--flwr-run"]], ids=["in-process", "flwr-run"])
+def test_a_failed_server_app_fails_the_command(broken_root, mode):
     # all three needed: the round, so the ServerApp, fails; `flwr run --stream` exits 0 all the same
-    result = run_flower(broken_root, "--num-clients", "3", "--rounds", "1", "--batches", "2", "--work", "bad")
+    args = ["--num-clients", "3", "--rounds", "1", "--batches", "2", "--work", "bad", *mode]
+    result = run_flower(broken_root, *args)
     assert result.returncode == 1
-    assert "finished:failed" in result.stderr
-    assert "round 1: 2 good replies, at least 3 needed" in result.stdout
+    if mode:
+        assert "finished:failed" in result.stderr
+        assert "round 1: 2 good replies, at least 3 needed" in result.stdout
+    else:
+        assert (
+            "federated: error: the simulation failed: StepError: round 1: 2 good replies, at least 3 needed"
+            in (result.stderr)
+        )
+        assert "DEPRECATED" not in result.stderr
     assert not (broken_root / "bad" / "results.json").exists()
 
 
@@ -143,6 +167,7 @@ def test_deployment_with_tls_and_node_auth_equals_the_local_runner(root, oracle)
     flower = run_flower(root, *SETTINGS, "--work", "dep", "--deployment")
     assert flower.returncode == 0, flower.stdout[-3000:] + flower.stderr[-3000:]
     assert hashes(root / "dep" / "global") == oracle
+    assert verify(root / "dep").returncode == 0
     assert "Flower deployment (TLS, SuperNode auth)" in flower.stdout
     log = (root / "build" / "flwr-deploy" / "logs" / "superlink.log").read_text()
     assert "Uvicorn running on https://127.0.0.1:" in log

@@ -80,7 +80,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         description=verify_module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("manifest", metavar="MANIFEST")
+    verify.add_argument(
+        "manifest",
+        metavar="MANIFEST|WORK",
+        help="a run's manifest, or a federation's work directory: the chain of its provenance/ records "
+        "(see dlserver_host.chain; --key then applies to every record)",
+    )
     verify.add_argument("--key", metavar="PUB", help="the signer's public key or certificate (PEM)")
     verify.add_argument("--policy", metavar="POLICY", help="check that the run complied with this policy")
     verify.add_argument("--files", metavar="DIR", help="check the files under DIR against the manifest")
@@ -154,7 +159,15 @@ def _policy_init(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace, error) -> int:
     from .verify import verify
 
-    failed = verify(args.manifest, args.key, args.policy, args.files, sys.stdout)
+    if Path(args.manifest).is_dir():
+        from .chain import verify_chain
+
+        if args.policy is not None or args.files is not None:
+            error(f"verify {args.manifest}: --policy and --files apply to one manifest, not a work directory")
+            return EXIT_FAILURE
+        failed = verify_chain(args.manifest, args.key, sys.stdout)
+    else:
+        failed = verify(args.manifest, args.key, args.policy, args.files, sys.stdout)
     if failed:
         error(f"verify {args.manifest}: failed: {', '.join(dict.fromkeys(failed))}")
         return EXIT_FAILURE

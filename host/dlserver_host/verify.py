@@ -1,4 +1,5 @@
 """``dl-server verify MANIFEST [--key PUB] [--policy POLICY] [--files DIR]``: check a signed run.
+(``dl-server verify WORK`` on a federation's work directory checks its chain: chain.py.)
 
 One line per check (``ok`` or ``FAIL``), then exit 0 only if every check passed:
 

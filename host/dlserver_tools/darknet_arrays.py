@@ -10,11 +10,18 @@ order (docs/darknet-contract.md §3):
                                    rolling_variance[out] if batch_normalize
   batchnorm                        scales, rolling_mean, rolling_variance[c]
   local                            biases[n * locations], weights[c * n * size^2 * locations]
+  rnn, gru, lstm                   connected sublayers (``output`` = n units; "in" ones take the
+                                   layer's inputs, "out" ones n), in Darknet's file order:
+                                   rnn input(in) self(out) output(out); gru wz wr wh (out) uz ur
+                                   uh (in); lstm wi wf wo wg (out) ui uf uo ug (in)
+  crnn                             3x3 convolutional sublayers input (c -> hidden_filters), self
+                                   (hidden -> hidden), output (hidden -> output_filters)
 
 The sizes need each layer's input shape, so the cfg's layers are walked with Darknet's
 shape rules. Array names are ``<layer index>.<layer type>.<tensor>`` (``003.connected.
-weights``), in file order; the header's bytes travel as they are, so decode + encode gives
-the file back byte for byte. Recurrent layers (rnn, gru, lstm, crnn) and crop are refused.
+weights``, ``005.gru.wz.biases`` for a sublayer's), in file order; the header's bytes travel as
+they are, so decode + encode gives the file back byte for byte. Crop has no parameters (it
+only changes the shape: crop_height x crop_width).
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ NO_PARAMETERS = {
 }  # fmt: skip
 BN_CONV_ORDER = ("biases", "scales", "rolling_mean", "rolling_variance", "weights")
 SECTION_ALIASES = {"conv": "convolutional", "conn": "connected", "deconv": "deconvolutional"}
+RECURRENT = {  # connected sublayers in file order, each fed the layer's inputs ("in") or its n units
+    "rnn": (("input", "in"), ("self", "out"), ("output", "out")),
+    "gru": (("wz", "out"), ("wr", "out"), ("wh", "out"), ("uz", "in"), ("ur", "in"), ("uh", "in")),
+    "lstm": tuple((f"w{g}", "out") for g in "ifog") + tuple((f"u{g}", "in") for g in "ifog"),
+}
 
 
 class ArraysError(Exception):
@@ -105,6 +117,30 @@ def tensor_shapes(sections: Sections, name: str = "cfg") -> list[tuple[str, int]
             if bn:
                 add(("scales", outputs), ("rolling_mean", outputs), ("rolling_variance", outputs))
             h, w, c = 1, 1, outputs
+        elif kind in RECURRENT:
+            n, inputs = _int(o, "output", 1), h * w * c
+            for sub, fan in RECURRENT[kind]:
+                add((f"{sub}.biases", n), (f"{sub}.weights", n * (inputs if fan == "in" else n)))
+                if bn:
+                    add(*((f"{sub}.{t}", n) for t in ("scales", "rolling_mean", "rolling_variance")))
+            h, w, c = 1, 1, n
+        elif kind == "crnn":
+            hidden, out = _int(o, "hidden_filters", 1), _int(o, "output_filters", 1)
+            for sub, (ci, co) in (
+                ("input", (c, hidden)),
+                ("self", (hidden, hidden)),
+                ("output", (hidden, out)),
+            ):
+                sizes = {"biases": co, "weights": co * ci * 9}
+                add(
+                    *(
+                        (f"{sub}.{t}", sizes.get(t, co))
+                        for t in (BN_CONV_ORDER if bn else ("biases", "weights"))
+                    )
+                )
+            h, w, c = w, h, out  # parse_crnn calls make_crnn_layer(batch, w, h, ...)
+        elif kind == "crop":
+            h, w = _int(o, "crop_height", 1), _int(o, "crop_width", 1)
         elif kind == "batchnorm":
             add(("scales", c), ("rolling_mean", c), ("rolling_variance", c))
         elif kind in ("maxpool", "max", "avgpool", "avg"):

@@ -3,11 +3,14 @@
 The client is ``partition-id + 1`` of its node config (simulation sets it; a SuperNode is
 given it with ``--node-config``); its shard is data/mnist's client<k> lists under the
 project root of the run config (``root``; a node may name its own ``root`` and ``program``).
+``app`` reads the run config from its Context (``flwr run``); ``client_app(config)`` is the
+same app with the run config given (the in-process simulation, flwr's run_simulation).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -17,11 +20,9 @@ from .. import darknet_arrays as da
 from . import steps
 from .strategy import from_record, read_weights
 
-app = ClientApp()
 
-
-def _settings(context: Context) -> tuple[steps.Settings, int]:
-    config = dict(context.run_config)
+def _settings(run_config: Mapping, context: Context) -> tuple[steps.Settings, int]:
+    config = dict(run_config)
     for key in ("root", "program"):  # where this node has the project, if not where the server has it
         if key in context.node_config:
             config[key] = context.node_config[key]
@@ -42,9 +43,8 @@ def _round(msg: Message) -> int:
     return int(content["config"]["server-round"])
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    s, k = _settings(context)
+def train(msg: Message, context: Context, run_config: Mapping) -> Message:
+    s, k = _settings(run_config, context)
     r = _round(msg)
     received = f"{s.work}/client{k}/global{r - 1}.weights"
     _received_weights(s, msg, received)
@@ -68,9 +68,8 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    s, k = _settings(context)
+def evaluate(msg: Message, context: Context, run_config: Mapping) -> Message:
+    s, k = _settings(run_config, context)
     r = _round(msg)
     c = f"{s.work}/client{k}"
     weights = f"{c}/eval{r}.weights"
@@ -81,3 +80,21 @@ def evaluate(msg: Message, context: Context) -> Message:
     top1, top5, n = steps.validate(s, f"round{r}-client{k}-valid", weights, cfg, f"{c}/valid.dataset", lst)
     metrics = MetricRecord({"num-examples": n, "top1": top1, "top5": top5})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def client_app(config: Mapping | None = None) -> ClientApp:
+    """The ClientApp; its run config is ``config``, else the Context's."""
+    built = ClientApp()
+
+    @built.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, context.run_config if config is None else config)
+
+    @built.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, context.run_config if config is None else config)
+
+    return built
+
+
+app = client_app()

@@ -175,7 +175,9 @@ def deployment(
         _wait_health(f"https://127.0.0.1:{port}/health", procs[0], "flower-superlink", link_log, context)
         keys = [make_node_key(tls, f"node{k + 1}") for k in range(num_clients)]
         with concurrent.futures.ThreadPoolExecutor(num_clients) as pool:  # each `flwr` call: ~2 s
-            list(pool.map(lambda key: register(tool, env, key[1], "deploy"), keys))
+            node_ids = list(pool.map(lambda key: register(tool, env, key[1], "deploy"), keys))
+        # the server's map from authenticated node to client (run config node-clients)
+        (home / "node-clients").write_text(",".join(f"{node}:{k + 1}" for k, node in enumerate(node_ids)))
         for k, (private, _public) in enumerate(keys):
             node_config = f'partition-id={k} num-partitions={num_clients} root="{root}"'
             node_log = logs / f"supernode{k + 1}.log"

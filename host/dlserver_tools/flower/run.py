@@ -1,15 +1,19 @@
 """`make federated`: the federation on Flower's simulation engine (Ray), fully offline.
 
-Starts its own SuperLink (simulation mode, FLWR_HOME under build/flwr), runs the app in
-flower_app/ with `flwr run --stream` (one CPU per client, so clients train in parallel),
-checks the run's real status (`flwr run --stream` exits 0 when the ServerApp failed) and the
-app's results.json, prints the per-round table and stops the SuperLink by its PID.
-With --deployment: Flower's deployment runtime on loopback instead (deployment.py).
+By default the simulation runs in this process (flwr's run_simulation, Ray backend, one CPU
+per client so clients train in parallel): no SuperLink, no `flwr` CLI, so ~20 s less of
+fixed cost than `flwr run`; a ServerApp that fails raises here, and the app's results.json
+must be there. With --flwr-run: as Flower's CLI does it, our own SuperLink in simulation mode
+(FLWR_HOME under build/flwr) and `flwr run --stream` of the app in flower_app/, the run's real
+status checked (`flwr run --stream` exits 0 when the ServerApp failed), the SuperLink stopped by
+its PID. With --deployment: Flower's deployment runtime on loopback (deployment.py), also
+through `flwr run`. The same app and settings give the same bytes in all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -22,7 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import FederatedError, Federation, checked_options
+from ..federated import METHOD_HELP, FederatedError, check_data, checked_options
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -30,6 +34,7 @@ OFFLINE = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # no GPUs: keep Ray from warning about their variables
 }
 
 
@@ -84,8 +89,9 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-def run_config(opts: argparse.Namespace, root: Path) -> str:
-    values: dict[str, object] = {
+def run_config(opts: argparse.Namespace, root: Path) -> dict[str, str | int | float]:
+    """The app's run config (the keys its pyproject declares)."""
+    return {
         "root": str(root),
         "program": str(opts.program.resolve()),
         "work": opts.work,
@@ -99,17 +105,75 @@ def run_config(opts: argparse.Namespace, root: Path) -> str:
         "weighting": opts.weighting,
         "method": opts.method,
         "valid-list": opts.valid_list,
+        "base-cfg": "cfg/mnist_lenet.cfg",
         "timeout": float(opts.timeout or 0),
         "round-timeout": opts.round_timeout,
         "fraction-evaluate": opts.fraction_evaluate,
     }
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def begin_round0(config: dict):
+    """Round 0 of the ServerApp (server_app.begin), its module imported here (flwr with it)."""
+    from .server_app import begin
+
+    return begin(config)
+
+
+def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> None:
+    """The simulation in this process (flwr's run_simulation): no SuperLink, no flwr CLI. Ray
+    (one CPU per client, no dashboard, a small object store, with flwr's init arguments) starts
+    here first, while round 0 (Darknet's init, its validation) runs in a thread: that hides
+    round 0 and flwr's imports behind Ray's ~10 s start, and the workers Ray starts then take
+    the actors (a runtime_env, as flwr's backend would pass, makes Ray start others: ~4 s more).
+    An exception of the ServerApp propagates (so the run's real status is this call's)."""
+    import logging
+    import warnings
+
+    os.environ.update({k: v for k, v in env.items() if k in OFFLINE or k == "FLWR_HOME"})  # Ray's too
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    init_args: dict = {  # ray.init's (flwr's BackendConfig init_args)
+        "num_cpus": cpus,
+        "num_gpus": 0,
+        "include_dashboard": False,
+        "object_store_memory": 80 * 1024 * 1024,  # arrays of LeNet: 0.2 MB a message
+        "logging_level": "ERROR",
+        "log_to_driver": bool(opts.verbose),
+    }
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        begun = pool.submit(begin_round0, config)  # flwr's imports too, while Ray starts
+        import ray
+
+        # Ray's processes inherit this environment (our sys.path included, as flwr's RayBackend
+        # passes it); without a runtime_env the workers Ray starts with it serve the actors
+        os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        ray.init(**init_args)  # flwr's RayBackend.init_ray then finds Ray up
+        try:
+            started = begun.result()
+        except BaseException:
+            ray.shutdown()
+            raise
+    from flwr.simulation import run_simulation
+
+    from . import server_app as server_module
+    from .client_app import client_app
+
+    if not opts.verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation warning, info
+        warnings.filterwarnings("ignore", module="flwr")
+    backend: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0}, "init_args": init_args}
+    run_simulation(
+        server_module.server_app(config, started),
+        client_app(config),
+        num_supernodes=opts.num_clients,
+        backend_config=backend,  # flwr's BackendConfig
+        verbose_logging=bool(opts.verbose),
+    )
 
 
 def flower_federation(opts: argparse.Namespace) -> dict:
     root = opts.root.resolve()
     try:
-        Federation(opts).check_data()  # MNIST prepared for this split, the test list there
+        check_data(opts)  # MNIST prepared for this split, the test list there
     except FederatedError as e:
         raise FlowerRunError(str(e)) from None
     home = (root / "build" / ("flwr-deploy" if opts.deployment else "flwr")).resolve()
@@ -125,28 +189,43 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     results.unlink(missing_ok=True)
     app_dir = Path(__file__).resolve().parents[3] / "flower_app"
     started = time.perf_counter()
-    if opts.deployment:
-        federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
-        extra: list[str] = []
-        log = home / "logs"
+    config = run_config(opts, root)
+    if not opts.deployment and not opts.flwr_run:
+        try:
+            in_process(opts, config, env)
+        except Exception as e:  # the ServerApp's, re-raised by run_simulation: the run failed
+            raise FlowerRunError(f"the simulation failed: {type(e).__name__}: {e}") from None
+        run_id: str | None = "in-process"
+        status, log = "completed", home
     else:
-        federation = simulation(env, home)
-        extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
-        log = home / "local-superlink" / "superlink.log"
-    try:
-        with federation as (connection, _processes):
-            cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
-            cmd += ["--run-config", run_config(opts, root), *extra]
-            run_id = stream(cmd, env, root, opts.verbose)
-            status = run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
-    except DeploymentError as e:
-        raise FlowerRunError(str(e)) from None
+        if opts.deployment:
+            federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
+            extra: list[str] = []
+            log = home / "logs"
+        else:
+            federation = simulation(env, home)
+            extra = ["--federation-config", f"num-supernodes={opts.num_clients} client-resources-num-cpus=1"]
+            log = home / "local-superlink" / "superlink.log"
+        try:
+            with federation as (connection, _processes):
+                if opts.deployment:  # each reply is the client its node's registered key is
+                    config["node-clients"] = (home / "node-clients").read_text()
+                cmd = [tool("flwr"), "run", str(app_dir), connection, "--stream"]
+                cmd += ["--run-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()), *extra]
+                run_id = stream(cmd, env, root, opts.verbose)
+                status = (
+                    run_status(env, run_id, connection) if run_id else "unknown (no run ID in flwr's output)"
+                )
+        except DeploymentError as e:
+            raise FlowerRunError(str(e)) from None
     seconds = time.perf_counter() - started
     if not status.endswith("completed") or not results.is_file():
         raise FlowerRunError(f"Flower run {run_id} {status}; see {log}")
     result = json.loads(results.read_text())
     result["wall_seconds"] = round(seconds, 1)
     result["mode"] = "deployment (TLS, SuperNode auth)" if opts.deployment else "simulation"
+    if not opts.deployment:
+        result["mode"] += " (flwr run, SuperLink)" if opts.flwr_run else " (in-process)"
     return result
 
 
@@ -212,7 +291,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policy", default="constant")
     p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--weighting", choices=["auto", "examples", "equal"], default="auto")
-    p.add_argument("--method", default="mean", help="mean, median or trimmed:F (aggregation darknet -method)")
+    p.add_argument("--method", default="mean", help=METHOD_HELP)
     p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
@@ -229,6 +308,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds the server waits for replies")
     p.add_argument("--port", type=int, default=39091, help="SuperLink HTTP port (all its APIs)")
     p.add_argument("--verbose", action="store_true", help="all of flwr's output")
+    p.add_argument(
+        "--flwr-run",
+        action="store_true",
+        help="simulation through a SuperLink of our own and `flwr run` (as Flower's CLI does it) "
+        "instead of in this process (flwr's run_simulation)",
+    )
     p.add_argument(
         "--deployment",
         action="store_true",

@@ -1,4 +1,4 @@
-"""The sandboxed steps of a federation, as the local runner (dlserver_tools.federated) runs them.
+"""The sandboxed steps of a federation, run by the Flower app and the local runner alike.
 
 Every step is one ``dlserver_host.api.run`` with the project root as working directory (the
 guest's paths are the root's relative paths), its arguments after ``--`` (no args.cfg, so
@@ -9,7 +9,8 @@ the same bytes.
   <work>/global/round<r>.weights      global model after round r (round0 = Darknet's init)
   <work>/client<k>/                   mnist_lenet.cfg, mnist.dataset, out/ (its output source),
                                       round<r>.weights (the trained model it replied with)
-  <work>/server/                      mnist_lenet.cfg, valid.dataset, init/, round<r>/ (replies)
+  <work>/server/                      mnist_lenet.cfg, valid.dataset, init/, round<r>/ (replies),
+                                      aggregate<r>/ (the aggregation's output source: its rule.state)
   <work>/provenance/                  round<r>-client<k>.json, round<r>-aggregate.json, ...
 """
 
@@ -47,6 +48,7 @@ class Settings:
     valid_list: str = "data/mnist/mnist.valid.list"
     base_cfg: str = "cfg/mnist_lenet.cfg"
     timeout: float | None = None
+    manifests: bool = True  # a --manifest record of every run under <work>/provenance/
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -93,7 +95,8 @@ class Settings:
 
     def run(self, name: str, argv: list[str], inputs: list[str], outputs: list[str]) -> api.RunOutcome:
         """One sandboxed run; StepError with the guest's error line when it fails."""
-        self.path(f"{self.work}/provenance").mkdir(parents=True, exist_ok=True)
+        if self.manifests:
+            self.path(f"{self.work}/provenance").mkdir(parents=True, exist_ok=True)
         result = api.run(
             self.program,
             inputs,
@@ -101,7 +104,7 @@ class Settings:
             argv,
             api.Limits(timeout=self.timeout),
             cwd=self.root,
-            manifest=f"{self.work}/provenance/{name}.json",
+            manifest=f"{self.work}/provenance/{name}.json" if self.manifests else None,
         )
         if not result.ok:
             raise StepError(f"{name}: {result.error_line()}")
@@ -155,7 +158,7 @@ def initialise(s: Settings) -> tuple[Path, float]:
 @dataclass(frozen=True)
 class Trained:
     weights: Path  # the trained model, kept as <work>/client<k>/round<r>.weights
-    manifest: dict  # the run's --manifest record
+    manifest: dict | None  # the run's --manifest record (None without manifests)
     examples: int
     batches: int
     loss: float
@@ -183,7 +186,6 @@ def train(s: Settings, k: int, r: int, global_weights: str, client_dir: str | No
     batches = train_lines(result.stdout)
     kept = s.path(f"{c}/round{r}.weights")
     shutil.move(s.path(f"{c}/out/{BASE}.weights"), kept)
-    assert result.manifest is not None  # written by every run of Settings.run
     return Trained(
         kept,
         result.manifest,
@@ -204,16 +206,42 @@ def manifest_sha256(manifest: dict, side: str, name: str) -> str:
     return hashes[0]
 
 
+# Rules of `aggregation darknet -method` (docs/darknet-contract.md 8.4) that need the previous
+# global model (-global), and those that also carry a state file from round to round.
+GLOBAL_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpfixed", "dpadaptive")
+STATE_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpadaptive")
+STATE = "rule.state"
+
+
 def aggregate(s: Settings, r: int, files: list[str], weights: list[int] | None, method: str) -> Path:
-    """``aggregation darknet`` of the clients' files (in this order) into global/round<r>.weights."""
-    out = f"{s.work}/global/round{r}.weights"
+    """``aggregation darknet`` of the clients' files (in this order) into global/round<r>.weights,
+    by ``method`` (mean, or a -method rule; a FedOpt or DP rule gets the previous global model,
+    and the state file of the previous round's run: server/aggregate<r-1>/rule.state).
+    The run writes into server/aggregate<r>/ (its output source; the global model is moved
+    from there) so that no input lies in its output directory."""
+    w = s.work
+    out_dir = f"{w}/server/aggregate{r}"
+    fresh_dir(s.path(out_dir))
+    out = f"{out_dir}/round{r}.weights"
     argv = ["aggregation", "darknet", s.server_cfg, out, *files]
+    inputs = [s.server_cfg, *files]
     if weights is not None:
         argv += ["-weights", ",".join(map(str, weights))]
+    rule = method.split(":")[0]
     if method != "mean":
         argv += ["-method", method]
-    s.run(f"round{r}-aggregate", argv, [s.server_cfg, *files], [f"{s.work}/global"])
-    return s.path(out)
+    if rule in GLOBAL_RULES:
+        argv += ["-global", f"{w}/global/round{r - 1}.weights"]
+        inputs.append(argv[-1])
+    if rule in STATE_RULES:
+        if r > 1:
+            argv += ["-state", f"{w}/server/aggregate{r - 1}/{STATE}"]
+            inputs.append(argv[-1])
+        argv += ["-state-out", f"{out_dir}/{STATE}"]
+    s.run(f"round{r}-aggregate", argv, inputs, [out_dir])
+    final = s.path(f"{w}/global/round{r}.weights")
+    shutil.move(s.path(out), final)
+    return final
 
 
 def validate(

@@ -3,7 +3,9 @@
 ``aggregate_train`` writes each reply's arrays to a .weights file (header of the global
 model), checks the file's sha256 against the output hash in the client's manifest, orders
 the clients by their number and averages their files in the sandbox (mean, ``-weights``
-by examples, or ``-method median|trimmed:f``). A reply that is an error, whose arrays are
+by examples, or any ``-method`` rule of docs/darknet-contract.md 8.4 from the run config's
+``method``: krum, bulyan, geomed, ...; FedOpt and DP rules get the previous global model and
+carry their state file from round to round, see steps.aggregate). A reply that is an error, whose arrays are
 not the cfg's tensors, or whose bytes are not what its manifest says, is refused by name;
 the round goes on while at least ``min_clients`` remain.
 """
@@ -50,6 +52,7 @@ class SandboxedFedAvg(FedAvg):
         weighting: str,
         method: str,
         fraction_evaluate: float = 0.0,
+        node_clients: dict[int, int] | None = None,
     ):
         super().__init__(
             fraction_train=1.0,
@@ -63,6 +66,9 @@ class SandboxedFedAvg(FedAvg):
         self.min_clients = min_clients
         self.weighting = weighting
         self.method = method
+        # Deployment: the authenticated node ID (its registered key) -> the client it is; a reply
+        # is then that client's whatever it says, and must have trained on that client's shard.
+        self.node_clients = node_clients or {}
         self.header = b""  # of the current global model
         self.global_sha256 = ""  # of the current global model's file: what clients must train from
         self.rounds: list[dict] = []  # what each round did, for the table
@@ -104,6 +110,17 @@ class SandboxedFedAvg(FedAvg):
         except (KeyError, ValueError, TypeError) as e:
             return f"node {reply.metadata.src_node_id}: malformed reply ({e})"
         name = f"client {k}"
+        if self.node_clients:
+            node = reply.metadata.src_node_id
+            if node not in self.node_clients:
+                return f"node {node}: not a registered client node"
+            if self.node_clients[node] != k:
+                return (
+                    f"node {node}: its key is client {self.node_clients[node]}'s, its reply says client {k}"
+                )
+            shard = f"{steps.MNIST}/mnist.train.client{k}.list"
+            if shard not in manifest.get("inputs", {}).get("files", {}):
+                return f"{name}: its manifest does not show a training run on its shard {shard}"
         try:
             data = da.encode(self.cfg, header, arrays, "arrays")
             expected = steps.manifest_sha256(manifest, "outputs", f"{steps.BASE}.weights")
