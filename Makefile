@@ -101,10 +101,11 @@ FUZZ_TARGETS ?= png jpeg cfg weights onnx onnx-input onnx-aggregation args
 fuzz: $(NATIVE_KERNEL)
 	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|Traceback|Crash|ERROR' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
 # one Byzantine client of 10 (sign-flipped, scaled update) against mean, median, trimmed, krum, bulyan, geomed
-# (scripts/poisoning_demo.py; rounds=R batches=B, all runs in the component)
+# (scripts/poisoning_demo.py; rounds=R batches=B, default 8 and 60, all runs in the component;
+# federated's rounds default is not passed on)
 poisoning: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
-	$(PY) scripts/poisoning_demo.py$(if $(rounds), --rounds $(rounds))$(if $(batches), --batches $(batches))
+	$(PY) scripts/poisoning_demo.py$(if $(filter command line,$(origin rounds)), --rounds $(rounds))$(if $(batches), --batches $(batches))
 
 clean:
 	rm -rf build dl-server.wasm

@@ -254,7 +254,8 @@ def test_guest_output_to_a_full_temporary_directory_is_named(
     err = capfd.readouterr().err
     assert status == 1
     assert err.endswith(
-        f"dl-server: error: guest crashed: its output could not be written: no space left in {tiny_tmpfs}\n"
+        f"dl-server: error: no space left in {tiny_tmpfs} for the guest's stdout and stderr"
+        " (free some, or set TMPDIR to another directory)\n"
     )
     assert "Traceback" not in err
     assert os.listdir(tiny_tmpfs) == []

@@ -283,6 +283,40 @@ def _cfg_cases() -> list[Case]:
     )
     cases.append(
         Case(
+            "cfg-train-max-batches-work",
+            TRAIN,
+            {"cfg/mnist_lenet.cfg": LENET.replace("max_batches=2000", "max_batches=" + BIG).encode()},
+            "cfg/mnist_lenet.cfg",
+        )
+    )
+    heavy = (
+        NET_HEAD + "[convolutional]\nfilters=256\nsize=3\npad=1\n" * 2 + "[connected]\noutput=10\n[softmax]\n"
+    )
+    cases.append(
+        Case(
+            "cfg-valid-many-images-work",
+            ["classifier", "valid", "cfg/v.dataset", "cfg/heavy.cfg"],
+            {
+                "cfg/heavy.cfg": heavy.encode(),
+                "cfg/v.dataset": b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n",
+                "v.list": b"img.png\n" * 50000,
+            },
+            "cfg/heavy.cfg",
+        )
+    )
+    cases.append(
+        Case(  # small buffers, hours of comparisons: refused by the work estimate (work.py)
+            "cfg-maxpool-window-work",
+            PREDICT[:3] + ["cfg/mp.cfg", "model/none.weights", "img.png"],
+            {
+                "cfg/mp.cfg": (NET_HEAD + "[maxpool]\nsize=100000\nstride=1\n").encode(),
+                "model/none.weights": struct.pack("<iiiq", 0, 2, 0, 0),
+            },
+            "cfg/mp.cfg:6: layer 0 (maxpool)",
+        )
+    )
+    cases.append(
+        Case(
             "cfg-invalid-utf8",
             PREDICT + ["img.png"],
             {"cfg/mnist_lenet.cfg": b"[net]\n\xff\xfe\n"},
@@ -405,6 +439,8 @@ def _onnx_cases() -> list[Case]:
             [y],
             [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")],
         ),
+        # found by the onnx fuzz target: an attribute of the wrong kind reached the catch-all
+        "concat-axis-list": onnx_bytes([helper.make_node("Concat", ["X", "X"], ["Y"], axis=[1])], [x], [y]),
         "node-name-escape": onnx_bytes(
             [helper.make_node("Bogus\x1b[31m", ["X"], ["Y"], name="n\x1b]0;x\x07")], [x], [y]
         ),
