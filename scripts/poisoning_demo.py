@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--batches", type=int, default=60, help="batches of 100 per client and round")
     parser.add_argument("--rate", type=float, default=0.02)
+    parser.add_argument("--decay", type=float, default=1.0, help="round r trains at rate * decay^(r-1)")
     parser.add_argument("--byzantine", type=int, default=1, help="Byzantine clients (the last ones)")
     parser.add_argument("--scale", type=float, default=10.0, help="they send g - scale * (w - g)")
     parser.add_argument("--rules", default=",".join(RULES))
@@ -96,9 +97,12 @@ def main() -> None:
     work = ROOT / WORK
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    cfg = work / f"{BASE}.cfg"
-    cfg.write_text(cfg_text(opts.batches, opts.rate))
-    cfg_rel = cfg.relative_to(ROOT).as_posix()
+    cfgs = {}  # round -> its cfg (the learning rate of that round), named BASE.cfg
+    for rnd in range(1, opts.rounds + 1):
+        cfg = work / f"round{rnd}" / f"{BASE}.cfg"
+        cfg.parent.mkdir()
+        cfg.write_text(cfg_text(opts.batches, opts.rate * opts.decay ** (rnd - 1)))
+        cfgs[rnd] = cfg.relative_to(ROOT).as_posix()
     valid = dataset(work / "valid.dataset", "data/mnist/mnist.valid.list", WORK)
     # the initial global model: Darknet's random init (one batch at rate 0)
     init = work / "init"
@@ -126,7 +130,7 @@ def main() -> None:
                 if rnd == 1 and k in shared:
                     trained = shared[k]
                 else:
-                    trained = train_client(run_dir, rnd, k, glob.relative_to(ROOT).as_posix(), cfg_rel)
+                    trained = train_client(run_dir, rnd, k, glob.relative_to(ROOT).as_posix(), cfgs[rnd])
                     if rnd == 1:
                         shared[k] = trained
                 if k > clients - byzantine:
@@ -137,10 +141,16 @@ def main() -> None:
                 models.append(trained.relative_to(ROOT).as_posix())
             new = run_dir / f"global{rnd}.weights"
             dl_server(
-                "aggregation", "darknet", cfg_rel, new.relative_to(ROOT).as_posix(), *models, "-method", rule
+                "aggregation",
+                "darknet",
+                cfgs[rnd],
+                new.relative_to(ROOT).as_posix(),
+                *models,
+                "-method",
+                rule,
             )
             glob = new
-            tops.append(top1(glob.relative_to(ROOT).as_posix(), valid, cfg_rel))
+            tops.append(top1(glob.relative_to(ROOT).as_posix(), valid, cfgs[rnd]))
             print(
                 f"{label:28s} round {rnd}: top-1 {tops[-1]:.4f}  ({time.perf_counter() - began:.0f} s)",
                 flush=True,
@@ -149,7 +159,7 @@ def main() -> None:
     print()
     print(
         f"{opts.byzantine} of {clients} clients send g - {opts.scale:g} (w - g);"
-        f" {opts.batches} batches of 100 per round"
+        f" {opts.batches} batches of 100 per round at rate {opts.rate:g} * {opts.decay:g}^(round - 1)"
     )
     print("| rule | " + " | ".join(f"round {r}" for r in range(1, opts.rounds + 1)) + " |")
     print("|---|" + "---|" * opts.rounds)

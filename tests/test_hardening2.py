@@ -298,22 +298,6 @@ def test_staging_of_a_sigkilled_host_is_removed_by_the_next_run(tmp_path, progra
 # ------------------------------------------------------------------ a full $TMPDIR
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (needs root; skipped where mount is refused)."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
-
-
 @host_component
 def test_guest_stdout_into_a_full_tmpdir_is_one_line_not_a_crash(tmp_path, tiny_tmpfs, program):
     ws = tmp_path / "ws"

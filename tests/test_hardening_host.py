@@ -157,22 +157,6 @@ def test_the_dumps_are_spooled_not_kept_in_memory(capfdbinary):
     assert len(out) == 400 * len(chunk) + len(b"---- stdout dump ----\n---- stdout dump end ----\n")
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 1 MiB tmpfs at tmp_path/full (needs root; skipped where mount is refused)."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
-
-
 def test_a_full_temporary_directory_is_one_error(workspace, tiny_tmpfs, monkeypatch, capfd):
     monkeypatch.setattr("tempfile.tempdir", str(tiny_tmpfs))
     (workspace / "big.bin").write_bytes(os.urandom(2 << 20))
