@@ -75,7 +75,7 @@ def remove_abandoned(parent: str | os.PathLike | None = None) -> list[Path]:
     """Remove this user's directories of PREFIXES under ``parent`` (default: the temporary
     directory) whose owner is gone; returns them.  Errors are ignored: this is tidying."""
     parent = Path(parent if parent is not None else tempfile.gettempdir())
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
