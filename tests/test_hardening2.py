@@ -248,6 +248,29 @@ def test_an_unlocked_directory_goes_only_when_its_pid_is_dead(tmp_path):
     assert mine.is_dir()
 
 
+def test_write_back_removes_temporary_files_a_killed_writer_left(tmp_path):
+    """A write-back killed by SIGKILL between its copies and its renames leaves
+    `.<name>.<pid>.<random>.dl-server-tmp` files; the next write-back into that directory
+    removes those of dead PIDs, and keeps a live writer's."""
+    from dlserver_host import sources
+    from dlserver_host.atomic import copy_beside
+
+    (tmp_path / "model").mkdir()
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"new")
+    ours = copy_beside(src, tmp_path / "model" / "a.weights")  # a live writer's: this process
+    assert ours.name.startswith(f".a.weights.{os.getpid()}.")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = tmp_path / "model" / f".b.weights.{proc.pid}.abcdefgh.dl-server-tmp"
+    dead.write_bytes(b"half")
+    with sources.stage_sources([], ["model"], tmp_path) as staged:
+        private = next(m.host_dir for m in staged.mounts if m.writable)
+        (private / "c.weights").write_bytes(b"c")
+        assert staged.write_back() == [tmp_path / "model" / "c.weights"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted([ours.name, "c.weights"])
+
+
 def _training_workspace(ws: Path) -> None:
     """LeNet training for 2000 batches on one image, through the host."""
     (ws / "cfg").mkdir(parents=True)

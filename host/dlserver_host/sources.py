@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from .atomic import copy_beside
-from .tempdirs import OwnedDir, remove_abandoned
+from .tempdirs import OwnedDir, remove_abandoned, remove_abandoned_files
 
 ROOT = PurePosixPath(".")
 CLEANUP_SECONDS = 0.5
@@ -181,6 +181,8 @@ class StagedSources:
         changes = self.changed_outputs()
         for change in changes:
             change.check_destination()
+        for directory in {change.destination.parent for change in changes}:
+            remove_abandoned_files(directory)  # what a write-back killed by SIGKILL left
         staged: list[tuple[Path, Path]] = []
         try:
             for change in changes:

@@ -8,6 +8,12 @@ The lock, not the PID, decides (a PID may be reused, or belong to another PID na
 sharing the directory); the PID in the name says whose a directory is.  A directory without
 ``.owner`` (its owner was killed between making it and locking it) is removed when its PID
 is not a live process.
+
+Write-back's temporary files beside their destinations (atomic.py: ``.<name>.<pid>.<random>
+.dl-server-tmp``) carry their writer's PID too: write-back removes, in each directory it writes
+to, those of this user whose PID is not a live process (no lock: they are closed before the
+renames; a PID reused since, or of another PID namespace writing the same directory, keeps
+its files).
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .atomic import TEMP_SUFFIX
+
 OWNER_FILE = ".owner"
 # the prefixes this module makes directories with (sources.py: staging; runtime.py: stdio)
 PREFIXES = ("dl-server-", "dl-server-stdio-")
 _NAME = re.compile(r"dl-server-(?:stdio-)?(\d+)-[a-z0-9_]{8}")
+_TEMP_FILE = re.compile(r"\..+\.(\d+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
 
 
 class OwnedDir:
@@ -47,19 +56,23 @@ class OwnedDir:
             os.close(fd)
 
 
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _owner_gone(path: Path, pid: int) -> bool:
     """Whether the run that made ``path`` is gone: its lock is free (or, without a lock
     file, its PID names no process)."""
     try:
         fd = os.open(path / OWNER_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False
-        return False
+        return _pid_gone(pid)
     except OSError:
         return False
     try:
@@ -94,4 +107,26 @@ def remove_abandoned(parent: str | os.PathLike | None = None) -> list[Path]:
         if _owner_gone(path, int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    return removed
+
+
+def remove_abandoned_files(directory: Path) -> list[Path]:
+    """Remove this user's write-back temporary files in ``directory`` whose writer's PID is
+    not a live process; returns them.  Errors are ignored: this is tidying."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_FILE.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not _pid_gone(int(match.group(1))):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
     return removed
