@@ -105,7 +105,7 @@ fuzz: $(NATIVE_KERNEL)
 sanitize: | $(VENV)/.setup-done
 	$(PY) scripts/sanitize.py$(if $(filter command line environment,$(origin FUZZ_SECONDS)), --seconds $(FUZZ_SECONDS))
 # one Byzantine client of 10 (sign-flipped, scaled update) against mean, median, trimmed, krum, bulyan, geomed
-# (scripts/poisoning_demo.py; rounds=R batches=B, default 8 and 60, all runs in the component;
+# (scripts/poisoning_demo.py; rounds=R batches=B, default 12 and 60, all runs in the component;
 # federated's rounds default is not passed on)
 poisoning: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
