@@ -45,10 +45,13 @@ def dl_server(*args: str) -> str:
     return result.stdout
 
 
-def cfg_text(max_batches: int, rate: float) -> str:
+def cfg_text(max_batches: int, rate: float, policy: str = "constant") -> str:
+    """LeNet's cfg at `rate`: constant, or (poly) decayed linearly to 0 over the run's batches
+    (Darknet's poly policy, power 1: each client's round starts at `rate`, as -clear restarts it)."""
     text = (ROOT / "cfg" / "mnist_lenet.cfg").read_text()
     text = re.sub(r"(?m)^max_batches=.*$", f"max_batches={max_batches}", text)
-    text = re.sub(r"(?m)^policy=.*$", "policy=constant", text)
+    text = re.sub(r"(?m)^policy=.*$", f"policy={policy}", text)
+    text = re.sub(r"(?m)^power=.*$", "power=1", text)
     return re.sub(r"(?m)^learning_rate=.*$", f"learning_rate={rate}", text)
 
 
@@ -88,6 +91,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60, help="batches of 100 per client and round")
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--decay", type=float, default=1.0, help="round r trains at rate * decay^(r-1)")
+    parser.add_argument(
+        "--policy", choices=["constant", "poly"], default="constant", help="within a client's round"
+    )
     parser.add_argument("--byzantine", type=int, default=1, help="Byzantine clients (the last ones)")
     parser.add_argument("--scale", type=float, default=10.0, help="they send g - scale * (w - g)")
     parser.add_argument("--rules", default=",".join(RULES))
@@ -102,7 +108,7 @@ def main() -> None:
     for rnd in range(1, opts.rounds + 1):
         cfg = work / f"round{rnd}" / f"{BASE}.cfg"
         cfg.parent.mkdir()
-        cfg.write_text(cfg_text(opts.batches, opts.rate * opts.decay ** (rnd - 1)))
+        cfg.write_text(cfg_text(opts.batches, opts.rate * opts.decay ** (rnd - 1), opts.policy))
         cfgs[rnd] = cfg.relative_to(ROOT).as_posix()
     valid = dataset(work / "valid.dataset", "data/mnist/mnist.valid.list", WORK)
     # the initial global model: Darknet's random init (one batch at rate 0)
@@ -160,7 +166,8 @@ def main() -> None:
     print()
     print(
         f"{opts.byzantine} of {clients} clients send g - {opts.scale:g} (w - g);"
-        f" {opts.batches} batches of 100 per round at rate {opts.rate:g} * {opts.decay:g}^(round - 1)"
+        f" {opts.batches} batches of 100 per round at rate {opts.rate:g} * {opts.decay:g}^(round - 1),"
+        f" {opts.policy} within the round"
     )
     print("| rule | " + " | ".join(f"round {r}" for r in range(1, opts.rounds + 1)) + " |")
     print("|---|" + "---|" * opts.rounds)

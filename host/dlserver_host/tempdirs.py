@@ -18,11 +18,13 @@ its files).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .atomic import TEMP_SUFFIX
@@ -84,49 +86,38 @@ def _owner_gone(path: Path, pid: int) -> bool:
     return True
 
 
+def _ours(directory: Path, pattern: re.Pattern, is_dir: bool) -> Iterator[tuple[Path, int]]:
+    """This user's directories (or regular files) in ``directory`` whose names match
+    ``pattern``, with the PID the name holds; nothing when it cannot be read."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        try:
+            kind_ok = entry.is_dir(follow_symlinks=False) if is_dir else entry.is_file(follow_symlinks=False)
+            if match and kind_ok and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                yield Path(entry.path), int(match.group(1))
+        except OSError:
+            continue
+
+
 def remove_abandoned(parent: str | os.PathLike | None = None) -> list[Path]:
     """Remove this user's directories of PREFIXES under ``parent`` (default: the temporary
     directory) whose owner is gone; returns them.  Errors are ignored: this is tidying."""
     parent = Path(parent if parent is not None else tempfile.gettempdir())
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _NAME.fullmatch(entry.name)
-        if match is None:
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.getuid():
-            continue
-        path = Path(entry.path)
-        if _owner_gone(path, int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    removed = [path for path, pid in _ours(parent, _NAME, True) if _owner_gone(path, pid)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
     return removed
 
 
 def remove_abandoned_files(directory: Path) -> list[Path]:
     """Remove this user's write-back temporary files in ``directory`` whose writer's PID is
     not a live process; returns them.  Errors are ignored: this is tidying."""
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMP_FILE.fullmatch(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not _pid_gone(int(match.group(1))):
-                continue
-            os.unlink(entry.path)
-        except OSError:
-            continue
-        removed.append(Path(entry.path))
+    removed = [path for path, pid in _ours(directory, _TEMP_FILE, False) if _pid_gone(pid)]
+    for path in removed:
+        with contextlib.suppress(OSError):
+            path.unlink()
     return removed
