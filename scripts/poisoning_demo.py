@@ -2,7 +2,7 @@
 clients, one of them Byzantine, every training, aggregation and validation a dl-server
 run inside the component (wasmtime CLI). Prints top-1 per round for each rule.
 
-    .venv/bin/python scripts/poisoning_demo.py                  # 12 rounds of 60 batches, rate 0.02
+    .venv/bin/python scripts/poisoning_demo.py                  # 12 rounds of 60 batches, rate 0.02 -> 0
     .venv/bin/python scripts/poisoning_demo.py --rounds 4 --batches 20 --scale 10 --byzantine 1
 
 Needs `make mnist_training num-clients=10` (10 shards) and dl-server.wasm. The attack: each
@@ -12,8 +12,9 @@ attacker) is the reference. Round 1's clients start from the same random model (
 init, -seed 1) under every rule, so their training runs are shared; later rounds differ.
 Each client trains one local epoch a round (60 batches of 100 over its 6000 images: FedAvg's
 E = 1); with many more local batches (250) the honest models drift apart and the
-coordinate-wise rules (median, Bulyan) trail the clean mean by about 10 points, while Krum
-(one client's model) is better off with more local batches: see the README.
+coordinate-wise rules (median, Bulyan) trail the clean mean by about 10 points. Within a
+round the rate decays linearly from --rate to 0 (--policy poly): each client sends a settled
+model, not one at a constant rate's noise, which Krum (it keeps one client's model) needs.
 Work files go to poisoning/ (removed at the start).
 """
 
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--decay", type=float, default=1.0, help="round r trains at rate * decay^(r-1)")
     parser.add_argument(
-        "--policy", choices=["constant", "poly"], default="constant", help="within a client's round"
+        "--policy", choices=["constant", "poly"], default="poly", help="within a client's round"
     )
     parser.add_argument("--byzantine", type=int, default=1, help="Byzantine clients (the last ones)")
     parser.add_argument("--scale", type=float, default=10.0, help="they send g - scale * (w - g)")
