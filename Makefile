@@ -11,7 +11,7 @@ num-clients ?= 10
 data-dist ?= iid
 
 .PHONY: all setup kernels test test-fast bench bench-zoo zoo-check mnist_training yolo_detection demo clean federated demo-bn fuzz poisoning
-.PHONY: federated-local bench-federated bench-fast
+.PHONY: federated-local bench-federated bench-fast sanitize
 
 all: dl-server.wasm
 
@@ -106,11 +106,16 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= png jpeg cfg weights onnx onnx-input onnx-aggregation args
 fuzz: $(NATIVE_KERNEL)
 	for t in $(FUZZ_TARGETS); do $(PY) scripts/fuzz.py $$t --seconds $(FUZZ_SECONDS) 2>&1 | grep -E '^(Done|INFO: Seed)|Traceback|Crash|ERROR' || true; test -z "$$(ls build/fuzz/crash-$$t-* 2>/dev/null)" || exit 1; done
+# the C kernels built with ASan + UBSan (gcc), under the kernel tests, the bad-input corpus and each
+# fuzz target for FUZZ_SECONDS (default here 10; scripts/sanitize.py)
+sanitize: | $(VENV)/.setup-done
+	$(PY) scripts/sanitize.py$(if $(filter command line environment,$(origin FUZZ_SECONDS)), --seconds $(FUZZ_SECONDS))
 # one Byzantine client of 10 (sign-flipped, scaled update) against mean, median, trimmed, krum, bulyan, geomed
-# (scripts/poisoning_demo.py; rounds=R batches=B, all runs in the component)
+# (scripts/poisoning_demo.py; rounds=R batches=B, default 12 and 60, all runs in the component;
+# federated's rounds default is not passed on)
 poisoning: dl-server.wasm
 	$(MAKE) mnist_training num-clients=10
-	$(PY) scripts/poisoning_demo.py$(if $(rounds), --rounds $(rounds))$(if $(batches), --batches $(batches))
+	$(PY) scripts/poisoning_demo.py$(if $(filter command line,$(origin rounds)), --rounds $(rounds))$(if $(batches), --batches $(batches))
 
 clean:
 	rm -rf build dl-server.wasm
@@ -150,6 +155,7 @@ help:
 	@echo '  demo            MNIST for 10 clients, train LeNet in the sandbox, validate'
 	@echo '  demo-bn         the same with cfg/mnist_resnet.cfg (batch norm, shortcut, avgpool)'
 	@echo '  poisoning       one Byzantine client of 10 against each aggregation rule [rounds= batches=]'
+	@echo '  sanitize        the C kernels with ASan + UBSan under the kernel tests, the corpus, the fuzz targets'
 	@echo '  federated       FedAvg on Flower (simulation): num-clients= rounds= batches= data-dist= method= [alpha= seed=]'
 	@echo '                  deployment=1: SuperLink + one SuperNode per client on loopback, TLS and node auth'
 	@echo '  federated-local the same rounds without Flower, one step after another (the oracle)'

@@ -3,6 +3,7 @@ component by componentize-py) and natively (for tests of the guest package).
 
     python scripts/build_kernels.py wasm   -> build/wasm/_dlk.abi3.so
     python scripts/build_kernels.py native -> build/native/_dlk.abi3.so
+    python scripts/build_kernels.py sanitize -> build/sanitize/_dlk.abi3.so (gcc, ASan + UBSan)
 
 Every .c file of guest/kernels is a translation unit (bindings.c and the kernels it calls);
 symbols are hidden but for PyInit__dlk. The native build also has the test hooks
@@ -189,20 +190,57 @@ def compile_native(kernels: Path, target: Path, test_hooks: bool = True) -> None
     zig("cc", *flags, "-shared", *map(str, plain), *map(str, objects), "-o", str(target))
 
 
+# The sanitizer build: gcc's AddressSanitizer and UndefinedBehaviorSanitizer (zig cc ships no
+# ASan runtime). Python is not instrumented, so the library runs with libasan preloaded
+# (sanitizer_env); any UBSan finding aborts (-fno-sanitize-recover).
+SANITIZE_FLAGS = [
+    "-O1",
+    "-g",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",
+    "-fno-omit-frame-pointer",
+    "-Wno-unknown-pragmas",  # the kernels' `#pragma clang loop`
+]
+
+
+def compile_sanitize(kernels: Path, target: Path) -> None:
+    """guest/kernels-like directory -> a native shared library built by gcc with the sanitizers."""
+    include = sysconfig.get_paths()["include"]
+    flags = [f for f in COMMON_FLAGS if f != "-O3"]
+    cmd = ["gcc", *SANITIZE_FLAGS, *flags, "-DDLK_TEST_HOOKS", "-shared", f"-I{include}"]
+    result = subprocess.run([*cmd, *map(str, translation_units(kernels)), "-o", str(target)])
+    if result.returncode != 0:
+        sys.exit("build_kernels: the sanitizer build failed (it needs gcc with libasan and libubsan)")
+
+
+def sanitizer_env() -> dict[str, str]:
+    """The environment a process loading build/sanitize/_dlk.abi3.so needs: libasan first, no leak
+    report (Python's own allocations would fill it), reports on stderr and a non-zero exit."""
+    libasan = subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": "detect_leaks=0:allocator_may_return_null=1:abort_on_error=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    }
+
+
 def build(kind: str) -> Path:
     """build/<kind>/_dlk.abi3.so ('wasm' or 'native'), compiled unless up to date."""
     target = BUILD / kind / "_dlk.abi3.so"
     if up_to_date(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    (compile_wasm if kind == "wasm" else compile_native)(KERNELS, target)
+    compile_kernels = {"wasm": compile_wasm, "native": compile_native, "sanitize": compile_sanitize}
+    compile_kernels[kind](KERNELS, target)
     target.with_name("fast-fma").write_text(str(int(FAST_FMA)))
     return target
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="+", choices=["wasm", "native"])
+    parser.add_argument("targets", nargs="+", choices=["wasm", "native", "sanitize"])
     for name in parser.parse_args().targets:
         print(build(name))
 

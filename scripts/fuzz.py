@@ -25,7 +25,11 @@ from pathlib import Path
 import atheris
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "guest"), str(ROOT / "build" / "native")]
+# DL_SERVER_NATIVE_KERNELS: another build of _dlk (`make sanitize`: build/sanitize)
+sys.path[:0] = [
+    str(ROOT / "guest"),
+    os.environ.get("DL_SERVER_NATIVE_KERNELS", str(ROOT / "build" / "native")),
+]
 # atheris 2.3's bytecode rewriting breaks wire._skip_group under Python 3.11 (a local
 # becomes unbound in its `while True` loop: a false crash), so wire.py runs uninstrumented
 with atheris.instrument_imports(include=["dlserver"], exclude=["dlserver.onnx.wire"]):

@@ -33,7 +33,8 @@ subprocess.run(
     check=True,
     stdout=subprocess.DEVNULL,
 )
-for path in (ROOT / "build" / "native", ROOT / "guest"):
+# DL_SERVER_NATIVE_KERNELS: another build of _dlk to test (`make sanitize`: build/sanitize)
+for path in (Path(os.environ.get("DL_SERVER_NATIVE_KERNELS", ROOT / "build" / "native")), ROOT / "guest"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -239,3 +240,17 @@ def assert_component_trains_as_native(workdir: Path, capsys, args, weights: str)
     seconds = re.compile(r", [0-9.]+ seconds,")
     assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
     assert (workdir / weights).read_bytes() == native
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs at tmp_path/full (needs root; skipped where mount is refused)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)

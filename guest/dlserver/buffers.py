@@ -127,3 +127,14 @@ def filled(n: int, value: float) -> array:
 def from_values(values) -> array:
     """A float32 array holding the given numbers."""
     return array("f", values)
+
+
+def check_room(nbytes: int, where: str, what: str) -> None:
+    """Refuse, before anything is read, a run that will hold `nbytes` more than the buffers now
+    live (e.g. every model an aggregation rule combines) when that is over this run's budget."""
+    limit = budget()
+    if _live_bytes + nbytes > limit:
+        raise DLServerError(
+            f"{where}: {what} need {nbytes / 2**30:.2f} GiB on top of {_live_bytes / 2**30:.2f} GiB,"
+            f" more than the {limit / 2**30:.3g} GiB dl-server allows (DL_SERVER_MAX_BUFFER_BYTES raises it)"
+        )

@@ -41,6 +41,9 @@ MAX_NODE_WORK = _setting("MAX_NODE_WORK", 1 << 34)
 # detect: boxes with a class over the threshold before non-maximum suppression, and
 # (box, class) labels after it (each printed and drawn)
 MAX_BOXES = _setting("MAX_BOXES", 1024)
+# multiply-adds a run asks of a network (work.py): LeNet trained for 10000 batches of 100 asks
+# 1.75e12, YOLOv3 at 608 detecting one image 7e10
+MAX_WORK = _setting("MAX_WORK", 1 << 43)
 DEFAULTS = {
     "MAX_PIXELS": 1 << 24,
     "MAX_JPEG_SCANS": 256,
@@ -51,6 +54,7 @@ DEFAULTS = {
     "MAX_TENSOR_ELEMENTS": 1 << 26,
     "MAX_NODE_WORK": 1 << 34,
     "MAX_BOXES": 1024,
+    "MAX_WORK": 1 << 43,
 }
 
 

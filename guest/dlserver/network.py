@@ -317,6 +317,7 @@ def _parse_common_options(layer, options: Options) -> None:
     options.find_int("truth", 0, quiet=True)  # truth, onlyforward, smooth: read, not applied
     options.find_int("onlyforward", 0, quiet=True)
     layer.stopbackward = options.find_int("stopbackward", 0, quiet=True)
+    layer.cfg_line = options.line
     layer.dontsave = options.find_int("dontsave", 0, quiet=True)
     layer.dontload = options.find_int("dontload", 0, quiet=True)
     numload = options.find_int("numload", 0, quiet=True)

@@ -49,6 +49,7 @@
  *   the same values). Layers with size*c <= 32 work channel-last (kx, ch in the lanes: 30 of 32
  *   used for LeNet's 5x5x6). The input gradient is scattered from the positions p, descending,
  *   where some delta is nonzero: each pixel then receives its t(k) in ascending k, as in col2im. */
+#include <limits.h>
 #include <stdlib.h>
 #include "fast.h"
 #include "kernels.h"
@@ -126,12 +127,16 @@ void dlk_col2im(const float *col, int c, int h, int w, int ksize, int stride, in
 /* ================================================================ direct, stride 1 */
 
 #ifndef DLK_FAST
+/* In 64 bits (a cfg's padding=2000000000 overflows int: found by `make sanitize`); a size past
+   what long long holds is LLONG_MAX, which no buffer budget allows. */
 long long dlk_conv2d_direct_workspace(int c, int h, int w, int size, int pad)
 {
-    int ow = w + 2 * pad - size + 1;
-    int ow8 = (ow + 7) / 8 * 8;
-    int PH = h + 2 * pad, PW = w + 2 * pad;
+    long long ow = (long long)w + 2LL * pad - size + 1;
+    long long ow8 = (ow + 7) / 8 * 8;
+    long long PH = (long long)h + 2LL * pad, PW = (long long)w + 2LL * pad;
     if (PW < ow8 + size - 1) PW = ow8 + size - 1;
+    if (c < 1 || PH < 1 || PW < 1) return 8;
+    if (PH > (LLONG_MAX - 8) / PW / c) return LLONG_MAX;
     return (long long)c * PH * PW + 8;
 }
 #endif

@@ -2,9 +2,10 @@
 
 A reader of the destination sees the old file or the new one, never a partial one,
 and a failed or interrupted write leaves the destination as it was and no temporary
-file behind.  The temporary file is ``.<name>.<random>.dl-server-tmp`` in the
-destination's directory (the rename must not cross file systems).  The new file gets
-the mode of the regular file it replaces, else ``0o666`` less the umask (what
+file behind.  The temporary file is ``.<name>.<pid>.<random>.dl-server-tmp`` in the
+destination's directory (the rename must not cross file systems; the writer's PID lets a
+later write-back remove what a writer killed by SIGKILL left: tempdirs.py).  The new file
+gets the mode of the regular file it replaces, else ``0o666`` less the umask (what
 ``open(path, "w")`` would give), or ``0o600`` with ``private=True``.  There is no
 fsync: this protects readers from partial files, not the data from a power cut.
 """
@@ -44,7 +45,7 @@ def _temp_beside(dest: Path, private: bool) -> Iterator[tuple[BinaryIO, Path]]:
     ``dest`` will have; removed when the body fails."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_mode(dest, private)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     try:
         os.close(fd)
         with open(tmp, "wb") as f:

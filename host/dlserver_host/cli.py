@@ -540,6 +540,11 @@ def _report_failure(result, args: argparse.Namespace) -> str | None:
         message = "interrupted"
     elif result.outcome is Outcome.TRAPPED:
         message = f"guest crashed: {result.detail}"
+    elif result.outcome is Outcome.NO_SPACE:
+        message = (
+            f"no space left in {result.detail} for the guest's stdout and stderr"
+            " (free some, or set TMPDIR to another directory)"
+        )
     # Outcome.FAILED: the guest has said why on its stderr, as under the FEE.
     if message is not None:
         error(message)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from typing import Any, NamedTuple
 
 from .atomic import write_atomically
 from .sources import Mount
+from .tempdirs import OwnedDir
 
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
@@ -45,6 +44,7 @@ class Outcome(enum.Enum):
     TIMED_OUT = "timed out"
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM on the host
     OUT_OF_MEMORY = "out of memory"
+    NO_SPACE = "no space"  # the guest's stdout/stderr files could not grow (detail: where)
 
 
 class Interrupted(Exception):
@@ -355,7 +355,8 @@ class GuestRun:
         self._timeout = timeout
         self._stop_reason: Outcome | None = None
         self._abandoned = False
-        self._stream_dir = tempfile.mkdtemp(prefix="dl-server-stdio-")
+        self._stream_owned = OwnedDir("dl-server-stdio-")
+        self._stream_dir = str(self._stream_owned.path)
         self._lock = threading.Lock()
         self._result: RunResult | None = None
         self._error: BaseException | None = None
@@ -390,7 +391,7 @@ class GuestRun:
         if self._thread.is_alive():
             if self._abandoned:
                 assert self._stop_reason is not None  # stop() sets it before abandoning
-                shutil.rmtree(self._stream_dir, ignore_errors=True)
+                self._stream_owned.release()
                 return RunResult(self._stop_reason, "abandoned: the guest cannot be interrupted")
             return None
         if self._timer is not None:
@@ -460,12 +461,10 @@ class GuestRun:
                     store.close()
             if result.outcome is Outcome.TRAPPED and _nearly_full(stream_dir):
                 # the guest's stdout/stderr files could not grow: its write failed, and it trapped
-                where = os.path.dirname(stream_dir)
-                detail = f"its output could not be written: no space left in {where}"
-                return RunResult(Outcome.TRAPPED, detail)
+                return RunResult(Outcome.NO_SPACE, os.path.dirname(stream_dir))
             return result
         finally:
-            shutil.rmtree(stream_dir, ignore_errors=True)
+            self._stream_owned.release()
 
     def _instantiate_and_run(self, store, wasi) -> RunResult:
         from wasmtime import ExitTrap, WasmtimeError

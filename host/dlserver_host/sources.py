@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from .atomic import copy_beside
+from .tempdirs import OwnedDir, remove_abandoned, remove_abandoned_files
 
 ROOT = PurePosixPath(".")
 CLEANUP_SECONDS = 0.5
@@ -120,10 +121,11 @@ class StagedSources:
     whatever happened.
     """
 
-    def __init__(self, cwd: Path, areas: list[_Area], temp_dir: Path):
+    def __init__(self, cwd: Path, areas: list[_Area], owned: OwnedDir):
         self.cwd = cwd
         self._areas = areas
-        self._temp_dir = temp_dir
+        self._owned = owned
+        self._temp_dir = owned.path
 
     @property
     def mounts(self) -> list[Mount]:
@@ -144,6 +146,7 @@ class StagedSources:
         while os.path.lexists(self._temp_dir) and time.monotonic() < deadline:
             time.sleep(0.01)
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._owned.release()
 
     def changed_outputs(self) -> list[OutputFile]:
         """Every new or changed regular file in the output directories.
@@ -178,6 +181,8 @@ class StagedSources:
         changes = self.changed_outputs()
         for change in changes:
             change.check_destination()
+        for directory in {change.destination.parent for change in changes}:
+            remove_abandoned_files(directory)  # what a write-back killed by SIGKILL left
         staged: list[tuple[Path, Path]] = []
         try:
             for change in changes:
@@ -286,8 +291,10 @@ def stage_sources(
     input_dirs = [rel for rel in input_paths if input_kinds[rel] == "dir"]
     input_files = [rel for rel in input_paths if input_kinds[rel] == "file"]
 
+    remove_abandoned(temp_parent)  # what runs killed by SIGKILL left
     try:
-        temp_dir = Path(tempfile.mkdtemp(prefix="dl-server-", dir=temp_parent))
+        owned = OwnedDir("dl-server-", temp_parent)
+        temp_dir = owned.path
     except OSError as e:
         raise SourceError(
             f"cannot make the staging directory in {tempfile.gettempdir()}: {e.strerror}"
@@ -296,15 +303,15 @@ def stage_sources(
         areas = _plan_areas(cwd, temp_dir, input_dirs, output_paths)
         _populate(cwd, temp_dir, areas, input_dirs, input_files)
     except OSError as e:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        owned.release()
         where = f"{e.filename}: " if e.filename else ""
         raise SourceError(
             f"cannot stage the sources in {temp_dir.parent}: {where}{e.strerror or e}"
         ) from None
     except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        owned.release()
         raise
-    return StagedSources(cwd, areas, temp_dir)
+    return StagedSources(cwd, areas, owned)
 
 
 def _nearest_area(areas: list[_Area], rel: PurePosixPath, strict: bool = False) -> _Area | None:

@@ -18,40 +18,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"]
 TRAIN = ["classifier", "train", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg"]
+AGGREGATE_ONE = [
+    "aggregation",
+    "darknet",
+    "cfg/mnist_lenet.cfg",
+    "model/out.weights",
+    "model/mnist_lenet.weights",
+]
 DETECT = ["detect", "cfg/yolo-small.cfg", "model/yolo-small.weights", "dog.png"]
 ONNX_PREDICT = ["aggregation", "onnx_predict", "model/c1.onnx", "data/in.pb"]
 BIG = "2000000000"
 DIGITS = "9" * 5000
 
-YOLO_SMALL = """[net]
-batch=1
-width=64
-height=64
-channels=3
-
-[convolutional]
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-filters=255
-size=1
-stride=1
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,14,23,27,37,58,81,82,135,169,344,319
-classes=80
-num=6
-"""
+YOLO_SMALL = (Path(__file__).parent / "yolo-small.cfg").read_text()  # a small YOLO network
 
 
 @dataclass
@@ -171,114 +150,82 @@ LENET = (Path(__file__).resolve().parents[2] / "cfg" / "mnist_lenet.cfg").read_t
 NET_HEAD = "[net]\nbatch=1\nheight=28\nwidth=28\nchannels=3\n"
 
 
+def _cfg_file_cases() -> dict[str, str]:
+    """The cases of cfg_cases.txt: name -> the whole cfg text."""
+    cases = {}
+    for line in (Path(__file__).parent / "cfg_cases.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, text = line.split(" | ", 1)
+        text = (
+            text.encode("latin-1").decode("unicode_escape").replace("{BIG}", BIG).replace("{DIGITS}", DIGITS)
+        )
+        cases[name] = text + "[softmax]\n" if text.startswith("[net]") else NET_HEAD + text
+    return cases
+
+
 def _cfg_cases() -> list[Case]:
-    """Hostile network cfgs, each through `classifier predict`."""
-    bodies = {
-        "conv-filters-2e9": "[convolutional]\nfilters=" + BIG + "\nsize=3\n",
-        "conv-filters-900000": "[convolutional]\nfilters=900000\nsize=3\n",
-        "conv-filters-past-int": "[convolutional]\nfilters=2147483648\nsize=3\n",
-        "conv-filters-digits": "[convolutional]\nfilters=" + DIGITS + "\n",
-        "conv-filters-negative": "[convolutional]\nfilters=-5\n",
-        "conv-size-100000": "[convolutional]\nfilters=4\nsize=100000\n",
-        "conv-size-2e9": "[convolutional]\nfilters=4\nsize=" + BIG + "\npad=1\n",
-        "conv-stride-2e9": "[convolutional]\nfilters=4\nsize=3\nstride=" + BIG + "\n",
-        "conv-stride-0": "[convolutional]\nfilters=4\nsize=3\nstride=0\n",
-        "conv-groups-2e9": "[convolutional]\nfilters=4\nsize=3\ngroups=" + BIG + "\n",
-        "conv-groups-0": "[convolutional]\nfilters=4\nsize=3\ngroups=0\n",
-        "conv-padding-2e9": "[convolutional]\nfilters=4\nsize=3\npadding=" + BIG + "\n",
-        "conv-padding-negative": "[convolutional]\nfilters=4\nsize=3\npadding=-100\n",
-        "conn-output-2e9": "[connected]\noutput=" + BIG + "\n",
-        "conn-output-900M": "[connected]\noutput=900000000\n",
-        "conn-output-past-int": "[connected]\noutput=99999999999\n",
-        "maxpool-size-2e9": "[maxpool]\nsize=" + BIG + "\nstride=1\n",
-        "maxpool-stride-2e9": "[maxpool]\nsize=2\nstride=" + BIG + "\n",
-        "maxpool-stride-0": "[maxpool]\nsize=2\nstride=0\n",
-        "maxpool-padding-2e9": "[maxpool]\nsize=2\nstride=1\npadding=" + BIG + "\n",
-        "upsample-stride-2e9": "[upsample]\nstride=" + BIG + "\n",
-        "upsample-stride-100000": "[upsample]\nstride=100000\n",
-        "upsample-stride-negative-huge": "[upsample]\nstride=-" + BIG + "\n",
-        "route-100000-sources": "[convolutional]\nfilters=2\nsize=1\n[route]\nlayers="
-        + ",".join(["0"] * 100000)
-        + "\n",
-        "route-out-of-range": "[convolutional]\nfilters=2\nsize=1\n[route]\nlayers=-100\n",
-        "route-past-int": "[convolutional]\nfilters=2\nsize=1\n[route]\nlayers=4294967296\n",
-        "shortcut-from-far": "[convolutional]\nfilters=3\nsize=1\n[shortcut]\nfrom=-" + BIG + "\n",
-        "reorg-stride-2e9": "[reorg]\nstride=" + BIG + "\n",
-        "reorg-stride-0": "[reorg]\nstride=0\n",
-        "softmax-groups-0": "[softmax]\ngroups=0\n",
-        "softmax-groups-2e9": "[softmax]\ngroups=" + BIG + "\n",
-        "local-filters-2e9": "[local]\nfilters=" + BIG + "\nsize=3\n",
-        "deconv-filters-2e9": "[deconvolutional]\nfilters=" + BIG + "\nsize=3\n",
-        "deconv-stride-100000": "[deconvolutional]\nfilters=2\nsize=3\nstride=100000\n",
-        "rnn-output-2e9": "[rnn]\noutput=" + BIG + "\n",
-        "gru-output-2e9": "[gru]\noutput=" + BIG + "\n",
-        "lstm-output-2e9": "[lstm]\noutput=" + BIG + "\n",
-        "crnn-hidden-2e9": "[crnn]\nhidden=" + BIG + "\noutput=2\n",
-        "crop-size-2e9": "[crop]\ncrop_height=" + BIG + "\ncrop_width=" + BIG + "\n",
-        "avgpool-then-conn-2e9": "[avgpool]\n[connected]\noutput=" + BIG + "\n",
-        "yolo-classes-2e9": "[yolo]\nclasses=" + BIG + "\nnum=1\nmask=0\n",
-        "yolo-num-2e9": "[yolo]\nclasses=1\nnum=" + BIG + "\n",
-        "yolo-mask-out-of-range": "[yolo]\nclasses=1\nnum=1\nmask=0,1,2000000000\nanchors=1,1\n",
-        "region-num-2e9": "[region]\nclasses=1\nnum=" + BIG + "\ncoords=4\n",
-        "region-coords-2e9": "[region]\nclasses=1\nnum=1\ncoords=" + BIG + "\n",
-        "detection-side-2e9": "[detection]\nclasses=1\nnum=2\nside=" + BIG + "\ncoords=4\n",
-        "l2norm-then-conn-digits": "[l2norm]\n[connected]\noutput=" + DIGITS + "\n",
-        "normalization-size-2e9": "[lrn]\nsize=" + BIG + "\n",
-        "dropout-probability-digits": "[dropout]\nprobability=0." + DIGITS + "\n",
-        "activation-float-huge": "[convolutional]\nfilters=2\nsize=1\nlearning_rate=1" + "0" * 400 + "\n",
-        "section-escape": "[\x1b[31mconv]\nfilters=2\n",
-        "section-nul": "[conv\x00olutional]\nfilters=2\n",
-        "key-escape": "[convolutional]\nfil\x1b]0;owned\x07ters=2\nsize=1\n",
-        "value-escape": "[convolutional]\nfilters=2\nsize=1\nactivation=\x1b[2Jrelu\n",
-        "many-layers": "[dropout]\n" * 60000,
-        "conv-chain-work": "[convolutional]\nfilters=1024\nsize=11\nstride=1\npad=1\n" * 4,
-    }
-    nets = {
-        "net-batch-2e9": "[net]\nbatch=" + BIG + "\nheight=28\nwidth=28\nchannels=3\n",
-        "net-height-2e9": "[net]\nheight=" + BIG + "\nwidth=28\nchannels=3\n",
-        "net-hw-100000": "[net]\nheight=100000\nwidth=100000\nchannels=3\n",
-        "net-channels-past-int": "[net]\nheight=28\nwidth=28\nchannels=4294967299\n",
-        "net-inputs-2e9": "[net]\ninputs=" + BIG + "\n",
-        "net-time-steps-2e9": "[net]\nheight=28\nwidth=28\nchannels=3\ntime_steps=" + BIG + "\n",
-        "net-width-digits": "[net]\nheight=28\nwidth=" + DIGITS + "\nchannels=3\n",
-        "net-steps-100000": "[net]\nheight=28\nwidth=28\nchannels=3\npolicy=steps\nsteps="
-        + ",".join(["1"] * 100000)
-        + "\nscales="
-        + ",".join(["1"] * 100000)
-        + "\n",
-    }
+    """Hostile network cfgs, each through `classifier predict` (most in cfg_cases.txt)."""
+    cfgs = _cfg_file_cases()
+    cfgs["route-100000-sources"] = (
+        NET_HEAD + "[convolutional]\nfilters=2\nsize=1\n[route]\nlayers=" + ",".join(["0"] * 100000) + "\n"
+    )
+    cfgs["activation-float-huge"] = (
+        NET_HEAD + "[convolutional]\nfilters=2\nsize=1\nlearning_rate=1" + "0" * 400 + "\n"
+    )
+    cfgs["many-layers"] = NET_HEAD + "[dropout]\n" * 60000
+    cfgs["conv-chain-work"] = NET_HEAD + "[convolutional]\nfilters=1024\nsize=11\nstride=1\npad=1\n" * 4
+    ones = ",".join(["1"] * 100000)
+    cfgs["net-steps-100000"] = (
+        f"[net]\nheight=28\nwidth=28\nchannels=3\npolicy=steps\nsteps={ones}\nscales={ones}\n[softmax]\n"
+    )
     cases = [
         Case(
             f"cfg-{name}",
             PREDICT + ["img.png"],
-            {"cfg/mnist_lenet.cfg": (NET_HEAD + body).encode("latin-1")},
+            {"cfg/mnist_lenet.cfg": text.encode("latin-1")},
             "cfg/mnist_lenet.cfg",
         )
-        for name, body in bodies.items()
+        for name, text in cfgs.items()
     ]
+    lenet_edits = {  # LeNet trained with one [net] value replaced
+        "batch-2e9": ("batch=100", "batch=" + BIG),
+        "subdivisions-digits": ("subdivisions=1", "subdivisions=" + DIGITS),
+        "max-batches-work": ("max_batches=2000", "max_batches=" + BIG),  # refused by work.py
+    }
     cases += [
         Case(
-            f"cfg-{name}",
-            PREDICT + ["img.png"],
-            {"cfg/mnist_lenet.cfg": (head + "[softmax]\n").encode()},
-            "cfg/mnist_lenet.cfg",
-        )
-        for name, head in nets.items()
-    ]
-    cases.append(
-        Case(
-            "cfg-train-batch-2e9",
+            f"cfg-train-{name}",
             TRAIN,
-            {"cfg/mnist_lenet.cfg": LENET.replace("batch=100", "batch=" + BIG).encode()},
+            {"cfg/mnist_lenet.cfg": LENET.replace(old, new).encode()},
             "cfg/mnist_lenet.cfg",
         )
+        for name, (old, new) in lenet_edits.items()
+    ]
+    heavy = (
+        NET_HEAD + "[convolutional]\nfilters=256\nsize=3\npad=1\n" * 2 + "[connected]\noutput=10\n[softmax]\n"
     )
     cases.append(
         Case(
-            "cfg-train-subdivisions-digits",
-            TRAIN,
-            {"cfg/mnist_lenet.cfg": LENET.replace("subdivisions=1", "subdivisions=" + DIGITS).encode()},
-            "cfg/mnist_lenet.cfg",
+            "cfg-valid-many-images-work",
+            ["classifier", "valid", "cfg/v.dataset", "cfg/heavy.cfg"],
+            {
+                "cfg/heavy.cfg": heavy.encode(),
+                "cfg/v.dataset": b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n",
+                "v.list": b"img.png\n" * 50000,
+            },
+            "cfg/heavy.cfg",
+        )
+    )
+    cases.append(
+        Case(  # small buffers, hours of comparisons: refused by the work estimate (work.py)
+            "cfg-maxpool-window-work",
+            PREDICT[:3] + ["cfg/mp.cfg", "model/none.weights", "img.png"],
+            {
+                "cfg/mp.cfg": (NET_HEAD + "[maxpool]\nsize=100000\nstride=1\n").encode(),
+                "model/none.weights": struct.pack("<iiiq", 0, 2, 0, 0),
+            },
+            "cfg/mp.cfg:6: layer 0 (maxpool)",
         )
     )
     cases.append(
@@ -358,6 +305,14 @@ def _image_cases() -> list[Case]:
     return cases
 
 
+def shape_op(op: str, shape: list[int], inputs: tuple = ("X", "s")) -> bytes:
+    """A model of one node `op` of X (1x16) and the int64 initializer s = `shape`."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 16])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    s = numpy_helper.from_array(np.array(shape, dtype=np.int64), "s")
+    return onnx_bytes([helper.make_node(op, list(inputs), ["Y"])], [x], [y], [s])
+
+
 def _onnx_cases() -> list[Case]:
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 16])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
@@ -369,30 +324,10 @@ def _onnx_cases() -> list[Case]:
         "nested-deep": nested_message(100000),
         "varint-overlong": b"\x08" + b"\xff" * 20,
         "length-past-end": b"\x3a" + varint(2**40),
-        "expand-huge": onnx_bytes(
-            [helper.make_node("Expand", ["X", "s"], ["Y"])],
-            [x],
-            [y],
-            [numpy_helper.from_array(np.array([65536, 65536, 16], dtype=np.int64), "s")],
-        ),
-        "constantofshape-huge": onnx_bytes(
-            [helper.make_node("ConstantOfShape", ["s"], ["Y"])],
-            [x],
-            [y],
-            [numpy_helper.from_array(np.array([2**20, 2**20], dtype=np.int64), "s")],
-        ),
-        "reshape-negative": onnx_bytes(
-            [helper.make_node("Reshape", ["X", "s"], ["Y"])],
-            [x],
-            [y],
-            [numpy_helper.from_array(np.array([-1, -1], dtype=np.int64), "s")],
-        ),
-        "tile-huge": onnx_bytes(
-            [helper.make_node("Tile", ["X", "s"], ["Y"])],
-            [x],
-            [y],
-            [numpy_helper.from_array(np.array([2**30, 2**30], dtype=np.int64), "s")],
-        ),
+        "expand-huge": shape_op("Expand", [65536, 65536, 16]),
+        "constantofshape-huge": shape_op("ConstantOfShape", [2**20, 2**20], ("s",)),
+        "reshape-negative": shape_op("Reshape", [-1, -1]),
+        "tile-huge": shape_op("Tile", [2**30, 2**30]),
         "initializer-dims-huge": onnx_bytes(
             [helper.make_node("Add", ["X", "w"], ["Y"])],
             [x],
@@ -405,6 +340,8 @@ def _onnx_cases() -> list[Case]:
             [y],
             [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")],
         ),
+        # found by the onnx fuzz target: an attribute of the wrong kind reached the catch-all
+        "concat-axis-list": onnx_bytes([helper.make_node("Concat", ["X", "X"], ["Y"], axis=[1])], [x], [y]),
         "node-name-escape": onnx_bytes(
             [helper.make_node("Bogus\x1b[31m", ["X"], ["Y"], name="n\x1b]0;x\x07")], [x], [y]
         ),
@@ -479,30 +416,8 @@ def _args_cases() -> list[Case]:
             ],
             "-weights",
         ),
-        "method-trimmed-2": (
-            [
-                "aggregation",
-                "darknet",
-                "cfg/mnist_lenet.cfg",
-                "model/out.weights",
-                "model/mnist_lenet.weights",
-                "-method",
-                "trimmed:2",
-            ],
-            "-method",
-        ),
-        "method-trimmed-nan": (
-            [
-                "aggregation",
-                "darknet",
-                "cfg/mnist_lenet.cfg",
-                "model/out.weights",
-                "model/mnist_lenet.weights",
-                "-method",
-                "trimmed:nan",
-            ],
-            "-method",
-        ),
+        "method-trimmed-2": ([*AGGREGATE_ONE, "-method", "trimmed:2"], "-method"),
+        "method-trimmed-nan": ([*AGGREGATE_ONE, "-method", "trimmed:nan"], "-method"),
         "dir-as-weights": (PREDICT[:4] + ["model", "img.png"], "model"),
         "dir-as-cfg": (PREDICT[:3] + ["cfg", "model/mnist_lenet.weights", "img.png"], "cfg"),
         "out-escape": (DETECT + ["-out", "\x1b[2Jx/y"], "x/y"),

@@ -58,6 +58,7 @@ import sys
 from array import array
 
 from ..averaging import Combiner, parse_method
+from ..buffers import check_room
 from ..errors import DLServerError
 from ..files import Wording, read_input_file, write_file_atomic
 from ..onnx import interpreter as oi
@@ -193,6 +194,8 @@ def aggregate_onnx(
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
     datas = [first.tensor_data(t) for t in first.initializers]
+    if combination.kind != "mean":  # median, trimmed: every model's values until the end
+        _check_models_fit(paths, datas, method, FLOAT_KINDS + ("f64", "int"))
     combiners = [Combiner(combination, d.kind) for d in datas]
     for c, d in zip(combiners, datas):
         c.add(d.values)
@@ -212,6 +215,15 @@ def aggregate_onnx(
 
 
 FLOAT_KINDS = ("f32", "f16", "bf16")
+
+
+def _check_models_fit(paths: list[str], datas: list, method: str | None, kinds: tuple) -> None:
+    """A rule that holds every model keeps each one's tensors of `kinds`, a global model and
+    the result: refuse it up front when those len(paths) + 2 copies (4 bytes a value) do not
+    fit this run's buffer budget."""
+    values = sum(len(d.values) for d in datas if d.kind in kinds)
+    what = f"-method {method} holds {len(paths)} models of {values} values: they"
+    check_room(4 * values * (len(paths) + 2), paths[0], what)
 
 
 def _rule_tensors(m: LoadedModel, first: LoadedModel, first_datas: list) -> list:
@@ -235,6 +247,7 @@ def aggregate_onnx_rule(out_path: str, paths: list[str], combination, method, fi
     _check_supported_graph(first)
     sys.stdout.write("model c1 loaded\n")
     datas = [first.tensor_data(t) for t in first.initializers]
+    _check_models_fit(paths, datas, method, FLOAT_KINDS)
     models = [_rule_tensors(first, first, datas)]
     for i, path in enumerate(paths[1:]):
         other = LoadedModel(path)

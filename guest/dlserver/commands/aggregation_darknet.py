@@ -10,7 +10,7 @@ multiplied by f32(1/T); the header and `seen` (all 8 bytes) come from the first 
 from array import array
 
 from ..averaging import DARKNET, Combiner, parse_method
-from ..buffers import allow_for_weights
+from ..buffers import allow_for_weights, check_room
 from ..errors import DLServerError
 from ..files import write_file_atomic
 from ..network import parse_network_cfg
@@ -56,13 +56,15 @@ def aggregate_darknet(
     total = parse_network_cfg(cfg, batch=1)
     net = parse_network_cfg(cfg, batch=1)
     load_weights(total, inputs[0])
+    keeps = combination.kind != "mean"  # median, trimmed: every model's values until the end
+    if keeps:
+        check_models_fit(cfg, total, len(inputs), method)
     # Streaming: one extra model in memory for the mean, whatever T is. The first model's
     # arrays accumulate the mean in place (Darknet's rule: sum, then * f32(1/T)).
     targets = [a for layer in total.layers for a in layer.parameter_arrays()]
     combiners = [Combiner(combination, rule=DARKNET) for _ in targets]
     for combiner, target in zip(combiners, targets):
         combiner.add(target)
-    keeps = combination.kind != "mean"  # median, trimmed: every model's values until the end
     for path in inputs[1:]:
         load_weights(net, path)
         sources = [a for layer in net.layers for a in layer.parameter_arrays()]
@@ -83,6 +85,7 @@ def aggregate_darknet_rule(
     total = parse_network_cfg(cfg, batch=1)
     net = parse_network_cfg(cfg, batch=1)
     load_weights(total, inputs[0])
+    check_models_fit(cfg, total, len(inputs), method)
     targets = [a for layer in total.layers for a in layer.parameter_arrays()]
     models = [targets]  # the first model's own arrays: the result overwrites them at the end
     for path in inputs[1:]:
@@ -100,3 +103,13 @@ def aggregate_darknet_rule(
     save_weights(total, out)
     if new_state is not None and files.state_out is not None:
         write_file_atomic(files.state_out, new_state.to_bytes(), "state file")
+
+
+def check_models_fit(cfg: str, net, count: int, method: str | None) -> None:
+    """A rule that holds every model (median, trimmed, the rules of dlserver.rules) keeps the
+    other count - 1 models, a global model and its result besides `net`'s own arrays: refuse
+    it up front when those count + 1 copies do not fit this run's buffer budget."""
+    values = sum(len(a) for layer in net.layers for a in layer.parameter_arrays())
+    check_room(
+        4 * values * (count + 1), cfg, f"-method {method} holds {count} models of {values} values: they"
+    )

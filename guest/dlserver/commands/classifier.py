@@ -15,6 +15,7 @@ from ..network import parse_network_cfg
 from ..rng import Random, f32
 from ..schedule import learning_rate
 from ..weights import load_weights, save_weights
+from ..work import check_work
 
 VALID_BATCH = 100
 # Darknet's two printf lines per validated image.
@@ -107,6 +108,7 @@ def predict_classifier(datacfg: str, cfg: str, weights: str | None, filename: st
     net = load_network(cfg, weights, batch=1)
     net.set_batch(1)
     _check_input_geometry(net, "predict", fewer_channels=True)
+    check_work(net, 1, "predict of 1 image")
     options = read_data_cfg(datacfg)
     name_list = options.find_str("names", None, quiet=True)
     if name_list is None:
@@ -161,6 +163,7 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
         raise DLServerError(f"{datacfg}: top={topk} must be between 1 and classes={classes}")
     if not paths:
         raise DLServerError(f"{valid_list}: the valid list is empty")
+    check_work(net, len(paths), f"valid of {len(paths)} images")
     batch = min(VALID_BATCH, len(paths))
     net.set_batch(batch)
     size = net.inputs
@@ -231,6 +234,9 @@ def train_classifier(
         load_weights(net, weights)
     if clear:
         net.seen = 0
+    batches = max(0, net.max_batches - net.current_batch)
+    images = net.batch * net.subdivisions
+    check_work(net, batches * images, f"training {batches} batches of {images} rows", training=True)
     clip = client.clip if client is not None else None
     clip_from = client_rules.snapshot(net) if clip is not None else None
     if client is not None and client.mu is not None:

@@ -31,6 +31,7 @@ from ..limits import check
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
+from ..work import check_work
 from .classifier import clock_enabled
 
 NMS = 0.45
@@ -119,6 +120,7 @@ def test_detector(
     net = parse_network_cfg(cfg, batch=1)
     load_weights(net, weights)
     net.set_batch(1)
+    check_work(net, 1, "detect of 1 image")
     heads = (YoloLayer, RegionLayer, DetectionLayer)
     yolo_layers = [layer for layer in net.layers if isinstance(layer, heads)]
     if not yolo_layers or not isinstance(net.layers[-1], heads):

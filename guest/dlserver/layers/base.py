@@ -49,6 +49,7 @@ class Layer:
     # set by network._parse_common_options after the layer is built
     learning_rate_scale: float
     stopbackward: int
+    cfg_line = 0  # line of the layer's section in its cfg (set by network._parse_common_options)
 
     workspace_size = 0  # floats of shared scratch the layer uses inside one forward or backward call
 
@@ -120,6 +121,11 @@ class Layer:
     def parse_late_options(self, options) -> None:
         """Options Darknet's parser reads after the layer's line is printed (their default
         messages come after it)."""
+
+    def multiply_adds(self) -> int:
+        """Multiply-adds (or comparisons) of one forward pass of one input row, for the run's
+        work estimate (work.py); a layer doing a few operations per value counts its values."""
+        return self.inputs + self.outputs
 
 
 class WeightedLayer(Layer):

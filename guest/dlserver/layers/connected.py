@@ -162,5 +162,8 @@ class ConnectedLayer(WeightedLayer):
             lr = f32(rate * self.learning_rate_scale)
             update_scales(self, f32(lr / (net.batch * net.subdivisions)), net.momentum)
 
+    def multiply_adds(self) -> int:
+        return self.inputs * self.outputs
+
     def describe(self):
         return f"connected                            {self.inputs:4d}  ->  {self.outputs:4d}"

@@ -296,6 +296,10 @@ class ConvolutionalLayer(WeightedLayer):
                             columns, c, self.h, self.w, self.size, self.stride, self.pad, image_delta
                         )
 
+    def multiply_adds(self) -> int:
+        """n filters of c/groups*size*size at each of out_h*out_w positions."""
+        return self.out_h * self.out_w * self.n * self.kernel_inputs
+
     def describe(self):
         bflops = 2.0 * self.n * self.size * self.size * self.c / self.groups * self.out_h * self.out_w / 1e9
         return (

@@ -143,6 +143,10 @@ class DeconvolutionalLayer(WeightedLayer):
                     1.0, view(prev_delta, b * self.inputs, self.inputs), spatial_in,
                 )  # fmt: skip
 
+    def multiply_adds(self) -> int:
+        """each of the h*w*c inputs into n*size*size outputs."""
+        return self.h * self.w * self.c * self.n * self.size * self.size
+
     def describe(self):
         return (
             f"deconv{self.n:5d} {self.size:2d} x{self.size:2d} /{self.stride:2d}  "

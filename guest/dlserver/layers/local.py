@@ -105,6 +105,10 @@ class LocalLayer(WeightedLayer):
             self.workspace,
         )
 
+    def multiply_adds(self) -> int:
+        """n filters of k*k*c at each of the locations (each its own)."""
+        return self.outputs * self.ksize
+
     def describe(self):
         return (
             f"Local Layer: {self.h} x {self.w} x {self.c} image, {self.n} filters -> "

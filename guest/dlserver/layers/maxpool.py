@@ -60,6 +60,10 @@ class MaxpoolLayer(Layer):
                 self.delta, self.indexes, len(self.delta), prev_delta, self.batch * self.inputs
             )
 
+    def multiply_adds(self) -> int:
+        """size*size comparisons per output."""
+        return self.outputs * self.size * self.size
+
     def describe(self):
         return (
             f"max          {self.size} x {self.size} / {self.stride}  "

@@ -221,6 +221,10 @@ class RecurrentLayer(Layer):
         for sub in self.subs:
             sub.transpose_weights()
 
+    def multiply_adds(self) -> int:
+        """Every sublayer runs once per row (one step of one sequence)."""
+        return sum(sub.multiply_adds() for sub in self.subs)
+
     def describe_subs(self) -> str:
         return "".join("\n\t\t" + sub.describe() for sub in self.subs)
 
