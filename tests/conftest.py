@@ -240,6 +240,8 @@ def assert_component_trains_as_native(workdir: Path, capsys, args, weights: str)
     seconds = re.compile(r", [0-9.]+ seconds,")
     assert seconds.sub(",", run.stdout) == seconds.sub(",", native_out)
     assert (workdir / weights).read_bytes() == native
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 1 MiB tmpfs at tmp_path/full (needs root; skipped where mount is refused)."""
