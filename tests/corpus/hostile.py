@@ -363,6 +363,7 @@ def _onnx_cases() -> list[Case]:
         "raw-short": tensor_pb([1, 1, 28, 28], raw=bytes(10)),
         "many-dims": tensor_pb([1] * 100000),
         "not-a-tensor": b"\xff" * 64,
+        "bool-out-of-range": b"\x28\x97\x10\x10\x09",  # found by the onnx-input fuzz target
     }
     cases += [
         Case(f"onnx-input-{name}", ONNX_PREDICT[:3] + ["bad.pb"], {"bad.pb": data}, "bad.pb")

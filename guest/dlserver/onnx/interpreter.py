@@ -91,7 +91,12 @@ def value_from_tensor(t: om.Tensor) -> Value:
     if td.kind in ("f32", "f64"):
         data = td.values
     else:
-        data = array(TYPECODES[dt], td.values)
+        try:
+            data = array(TYPECODES[dt], td.values)
+        except OverflowError:
+            raise OpError(
+                f"{t.label()}: a value is out of range for its data type {om.dtype_name(dt)}"
+            ) from None
     return Value(dt, t.dims, data)
 
 
