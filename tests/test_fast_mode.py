@@ -156,6 +156,11 @@ def test_fast_training_convolution_within_tolerance():
         assert max(abs(x - y) for x, y in zip(exact, fast)) <= TOLERANCE["fused"] * scale * 8
 
 
+def winograd_size(n: int, c: int, m: int) -> int:
+    """Floats of the transformed weights: (m+2)^2 planes of n filters rounded up to 8, c deep."""
+    return (m + 2) ** 2 * ((n + 7) // 8 * 8) * c
+
+
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize(
     "c, h, w, n, pad", [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2)]
@@ -164,7 +169,7 @@ def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     rng = random.Random(c * h + n + m)
     inp, W = floats(rng, c * h * w), floats(rng, n * c * 9)
     exact, mag = conv_exact(inp, c, h, w, W, n, pad)
-    U = array("f", bytes(4 * (m + 2) ** 2 * n * c))
+    U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
     out = array("f", [float("nan")]) * len(exact)  # every output written
     kernels.conv_winograd(inp, 1, c, h, w, U, n, pad, m, out)
@@ -176,7 +181,7 @@ def test_winograd_batch_is_images_one_by_one(m):
     rng = random.Random(m)
     b, c, h, w, n = 3, 6, 7, 9, 5
     inp, W = floats(rng, b * c * h * w), floats(rng, n * c * 9)
-    U = array("f", bytes(4 * (m + 2) ** 2 * n * c))
+    U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
     whole = array("f", bytes(4 * b * n * h * w))
     kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, whole)

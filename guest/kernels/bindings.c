@@ -1598,7 +1598,7 @@ static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
     Py_buffer W, U;
     int n, c, m;
     if (!PyArg_ParseTuple(args, "y*iiiw*", &W, &n, &c, &m, &U)) return NULL;
-    int ok = (n > 0 && c > 0 && (m == 2 || m == 4)) || fail("_dlk.winograd_weights: bad geometry");
+    int ok = (n > 0 && c > 0 && c <= DLK_WINOGRAD_MAX_C && (m == 2 || m == 4)) || fail("_dlk.winograd_weights: bad geometry");
     ok = ok && NEED_F(W, (long long)n * c * 9, "winograd weights") &&
          NEED_F(U, dlk_winograd_weights_size(n, c, m), "winograd transformed weights");
     if (ok) dlk_winograd_weights(F32(W), n, c, m, F32(U));
@@ -1613,7 +1613,8 @@ static PyObject *py_conv_winograd(PyObject *self, PyObject *args)
     int batch, c, h, w, n, pad, m;
     if (!PyArg_ParseTuple(args, "y*iiiiy*iiiw*", &in, &batch, &c, &h, &w, &U, &n, &pad, &m, &out)) return NULL;
     int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2, ok;
-    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || n <= 0 || pad < 0 || pad > 2 || (m != 2 && m != 4)) {
+    if (batch < 0 || c <= 0 || c > DLK_WINOGRAD_MAX_C || h <= 0 || w <= 0 || n <= 0 || pad < 0 || pad > 2 ||
+        (m != 2 && m != 4)) {
         ok = fail("_dlk.conv_winograd: bad geometry");
     } else if (oh <= 0 || ow <= 0) {
         ok = fail("_dlk.conv_winograd: kernel larger than image");

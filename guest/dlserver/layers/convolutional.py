@@ -36,6 +36,7 @@ DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 # keep their direct or gemm path.
 WINOGRAD_F4_MIN_WIDTH = 40
 WINOGRAD_MIN_CHANNELS = 4
+WINOGRAD_MAX_CHANNELS = 8192  # DLK_WINOGRAD_MAX_C (kernels.h)
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
@@ -102,7 +103,7 @@ class ConvolutionalLayer(WeightedLayer):
             and self.stride == 1
             and self.groups == 1
             and self.pad <= 2
-            and self.c >= WINOGRAD_MIN_CHANNELS
+            and WINOGRAD_MIN_CHANNELS <= self.c <= WINOGRAD_MAX_CHANNELS
             and not self.fused
         )
         self.winograd_tile = 4 if self.out_w >= WINOGRAD_F4_MIN_WIDTH else 2
@@ -184,7 +185,8 @@ class ConvolutionalLayer(WeightedLayer):
         change outside training, which takes the other paths)."""
         m = self.winograd_tile
         if self.winograd_weights is None:
-            self.winograd_weights = zeros((m + 2) ** 2 * self.n * self.c)
+            rows = (self.n + 7) // 8 * 8  # packed in panels of 8 filters (winograd_fast.c)
+            self.winograd_weights = zeros((m + 2) ** 2 * rows * self.c)
             kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
         kernels.conv_winograd(
             input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, out
