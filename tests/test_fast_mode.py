@@ -163,7 +163,8 @@ def winograd_size(n: int, c: int, m: int) -> int:
 
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize(
-    "c, h, w, n, pad", [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2)]
+    "c, h, w, n, pad",
+    [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2), (3, 64, 61, 9, 1)],
 )
 def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     rng = random.Random(c * h + n + m)

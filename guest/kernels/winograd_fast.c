@@ -152,14 +152,14 @@ WG_INLINE void wg_input_tile(const int M, const float *pin4, int PW, int ty, int
         WG_UNROLL for (int k = 0; k < A; ++k) v4f_store(V + (i * A + k) * xstride, v[i][k]);
 }
 
-/* Output tiles t0 .. t0+3 of one filter from M[xi][f][t] (xstride apart), cut at oh x ow. */
+/* Output tiles t0 .. t0+3 (of T) of one filter from Mf[xi * xstride + l], cut at oh x ow. */
 WG_INLINE void wg_output_tiles(const int M, const float *Mf, ptrdiff_t xstride, int t0, int T, int tw, int oh, int ow,
                                float *out)
 {
     const int A = M + 2;
     v4f d[6][6], r[4][6], y[4][4];
     WG_UNROLL for (int j = 0; j < A; ++j)
-        WG_UNROLL for (int k = 0; k < A; ++k) d[j][k] = v4f_load(Mf + (j * A + k) * xstride + t0);
+        WG_UNROLL for (int k = 0; k < A; ++k) d[j][k] = v4f_load(Mf + (j * A + k) * xstride);
     if (M == 2) {
         WG_LEFT(2, 4, 4, WG_AT2, d, r);
         WG_RIGHT(2, 2, 4, WG_AT2, r, y);
@@ -181,6 +181,12 @@ WG_INLINE void wg_output_tiles(const int M, const float *Mf, ptrdiff_t xstride, 
     }
 }
 
+/* Tiles per block: a block's V and M (a*a*(cp + np) floats per tile) in about this many floats
+ * (cache-sized), but at least WG_BLOCK_MIN_TILES so that each element of U, read once per block,
+ * serves that many tiles. */
+#define WG_BLOCK_FLOATS (128 * 1024)
+#define WG_BLOCK_MIN_TILES 64
+
 WG_INLINE int wg_conv(const int M, const float *in, int batch, int c, int h, int w, const float *U, int n, int pad,
                       float *out)
 {
@@ -188,37 +194,44 @@ WG_INLINE int wg_conv(const int M, const float *in, int batch, int c, int h, int
     const int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2;
     const int th = (oh + M - 1) / M, tw = (ow + M - 1) / M, T = th * tw, Tp = (T + 3) & ~3;
     const int np = WG_ROWS(n), cp = (c + 3) & ~3, PH = th * M + 2, PW = tw * M + 2;
-    float *pin4 = malloc(sizeof(float) * (size_t)PH * PW * 4);
-    float *V = calloc((size_t)A * A * Tp * cp, sizeof(float));        /* V[xi][t][ch], rows past T zero */
-    float *Mx = malloc(sizeof(float) * (size_t)A * A * np * Tp);      /* M[xi][f][t], f < np */
+    int tb = WG_BLOCK_FLOATS / (A * A * (cp + np));
+    tb = tb < WG_BLOCK_MIN_TILES ? WG_BLOCK_MIN_TILES : (tb + 3) & ~3;
+    if (tb > Tp) tb = Tp;
+    float *pin = malloc(sizeof(float) * (size_t)PH * PW * cp);    /* pin[g][y][x][l]: channel 4g + l */
+    float *V = malloc(sizeof(float) * (size_t)A * A * tb * cp);    /* V[xi][t][ch] of a block */
+    float *Mx = malloc(sizeof(float) * (size_t)A * A * np * tb);   /* M[xi][f][t] of a block */
     int status = 0;
-    if (!pin4 || !V || !Mx) { status = DLK_ERR_NOMEM; goto done; }
+    if (!pin || !V || !Mx) { status = DLK_ERR_NOMEM; goto done; }
     for (int b = 0; b < batch; ++b) {
         const float *src = in + (ptrdiff_t)b * c * h * w;
-        for (int ch0 = 0; ch0 < c; ch0 += 4) {
-            memset(pin4, 0, sizeof(float) * (size_t)PH * PW * 4);
-            for (int l = 0; l < 4 && ch0 + l < c; ++l)
-                for (int y = 0; y < h && y + pad < PH; ++y) {
-                    const float *row = src + ((ptrdiff_t)(ch0 + l) * h + y) * w;
-                    float *dst = pin4 + ((ptrdiff_t)(y + pad) * PW + pad) * 4 + l;
-                    int nx = w < PW - pad ? w : PW - pad;
-                    for (int x = 0; x < nx; ++x) dst[(ptrdiff_t)x * 4] = row[x];
-                }
-            for (int ty = 0; ty < th; ++ty)
-                for (int tx = 0; tx < tw; ++tx)
-                    wg_input_tile(M, pin4, PW, ty, tx, V + ((ptrdiff_t)ty * tw + tx) * cp + ch0, (ptrdiff_t)Tp * cp);
-        }
-        for (int xi = 0; xi < A * A; ++xi)
-            dlk_gemm_prepacked(n, Tp, c, U + (ptrdiff_t)xi * np * c, V + (ptrdiff_t)xi * Tp * cp, cp,
-                               Mx + (ptrdiff_t)xi * np * Tp, Tp);
+        memset(pin, 0, sizeof(float) * (size_t)PH * PW * cp);
+        for (int ch = 0; ch < c; ++ch)
+            for (int y = 0; y < h && y + pad < PH; ++y) {
+                const float *row = src + ((ptrdiff_t)ch * h + y) * w;
+                float *dst = pin + (((ptrdiff_t)(ch / 4) * PH + y + pad) * PW + pad) * 4 + ch % 4;
+                int nx = w < PW - pad ? w : PW - pad;
+                for (int x = 0; x < nx; ++x) dst[(ptrdiff_t)x * 4] = row[x];
+            }
         float *dst = out + (ptrdiff_t)b * n * oh * ow;
-        for (int f = 0; f < n; ++f)
-            for (int t0 = 0; t0 < T; t0 += 4)
-                wg_output_tiles(M, Mx + (ptrdiff_t)f * Tp, (ptrdiff_t)np * Tp, t0, T, tw, oh, ow,
-                                dst + (ptrdiff_t)f * oh * ow);
+        for (int t0 = 0; t0 < T; t0 += tb) {
+            const int nb = T - t0 < tb ? T - t0 : tb, nbp = (nb + 3) & ~3;
+            for (int xi = 0; xi < A * A && nbp > nb; ++xi)     /* padding tiles: zero rows */
+                memset(V + ((ptrdiff_t)xi * tb + nb) * cp, 0, sizeof(float) * (size_t)(nbp - nb) * cp);
+            for (int ch0 = 0; ch0 < c; ch0 += 4)
+                for (int t = t0; t < t0 + nb; ++t)
+                    wg_input_tile(M, pin + (ptrdiff_t)ch0 * PH * PW, PW, t / tw, t % tw,
+                                  V + (ptrdiff_t)(t - t0) * cp + ch0, (ptrdiff_t)tb * cp);
+            for (int xi = 0; xi < A * A; ++xi)
+                dlk_gemm_prepacked(n, nbp, c, U + (ptrdiff_t)xi * np * c, V + (ptrdiff_t)xi * tb * cp, cp,
+                                   Mx + (ptrdiff_t)xi * np * tb, tb);
+            for (int f = 0; f < n; ++f)
+                for (int l = 0; l < nb; l += 4)
+                    wg_output_tiles(M, Mx + (ptrdiff_t)f * tb + l, (ptrdiff_t)np * tb, t0 + l, T, tw, oh, ow,
+                                    dst + (ptrdiff_t)f * oh * ow);
+        }
     }
 done:
-    free(pin4); free(V); free(Mx);
+    free(pin); free(V); free(Mx);
     return status;
 }
 

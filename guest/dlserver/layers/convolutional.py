@@ -32,10 +32,9 @@ from .batchnorm import (
 DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 # Fast mode, Winograd: F(4x4, 3x3) on outputs at least this wide, F(2x2, 3x3) below (13x13 and 26x26
 # in YOLOv3-tiny: F(4x4)'s padded tiles and 4x larger transformed weights cost more than it saves;
-# measured in the component, docs/darknet-contract.md §10.5); layers with fewer input channels
-# keep their direct or gemm path.
+# measured in the component, docs/darknet-contract.md §10.5). Layers with fewer than 4 input channels
+# (YOLOv3-tiny's layer 0) too: the input transform pads the channels to 4 with zeros.
 WINOGRAD_F4_MIN_WIDTH = 40
-WINOGRAD_MIN_CHANNELS = 4
 WINOGRAD_MAX_CHANNELS = 8192  # DLK_WINOGRAD_MAX_C (kernels.h)
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
@@ -97,13 +96,13 @@ class ConvolutionalLayer(WeightedLayer):
             and self.pad < self.size
             and not self.batch_normalize
         )
-        # Fast mode (inference): 3x3 stride-1 layers with enough channels by Winograd.
+        # Fast mode (inference): 3x3 stride-1 layers by Winograd.
         self.winograd = (
             self.size == 3
             and self.stride == 1
             and self.groups == 1
             and self.pad <= 2
-            and WINOGRAD_MIN_CHANNELS <= self.c <= WINOGRAD_MAX_CHANNELS
+            and self.c <= WINOGRAD_MAX_CHANNELS
             and not self.fused
         )
         self.winograd_tile = 4 if self.out_w >= WINOGRAD_F4_MIN_WIDTH else 2
