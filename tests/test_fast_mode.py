@@ -173,8 +173,11 @@ def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
     out = array("f", [float("nan")]) * len(exact)  # every output written
-    kernels.conv_winograd(inp, 1, c, h, w, U, n, pad, m, out)
+    kernels.conv_winograd(inp, 1, c, h, w, U, n, pad, m, False, out)
     assert worst(out, exact, mag) <= TOLERANCE[m]
+    fused = array("f", [float("nan")]) * len(exact)  # weights transformed as they are used: same floats
+    kernels.conv_winograd(inp, 1, c, h, w, W, n, pad, m, True, fused)
+    assert fused == out
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -185,17 +188,17 @@ def test_winograd_batch_is_images_one_by_one(m):
     U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
     whole = array("f", bytes(4 * b * n * h * w))
-    kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, whole)
+    kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, False, whole)
     for i in range(b):
         one = array("f", bytes(4 * n * h * w))
-        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, U, n, 1, m, one)
+        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, U, n, 1, m, False, one)
         assert whole[i * n * h * w : (i + 1) * n * h * w] == one
 
 
 def test_winograd_bad_geometry_is_an_error():
     U, out = array("f", bytes(4 * 16)), array("f", bytes(4 * 16))
     with pytest.raises(ValueError, match="winograd"):
-        kernels.conv_winograd(array("f", bytes(4 * 4)), 1, 1, 2, 2, U, 1, 0, 2, out)  # 3x3 on 2x2
+        kernels.conv_winograd(array("f", bytes(4 * 4)), 1, 1, 2, 2, U, 1, 0, 2, False, out)  # 3x3 on 2x2
     with pytest.raises(ValueError, match="bad geometry"):
         kernels.winograd_weights(array("f", bytes(36)), 1, 1, 3, U)  # F(3x3) is not built
 

@@ -538,4 +538,18 @@ void dlk_gemm_prepacked(int M, int N, int K, const float *Ap, const float *B, in
                                                    1.f, C + (ptrdiff_t)i0 * ldc + j0, ldc, 1.f);
     }
 }
+
+/* Fast mode only (winograd_fast.c): op(B) = B^T (B: N x K, ldb) packed at full depth into bp
+ * (N rounded up to 4 columns, times K floats), as gemm_blocked packs a block. */
+void dlk_gemm_pack_bt(int N, int K, const float *B, int ldb, float *bp)
+{
+    gemm_pack_b_block(1, B, ldb, 0, K, 0, N, bp);
+}
+
+/* Fast mode only: C (8 rows x N, ldc) = one packed panel of op(A) (ap[k*8 + r], depth K) times
+ * op(B) packed by dlk_gemm_pack_bt; N a multiple of 4. */
+void dlk_gemm_panel8(int N, int K, const float *ap, const float *bp, float *C, int ldc)
+{
+    gemm_sweep_PANEL_8_INIT_ZERO_FIN_STORE(N, K, ap, bp, 4, 4 * K, NULL, 0, 1.f, C, ldc, 1.f);
+}
 #endif

@@ -302,7 +302,12 @@ long long dlk_winograd_weights_size(int n, int c, int m);
 void dlk_winograd_weights(const float *W, int n, int c, int m, float *U);
 int dlk_conv_winograd(const float *in, int batch, int c, int h, int w, const float *U, int n, int pad, int m,
                       float *out);
+/* ... the same from the 3x3 weights W, transformed as they are used (nothing kept) */
+int dlk_conv_winograd_fused(const float *in, int batch, int c, int h, int w, const float *W, int n, int pad, int m,
+                            float *out);
 /* gemm_fast.c: C = Ap . B^T, op(A) packed by the caller in panels of 8 rows (winograd_fast.c) */
 void dlk_gemm_prepacked(int M, int N, int K, const float *Ap, const float *B, int ldb, float *C, int ldc);
+void dlk_gemm_pack_bt(int N, int K, const float *B, int ldb, float *bp);
+void dlk_gemm_panel8(int N, int K, const float *ap, const float *bp, float *C, int ldc);
 
 #endif

@@ -85,11 +85,12 @@ WG_INLINE void wg_g(const int M, v4f x0, v4f x1, v4f x2, v4f *y)
 
 /* Filters f0 .. f0+3 (lanes), channels ch0 .. ch0+3: w[ch * 9 + k] = W[f0 + l][ch0 + ch][k] by 4x4
  * transposes of the rows of W (36 consecutive floats each), zero past n and c; then per channel
- * u = G g G^T stored into the packed panels (a vector of 4 filters per xi). */
-WG_INLINE void wg_weights_block(const int M, const float *W, int n, int c, int f0, int ch0, float *U)
+ * u = G g G^T stored into the packed panel of these filters (a vector of 4 filters per xi, the
+ * planes of the xi `plane` floats apart). */
+WG_INLINE void wg_weights_block(const int M, const float *W, int n, int c, int f0, int ch0, float *panel,
+                                ptrdiff_t plane)
 {
     const int A = M + 2;
-    const ptrdiff_t plane = (ptrdiff_t)WG_ROWS(n) * c;    /* floats per xi */
     v4f w[36];
     if (f0 + 4 <= n && ch0 + 4 <= c) {
         const float *src = W + ((ptrdiff_t)f0 * c + ch0) * 9;
@@ -107,7 +108,7 @@ WG_INLINE void wg_weights_block(const int M, const float *W, int n, int c, int f
             w[j] = v4f_load(l4);
         }
     }
-    float *dst = U + (ptrdiff_t)f0 / 8 * 8 * c + (f0 % 8);
+    float *dst = panel + f0 % 8;                           /* panel: filters f0 / 8 * 8 .., xi = 0 */
     for (int x = 0; x < 4 && ch0 + x < c; ++x) {
         const v4f *g = w + 9 * x;
         v4f t[6][3], col[6], u[6];
@@ -129,8 +130,8 @@ void dlk_winograd_weights(const float *W, int n, int c, int m, float *U)
     for (int p0 = 0; p0 < WG_ROWS(n); p0 += 8)
         for (int ch0 = 0; ch0 < c; ch0 += 4)
             for (int f0 = p0; f0 < p0 + 8; f0 += 4)
-                if (m == 2) wg_weights_block(2, W, n, c, f0, ch0, U);
-                else wg_weights_block(4, W, n, c, f0, ch0, U);
+                if (m == 2) wg_weights_block(2, W, n, c, f0, ch0, U + (ptrdiff_t)p0 * c, (ptrdiff_t)WG_ROWS(n) * c);
+                else wg_weights_block(4, W, n, c, f0, ch0, U + (ptrdiff_t)p0 * c, (ptrdiff_t)WG_ROWS(n) * c);
 }
 
 /* V rows of tile (ty, tx) for 4 channels: V[xi][t][ch0 .. ch0+3] */
@@ -181,6 +182,33 @@ WG_INLINE void wg_output_tiles(const int M, const float *Mf, ptrdiff_t xstride, 
     }
 }
 
+/* pin[g][y][x][l] = in[4g + l][y - pad][x - pad] (PH x PW, zero outside the image and past c) */
+static void wg_interleave(const float *src, int c, int h, int w, int pad, int PH, int PW, float *pin)
+{
+    const int cp = (c + 3) & ~3;
+    memset(pin, 0, sizeof(float) * (size_t)PH * PW * cp);
+    for (int ch = 0; ch < c; ++ch)
+        for (int y = 0; y < h && y + pad < PH; ++y) {
+            const float *row = src + ((ptrdiff_t)ch * h + y) * w;
+            float *dst = pin + (((ptrdiff_t)(ch / 4) * PH + y + pad) * PW + pad) * 4 + ch % 4;
+            int nx = w < PW - pad ? w : PW - pad;
+            for (int x = 0; x < nx; ++x) dst[(ptrdiff_t)x * 4] = row[x];
+        }
+}
+
+/* V[xi][t - t0][ch] for tiles t0 .. t0+nb-1 (tb rows per xi), rows up to nb rounded to 4 zero */
+WG_INLINE void wg_input_block(const int M, const float *pin, int c, int PH, int PW, int tw, int t0, int nb, int tb,
+                              float *V)
+{
+    const int A = M + 2, cp = (c + 3) & ~3, nbp = (nb + 3) & ~3;
+    for (int xi = 0; xi < A * A && nbp > nb; ++xi)
+        memset(V + ((ptrdiff_t)xi * tb + nb) * cp, 0, sizeof(float) * (size_t)(nbp - nb) * cp);
+    for (int ch0 = 0; ch0 < c; ch0 += 4)
+        for (int t = t0; t < t0 + nb; ++t)
+            wg_input_tile(M, pin + (ptrdiff_t)ch0 * PH * PW, PW, t / tw, t % tw, V + (ptrdiff_t)(t - t0) * cp + ch0,
+                          (ptrdiff_t)tb * cp);
+}
+
 /* Tiles per block: a block's V and M (a*a*(cp + np) floats per tile) in about this many floats
  * (cache-sized), but at least WG_BLOCK_MIN_TILES so that each element of U, read once per block,
  * serves that many tiles. */
@@ -204,23 +232,11 @@ WG_INLINE int wg_conv(const int M, const float *in, int batch, int c, int h, int
     if (!pin || !V || !Mx) { status = DLK_ERR_NOMEM; goto done; }
     for (int b = 0; b < batch; ++b) {
         const float *src = in + (ptrdiff_t)b * c * h * w;
-        memset(pin, 0, sizeof(float) * (size_t)PH * PW * cp);
-        for (int ch = 0; ch < c; ++ch)
-            for (int y = 0; y < h && y + pad < PH; ++y) {
-                const float *row = src + ((ptrdiff_t)ch * h + y) * w;
-                float *dst = pin + (((ptrdiff_t)(ch / 4) * PH + y + pad) * PW + pad) * 4 + ch % 4;
-                int nx = w < PW - pad ? w : PW - pad;
-                for (int x = 0; x < nx; ++x) dst[(ptrdiff_t)x * 4] = row[x];
-            }
+        wg_interleave(src, c, h, w, pad, PH, PW, pin);
         float *dst = out + (ptrdiff_t)b * n * oh * ow;
         for (int t0 = 0; t0 < T; t0 += tb) {
             const int nb = T - t0 < tb ? T - t0 : tb, nbp = (nb + 3) & ~3;
-            for (int xi = 0; xi < A * A && nbp > nb; ++xi)     /* padding tiles: zero rows */
-                memset(V + ((ptrdiff_t)xi * tb + nb) * cp, 0, sizeof(float) * (size_t)(nbp - nb) * cp);
-            for (int ch0 = 0; ch0 < c; ch0 += 4)
-                for (int t = t0; t < t0 + nb; ++t)
-                    wg_input_tile(M, pin + (ptrdiff_t)ch0 * PH * PW, PW, t / tw, t % tw,
-                                  V + (ptrdiff_t)(t - t0) * cp + ch0, (ptrdiff_t)tb * cp);
+            wg_input_block(M, pin, c, PH, PW, tw, t0, nb, tb, V);
             for (int xi = 0; xi < A * A; ++xi)
                 dlk_gemm_prepacked(n, nbp, c, U + (ptrdiff_t)xi * np * c, V + (ptrdiff_t)xi * tb * cp, cp,
                                    Mx + (ptrdiff_t)xi * np * tb, tb);
@@ -239,4 +255,52 @@ int dlk_conv_winograd(const float *in, int batch, int c, int h, int w, const flo
                       float *out)
 {
     return m == 2 ? wg_conv(2, in, batch, c, h, w, U, n, pad, out) : wg_conv(4, in, batch, c, h, w, U, n, pad, out);
+}
+
+/* The same convolution with the weights transformed as they are used, nothing kept (for a single
+ * forward of small images, where U would be written and read once: YOLOv3-tiny's 13x13 layer 12
+ * has 8.4M floats of U): all tiles in one block, V packed once per xi; then per panel of 8
+ * filters its transformed weights (a*a*8*c floats), its a*a gemms and its output tiles. */
+WG_INLINE int wg_conv_fused(const int M, const float *in, int batch, int c, int h, int w, const float *W, int n,
+                            int pad, float *out)
+{
+    const int A = M + 2;
+    const int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2;
+    const int th = (oh + M - 1) / M, tw = (ow + M - 1) / M, T = th * tw, Tp = (T + 3) & ~3;
+    const int cp = (c + 3) & ~3, PH = th * M + 2, PW = tw * M + 2;
+    float *pin = malloc(sizeof(float) * (size_t)PH * PW * cp);
+    float *V = malloc(sizeof(float) * (size_t)A * A * Tp * cp);
+    float *Bp = malloc(sizeof(float) * (size_t)A * A * Tp * c);    /* V[xi] packed for the gemm */
+    float *Ap = malloc(sizeof(float) * (size_t)A * A * 8 * c);     /* U of one panel */
+    float *Mx = malloc(sizeof(float) * (size_t)A * A * 8 * Tp);    /* M[xi][f][t] of one panel */
+    int status = 0;
+    if (!pin || !V || !Bp || !Ap || !Mx) { status = DLK_ERR_NOMEM; goto done; }
+    for (int b = 0; b < batch; ++b) {
+        wg_interleave(in + (ptrdiff_t)b * c * h * w, c, h, w, pad, PH, PW, pin);
+        wg_input_block(M, pin, c, PH, PW, tw, 0, T, Tp, V);
+        for (int xi = 0; xi < A * A; ++xi)
+            dlk_gemm_pack_bt(Tp, c, V + (ptrdiff_t)xi * Tp * cp, cp, Bp + (ptrdiff_t)xi * Tp * c);
+        float *dst = out + (ptrdiff_t)b * n * oh * ow;
+        for (int p0 = 0; p0 < n; p0 += 8) {
+            for (int ch0 = 0; ch0 < c; ch0 += 4)
+                for (int f0 = p0; f0 < p0 + 8; f0 += 4) wg_weights_block(M, W, n, c, f0, ch0, Ap, (ptrdiff_t)8 * c);
+            for (int xi = 0; xi < A * A; ++xi)
+                dlk_gemm_panel8(Tp, c, Ap + (ptrdiff_t)xi * 8 * c, Bp + (ptrdiff_t)xi * Tp * c,
+                                Mx + (ptrdiff_t)xi * 8 * Tp, Tp);
+            for (int f = p0; f < p0 + 8 && f < n; ++f)
+                for (int l = 0; l < T; l += 4)
+                    wg_output_tiles(M, Mx + (ptrdiff_t)(f - p0) * Tp + l, (ptrdiff_t)8 * Tp, l, T, tw, oh, ow,
+                                    dst + (ptrdiff_t)f * oh * ow);
+        }
+    }
+done:
+    free(pin); free(V); free(Bp); free(Ap); free(Mx);
+    return status;
+}
+
+int dlk_conv_winograd_fused(const float *in, int batch, int c, int h, int w, const float *W, int n, int pad, int m,
+                            float *out)
+{
+    return m == 2 ? wg_conv_fused(2, in, batch, c, h, w, W, n, pad, out)
+                  : wg_conv_fused(4, in, batch, c, h, w, W, n, pad, out);
 }

@@ -36,6 +36,8 @@ DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 # (YOLOv3-tiny's layer 0) too: the input transform pads the channels to 4 with zeros.
 WINOGRAD_F4_MIN_WIDTH = 40
 WINOGRAD_MAX_CHANNELS = 8192  # DLK_WINOGRAD_MAX_C (kernels.h)
+# ... transforming the weights as they are used (nothing kept) on outputs of at most this many pixels
+WINOGRAD_FUSED_MAX_OUTPUTS = 104 * 104
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
@@ -106,6 +108,7 @@ class ConvolutionalLayer(WeightedLayer):
             and not self.fused
         )
         self.winograd_tile = 4 if self.out_w >= WINOGRAD_F4_MIN_WIDTH else 2
+        self.winograd_fused = self.out_w * self.out_h <= WINOGRAD_FUSED_MAX_OUTPUTS
         self.winograd_weights: array | None = None
         if self.direct and not self.fused:
             self.workspace_size = kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad)
@@ -183,12 +186,17 @@ class ConvolutionalLayer(WeightedLayer):
         the transformed weights are made at the first such forward and kept (weights do not
         change outside training, which takes the other paths)."""
         m = self.winograd_tile
+        if self.winograd_fused:
+            kernels.conv_winograd(
+                input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.pad, m, True, out
+            )
+            return
         if self.winograd_weights is None:
             rows = (self.n + 7) // 8 * 8  # packed in panels of 8 filters (winograd_fast.c)
             self.winograd_weights = zeros((m + 2) ** 2 * rows * self.c)
             kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
         kernels.conv_winograd(
-            input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, out
+            input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, False, out
         )
 
     def _forward_gemm(self, input_buf, out, spatial):
