@@ -183,20 +183,19 @@ class ConvolutionalLayer(WeightedLayer):
 
     def _forward_winograd(self, input_buf, out):
         """Fast mode, inference: out = the convolution by Winograd F(m x m, 3 x 3) (winograd_fast.c);
-        the transformed weights are made at the first such forward and kept (weights do not
-        change outside training, which takes the other paths)."""
-        m = self.winograd_tile
-        if self.winograd_fused:
-            kernels.conv_winograd(
-                input_buf, self.batch, self.c, self.h, self.w, self.weights, self.n, self.pad, m, True, out
-            )
-            return
-        if self.winograd_weights is None:
-            rows = (self.n + 7) // 8 * 8  # packed in panels of 8 filters (winograd_fast.c)
-            self.winograd_weights = zeros((m + 2) ** 2 * rows * self.c)
-            kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
+        fused (small outputs): the kernel transforms the weights as it uses them; else the
+        transformed weights are made at the first such forward and kept (weights do not change
+        outside training, which takes the other paths)."""
+        m, fused = self.winograd_tile, self.winograd_fused
+        weights = self.weights  # fused: transformed by the kernel as it goes
+        if not fused:
+            if self.winograd_weights is None:
+                rows = (self.n + 7) // 8 * 8  # packed in panels of 8 filters (winograd_fast.c)
+                self.winograd_weights = zeros((m + 2) ** 2 * rows * self.c)
+                kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
+            weights = self.winograd_weights
         kernels.conv_winograd(
-            input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, False, out
+            input_buf, self.batch, self.c, self.h, self.w, weights, self.n, self.pad, m, fused, out
         )
 
     def _forward_gemm(self, input_buf, out, spatial):
