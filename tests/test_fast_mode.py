@@ -180,18 +180,20 @@ def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     assert fused == out
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("m", [2, 4])
-def test_winograd_batch_is_images_one_by_one(m):
+def test_winograd_batch_is_images_one_by_one(m, fused):
     rng = random.Random(m)
     b, c, h, w, n = 3, 6, 7, 9, 5
     inp, W = floats(rng, b * c * h * w), floats(rng, n * c * 9)
     U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
+    K = W if fused else U
     whole = array("f", bytes(4 * b * n * h * w))
-    kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, False, whole)
+    kernels.conv_winograd(inp, b, c, h, w, K, n, 1, m, fused, whole)
     for i in range(b):
         one = array("f", bytes(4 * n * h * w))
-        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, U, n, 1, m, False, one)
+        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, K, n, 1, m, fused, one)
         assert whole[i * n * h * w : (i + 1) * n * h * w] == one
 
 
