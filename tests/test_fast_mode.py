@@ -156,40 +156,51 @@ def test_fast_training_convolution_within_tolerance():
         assert max(abs(x - y) for x, y in zip(exact, fast)) <= TOLERANCE["fused"] * scale * 8
 
 
+def winograd_size(n: int, c: int, m: int) -> int:
+    """Floats of the transformed weights: (m+2)^2 planes of n filters rounded up to 8, c deep."""
+    return (m + 2) ** 2 * ((n + 7) // 8 * 8) * c
+
+
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize(
-    "c, h, w, n, pad", [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2)]
+    "c, h, w, n, pad",
+    [(16, 26, 26, 32, 1), (5, 13, 11, 7, 1), (8, 9, 10, 4, 0), (3, 5, 5, 2, 2), (3, 64, 61, 9, 1)],
 )
 def test_winograd_against_exact_convolution(m, c, h, w, n, pad):
     rng = random.Random(c * h + n + m)
     inp, W = floats(rng, c * h * w), floats(rng, n * c * 9)
     exact, mag = conv_exact(inp, c, h, w, W, n, pad)
-    U = array("f", bytes(4 * (m + 2) ** 2 * n * c))
+    U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
     out = array("f", [float("nan")]) * len(exact)  # every output written
-    kernels.conv_winograd(inp, 1, c, h, w, U, n, pad, m, out)
+    kernels.conv_winograd(inp, 1, c, h, w, U, n, pad, m, False, out)
     assert worst(out, exact, mag) <= TOLERANCE[m]
+    fused = array("f", [float("nan")]) * len(exact)  # weights transformed as they are used: same floats
+    kernels.conv_winograd(inp, 1, c, h, w, W, n, pad, m, True, fused)
+    assert fused == out
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("m", [2, 4])
-def test_winograd_batch_is_images_one_by_one(m):
+def test_winograd_batch_is_images_one_by_one(m, fused):
     rng = random.Random(m)
     b, c, h, w, n = 3, 6, 7, 9, 5
     inp, W = floats(rng, b * c * h * w), floats(rng, n * c * 9)
-    U = array("f", bytes(4 * (m + 2) ** 2 * n * c))
+    U = array("f", bytes(4 * winograd_size(n, c, m)))
     kernels.winograd_weights(W, n, c, m, U)
+    K = W if fused else U
     whole = array("f", bytes(4 * b * n * h * w))
-    kernels.conv_winograd(inp, b, c, h, w, U, n, 1, m, whole)
+    kernels.conv_winograd(inp, b, c, h, w, K, n, 1, m, fused, whole)
     for i in range(b):
         one = array("f", bytes(4 * n * h * w))
-        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, U, n, 1, m, one)
+        kernels.conv_winograd(inp[i * c * h * w : (i + 1) * c * h * w], 1, c, h, w, K, n, 1, m, fused, one)
         assert whole[i * n * h * w : (i + 1) * n * h * w] == one
 
 
 def test_winograd_bad_geometry_is_an_error():
     U, out = array("f", bytes(4 * 16)), array("f", bytes(4 * 16))
     with pytest.raises(ValueError, match="winograd"):
-        kernels.conv_winograd(array("f", bytes(4 * 4)), 1, 1, 2, 2, U, 1, 0, 2, out)  # 3x3 on 2x2
+        kernels.conv_winograd(array("f", bytes(4 * 4)), 1, 1, 2, 2, U, 1, 0, 2, False, out)  # 3x3 on 2x2
     with pytest.raises(ValueError, match="bad geometry"):
         kernels.winograd_weights(array("f", bytes(36)), 1, 1, 3, U)  # F(3x3) is not built
 

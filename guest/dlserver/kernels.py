@@ -361,9 +361,11 @@ fast_supported: Callable[[], bool] = _dlk.fast_supported
 set_fast_mode: Callable[[bool], bool] = _dlk.set_fast_mode
 fast_mode: Callable[[], bool] = _dlk.fast_mode
 # Winograd F(m x m, 3 x 3) (winograd_fast.c, fast mode only): winograd_weights(W, n, c, m, U) with
-# len(U) = (m+2)^2 * n * c; conv_winograd(in, batch, c, h, w, U, n, pad, m, out): stride 1, groups 1
+# len(U) = (m+2)^2 * ceil8(n) * c (panels of 8 filters);
+# conv_winograd(in, batch, c, h, w, U, n, pad, m, fused, out): stride 1, groups 1; fused: U is the
+# 3x3 weights, transformed as they are used (nothing kept)
 winograd_weights: Callable[[Floats, int, int, int, Floats], None] = _dlk.winograd_weights
-conv_winograd: Callable[[Floats, int, int, int, int, Floats, int, int, int, Floats], None] = (
+conv_winograd: Callable[[Floats, int, int, int, int, Floats, int, int, int, bool, Floats], None] = (
     _dlk.conv_winograd
 )
 

@@ -675,6 +675,18 @@ def winograd_weights(W: Buffer, n: int, c: int, m: int, U: Buffer, /) -> None:
     """U[xi][f][ch] = (G g G^T)[xi]: the F(m x m, 3 x 3) transform of n x c 3x3 kernels (m = 2 or 4)."""
 
 def conv_winograd(
-    src: Buffer, batch: int, c: int, h: int, w: int, U: Buffer, n: int, pad: int, m: int, out: Buffer, /
+    src: Buffer,
+    batch: int,
+    c: int,
+    h: int,
+    w: int,
+    U: Buffer,
+    n: int,
+    pad: int,
+    m: int,
+    fused: bool,
+    out: Buffer,
+    /,
 ) -> None:
-    """out = 3x3 stride-1 convolution of input by the kernels U transforms (Winograd F(m x m, 3 x 3))."""
+    """out = 3x3 stride-1 convolution of input by the kernels U transforms (Winograd F(m x m, 3 x 3));
+    fused: U is the 3x3 kernels, transformed as they are used."""

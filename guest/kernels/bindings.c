@@ -1598,7 +1598,7 @@ static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
     Py_buffer W, U;
     int n, c, m;
     if (!PyArg_ParseTuple(args, "y*iiiw*", &W, &n, &c, &m, &U)) return NULL;
-    int ok = (n > 0 && c > 0 && (m == 2 || m == 4)) || fail("_dlk.winograd_weights: bad geometry");
+    int ok = (n > 0 && c > 0 && c <= DLK_WINOGRAD_MAX_C && (m == 2 || m == 4)) || fail("_dlk.winograd_weights: bad geometry");
     ok = ok && NEED_F(W, (long long)n * c * 9, "winograd weights") &&
          NEED_F(U, dlk_winograd_weights_size(n, c, m), "winograd transformed weights");
     if (ok) dlk_winograd_weights(F32(W), n, c, m, F32(U));
@@ -1606,22 +1606,26 @@ static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
     return none_if(ok);
 }
 
-/* conv_winograd(in, batch, c, h, w, U, n, pad, m, out): 3x3 stride-1 convolution (fast mode) */
+/* conv_winograd(in, batch, c, h, w, U, n, pad, m, fused, out): 3x3 stride-1 convolution (fast mode);
+ * U: the transformed weights, or (fused) the 3x3 weights themselves */
 static PyObject *py_conv_winograd(PyObject *self, PyObject *args)
 {
     Py_buffer in, U, out;
-    int batch, c, h, w, n, pad, m;
-    if (!PyArg_ParseTuple(args, "y*iiiiy*iiiw*", &in, &batch, &c, &h, &w, &U, &n, &pad, &m, &out)) return NULL;
+    int batch, c, h, w, n, pad, m, fused;
+    if (!PyArg_ParseTuple(args, "y*iiiiy*iiipw*", &in, &batch, &c, &h, &w, &U, &n, &pad, &m, &fused, &out))
+        return NULL;
     int oh = h + 2 * pad - 2, ow = w + 2 * pad - 2, ok;
-    if (batch < 0 || c <= 0 || h <= 0 || w <= 0 || n <= 0 || pad < 0 || pad > 2 || (m != 2 && m != 4)) {
+    if (batch < 0 || c <= 0 || c > DLK_WINOGRAD_MAX_C || h <= 0 || w <= 0 || n <= 0 || pad < 0 || pad > 2 ||
+        (m != 2 && m != 4)) {
         ok = fail("_dlk.conv_winograd: bad geometry");
     } else if (oh <= 0 || ow <= 0) {
         ok = fail("_dlk.conv_winograd: kernel larger than image");
     } else {
         ok = NEED_F(in, batch * (long long)c * h * w, "winograd input") &&
-             NEED_F(U, dlk_winograd_weights_size(n, c, m), "winograd transformed weights") &&
+             NEED_F(U, fused ? (long long)n * c * 9 : dlk_winograd_weights_size(n, c, m), "winograd weights") &&
              NEED_F(out, batch * (long long)n * oh * ow, "winograd output") &&
-             kernel_ok(dlk_conv_winograd(F32(in), batch, c, h, w, F32(U), n, pad, m, F32(out)));
+             kernel_ok((fused ? dlk_conv_winograd_fused : dlk_conv_winograd)(F32(in), batch, c, h, w, F32(U), n, pad,
+                                                                            m, F32(out)));
     }
     RELEASE(&in, &U, &out);
     return none_if(ok);
@@ -1768,7 +1772,7 @@ static PyMethodDef dlk_methods[] = {
     {"winograd_weights", py_winograd_weights, METH_VARARGS,
      "winograd_weights(W, n, c, m, U): U = the F(m x m, 3 x 3) transform of n x c 3x3 kernels"},
     {"conv_winograd", py_conv_winograd, METH_VARARGS,
-     "conv_winograd(in, batch, c, h, w, U, n, pad, m, out): 3x3 stride-1 convolution, Winograd F(m x m, 3 x 3)"},
+     "conv_winograd(in, batch, c, h, w, U, n, pad, m, fused, out): 3x3 stride-1 convolution, Winograd F(m x m, 3 x 3)"},
     {NULL, NULL, 0, NULL}
 };
 

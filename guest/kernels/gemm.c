@@ -72,16 +72,6 @@ typedef float v4fu __attribute__((vector_size(16), aligned(4)));   /* unaligned 
 static float gemm_pack_a[8 * GEMM_KC_MAX] __attribute__((aligned(16)));
 static float gemm_pack_b[GEMM_KC * GEMM_NC] __attribute__((aligned(16)));
 
-GEMM_INLINE void v4_transpose(v4f r[4])
-{
-    v4f t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5), t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
-    v4f t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5), t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
-    r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
-    r[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
-    r[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
-    r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
-}
-
 /* 4x4 block at p (row stride ld) to the diagonal layout: d[s][l] = p[l][(l + s) % 4]. */
 GEMM_INLINE void tile_to_diag(const float *p, ptrdiff_t ld, v4f d[4])
 {
@@ -530,3 +520,36 @@ int dlk_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
     }
     return gemm_blocked(ta != 0, tb != 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) < 0 ? DLK_ERR_NOMEM : 0;
 }
+
+#ifdef DLK_FAST
+/* Fast mode only (winograd_fast.c): C = Ap . B^T with op(A) already packed in panels of 8 rows at
+ * full depth K (Ap[p*8*K + k*8 + r] = A[8p + r][k], ALPHA = 1, rows past M zero), B: N x K (ldb),
+ * C: M rounded up to 8 rows (ldc apart), N a multiple of 4, K <= GEMM_KC * GEMM_NC / 4. The same
+ * tiles as gemm_blocked's NT product with one K block (sums from 0, stored): no copy of A per call. */
+void dlk_gemm_prepacked(int M, int N, int K, const float *Ap, const float *B, int ldb, float *C, int ldc)
+{
+    int nc_max = GEMM_KC * GEMM_NC / K / 4 * 4;
+    if (nc_max > GEMM_NC_MAX) nc_max = GEMM_NC_MAX;
+    for (int j0 = 0; j0 < N; j0 += nc_max) {
+        int nc = N - j0 < nc_max ? N - j0 : nc_max;
+        gemm_pack_b_block(1, B, ldb, 0, K, j0, nc, gemm_pack_b);
+        for (int i0 = 0; i0 < M; i0 += 8)
+            gemm_sweep_PANEL_8_INIT_ZERO_FIN_STORE(nc, K, Ap + (ptrdiff_t)i0 * K, gemm_pack_b, 4, 4 * K, NULL, 0,
+                                                   1.f, C + (ptrdiff_t)i0 * ldc + j0, ldc, 1.f);
+    }
+}
+
+/* Fast mode only (winograd_fast.c): op(B) = B^T (B: N x K, ldb) packed at full depth into bp
+ * (N rounded up to 4 columns, times K floats), as gemm_blocked packs a block. */
+void dlk_gemm_pack_bt(int N, int K, const float *B, int ldb, float *bp)
+{
+    gemm_pack_b_block(1, B, ldb, 0, K, 0, N, bp);
+}
+
+/* Fast mode only: C (8 rows x N, ldc) = one packed panel of op(A) (ap[k*8 + r], depth K) times
+ * op(B) packed by dlk_gemm_pack_bt; N a multiple of 4. */
+void dlk_gemm_panel8(int N, int K, const float *ap, const float *bp, float *C, int ldc)
+{
+    gemm_sweep_PANEL_8_INIT_ZERO_FIN_STORE(N, K, ap, bp, 4, 4 * K, NULL, 0, 1.f, C, ldc, 1.f);
+}
+#endif

@@ -295,10 +295,19 @@ int dlk_conv_forward_fast(const dlk_conv_geom *g, int batch, const float *in, co
 int dlk_conv_backward_fast(const dlk_conv_geom *g, int batch, const float *in, const float *out, float *delta,
                            int act, const float *weights, float *bias_upd, float *weight_upd, float *prev);
 
-/* winograd_fast.c: F(m x m, 3 x 3), m = 2 or 4; U = dlk_winograd_weights(W) (size: _size) */
+/* winograd_fast.c: F(m x m, 3 x 3), m = 2 or 4; U = dlk_winograd_weights(W) (size: _size); at most
+ * DLK_WINOGRAD_MAX_C input channels (the gemm's packed block of B holds 4 columns at full depth) */
+#define DLK_WINOGRAD_MAX_C 8192
 long long dlk_winograd_weights_size(int n, int c, int m);
 void dlk_winograd_weights(const float *W, int n, int c, int m, float *U);
 int dlk_conv_winograd(const float *in, int batch, int c, int h, int w, const float *U, int n, int pad, int m,
                       float *out);
+/* ... the same from the 3x3 weights W, transformed as they are used (nothing kept) */
+int dlk_conv_winograd_fused(const float *in, int batch, int c, int h, int w, const float *W, int n, int pad, int m,
+                            float *out);
+/* gemm_fast.c: C = Ap . B^T, op(A) packed by the caller in panels of 8 rows (winograd_fast.c) */
+void dlk_gemm_prepacked(int M, int N, int K, const float *Ap, const float *B, int ldb, float *C, int ldc);
+void dlk_gemm_pack_bt(int N, int K, const float *B, int ldb, float *bp);
+void dlk_gemm_panel8(int N, int K, const float *ap, const float *bp, float *C, int ldc);
 
 #endif

@@ -25,4 +25,15 @@ static inline v4f v4f_splat(float x) { v4f v = {x, x, x, x}; return v; }
 #define v4f_madd(acc, a, b) ((acc) + (a) * (b))
 #endif
 
+/* r = the rows of the transpose of the 4x4 block whose rows are r */
+static inline __attribute__((always_inline)) void v4_transpose(v4f r[4])
+{
+    v4f t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5), t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+    v4f t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5), t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+    r[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    r[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    r[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    r[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
 #endif

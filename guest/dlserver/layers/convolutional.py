@@ -32,10 +32,12 @@ from .batchnorm import (
 DIRECT_MAX_CHANNELS = 8  # yolov3-tiny layer 2 (c=16) is faster as im2col + gemm
 # Fast mode, Winograd: F(4x4, 3x3) on outputs at least this wide, F(2x2, 3x3) below (13x13 and 26x26
 # in YOLOv3-tiny: F(4x4)'s padded tiles and 4x larger transformed weights cost more than it saves;
-# measured in the component, docs/darknet-contract.md §10.5); layers with fewer input channels
-# keep their direct or gemm path.
+# measured in the component, docs/darknet-contract.md §10.5). Layers with fewer than 4 input channels
+# (YOLOv3-tiny's layer 0) too: the input transform pads the channels to 4 with zeros.
 WINOGRAD_F4_MIN_WIDTH = 40
-WINOGRAD_MIN_CHANNELS = 4
+WINOGRAD_MAX_CHANNELS = 8192  # DLK_WINOGRAD_MAX_C (kernels.h)
+# ... transforming the weights as they are used (nothing kept) on outputs of at most this many pixels
+WINOGRAD_FUSED_MAX_OUTPUTS = 104 * 104
 TRAIN_KERNEL_MAX_SIZE = 8  # conv_forward / conv_backward: size <= 8, pad < size, stride 1
 
 
@@ -96,16 +98,17 @@ class ConvolutionalLayer(WeightedLayer):
             and self.pad < self.size
             and not self.batch_normalize
         )
-        # Fast mode (inference): 3x3 stride-1 layers with enough channels by Winograd.
+        # Fast mode (inference): 3x3 stride-1 layers by Winograd.
         self.winograd = (
             self.size == 3
             and self.stride == 1
             and self.groups == 1
             and self.pad <= 2
-            and self.c >= WINOGRAD_MIN_CHANNELS
+            and self.c <= WINOGRAD_MAX_CHANNELS
             and not self.fused
         )
         self.winograd_tile = 4 if self.out_w >= WINOGRAD_F4_MIN_WIDTH else 2
+        self.winograd_fused = self.out_w * self.out_h <= WINOGRAD_FUSED_MAX_OUTPUTS
         self.winograd_weights: array | None = None
         if self.direct and not self.fused:
             self.workspace_size = kernels.conv2d_direct_workspace(c, h, w, self.size, self.pad)
@@ -180,14 +183,19 @@ class ConvolutionalLayer(WeightedLayer):
 
     def _forward_winograd(self, input_buf, out):
         """Fast mode, inference: out = the convolution by Winograd F(m x m, 3 x 3) (winograd_fast.c);
-        the transformed weights are made at the first such forward and kept (weights do not
-        change outside training, which takes the other paths)."""
-        m = self.winograd_tile
-        if self.winograd_weights is None:
-            self.winograd_weights = zeros((m + 2) ** 2 * self.n * self.c)
-            kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
+        fused (small outputs): the kernel transforms the weights as it uses them; else the
+        transformed weights are made at the first such forward and kept (weights do not change
+        outside training, which takes the other paths)."""
+        m, fused = self.winograd_tile, self.winograd_fused
+        weights = self.weights  # fused: transformed by the kernel as it goes
+        if not fused:
+            if self.winograd_weights is None:
+                rows = (self.n + 7) // 8 * 8  # packed in panels of 8 filters (winograd_fast.c)
+                self.winograd_weights = zeros((m + 2) ** 2 * rows * self.c)
+                kernels.winograd_weights(self.weights, self.n, self.c, m, self.winograd_weights)
+            weights = self.winograd_weights
         kernels.conv_winograd(
-            input_buf, self.batch, self.c, self.h, self.w, self.winograd_weights, self.n, self.pad, m, out
+            input_buf, self.batch, self.c, self.h, self.w, weights, self.n, self.pad, m, fused, out
         )
 
     def _forward_gemm(self, input_buf, out, spatial):
