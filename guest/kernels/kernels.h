@@ -25,7 +25,7 @@
  *   activation.h the activations and their derivatives (one enum, act, grad)
  *   rand.h       musl's rand() step
  *   simd.h       4-lane vectors
- *   fast.h       the fast mode: gemm_fast.c, conv_fast.c (fused multiply-adds), winograd.c
+ *   fast.h       the fast mode: gemm_fast.c, conv_fast.c (fused multiply-adds), winograd_fast.c
  *
  * Sizes are int where Darknet's are, ptrdiff_t for element counts. Kernels that can fail
  * return 0 or a negative DLK_ERR_* code; the others return nothing or a value. */
