@@ -337,72 +337,137 @@ static void ct_pad_image(const dlk_conv_geom *g, const float *src, float *pin)
             ct_copy(pin + ((ptrdiff_t)ch * g->PH + y + g->pad) * g->PW + g->pad,
                     src + ((ptrdiff_t)ch * g->h + y) * g->w, g->w);
 }
+/* Workspace of conv_forward for one image at a time (sized for g's c; an image of fewer channels fits). */
+typedef struct {
+    float *pin;                  /* c zero-bordered PH x PW planes */
+    int *rl, *kl, *rc;           /* per tile: kernel rows to visit (offsets, kernel rows), their count */
+    unsigned char *nz;           /* per padded row and block: any nonzero input */
+} ct_fwd_work;
+
+/* One image: src (g->c planes) -> dst (g->n planes), with wpack packed for g (groups of 4 filters). */
+static void ct_forward_image(const dlk_conv_geom *geom, const float *src, const float *wpack, const float *biases,
+                             int act, float *dst, const ct_fwd_work *ws)
+{
+    const dlk_conv_geom g = *geom;           /* a local copy: the wasm loops keep its fields in registers */
+    const int c = g.c, size = g.size, per = c * size;
+    float *pin = ws->pin;
+    int *rl = ws->rl, *kl = ws->kl, *rc = ws->rc;
+    unsigned char *nz = ws->nz;
+    int span = 8 + size - 1;                        /* columns one block of 8 outputs reads */
+    ct_pad_image(&g, src, pin);
+    /* nz[(ch*PH + r)*nblk + blk]: padded row r has a nonzero among the `span` columns of block blk */
+    for (int r = 0; r < c * g.PH; ++r) {
+        const float *row = pin + (ptrdiff_t)r * g.PW;
+        for (int blk = 0; blk < g.nblk; ++blk) {
+            v4i any = {0, 0, 0, 0};
+            int j = 0;
+            for (; j + 4 <= span; j += 4) any |= v4f_load(row + 8 * blk + j) != v4f_splat(0.f);
+            int a = any[0] | any[1] | any[2] | any[3];
+            for (; j < span; ++j) a |= row[8 * blk + j] != 0.f;
+            nz[r * g.nblk + blk] = (unsigned char)(a != 0);
+        }
+    }
+    /* the kernel rows each tile visits: those whose input segment is not all zero */
+    for (int y = 0; y < g.oh; ++y)
+        for (int blk = 0; blk < g.nblk; ++blk) {
+            int t = y * g.nblk + blk, cnt = 0;
+            for (int ch = 0; ch < c; ++ch)
+                for (int ky = 0; ky < size; ++ky) {
+                    rl[t * per + cnt] = (ch * g.PH + ky) * g.PW;
+                    kl[t * per + cnt] = ch * size + ky;
+                    cnt += nz[(ch * g.PH + y + ky) * g.nblk + blk];
+                }
+            rc[t] = cnt;
+        }
+    for (int f = 0; f < g.n; f += 4) {
+        int nf = g.n - f < 4 ? g.n - f : 4;
+        ct_pick_fwd(nf, size)(size, pin, c, g.PW, g.nblk, rl, kl, rc, wpack + (ptrdiff_t)f * g.K * 4, biases + f, act,
+                              g.oh, g.ow, dst + (ptrdiff_t)f * g.oh * g.ow);
+    }
+    if (act >= ACT_LEAKY) act_array(dst, (long long)g.n * g.oh * g.ow, act);
+}
+
+/* weights W[f][k] (n x K) in groups of 4 filters (12 accumulators or fewer), packed per group as
+ * [ch][ky][kx][r], each weight repeated in 4 lanes */
+static void ct_pack_weights(const float *weights, int n, int K, float *wpack)
+{
+    for (int f = 0; f < n; f += 4) {
+        int nf = n - f < 4 ? n - f : 4;
+        for (int k = 0; k < K; ++k)
+            for (int r = 0; r < nf; ++r)
+                v4f_store(wpack + ((ptrdiff_t)f * K + k * nf + r) * 4, v4f_splat(weights[(ptrdiff_t)(f + r) * K + k]));
+    }
+}
+
+#ifdef DLK_FAST
+/* Fast mode only, grayscale images given as R = G = B (MNIST): when an image's c channel planes
+ * are bit-identical, sum over ch of W[f][ch][ky][kx] * x[ky][kx] = (sum over ch of W[f][ch][ky][kx]) * x,
+ * so the image is convolved as one channel with the summed weights (c times fewer multiply-adds;
+ * the weights' sum, ch in order, rounds otherwise than Darknet's sum of products). */
+static int ct_planes_equal(const float *src, int c, ptrdiff_t plane)
+{
+    for (int ch = 1; ch < c; ++ch)
+        if (memcmp(src, src + ch * plane, sizeof(float) * (size_t)plane) != 0) return 0;
+    return 1;
+}
+
+/* merged[f][j] = sum over ch in order of W[f][ch*ss + j], j < ss = size*size */
+static void ct_merge_channels(const float *weights, int n, int c, int ss, float *merged)
+{
+    for (int f = 0; f < n; ++f)
+        for (int j = 0; j < ss; ++j) {
+            float s = 0.f;
+            for (int ch = 0; ch < c; ++ch) s += weights[((ptrdiff_t)f * c + ch) * ss + j];
+            merged[(ptrdiff_t)f * ss + j] = s;
+        }
+}
+#endif
+
 int dlk_conv_forward(const dlk_conv_geom *geom, int batch, const float *in, const float *weights, const float *biases,
                      int act, float *out)
 {
 #ifndef DLK_FAST
     if (dlk_fast_mode) return dlk_conv_forward_fast(geom, batch, in, weights, biases, act, out);
 #endif
-    const dlk_conv_geom g = *geom;           /* a local copy: the wasm loops keep its fields in registers */
-    const int c = g.c, h = g.h, w = g.w, n = g.n, size = g.size;
+    const dlk_conv_geom g = *geom;
+    const int c = g.c, n = g.n, size = g.size;
     int status = 0;
-    float *pin = NULL, *wpack = NULL;
-    int *rl = NULL, *kl = NULL, *rc = NULL;
-    unsigned char *nz = NULL;
-    long long in_size = (long long)c * h * w, out_size = (long long)n * g.oh * g.ow;
+    float *wpack = NULL, *wgray = NULL;
+    long long in_size = (long long)c * g.h * g.w, out_size = (long long)n * g.oh * g.ow;
     int per = c * size, tiles = g.oh * g.nblk;
-    pin = calloc((size_t)c * g.PH * g.PW + 8, sizeof(float));
-    rl = malloc(sizeof(int) * (size_t)tiles * per);
-    kl = malloc(sizeof(int) * (size_t)tiles * per);
-    rc = malloc(sizeof(int) * (size_t)tiles);
-    nz = malloc((size_t)c * g.PH * g.nblk);
-    /* weights in groups of 4 filters (12 accumulators or fewer), packed per group as [ch][ky][kx][r] x 4 */
+    ct_fwd_work ws;
+    ws.pin = calloc((size_t)c * g.PH * g.PW + 8, sizeof(float));
+    ws.rl = malloc(sizeof(int) * (size_t)tiles * per);
+    ws.kl = malloc(sizeof(int) * (size_t)tiles * per);
+    ws.rc = malloc(sizeof(int) * (size_t)tiles);
+    ws.nz = malloc((size_t)c * g.PH * g.nblk);
     wpack = malloc(sizeof(float) * 4 * (size_t)n * g.K);
-    if (!pin || !rl || !kl || !rc || !wpack || !nz) { status = DLK_ERR_NOMEM; goto done; }
-    for (int f = 0; f < n; f += 4) {
-        int nf = n - f < 4 ? n - f : 4;
-        for (int k = 0; k < g.K; ++k)
-            for (int r = 0; r < nf; ++r)
-                v4f_store(wpack + ((ptrdiff_t)f * g.K + k * nf + r) * 4, v4f_splat(weights[(ptrdiff_t)(f + r) * g.K + k]));
+    if (!ws.pin || !ws.rl || !ws.kl || !ws.rc || !wpack || !ws.nz) { status = DLK_ERR_NOMEM; goto done; }
+    ct_pack_weights(weights, n, g.K, wpack);
+#ifdef DLK_FAST
+    dlk_conv_geom g1;                               /* the one-channel layer of grayscale images */
+    int ss = size * size;
+    if (c > 1 && dlk_conv_geometry(&g1, 1, g.h, g.w, n, size, g.pad) == 0) {
+        float *merged = malloc(sizeof(float) * (size_t)n * ss);
+        wgray = malloc(sizeof(float) * 4 * (size_t)n * ss);
+        if (!merged || !wgray) { free(merged); status = DLK_ERR_NOMEM; goto done; }
+        ct_merge_channels(weights, n, c, ss, merged);
+        ct_pack_weights(merged, n, ss, wgray);
+        free(merged);
     }
-    int span = 8 + size - 1;                        /* columns one block of 8 outputs reads */
+#endif
     for (int b = 0; b < batch; ++b) {
-        ct_pad_image(&g, in + b * in_size, pin);
-        /* nz[(ch*PH + r)*nblk + blk]: padded row r has a nonzero among the `span` columns of block blk */
-        for (int r = 0; r < c * g.PH; ++r) {
-            const float *row = pin + (ptrdiff_t)r * g.PW;
-            for (int blk = 0; blk < g.nblk; ++blk) {
-                v4i any = {0, 0, 0, 0};
-                int j = 0;
-                for (; j + 4 <= span; j += 4) any |= v4f_load(row + 8 * blk + j) != v4f_splat(0.f);
-                int a = any[0] | any[1] | any[2] | any[3];
-                for (; j < span; ++j) a |= row[8 * blk + j] != 0.f;
-                nz[r * g.nblk + blk] = (unsigned char)(a != 0);
-            }
+        const float *src = in + b * in_size;
+#ifdef DLK_FAST
+        if (wgray && ct_planes_equal(src, c, (ptrdiff_t)g.h * g.w)) {
+            ct_forward_image(&g1, src, wgray, biases, act, out + b * out_size, &ws);
+            continue;
         }
-        /* the kernel rows each tile visits: those whose input segment is not all zero */
-        for (int y = 0; y < g.oh; ++y)
-            for (int blk = 0; blk < g.nblk; ++blk) {
-                int t = y * g.nblk + blk, cnt = 0;
-                for (int ch = 0; ch < c; ++ch)
-                    for (int ky = 0; ky < size; ++ky) {
-                        rl[t * per + cnt] = (ch * g.PH + ky) * g.PW;
-                        kl[t * per + cnt] = ch * size + ky;
-                        cnt += nz[(ch * g.PH + y + ky) * g.nblk + blk];
-                    }
-                rc[t] = cnt;
-            }
-        float *dst = out + b * out_size;
-        const float *bias = biases;
-        for (int f = 0; f < n; f += 4) {
-            int nf = n - f < 4 ? n - f : 4;
-            ct_pick_fwd(nf, size)(size, pin, c, g.PW, g.nblk, rl, kl, rc, wpack + (ptrdiff_t)f * g.K * 4, bias + f, act,
-                                  g.oh, g.ow, dst + (ptrdiff_t)f * g.oh * g.ow);
-        }
-        if (act >= ACT_LEAKY) act_array(dst, out_size, act);
+#endif
+        ct_forward_image(&g, src, wpack, biases, act, out + b * out_size, &ws);
     }
 done:
-    free(pin); free(wpack); free(rl); free(kl); free(rc); free(nz);
+    free(ws.pin); free(wpack); free(wgray); free(ws.rl); free(ws.kl); free(ws.rc); free(ws.nz);
     return status;
 }
 
