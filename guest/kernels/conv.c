@@ -404,10 +404,27 @@ static void ct_pack_weights(const float *weights, int n, int K, float *wpack)
  * are bit-identical, sum over ch of W[f][ch][ky][kx] * x[ky][kx] = (sum over ch of W[f][ch][ky][kx]) * x,
  * so the image is convolved as one channel with the summed weights (c times fewer multiply-adds;
  * the weights' sum, ch in order, rounds otherwise than Darknet's sum of products). */
-static int ct_planes_equal(const float *src, int c, ptrdiff_t plane)
+static inline __attribute__((no_builtin("memcmp"))) int ct_planes_equal(const float *src, int c, ptrdiff_t plane)
 {
-    for (int ch = 1; ch < c; ++ch)
-        if (memcmp(src, src + ch * plane, sizeof(float) * (size_t)plane) != 0) return 0;
+    for (int ch = 1; ch < c; ++ch) {                /* bits compared as ints, 4 lanes (no memcmp libcall) */
+        const float *other = src + ch * plane;
+        v4i diff = {0, 0, 0, 0};
+        ptrdiff_t i = 0;
+        for (; i + 4 <= plane; i += 4) {
+            v4i a, b;
+            memcpy(&a, src + i, 16);
+            memcpy(&b, other + i, 16);
+            diff |= a ^ b;
+        }
+        int d = diff[0] | diff[1] | diff[2] | diff[3];
+        for (; i < plane; ++i) {
+            int32_t a, b;
+            memcpy(&a, src + i, 4);
+            memcpy(&b, other + i, 4);
+            d |= a ^ b;
+        }
+        if (d) return 0;
+    }
     return 1;
 }
 
