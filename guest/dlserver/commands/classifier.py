@@ -1,6 +1,7 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, docs/darknet-contract.md §5-6)."""
 
 import os
+from array import array
 import sys
 import time
 
@@ -64,6 +65,18 @@ def top_k(values, k: int) -> list[int]:
     """Indexes of the k largest values, descending; ties keep the lower index first."""
     # Darknet's insertion loop puts equal values in index order: a stable descending sort.
     return sorted(range(len(values)), key=values.__getitem__, reverse=True)[:k]
+
+
+def top_hits(row: list[float], klass: int, k: int) -> tuple[bool, bool]:
+    """(top_k(row, k)[0] == klass, klass in top_k(row, k)) without sorting indexes: klass's rank
+    in the stable descending order is the count of larger values plus equal ones before it."""
+    total = sum(row)
+    if total != total or klass < 0:  # a NaN (or inf - inf): the general way; no label: no hit
+        indexes = top_k(row, k)
+        return indexes[0] == klass, klass in indexes
+    value = row[klass]
+    rank = sorted(row, reverse=True).index(value) + row[:klass].count(value)
+    return rank == 0, rank < k
 
 
 def _check_input_geometry(net, what: str, fewer_channels: bool = False) -> None:
@@ -179,22 +192,28 @@ def validate_classifier(datacfg: str, cfg: str, weights: str | None) -> None:
             net.set_batch(batch)
             input_buf = zeros(batch * size)
         load_valid_batch(chunk, net.w, net.h, input_buf)
-        pred = net.predict(input_buf)
-        lines = []
+        pred = net.predict(input_buf).tolist()
+        rows, klasses, accs, topks = [], [], [], []
         for r, path in enumerate(chunk):
             i = start + r
             row = pred[r * outputs : r * outputs + classes]
             klass = _label_of(path, class_labels)
-            indexes = top_k(row, topk)
-            if indexes[0] == klass:
-                avg_acc += 1
-            if klass in indexes:
-                avg_topk += 1
-            lines.append(
-                VALID_LINES
-                % (path, klass, row[0], row[1], i, f32(avg_acc / (i + 1)), topk, f32(avg_topk / (i + 1)))
+            top1_hit, topk_hit = top_hits(row, klass, topk)
+            avg_acc += top1_hit
+            avg_topk += topk_hit
+            rows.append(row)
+            klasses.append(klass)
+            accs.append(avg_acc / (i + 1))
+            topks.append(avg_topk / (i + 1))
+        accs, topks = array("f", accs).tolist(), array("f", topks).tolist()  # float32 roundings, as f32
+        out.write(
+            "".join(
+                [
+                    VALID_LINES % (path, klass, row[0], row[1], start + r, acc, topk, hits)
+                    for r, (path, klass, row, acc, hits) in enumerate(zip(chunk, klasses, rows, accs, topks))
+                ]
             )
-        out.write("".join(lines))
+        )
 
 
 def base_name(cfg: str) -> str:
