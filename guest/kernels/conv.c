@@ -225,14 +225,14 @@ void dlk_conv2d_direct(const float *in, int batch, int c, int h, int w, const fl
  * compile time (0: use size). W: the group's weights packed as [ch][ky][kx][r], each repeated in
  * 4 lanes (one vector load instead of a load and a splat; constant offsets from one pointer).
  * The tile visits only the kernel rows (ch, ky) whose input segment is not all zero: `cnt` of
- * them, row offsets rows[i] (from the tile's corner) and kernel rows ks[i] = ch*size + ky. */
+ * them, kernel rows ks[i] = ch*size + ky, at row offsets rows[ks[i]] from the tile's corner. */
 CT_INLINE void ct_fwd_tile(const int NF, const int S, const int V, int size, const float *at, const int *rows,
                            const int *ks, int cnt, const float *W, v4f acc[][2])
 {
     const int sz = S ? S : size;
     CT_UNROLL for (int r = 0; r < NF; ++r) acc[r][0] = acc[r][1] = v4f_splat(0.f);
     for (int i = 0; i < cnt; ++i) {
-        const float *row = at + rows[i];
+        const float *row = at + rows[ks[i]];
         const float *wk = W + ks[i] * sz * NF * 4;
         _Pragma("clang loop unroll(disable)")
         for (int kx = 0; kx < sz; ++kx) {
@@ -260,7 +260,7 @@ CT_INLINE void ct_fwd_store(v4f acc, float bias, int act, float *dst, int nx)
 }
 
 /* All output rows of NF filters. Tile (y, blk) has rc[y*nblk + blk] kernel rows to visit, listed
- * at rl / kl + (y*nblk + blk)*c*size. */
+ * at kl + (y*nblk + blk)*c*size; rl[ch*size + ky] = (ch*PH + ky)*PW. */
 CT_INLINE void ct_fwd_filters(const int NF, const int S, int size, const float *pin, int c, int PW, int nblk,
                               const int *rl, const int *kl, const int *rc, const float *W, const float *bias,
                               int act, int oh, int ow, float *out)
@@ -272,8 +272,8 @@ CT_INLINE void ct_fwd_filters(const int NF, const int S, int size, const float *
         for (int blk = 0; blk < nblk; ++blk) {
             int x0 = 8 * blk, nx = ow - x0 < 8 ? ow - x0 : 8, t = y * nblk + blk;
             const float *at = pin + (ptrdiff_t)y * PW + x0;
-            if (nx > 4) ct_fwd_tile(NF, S, 2, size, at, rl + t * per, kl + t * per, rc[t], W, acc);
-            else ct_fwd_tile(NF, S, 1, size, at, rl + t * per, kl + t * per, rc[t], W, acc);
+            if (nx > 4) ct_fwd_tile(NF, S, 2, size, at, rl, kl + t * per, rc[t], W, acc);
+            else ct_fwd_tile(NF, S, 1, size, at, rl, kl + t * per, rc[t], W, acc);
             float *o = out + (ptrdiff_t)y * ow + x0;
             CT_UNROLL for (int r = 0; r < NF; ++r) {
                 ct_fwd_store(acc[r][0], bias[r], act, o + r * plane, nx);
@@ -340,7 +340,8 @@ static void ct_pad_image(const dlk_conv_geom *g, const float *src, float *pin)
 /* Workspace of conv_forward for one image at a time (sized for g's c; an image of fewer channels fits). */
 typedef struct {
     float *pin;                  /* c zero-bordered PH x PW planes */
-    int *rl, *kl, *rc;           /* per tile: kernel rows to visit (offsets, kernel rows), their count */
+    int *rl;                     /* per kernel row ch*size + ky: its offset (ch*PH + ky)*PW */
+    int *kl, *rc;                /* per tile: the kernel rows to visit, their count */
     unsigned char *nz;           /* per padded row and block: any nonzero input */
 } ct_fwd_work;
 
@@ -367,13 +368,14 @@ static void ct_forward_image(const dlk_conv_geom *geom, const float *src, const 
             nz[r * g.nblk + blk] = (unsigned char)(a != 0);
         }
     }
+    for (int ch = 0; ch < c; ++ch)
+        for (int ky = 0; ky < size; ++ky) rl[ch * size + ky] = (ch * g.PH + ky) * g.PW;
     /* the kernel rows each tile visits: those whose input segment is not all zero */
     for (int y = 0; y < g.oh; ++y)
         for (int blk = 0; blk < g.nblk; ++blk) {
             int t = y * g.nblk + blk, cnt = 0;
             for (int ch = 0; ch < c; ++ch)
                 for (int ky = 0; ky < size; ++ky) {
-                    rl[t * per + cnt] = (ch * g.PH + ky) * g.PW;
                     kl[t * per + cnt] = ch * size + ky;
                     cnt += nz[(ch * g.PH + y + ky) * g.nblk + blk];
                 }
@@ -454,7 +456,7 @@ int dlk_conv_forward(const dlk_conv_geom *geom, int batch, const float *in, cons
     int per = c * size, tiles = g.oh * g.nblk;
     ct_fwd_work ws;
     ws.pin = calloc((size_t)c * g.PH * g.PW + 8, sizeof(float));
-    ws.rl = malloc(sizeof(int) * (size_t)tiles * per);
+    ws.rl = malloc(sizeof(int) * (size_t)per);
     ws.kl = malloc(sizeof(int) * (size_t)tiles * per);
     ws.rc = malloc(sizeof(int) * (size_t)tiles);
     ws.nz = malloc((size_t)c * g.PH * g.nblk);
