@@ -110,3 +110,17 @@ def test_top_hits_is_top_k(seed):
         k = rng.randint(1, n)
         indexes = top_k(row, k)
         assert top_hits(row, klass, k) == (indexes[0] == klass, klass in indexes), (row, klass, k)
+
+
+@pytest.mark.parametrize(("planes", "h", "w"), [(6, 28, 28), (6, 14, 14), (3, 2, 10), (2, 6, 2)])
+def test_maxpool_2x2_without_indexes_same_output(planes, h, w):
+    """Inference (indexes None) gives the outputs of the pass that keeps indexes, bit for bit:
+    NaN, infinities, -FLT_MAX, signed zeros and ties included; ow = 7 and 5 exercise the tail."""
+    rng = random.Random(planes * h + w)
+    special = [math.nan, math.inf, -math.inf, -3.4028234663852886e38, 0.0, -0.0, 1.0]
+    inp = array("f", [rng.choice(special) if rng.random() < 0.3 else rng.uniform(-1, 1) for _ in range(planes * h * w)])
+    n_out = planes * (h // 2) * (w // 2)
+    with_indexes, without = array("f", bytes(4 * n_out)), array("f", bytes(4 * n_out))
+    kernels.maxpool_forward_2x2(inp, planes, h, w, with_indexes, array("i", bytes(4 * n_out)))
+    kernels.maxpool_forward_2x2(inp, planes, h, w, without, None)
+    assert without.tobytes() == with_indexes.tobytes()

@@ -115,8 +115,9 @@ sgd_update: Callable[[Floats, Floats, Floats, Floats, float, float, float], None
 maxpool_forward: Callable[[Floats, int, int, int, int, int, int, int, Floats, Ints], None] = (
     _dlk.maxpool_forward
 )
-# maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2, stride 2, every window inside
-maxpool_forward_2x2: Callable[[Floats, int, int, int, Floats, Ints], None] = _dlk.maxpool_forward_2x2
+# maxpool_forward_2x2(in, planes, h, w, out, indexes | None): size 2, stride 2, every window inside
+# (None: inference, no indexes)
+maxpool_forward_2x2: Callable[[Floats, int, int, int, Floats, Ints | None], None] = _dlk.maxpool_forward_2x2
 # maxpool_backward(out_delta, indexes, n, in_delta, n_in)
 maxpool_backward: Callable[[Floats, Ints, int, Floats, int], None] = _dlk.maxpool_backward
 # avgpool_forward(in, planes, n, out): mean of each plane; avgpool_backward(out_delta, planes, n, in_delta)

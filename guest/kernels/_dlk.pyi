@@ -173,7 +173,7 @@ def maxpool_forward(
 
 def maxpool_backward(out_delta: Buffer, indexes: Buffer, n: int, in_delta: Buffer, n_in: int, /) -> None: ...
 def maxpool_forward_2x2(
-    src: Buffer, planes: int, h: int, w: int, out: Buffer, indexes: Buffer, /
+    src: Buffer, planes: int, h: int, w: int, out: Buffer, indexes: Buffer | None, /
 ) -> None: ...
 def avgpool_forward(src: Buffer, planes: int, n: int, out: Buffer, /) -> None:
     """out[p] = (sequential float sum of src[p][0 .. n-1]) / n"""

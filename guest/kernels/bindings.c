@@ -328,15 +328,18 @@ static PyObject *py_avgpool_backward(PyObject *self, PyObject *args)
 
 static PyObject *py_maxpool_forward_2x2(PyObject *self, PyObject *args)
 {
-    Py_buffer in, out, idx;
+    Py_buffer in, out, idx = {0};
+    PyObject *idx_obj;
     int planes, h, w;
-    if (!PyArg_ParseTuple(args, "y*iiiw*w*", &in, &planes, &h, &w, &out, &idx)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*iiiw*O", &in, &planes, &h, &w, &out, &idx_obj)) return NULL;
+    int have_idx = idx_obj != Py_None;              /* None: inference, no indexes kept */
+    int ok = !have_idx || PyObject_GetBuffer(idx_obj, &idx, PyBUF_WRITABLE) == 0;
     long long n_out = (long long)planes * (h / 2) * (w / 2);
-    int ok = (planes >= 0 && h > 0 && w > 0 && !(h % 2) && !(w % 2) && (long long)planes * h * w <= 0x7FFFFFFF) ||
-             fail("_dlk.maxpool_forward_2x2: bad geometry (h and w must be even)");
+    ok = ok && ((planes >= 0 && h > 0 && w > 0 && !(h % 2) && !(w % 2) && (long long)planes * h * w <= 0x7FFFFFFF) ||
+                fail("_dlk.maxpool_forward_2x2: bad geometry (h and w must be even)"));
     ok = ok && NEED_F(in, (long long)planes * h * w, "maxpool input") && NEED_F(out, n_out, "maxpool output") &&
-         need(&idx, n_out, 4, "maxpool indexes");
-    if (ok) dlk_maxpool_forward_2x2(F32(in), planes, h, w, F32(out), (int32_t *)idx.buf);
+         (!have_idx || need(&idx, n_out, 4, "maxpool indexes"));
+    if (ok) dlk_maxpool_forward_2x2(F32(in), planes, h, w, F32(out), have_idx ? (int32_t *)idx.buf : NULL);
     RELEASE(&in, &out, &idx);
     return none_if(ok);
 }
@@ -1705,7 +1708,7 @@ static PyMethodDef dlk_methods[] = {
      "conv_backward(in, batch, c, h, w, out, delta, n, size, pad, act, weights, bias_upd, weight_upd, "
      "prev_delta|None)"},
     {"maxpool_forward_2x2", py_maxpool_forward_2x2, METH_VARARGS,
-     "maxpool_forward_2x2(in, planes, h, w, out, indexes): size 2 stride 2, every window inside"},
+     "maxpool_forward_2x2(in, planes, h, w, out, indexes|None): size 2 stride 2, every window inside"},
     {"connected_backward", py_connected_backward, METH_VARARGS,
      "connected_backward(in, batch, inputs, out, delta, outputs, act, weights, bias_upd|None, weight_upd, "
      "prev_delta|None)"},

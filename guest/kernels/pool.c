@@ -11,7 +11,8 @@
  * maxpool_forward_2x2 (size 2, stride 2, h and w even: every window inside the image):
  *   out[bc][oy][ox] = first strict maximum of -FLT_MAX, in[bc][2oy][2ox], [2oy][2ox+1], [2oy+1][2ox],
  *   [2oy+1][2ox+1]; indexes[...] = its flat input index bc*h*w + y*w + x (-1 if none is above
- *   -FLT_MAX), as the general forward pass gives for these windows. */
+ *   -FLT_MAX), as the general forward pass gives for these windows. With indexes NULL (inference)
+ *   only out[] is written. */
 #include <float.h>
 #include "kernels.h"
 #include "simd.h"
@@ -63,8 +64,38 @@ ptrdiff_t dlk_maxpool_backward(const float *out_delta, const int32_t *indexes, p
 #define POOL_TAKE(v, i) do { v4i m_ = (v) > best; best = (v4f)(((v4i)(v) & m_) | ((v4i)best & ~m_)); \
                            bi = ((i) & m_) | (bi & ~m_); } while (0)
 
+/* maxpool_forward_2x2 without indexes (inference): the same out[] */
+static void maxpool_values_2x2(const float *in, int planes, int h, int w, float *out)
+{
+    int oh = h / 2, ow = w / 2;
+    for (int bc = 0; bc < planes; ++bc)
+        for (int oy = 0; oy < oh; ++oy) {
+            const float *r0 = in + ((long long)bc * h + 2 * oy) * w, *r1 = r0 + w;
+            float *o = out + ((long long)bc * oh + oy) * ow;
+            int ox = 0;
+            for (; ox + 4 <= ow; ox += 4) {
+                v4f a0 = v4f_load(r0 + 2 * ox), a1 = v4f_load(r0 + 2 * ox + 4);
+                v4f b0 = v4f_load(r1 + 2 * ox), b1 = v4f_load(r1 + 2 * ox + 4);
+                v4f best = v4f_splat(-FLT_MAX);
+                v4f in4[4] = {__builtin_shufflevector(a0, a1, 0, 2, 4, 6), __builtin_shufflevector(a0, a1, 1, 3, 5, 7),
+                              __builtin_shufflevector(b0, b1, 0, 2, 4, 6), __builtin_shufflevector(b0, b1, 1, 3, 5, 7)};
+                for (int j = 0; j < 4; ++j) {
+                    v4i m = in4[j] > best;
+                    best = (v4f)(((v4i)in4[j] & m) | ((v4i)best & ~m));
+                }
+                v4f_store(o + ox, best);
+            }
+            for (; ox < ow; ++ox) {
+                float v[4] = {r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]}, best = -FLT_MAX;
+                for (int j = 0; j < 4; ++j) best = v[j] > best ? v[j] : best;
+                o[ox] = best;
+            }
+        }
+}
+
 void dlk_maxpool_forward_2x2(const float *in, int planes, int h, int w, float *out, int32_t *indexes)
 {
+    if (!indexes) { maxpool_values_2x2(in, planes, h, w, out); return; }
     int oh = h / 2, ow = w / 2;
     const float *src = in;
     float *dst = out;

@@ -43,7 +43,7 @@ class MaxpoolLayer(Layer):
         if self.size == 2 and self.stride == 2 and self.pad == 1 and self.h % 2 == 0 and self.w % 2 == 0:
             # every window inside the image (LeNet's): the same results without bounds checks
             kernels.maxpool_forward_2x2(
-                input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes
+                input_buf, self.batch * self.c, self.h, self.w, self.output, self.indexes if train else None
             )
             return
         kernels.maxpool_forward(
