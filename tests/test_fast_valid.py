@@ -36,11 +36,16 @@ def conv(inp, b, c, h, w, W, n, size, pad, bias, fast: bool):
 
 def gray_batch(rng: random.Random, b: int, c: int, h: int, w: int, gray: list[bool]) -> array:
     """b images of c planes; image i has c copies of one plane when gray[i] (MNIST-like: half zeros)."""
+
+    def plane() -> list[float]:
+        return [0.0 if rng.random() < 0.5 else rng.uniform(0, 1) for _ in range(h * w)]
+
     data = array("f")
     for i in range(b):
-        plane = [0.0 if rng.random() < 0.5 else rng.uniform(0, 1) for _ in range(h * w)]
-        for ch in range(c):
-            data.extend(plane if gray[i] else [0.0 if rng.random() < 0.5 else rng.uniform(0, 1) for _ in range(h * w)])
+        first = plane()
+        data.extend(first)
+        for _ in range(1, c):
+            data.extend(first if gray[i] else plane())
     return data
 
 
@@ -52,7 +57,8 @@ def test_fast_gray_images_run_as_one_channel(c, n, size, pad, h, w):
     inp = gray_batch(rng, b, c, h, w, gray)
     W = array("f", [rng.uniform(-1, 1) for _ in range(n * c * size * size)])
     bias = array("f", [rng.uniform(-1, 1) for _ in range(n)])
-    exact, fast = conv(inp, b, c, h, w, W, n, size, pad, bias, False), conv(inp, b, c, h, w, W, n, size, pad, bias, True)
+    exact = conv(inp, b, c, h, w, W, n, size, pad, bias, False)
+    fast = conv(inp, b, c, h, w, W, n, size, pad, bias, True)
     # the sums of |terms| of each output (bias included), by the exact kernel on absolute values
     absolute = [array("f", map(abs, x)) for x in (inp, W, bias)]
     mag = conv(absolute[0], b, c, h, w, absolute[1], n, size, pad, absolute[2], False)
@@ -118,7 +124,9 @@ def test_maxpool_2x2_without_indexes_same_output(planes, h, w):
     NaN, infinities, -FLT_MAX, signed zeros and ties included; ow = 7 and 5 exercise the tail."""
     rng = random.Random(planes * h + w)
     special = [math.nan, math.inf, -math.inf, -3.4028234663852886e38, 0.0, -0.0, 1.0]
-    inp = array("f", [rng.choice(special) if rng.random() < 0.3 else rng.uniform(-1, 1) for _ in range(planes * h * w)])
+    n_in = planes * h * w
+    values = [rng.choice(special) if rng.random() < 0.3 else rng.uniform(-1, 1) for _ in range(n_in)]
+    inp = array("f", values)
     n_out = planes * (h // 2) * (w // 2)
     with_indexes, without = array("f", bytes(4 * n_out)), array("f", bytes(4 * n_out))
     kernels.maxpool_forward_2x2(inp, planes, h, w, with_indexes, array("i", bytes(4 * n_out)))

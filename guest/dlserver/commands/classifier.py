@@ -1,9 +1,9 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, docs/darknet-contract.md §5-6)."""
 
 import os
-from array import array
 import sys
 import time
+from array import array
 
 from .. import client_rules
 from ..buffers import allow_for_weights, view, zeros
