@@ -1,16 +1,19 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, docs/darknet-contract.md §5-6)."""
 
 import os
+import re
 import sys
 import time
 
-from .. import client_rules
+from .. import client_rules, limits
 from ..buffers import allow_for_weights, view, zeros
 from ..config import read_data_cfg, read_list
 from ..dataset import TrainingData, load_valid_batch
 from ..errors import DLServerError
+from ..files import check_appendable
 from ..image.load import load_image_color
 from ..image.ops import letterbox_image
+from ..limits import trunc_int
 from ..network import parse_network_cfg
 from ..rng import Random, f32
 from ..schedule import learning_rate
@@ -276,11 +279,13 @@ def train_classifier(
         raise DLServerError(f"{train_list}: the train list is empty")
     if not os.path.isdir(backup):
         raise DLServerError(f"{backup}: the backup directory (from {datacfg}) does not exist")
+    check_backup_targets(backup, base)
     n_paths = len(paths)
     out.write(f"{n_paths}\n")
-    out.write(f"{int(f32(net.min_ratio * net.w))} {int(f32(net.max_ratio * net.w))}\n")
+    out.write(f"{trunc_int(f32(net.min_ratio * net.w))} {trunc_int(f32(net.max_ratio * net.w))}\n")
     data = TrainingData(paths, labels, classes, net.w, net.h)
     data.preload()
+    limits.charging_pixels = False  # each batch decodes its images again (limits.py)
     net.prepare_training(rng)
     images = net.batch * net.subdivisions
     buffer = data.load_batch(rng, images)
@@ -317,6 +322,24 @@ def train_classifier(
         loss_log.close()
 
 
+def check_backup_targets(backup: str, base: str) -> None:
+    """Before training writes anything: every file it may write in `backup` (the final and
+    backup weights, one per epoch, the loss log) is absent or a regular file, so a directory
+    or FIFO in the way cannot fail the run after some of them are written."""
+    pattern = re.compile(re.escape(base) + r"(\.weights|\.backup|\.loss\.csv|_\d+\.weights)\Z")
+    try:
+        names = os.listdir(backup)
+    except OSError as e:
+        raise DLServerError(f"{backup}: cannot list the backup directory: {e.strerror or e}") from None
+    for name in names:
+        if pattern.match(name):
+            path = f"{backup}/{name}"
+            try:
+                check_appendable(path)
+            except OSError as e:
+                raise DLServerError(f"{path}: training would write here, but {e.strerror or e}") from None
+
+
 def train_network(net, x, y) -> float:
     """Darknet train_network: the loaded rows in chunks of net.batch; mean cost per image."""
     rows = len(y) // (net.outputs)
@@ -351,6 +374,7 @@ class LossLog:
         if not self.lines and not self.header:
             return
         try:
+            check_appendable(self.path)
             with open(self.path, "a") as f:
                 if self.header:
                     f.write("batch,loss,avg,rate\n")
