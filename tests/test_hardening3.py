@@ -1,13 +1,15 @@
 """Hostile-input classes found in session 19 (issue 11), below the corpus: the learning-rate
 policies at C's float limits, FIFOs and oversized files at the one file reader and the C bulk
-reader, and the run's budget of decoded pixels."""
+reader, the run's budget of decoded pixels, and a host --timeout over before the guest starts."""
 
 import math
 import os
+import shutil
 from types import SimpleNamespace
 
 import pytest
 
+from conftest import NEEDS_HOST_WASM, ROOT, flat_lenet_weights
 from dlserver import kernels, limits
 from dlserver.errors import DLServerError
 from dlserver.files import read_input_file
@@ -79,3 +81,21 @@ def test_decoded_pixels_are_counted_per_run(monkeypatch):
         limits.refresh()
     assert limits.decoded_pixels == 0 and limits.charging_pixels
 
+
+
+@pytest.mark.parametrize("mark", NEEDS_HOST_WASM)
+def test_a_timeout_over_before_the_guest_starts_writes_nothing(tmp_path, monkeypatch, program, capfd, mark):
+    """--timeout 1e-9 fires while the program compiles, before the store's epoch deadline is
+    set: that bump was lost, the run went on to succeed and wrote its output back."""
+    from dlserver_host import cli
+
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(ROOT / "cfg" / "mnist_lenet.cfg", tmp_path / "cfg" / "mnist_lenet.cfg")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "a.weights").write_bytes(flat_lenet_weights(0.5))
+    monkeypatch.chdir(tmp_path)
+    argv = ["aggregation", "darknet", "cfg/mnist_lenet.cfg", "model/avg.weights", "model/a.weights"]
+    status = cli.main(["--program", program, "--timeout", "1e-9", "-i", "cfg", "model", "-o", "model", "--", *argv])
+    err = capfd.readouterr().err
+    assert status == 1 and "time" in err.splitlines()[-1], err[-500:]
+    assert os.listdir(tmp_path / "model") == ["a.weights"]
