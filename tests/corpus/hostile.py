@@ -195,6 +195,9 @@ def _cfg_cases() -> list[Case]:
         "max-batches-work": ("max_batches=2000", "max_batches=" + BIG),  # refused by work.py
         "max-ratio-past-float": ("max_crop=28", "max_crop=28\nmax_ratio=1e39"),
         "step-0": ("policy=poly", "policy=step\nstep=0"),
+        # a loss against the truth in the middle of the network read past it (internal error)
+        "logistic-mid": ("[maxpool]", "[logistic]\n[maxpool]"),
+        "cost-mid": ("[maxpool]", "[cost]\n[maxpool]"),
     }
     cases += [
         Case(

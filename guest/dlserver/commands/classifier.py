@@ -271,6 +271,7 @@ def train_classifier(
         raise DLServerError(
             f"{cfg}: the network has {net.outputs} outputs but {datacfg} says classes={classes}"
         )
+    check_truth_readers(net, cfg)
     labels = read_list(label_list, "labels list")
     if len(labels) < classes:
         raise DLServerError(f"{label_list}: {len(labels)} labels, but {datacfg} says classes={classes}")
@@ -320,6 +321,21 @@ def train_classifier(
         save_weights(net, f"{backup}/{base}.weights")
     finally:
         loss_log.close()
+
+
+TRUTH_READERS = ("softmax", "logistic", "cost")  # their training loss reads net.truth
+
+
+def check_truth_readers(net, cfg: str) -> None:
+    """Each layer whose loss reads the truth (one row of net.outputs values per image) has
+    that many inputs: one in the middle of the network would read past it (Darknet: out of
+    bounds) when training reaches it."""
+    for index, layer in enumerate(net.layers):
+        if layer.kind in TRUTH_READERS and not getattr(layer, "noloss", 0) and layer.inputs != net.outputs:
+            raise DLServerError(
+                f"{cfg}:{layer.cfg_line}: layer {index} ({layer.kind}) takes its loss against the truth of the"
+                f" network's {net.outputs} outputs, but has {layer.inputs} inputs"
+            )
 
 
 def check_backup_targets(backup: str, base: str) -> None:
