@@ -36,7 +36,8 @@ def check_regular(path: str, limit: str = "MAX_FILE_BYTES") -> None:
 def _not_regular(mode: int) -> OSError:
     if stat.S_ISDIR(mode):
         return IsADirectoryError(21, "it is a directory")
-    return NotRegularFile(0, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'a FIFO, socket or device')})")
+    kind = _KINDS.get(stat.S_IFMT(mode), "a FIFO, socket or device")  # WASI: a FIFO's type is unknown
+    return NotRegularFile(0, f"not a regular file ({kind})")
 
 
 def check_appendable(path: str) -> None:

@@ -404,7 +404,8 @@ def _seed_copy(src: Path, dst: Path, skip: list[Path]) -> None:
         return {
             n
             for n in names
-            if n in skip_names and os.path.realpath(os.path.join(dirpath, n)) in skip_real
+            if n in skip_names
+            and os.path.realpath(os.path.join(dirpath, n)) in skip_real
             or _is_special(os.path.join(dirpath, n))
         }
 

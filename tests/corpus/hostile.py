@@ -525,8 +525,15 @@ def _special_file_cases() -> list[Case]:
         Case("argsfile-fifo", None, {"args.cfg": FIFO}, "args.cfg"),
         Case("argsfile-sparse-2g", None, {"args.cfg": SPARSE_2G}, "args.cfg"),
         Case("argsfile-dir", None, {"args.cfg": ("DIR", None)}, "args.cfg"),
-        Case("cfg-tree-fifo", PREDICT + ["img.png"], {"cfg/mnist_lenet.cfg": LENET.replace(
-            "[softmax]", "[softmax]\ntree=t.tree").encode(), "t.tree": FIFO}, "t.tree"),
+        Case(
+            "cfg-tree-fifo",
+            PREDICT + ["img.png"],
+            {
+                "cfg/mnist_lenet.cfg": LENET.replace("[softmax]", "[softmax]\ntree=t.tree").encode(),
+                "t.tree": FIFO,
+            },
+            "t.tree",
+        ),
         Case(
             "dataset-valid-image-fifo",
             ["classifier", "valid", "cfg/v.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"],

@@ -333,8 +333,8 @@ def check_truth_readers(net, cfg: str) -> None:
     for index, layer in enumerate(net.layers):
         if layer.kind in TRUTH_READERS and not getattr(layer, "noloss", 0) and layer.inputs != net.outputs:
             raise DLServerError(
-                f"{cfg}:{layer.cfg_line}: layer {index} ({layer.kind}) takes its loss against the truth of the"
-                f" network's {net.outputs} outputs, but has {layer.inputs} inputs"
+                f"{cfg}:{layer.cfg_line}: layer {index} ({layer.kind}) takes its loss against the truth"
+                f" of the network's {net.outputs} outputs, but has {layer.inputs} inputs"
             )
 
 

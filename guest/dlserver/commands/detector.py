@@ -39,6 +39,7 @@ NMS = 0.45
 
 # ---------------------------------------------------------------- drawing (image.c)
 
+
 def draw_detections(im, dets: list, thresh: float, names: list, classes: int, out) -> None:
     """Print each box's classes above thresh (`name: NN%`) and draw its box and label."""
     for d in dets:
