@@ -56,7 +56,7 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
             raise DLServerError(f"-weights {weights}: {len(parsed_weights)} weights for {count} models")
         total = sum(parsed_weights)
         if any(w < 0 or not math.isfinite(w) for w in parsed_weights) or not 0 < total < math.inf:
-            raise DLServerError(f"-weights {weights}: weights must be >= 0 with a positive, finite sum")
+            raise DLServerError(f"-weights {weights}: weights must be >= 0 with a positive sum (finite)")
     if method is None or method == "mean":
         return Method("mean", weights=parsed_weights)
     name = method.split(":")[0]
