@@ -557,6 +557,18 @@ def _special_file_cases() -> list[Case]:
             ("loss-log-fifo", "model/mnist_lenet.loss.csv", FIFO),
         )
     ]
+    wide = (
+        "[net]\nheight=320\nwidth=320\nchannels=3\n[convolutional]\nfilters=255\nsize=1\nactivation=linear\n"
+        "[yolo]\nmask=0,1,2\nanchors=10,14,23,27,37,58\nclasses=80\nnum=3\n"
+    )
+    cases.append(
+        Case(  # 307200 boxes of 80 classes at -thresh 0.0001 made 2.1 GB of Python floats
+            "detect-box-values",
+            ["detect", "cfg/wide.cfg", "model/wide.weights", "dog.png", "-thresh", "0.0001"],
+            {"cfg/wide.cfg": wide.encode(), "model/wide.weights": struct.pack("<iiiq", 0, 2, 0, 0) + bytes(4 * 1020)},
+            "cfg/wide.cfg:9: layer 1 (yolo)",
+        )
+    )
     bomb = png(2048, 2048, idat=zlib_bomb(2048 * 2049))
     cases.append(
         Case(  # the same bomb 40 times (one 4-megapixel PNG, 4 KB): over DL_SERVER_MAX_DECODED_PIXELS
