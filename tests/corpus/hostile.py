@@ -565,7 +565,7 @@ def _special_file_cases() -> list[Case]:
         Case(  # 307200 boxes of 80 classes at -thresh 0.0001 made 2.1 GB of Python floats
             "detect-box-values",
             ["detect", "cfg/wide.cfg", "model/wide.weights", "dog.png", "-thresh", "0.0001"],
-            {"cfg/wide.cfg": wide.encode(), "model/wide.weights": bytes(4100)},  # header of zeros, 1020 floats
+            {"cfg/wide.cfg": wide.encode(), "model/wide.weights": bytes(4096)},  # 16-byte header, 1020 floats
             "cfg/wide.cfg:9: layer 1 (yolo)",
         )
     )
