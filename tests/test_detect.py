@@ -709,10 +709,10 @@ def test_detect_dog_in_component(component, yolo_dir, capsys):
 def test_boxes_gone_to_infinity_still_draw():
     """A model whose boxes overflow (random yolov3 weights do) prints and draws, no crash:
     corners are C casts as wasm's saturating truncation does them."""
-    assert detector.c_int(math.inf) == 2**31 - 1
-    assert detector.c_int(-math.inf) == -(2**31)
-    assert detector.c_int(math.nan) == 0
-    assert detector.c_int(-2.7) == -2
+    assert detector.trunc_int(math.inf) == 2**31 - 1
+    assert detector.trunc_int(-math.inf) == -(2**31)
+    assert detector.trunc_int(math.nan) == 0
+    assert detector.trunc_int(-2.7) == -2
     im = Image(6, 5, 3, array("f", bytes(4 * 90)))
     det = boxes.Detection(x=0.5, y=math.inf, w=math.inf, h=math.nan, prob=[0.9], objectness=0.9)
     out = io.StringIO()

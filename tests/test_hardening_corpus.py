@@ -2,6 +2,7 @@
 case one clean error line naming its file, exit status 1, no file written or changed, and
 done within CASE_SECONDS; none reaches the catch-all `internal error`."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -67,18 +68,35 @@ def snapshot(root: Path) -> dict:
 def materialise(case: hostile.Case, root: Path) -> None:
     lenet = (root / "model" / "mnist_lenet.weights").read_bytes()
     for rel, content in case.files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, tuple) and content[0] in hostile.SPECIAL:
+            path.unlink(missing_ok=True)
+            make_special(path, *content)
+            continue
         if isinstance(content, tuple):
             kind, arg = content
             content = lenet[:arg] + bytes(max(0, arg - len(lenet))) if kind == "LEN" else arg + lenet[12:]
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
+
+
+def make_special(path: Path, kind: str, arg) -> None:
+    """A FIFO, a sparse file of `arg` bytes or a directory where the case says (hostile.SPECIAL)."""
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "SPARSE":
+        with open(path, "wb") as f:
+            f.truncate(arg)
+    else:
+        path.mkdir()
 
 
 def run_case(case: hostile.Case, template: Path, tmp_path: Path, monkeypatch, capsys):
     root = tmp_path / "w"
     shutil.copytree(template, root)
     materialise(case, root)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(root)
     before = snapshot(root)
     capsys.readouterr()
@@ -134,6 +152,10 @@ COMPONENT_CASES = [
     "onnx-concat-bomb",
     "argsfile-nul",
     "args-thresh-negative",
+    "fifo-cfg",
+    "fifo-image",
+    "argsfile-sparse-2g",
+    "dataset-train-epoch-dir-in-the-way",
 ]
 
 

@@ -99,7 +99,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
 
     Unlike the original, lines are not cut at 99 characters, a trailing '\\r' is dropped
     and up to MAX_ARGS arguments are taken (the original overflows past 9)."""
-    data = read_input_file(path, "argument file", ARGS_FILE_WORDING)
+    data = read_input_file(path, "argument file", ARGS_FILE_WORDING, "MAX_TEXT_BYTES")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -54,8 +54,9 @@ def parse_method(method: str | None, weights: str | None, count: int) -> Method:
             raise DLServerError(f"-weights {weights}: not a comma-separated list of numbers") from None
         if len(parsed_weights) != count:
             raise DLServerError(f"-weights {weights}: {len(parsed_weights)} weights for {count} models")
-        if any(w < 0 or not math.isfinite(w) for w in parsed_weights) or sum(parsed_weights) <= 0:
-            raise DLServerError(f"-weights {weights}: weights must be >= 0 with a positive sum")
+        total = sum(parsed_weights)
+        if any(w < 0 or not math.isfinite(w) for w in parsed_weights) or not 0 < total < math.inf:
+            raise DLServerError(f"-weights {weights}: weights must be >= 0 with a positive sum (finite)")
     if method is None or method == "mean":
         return Method("mean", weights=parsed_weights)
     name = method.split(":")[0]

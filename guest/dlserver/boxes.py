@@ -4,8 +4,9 @@ suppression in the order of musl's qsort."""
 
 from array import array
 
-from . import kernels
+from . import kernels, limits
 from .buffers import zeros
+from .errors import DLServerError
 from .image.ops import letterbox_size
 from .layers.detection import DetectionLayer
 from .layers.region import RegionLayer
@@ -118,8 +119,20 @@ def get_detection_detections(layer, im_w: int, im_h: int, thresh: float) -> list
     return _detections(boxes, objectness, probs, slots, classes)
 
 
+# class probabilities the Detections of one layer may hold, per box of limits.MAX_BOXES (each a
+# Python float: 8.4 M, 270 MB, by default; YOLO9000's region layer at 544 holds 8.2 M)
+VALUES_PER_BOX = 8192
+
+
+class TooManyBoxValues(Exception):
+    """A layer's boxes times its classes over limits.MAX_BOXES * VALUES_PER_BOX."""
+
+
 def _detections(boxes, objectness, probs, count: int, classes: int) -> list:
-    """The first `count` boxes (4 floats each), objectness and class probabilities as Detections."""
+    """The first `count` boxes (4 floats each), objectness and class probabilities as Detections
+    (refused before they are made when there are too many: TooManyBoxValues)."""
+    if count * classes > limits.MAX_BOXES * VALUES_PER_BOX:
+        raise TooManyBoxValues(f"{count} boxes of {classes} classes")
     return [
         Detection(
             boxes[4 * i],
@@ -136,13 +149,20 @@ def _detections(boxes, objectness, probs, count: int, classes: int) -> list:
 def get_network_boxes(net, im_w: int, im_h: int, thresh: float, hier: float = 0.5) -> list:
     """Darknet fill_network_boxes: the boxes of every yolo, region and detection layer in order."""
     dets = []
-    for layer in net.layers:
-        if isinstance(layer, YoloLayer):
-            dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
-        elif isinstance(layer, RegionLayer):
-            dets.extend(get_region_detections(layer, im_w, im_h, net.w, net.h, thresh, hier))
-        elif isinstance(layer, DetectionLayer):
-            dets.extend(get_detection_detections(layer, im_w, im_h, thresh))
+    for index, layer in enumerate(net.layers):
+        try:
+            if isinstance(layer, YoloLayer):
+                dets.extend(get_yolo_detections(layer, im_w, im_h, net.w, net.h, thresh))
+            elif isinstance(layer, RegionLayer):
+                dets.extend(get_region_detections(layer, im_w, im_h, net.w, net.h, thresh, hier))
+            elif isinstance(layer, DetectionLayer):
+                dets.extend(get_detection_detections(layer, im_w, im_h, thresh))
+        except TooManyBoxValues as e:
+            raise DLServerError(
+                f"{net.cfg_path}:{layer.cfg_line}: layer {index} ({layer.kind}) gives {e} at -thresh"
+                f" {thresh:g}, over the limit of {limits.MAX_BOXES * VALUES_PER_BOX} values"
+                " (DL_SERVER_MAX_BOXES raises it)"
+            ) from None
     return dets
 
 

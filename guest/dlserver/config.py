@@ -6,6 +6,7 @@ first occurrence of a key wins. Defaults and unused keys are reported on stderr 
 Darknet's wording. Unlike Darknet, malformed input is an error naming file and line.
 """
 
+import math
 import re
 import sys
 from typing import overload
@@ -13,6 +14,7 @@ from typing import overload
 from .errors import DLServerError, printable
 from .files import read_input_file
 from .limits import INT_MAX, INT_MIN, c_int
+from .rng import f32
 
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
@@ -20,7 +22,7 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
 def read_text(path: str, what: str = "file") -> str:
     """Read a whole text file, turning OS errors into one clear line."""
-    data = read_input_file(path, what)
+    data = read_input_file(path, what, limit="MAX_TEXT_BYTES")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -97,7 +99,16 @@ class Options:
             return default
         if not _FLOAT.match(value):
             raise DLServerError(f"{self._where(line)}: {key}={value}: not a number")
-        return float(value)
+        return self._c_float(key, value, value, line)
+
+    def _c_float(self, key: str, value: str, item: str, line: int) -> float:
+        """Darknet keeps cfg numbers in C floats: past their range (inf) is an error here."""
+        number = float(item)
+        if math.isinf(f32(number)):
+            raise DLServerError(
+                f"{self._where(line)}: {key}={value}: {item} is out of the range of a C float (about 3.4e38)"
+            )
+        return number
 
     def find_list(self, key: str, kind=float) -> list | None:
         """A comma-separated list of numbers, or None when the key is absent."""
@@ -113,7 +124,7 @@ class Options:
                 raise DLServerError(f"{self._where(line)}: {key}={value}: '{item}' is not a number")
         if kind is int:
             return [self._c_int(key, value, item, line) for item in items]
-        return [float(item) for item in items]
+        return [self._c_float(key, value, item, line) for item in items]
 
     def report_unused(self) -> None:
         """Darknet's `Unused field` warnings, for keys no layer looked at."""

@@ -16,7 +16,7 @@ Speed (a batch of 100 MNIST files must cost a few ms inside the component):
     while the next one is loaded).
 """
 
-from . import kernels
+from . import kernels, limits
 from .buffers import view, zeros
 from .errors import DLServerError
 from .files import read_input_file
@@ -113,7 +113,7 @@ class TrainingData:
         fresh = {}
         if misses:  # one C call reads them all
             paths, keep = self.paths, self._keep
-            for i, data in zip(misses, kernels.read_files([paths[i] for i in misses])):
+            for i, data in zip(misses, kernels.read_files([paths[i] for i in misses], limits.MAX_FILE_BYTES)):
                 if data is not None:  # (None: _file below reads it again, or says why not)
                     fresh[i] = data
                     keep(i, data)
@@ -146,7 +146,7 @@ def load_valid_batch(paths: list[str], w: int, h: int, input_buf) -> None:
     Plain 8-bit PNGs of that size (MNIST) are read and decoded in one C call for the whole
     batch; every other file, and every error, goes through the Python decoders."""
     size = 3 * w * h
-    files = kernels.read_files(paths)
+    files = kernels.read_files(paths, limits.MAX_FILE_BYTES)
     if None in files:
         files = [data if data is not None else read_image_file(path) for data, path in zip(files, paths)]
     for r in kernels.decode_png_rows(files, w, h, input_buf):

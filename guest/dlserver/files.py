@@ -1,41 +1,82 @@
 """Reading and writing the user's files: one reader, one atomic writer, one error line on failure."""
 
 import os
+import stat
 
+from . import limits
 from .errors import DLServerError
 
 # A WASI read returns at most 64 KiB whatever was asked: only a shorter read means the end.
 CHUNK = 1 << 16
 
 
-def read_file(path: str) -> bytes:
-    """The bytes of a file; OSError as the system gives it (callers word their error line).
+class NotRegularFile(OSError):
+    """A FIFO, socket or device where a file is read: opening a FIFO would wait for a writer
+    for ever, and a device (/dev/zero) never ends."""
+
+
+class FileTooLarge(OSError):
+    """A file over limits.MAX_FILE_BYTES."""
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
+
+
+def check_regular(path: str, limit: str = "MAX_FILE_BYTES") -> None:
+    """Refuse, before it is opened, anything but a regular file (IsADirectoryError for a
+    directory) and a file over the limit (limits.MAX_FILE_BYTES or MAX_TEXT_BYTES)."""
+    st = os.stat(path)
+    if stat.S_ISREG(st.st_mode):
+        if st.st_size > getattr(limits, limit):
+            raise FileTooLarge(0, _too_large(st.st_size, limit))
+        return
+    raise _not_regular(st.st_mode)
+
+
+def _not_regular(mode: int) -> OSError:
+    if stat.S_ISDIR(mode):
+        return IsADirectoryError(21, "it is a directory")
+    kind = _KINDS.get(stat.S_IFMT(mode), "a FIFO, socket or device")  # WASI: a FIFO's type is unknown
+    return NotRegularFile(0, f"not a regular file ({kind})")
+
+
+def check_appendable(path: str) -> None:
+    """A file to append to: absent, or a regular file (NotRegularFile before a FIFO's open
+    would wait for a reader)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(st.st_mode)
+
+
+def _too_large(size: int, limit: str) -> str:
+    return f"{size} bytes is over the limit {getattr(limits, limit)} (DL_SERVER_{limit} raises it)"
+
+
+def read_file(path: str, limit: str = "MAX_FILE_BYTES") -> bytes:
+    """The bytes of a regular file; OSError as the system gives it, NotRegularFile or
+    FileTooLarge (callers word their error line).
 
     os.open + pread: each WASI call costs ~45 us under wasmtime, and a read on a fresh
     descriptor ~3x a pread (which opens no stream); 60000 files add up."""
+    check_regular(path, limit)
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            data = os.pread(fd, CHUNK, 0)
-        except OSError:  # not seekable; under WASI also a directory, where read says EISDIR
-            return _read_stream(fd)
+        data = os.pread(fd, CHUNK, 0)
         if len(data) == CHUNK:
             chunks = [data]
             offset = CHUNK
             while chunk := os.pread(fd, CHUNK, offset):
                 chunks.append(chunk)
                 offset += len(chunk)
+                if offset > getattr(limits, limit):  # grown since the stat
+                    raise FileTooLarge(0, _too_large(offset, limit))
             data = b"".join(chunks)
         return data
     finally:
         os.close(fd)
-
-
-def _read_stream(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, CHUNK):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Wording:
@@ -53,10 +94,11 @@ OPEN = Wording(
 )
 
 
-def read_input_file(path: str, what: str, wording: Wording = OPEN) -> bytes:
-    """The bytes of an input file; `what` names it in errors ("weights file", "image")."""
+def read_input_file(path: str, what: str, wording: Wording = OPEN, limit: str = "MAX_FILE_BYTES") -> bytes:
+    """The bytes of an input file; `what` names it in errors ("weights file", "image"), `limit`
+    the limits setting its size is checked against."""
     try:
-        return read_file(path)
+        return read_file(path, limit)
     except FileNotFoundError:
         line, reason = wording.missing, ""
     except IsADirectoryError as e:
@@ -72,7 +114,11 @@ def write_file_atomic(path: str, data: bytes, what: str) -> None:
     """Write via a temporary file and a rename, so no half-written file is ever seen."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        try:  # whatever holds the name (a FIFO's open would wait for a reader) goes first
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
     except (OSError, ValueError) as e:

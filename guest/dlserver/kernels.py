@@ -267,8 +267,9 @@ rand_normal_fill: Callable[[Floats, int, float, int, tuple | None], tuple] = _dl
 rand_below: Callable[[int, int, int], tuple] = _dlk.rand_below
 
 # ------------------------------------------------------------------ files and images
-# read_files(paths) -> [the bytes of each file, or None where it could not be read]
-read_files: Callable[[list], list] = _dlk.read_files
+# read_files(paths, max_bytes) -> [the bytes of each file, or None where it could not be read,
+# is not a regular file (checked before the open: a FIFO's would wait) or is over max_bytes]
+read_files: Callable[[list, int], list] = _dlk.read_files
 # decode_png_chw(data, width, height, out) -> True, or False: not a plain 8-bit PNG of that size
 decode_png_chw: Callable[[Bytes, int, int, Floats], bool] = _dlk.png_load_chw
 # decode_png_rows(files, width, height, out) -> [the rows decode_png_chw did not take]

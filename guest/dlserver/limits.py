@@ -44,6 +44,13 @@ MAX_BOXES = _setting("MAX_BOXES", 1024)
 # multiply-adds a run asks of a network (work.py): LeNet trained for 10000 batches of 100 asks
 # 1.75e12, YOLOv3 at 608 detecting one image 7e10
 MAX_WORK = _setting("MAX_WORK", 1 << 43)
+# bytes of one input file (YOLOv3's weights are 248 MB; reading holds it twice for a moment)
+MAX_FILE_BYTES = _setting("MAX_FILE_BYTES", 512 << 20)
+# pixels the images of one run may decode in all (the PNG and JPEG decoders; a list of the same
+# 16-megapixel bomb 200 times is a few KB): 32 photos of 16 megapixels, 1700 of 640 x 480
+MAX_DECODED_PIXELS = _setting("MAX_DECODED_PIXELS", 1 << 29)
+# bytes of one text file: cfg, data file, list, args.cfg (a list of a million paths is ~50 MB)
+MAX_TEXT_BYTES = _setting("MAX_TEXT_BYTES", 64 << 20)
 DEFAULTS = {
     "MAX_PIXELS": 1 << 24,
     "MAX_JPEG_SCANS": 256,
@@ -55,7 +62,14 @@ DEFAULTS = {
     "MAX_NODE_WORK": 1 << 34,
     "MAX_BOXES": 1024,
     "MAX_WORK": 1 << 43,
+    "MAX_FILE_BYTES": 512 << 20,
+    "MAX_TEXT_BYTES": 64 << 20,
+    "MAX_DECODED_PIXELS": 1 << 29,
 }
+decoded_pixels = 0  # this run's, against MAX_DECODED_PIXELS
+# False once training has decoded its images once: its batches decode them again, as many
+# times as max_batches asks (bounded by the work estimate, work.py), not counted
+charging_pixels = True
 
 
 def refresh() -> None:
@@ -64,6 +78,25 @@ def refresh() -> None:
     reads its own environment here; modules use them as `limits.MAX_...`."""
     for name, default in DEFAULTS.items():
         globals()[name] = _setting(name, default)
+    globals()["decoded_pixels"] = 0
+    globals()["charging_pixels"] = True
+
+
+class DecodeBudgetError(DLServerError):
+    """This run's images together are over MAX_DECODED_PIXELS."""
+
+
+def charge_pixels(width: int, height: int) -> None:
+    """Count an image about to be decoded against this run's MAX_DECODED_PIXELS."""
+    global decoded_pixels
+    if not charging_pixels:
+        return
+    decoded_pixels += width * height
+    if decoded_pixels > MAX_DECODED_PIXELS:
+        raise DecodeBudgetError(
+            f"the images of this run decode to {decoded_pixels} pixels with this one ({width} x {height}),"
+            f" over the limit {MAX_DECODED_PIXELS} (DL_SERVER_MAX_DECODED_PIXELS raises it)"
+        )
 
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
@@ -83,3 +116,15 @@ def check(where: str, what: str, value: int, limit: int, name: str) -> None:
     """Refuse `value` over `limit`, naming both and the setting that raises it."""
     if value > limit:
         raise DLServerError(f"{where}: {what} {value} is over the limit {limit} (DL_SERVER_{name} raises it)")
+
+
+def trunc_int(x: float) -> int:
+    """C's `(int)x` as wasm's saturating truncation (i32.trunc_sat_f64_s) does it: toward zero,
+    clamped to int32, NaN to 0 (Darknet: undefined), so values gone to infinity still print."""
+    if x != x:
+        return 0
+    if x >= 2**31:
+        return INT_MAX
+    if x <= -(2**31):
+        return INT_MIN
+    return int(x)

@@ -152,6 +152,8 @@ class Network:
         if self.policy == "step":
             self.step = options.find_int("step", 1)
             self.scale = options.find_float("scale", 1)
+            if self.step == 0:  # Darknet divides the batch number by it
+                raise DLServerError(f"{where}: policy=step with step=0: the step must not be 0")
         elif self.policy == "steps":
             self.steps = options.find_list("steps", int)
             self.scales = options.find_list("scales", float)

@@ -12,12 +12,13 @@ def learning_rate(net) -> float:
     lr = f32(net.learning_rate)
     power = f32(net.power)
     if bn < net.burn_in:
-        return f32(lr * math.pow(f32(f32(bn) / net.burn_in), power))
+        return f32(lr * _pow(f32(f32(bn) / net.burn_in), power))
     policy = net.policy
     if policy == "constant":
         return lr
     if policy == "step":
-        return f32(lr * math.pow(f32(net.scale), bn // net.step))
+        # batch_num / step in size_t (32 bits in wasm32): a negative step is a huge divisor
+        return f32(lr * _pow(f32(net.scale), bn // (net.step & 0xFFFFFFFF)))
     if policy == "steps":
         rate = lr
         for step, scale in zip(net.steps, net.scales):
@@ -39,10 +40,14 @@ def learning_rate(net) -> float:
 
 
 def _pow(base: float, exponent: float) -> float:
+    """C's pow: an overflow is inf (-inf for a negative base to an odd power), 0 to a negative
+    power inf, a negative base to a fractional power NaN (Python raises for all three)."""
     try:
         return math.pow(base, exponent)
-    except (OverflowError, ValueError):
-        return math.inf if base > 1 else 0.0
+    except OverflowError:
+        return -math.inf if base < 0 and exponent % 2 == 1 else math.inf
+    except ValueError:
+        return math.inf if base == 0 else math.nan
 
 
 def _exp(x: float) -> float:

@@ -382,8 +382,9 @@ def jpeg_encode_scan(
 
 # ------------------------------------------------------------------ io.c
 
-def read_files(paths: list[str], /) -> list[bytes | None]:
-    """Each file's bytes, or None where open/pread failed."""
+def read_files(paths: list[str], max_bytes: int = -1, /) -> list[bytes | None]:
+    """Each file's bytes, or None where stat/open/pread failed, it is not a regular file or it
+    is longer than max_bytes (>= 0)."""
 
 # ------------------------------------------------------------------ loss.c, normalize.c (issue 15)
 

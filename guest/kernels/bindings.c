@@ -1308,7 +1308,8 @@ static PyObject *py_jpeg_encode_scan(PyObject *self, PyObject *args)
 static PyObject *py_read_files(PyObject *self, PyObject *args)
 {
     PyObject *paths;
-    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
+    long long max_bytes = -1;
+    if (!PyArg_ParseTuple(args, "O!|L", &PyList_Type, &paths, &max_bytes)) return NULL;
     Py_ssize_t n = PyList_Size(paths);
     PyObject *out = PyList_New(n);
     if (!out) return NULL;
@@ -1322,7 +1323,7 @@ static PyObject *py_read_files(PyObject *self, PyObject *args)
                                ? PyUnicode_AsUTF8AndSize(PyList_GetItem(paths, i), &len) : NULL;
         if (!path) PyErr_Clear();
         size_t got;
-        if (path && (size_t)len == strlen(path) && dlk_read_file(path, &buf, &cap, &got)) {
+        if (path && (size_t)len == strlen(path) && dlk_read_file(path, &buf, &cap, &got, max_bytes)) {
             item = PyBytes_FromStringAndSize(buf, (Py_ssize_t)got);
             if (!item) { free(buf); Py_DECREF(out); return NULL; }
         }
@@ -1723,7 +1724,7 @@ static PyMethodDef dlk_methods[] = {
      "png_load_chw(data, width, height, out) -> True, or False: not a plain 8-bit PNG of that size"},
     {"png_load_rows", py_png_load_rows, METH_VARARGS,
      "png_load_rows(files, width, height, out) -> [rows png_load_chw did not take]"},
-    {"read_files", py_read_files, METH_VARARGS, "read_files(paths) -> [bytes, or None where open/pread failed]"},
+    {"read_files", py_read_files, METH_VARARGS, "read_files(paths, max_bytes=-1) -> [bytes, or None where stat/open/pread failed, not a regular file or too long]"},
     {"cost_forward", py_cost_forward, METH_VARARGS, "cost_forward(type, x, truth, delta, err, n) -> cost"},
     {"logistic_x_ent", py_logistic_x_ent, METH_VARARGS, "logistic_x_ent(p, truth, delta, err, n) -> cost"},
     {"l2norm_forward", py_l2norm_forward, METH_VARARGS, "l2norm_forward(in, batch, c, spatial, out)"},

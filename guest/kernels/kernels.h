@@ -258,7 +258,7 @@ void dlk_batchnorm_backward(const float *x, const float *x_norm, float *delta, c
 /* ------------------------------------------------------------------ io.c */
 
 #define DLK_READ_STEP 65536
-int dlk_read_file(const char *path, char **buf, size_t *cap, size_t *len);
+int dlk_read_file(const char *path, char **buf, size_t *cap, size_t *len, long long max_bytes);
 
 /* ------------------------------------------------------------------ recurrent.c */
 

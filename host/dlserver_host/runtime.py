@@ -489,6 +489,10 @@ class GuestRun:
             raise HostError(f"the component does not export {RUN_INTERFACE}")
         run = instance.get_func(store, func_index)
         assert run is not None  # the run export of wasi:cli/run is a function
+        if self._stop_reason is not None:
+            # stopped before the store's epoch deadline was set (a --timeout shorter than the
+            # compile, a signal while staging): that epoch bump is not seen by this store
+            return RunResult(self._stop_reason)
         try:
             result = run(store)
         except ExitTrap as e:
@@ -499,6 +503,8 @@ class GuestRun:
             if self._stop_reason is not None:
                 return RunResult(self._stop_reason)
             return RunResult(Outcome.TRAPPED, _last_line(str(e)))
+        if self._stop_reason is not None:  # stopped as it ended: nothing is written back
+            return RunResult(self._stop_reason)
         tag = getattr(result, "tag", "ok")
         return RunResult(Outcome.SUCCEEDED if tag == "ok" else Outcome.FAILED)
 

@@ -390,7 +390,9 @@ def _guest_could_read(rel: PurePosixPath, input_dirs: list[PurePosixPath]) -> bo
 
 
 def _seed_copy(src: Path, dst: Path, skip: list[Path]) -> None:
-    """Copy the host tree ``src`` into ``dst``; symlinks stay symlinks, ``skip`` paths are left out.
+    """Copy the host tree ``src`` into ``dst``; symlinks stay symlinks, ``skip`` paths are left out,
+    and so are FIFOs, sockets and devices (copying a FIFO waits for a writer, /dev/zero never
+    ends: the guest finds no file there).
 
     ``skip`` holds host paths of nested mounts and of our own temp directory
     (mapped back to where they would be met under ``src``).
@@ -400,7 +402,20 @@ def _seed_copy(src: Path, dst: Path, skip: list[Path]) -> None:
 
     def ignore(dirpath: str, names: list[str]) -> set[str]:
         return {
-            n for n in names if n in skip_names and os.path.realpath(os.path.join(dirpath, n)) in skip_real
+            n
+            for n in names
+            if n in skip_names
+            and os.path.realpath(os.path.join(dirpath, n)) in skip_real
+            or _is_special(os.path.join(dirpath, n))
         }
 
     shutil.copytree(src, dst, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+
+
+def _is_special(path: str) -> bool:
+    """Neither a regular file, a directory nor a symlink (not followed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))

@@ -39,6 +39,7 @@ class Case:
     argv: list[str] | None
     files: dict[str, bytes | tuple] = field(default_factory=dict)  # tuple: a weights mangling
     names: str = ""  # the error line contains this (the file or flag it is about)
+    env: dict[str, str] = field(default_factory=dict)  # DL_SERVER_* limits lowered for speed
 
 
 def png(width=28, height=28, colour=0, depth=8, idat=None, extra=b"") -> bytes:
@@ -192,6 +193,11 @@ def _cfg_cases() -> list[Case]:
         "batch-2e9": ("batch=100", "batch=" + BIG),
         "subdivisions-digits": ("subdivisions=1", "subdivisions=" + DIGITS),
         "max-batches-work": ("max_batches=2000", "max_batches=" + BIG),  # refused by work.py
+        "max-ratio-past-float": ("max_crop=28", "max_crop=28\nmax_ratio=1e39"),
+        "step-0": ("policy=poly", "policy=step\nstep=0"),
+        # a loss against the truth in the middle of the network read past it (internal error)
+        "logistic-mid": ("[maxpool]", "[logistic]\n[maxpool]"),
+        "cost-mid": ("[maxpool]", "[cost]\n[maxpool]"),
     }
     cases += [
         Case(
@@ -481,7 +487,103 @@ def _args_cases() -> list[Case]:
 
 
 def cases(lenet_weights_size: int) -> list[Case]:
-    return _cfg_cases() + _weights_cases(lenet_weights_size) + _image_cases() + _onnx_cases() + _args_cases()
+    return (
+        _cfg_cases()
+        + _weights_cases(lenet_weights_size)
+        + _image_cases()
+        + _onnx_cases()
+        + _args_cases()
+        + _special_file_cases()
+    )
+
+
+# Files made by the test instead of written (tests/test_hardening_corpus.py make_special):
+# ("FIFO", None), ("SPARSE", size in bytes), ("DIR", None).
+SPECIAL = ("FIFO", "SPARSE", "DIR")
+FIFO = ("FIFO", None)
+SPARSE_2G = ("SPARSE", 2 << 30)
+
+
+def _special_file_cases() -> list[Case]:
+    """FIFOs (their open waited for a writer for ever), files past the size limits (a 2 GB
+    sparse file reached the catch-all), and what training writes blocked by a directory."""
+    inputs = {
+        "cfg": (PREDICT + ["img.png"], "cfg/mnist_lenet.cfg"),
+        "weights": (PREDICT + ["img.png"], "model/mnist_lenet.weights"),
+        "image": (PREDICT + ["img.png"], "img.png"),
+        "dataset": (PREDICT + ["img.png"], "cfg/mnist.dataset"),
+        "names": (PREDICT + ["img.png"], "data/mnist/mnist.names.list"),
+        "onnx": (ONNX_PREDICT, "model/c1.onnx"),
+        "tensor": (ONNX_PREDICT, "data/in.pb"),
+    }
+    cases = [
+        Case(f"{kind}-{name}", argv, {rel: content}, rel)
+        for name, (argv, rel) in inputs.items()
+        for kind, content in (("fifo", FIFO), ("sparse-2g", SPARSE_2G))
+    ]
+    cases += [
+        Case("argsfile-fifo", None, {"args.cfg": FIFO}, "args.cfg"),
+        Case("argsfile-sparse-2g", None, {"args.cfg": SPARSE_2G}, "args.cfg"),
+        Case("argsfile-dir", None, {"args.cfg": ("DIR", None)}, "args.cfg"),
+        Case(
+            "cfg-tree-fifo",
+            PREDICT + ["img.png"],
+            {
+                "cfg/mnist_lenet.cfg": LENET.replace("[softmax]", "[softmax]\ntree=t.tree").encode(),
+                "t.tree": FIFO,
+            },
+            "t.tree",
+        ),
+        Case(
+            "dataset-valid-image-fifo",
+            ["classifier", "valid", "cfg/v.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"],
+            {
+                "cfg/v.dataset": b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n",
+                "v.list": b"img.png\nf_c1.png\n",
+                "f_c1.png": FIFO,
+            },
+            "f_c1.png",
+        ),
+    ]
+    train = {
+        "cfg/mnist.dataset": b"classes=10\ntrain=t.list\nlabels=data/mnist/mnist.labels.list\nbackup=model\n",
+        "t.list": b"img_c1.png\n",
+        "img_c1.png": png(),
+    }
+    cases += [
+        Case(f"dataset-train-{name}-in-the-way", TRAIN, {**train, target: content}, target)
+        for name, target, content in (
+            ("epoch-dir", "model/mnist_lenet_1.weights", ("DIR", None)),
+            ("loss-log-fifo", "model/mnist_lenet.loss.csv", FIFO),
+        )
+    ]
+    wide = (
+        "[net]\nheight=320\nwidth=320\nchannels=3\n[convolutional]\nfilters=255\nsize=1\nactivation=linear\n"
+        "[yolo]\nmask=0,1,2\nanchors=10,14,23,27,37,58\nclasses=80\nnum=3\n"
+    )
+    cases.append(
+        Case(  # 307200 boxes of 80 classes at -thresh 0.0001 made 2.1 GB of Python floats
+            "detect-box-values",
+            ["detect", "cfg/wide.cfg", "model/wide.weights", "dog.png", "-thresh", "0.0001"],
+            {"cfg/wide.cfg": wide.encode(), "model/wide.weights": bytes(4096)},  # 16-byte header, 1020 floats
+            "cfg/wide.cfg:9: layer 1 (yolo)",
+        )
+    )
+    bomb = png(2048, 2048, idat=zlib_bomb(2048 * 2049))
+    cases.append(
+        Case(  # the same bomb 40 times (one 4-megapixel PNG, 4 KB): over DL_SERVER_MAX_DECODED_PIXELS
+            "dataset-valid-decode-bomb",
+            ["classifier", "valid", "cfg/v.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"],
+            {
+                "cfg/v.dataset": b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n",
+                "v.list": b"b_c1.png\n" * 40,
+                "b_c1.png": bomb,
+            },
+            "b_c1.png",
+            {"DL_SERVER_MAX_DECODED_PIXELS": str(1 << 23)},  # 2^29 by default: the same at 16 MP
+        )
+    )
+    return cases
 
 
 def onnx_work_bombs() -> dict[str, bytes]:

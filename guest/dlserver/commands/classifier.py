@@ -1,17 +1,20 @@
 """`classifier predict|valid|train` (Darknet examples/classifier.c, docs/darknet-contract.md §5-6)."""
 
 import os
+import re
 import sys
 import time
 from array import array
 
-from .. import client_rules
+from .. import client_rules, limits
 from ..buffers import allow_for_weights, view, zeros
 from ..config import read_data_cfg, read_list
 from ..dataset import TrainingData, load_valid_batch
 from ..errors import DLServerError
+from ..files import check_appendable
 from ..image.load import load_image_color
 from ..image.ops import letterbox_image
+from ..limits import trunc_int
 from ..network import parse_network_cfg
 from ..rng import Random, f32
 from ..schedule import learning_rate
@@ -287,6 +290,7 @@ def train_classifier(
         raise DLServerError(
             f"{cfg}: the network has {net.outputs} outputs but {datacfg} says classes={classes}"
         )
+    check_truth_readers(net, cfg)
     labels = read_list(label_list, "labels list")
     if len(labels) < classes:
         raise DLServerError(f"{label_list}: {len(labels)} labels, but {datacfg} says classes={classes}")
@@ -295,11 +299,13 @@ def train_classifier(
         raise DLServerError(f"{train_list}: the train list is empty")
     if not os.path.isdir(backup):
         raise DLServerError(f"{backup}: the backup directory (from {datacfg}) does not exist")
+    check_backup_targets(backup, base)
     n_paths = len(paths)
     out.write(f"{n_paths}\n")
-    out.write(f"{int(f32(net.min_ratio * net.w))} {int(f32(net.max_ratio * net.w))}\n")
+    out.write(f"{trunc_int(f32(net.min_ratio * net.w))} {trunc_int(f32(net.max_ratio * net.w))}\n")
     data = TrainingData(paths, labels, classes, net.w, net.h)
     data.preload()
+    limits.charging_pixels = False  # each batch decodes its images again (limits.py)
     net.prepare_training(rng)
     images = net.batch * net.subdivisions
     buffer = data.load_batch(rng, images)
@@ -336,6 +342,39 @@ def train_classifier(
         loss_log.close()
 
 
+TRUTH_READERS = ("softmax", "logistic", "cost")  # their training loss reads net.truth
+
+
+def check_truth_readers(net, cfg: str) -> None:
+    """Each layer whose loss reads the truth (one row of net.outputs values per image) has
+    that many inputs: one in the middle of the network would read past it (Darknet: out of
+    bounds) when training reaches it."""
+    for index, layer in enumerate(net.layers):
+        if layer.kind in TRUTH_READERS and not getattr(layer, "noloss", 0) and layer.inputs != net.outputs:
+            raise DLServerError(
+                f"{cfg}:{layer.cfg_line}: layer {index} ({layer.kind}) takes its loss against the truth"
+                f" of the network's {net.outputs} outputs, but has {layer.inputs} inputs"
+            )
+
+
+def check_backup_targets(backup: str, base: str) -> None:
+    """Before training writes anything: every file it may write in `backup` (the final and
+    backup weights, one per epoch, the loss log) is absent or a regular file, so a directory
+    or FIFO in the way cannot fail the run after some of them are written."""
+    pattern = re.compile(re.escape(base) + r"(\.weights|\.backup|\.loss\.csv|_\d+\.weights)\Z")
+    try:
+        names = os.listdir(backup)
+    except OSError as e:
+        raise DLServerError(f"{backup}: cannot list the backup directory: {e.strerror or e}") from None
+    for name in names:
+        if pattern.match(name):
+            path = f"{backup}/{name}"
+            try:
+                check_appendable(path)
+            except OSError as e:
+                raise DLServerError(f"{path}: training would write here, but {e.strerror or e}") from None
+
+
 def train_network(net, x, y) -> float:
     """Darknet train_network: the loaded rows in chunks of net.batch; mean cost per image."""
     rows = len(y) // (net.outputs)
@@ -370,6 +409,7 @@ class LossLog:
         if not self.lines and not self.header:
             return
         try:
+            check_appendable(self.path)
             with open(self.path, "a") as f:
                 if self.header:
                     f.write("batch,loss,avg,rate\n")

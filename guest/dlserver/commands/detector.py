@@ -27,7 +27,7 @@ from ..image.ops import letterbox_image
 from ..layers.detection import DetectionLayer
 from ..layers.region import RegionLayer
 from ..layers.yolo import YoloLayer
-from ..limits import check
+from ..limits import check, trunc_int
 from ..network import parse_network_cfg
 from ..rng import f32
 from ..weights import load_weights
@@ -38,20 +38,6 @@ NMS = 0.45
 
 
 # ---------------------------------------------------------------- drawing (image.c)
-
-INT_MIN, INT_MAX = -(2**31), 2**31 - 1
-
-
-def c_int(x: float) -> int:
-    """C's `(int)x` as wasm's saturating truncation (i32.trunc_sat_f64_s) does it: toward zero,
-    clamped to int32, NaN to 0, so boxes of a model gone to infinity still draw (Darknet: undefined)."""
-    if x != x:
-        return 0
-    if x >= 2**31:
-        return INT_MAX
-    if x <= -(2**31):
-        return INT_MIN
-    return int(x)
 
 
 def draw_detections(im, dets: list, thresh: float, names: list, classes: int, out) -> None:
@@ -72,10 +58,10 @@ def draw_detections(im, dets: list, thresh: float, names: list, classes: int, ou
         red = get_color(2, offset, classes)
         green = get_color(1, offset, classes)
         blue = get_color(0, offset, classes)
-        left = c_int((d.x - d.w / 2.0) * im.w)
-        right = c_int((d.x + d.w / 2.0) * im.w)
-        top = c_int((d.y - d.h / 2.0) * im.h)
-        bot = c_int((d.y + d.h / 2.0) * im.h)
+        left = trunc_int((d.x - d.w / 2.0) * im.w)
+        right = trunc_int((d.x + d.w / 2.0) * im.w)
+        top = trunc_int((d.y - d.h / 2.0) * im.h)
+        bot = trunc_int((d.y + d.h / 2.0) * im.h)
         left = max(left, 0)
         right = min(right, im.w - 1)
         top = max(top, 0)

@@ -352,6 +352,7 @@ def _parse_sof(code: int, body: bytes):
             f"image too large ({width} x {height}; at most {limits.MAX_PIXELS} pixels,"
             " DL_SERVER_MAX_PIXELS raises it)"
         )
+    limits.charge_pixels(width, height)
     comps: list[_Component] = []
     for k in range(nf):
         cid, hv, tq = body[6 + 3 * k : 9 + 3 * k]

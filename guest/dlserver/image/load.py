@@ -2,6 +2,7 @@
 
 from ..errors import DLServerError
 from ..files import read_input_file
+from ..limits import DecodeBudgetError
 from .jpeg import decode_jpeg
 from .ops import Image, pixels_to_image
 from .png import decode_png
@@ -19,12 +20,16 @@ def decode_image(data: bytes, path: str) -> Image:
     if data.startswith(PNG_SIGNATURE):
         try:
             width, height, comps, pixels = decode_png(data)
+        except DecodeBudgetError as e:
+            raise DLServerError(f"{path}: {e}") from None
         except DLServerError as e:
             raise DLServerError(f"{path}: bad PNG: {e}") from None
         return pixels_to_image(width, height, comps, pixels)
     if data.startswith(b"\xff\xd8"):
         try:
             width, height, comps, pixels = decode_jpeg(data)
+        except DecodeBudgetError as e:
+            raise DLServerError(f"{path}: {e}") from None
         except DLServerError as e:
             raise DLServerError(f"{path}: bad JPEG: {e}") from None
         return pixels_to_image(width, height, comps, pixels)

@@ -235,6 +235,7 @@ def _check_ihdr(width, height, depth, colour, compression, filtering, interlace)
             f" and {MAX_SIDE} per side,"
             " DL_SERVER_MAX_PIXELS raises it)"
         )
+    limits.charge_pixels(width, height)
 
 
 def _inflate(stream, expected: int) -> bytes:
