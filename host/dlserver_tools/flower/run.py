@@ -119,13 +119,15 @@ def begin_round0(config: dict):
     return begin(config)
 
 
-def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> None:
+def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> dict[str, float]:
     """The simulation in this process (flwr's run_simulation): no SuperLink, no flwr CLI. Ray
     (one CPU per client, no dashboard, a small object store, with flwr's init arguments) starts
     here first, while round 0 (Darknet's init, its validation) runs in a thread: that hides
     round 0 and flwr's imports behind Ray's ~10 s start, and the workers Ray starts then take
     the actors (a runtime_env, as flwr's backend would pass, makes Ray start others: ~4 s more).
-    An exception of the ServerApp propagates (so the run's real status is this call's)."""
+    An exception of the ServerApp propagates (so the run's real status is this call's).
+    Returns when Ray was asked to start, was up, round 0 was done and the simulation (with Ray's
+    stop) returned, as time.time() (`make bench-federated` shows where the time goes)."""
     import logging
     import warnings
 
@@ -146,9 +148,12 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> N
         # Ray's processes inherit this environment (our sys.path included, as flwr's RayBackend
         # passes it); without a runtime_env the workers Ray starts with it serve the actors
         os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        marks = {"ray_init": time.time()}
         ray.init(**init_args)  # flwr's RayBackend.init_ray then finds Ray up
+        marks["ray_ready"] = time.time()
         try:
             started = begun.result()
+            marks["round0_done"] = time.time()
         except BaseException:
             ray.shutdown()
             raise
@@ -168,6 +173,8 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> N
         backend_config=backend,  # flwr's BackendConfig
         verbose_logging=bool(opts.verbose),
     )
+    marks["simulation_done"] = time.time()
+    return marks
 
 
 def flower_federation(opts: argparse.Namespace) -> dict:
@@ -192,11 +199,13 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     config = run_config(opts, root)
     if not opts.deployment and not opts.flwr_run:
         try:
-            in_process(opts, config, env)
+            marks = in_process(opts, config, env)
         except Exception as e:  # the ServerApp's, re-raised by run_simulation: the run failed
             raise FlowerRunError(f"the simulation failed: {type(e).__name__}: {e}") from None
         run_id: str | None = "in-process"
         status, log = "completed", home
+        if results.is_file():
+            (root / opts.work / "timeline.json").write_text(json.dumps(marks, indent=1) + "\n")
     else:
         if opts.deployment:
             federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)

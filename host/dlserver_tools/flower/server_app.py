@@ -123,6 +123,7 @@ def main(grid: Grid, config: Mapping, begun: Begun | None = None) -> None:
         "table": table,
         "rounds": strategy.rounds,
         "seconds": round(time.perf_counter() - begun.started, 1),
+        "finished_at": time.time(),  # wall clock: what follows is the runtime's stop
     }
     s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")
 
