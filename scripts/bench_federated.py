@@ -155,15 +155,21 @@ def flower_parts(results: dict, marks: dict, launched: float, ended: float) -> d
     """Where a Flower run's time went: 'start' = launch to round 1's messages (imports, Ray's
     start with round 0 beside it, the simulation's start), each round from its messages to its
     aggregated model (its clients two at a time; the previous model validated meanwhile), 'end'
-    = the last aggregation to exit (the last validation, the actors' and Ray's stop). 'ray start'
-    and 'ray stop' (ServerApp done to run_simulation's return) are parts of those."""
+    = the last aggregation to exit (the actors' and Ray's stop, the last validation meanwhile).
+    'ray start' and 'ray stop' (the rounds done to run_simulation's return) are parts of those, with what
+    comes before Ray's start, round 0 when it outlasts Ray's start, the simulation's start
+    (flwr's set-up, the actors) and the process's exit."""
     rounds = results["rounds"]
     parts = {"start": rounds[0]["sent_at"] - launched}
     for r in rounds:
         parts[f"round {r['round']}"] = r["aggregated_at"] - r["sent_at"]
     parts["end"] = ended - rounds[-1]["aggregated_at"]
+    parts["to ray.init"] = marks["ray_init"] - launched  # Python, imports, `import ray`
     parts["ray start"] = marks["ray_ready"] - marks["ray_init"]
-    parts["ray stop"] = marks["simulation_done"] - results["finished_at"]
+    parts["round 0 wait"] = max(0.0, marks["round0_done"] - marks["ray_ready"])
+    parts["simulation start"] = rounds[0]["sent_at"] - max(marks["ray_ready"], marks["round0_done"])
+    parts["ray stop"] = marks["simulation_done"] - results["rounds_done_at"]
+    parts["exit"] = ended - marks["simulation_done"]
     return parts
 
 

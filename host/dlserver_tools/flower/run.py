@@ -35,6 +35,10 @@ OFFLINE = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # no GPUs: keep Ray from warning about their variables
+    # Ray's memory monitor kills its workers (our clients) when the machine's memory is 95% used,
+    # by whatever process: on a shared machine another job's made every client fail (the kernel's
+    # OOM killer still applies)
+    "RAY_memory_monitor_refresh_ms": "0",
 }
 
 
@@ -125,7 +129,8 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> d
     here first, while round 0 (Darknet's init, its validation) runs in a thread: that hides
     round 0 and flwr's imports behind Ray's ~10 s start, and the workers Ray starts then take
     the actors (a runtime_env, as flwr's backend would pass, makes Ray start others: ~4 s more).
-    An exception of the ServerApp propagates (so the run's real status is this call's).
+    The last global model is validated while Ray stops. An exception of the ServerApp
+    propagates (so the run's real status is this call's).
     Returns when Ray was asked to start, was up, round 0 was done and the simulation (with Ray's
     stop) returned, as time.time() (`make bench-federated` shows where the time goes)."""
     import logging
@@ -166,14 +171,17 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> d
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation warning, info
         warnings.filterwarnings("ignore", module="flwr")
     backend: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0}, "init_args": init_args}
+    finish: list = []  # the last validation and results.json, done here while Ray stops
     run_simulation(
-        server_module.server_app(config, started),
+        server_module.server_app(config, started, finish),
         client_app(config),
         num_supernodes=opts.num_clients,
         backend_config=backend,  # flwr's BackendConfig
         verbose_logging=bool(opts.verbose),
     )
     marks["simulation_done"] = time.time()
+    for then in finish:  # none if the ServerApp failed (run_simulation raised that then)
+        then()
     return marks
 
 
