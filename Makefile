@@ -70,12 +70,12 @@ rounds ?= 3
 # without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)$(if $(flwr-run), --flwr-run)
+	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(noise-seed), --noise-seed $(noise-seed))$(if $(deployment), --deployment)$(if $(flwr-run), --flwr-run)
 
 federated-local: num-clients = 4
 federated-local: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
+	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(noise-seed), --noise-seed $(noise-seed))
 
 # wall time of the Flower federation vs today's local runner and the local runner of BASELINE (default
 # bc2500e^, the commit before issue 9's work: checked out and built under build/bench-federated),

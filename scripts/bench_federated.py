@@ -173,8 +173,9 @@ def flower_parts(results: dict, marks: dict, launched: float, ended: float) -> d
     return parts
 
 
-def run_once(runner: Runner, common: list[str], work: str, root: Path) -> dict[str, str]:
-    """One timed run; its global models' digests."""
+def run_once(runner: Runner, common: list[str], work: str, root: Path, retry: bool = True) -> dict[str, str]:
+    """One timed run; its global models' digests. A failed run is said and run once more (on a
+    shared machine another job may, e.g., remove a run's staging directory); twice: an error."""
     launched = time.time()
     started = time.perf_counter()
     cmd = [*runner.cmd, *common, "--work", work]
@@ -182,6 +183,10 @@ def run_once(runner: Runner, common: list[str], work: str, root: Path) -> dict[s
     seconds = time.perf_counter() - started
     ended = time.time()
     if proc.returncode != 0:
+        if retry:
+            why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"  {runner.name}: failed ({why[:300]}), once more", file=sys.stderr, flush=True)
+            return run_once(runner, common, work, root, retry=False)
         raise BenchError(f"{runner.name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     runner.seconds.append(seconds)
     results = json.loads((root / work / "results.json").read_text())

@@ -134,3 +134,32 @@ def test_the_breakdown_of_a_flower_run_adds_up_to_its_wall_time():
     marks["round0_done"] = 109.5  # round 0 outlasted Ray's start
     parts = bench.flower_parts(results, marks, launched=100.0, ended=143.0)
     assert (parts["round 0 wait"], parts["simulation start"]) == (0.5, 0.5)
+
+
+FAKE_RUNNER = """
+import json, sys
+from pathlib import Path
+work = Path(sys.argv[sys.argv.index("--work") + 1])
+tries = Path("tries")
+tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+if len(tries.read_text()) <= int(sys.argv[1]):
+    sys.exit("dl-server: error: cannot stage the sources")
+(work / "global").mkdir(parents=True, exist_ok=True)
+(work / "global" / "round0.weights").write_bytes(b"model")
+(work / "results.json").write_text(json.dumps({"seconds": 1.0, "table": [{"round": 0, "seconds": 0.5}]}))
+"""
+
+
+def test_a_failed_run_is_run_once_more_then_an_error(tmp_path, capsys):
+    script = tmp_path / "runner.py"
+    script.write_text(FAKE_RUNNER)
+    runner = bench.Runner("fake", [sys.executable, str(script), "1"], today=True)
+    models = bench.run_once(runner, [], "w", tmp_path)
+    assert models == {"round0.weights": bench.hashlib.sha256(b"model").hexdigest()}
+    assert len(runner.seconds) == 1 and (tmp_path / "tries").read_text() == "xx"
+    assert "fake: failed (dl-server: error: cannot stage the sources), once more" in capsys.readouterr().err
+    (tmp_path / "tries").unlink()
+    runner = bench.Runner("fake", [sys.executable, str(script), "2"], today=True)
+    with pytest.raises(bench.BenchError, match="fake failed"):
+        bench.run_once(runner, [], "w", tmp_path)
+    assert runner.seconds == []

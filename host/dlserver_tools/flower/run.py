@@ -26,7 +26,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import METHOD_HELP, FederatedError, check_data, checked_options
+from ..federated import METHOD_HELP, NOISE_SEED_HELP, FederatedError, check_data, checked_options
+from . import steps
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -108,6 +109,7 @@ def run_config(opts: argparse.Namespace, root: Path) -> dict[str, str | int | fl
         "seed": opts.seed,
         "weighting": opts.weighting,
         "method": opts.method,
+        "noise-seed": -1 if opts.noise_seed is None else opts.noise_seed,
         "valid-list": opts.valid_list,
         "base-cfg": "cfg/mnist_lenet.cfg",
         "timeout": float(opts.timeout or 0),
@@ -203,6 +205,8 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     results = root / opts.work / "results.json"
     results.unlink(missing_ok=True)
     app_dir = Path(__file__).resolve().parents[3] / "flower_app"
+    if opts.noise_seed is not None:
+        print(steps.noise_note(opts.noise_seed), flush=True)
     started = time.perf_counter()
     config = run_config(opts, root)
     if not opts.deployment and not opts.flwr_run:
@@ -309,6 +313,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--weighting", choices=["auto", "examples", "equal"], default="auto")
     p.add_argument("--method", default="mean", help=METHOD_HELP)
+    p.add_argument("--noise-seed", type=int, default=None, metavar="N", help=NOISE_SEED_HELP)
     p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
