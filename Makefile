@@ -66,7 +66,8 @@ rounds ?= 3
 # On Flower's simulation engine (Ray, one CPU per client, offline): flower_app/ + dlserver_tools.flower;
 # method=median|trimmed:F (default mean); deployment=1: SuperLink + SuperNodes on loopback, TLS and
 # node auth on, instead of the simulation; flwr-run=1: the simulation through a SuperLink and `flwr run`
-# rather than in-process (flwr's run_simulation). federated-local: the same rounds one step after another
+# rather than in-process (flwr's run_simulation); noise-seed=N: a DP rule's noise the same in every run
+# (NOT private). federated-local: the same rounds one step after another
 # without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
@@ -159,6 +160,7 @@ help:
 	@echo '  sanitize        the C kernels with ASan + UBSan under the kernel tests, the corpus, the fuzz targets'
 	@echo '  federated       FedAvg on Flower (simulation): num-clients= rounds= batches= data-dist= method= [alpha= seed=]'
 	@echo '                  deployment=1: SuperLink + one SuperNode per client on loopback, TLS and node auth'
+	@echo '                  noise-seed=N with a DP method=: the same noise every run (NOT private)'
 	@echo '  federated-local the same rounds without Flower, one step after another (the oracle)'
 	@echo '  bench-federated wall time of federated vs federated-local and the local runner of BASELINE='
 	@echo '                  (default bc2500e^, before the Flower work), global models compared'
