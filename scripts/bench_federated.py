@@ -21,6 +21,7 @@ the same bytes as today is reported.
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import io
 import json
@@ -199,6 +200,24 @@ def run_once(runner: Runner, common: list[str], work: str, root: Path, retry: bo
     return digests(root / work / "global")
 
 
+def overlap(provenance: Path) -> list[str]:
+    """How a run's sandboxed steps overlapped, from their manifests (start, duration): one line
+    per round, seconds from the first step's start."""
+    steps = []
+    for record in sorted(provenance.glob("round*.json")):
+        m = json.loads(record.read_text())
+        started = datetime.datetime.fromisoformat(m["started_utc"]).timestamp()
+        steps.append((record.stem, started, started + m["duration_seconds"]))
+    if not steps:
+        return []
+    t0 = min(start for _, start, _ in steps)
+    lines = []
+    for r in sorted({int(name[5:].split("-")[0]) for name, _, _ in steps}):
+        here = sorted((a - t0, b - t0, n.split("-", 1)[1]) for n, a, b in steps if n.startswith(f"round{r}-"))
+        lines.append(f"round {r}: " + ", ".join(f"{n} {a:.1f}-{b:.1f}" for a, b, n in here))
+    return lines
+
+
 def median_parts(parts: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(p[key] for p in parts) for key in parts[0]} if parts else {}
 
@@ -316,6 +335,10 @@ def bench(opts: argparse.Namespace) -> int:
     for r in runners:
         parts = median_parts(r.parts)
         print(f"  {r.name:<24} " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    for r in runners[:2]:
+        print(f"how the steps of {r.name}'s last run overlapped (s from its first step, in the sandbox):")
+        provenance = root / f"bench-federated-{runners.index(r)}" / "provenance"
+        print("\n".join(f"  {line}" for line in overlap(provenance)))
     flower = statistics.median(runners[0].seconds)
     for r in runners[1:]:
         if not r.flower:

@@ -4,6 +4,7 @@ links), the baseline's runner imports the baseline's packages, the models are co
 bench says, and the breakdown of a run adds up. No timing is asserted."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,16 @@ def test_a_failed_run_is_run_once_more_then_an_error(tmp_path, capsys):
     with pytest.raises(bench.BenchError, match="fake failed"):
         bench.run_once(runner, [], "w", tmp_path)
     assert runner.seconds == []
+
+
+def test_the_overlap_of_a_run_s_steps_from_its_manifests(tmp_path):
+    steps = {"round0-init": (0.0, 0.1), "round0-valid": (0.2, 1.3), "round1-client1": (6.0, 1.5)}
+    steps |= {"round1-client2": (6.1, 1.4), "round1-aggregate": (7.75, 0.05)}
+    for name, (start, seconds) in steps.items():
+        when = f"2026-12-03T16:00:{10 + start:06.3f}Z"
+        (tmp_path / f"{name}.json").write_text(json.dumps({"started_utc": when, "duration_seconds": seconds}))
+    assert bench.overlap(tmp_path) == [
+        "round 0: init 0.0-0.1, valid 0.2-1.5",
+        "round 1: client1 6.0-7.5, client2 6.1-7.5, aggregate 7.8-7.8",
+    ]
+    assert bench.overlap(tmp_path / "none") == []
