@@ -8,11 +8,12 @@ baseline's local runner). With --flwr-run a further row: Flower through a SuperL
 
 All runners work in the bench's own project root (default build/bench-federated/root): MNIST is
 split there for the clients by dl-server-mnist (reused when its manifest says it is that split),
-never in the checkout's data/mnist, which other checkouts may share. The load average before and
-after is printed (timings on a shared machine are noisy), and where each run's time goes (start-up,
-each round, the end). Every round's global model of every run is compared by sha256: today's runs
-must all be byte-identical, the baseline's runs too among themselves; whether the baseline gives
-the same bytes as today is reported.
+never in the checkout's data/mnist, which other checkouts may share; and with a compile cache of
+their own (build/bench-federated/cache), which other checkouts' components do not evict. The load
+average before and after is printed (timings on a shared machine are noisy), and where each run's
+time goes (start-up, each round, the end). Every round's global model of every run is compared by
+sha256: today's runs must all be byte-identical, the baseline's runs too among themselves; whether
+the baseline gives the same bytes as today is reported.
 
     .venv/bin/python scripts/bench_federated.py --num-clients 4 --rounds 3 --batches 100 \
         [--baseline COMMIT] [--repeat N] [--root R]
@@ -308,6 +309,11 @@ def bench(opts: argparse.Namespace) -> int:
                 today=False,
             )
         )
+    # a compile cache of the bench's own: the host keeps the 4 newest compiled components in its
+    # cache, which every checkout on the machine shares, so another job's builds could make one
+    # runner's runs compile its component again (~10 s) and not the other's
+    for r in runners:
+        r.env = {**(r.env or os.environ), "XDG_CACHE_HOME": str(BUILD / "cache")}
     # untimed: one small run of each local runner, so every program is compiled and cached
     for r in runners:
         if not r.flower:
