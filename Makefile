@@ -66,24 +66,26 @@ rounds ?= 3
 # On Flower's simulation engine (Ray, one CPU per client, offline): flower_app/ + dlserver_tools.flower;
 # method=median|trimmed:F (default mean); deployment=1: SuperLink + SuperNodes on loopback, TLS and
 # node auth on, instead of the simulation; flwr-run=1: the simulation through a SuperLink and `flwr run`
-# rather than in-process (flwr's run_simulation). federated-local: the same rounds one step after another
+# rather than in-process (flwr's run_simulation); noise-seed=N: a DP rule's noise the same in every run
+# (NOT private). federated-local: the same rounds one step after another
 # without Flower (dl-server-federated), the oracle: same seeds, same bytes of every global model.
 federated: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(deployment), --deployment)$(if $(flwr-run), --flwr-run)
+	$(VENV)/bin/dl-server-flower --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(noise-seed), --noise-seed $(noise-seed))$(if $(deployment), --deployment)$(if $(flwr-run), --flwr-run)
 
 federated-local: num-clients = 4
 federated-local: dl-server.wasm
 	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))
+	$(VENV)/bin/dl-server-federated --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(method), --method $(method))$(if $(noise-seed), --noise-seed $(noise-seed))
 
-# wall time of the Flower federation vs the local runner (same settings, one after the other), and
-# whether every round's global model is byte-identical: num-clients= rounds= batches= (4, 3, 100)
-# repeat=N runs of each (medians; default 3), flwr-run=1 adds Flower through a SuperLink and `flwr run`
+# wall time of the Flower federation vs today's local runner and the local runner of BASELINE (default
+# bc2500e^, the commit before issue 9's work: checked out and built under build/bench-federated),
+# taking turns, and whether every round's global model is byte-identical: num-clients= rounds=
+# batches= (4, 3, 100) repeat=N runs of each (medians; default 3), BASELINE=<commit>|none, flwr-run=1
+# adds Flower through a SuperLink and `flwr run`; MNIST is split in build/bench-federated/root, not data/
 bench-federated: num-clients = 4
 bench-federated: dl-server.wasm
-	$(MAKE) mnist_training num-clients=$(num-clients) data-dist=$(data-dist)
-	$(PY) scripts/bench_federated.py --num-clients $(num-clients) --rounds $(rounds)$(if $(batches), --batches $(batches))$(if $(repeat), --repeat $(repeat))$(if $(flwr-run), --flwr-run)
+	$(PY) scripts/bench_federated.py --num-clients $(num-clients) --rounds $(rounds) --data-dist $(data-dist)$(if $(batches), --batches $(batches))$(if $(repeat), --repeat $(repeat))$(if $(BASELINE), --baseline $(BASELINE))$(if $(flwr-run), --flwr-run)
 
 bench: dl-server.wasm $(NATIVE_KERNEL)
 	$(PY) scripts/bench.py$(if $(BASELINE), --baseline $(BASELINE))
@@ -158,7 +160,9 @@ help:
 	@echo '  sanitize        the C kernels with ASan + UBSan under the kernel tests, the corpus, the fuzz targets'
 	@echo '  federated       FedAvg on Flower (simulation): num-clients= rounds= batches= data-dist= method= [alpha= seed=]'
 	@echo '                  deployment=1: SuperLink + one SuperNode per client on loopback, TLS and node auth'
+	@echo '                  noise-seed=N with a DP method=: the same noise every run (NOT private)'
 	@echo '  federated-local the same rounds without Flower, one step after another (the oracle)'
-	@echo '  bench-federated wall time of federated vs federated-local, and their global models compared'
+	@echo '  bench-federated wall time of federated vs federated-local and the local runner of BASELINE='
+	@echo '                  (default bc2500e^, before the Flower work), global models compared'
 	@echo '  clean           remove build/ and dl-server.wasm'
 	@echo '  help            this list'

@@ -57,6 +57,7 @@ def settings(opts: argparse.Namespace) -> steps.Settings:
         base_cfg=str(Path(opts.base_cfg).resolve()),  # relative to the current directory
         timeout=opts.timeout,
         manifests=getattr(opts, "manifests", True),
+        noise_seed=opts.noise_seed,
     )
 
 
@@ -104,6 +105,8 @@ def federate(opts: argparse.Namespace) -> dict:
         f"validation on {o.valid_list}",
         flush=True,
     )
+    if s.noise_seed is not None:
+        print(steps.noise_note(s.noise_seed), flush=True)
     started = time.perf_counter()
     table: list[dict[str, Any]] = []
 
@@ -203,6 +206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="auto: weight by training images per client when they differ (default)",
     )
     p.add_argument("--method", default="mean", help=METHOD_HELP)
+    p.add_argument("--noise-seed", type=int, default=None, metavar="N", help=NOISE_SEED_HELP)
     p.add_argument(
         "--seed", type=int, default=1, help="-seed of the init run; client k in round r uses seed+1000r+k"
     )
@@ -237,7 +241,19 @@ def checked_options(p: argparse.ArgumentParser, opts: argparse.Namespace) -> arg
     if Path(opts.work).is_absolute() or ".." in Path(opts.work).parts or opts.work in ("", "."):
         p.error("--work must be a directory below the root")
     opts.work = Path(opts.work).as_posix()
+    if opts.noise_seed is not None:
+        if opts.method.split(":")[0] not in steps.DP_RULES:
+            rules = ", ".join(steps.DP_RULES)
+            p.error(f"--noise-seed seeds the noise of the DP rules ({rules}), not of {opts.method}")
+        if opts.noise_seed < 0:
+            p.error("--noise-seed must be >= 0")
     return opts
+
+
+NOISE_SEED_HELP = (
+    "seed the DP rules' noise (aggregation -seed N+1000r in round r): the same noise in every run, "
+    "so NOT private; for tests and comparisons (default: os.urandom)"
+)
 
 
 def main(argv=None) -> int:

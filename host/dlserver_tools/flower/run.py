@@ -26,7 +26,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..federated import METHOD_HELP, FederatedError, check_data, checked_options
+from ..federated import METHOD_HELP, NOISE_SEED_HELP, FederatedError, check_data, checked_options
+from . import steps
 from .deployment import DeploymentError, deployment
 
 OFFLINE = {
@@ -35,6 +36,10 @@ OFFLINE = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # no GPUs: keep Ray from warning about their variables
+    # Ray's memory monitor kills its workers (our clients) when the machine's memory is 95% used,
+    # by whatever process: on a shared machine another job's made every client fail (the kernel's
+    # OOM killer still applies)
+    "RAY_memory_monitor_refresh_ms": "0",
 }
 
 
@@ -104,6 +109,7 @@ def run_config(opts: argparse.Namespace, root: Path) -> dict[str, str | int | fl
         "seed": opts.seed,
         "weighting": opts.weighting,
         "method": opts.method,
+        "noise-seed": -1 if opts.noise_seed is None else opts.noise_seed,
         "valid-list": opts.valid_list,
         "base-cfg": "cfg/mnist_lenet.cfg",
         "timeout": float(opts.timeout or 0),
@@ -119,13 +125,16 @@ def begin_round0(config: dict):
     return begin(config)
 
 
-def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> None:
+def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> dict[str, float]:
     """The simulation in this process (flwr's run_simulation): no SuperLink, no flwr CLI. Ray
     (one CPU per client, no dashboard, a small object store, with flwr's init arguments) starts
     here first, while round 0 (Darknet's init, its validation) runs in a thread: that hides
     round 0 and flwr's imports behind Ray's ~10 s start, and the workers Ray starts then take
     the actors (a runtime_env, as flwr's backend would pass, makes Ray start others: ~4 s more).
-    An exception of the ServerApp propagates (so the run's real status is this call's)."""
+    The last global model is validated while Ray stops. An exception of the ServerApp
+    propagates (so the run's real status is this call's).
+    Returns when Ray was asked to start, was up, round 0 was done and the simulation (with Ray's
+    stop) returned, as time.time() (`make bench-federated` shows where the time goes)."""
     import logging
     import warnings
 
@@ -146,9 +155,12 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> N
         # Ray's processes inherit this environment (our sys.path included, as flwr's RayBackend
         # passes it); without a runtime_env the workers Ray starts with it serve the actors
         os.environ["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        marks = {"ray_init": time.time()}
         ray.init(**init_args)  # flwr's RayBackend.init_ray then finds Ray up
+        marks["ray_ready"] = time.time()
         try:
             started = begun.result()
+            marks["round0_done"] = time.time()
         except BaseException:
             ray.shutdown()
             raise
@@ -161,13 +173,18 @@ def in_process(opts: argparse.Namespace, config: dict, env: dict[str, str]) -> N
         logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation warning, info
         warnings.filterwarnings("ignore", module="flwr")
     backend: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0}, "init_args": init_args}
+    finish: list = []  # the last validation and results.json, done here while Ray stops
     run_simulation(
-        server_module.server_app(config, started),
+        server_module.server_app(config, started, finish),
         client_app(config),
         num_supernodes=opts.num_clients,
         backend_config=backend,  # flwr's BackendConfig
         verbose_logging=bool(opts.verbose),
     )
+    marks["simulation_done"] = time.time()
+    for then in finish:  # none if the ServerApp failed (run_simulation raised that then)
+        then()
+    return marks
 
 
 def flower_federation(opts: argparse.Namespace) -> dict:
@@ -188,15 +205,19 @@ def flower_federation(opts: argparse.Namespace) -> dict:
     results = root / opts.work / "results.json"
     results.unlink(missing_ok=True)
     app_dir = Path(__file__).resolve().parents[3] / "flower_app"
+    if opts.noise_seed is not None:
+        print(steps.noise_note(opts.noise_seed), flush=True)
     started = time.perf_counter()
     config = run_config(opts, root)
     if not opts.deployment and not opts.flwr_run:
         try:
-            in_process(opts, config, env)
+            marks = in_process(opts, config, env)
         except Exception as e:  # the ServerApp's, re-raised by run_simulation: the run failed
             raise FlowerRunError(f"the simulation failed: {type(e).__name__}: {e}") from None
         run_id: str | None = "in-process"
         status, log = "completed", home
+        if results.is_file():
+            (root / opts.work / "timeline.json").write_text(json.dumps(marks, indent=1) + "\n")
     else:
         if opts.deployment:
             federation = deployment(tool, env, home, root, opts.num_clients, opts.port, stop)
@@ -292,6 +313,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--weighting", choices=["auto", "examples", "equal"], default="auto")
     p.add_argument("--method", default="mean", help=METHOD_HELP)
+    p.add_argument("--noise-seed", type=int, default=None, metavar="N", help=NOISE_SEED_HELP)
     p.add_argument("--min-clients", type=int, default=0, help="good replies a round needs (default: all)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(

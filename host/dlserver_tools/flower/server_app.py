@@ -2,7 +2,8 @@
 each global model validated in the sandbox (evaluate_fn) while the clients train the next
 round; the table in <work>/results.json. ``app`` reads the run config from its Context
 (``flwr run``); ``server_app(config, begun)`` is the same app with the run config given and
-round 0 possibly begun already (the in-process simulation begins it while Ray starts)."""
+round 0 possibly begun already (the in-process simulation begins it while Ray starts, and
+validates the last global model while Ray stops)."""
 
 from __future__ import annotations
 
@@ -83,8 +84,10 @@ def begin(config: Mapping) -> Begun:
     return Begun(s, init, started, validations)
 
 
-def main(grid: Grid, config: Mapping, begun: Begun | None = None) -> None:
-    """The federation's rounds, the run config ``config``, round 0 begun or not."""
+def main(grid: Grid, config: Mapping, begun: Begun | None = None, finish_later: list | None = None) -> None:
+    """The federation's rounds, the run config ``config``, round 0 begun or not. Then the last
+    validations and results.json; with ``finish_later`` (the in-process simulation) these are
+    left to the caller, who is given the function that does them: the runtime stops meanwhile."""
     begun = begun or begin(config)
     s = begun.s
     num_clients = int(config["num-clients"])
@@ -111,29 +114,43 @@ def main(grid: Grid, config: Mapping, begun: Begun | None = None) -> None:
             train_config=ConfigRecord({}),
             evaluate_fn=evaluate,
         )
-    finally:
+        rounds = int(config["num-rounds"])
+        if len(strategy.rounds) != rounds:
+            raise steps.StepError(f"{len(strategy.rounds)} of {rounds} rounds aggregated")
+    except BaseException:
+        begun.validations.wait()
+        raise
+    rounds_done_at = time.time()  # wall clock: what follows is the last validation, the runtime's stop
+
+    def finish() -> None:
         table = begun.validations.wait()
-    rounds = int(config["num-rounds"])
-    if len(strategy.rounds) != rounds:
-        raise steps.StepError(f"{len(strategy.rounds)} of {rounds} rounds aggregated")
-    clients_valid = {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
-    summary = {
-        "clients_valid": clients_valid,
-        "status": "completed",
-        "table": table,
-        "rounds": strategy.rounds,
-        "seconds": round(time.perf_counter() - begun.started, 1),
-    }
-    s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")
+        clients_valid = {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}
+        summary = {
+            "clients_valid": clients_valid,
+            "status": "completed",
+            "table": table,
+            "rounds": strategy.rounds,
+            "seconds": round(time.perf_counter() - begun.started, 1),
+            "rounds_done_at": rounds_done_at,
+        }
+        s.write(f"{s.work}/results.json", json.dumps(summary, indent=1) + "\n")
+
+    if finish_later is None:
+        finish()
+    else:
+        finish_later.append(finish)
 
 
-def server_app(config: Mapping | None = None, begun: Begun | None = None) -> ServerApp:
-    """The ServerApp; its run config is ``config``, else the Context's; round 0 ``begun`` or not."""
+def server_app(
+    config: Mapping | None = None, begun: Begun | None = None, finish_later: list | None = None
+) -> ServerApp:
+    """The ServerApp; its run config is ``config``, else the Context's; round 0 ``begun`` or not;
+    the last validations and results.json left to the caller with ``finish_later`` (main)."""
     built = ServerApp()
 
     @built.main()
     def _main(grid: Grid, context: Context) -> None:
-        main(grid, context.run_config if config is None else config, begun)
+        main(grid, context.run_config if config is None else config, begun, finish_later)
 
     return built
 

@@ -49,6 +49,7 @@ class Settings:
     base_cfg: str = "cfg/mnist_lenet.cfg"
     timeout: float | None = None
     manifests: bool = True  # a --manifest record of every run under <work>/provenance/
+    noise_seed: int | None = None  # DP rules: -seed noise_seed+1000r (reproducible, NOT private)
 
     @classmethod
     def from_config(cls, config) -> Settings:
@@ -67,6 +68,7 @@ class Settings:
             valid_list=str(config["valid-list"]),
             base_cfg=str(config["base-cfg"]),
             timeout=float(config["timeout"]) or None,
+            noise_seed=noise_seed(config.get("noise-seed", -1)),
         )
 
     @property
@@ -109,6 +111,16 @@ class Settings:
         if not result.ok:
             raise StepError(f"{name}: {result.error_line()}")
         return result
+
+
+def noise_seed(value) -> int | None:
+    """The run config's ``noise-seed`` (-1: none, the DP rules' noise keyed by os.urandom)."""
+    seed = int(value)
+    return None if seed < 0 else seed
+
+
+def noise_note(seed: int) -> str:
+    return f"DP noise seeded (--noise-seed {seed}, -seed {seed}+1000r in round r): reproducible, NOT private"
 
 
 def fresh_dir(path: Path) -> None:
@@ -210,6 +222,7 @@ def manifest_sha256(manifest: dict, side: str, name: str) -> str:
 # global model (-global), and those that also carry a state file from round to round.
 GLOBAL_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpfixed", "dpadaptive")
 STATE_RULES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "dpadaptive")
+DP_RULES = ("dpfixed", "dpadaptive")  # their noise: os.urandom, or -seed (NOT private)
 STATE = "rule.state"
 
 
@@ -238,6 +251,8 @@ def aggregate(s: Settings, r: int, files: list[str], weights: list[int] | None, 
             argv += ["-state", f"{w}/server/aggregate{r - 1}/{STATE}"]
             inputs.append(argv[-1])
         argv += ["-state-out", f"{out_dir}/{STATE}"]
+    if rule in DP_RULES and s.noise_seed is not None:
+        argv += ["-seed", str(s.noise_seed + 1000 * r)]
     s.run(f"round{r}-aggregate", argv, inputs, [out_dir])
     final = s.path(f"{w}/global/round{r}.weights")
     shutil.move(s.path(out), final)

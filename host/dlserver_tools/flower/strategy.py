@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class SandboxedFedAvg(FedAvg):
         self.global_sha256 = ""  # of the current global model's file: what clients must train from
         self.rounds: list[dict] = []  # what each round did, for the table
         self.sent = 0  # train messages of the current round
+        self.sent_at = 0.0  # when they were made (time.time(): the bench's breakdown of a run)
 
     def set_global(self, path: Path) -> ArrayRecord:
         """The global model is now this file: its arrays (sent to clients), header and sha256."""
@@ -87,6 +89,7 @@ class SandboxedFedAvg(FedAvg):
         config["header"] = self.header  # the arrays' .weights header, so clients rebuild the file exactly
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.sent = len(messages)
+        self.sent_at = time.time()
         return messages
 
     def configure_evaluate(
@@ -184,6 +187,8 @@ class SandboxedFedAvg(FedAvg):
                 "refused": refused,
                 "no_reply": max(missing, 0),
                 "loss": loss,
+                "sent_at": self.sent_at,  # wall clock (time.time()) of the train messages, and
+                "aggregated_at": time.time(),  # of the new global model: `make bench-federated`
             }
         )
         return arrays, MetricRecord({"num-examples": total, "loss": loss, "clients": len(accepted)})
