@@ -3,6 +3,7 @@ SIGKILLed host removed by the next run, a full $TMPDIR as one error line, aggreg
 hold every model refused up front when the models do not fit."""
 
 import contextlib
+import fcntl
 import io
 import os
 import re
@@ -246,6 +247,23 @@ def test_an_unlocked_directory_goes_only_when_its_pid_is_dead(tmp_path):
     gone.mkdir()
     assert tempdirs.remove_abandoned(tmp_path) == [gone]
     assert mine.is_dir()
+
+
+def test_owner_file_appears_only_locked(tmp_path):
+    """A run's ``.owner`` is locked before it has that name: a second run's tidying, racing
+    a run that has just made its directory, cannot find it unlocked and remove it."""
+    owned = tempdirs.OwnedDir("dl-server-", tmp_path)
+    try:
+        assert sorted(p.name for p in owned.path.iterdir()) == [tempdirs.OWNER_FILE]
+        fd = os.open(owned.path / tempdirs.OWNER_FILE, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        assert tempdirs.remove_abandoned(tmp_path) == []
+    finally:
+        owned.release()
 
 
 def test_write_back_removes_temporary_files_a_killed_writer_left(tmp_path):

@@ -44,8 +44,12 @@ class OwnedDir:
         self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
         self._fd: int | None = None
         try:
-            self._fd = os.open(self.path / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # locked under another name, then renamed: ``.owner`` never exists unlocked while
+            # its run lives, so another run's remove_abandoned cannot take it for abandoned
+            unlocked = self.path / (OWNER_FILE + ".new")
+            self._fd = os.open(unlocked, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(unlocked, self.path / OWNER_FILE)
         except BaseException:
             self.release()
             raise
