@@ -211,11 +211,23 @@ class LoadedProgram(NamedTuple):
         """A GuestRun of this program (settings: GuestRun's keyword arguments), started."""
         return GuestRun(self.engine, self.component, **settings).start()
 
+    @property
+    def engine_description(self) -> str:
+        return f"wasmtime-py {wasmtime_version()}"
 
-def load_program(path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None) -> LoadedProgram:
-    """The engine (epoch checks only when it must be stoppable) and the component at ``path``."""
-    engine = make_engine(interruptible=interruptible)
-    return LoadedProgram(engine, load_component(engine, path, cache_dir))
+
+def load_program(
+    path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None, engine: str = "inprocess"
+):
+    """The engine (epoch checks only when it must be stoppable) and the component at ``path``;
+    ``engine`` 'cli' or 'auto' (the CLI where Landlock is available): a cli_engine.CliProgram,
+    which needs no epoch checks to be stopped."""
+    from . import cli_engine
+
+    if cli_engine.choose(engine) == "cli":
+        return cli_engine.load_cli_program(path, cache_dir)
+    wasmtime_engine = make_engine(interruptible=interruptible)
+    return LoadedProgram(wasmtime_engine, load_component(wasmtime_engine, path, cache_dir))
 
 
 def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
@@ -271,10 +283,14 @@ def _write_private(path: Path, data: bytes | bytearray) -> bool:
 
 def _write_cache(path: Path, data: bytes | bytearray) -> None:
     """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
-    if not _write_private(path, data):
-        return
+    if _write_private(path, data):
+        prune_cache(path.parent)
+
+
+def prune_cache(cache_dir: Path) -> None:
+    """Keep the CACHE_ENTRIES_KEPT most recently used compiled components (both engines')."""
     try:
-        entries = sorted(path.parent.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
+        entries = sorted(cache_dir.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[CACHE_ENTRIES_KEPT:]:
             old.unlink()
     except OSError:
@@ -419,10 +435,7 @@ class GuestRun:
         MemoryError (Python) or a NULL malloc (C) and fails its own way, so this
         reads what the guest last said.
         """
-        if self._max_memory is None:
-            return False
-        tail = self._stderr_tail.lower()
-        return b"memoryerror" in tail or b"out of memory" in tail
+        return self._max_memory is not None and says_out_of_memory(self._stderr_tail)
 
     def _capture_stderr(self, data: bytes) -> None:
         self._stderr_tail = (self._stderr_tail + data)[-4096:]
@@ -547,6 +560,12 @@ def _nearly_full(path: str) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1 << 16
+
+
+def says_out_of_memory(stderr_tail: bytes) -> bool:
+    """Whether the last of a guest's stderr mentions running out of memory (MemoryError, C's)."""
+    tail = stderr_tail.lower()
+    return b"memoryerror" in tail or b"out of memory" in tail
 
 
 def _last_line(message: str) -> str:
