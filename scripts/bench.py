@@ -282,7 +282,9 @@ def bench_host(wasm: Path, runs: int, batches: int) -> list[Row]:
             medians, results = taking_turns(cmds, runs, work, env, cpu)
             failed = [tag for tag, r in results.items() if r.returncode != (1 if name == "start-up" else 0)]
             outputs = {tag: without_timings(r.stdout) for tag, r in results.items()}
-            if failed or (args is not train and not outputs["cli"] == outputs["host"] == outputs["inprocess"]):
+            if failed or (
+                args is not train and not outputs["cli"] == outputs["host"] == outputs["inprocess"]
+            ):
                 sys.exit(
                     f"bench: {name}: failed, or the host and the CLI disagree:\n"
                     f"{results['host'].stderr[-2000:]}"
@@ -300,7 +302,7 @@ def bench_host(wasm: Path, runs: int, batches: int) -> list[Row]:
                 (
                     f"{name}: host --engine inprocess / CLI",
                     {NOW: medians["inprocess"] / medians["cli"]},
-                    f"CPU time {cpu['inprocess'] / cpu['cli']:.3f} (wasmtime-py: the fallback without Landlock)",
+                    f"CPU time {cpu['inprocess'] / cpu['cli']:.3f} (wasmtime-py, the fallback)",
                 ),
             ]
     return rows

@@ -49,9 +49,19 @@ needs_cli = pytest.mark.skipif(not CLI_AVAILABLE, reason=f"CLI engine: {cli_engi
 ENGINES = [pytest.param("cli", marks=needs_cli), "inprocess"]
 
 
+def needs_host_wasm(test):
+    """conftest.NEEDS_HOST_WASM's marks on ``test``."""
+    for mark in NEEDS_HOST_WASM:
+        test = mark(test)
+    return test
+
+
 def pytest_generate_tests(metafunc):
     """The sandbox tests, and the tests taking ``engine``, once per engine."""
-    if metafunc.function.__module__ == "test_host_sandbox" or "engine" in signature(metafunc.function).parameters:
+    if (
+        metafunc.function.__module__ == "test_host_sandbox"
+        or "engine" in signature(metafunc.function).parameters
+    ):
         metafunc.parametrize("engine", ENGINES, indirect=True)
 
 
@@ -106,11 +116,20 @@ def test_the_launcher_allows_writes_only_beneath_its_directories(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "f").write_text("kept")
-    script = (
-        "echo a > {0}/out/new && mkdir {0}/out/d && mv {0}/out/new {0}/out/d/new && "
-        "! echo b > {0}/in/f && ! echo c > {0}/in/g && ! rm {0}/in/f && ! mkdir {0}/in/d && "
-        "! ln {0}/in/f {0}/out/link && ! mv {0}/in/f {0}/out/f && ! echo d > {0}/x"
-    ).format(tmp_path)
+    steps = [
+        f"cd {tmp_path}",
+        "echo a > out/new",
+        "mkdir out/d",
+        "mv out/new out/d/new",
+        "! echo b > in/f",
+        "! echo c > in/g",
+        "! rm in/f",
+        "! mkdir in/d",
+        "! ln in/f out/link",  # a hard link would make an input writable through an output
+        "! mv in/f out/f",
+        "! echo d > x",
+    ]
+    script = " && ".join(steps)
     status, error, err = launch(tmp_path, [tmp_path / "out"], ["/bin/sh", "-c", script])
     assert (status, error) == (0, ""), err
     assert (tmp_path / "out" / "d" / "new").read_text() == "a\n"
@@ -123,7 +142,9 @@ def test_the_launcher_allows_writes_only_beneath_its_directories(tmp_path):
 def test_the_launcher_forbids_setting_file_times_even_beneath_its_directories(tmp_path):
     (tmp_path / "f").write_text("x")
     before = (tmp_path / "f").stat().st_mtime_ns
-    status, error, err = launch(tmp_path, [tmp_path], ["/usr/bin/touch", "-c", "-d", "2000-01-01", str(tmp_path / "f")])
+    status, error, err = launch(
+        tmp_path, [tmp_path], ["/usr/bin/touch", "-c", "-d", "2000-01-01", str(tmp_path / "f")]
+    )
     assert status != 0 and error == ""
     assert "Operation not permitted" in err
     assert (tmp_path / "f").stat().st_mtime_ns == before
@@ -209,7 +230,12 @@ def run_c_guest(c_guest: Path, argv: list[str], mounts: list[Mount], **settings)
     out: list[bytes] = []
     err: list[bytes] = []
     run = program.start(
-        argv=["guest", *argv], env=[("DL_SERVER_X", "y z")], mounts=mounts, stdout=out.append, stderr=err.append, **settings
+        argv=["guest", *argv],
+        env=[("DL_SERVER_X", "y z")],
+        mounts=mounts,
+        stdout=out.append,
+        stderr=err.append,
+        **settings,
     )
     result = run.wait()
     return result, b"".join(out).decode(), b"".join(err).decode()
@@ -265,21 +291,33 @@ def test_cli_engine_memory_limit_below_the_initial_memory_is_out_of_memory(c_gue
 # ------------------------------------------------------------------ through the host, both engines
 
 
-@pytest.mark.parametrize("mark", NEEDS_HOST_WASM)
-def test_the_manifest_names_the_engine(program, workspace, tmp_path, engine, mark):
-    status = run_host(program, [*PREDICT, "model/zero.weights", IMAGE], "-i", "args.cfg", "cfg", "data", "model",
-                      "--manifest", str(tmp_path / "m.json"))
+@needs_host_wasm
+def test_the_manifest_names_the_engine(program, workspace, tmp_path, engine):  # noqa: F811 (fixtures of test_host_sandbox)
+    status = run_host(
+        program,
+        [*PREDICT, "model/zero.weights", IMAGE],
+        "-i",
+        "args.cfg",
+        "cfg",
+        "data",
+        "model",
+        "--manifest",
+        str(tmp_path / "m.json"),
+    )
     assert status == 0
     import json
 
     host = json.loads((tmp_path / "m.json").read_text())["host"]
-    expected = f"wasmtime CLI {cli_engine.cli_version(cli_engine.cli_binary(), None)}" if engine == "cli" else (
-        f"wasmtime-py {runtime.wasmtime_version()}")
+    expected = (
+        f"wasmtime CLI {cli_engine.cli_version(cli_engine.cli_binary(), None)}"
+        if engine == "cli"
+        else (f"wasmtime-py {runtime.wasmtime_version()}")
+    )
     assert host["engine"] == expected
 
 
-@pytest.mark.parametrize("mark", NEEDS_HOST_WASM)
-def test_a_guest_writing_into_an_input_fails_and_changes_nothing(program, workspace, tiny_training, engine, capfd, mark):
+@needs_host_wasm
+def test_writing_into_an_input_fails(program, workspace, tiny_training, engine, capfd):  # noqa: F811
     before = snapshot(workspace / "model")
     cfg = (workspace / "cfg/tiny_lenet.cfg").read_text().replace("max_batches=100000", "max_batches=1")
     (workspace / "cfg/tiny_lenet.cfg").write_text(cfg)
@@ -290,18 +328,39 @@ def test_a_guest_writing_into_an_input_fails_and_changes_nothing(program, worksp
     assert snapshot(workspace / "model") == before
 
 
-@pytest.mark.parametrize("mark", NEEDS_HOST_WASM)
-def test_a_killed_host_takes_the_guest_with_it(program, workspace, tiny_training, engine, mark):
+def start_training(program: str, workspace: Path, tiny_training: list[str]) -> subprocess.Popen:  # noqa: F811 (fixtures of test_host_sandbox)
+    """The host in a child process, training into -o model, once the guest's first batch is done."""
+    (workspace / "args.cfg").write_text("".join(a + "\n" for a in tiny_training))
     dl_server = Path(sys.executable).parent / "dl-server"
     proc = subprocess.Popen(
         [str(dl_server), "--program", program, "-i", "args.cfg", "cfg", "data", "-o", "model"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
         if b"images" in line:  # the guest runs
-            break
+            return proc
+    raise AssertionError("the guest did not start training")
+
+
+@needs_host_wasm
+def test_sigterm_stops_the_guest_and_writes_nothing_back(program, workspace, tiny_training, engine):  # noqa: F811 (fixtures of test_host_sandbox)
+    before = snapshot(workspace / "model")
+    proc = start_training(program, workspace, tiny_training)
+    children = _children(proc.pid)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - started < 2
+    assert proc.returncode == 143 and err.endswith(b"dl-server: error: interrupted\n")
+    assert snapshot(workspace / "model") == before
+    assert not any(_alive(pid) for pid in children)
+
+
+@needs_host_wasm
+def test_a_killed_host_takes_the_guest_with_it(program, workspace, tiny_training, engine):  # noqa: F811 (fixtures of test_host_sandbox)
+    proc = start_training(program, workspace, tiny_training)
     children = _children(proc.pid)
     assert (engine == "cli") == bool(children), children
     proc.send_signal(signal.SIGKILL)

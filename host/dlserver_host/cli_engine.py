@@ -280,14 +280,20 @@ class CliGuestRun:
         for mount in self._mounts:
             if mount.writable:
                 launcher += ["--write", str(mount.host_dir)]
-        wasm = WASM_SETTINGS if self._max_memory is None else f"{WASM_SETTINGS},max-memory-size={self._max_memory}"
+        wasm = (
+            WASM_SETTINGS
+            if self._max_memory is None
+            else f"{WASM_SETTINGS},max-memory-size={self._max_memory}"
+        )
         run = [str(self._program.binary), "run", "-W", wasm, "-S", WASI_SETTINGS, "-C", "cache=n"]
         if self._program.precompiled:
             run.append("--allow-precompiled")
         for mount in self._mounts:
             host_dir = str(mount.host_dir)
             if "::" in host_dir or "::" in mount.guest_path:
-                raise HostError(f"{host_dir}: a path with '::' cannot be given to the wasmtime CLI (--engine inprocess)")
+                raise HostError(
+                    f"{host_dir}: a path with '::' cannot be given to the wasmtime CLI (--engine inprocess)"
+                )
             run += ["--dir", f"{host_dir}::{mount.guest_path}"]
         for name, value in self._env:
             run += ["--env", f"{name}={value}"]
@@ -392,7 +398,9 @@ class CliGuestRun:
                 return RunResult(Outcome.OUT_OF_MEMORY, report)
             raise HostError(f"cannot instantiate the component: {report}")
         if status < 0:
-            return RunResult(Outcome.TRAPPED, f"the wasmtime CLI was killed by {signal.Signals(-status).name}")
+            return RunResult(
+                Outcome.TRAPPED, f"the wasmtime CLI was killed by {signal.Signals(-status).name}"
+            )
         return RunResult(Outcome.FAILED, f"exit status {status}")
 
     def _looks_out_of_memory(self) -> bool:

@@ -76,7 +76,9 @@ def _check(result: int, what: str) -> int:
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is missing, disabled or blocked."""
     libc = _libc()
-    version = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION)
+    version = libc.syscall(
+        SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
+    )
     return max(int(version), 0)
 
 
@@ -92,13 +94,17 @@ def restrict_writes(writable: list[str]) -> int:
         handled, allowed = handled | TRUNCATE, allowed | TRUNCATE
     # struct landlock_ruleset_attr {u64 handled_access_fs; u64 handled_access_net; u64 scoped}
     if abi >= 6:
-        attr = struct.pack("=QQQ", handled, NET_BIND_TCP | NET_CONNECT_TCP, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL)
+        attr = struct.pack(
+            "=QQQ", handled, NET_BIND_TCP | NET_CONNECT_TCP, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        )
     elif abi >= 4:
         attr = struct.pack("=QQ", handled, NET_BIND_TCP | NET_CONNECT_TCP)
     else:
         attr = struct.pack("=Q", handled)
     buffer = ctypes.create_string_buffer(attr, len(attr))
-    ruleset = _check(libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(len(attr)), 0), "landlock")
+    ruleset = _check(
+        libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(len(attr)), 0), "landlock"
+    )
     try:
         for directory in writable:
             try:
@@ -108,7 +114,10 @@ def restrict_writes(writable: list[str]) -> int:
             try:
                 # struct landlock_path_beneath_attr {u64 allowed_access; s32 parent_fd} (packed)
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd), 12)
-                _check(libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0), "landlock rule")
+                _check(
+                    libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0),
+                    "landlock rule",
+                )
             finally:
                 os.close(fd)
         _check(libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock restrict")
