@@ -288,6 +288,29 @@ def test_cli_engine_memory_limit_below_the_initial_memory_is_out_of_memory(c_gue
     assert err == ""
 
 
+@needs_cli
+def test_cli_engine_compiles_once_into_the_cache(c_guest, tmp_path, monkeypatch):
+    import hashlib
+
+    cache = tmp_path / "cache"
+    program = cli_engine.load_cli_program(c_guest, cache)
+    binary = cli_engine.cli_binary()
+    assert binary is not None
+    version = cli_engine.cli_version(binary, cache)
+    digest = hashlib.sha256(c_guest.read_bytes()).hexdigest()
+    assert program.precompiled and program.path == cache / f"{digest}-wasmtime-cli{version}-rsd.cwasm"
+    assert version == subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[1]
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("compiled or asked the version again")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert cli_engine.load_cli_program(c_guest, cache) == program
+    (tmp_path / "text.wasm").write_text("(module)")
+    with pytest.raises(HostError, match="not a WebAssembly file"):
+        cli_engine.load_cli_program(tmp_path / "text.wasm", cache)
+
+
 # ------------------------------------------------------------------ through the host, both engines
 
 

@@ -27,13 +27,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import landlock_exec
 from .runtime import (
+    GuestRunBase,
     HostError,
     Outcome,
     OutputCallback,
@@ -45,10 +44,7 @@ from .runtime import (
     _touch,
     _wasm_digest,
     prune_cache,
-    says_out_of_memory,
 )
-from .sources import Mount
-from .tempdirs import OwnedDir
 
 ENGINES = ("auto", "cli", "inprocess")
 ENGINE_VARIABLE = "DL_SERVER_HOST_ENGINE"  # the default of --engine
@@ -232,7 +228,7 @@ def _prefix_at_end(data: bytes, mark: bytes) -> int:
     return 0
 
 
-class CliGuestRun:
+class CliGuestRun(GuestRunBase):
     """One run of a CliProgram in a child process: runtime.GuestRun's interface and outcomes.
 
     ``start()`` (in the thread that will live longest, the main thread: the child dies with
@@ -240,38 +236,12 @@ class CliGuestRun:
     ``stop(reason)`` kills that group; ``wait(poll)`` gives the RunResult.
     """
 
-    def __init__(
-        self,
-        program: CliProgram,
-        *,
-        argv: list[str],
-        env: Iterable[tuple[str, str]],
-        mounts: Iterable[Mount],
-        stdout: OutputCallback,
-        stderr: OutputCallback,
-        max_memory: int | None = None,
-        timeout: float | None = None,
-    ):
+    def __init__(self, program: CliProgram, **settings: Any):
+        super().__init__(**settings)
         self._program = program
-        self._argv = list(argv)
-        self._env = list(env)
-        self._mounts = list(mounts)
-        self._stdout = stdout
         self._report = CliReport(self._capture_stderr)
-        self._stderr = stderr
-        self._stderr_tail = b""
-        self._max_memory = max_memory
-        self._timeout = timeout
-        self._stop_reason: Outcome | None = None
-        self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._status_read = -1
-        self._stream_owned = OwnedDir("dl-server-stdio-")
-        self._stream_dir = str(self._stream_owned.path)
-        self._result: RunResult | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._wait_in_thread, name="guest", daemon=True)
-        self._timer: threading.Timer | None = None
 
     def command(self, status_fd: int) -> list[str]:
         """The launcher's command line: landlock_exec.py, then ``wasmtime run`` and its options."""
@@ -323,19 +293,13 @@ class CliGuestRun:
             for fd in (status_write, out_fd, err_fd):
                 os.close(fd)
         self._status_read = status_read
-        if self._timeout is not None:
-            self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
-            self._timer.daemon = True
-            self._timer.start()
-        self._thread.start()
+        self._start_thread()
         return self
 
     def stop(self, reason: Outcome) -> None:
         """Kill the guest's process group; the first reason wins."""
-        with self._lock:
-            if self._stop_reason is None:
-                self._stop_reason = reason
-            process = self._process
+        self._note_stop(reason)
+        process = self._process
         if process is not None and process.returncode is None:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -348,17 +312,9 @@ class CliGuestRun:
         self._thread.join(poll)
         if self._thread.is_alive():
             return None
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._error is not None:
-            raise self._error
-        return self._result
+        return self._finished()
 
-    def _capture_stderr(self, data: bytes) -> None:
-        self._stderr_tail = (self._stderr_tail + data)[-4096:]
-        self._stderr(data)
-
-    def _wait_in_thread(self) -> None:
+    def _run_in_thread(self) -> None:
         assert self._process is not None  # started
         try:
             with (
@@ -402,7 +358,3 @@ class CliGuestRun:
                 Outcome.TRAPPED, f"the wasmtime CLI was killed by {signal.Signals(-status).name}"
             )
         return RunResult(Outcome.FAILED, f"exit status {status}")
-
-    def _looks_out_of_memory(self) -> bool:
-        """As GuestRun's: with --max-memory, a failure whose last stderr mentions running out of memory."""
-        return self._max_memory is not None and says_out_of_memory(self._stderr_tail)
