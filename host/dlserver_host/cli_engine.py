@@ -46,7 +46,6 @@ from .runtime import (
     prune_cache,
 )
 
-ENGINES = ("auto", "cli", "inprocess")
 ENGINE_VARIABLE = "DL_SERVER_HOST_ENGINE"  # the default of --engine
 # runtime.make_engine's settings (ENGINE_SETTINGS "-rsd"), as the CLI's -W options
 WASM_SETTINGS = "relaxed-simd=y,relaxed-simd-deterministic=y"
