@@ -276,9 +276,9 @@ def test_cli_engine_inputs_are_read_only_outputs_writable(c_guest, areas, tmp_pa
 @needs_cli
 def test_cli_engine_timeout_and_stop_kill_the_child(c_guest, areas):
     started = time.monotonic()
-    result, _, err = run_c_guest(c_guest, ["spin"], areas, timeout=0.5)
-    assert result.outcome is Outcome.TIMED_OUT and time.monotonic() - started < 5
-    assert err == "guest: spin\n"
+    result, _, err = run_c_guest(c_guest, ["spin"], areas, timeout=1)
+    assert result.outcome is Outcome.TIMED_OUT and time.monotonic() - started < 6
+    assert err in ("guest: spin\n", "")  # "": killed while the CLI still compiled it (a loaded machine)
 
 
 @needs_cli
