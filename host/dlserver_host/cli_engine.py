@@ -43,6 +43,7 @@ from .runtime import (
     _nearly_full,
     _touch,
     _wasm_digest,
+    _write_private,
     prune_cache,
 )
 
@@ -116,8 +117,6 @@ def cli_version(binary: Path, cache_dir: Path | None) -> str:
     except (OSError, subprocess.CalledProcessError, IndexError) as e:
         raise HostError(f"cannot run {binary} --version: {e}") from None
     if memo is not None:
-        from .runtime import _write_private
-
         _write_private(memo, f"{identity} {version}".encode())
     return version
 
@@ -331,7 +330,8 @@ class CliGuestRun(GuestRunBase):
             self._result = result
         except HostError as e:
             self._error = e
-        except BaseException as e:  # never lose the outcome of a run
+        except BaseException as e:  # never lose the outcome of a run, nor leave the guest running
+            self.stop(Outcome.TRAPPED)
             self._result = RunResult(Outcome.TRAPPED, f"host failure: {e!r}")
         finally:
             self._stream_owned.release()
