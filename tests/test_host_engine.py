@@ -165,21 +165,24 @@ def test_the_launcher_reports_a_failed_exec_and_never_runs_without_its_sandbox(t
 
 def test_the_cli_report_is_held_back_and_the_guest_lines_pass():
     forwarded: list[bytes] = []
-    report = cli_engine.CliReport(forwarded.append)
+    report = cli_engine.CliReport(forwarded.append, Path("x.cwasm"))
     report.write(b"guest line\nError: not the CLI\nErr")
     assert b"".join(forwarded) == b"guest line\nError: not the CLI\n"  # "Err" may begin the report
     report.write(b"or: failed to run main module `x.cwasm`\n\nCaused by:\n    0: wasm trap: boom\n")
     assert b"".join(forwarded) == b"guest line\nError: not the CLI\n"
-    assert report.finish(reported=True) == "0: wasm trap: boom"
+    assert report.finish(reported=True).endswith(b"Caused by:\n    0: wasm trap: boom\n")
     assert b"".join(forwarded) == b"guest line\nError: not the CLI\n"
 
 
 def test_a_held_back_line_is_the_guests_when_the_cli_reported_nothing():
     forwarded: list[bytes] = []
-    report = cli_engine.CliReport(forwarded.append)
+    report = cli_engine.CliReport(forwarded.append, Path("x.cwasm"))
     report.write(b"a\nError: failed to run main module `spoof`\n")
     assert report.finish(reported=False) is None
     assert b"".join(forwarded) == b"a\nError: failed to run main module `spoof`\n"
+    report.write(b"Error: failed to run main module `spoof`\n")  # not the program's file
+    assert report.finish(reported=True) is None
+    assert b"".join(forwarded).count(b"spoof") == 2
 
 
 # ------------------------------------------------------------------ the CLI engine, a C guest
@@ -309,6 +312,17 @@ def test_cli_engine_compiles_once_into_the_cache(c_guest, tmp_path, monkeypatch)
     (tmp_path / "text.wasm").write_text("(module)")
     with pytest.raises(HostError, match="not a WebAssembly file"):
         cli_engine.load_cli_program(tmp_path / "text.wasm", cache)
+
+
+@needs_cli
+def test_a_cached_file_the_cli_cannot_load_is_removed(c_guest, tmp_path, areas):
+    program = cli_engine.load_cli_program(c_guest, tmp_path / "cache")
+    program.path.write_bytes(program.path.read_bytes()[:4096])  # truncated
+    run = program.start(argv=["guest"], env=[], mounts=areas, stdout=print, stderr=print)
+    with pytest.raises(HostError, match="cannot load the compiled component .* \\(removed\\)"):
+        run.wait()
+    assert not program.path.exists()
+    assert cli_engine.load_cli_program(c_guest, tmp_path / "cache") == program  # compiled again
 
 
 # ------------------------------------------------------------------ through the host, both engines

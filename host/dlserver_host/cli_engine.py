@@ -53,7 +53,10 @@ WASM_SETTINGS = "relaxed-simd=y,relaxed-simd-deterministic=y"
 CACHE_SETTINGS = "rsd"
 # no stdin (the in-process engine gives none), no sockets (wasmtime-py's WASI denies them all)
 WASI_SETTINGS = "inherit-stdin=n,inherit-network=n,allow-ip-name-lookup=n,tcp=n,udp=n"
-CLI_REPORT = b"Error: failed to run main module `"  # how the CLI starts its report of a failure
+# how the CLI starts its report of a failure (its first line names the program's file), and
+# its report of a failure to run (not to load the file)
+CLI_REPORT = b"Error: failed to "
+RUN_REPORT = b"Error: failed to run main module `"
 TRAP_STATUS = 134  # the CLI's exit status after a trap (128 + SIGABRT)
 REPORT_LIMIT = 1 << 20  # the most of a report held back (a deep wasm backtrace is long)
 
@@ -188,13 +191,15 @@ def _first_error(stderr: str) -> str:
 class CliReport:
     """Forward the guest's stderr, holding back from where the CLI's report of a failure starts.
 
-    The report begins with CLI_REPORT (the guest's own lines rarely do); a partial line that
-    could be its beginning is held until more arrives. ``finish`` gives the report (not
-    forwarded) when the CLI's exit says it wrote one, else forwards what was held.
+    The report begins with CLI_REPORT and names the program's file in its first line (the
+    guest's own lines rarely do both); a partial line that could be its beginning is held until
+    more arrives. ``finish`` gives the report (not forwarded) when the CLI's exit says it wrote
+    one, else forwards what was held.
     """
 
-    def __init__(self, forward: OutputCallback):
+    def __init__(self, forward: OutputCallback, program: Path):
         self._forward = forward
+        self._program = os.fsencode(program)
         self._held = b""
 
     def write(self, data: bytes) -> None:
@@ -208,11 +213,11 @@ class CliReport:
             self._forward(held[:start])
         self._held = held[start:]
 
-    def finish(self, reported: bool) -> str | None:
-        """The report (its last line), if ``reported`` and one was held; else forward the rest."""
+    def finish(self, reported: bool) -> bytes | None:
+        """The report, if ``reported`` and one was held; else forward the rest."""
         held, self._held = self._held, b""
-        if reported and held.startswith(CLI_REPORT):
-            return _last_line(held.decode("utf-8", "replace"))
+        if reported and held.startswith(CLI_REPORT) and self._program in held.split(b"\n", 1)[0]:
+            return held
         if held:
             self._forward(held)
         return None
@@ -237,7 +242,7 @@ class CliGuestRun(GuestRunBase):
     def __init__(self, program: CliProgram, **settings: Any):
         super().__init__(**settings)
         self._program = program
-        self._report = CliReport(self._capture_stderr)
+        self._report = CliReport(self._capture_stderr, program.path)
         self._process: subprocess.Popen | None = None
         self._status_read = -1
 
@@ -339,7 +344,14 @@ class CliGuestRun(GuestRunBase):
     def _outcome(self, status: int, launch_error: str) -> RunResult:
         """The run's outcome from the CLI's exit status and its report (held back from stderr)."""
         stopped = self._stop_reason
-        report = self._report.finish(reported=stopped is None and status in (1, TRAP_STATUS))
+        held = self._report.finish(reported=stopped is None and status in (1, TRAP_STATUS))
+        report = None if held is None else _last_line(held.decode("utf-8", "replace"))
+        if held is not None and not held.startswith(RUN_REPORT):  # the file could not be loaded
+            if self._program.precompiled:
+                os.unlink(self._program.path)  # corrupt or not ours: the next run compiles again
+                path = self._program.path
+                raise HostError(f"cannot load the compiled component {path} (removed): {report}")
+            raise HostError(f"{self._program.path} is not a loadable component: {report}")
         if launch_error:
             raise HostError(f"cannot start the guest in its sandbox: {launch_error}")
         if stopped is not None and status != 0:
