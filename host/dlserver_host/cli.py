@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--manifest", metavar="FILE", help="write a JSON provenance record of the run to FILE (see below)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "cli", "inprocess"),
+        default=os.environ.get("DL_SERVER_HOST_ENGINE", "auto"),
+        help="what runs the guest: the wasmtime CLI in a child process confined by Landlock "
+        "(cli: fast file access), wasmtime-py in this process (inprocess), or the CLI where Landlock "
+        "is available (auto, the default; $DL_SERVER_HOST_ENGINE sets another)",
+    )
     from .provenance import add_options
 
     add_options(parser)  # --policy, --sign-key
@@ -486,7 +494,10 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
             args.program,
             interruptible=args.timeout is not None,
             cache_dir=None if args.no_cache else default_cache_dir(),
+            engine=args.engine,
         )
+        if recorder is not None and hasattr(program, "engine_description"):
+            recorder.engine(program.engine_description)
         output.set_status("running")
         run = program.start(
             argv=[os.path.basename(args.program), *args.guest_args],

@@ -12,7 +12,9 @@ written back to the host).  Format (keys in this order)::
       "duration_seconds": 3.21,             # from start to the end of the write-back
       "command_line": ["dl-server", "--program", "dl-server.wasm", ...],
       "cwd": "/abs/path",                   # every path below is relative to it
-      "host": {"dl_server_host": "0.1.0", "wasmtime": "50.0.1", "python": "3.11.2"},
+      "host": {"dl_server_host": "0.1.0", "wasmtime": "50.0.1", "python": "3.11.2",
+               "engine": "wasmtime CLI 49.0.3"},  # wasmtime: wasmtime-py's version; engine:
+                                                  # what ran the guest (or "wasmtime-py 50.0.1")
       "program": {"path": "dl-server.wasm", "sha256": "..."},
       "guest_argv": ["dl-server.wasm", "classifier", "train", ...],
       "args_file": "args.cfg",              # null if the guest cannot see one
@@ -278,6 +280,10 @@ class Recorder:
             self.record["host"]["wasmtime"] = wasmtime_version()
         except Exception:  # version unknown: keep null rather than fail the run
             pass
+
+    def engine(self, description: str) -> None:
+        """What ran the guest, e.g. "wasmtime CLI 49.0.3" or "wasmtime-py 50.0.1" (host.engine)."""
+        self.record["host"]["engine"] = description
 
     def sources(
         self,

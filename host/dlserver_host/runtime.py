@@ -211,11 +211,23 @@ class LoadedProgram(NamedTuple):
         """A GuestRun of this program (settings: GuestRun's keyword arguments), started."""
         return GuestRun(self.engine, self.component, **settings).start()
 
+    @property
+    def engine_description(self) -> str:
+        return f"wasmtime-py {wasmtime_version()}"
 
-def load_program(path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None) -> LoadedProgram:
-    """The engine (epoch checks only when it must be stoppable) and the component at ``path``."""
-    engine = make_engine(interruptible=interruptible)
-    return LoadedProgram(engine, load_component(engine, path, cache_dir))
+
+def load_program(
+    path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None, engine: str = "inprocess"
+):
+    """The engine (epoch checks only when it must be stoppable) and the component at ``path``;
+    ``engine`` 'cli' or 'auto' (the CLI where Landlock is available): a cli_engine.CliProgram,
+    which needs no epoch checks to be stopped."""
+    from . import cli_engine
+
+    if cli_engine.choose(engine) == "cli":
+        return cli_engine.load_cli_program(path, cache_dir)
+    wasmtime_engine = make_engine(interruptible=interruptible)
+    return LoadedProgram(wasmtime_engine, load_component(wasmtime_engine, path, cache_dir))
 
 
 def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
@@ -271,10 +283,14 @@ def _write_private(path: Path, data: bytes | bytearray) -> bool:
 
 def _write_cache(path: Path, data: bytes | bytearray) -> None:
     """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
-    if not _write_private(path, data):
-        return
+    if _write_private(path, data):
+        prune_cache(path.parent)
+
+
+def prune_cache(cache_dir: Path) -> None:
+    """Keep the CACHE_ENTRIES_KEPT most recently used compiled components (both engines')."""
     try:
-        entries = sorted(path.parent.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
+        entries = sorted(cache_dir.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[CACHE_ENTRIES_KEPT:]:
             old.unlink()
     except OSError:
@@ -322,18 +338,13 @@ def schedule_as_batch() -> None:
         pass
 
 
-class GuestRun:
-    """One run of a command component, started in a worker thread.
-
-    ``start()`` returns at once; ``wait(poll)`` blocks until the guest ends and
-    returns a RunResult.  ``stop(outcome)`` asks a running guest to stop (it
-    traps at its next epoch check) and records why.
-    """
+class GuestRunBase:
+    """What the runs of both engines share (GuestRun here, cli_engine.CliGuestRun): the settings,
+    the directory of the guest's stdout/stderr files, the timeout's timer, the first reason to
+    stop, the tail of stderr, and the result handed over by the thread that runs or waits."""
 
     def __init__(
         self,
-        engine,
-        component,
         *,
         argv: list[str],
         env: Iterable[tuple[str, str]],
@@ -343,8 +354,6 @@ class GuestRun:
         max_memory: int | None = None,
         timeout: float | None = None,
     ):
-        self._engine = engine
-        self._component = component
         self._argv = list(argv)
         self._env = list(env)
         self._mounts = list(mounts)
@@ -354,7 +363,6 @@ class GuestRun:
         self._max_memory = max_memory
         self._timeout = timeout
         self._stop_reason: Outcome | None = None
-        self._abandoned = False
         self._stream_owned = OwnedDir("dl-server-stdio-")
         self._stream_dir = str(self._stream_owned.path)
         self._lock = threading.Lock()
@@ -363,19 +371,72 @@ class GuestRun:
         self._thread = threading.Thread(target=self._run_in_thread, name="guest", daemon=True)
         self._timer: threading.Timer | None = None
 
-    def start(self) -> GuestRun:
+    def _run_in_thread(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, reason: Outcome) -> None:
+        raise NotImplementedError
+
+    def _start_thread(self) -> None:
+        """Start the timeout's timer (it calls ``stop(TIMED_OUT)``) and the run's thread."""
         if self._timeout is not None:
             self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
             self._timer.daemon = True
             self._timer.start()
         self._thread.start()
+
+    def _note_stop(self, reason: Outcome) -> None:
+        """Record why the run is stopped; the first reason wins."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+
+    def _finished(self) -> RunResult | None:
+        """Once the thread has ended: the result, or the HostError it met."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _looks_out_of_memory(self) -> bool:
+        """With --max-memory, a failure whose last stderr mentions running out of memory.
+
+        wasmtime only makes ``memory.grow`` fail past the limit; the guest sees
+        MemoryError (Python) or a NULL malloc (C) and fails its own way, so this
+        reads what the guest last said.
+        """
+        if self._max_memory is None:
+            return False
+        tail = self._stderr_tail.lower()
+        return b"memoryerror" in tail or b"out of memory" in tail
+
+    def _capture_stderr(self, data: bytes) -> None:
+        self._stderr_tail = (self._stderr_tail + data)[-4096:]
+        self._stderr(data)
+
+
+class GuestRun(GuestRunBase):
+    """One run of a command component, started in a worker thread.
+
+    ``start()`` returns at once; ``wait(poll)`` blocks until the guest ends and
+    returns a RunResult.  ``stop(outcome)`` asks a running guest to stop (it
+    traps at its next epoch check) and records why.
+    """
+
+    def __init__(self, engine, component, **settings: Any):
+        super().__init__(**settings)
+        self._engine = engine
+        self._component = component
+        self._abandoned = False
+
+    def start(self) -> GuestRun:
+        self._start_thread()
         return self
 
     def stop(self, reason: Outcome) -> None:
         """Interrupt the guest (or, on an engine without epochs, abandon it); the first reason wins."""
-        with self._lock:
-            if self._stop_reason is None:
-                self._stop_reason = reason
+        self._note_stop(reason)
         if is_interruptible(self._engine):
             self._engine.increment_epoch()
         else:
@@ -394,11 +455,7 @@ class GuestRun:
                 self._stream_owned.release()
                 return RunResult(self._stop_reason, "abandoned: the guest cannot be interrupted")
             return None
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._error is not None:
-            raise self._error
-        return self._result
+        return self._finished()
 
     def _run_in_thread(self) -> None:
         try:
@@ -411,22 +468,6 @@ class GuestRun:
         if result.outcome in (Outcome.FAILED, Outcome.TRAPPED) and self._looks_out_of_memory():
             result = RunResult(Outcome.OUT_OF_MEMORY, result.detail)
         self._result = result
-
-    def _looks_out_of_memory(self) -> bool:
-        """With --max-memory, a failure whose last stderr mentions running out of memory.
-
-        wasmtime only makes ``memory.grow`` fail past the limit; the guest sees
-        MemoryError (Python) or a NULL malloc (C) and fails its own way, so this
-        reads what the guest last said.
-        """
-        if self._max_memory is None:
-            return False
-        tail = self._stderr_tail.lower()
-        return b"memoryerror" in tail or b"out of memory" in tail
-
-    def _capture_stderr(self, data: bytes) -> None:
-        self._stderr_tail = (self._stderr_tail + data)[-4096:]
-        self._stderr(data)
 
     def _call_run(self) -> RunResult:
         from wasmtime import Store, WasiConfig
