@@ -99,3 +99,26 @@ def test_a_timeout_over_before_the_guest_starts_writes_nothing(tmp_path, monkeyp
     err = capfd.readouterr().err
     assert status == 1 and "time" in err.splitlines()[-1], err[-500:]
     assert os.listdir(tmp_path / "model") == ["a.weights"]
+
+
+def test_buffers_held_only_by_a_reference_cycle_do_not_count_against_the_budget(monkeypatch):
+    """An earlier network kept alive only by a cycle (a traceback, a layer pointing back at
+    its network) is garbage: the ledger collects it before refusing a buffer."""
+    import gc
+
+    from dlserver import buffers
+
+    monkeypatch.setattr(buffers, "_budget", buffers.live_bytes() + 3 * 2**20)
+
+    class Holder:
+        pass
+
+    gc.disable()
+    try:
+        holder = Holder()
+        holder.me = holder  # type: ignore[attr-defined]
+        holder.data = buffers.zeros(2**19)  # type: ignore[attr-defined]  # 2 MiB
+        del holder
+        assert len(buffers.zeros(2**19)) == 2**19  # fits only once the cycle is collected
+    finally:
+        gc.enable()

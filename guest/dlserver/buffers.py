@@ -3,6 +3,7 @@ their live total under LIMIT_BYTES (the component has 4 GiB of linear memory, an
 the weights file and images need the rest): a cfg that asks for more gets an error before
 the allocation, not an out-of-memory trap after it."""
 
+import gc
 import os
 import weakref
 from array import array
@@ -60,6 +61,8 @@ def _reserve(n: int, itemsize: int) -> int:
         raise BufferLimitError(f"a buffer of {n} values (negative size)")
     nbytes = n * itemsize
     limit = budget()
+    if _live_bytes + nbytes > limit:
+        gc.collect()  # buffers held only by reference cycles (an earlier network) are not live
     if _live_bytes + nbytes > limit:
         raise BufferLimitError(
             f"needs a buffer of {n} values ({nbytes / 2**30:.2f} GiB) on top of "
