@@ -116,8 +116,8 @@ def test_buffers_held_only_by_a_reference_cycle_do_not_count_against_the_budget(
     gc.disable()
     try:
         holder = Holder()
-        holder.me = holder  # type: ignore[attr-defined]
-        holder.data = buffers.zeros(2**19)  # type: ignore[attr-defined]  # 2 MiB
+        holder.me = holder
+        holder.data = buffers.zeros(2**19)  # 2 MiB
         del holder
         assert len(buffers.zeros(2**19)) == 2**19  # fits only once the cycle is collected
     finally:
