@@ -45,6 +45,7 @@ from .runtime import (
     _wasm_digest,
     _write_private,
     prune_cache,
+    require_wasm_file,
 )
 
 ENGINE_VARIABLE = "DL_SERVER_HOST_ENGINE"  # the default of --engine
@@ -150,12 +151,9 @@ def load_cli_program(wasm_path: str | os.PathLike, cache_dir: Path | None) -> Cl
     version = cli_version(binary, cache_dir)
     try:
         digest = _wasm_digest(Path(wasm_path), cache_dir)
-        with open(wasm_path, "rb") as f:
-            magic = f.read(4)
     except OSError as e:
         raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
-    if magic != b"\0asm":
-        raise HostError(f"not a WebAssembly file: {wasm_path}")
+    require_wasm_file(wasm_path)
     if cache_dir is None:
         return CliProgram(binary, Path(wasm_path), False, version)
     cached = cache_dir / f"{digest}-wasmtime-cli{version}-{CACHE_SETTINGS}.cwasm"

@@ -163,6 +163,17 @@ def is_interruptible(engine) -> bool:
     return getattr(engine, "dl_server_interruptible", True)
 
 
+def require_wasm_file(wasm_path: str | os.PathLike) -> None:
+    """HostError unless ``wasm_path`` can be read and begins with WebAssembly's magic bytes."""
+    try:
+        with open(wasm_path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
+    if magic != b"\0asm":
+        raise HostError(f"not a WebAssembly file: {wasm_path}")
+
+
 def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None):
     """Compile ``wasm_path``, or load it from the compile cache (``cache_dir=None``: no cache).
 
@@ -188,9 +199,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
             else:
                 _touch(cached)
                 return component
-    with open(wasm_path, "rb") as f:
-        if f.read(4) != b"\0asm":
-            raise HostError(f"not a WebAssembly file: {wasm_path}")
+    require_wasm_file(wasm_path)
     try:
         component = Component.from_file(engine, wasm_path)
     except WasmtimeError as e:
