@@ -156,6 +156,9 @@ COMPONENT_CASES = [
     "fifo-image",
     "argsfile-sparse-2g",
     "dataset-train-epoch-dir-in-the-way",
+    "dataset-valid-image-fifo-dir",
+    "dataset-valid-image-fifo-21st-dir",
+    "dataset-train-image-fifo-dir",
 ]
 
 
@@ -196,7 +199,9 @@ def test_corpus_case_through_the_component(name, template, tmp_path, compiled):
     # A small launcher forks wasmtime: a child forked from this (possibly large) test process
     # would inherit its peak RSS in ru_maxrss, even across exec.
     wasmtime = [wasmtime_cli(), "run", "-C", "cache=y", "--dir=./", str(compiled)]
-    proc = subprocess.run([sys.executable, "-c", RSS_LAUNCHER, *wasmtime], cwd=root, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_LAUNCHER, *wasmtime], cwd=root, capture_output=True, timeout=120
+    )
     err = proc.stderr.decode("utf-8", "replace")
     proc.returncode, maxrss = map(int, proc.stdout.split())
     seconds = time.monotonic() - start

@@ -5,8 +5,10 @@ image as 3 planes of byte/255 (resized only if its size differs from the network
 a one-hot truth from the labels found in the path.
 
 Speed (a batch of 100 MNIST files must cost a few ms inside the component):
-  - the files of a batch are read in one `kernels.read_files` call (open, pread, close each: under
-    wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream);
+  - the files of a batch are read in one `kernels.read_files` call (stat, open, pread, close each:
+    under wasmtime, a read on a fresh descriptor costs ~3x a pread, which opens no stream; the
+    stat and the open name the file relative to its directory, opened once per batch, so the
+    host resolves one path component, not the whole path, twice for the stat and once to open);
   - the file bytes are kept while they fit in the cache budget, so an image drawn again
     is not read again (a PNG of MNIST is ~270 bytes; its pixels would take 784);
   - `kernels.decode_png_rows` decodes the plain 8-bit PNGs of the network's size straight into

@@ -1316,6 +1316,8 @@ static PyObject *py_read_files(PyObject *self, PyObject *args)
     size_t cap = DLK_READ_STEP;
     char *buf = malloc(cap);
     if (!buf) { Py_DECREF(out); return PyErr_NoMemory(); }
+    struct dlk_dirs dirs;
+    dlk_dirs_init(&dirs);
     for (Py_ssize_t i = 0; i < n; ++i) {
         PyObject *item = NULL;
         Py_ssize_t len;
@@ -1323,13 +1325,14 @@ static PyObject *py_read_files(PyObject *self, PyObject *args)
                                ? PyUnicode_AsUTF8AndSize(PyList_GetItem(paths, i), &len) : NULL;
         if (!path) PyErr_Clear();
         size_t got;
-        if (path && (size_t)len == strlen(path) && dlk_read_file(path, &buf, &cap, &got, max_bytes)) {
+        if (path && (size_t)len == strlen(path) && dlk_read_file(&dirs, path, &buf, &cap, &got, max_bytes)) {
             item = PyBytes_FromStringAndSize(buf, (Py_ssize_t)got);
-            if (!item) { free(buf); Py_DECREF(out); return NULL; }
+            if (!item) { dlk_dirs_close(&dirs); free(buf); Py_DECREF(out); return NULL; }
         }
         if (!item) { item = Py_None; Py_INCREF(item); }
         PyList_SetItem(out, i, item);
     }
+    dlk_dirs_close(&dirs);
     free(buf);
     return out;
 }

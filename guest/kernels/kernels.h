@@ -258,7 +258,17 @@ void dlk_batchnorm_backward(const float *x, const float *x_norm, float *delta, c
 /* ------------------------------------------------------------------ io.c */
 
 #define DLK_READ_STEP 65536
-int dlk_read_file(const char *path, char **buf, size_t *cap, size_t *len, long long max_bytes);
+#define DLK_DIRS 16
+struct dlk_dirs { /* the directories of one batch's files, open (io.c) */
+    int fd[DLK_DIRS];
+    char *path[DLK_DIRS];
+    size_t len[DLK_DIRS];
+    int next;
+};
+void dlk_dirs_init(struct dlk_dirs *dirs);
+void dlk_dirs_close(struct dlk_dirs *dirs);
+int dlk_read_file(struct dlk_dirs *dirs, const char *path, char **buf, size_t *cap, size_t *len,
+                  long long max_bytes);
 
 /* ------------------------------------------------------------------ recurrent.c */
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 PREDICT = ["classifier", "predict", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"]
 TRAIN = ["classifier", "train", "cfg/mnist.dataset", "cfg/mnist_lenet.cfg"]
+VALID = ["classifier", "valid", "cfg/v.dataset", "cfg/mnist_lenet.cfg", "model/mnist_lenet.weights"]
 AGGREGATE_ONE = [
     "aggregation",
     "darknet",
@@ -543,6 +544,38 @@ def _special_file_cases() -> list[Case]:
                 "f_c1.png": FIFO,
             },
             "f_c1.png",
+        ),
+    ]
+    valid_dataset = b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n"
+    many_dirs = {f"d{i}/i_c1.png": png() for i in range(20)}
+    cases += [
+        Case(  # the bulk reader opens each file's directory first: a FIFO there fails, not waits
+            "dataset-valid-image-fifo-dir",
+            VALID,
+            {"cfg/v.dataset": valid_dataset, "v.list": b"img.png\nfd/x_c1.png\n", "fd": FIFO},
+            "fd/x_c1.png",
+        ),
+        Case(  # 21 directories in one batch: more than the bulk reader keeps open at once
+            "dataset-valid-image-fifo-21st-dir",
+            VALID,
+            {
+                "cfg/v.dataset": valid_dataset,
+                "v.list": "".join(f"{rel}\n" for rel in [*many_dirs, "d3/i_c1.png", "d20/f_c1.png"]).encode(),
+                **many_dirs,
+                "d20/f_c1.png": FIFO,
+            },
+            "d20/f_c1.png",
+        ),
+        Case(
+            "dataset-train-image-fifo-dir",
+            TRAIN,
+            {
+                "cfg/mnist.dataset": b"classes=10\ntrain=t.list\nlabels=data/mnist/mnist.labels.list\nbackup=model\n",
+                "t.list": b"img_c1.png\nfd/x_c1.png\n",
+                "img_c1.png": png(),
+                "fd": FIFO,
+            },
+            "fd/x_c1.png",
         ),
     ]
     train = {
