@@ -459,7 +459,8 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None, gu
 
 def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
-    from .runtime import HostError, Outcome, _wasm_digest, default_cache_dir, load_program
+    from .compile_cache import default_cache_dir, wasm_digest
+    from .runtime import HostError, Outcome, load_program
     from .sources import source_relpath, stage_sources
 
     if not os.path.isfile(args.program):
@@ -485,7 +486,7 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
                 args.guest_args or None,
             )
             try:
-                digest = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
+                digest = wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
             except OSError as e:
                 raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
             recorder.program(args.program, digest)

