@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "cli", "inprocess"),
         default=os.environ.get("DL_SERVER_HOST_ENGINE", "auto"),
         help="what runs the guest: the wasmtime CLI in a child process confined by Landlock "
-        "(cli: fast file access), wasmtime-py in this process (inprocess), or the CLI where Landlock "
-        "is available (auto, the default; $DL_SERVER_HOST_ENGINE sets another)",
+        "(cli: fast file access), wasmtime-py in this process (inprocess), or the CLI where its sandbox "
+        "can be set up, else in-process (auto, the default; $DL_SERVER_HOST_ENGINE sets another)",
     )
     from .provenance import add_options
 
@@ -509,6 +509,8 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
             max_memory=args.max_memory,
             timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
         )
+        if recorder is not None and hasattr(run, "engine_description"):
+            recorder.engine(run.engine_description)  # auto may have fallen back in-process at start
         try:
             with signals.guest(run):
                 result = _wait(run, output)

@@ -213,21 +213,40 @@ class LoadedProgram(NamedTuple):
 
     @property
     def engine_description(self) -> str:
-        return f"wasmtime-py {wasmtime_version()}"
+        return inprocess_description()
+
+
+def inprocess_description() -> str:
+    """The in-process engine as the manifest's ``host.engine`` names it."""
+    return f"wasmtime-py {wasmtime_version()}"
+
+
+class InProcessLoader(NamedTuple):
+    """What loads a program for the in-process engine: the component at ``path``, on an engine
+    with epoch checks when it must be ``interruptible``, through the compile cache."""
+
+    path: str | os.PathLike
+    interruptible: bool
+    cache_dir: Path | None
+
+    def load(self) -> LoadedProgram:
+        engine = make_engine(interruptible=self.interruptible)
+        return LoadedProgram(engine, load_component(engine, self.path, self.cache_dir))
 
 
 def load_program(
     path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None, engine: str = "inprocess"
 ):
     """The engine (epoch checks only when it must be stoppable) and the component at ``path``;
-    ``engine`` 'cli' or 'auto' (the CLI where Landlock is available): a cli_engine.CliProgram,
-    which needs no epoch checks to be stopped."""
+    ``engine`` 'cli' or 'auto' (where the CLI can run: the binary and Landlock are there): a
+    cli_engine.CliProgram, which needs no epoch checks to be stopped. Under 'auto' it runs the
+    guest in-process instead when the launcher finds that a step of its sandbox is not allowed."""
     from . import cli_engine
 
+    loader = InProcessLoader(path, interruptible, cache_dir)
     if cli_engine.choose(engine) == "cli":
-        return cli_engine.load_cli_program(path, cache_dir)
-    wasmtime_engine = make_engine(interruptible=interruptible)
-    return LoadedProgram(wasmtime_engine, load_component(wasmtime_engine, path, cache_dir))
+        return cli_engine.load_cli_program(path, cache_dir, fallback=loader if engine == "auto" else None)
+    return loader.load()
 
 
 def pin_thread_to_its_cpu() -> None:
@@ -310,12 +329,16 @@ class GuestRunBase:
     def stop(self, reason: Outcome) -> None:
         raise NotImplementedError
 
-    def _start_thread(self) -> None:
-        """Start the timeout's timer (it calls ``stop(TIMED_OUT)``) and the run's thread."""
-        if self._timeout is not None:
+    def _start_timer(self) -> None:
+        """Start the timeout's timer (it calls ``stop(TIMED_OUT)``), once."""
+        if self._timeout is not None and self._timer is None:
             self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
             self._timer.daemon = True
             self._timer.start()
+
+    def _start_thread(self) -> None:
+        """Start the timeout's timer (unless started) and the run's thread."""
+        self._start_timer()
         self._thread.start()
 
     def _note_stop(self, reason: Outcome) -> None:
@@ -366,6 +389,10 @@ class GuestRun(GuestRunBase):
     def start(self) -> GuestRun:
         self._start_thread()
         return self
+
+    @property
+    def engine_description(self) -> str:
+        return inprocess_description()
 
     def stop(self, reason: Outcome) -> None:
         """Interrupt the guest (or, on an engine without epochs, abandon it); the first reason wins."""
