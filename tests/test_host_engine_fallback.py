@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NEEDS_HOST_WASM
 from dlserver_host import cli_engine, landlock_exec, runtime
 from dlserver_host.landlock_exec import MIN_ABI
 from dlserver_host.runtime import HostError, InProcessLoader
 from dlserver_host.sources import Mount
-from test_host_engine import launch, needs_cli
+from test_host_engine import launch, needs_cli, needs_host_wasm
 from test_host_sandbox import IMAGE, PREDICT, snapshot, workspace  # noqa: F401 (a fixture)
 
 # Run ARGV with some system calls failing: a seccomp filter installed (after no-new-privs, as an
@@ -73,12 +72,6 @@ pytestmark = [
 def forbidding(rules: tuple[str, ...]) -> tuple[str, ...]:
     """The command that runs what follows it under FORBID with ``rules`` (errno, then the calls)."""
     return (sys.executable, "-S", "-I", "-c", FORBID, *rules, "--")
-
-
-def needs_host_wasm(test):
-    for mark in NEEDS_HOST_WASM:
-        test = mark(test)
-    return test
 
 
 # ------------------------------------------------------------------ the launcher's exit status
