@@ -154,9 +154,10 @@ def gray_png(width: int = 28, height: int = 28) -> bytes:
 @pytest.fixture(scope="session")
 def program() -> str:
     """HOST_WASM, compiled once into the shared compile cache for the whole session."""
-    from dlserver_host import runtime
+    from dlserver_host import compile_cache, runtime
 
-    runtime.load_component(runtime.make_engine(interruptible=False), HOST_WASM, runtime.default_cache_dir())
+    engine = runtime.make_engine(interruptible=False)
+    runtime.load_component(engine, HOST_WASM, compile_cache.default_cache_dir())
     return str(HOST_WASM)
 
 

@@ -60,7 +60,7 @@ def test_files_over_the_size_limits_are_refused_before_the_read(tmp_path, monkey
     limits.refresh()
     try:
         with pytest.raises(DLServerError, match="100 bytes is over the limit 99 .DL_SERVER_MAX_TEXT_BYTES"):
-            read_input_file(str(small), "names list", limit="MAX_TEXT_BYTES")
+            read_input_file(str(small), "names list", limit=limits.text_bytes())
     finally:
         monkeypatch.delenv("DL_SERVER_MAX_TEXT_BYTES")
         limits.refresh()

@@ -96,10 +96,17 @@ def test_a_missing_cli_binary_falls_back(monkeypatch):
 # ------------------------------------------------------------------ the launcher
 
 
-def launch(tmp_path: Path, writable: list[Path], argv: list[str], parent: int | None = None):
-    """Run argv through landlock_exec.py; (exit status, the launcher's error, stderr)."""
+def launch(
+    tmp_path: Path,
+    writable: list[Path],
+    argv: list[str],
+    parent: int | None = None,
+    under: tuple[str, ...] = (),
+):
+    """Run argv through landlock_exec.py (itself exec'd by the command ``under``, if given);
+    (exit status, the launcher's error, stderr)."""
     status_read, status_write = os.pipe()
-    cmd = [sys.executable, "-S", "-I", landlock_exec.__file__]
+    cmd = [*under, sys.executable, "-S", "-I", landlock_exec.__file__]
     cmd += ["--parent", str(os.getpid() if parent is None else parent), "--status", str(status_write)]
     for directory in writable:
         cmd += ["--write", str(directory)]

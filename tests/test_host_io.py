@@ -74,12 +74,12 @@ def test_schedule_as_batch_holds_for_the_thread_and_the_threads_it_starts_only()
 @needs_batch
 @pytest.mark.component
 def test_a_guest_run_and_its_threads_are_scheduled_as_batch(program):
-    """The output callbacks run on threads the guest's thread starts (runtime._FileTail), after
+    """The output callbacks run on threads the guest's thread starts (guest_stdio.FileTail), after
     it set its policy, as do the WASI runtime's threads: they see SCHED_BATCH."""
-    from dlserver_host import runtime
+    from dlserver_host import compile_cache, runtime
 
     policies: list[int] = []
-    loaded = runtime.load_program(program, interruptible=False, cache_dir=runtime.default_cache_dir())
+    loaded = runtime.load_program(program, interruptible=False, cache_dir=compile_cache.default_cache_dir())
     run = loaded.start(
         argv=["dl-server.wasm", "frobnicate"],
         env=[],

@@ -8,7 +8,7 @@ import pytest
 import wasmtime
 from wasmtime.component import Component
 
-from dlserver_host import runtime
+from dlserver_host import compile_cache, runtime
 
 
 @pytest.fixture
@@ -70,20 +70,20 @@ def test_a_corrupt_cache_entry_is_replaced(empty_component, tmp_path):
 def test_old_cache_entries_are_pruned(tmp_path):
     cache = tmp_path / "cache"
     engine = runtime.make_engine()
-    for i in range(runtime.CACHE_ENTRIES_KEPT + 2):
+    for i in range(compile_cache.CACHE_ENTRIES_KEPT + 2):
         wasm = tmp_path / f"c{i}.wasm"  # distinct bytes: an empty component plus a custom section
         wasm.write_bytes(wasmtime.wat2wasm("(component)") + b"\x00\x04\x01x" + bytes([i, i]))
         runtime.load_component(engine, wasm, cache)
         newest = max(cache.glob("*.cwasm"), key=lambda p: p.stat().st_mtime_ns)
         os.utime(newest, ns=(i * 10**9, i * 10**9))  # distinct, ordered mtimes
     entries = sorted(cache.glob("*.cwasm"), key=lambda p: p.stat().st_mtime_ns)
-    assert len(entries) == runtime.CACHE_ENTRIES_KEPT
+    assert len(entries) == compile_cache.CACHE_ENTRIES_KEPT
     assert entries[0].stat().st_mtime_ns == 2 * 10**9
 
 
 def test_no_cache_dir_means_no_cache(empty_component, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert runtime.default_cache_dir() == tmp_path / "xdg" / "dl-server"
+    assert compile_cache.default_cache_dir() == tmp_path / "xdg" / "dl-server"
     runtime.load_component(runtime.make_engine(), empty_component, None)
     assert not (tmp_path / "xdg").exists()
 

@@ -7,7 +7,7 @@ import sys
 
 from .errors import DLServerError, printable
 from .files import Wording, read_input_file
-from .limits import INT_MAX, INT_MIN, c_int
+from .limits import INT_MAX, INT_MIN, c_int, text_bytes
 
 ARGS_FILE = "args.cfg"
 _INT = re.compile(r"[+-]?\d+\Z")
@@ -99,7 +99,7 @@ def read_args_file(path: str = ARGS_FILE) -> list[str]:
 
     Unlike the original, lines are not cut at 99 characters, a trailing '\\r' is dropped
     and up to MAX_ARGS arguments are taken (the original overflows past 9)."""
-    data = read_input_file(path, "argument file", ARGS_FILE_WORDING, "MAX_TEXT_BYTES")
+    data = read_input_file(path, "argument file", ARGS_FILE_WORDING, text_bytes())
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -13,7 +13,7 @@ from typing import overload
 
 from .errors import DLServerError, printable
 from .files import read_input_file
-from .limits import INT_MAX, INT_MIN, c_int
+from .limits import INT_MAX, INT_MIN, c_int, text_bytes
 from .rng import f32
 
 _INT = re.compile(r"[+-]?\d+\Z")
@@ -22,7 +22,7 @@ _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
 def read_text(path: str, what: str = "file") -> str:
     """Read a whole text file, turning OS errors into one clear line."""
-    data = read_input_file(path, what, limit="MAX_TEXT_BYTES")
+    data = read_input_file(path, what, limit=text_bytes())
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -16,18 +16,18 @@ class NotRegularFile(OSError):
 
 
 class FileTooLarge(OSError):
-    """A file over limits.MAX_FILE_BYTES."""
+    """A file over its size limit (limits.file_bytes() or limits.text_bytes())."""
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
 
 
-def check_regular(path: str, limit: str = "MAX_FILE_BYTES") -> None:
+def check_regular(path: str, limit: limits.Limit) -> None:
     """Refuse, before it is opened, anything but a regular file (IsADirectoryError for a
-    directory) and a file over the limit (limits.MAX_FILE_BYTES or MAX_TEXT_BYTES)."""
+    directory) and a file over ``limit``."""
     st = os.stat(path)
     if stat.S_ISREG(st.st_mode):
-        if st.st_size > getattr(limits, limit):
+        if st.st_size > limit.value:
             raise FileTooLarge(0, _too_large(st.st_size, limit))
         return
     raise _not_regular(st.st_mode)
@@ -51,16 +51,19 @@ def check_appendable(path: str) -> None:
         raise _not_regular(st.st_mode)
 
 
-def _too_large(size: int, limit: str) -> str:
-    return f"{size} bytes is over the limit {getattr(limits, limit)} (DL_SERVER_{limit} raises it)"
+def _too_large(size: int, limit: limits.Limit) -> str:
+    return f"{size} bytes is over the limit {limit.value} ({limit.variable} raises it)"
 
 
-def read_file(path: str, limit: str = "MAX_FILE_BYTES") -> bytes:
-    """The bytes of a regular file; OSError as the system gives it, NotRegularFile or
-    FileTooLarge (callers word their error line).
+def read_file(path: str, limit: limits.Limit | None = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (None: limits.file_bytes());
+    OSError as the system gives it, NotRegularFile or FileTooLarge (callers word their error
+    line).
 
     os.open + pread: each WASI call costs ~45 us under wasmtime, and a read on a fresh
     descriptor ~3x a pread (which opens no stream); 60000 files add up."""
+    if limit is None:
+        limit = limits.file_bytes()
     check_regular(path, limit)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -71,7 +74,7 @@ def read_file(path: str, limit: str = "MAX_FILE_BYTES") -> bytes:
             while chunk := os.pread(fd, CHUNK, offset):
                 chunks.append(chunk)
                 offset += len(chunk)
-                if offset > getattr(limits, limit):  # grown since the stat
+                if offset > limit.value:  # grown since the stat
                     raise FileTooLarge(0, _too_large(offset, limit))
             data = b"".join(chunks)
         return data
@@ -94,9 +97,11 @@ OPEN = Wording(
 )
 
 
-def read_input_file(path: str, what: str, wording: Wording = OPEN, limit: str = "MAX_FILE_BYTES") -> bytes:
+def read_input_file(
+    path: str, what: str, wording: Wording = OPEN, limit: limits.Limit | None = None
+) -> bytes:
     """The bytes of an input file; `what` names it in errors ("weights file", "image"), `limit`
-    the limits setting its size is checked against."""
+    the size it may have (None: limits.file_bytes())."""
     try:
         return read_file(path, limit)
     except FileNotFoundError:

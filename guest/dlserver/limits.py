@@ -7,6 +7,7 @@ the value and the limit.
 """
 
 import os
+from typing import NamedTuple
 
 from .errors import DLServerError
 
@@ -80,6 +81,23 @@ def refresh() -> None:
         globals()[name] = _setting(name, default)
     globals()["decoded_pixels"] = 0
     globals()["charging_pixels"] = True
+
+
+class Limit(NamedTuple):
+    """A limit's value in this run and the environment variable that raises it (error lines name it)."""
+
+    value: int
+    variable: str
+
+
+def file_bytes() -> Limit:
+    """MAX_FILE_BYTES: the size of one input file (this run's value: read when called)."""
+    return Limit(MAX_FILE_BYTES, "DL_SERVER_MAX_FILE_BYTES")
+
+
+def text_bytes() -> Limit:
+    """MAX_TEXT_BYTES: the size of one text file (this run's value: read when called)."""
+    return Limit(MAX_TEXT_BYTES, "DL_SERVER_MAX_TEXT_BYTES")
 
 
 class DecodeBudgetError(DLServerError):

@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "cli", "inprocess"),
         default=os.environ.get("DL_SERVER_HOST_ENGINE", "auto"),
         help="what runs the guest: the wasmtime CLI in a child process confined by Landlock "
-        "(cli: fast file access), wasmtime-py in this process (inprocess), or the CLI where Landlock "
-        "is available (auto, the default; $DL_SERVER_HOST_ENGINE sets another)",
+        "(cli: fast file access), wasmtime-py in this process (inprocess), or the CLI where its sandbox "
+        "can be set up, else in-process (auto, the default; $DL_SERVER_HOST_ENGINE sets another)",
     )
     from .provenance import add_options
 
@@ -459,7 +459,8 @@ def _write_manifest(recorder, status: int, outcome: str, message: str | None, gu
 
 def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | None]:
     """Run the guest; return (exit status, outcome for the manifest, error message or None)."""
-    from .runtime import HostError, Outcome, _wasm_digest, default_cache_dir, load_program
+    from .compile_cache import default_cache_dir, wasm_digest
+    from .runtime import HostError, Outcome, load_program
     from .sources import source_relpath, stage_sources
 
     if not os.path.isfile(args.program):
@@ -485,7 +486,7 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
                 args.guest_args or None,
             )
             try:
-                digest = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
+                digest = wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
             except OSError as e:
                 raise HostError(f"cannot read program {args.program}: {e.strerror}") from None
             recorder.program(args.program, digest)
@@ -508,6 +509,8 @@ def _run(args: argparse.Namespace, recorder, signals) -> tuple[int, str, str | N
             max_memory=args.max_memory,
             timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
         )
+        if recorder is not None and hasattr(run, "engine_description"):
+            recorder.engine(run.engine_description)  # auto may have fallen back in-process at start
         try:
             with signals.guest(run):
                 result = _wait(run, output)

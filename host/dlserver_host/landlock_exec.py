@@ -16,8 +16,12 @@ in a ``preexec_fn`` (the host has threads). In order, it:
 5. execs the program with an empty environment.
 
 Any failure before the exec is written to the status descriptor (``--status FD``, closed on
-exec, so the host reads nothing when the exec succeeded) and ends the launcher with status
-127: the program never runs without its sandbox.
+exec, so the host reads nothing when the exec succeeded) and ends the launcher: the program
+never runs without its sandbox. The exit status says which kind of failure it was:
+UNAVAILABLE_STATUS (125) when the system does not allow a step of the sandbox (a prctl,
+Landlock or seccomp refused: an old kernel, or a container forbidding seccomp filters), where
+the host's ``--engine auto`` runs the guest in-process instead; 127 for anything else (the host
+gone, a directory that cannot be opened, a program that cannot be run).
 
     python -S -I landlock_exec.py --parent PID --status FD [--write DIR]... -- PROGRAM ARG...
 """
@@ -54,10 +58,16 @@ SET_TIMES_CALLS = {
     0xC00000B7: (88,),  # aarch64: utimensat
 }
 EPERM = 1
+UNAVAILABLE_STATUS, FAILED_STATUS = 125, 127  # the launcher's exit status after a LaunchError
 
 
 class LaunchError(Exception):
     """The sandbox could not be set up (message for the host's one error line)."""
+
+
+class Unavailable(LaunchError):
+    """The system does not allow a step of the sandbox (a confinement call refused, or none for
+    this machine): the program could not run confined here, however it was asked."""
 
 
 def _libc():
@@ -67,9 +77,10 @@ def _libc():
 
 
 def _check(result: int, what: str) -> int:
+    """``result`` of a confinement call; Unavailable when it failed."""
     if result < 0:
         errno = ctypes.get_errno()
-        raise LaunchError(f"{what}: {os.strerror(errno)}")
+        raise Unavailable(f"{what}: {os.strerror(errno)}")
     return result
 
 
@@ -88,7 +99,7 @@ def restrict_writes(writable: list[str]) -> int:
     libc = _libc()
     abi = abi_version()
     if abi < MIN_ABI:
-        raise LaunchError(f"Landlock ABI {abi} (at least {MIN_ABI} needed)")
+        raise Unavailable(f"Landlock ABI {abi} (at least {MIN_ABI} needed)")
     handled, allowed = HANDLED_WRITES, ALLOWED_WRITES
     if abi >= 3:
         handled, allowed = handled | TRUNCATE, allowed | TRUNCATE
@@ -131,7 +142,7 @@ def deny_setting_file_times() -> None:
     machine = os.uname().machine
     arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(machine)
     if arch is None:
-        raise LaunchError(f"no seccomp filter for {machine}")
+        raise Unavailable(f"no seccomp filter for {machine}")
     calls = SET_TIMES_CALLS[arch]
     ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
     allow, errno = 0x7FFF0000, 0x00050000 | EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
@@ -173,7 +184,8 @@ def main(args: list[str]) -> int:
         launch(parent, writable, argv)
     except LaunchError as e:
         os.write(status, str(e).encode())
-    return 127
+        return UNAVAILABLE_STATUS if isinstance(e, Unavailable) else FAILED_STATUS
+    return FAILED_STATUS  # not reached: launch returns only by raising (no typing.NoReturn: ~5 ms)
 
 
 if __name__ == "__main__":

@@ -121,12 +121,12 @@ def prepare(args: argparse.Namespace) -> Guard | None:
 
 def enforce(policy: Policy, args: argparse.Namespace, cwd: Path, now: datetime | None = None) -> Principal:
     """Check the run against the policy and set args' sources, clock and memory from it."""
-    from .runtime import _wasm_digest, default_cache_dir
+    from .compile_cache import default_cache_dir, wasm_digest
 
     program = policy.program_named(args.program, cwd)
     expected = policy.expected_hash(program)
     try:  # the digest the manifest records (remembered per file identity, as the run does)
-        actual = _wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
+        actual = wasm_digest(Path(args.program), None if args.no_cache else default_cache_dir())
     except OSError as e:
         raise PolicyError(f"program {args.program}: cannot read: {e.strerror or e}") from None
     if actual != expected:

@@ -4,33 +4,30 @@ With ``--timeout`` the engine has epoch interruption on and a run is stopped by
 bumping the epoch. Without it the epoch checks are left out of the generated code
 (they cost ~40% in the guest's kernel loops); Ctrl-C or SIGTERM then abandon the
 run: the host cleans up and its process exits, which ends the guest thread.
-Compiled components are cached on disk, keyed by the wasm bytes, the wasmtime
-version and the engine settings.
+Compiled components are cached on disk (compile_cache.py), keyed by the wasm bytes,
+the wasmtime version and the engine settings.
 ``wasmtime`` is imported only when first needed, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .atomic import write_atomically
+from . import compile_cache
+from .guest_stdio import FileTail, OutputCallback, last_line, nearly_full
 from .sources import Mount
 from .tempdirs import OwnedDir
 
 RUN_INTERFACE = "wasi:cli/run@0.2.0"
 # Part of the cache key: anything here that changes generated code must change the key.
 ENGINE_SETTINGS = {True: "epoch-interruption-rsd", False: "plain-rsd"}  # rsd: relaxed SIMD deterministic
-CACHE_ENTRIES_KEPT = 4  # compiled components are ~35 MB; older ones are removed
-
-OutputCallback = Callable[[bytes], None]
 
 
 class HostError(Exception):
@@ -137,12 +134,6 @@ def wasmtime_version() -> str:
     return version("wasmtime")
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/dl-server`` or ``~/.cache/dl-server``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dl-server"
-
-
 def make_engine(interruptible: bool = True):
     """A wasmtime Engine, with epoch interruption when it must be stoppable (ENGINE_SETTINGS)."""
     from wasmtime import Config, Engine
@@ -184,20 +175,20 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
     from wasmtime.component import Component
 
     try:
-        digest = _wasm_digest(Path(wasm_path), cache_dir)
+        digest = compile_cache.wasm_digest(Path(wasm_path), cache_dir)
     except OSError as e:
         raise HostError(f"cannot read program {wasm_path}: {e.strerror}") from None
     cached = None
     if cache_dir is not None:
         settings = ENGINE_SETTINGS[is_interruptible(engine)]
         cached = cache_dir / f"{digest}-wasmtime{wasmtime_version()}-{settings}.cwasm"
-        if _is_own_file(cached):
+        if compile_cache.is_own_file(cached):
             try:
                 component = Component.deserialize_file(engine, str(cached))
             except WasmtimeError:
                 pass  # incompatible or corrupt: compile again and overwrite
             else:
-                _touch(cached)
+                compile_cache.mark_used(cached)
                 return component
     require_wasm_file(wasm_path)
     try:
@@ -206,7 +197,7 @@ def load_component(engine, wasm_path: str | os.PathLike, cache_dir: Path | None)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else "unknown error"
         raise HostError(f"{wasm_path} is not a loadable component: {first_line}") from None
     if cached is not None:
-        _write_cache(cached, component.serialize())
+        compile_cache.store(cached, component.serialize())
     return component
 
 
@@ -222,88 +213,40 @@ class LoadedProgram(NamedTuple):
 
     @property
     def engine_description(self) -> str:
-        return f"wasmtime-py {wasmtime_version()}"
+        return inprocess_description()
+
+
+def inprocess_description() -> str:
+    """The in-process engine as the manifest's ``host.engine`` names it."""
+    return f"wasmtime-py {wasmtime_version()}"
+
+
+class InProcessLoader(NamedTuple):
+    """What loads a program for the in-process engine: the component at ``path``, on an engine
+    with epoch checks when it must be ``interruptible``, through the compile cache."""
+
+    path: str | os.PathLike
+    interruptible: bool
+    cache_dir: Path | None
+
+    def load(self) -> LoadedProgram:
+        engine = make_engine(interruptible=self.interruptible)
+        return LoadedProgram(engine, load_component(engine, self.path, self.cache_dir))
 
 
 def load_program(
     path: str | os.PathLike, *, interruptible: bool, cache_dir: Path | None, engine: str = "inprocess"
 ):
     """The engine (epoch checks only when it must be stoppable) and the component at ``path``;
-    ``engine`` 'cli' or 'auto' (the CLI where Landlock is available): a cli_engine.CliProgram,
-    which needs no epoch checks to be stopped."""
+    ``engine`` 'cli' or 'auto' (where the CLI can run: the binary and Landlock are there): a
+    cli_engine.CliProgram, which needs no epoch checks to be stopped. Under 'auto' it runs the
+    guest in-process instead when the launcher finds that a step of its sandbox is not allowed."""
     from . import cli_engine
 
+    loader = InProcessLoader(path, interruptible, cache_dir)
     if cli_engine.choose(engine) == "cli":
-        return cli_engine.load_cli_program(path, cache_dir)
-    wasmtime_engine = make_engine(interruptible=interruptible)
-    return LoadedProgram(wasmtime_engine, load_component(wasmtime_engine, path, cache_dir))
-
-
-def _wasm_digest(wasm_path: Path, cache_dir: Path | None) -> str:
-    """sha256 of the wasm file, remembered per file identity to save hashing 18 MB each start.
-
-    The memo (``cache_dir/digests/<sha256 of the real path>``) holds size, mtime, ctime
-    and inode next to the digest; any change to the file changes its ctime.
-    """
-    st = os.stat(wasm_path)
-    identity = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
-    memo = None
-    if cache_dir is not None:
-        real = os.path.realpath(wasm_path).encode("utf-8", "surrogateescape")
-        memo = cache_dir / "digests" / hashlib.sha256(real).hexdigest()
-        try:
-            remembered_identity, _, digest = memo.read_text().rpartition(" ")
-            if remembered_identity == identity and _is_own_file(memo):
-                return digest
-        except (OSError, ValueError):
-            pass
-    with open(wasm_path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if memo is not None:
-        _write_private(memo, f"{identity} {digest}".encode())
-    return digest
-
-
-def _is_own_file(path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return st.st_uid == os.getuid()
-
-
-def _touch(path: Path) -> None:
-    """Mark a cache entry as recently used (pruning keeps the most recent ones)."""
-    try:
-        os.utime(path)
-    except OSError:
-        pass
-
-
-def _write_private(path: Path, data: bytes | bytearray) -> bool:
-    """Write ``data`` to ``path`` atomically, readable by us only; False if that failed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(path, data, private=True)
-    except OSError:
-        return False
-    return True
-
-
-def _write_cache(path: Path, data: bytes | bytearray) -> None:
-    """Store a compiled component and prune old entries; a cache that cannot be written is skipped."""
-    if _write_private(path, data):
-        prune_cache(path.parent)
-
-
-def prune_cache(cache_dir: Path) -> None:
-    """Keep the CACHE_ENTRIES_KEPT most recently used compiled components (both engines')."""
-    try:
-        entries = sorted(cache_dir.glob("*.cwasm"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[CACHE_ENTRIES_KEPT:]:
-            old.unlink()
-    except OSError:
-        pass
+        return cli_engine.load_cli_program(path, cache_dir, fallback=loader if engine == "auto" else None)
+    return loader.load()
 
 
 def pin_thread_to_its_cpu() -> None:
@@ -386,12 +329,16 @@ class GuestRunBase:
     def stop(self, reason: Outcome) -> None:
         raise NotImplementedError
 
-    def _start_thread(self) -> None:
-        """Start the timeout's timer (it calls ``stop(TIMED_OUT)``) and the run's thread."""
-        if self._timeout is not None:
+    def _start_timer(self) -> None:
+        """Start the timeout's timer (it calls ``stop(TIMED_OUT)``), once."""
+        if self._timeout is not None and self._timer is None:
             self._timer = threading.Timer(self._timeout, self.stop, args=(Outcome.TIMED_OUT,))
             self._timer.daemon = True
             self._timer.start()
+
+    def _start_thread(self) -> None:
+        """Start the timeout's timer (unless started) and the run's thread."""
+        self._start_timer()
         self._thread.start()
 
     def _note_stop(self, reason: Outcome) -> None:
@@ -442,6 +389,10 @@ class GuestRun(GuestRunBase):
     def start(self) -> GuestRun:
         self._start_thread()
         return self
+
+    @property
+    def engine_description(self) -> str:
+        return inprocess_description()
 
     def stop(self, reason: Outcome) -> None:
         """Interrupt the guest (or, on an engine without epochs, abandon it); the first reason wins."""
@@ -498,8 +449,8 @@ class GuestRun(GuestRunBase):
             wasi.stdout_file = os.path.join(stream_dir, "stdout")
             wasi.stderr_file = os.path.join(stream_dir, "stderr")
             with (
-                _FileTail(os.path.join(stream_dir, "stdout"), self._stdout),
-                _FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr),
+                FileTail(os.path.join(stream_dir, "stdout"), self._stdout),
+                FileTail(os.path.join(stream_dir, "stderr"), self._capture_stderr),
             ):
                 # The Store (and with it the WASI context) is closed explicitly: one still
                 # alive when the interpreter exits makes wasmtime's tokio threads print
@@ -509,7 +460,7 @@ class GuestRun(GuestRunBase):
                     result = self._instantiate_and_run(store, wasi)
                 finally:
                     store.close()
-            if result.outcome is Outcome.TRAPPED and _nearly_full(stream_dir):
+            if result.outcome is Outcome.TRAPPED and nearly_full(stream_dir):
                 # the guest's stdout/stderr files could not grow: its write failed, and it trapped
                 return RunResult(Outcome.NO_SPACE, os.path.dirname(stream_dir))
             return result
@@ -529,7 +480,7 @@ class GuestRun(GuestRunBase):
         try:
             instance = linker.instantiate(store, self._component)
         except WasmtimeError as e:
-            message = _last_line(str(e))
+            message = last_line(str(e))
             if self._max_memory is not None and "memory" in message and "limit" in message:
                 return RunResult(Outcome.OUT_OF_MEMORY, message)
             raise HostError(f"cannot instantiate the component: {message}") from None
@@ -552,59 +503,8 @@ class GuestRun(GuestRunBase):
         except WasmtimeError as e:
             if self._stop_reason is not None:
                 return RunResult(self._stop_reason)
-            return RunResult(Outcome.TRAPPED, _last_line(str(e)))
+            return RunResult(Outcome.TRAPPED, last_line(str(e)))
         if self._stop_reason is not None:  # stopped as it ended: nothing is written back
             return RunResult(self._stop_reason)
         tag = getattr(result, "tag", "ok")
         return RunResult(Outcome.SUCCEEDED if tag == "ok" else Outcome.FAILED)
-
-
-class _FileTail:
-    """Forward what is appended to a file to ``callback``, from a thread, until closed.
-
-    On exit the rest of the file is forwarded before the thread ends, so nothing
-    the guest wrote is lost.
-    """
-
-    POLL_SECONDS = 0.02
-    CHUNK = 1 << 16
-
-    def __init__(self, path: str, callback: OutputCallback):
-        self._file = open(path, "rb")  # noqa: SIM115 (kept open until __exit__ closes it)
-        self._callback = callback
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._forward, name="guest-output", daemon=True)
-
-    def __enter__(self) -> _FileTail:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self._file.close()
-
-    def _forward(self) -> None:
-        while True:
-            finishing = self._done.is_set()  # read after this: everything written is seen
-            data = self._file.read(self.CHUNK)
-            if data:
-                self._callback(data)
-            elif finishing:
-                return
-            else:
-                self._done.wait(self.POLL_SECONDS)
-
-
-def _nearly_full(path: str) -> bool:
-    """Whether the file system holding ``path`` has less than 64 KiB left."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 16
-
-
-def _last_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else message

@@ -87,9 +87,7 @@ def check_data(opts: argparse.Namespace) -> tuple[list[int], dict]:
 
 def print_table(table: list[dict]) -> None:
     print()
-    print(f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}")
-    for row in table:
-        print(f"{row['round']:>5}  {row['top1']:7.4f}  {row['top5']:7.4f}  {row['seconds']:9.1f}")
+    print("\n".join(steps.table_lines(table)))
 
 
 def federate(opts: argparse.Namespace) -> dict:
@@ -111,17 +109,9 @@ def federate(opts: argparse.Namespace) -> dict:
     table: list[dict[str, Any]] = []
 
     def validated(r: int, extra: dict) -> None:
-        top1, top5, n = steps.validate_global(s, r)
-        print(f"  valid on {n} test images: top-1 {top1:.4f}, top-5 {top5:.4f}", flush=True)
-        table.append(
-            {
-                "round": r,
-                "top1": top1,
-                "top5": top5,
-                **extra,
-                "seconds": round(time.perf_counter() - started, 1),
-            }
-        )
+        row = steps.global_row(s, r)
+        print(f"  {steps.valid_line(row)}", flush=True)
+        table.append({**row, **extra, "seconds": round(time.perf_counter() - started, 1)})
 
     steps.fresh_dir(s.path(s.work))  # nothing left from an earlier federation
     _, seconds = steps.initialise(s)

@@ -297,9 +297,7 @@ def run_status(env: dict[str, str], run_id: str, connection: str) -> str:
 
 def print_table(result: dict) -> None:
     print()
-    print(f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}")
-    for row in result["table"]:
-        print(f"{row['round']:>5}  {row['top1']:7.4f}  {row['top5']:7.4f}  {row['seconds']:9.1f}")
+    print("\n".join(steps.table_lines(result["table"])))
     print(f"\nFlower {result['mode']}: {result['wall_seconds']:.1f} s wall time")
 
 

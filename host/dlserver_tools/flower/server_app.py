@@ -45,10 +45,9 @@ class Validations:
         self.pending.append(self.pool.submit(self.validate, r))
 
     def validate(self, r: int) -> None:
-        top1, top5, n = steps.validate_global(self.s, r)
-        print(f"  round {r}: valid on {n} test images: top-1 {top1:.4f}, top-5 {top5:.4f}", flush=True)
-        seconds = round(time.perf_counter() - self.started, 1)
-        self.table.append({"round": r, "top1": top1, "top5": top5, "seconds": seconds})
+        row = steps.global_row(self.s, r)
+        print(f"  round {r}: {steps.valid_line(row)}", flush=True)
+        self.table.append({**row, "seconds": round(time.perf_counter() - self.started, 1)})
 
     def wait(self) -> list[dict]:
         """The table, once every validation is done (the first that failed raises here)."""

@@ -16,7 +16,11 @@ the same bytes.
 
 from __future__ import annotations
 
+import array
+import math
 import shutil
+import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -286,3 +290,56 @@ def validate_global(s: Settings, r: int) -> tuple[float, float, int]:
         f"{w}/server/valid.dataset",
         s.valid_list,
     )
+
+
+def non_finite_weights(path: Path) -> tuple[int, int]:
+    """(parameters that are NaN or infinite, all parameters) of the weights file at ``path``.
+
+    The header is 16 or 20 bytes by Darknet's rule (darknet_arrays.header_size; read here
+    without numpy, which the local runner does not need), then little-endian float32s."""
+    data = path.read_bytes()
+    major, minor = struct.unpack_from("<ii", data)
+    offset = 20 if major * 10 + minor >= 2 and major < 1000 and minor < 1000 else 16
+    values = array.array("f", data[offset : offset + (len(data) - offset) // 4 * 4])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return sum(1 for v in values if not math.isfinite(v)), len(values)
+
+
+def global_row(s: Settings, r: int) -> dict:
+    """Round r's row of the table: the validation of global/round<r>.weights (top1, top5 and
+    images) and how many of its parameters are not finite (non_finite, of parameters). A model
+    with any has diverged (a DP rule's noise too large for it, say); its validation still prints
+    accuracies (Darknet's arg max over NaN), so the row must say so."""
+    top1, top5, images = validate_global(s, r)
+    non_finite, parameters = non_finite_weights(s.path(f"{s.work}/global/round{r}.weights"))
+    return {
+        "round": r,
+        "top1": top1,
+        "top5": top5,
+        "images": images,
+        "non_finite": non_finite,
+        "parameters": parameters,
+    }
+
+
+def diverged(row: dict) -> str:
+    """What a row says of its global model's weights: "" when they are all finite."""
+    if not row.get("non_finite"):
+        return ""
+    return f"DIVERGED: {row['non_finite']} of {row['parameters']} weights are NaN or infinite"
+
+
+def valid_line(row: dict) -> str:
+    """The line printed when round ``row['round']``'s global model has been validated."""
+    line = f"valid on {row['images']} test images: top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f}"
+    return f"{line}; {diverged(row)}" if diverged(row) else line
+
+
+def table_lines(table: list[dict]) -> list[str]:
+    """The per-round table both runners print at the end: a diverged round says so."""
+    lines = [f"{'round':>5}  {'top-1':>7}  {'top-5':>7}  {'elapsed s':>9}"]
+    for row in table:
+        line = f"{row['round']:>5}  {row['top1']:7.4f}  {row['top5']:7.4f}  {row['seconds']:9.1f}"
+        lines.append(f"{line}  {diverged(row)}" if diverged(row) else line)
+    return lines
