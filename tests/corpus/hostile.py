@@ -547,6 +547,7 @@ def _special_file_cases() -> list[Case]:
         ),
     ]
     valid_dataset = b"classes=10\nvalid=v.list\nlabels=data/mnist/mnist.labels.list\n"
+    train_dataset = b"classes=10\ntrain=t.list\nlabels=data/mnist/mnist.labels.list\nbackup=model\n"
     many_dirs = {f"d{i}/i_c1.png": png() for i in range(20)}
     cases += [
         Case(  # the bulk reader opens each file's directory first: a FIFO there fails, not waits
@@ -570,7 +571,7 @@ def _special_file_cases() -> list[Case]:
             "dataset-train-image-fifo-dir",
             TRAIN,
             {
-                "cfg/mnist.dataset": b"classes=10\ntrain=t.list\nlabels=data/mnist/mnist.labels.list\nbackup=model\n",
+                "cfg/mnist.dataset": train_dataset,
                 "t.list": b"img_c1.png\nfd/x_c1.png\n",
                 "img_c1.png": png(),
                 "fd": FIFO,
