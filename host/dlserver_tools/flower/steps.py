@@ -303,6 +303,8 @@ def non_finite_weights(path: Path) -> tuple[int, int]:
     values = array.array("f", data[offset : offset + (len(data) - offset) // 4 * 4])
     if sys.byteorder == "big":
         values.byteswap()
+    if math.isfinite(sum(values)):  # float32s summed in doubles cannot overflow: all finite
+        return 0, len(values)
     return sum(1 for v in values if not math.isfinite(v)), len(values)
 
 
