@@ -29,6 +29,7 @@ TESTS = [
     "tests/test_png.py",
     "tests/test_rules_robust.py",
     "tests/test_hardening_corpus.py",
+    "tests/test_read_files.py",
 ]
 FUZZ_TARGETS = ["png", "jpeg", "cfg", "weights", "onnx", "onnx-input", "onnx-aggregation", "args"]
 

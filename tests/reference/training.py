@@ -85,7 +85,7 @@ def rand_below(n, m, state):
     return rng.state, picks
 
 
-def read_files(paths):
+def read_files(paths, max_bytes=-1):
     return [None] * len(paths)
 
 
