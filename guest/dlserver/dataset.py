@@ -72,11 +72,20 @@ class TrainingData:
         paths = self.paths
         for start in range(0, len(paths), PRELOAD_CHUNK):
             chunk = range(start, min(start + PRELOAD_CHUNK, len(paths)))
-            for i, data in zip(chunk, kernels.read_files([paths[i] for i in chunk], limits.MAX_FILE_BYTES)):
-                if data is not None:  # (None: load_into reads it again, or says why not)
-                    self._keep(i, data)
+            self._read_files(chunk)
             for i in chunk:
                 self.load_into(i, scratch)
+
+    def _read_files(self, indexes) -> dict[int, bytes]:
+        """The files of these images in one C call, kept in the cache while the budget allows;
+        {i: bytes} of those read (one that was not: _file reads it again, or says why not)."""
+        paths, keep = self.paths, self._keep
+        fresh = {}
+        for i, data in zip(indexes, kernels.read_files([paths[i] for i in indexes], limits.MAX_FILE_BYTES)):
+            if data is not None:
+                fresh[i] = data
+                keep(i, data)
+        return fresh
 
     def _file(self, i: int) -> bytes:
         """The bytes of image file i (from the cache, or read and cached while the budget allows)."""
@@ -120,13 +129,7 @@ class TrainingData:
         x, y = self._batch_buffers(n)
         cache = self.cache
         misses = [i for i in picks if i not in cache]
-        fresh = {}
-        if misses:  # one C call reads them all
-            paths, keep = self.paths, self._keep
-            for i, data in zip(misses, kernels.read_files([paths[i] for i in misses], limits.MAX_FILE_BYTES)):
-                if data is not None:  # (None: _file below reads it again, or says why not)
-                    fresh[i] = data
-                    keep(i, data)
+        fresh = self._read_files(misses) if misses else {}
         datas = []
         file = self._file
         try:

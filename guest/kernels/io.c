@@ -38,7 +38,7 @@ static int dir_fd(struct dlk_dirs *dirs, const char *path, size_t n)
 {
     for (int i = 0; i < DLK_DIRS; ++i)
         if (dirs->path[i] && dirs->len[i] == n && memcmp(dirs->path[i], path, n) == 0) return dirs->fd[i];
-    char *copy = malloc(n + 2);
+    char *copy = malloc(n + 1);
     if (!copy) return -1;
     memcpy(copy, path, n);
     copy[n] = 0;
